@@ -1,0 +1,1 @@
+//! NAT lab toolkit (see issue 3).

@@ -1,0 +1,6 @@
+//! Sans-IO core of macula_nat.
+//!
+//! Nothing in this crate touches a socket, a clock or a thread: every
+//! decision takes its inputs (bytes, observations, `Instant`s) as arguments
+//! so it can be tested exhaustively and fuzzed. The runtime crate
+//! (`macula_nat_core`) owns the IO and calls into this one.
