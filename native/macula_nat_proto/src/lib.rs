@@ -4,3 +4,6 @@
 //! decision takes its inputs (bytes, observations, `Instant`s) as arguments
 //! so it can be tested exhaustively and fuzzed. The runtime crate
 //! (`macula_nat_core`) owns the IO and calls into this one.
+
+/// STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
+pub mod stun;
