@@ -7,3 +7,8 @@
 
 /// STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
 pub mod stun;
+/// NAT behaviour vocabulary: mapping, filtering, allocation, the 27
+/// NATCracker types and the detected `NatProfile`.
+pub mod nat;
+/// Sans-IO RFC 5780 observer (STUN server) logic.
+pub mod observer;

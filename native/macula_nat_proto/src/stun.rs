@@ -213,7 +213,7 @@ pub fn is_stun(data: &[u8]) -> bool {
     }
     let len = u16::from_be_bytes([data[2], data[3]]) as usize;
     let cookie = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-    cookie == MAGIC_COOKIE && len % 4 == 0 && HEADER_LEN + len == data.len()
+    cookie == MAGIC_COOKIE && len & 3 == 0 && HEADER_LEN + len == data.len()
 }
 
 /// CRC-32 (IEEE 802.3, reflected, as used by FINGERPRINT).
@@ -392,7 +392,7 @@ fn put_header(out: &mut Vec<u8>, t: u16, len: usize) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while out.len() & 3 != 0 {
         out.push(0);
     }
 }
@@ -497,7 +497,7 @@ fn decode(data: &[u8]) -> Result<Message, StunError> {
         return Err(StunError::BadMagicCookie);
     }
     let len = be16(data, 2) as usize;
-    if len % 4 != 0 {
+    if len & 3 != 0 {
         return Err(StunError::UnalignedLength);
     }
     if HEADER_LEN + len != data.len() {
@@ -633,7 +633,7 @@ fn decode_attribute(t: u16, v: &[u8], tid: &TransactionId) -> Result<Option<Attr
             }
         }
         attr::UNKNOWN_ATTRIBUTES => {
-            if v.len() % 2 != 0 {
+            if v.len() & 1 != 0 {
                 return Err(StunError::BadAttributeLength(t));
             }
             Attribute::UnknownAttributes(v.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect())
@@ -646,7 +646,7 @@ fn decode_attribute(t: u16, v: &[u8], tid: &TransactionId) -> Result<Option<Attr
             Attribute::MessageIntegrity(v.to_vec())
         }
         attr::MESSAGE_INTEGRITY_SHA256 => {
-            if !(16..=32).contains(&v.len()) || v.len() % 4 != 0 {
+            if !(16..=32).contains(&v.len()) || v.len() & 3 != 0 {
                 return Err(StunError::BadAttributeLength(t));
             }
             Attribute::MessageIntegritySha256(v.to_vec())

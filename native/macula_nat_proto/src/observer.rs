@@ -1,0 +1,351 @@
+//! Sans-IO STUN observer (server) logic for NAT behaviour discovery.
+//!
+//! A full RFC 5780 observer listens on 2 IPs x 2 ports: the primary
+//! address `(IP1, P1)` and the alternate `(IP2, P2)`, plus the crossed
+//! `(IP1, P2)` and `(IP2, P1)`. The runtime binds every address in
+//! [`Observer::local_addrs`], feeds each received datagram to
+//! [`Observer::handle_datagram`] together with the local address it arrived
+//! on, and sends the returned [`Reply`] from `reply.from` to `reply.to`.
+//!
+//! A plain node with one address (`alternate: None`) still answers Binding
+//! requests. When such a node receives a CHANGE-REQUEST that asks for a
+//! change it cannot honour, it answers **420 (Unknown Attribute)** listing
+//! CHANGE-REQUEST, as RFC 5780 §6.1 prescribes for servers without an
+//! alternate address, rather than staying silent: silence would look
+//! exactly like a filtering NAT to the client and make it wait for nothing,
+//! whereas a 420 tells it at once to use another observer. A CHANGE-REQUEST
+//! with both flags clear asks for nothing, so it is answered normally.
+//!
+//! Anything that is not a well-formed Binding request (responses,
+//! indications, other methods, malformed data, datagrams to an address we
+//! do not own) gets no answer at all: an observer must not be usable as a
+//! reflector for garbage.
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::stun::{attr, Attribute, Class, Message, METHOD_BINDING};
+
+/// Observer addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObserverConfig {
+    /// Primary IP and port.
+    pub primary: SocketAddr,
+    /// Alternate IP and port; must differ from `primary` in both and be of
+    /// the same address family. `None` for a plain single-address node.
+    pub alternate: Option<SocketAddr>,
+    /// SOFTWARE attribute to include in responses, if any.
+    pub software: Option<String>,
+}
+
+/// Why an [`ObserverConfig`] was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObserverConfigError {
+    /// Alternate IP equals primary IP.
+    SameIp,
+    /// Alternate port equals primary port.
+    SamePort,
+    /// Alternate and primary are of different address families.
+    MixedFamilies,
+}
+
+/// A response to send: from which of our local addresses, to where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// The observer. Stateless apart from its configuration.
+#[derive(Clone, Debug)]
+pub struct Observer {
+    cfg: ObserverConfig,
+}
+
+impl Observer {
+    pub fn new(cfg: ObserverConfig) -> Result<Observer, ObserverConfigError> {
+        if let Some(alt) = cfg.alternate {
+            if alt.is_ipv4() != cfg.primary.is_ipv4() {
+                return Err(ObserverConfigError::MixedFamilies);
+            }
+            if alt.ip() == cfg.primary.ip() {
+                return Err(ObserverConfigError::SameIp);
+            }
+            if alt.port() == cfg.primary.port() {
+                return Err(ObserverConfigError::SamePort);
+            }
+        }
+        Ok(Observer { cfg })
+    }
+
+    pub fn config(&self) -> &ObserverConfig {
+        &self.cfg
+    }
+
+    /// The addresses the runtime must bind: 1 without an alternate, else 4
+    /// (primary, alternate, then the two crossed combinations).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        let p = self.cfg.primary;
+        match self.cfg.alternate {
+            None => vec![p],
+            Some(a) => vec![
+                p,
+                a,
+                SocketAddr::new(p.ip(), a.port()),
+                SocketAddr::new(a.ip(), p.port()),
+            ],
+        }
+    }
+
+    /// For a local address, the one that differs in IP and/or port.
+    fn changed(&self, local: SocketAddr, change_ip: bool, change_port: bool) -> Option<SocketAddr> {
+        let alt = self.cfg.alternate?;
+        let p = self.cfg.primary;
+        let other_ip = |ip: IpAddr| if ip == p.ip() { alt.ip() } else { p.ip() };
+        let other_port = |port: u16| if port == p.port() { alt.port() } else { p.port() };
+        let ip = if change_ip { other_ip(local.ip()) } else { local.ip() };
+        let port = if change_port { other_port(local.port()) } else { local.port() };
+        Some(SocketAddr::new(ip, port))
+    }
+
+    /// Answer one datagram that arrived on `local` from `from`.
+    pub fn handle_datagram(&self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> Option<Reply> {
+        if !self.local_addrs().contains(&local) {
+            return None;
+        }
+        let req = Message::decode(data).ok()?;
+        if req.class != Class::Request || req.method != METHOD_BINDING {
+            return None;
+        }
+        if !req.unknown_required.is_empty() {
+            return Some(self.error(local, from, &req, 420, "Unknown Attribute", req.unknown_required.clone()));
+        }
+        let (change_ip, change_port) = req.change_request().unwrap_or((false, false));
+        let src = if change_ip || change_port {
+            match self.changed(local, change_ip, change_port) {
+                Some(s) => s,
+                None => {
+                    return Some(self.error(local, from, &req, 420, "Unknown Attribute", vec![attr::CHANGE_REQUEST]))
+                }
+            }
+        } else {
+            local
+        };
+        let dst = match req.response_port() {
+            // Port 0 cannot be sent to; treat the request as malformed.
+            Some(0) => return None,
+            Some(port) => SocketAddr::new(from.ip(), port),
+            None => from,
+        };
+        let mut resp = Message::new(Class::SuccessResponse, METHOD_BINDING, req.transaction_id)
+            .with(Attribute::XorMappedAddress(from))
+            .with(Attribute::MappedAddress(from))
+            .with(Attribute::ResponseOrigin(src));
+        if let Some(other) = self.changed(src, true, true) {
+            resp = resp.with(Attribute::OtherAddress(other));
+        }
+        if let Some(sw) = &self.cfg.software {
+            resp = resp.with(Attribute::Software(sw.clone()));
+        }
+        // RFC 5780 §7.6: PADDING is echoed so a client can probe
+        // fragmentation on the return path. Echoing the request's own length
+        // keeps the response no larger than request + fixed overhead, so the
+        // observer cannot be used to amplify.
+        if let Some(n) = req.padding() {
+            resp = resp.with(Attribute::Padding(n));
+        }
+        Some(Reply { from: src, to: dst, payload: resp.with_fingerprint().encode() })
+    }
+
+    fn error(&self, local: SocketAddr, from: SocketAddr, req: &Message, code: u16, reason: &str, unknown: Vec<u16>) -> Reply {
+        let mut resp = Message::new(Class::ErrorResponse, METHOD_BINDING, req.transaction_id)
+            .with(Attribute::ErrorCode { code, reason: reason.into() })
+            .with(Attribute::UnknownAttributes(unknown));
+        if let Some(sw) = &self.cfg.software {
+            resp = resp.with(Attribute::Software(sw.clone()));
+        }
+        Reply { from: local, to: from, payload: resp.with_fingerprint().encode() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TID: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn full() -> Observer {
+        Observer::new(ObserverConfig {
+            primary: sa("198.51.100.1:3478"),
+            alternate: Some(sa("198.51.100.2:3479")),
+            software: Some("macula-observer".into()),
+        })
+        .unwrap()
+    }
+
+    fn single() -> Observer {
+        Observer::new(ObserverConfig { primary: sa("198.51.100.9:3478"), alternate: None, software: None }).unwrap()
+    }
+
+    fn client() -> SocketAddr {
+        sa("203.0.113.5:40000")
+    }
+
+    fn decode(r: &Reply) -> Message {
+        Message::decode(&r.payload).unwrap()
+    }
+
+    #[test]
+    fn config_validation() {
+        let p = sa("198.51.100.1:3478");
+        let mk = |alt: &str| Observer::new(ObserverConfig { primary: p, alternate: Some(sa(alt)), software: None });
+        assert_eq!(mk("198.51.100.1:3479").unwrap_err(), ObserverConfigError::SameIp);
+        assert_eq!(mk("198.51.100.2:3478").unwrap_err(), ObserverConfigError::SamePort);
+        assert_eq!(mk("[2001:db8::1]:3479").unwrap_err(), ObserverConfigError::MixedFamilies);
+        assert_eq!(full().local_addrs().len(), 4);
+        assert_eq!(single().local_addrs(), vec![sa("198.51.100.9:3478")]);
+    }
+
+    #[test]
+    fn plain_binding_gets_all_discovery_attributes() {
+        let obs = full();
+        let req = Message::binding_request(TID).encode();
+        let r = obs.handle_datagram(sa("198.51.100.1:3478"), client(), &req).unwrap();
+        assert_eq!(r.from, sa("198.51.100.1:3478"));
+        assert_eq!(r.to, client());
+        let m = decode(&r);
+        assert_eq!(m.class, Class::SuccessResponse);
+        assert_eq!(m.transaction_id, TID);
+        assert!(m.fingerprint);
+        assert_eq!(m.mapped_address(), Some(client()));
+        assert!(m.attributes.contains(&Attribute::MappedAddress(client())));
+        assert!(m.attributes.contains(&Attribute::ResponseOrigin(sa("198.51.100.1:3478"))));
+        assert_eq!(m.other_address(), Some(sa("198.51.100.2:3479")));
+        assert!(m.attributes.contains(&Attribute::Software("macula-observer".into())));
+    }
+
+    #[test]
+    fn change_request_picks_the_right_source_from_every_local_address() {
+        let obs = full();
+        let (ip1, ip2): (IpAddr, IpAddr) = ("198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap());
+        let (p1, p2) = (3478, 3479);
+        for local in obs.local_addrs() {
+            for (ci, cp) in [(false, false), (true, false), (false, true), (true, true)] {
+                let req = Message::binding_request(TID)
+                    .with(Attribute::ChangeRequest { change_ip: ci, change_port: cp })
+                    .encode();
+                let r = obs.handle_datagram(local, client(), &req).unwrap();
+                let want_ip = match (ci, local.ip() == ip1) {
+                    (false, _) => local.ip(),
+                    (true, true) => ip2,
+                    (true, false) => ip1,
+                };
+                let want_port = if cp { if local.port() == p1 { p2 } else { p1 } } else { local.port() };
+                assert_eq!(r.from, SocketAddr::new(want_ip, want_port), "{local} {ci} {cp}");
+                assert!(obs.local_addrs().contains(&r.from));
+                let m = decode(&r);
+                assert!(m.attributes.contains(&Attribute::ResponseOrigin(r.from)));
+                // OTHER-ADDRESS differs from the source in both IP and port.
+                let other = m.other_address().unwrap();
+                assert_ne!(other.ip(), r.from.ip());
+                assert_ne!(other.port(), r.from.port());
+            }
+        }
+    }
+
+    #[test]
+    fn response_port_redirects_to_source_ip() {
+        let obs = full();
+        let req = Message::binding_request(TID).with(Attribute::ResponsePort(5555)).encode();
+        let r = obs.handle_datagram(sa("198.51.100.1:3478"), client(), &req).unwrap();
+        assert_eq!(r.to, sa("203.0.113.5:5555"));
+        assert_eq!(decode(&r).mapped_address(), Some(client()));
+        let zero = Message::binding_request(TID).with(Attribute::ResponsePort(0)).encode();
+        assert!(obs.handle_datagram(sa("198.51.100.1:3478"), client(), &zero).is_none());
+    }
+
+    #[test]
+    fn padding_is_echoed_without_amplification() {
+        let obs = full();
+        let req = Message::binding_request(TID).with(Attribute::Padding(600)).encode();
+        let r = obs.handle_datagram(sa("198.51.100.1:3478"), client(), &req).unwrap();
+        assert_eq!(decode(&r).padding(), Some(600));
+        assert!(r.payload.len() <= req.len() + 128);
+    }
+
+    #[test]
+    fn single_address_node_answers_binding_but_420s_change_request() {
+        let obs = single();
+        let local = sa("198.51.100.9:3478");
+        let req = Message::binding_request(TID).encode();
+        let m = decode(&obs.handle_datagram(local, client(), &req).unwrap());
+        assert_eq!(m.class, Class::SuccessResponse);
+        assert_eq!(m.other_address(), None, "no OTHER-ADDRESS without an alternate");
+
+        let noop = Message::binding_request(TID).with(Attribute::ChangeRequest { change_ip: false, change_port: false });
+        let m = decode(&obs.handle_datagram(local, client(), &noop.encode()).unwrap());
+        assert_eq!(m.class, Class::SuccessResponse);
+
+        for (ci, cp) in [(true, false), (false, true), (true, true)] {
+            let req = Message::binding_request(TID).with(Attribute::ChangeRequest { change_ip: ci, change_port: cp });
+            let r = obs.handle_datagram(local, client(), &req.encode()).unwrap();
+            assert_eq!((r.from, r.to), (local, client()));
+            let m = decode(&r);
+            assert_eq!(m.class, Class::ErrorResponse);
+            assert_eq!(m.error_code().map(|e| e.0), Some(420));
+            assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![attr::CHANGE_REQUEST])));
+        }
+    }
+
+    #[test]
+    fn unknown_required_attribute_gets_420() {
+        let obs = full();
+        let mut req = Message::binding_request(TID).encode();
+        // Append an unknown comprehension-required attribute 0x0030.
+        req.extend_from_slice(&[0x00, 0x30, 0, 4, 1, 2, 3, 4]);
+        let len = (req.len() - 20) as u16;
+        req[2..4].copy_from_slice(&len.to_be_bytes());
+        let m = decode(&obs.handle_datagram(sa("198.51.100.1:3478"), client(), &req).unwrap());
+        assert_eq!(m.error_code().map(|e| e.0), Some(420));
+        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![0x0030])));
+    }
+
+    #[test]
+    fn non_requests_and_garbage_get_nothing() {
+        let obs = full();
+        let local = sa("198.51.100.1:3478");
+        for class in [Class::Indication, Class::SuccessResponse, Class::ErrorResponse] {
+            let m = Message::new(class, METHOD_BINDING, TID).encode();
+            assert!(obs.handle_datagram(local, client(), &m).is_none());
+        }
+        let other_method = Message::new(Class::Request, 0x003, TID).encode();
+        assert!(obs.handle_datagram(local, client(), &other_method).is_none());
+        assert!(obs.handle_datagram(local, client(), b"hello").is_none());
+        assert!(obs.handle_datagram(local, client(), &[]).is_none());
+        let mut bad_fp = Message::binding_request(TID).with_fingerprint().encode();
+        let n = bad_fp.len();
+        bad_fp[n - 1] ^= 1;
+        assert!(obs.handle_datagram(local, client(), &bad_fp).is_none());
+        let good = Message::binding_request(TID).encode();
+        assert!(obs.handle_datagram(sa("192.0.2.99:3478"), client(), &good).is_none(), "not our address");
+    }
+
+    #[test]
+    fn ipv6_observer_works() {
+        let obs = Observer::new(ObserverConfig {
+            primary: sa("[2001:db8::1]:3478"),
+            alternate: Some(sa("[2001:db8::2]:3479")),
+            software: None,
+        })
+        .unwrap();
+        let c = sa("[2001:db8:ffff::5]:50000");
+        let req = Message::binding_request(TID).with(Attribute::ChangeRequest { change_ip: true, change_port: true });
+        let r = obs.handle_datagram(sa("[2001:db8::1]:3478"), c, &req.encode()).unwrap();
+        assert_eq!(r.from, sa("[2001:db8::2]:3479"));
+        assert_eq!(decode(&r).mapped_address(), Some(c));
+    }
+}
