@@ -1,0 +1,865 @@
+//! Building, describing, using and tearing down labs.
+
+use crate::engine::{EngineConfig, EngineStats};
+use crate::netns::{self, command_in, destroy_namespaces, ip_batch, sysctls};
+use crate::spec::{KernelNat, LabSpec, NatKind, SiteSpec};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const STATE_DIR: &str = "/run/macula-lab";
+/// Internet segment: flat L2 (a bridge in `ml-<lab>-inet`).
+pub const INET_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
+pub const INET_PREFIX: u8 = 24;
+const INET_FIRST_HOST: u8 = 10;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Observer,
+    Relay,
+    Public,
+    Site,
+    Router,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub netns: String,
+    pub role: Role,
+    /// Every IPv4 address configured on the host.
+    pub addrs: Vec<Ipv4Addr>,
+    /// Addresses reachable from the internet segment (for a NATed site host: none;
+    /// for a router: its public IP).
+    pub public_addrs: Vec<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SiteInfo {
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+    pub nat: String,
+    /// Address the site host binds / sends from.
+    pub host_addr: Ipv4Addr,
+    /// Public IP of the site (NAT public IP, or host_addr for `none`).
+    pub public_ip: Ipv4Addr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lan: Option<String>,
+    /// Router's own WAN address (differs from public_ip for userspace engines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wan_addr: Option<Ipv4Addr>,
+    /// Userspace engine in use (NAT or pass-through).
+    pub engine: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats_file: Option<PathBuf>,
+    pub delay_ms: f64,
+    pub jitter_ms: f64,
+    pub loss: f64,
+}
+
+/// JSON description of a running lab (also the state file content).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabInfo {
+    pub lab: String,
+    pub owner_pid: u32,
+    #[serde(default)]
+    pub owner_start: Option<u64>,
+    pub state_file: PathBuf,
+    pub internet: String,
+    pub hosts: BTreeMap<String, HostInfo>,
+    pub sites: BTreeMap<String, SiteInfo>,
+    /// observer name -> [primary IP, alternate IP]
+    pub observers: BTreeMap<String, [Ipv4Addr; 2]>,
+    pub namespaces: Vec<String>,
+    pub spec: LabSpec,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct RouterStats {
+    pub site: String,
+    /// "kernel", "user", "passthrough" or "none"
+    pub kind: String,
+    pub packets_out: u64,
+    pub packets_in: u64,
+    pub dropped_filtered: u64,
+    /// Every raw counter (nft named counters or engine counters).
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct UpOptions {
+    /// Process that owns the lab (reap removes the lab when it is gone).
+    /// None = this process; Some(0) = nobody (only `down`/`reap --all` remove it).
+    pub owner_pid: Option<u32>,
+    /// Path of the `macula-lab` binary (runs the engines). Default: $MACULA_LAB_BIN,
+    /// the current exe if it is macula-lab, then next to / above the current exe, then PATH.
+    pub engine_bin: Option<PathBuf>,
+}
+
+pub struct Lab {
+    pub info: LabInfo,
+    children: Vec<Child>,
+    keep: bool,
+    down_done: bool,
+}
+
+pub fn ns_name(lab: &str, host: &str) -> String {
+    format!("ml-{lab}-{host}")
+}
+
+pub fn state_file(lab: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(format!("{lab}.json"))
+}
+
+fn lab_dir(lab: &str) -> PathBuf {
+    Path::new(STATE_DIR).join(lab)
+}
+
+fn find_engine_bin(opt: &Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = opt {
+        return Ok(p.clone());
+    }
+    if let Ok(p) = std::env::var("MACULA_LAB_BIN") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == "macula-lab") {
+        return Ok(exe);
+    }
+    let mut dir = exe.parent();
+    for _ in 0..3 {
+        if let Some(d) = dir {
+            let c = d.join("macula-lab");
+            if c.is_file() {
+                return Ok(c);
+            }
+            dir = d.parent();
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let c = d.join("macula-lab");
+            if c.is_file() {
+                return Ok(c);
+            }
+        }
+    }
+    bail!("cannot find the macula-lab binary (set MACULA_LAB_BIN)")
+}
+
+struct Addrs {
+    next: u32,
+}
+impl Addrs {
+    fn take(&mut self) -> Result<Ipv4Addr> {
+        if self.next > 254 {
+            bail!("internet segment 203.0.113.0/24 exhausted (too many hosts/sites)");
+        }
+        let a = Ipv4Addr::from(u32::from(INET_NET) + self.next);
+        self.next += 1;
+        Ok(a)
+    }
+}
+
+fn site_lan(i: usize) -> Result<(Ipv4Addr, Ipv4Addr, Ipv4Addr)> {
+    // 198.18.0.0/15: site i (1-based) gets 198.18.i.0/24, then 198.19.(i-256).0/24
+    let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + ((i as u32) << 8);
+    if i == 0 || i > 511 {
+        bail!("too many sites");
+    }
+    Ok((Ipv4Addr::from(base), Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2)))
+}
+
+/// Plan addresses (pure; no side effects).
+fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabInfo> {
+    spec.validate()?;
+    let lab = &spec.name;
+    let mut a = Addrs { next: INET_FIRST_HOST as u32 };
+    let mut hosts = BTreeMap::new();
+    let mut sites = BTreeMap::new();
+    let mut observers = BTreeMap::new();
+    for o in &spec.observers {
+        let ips = [a.take()?, a.take()?];
+        observers.insert(o.clone(), ips);
+        hosts.insert(
+            o.clone(),
+            HostInfo {
+                netns: ns_name(lab, o),
+                role: Role::Observer,
+                addrs: ips.to_vec(),
+                public_addrs: ips.to_vec(),
+                site: None,
+                gateway: None,
+            },
+        );
+    }
+    for (list, role) in [(&spec.relays, Role::Relay), (&spec.public, Role::Public)] {
+        for h in list {
+            let ip = a.take()?;
+            hosts.insert(
+                h.clone(),
+                HostInfo {
+                    netns: ns_name(lab, h),
+                    role: role.clone(),
+                    addrs: vec![ip],
+                    public_addrs: vec![ip],
+                    site: None,
+                    gateway: None,
+                },
+            );
+        }
+    }
+    for (idx, s) in spec.sites.iter().enumerate() {
+        let (net, gw, haddr) = site_lan(idx + 1)?;
+        let router = format!("{}-nat", s.name);
+        let engine = matches!(s.nat, NatKind::User(_)) || (s.nat == NatKind::None && s.has_impairment());
+        let (host_addr, public_ip, wan_addr, has_router) = match s.nat {
+            NatKind::None if !engine => {
+                let ip = a.take()?;
+                (ip, ip, None, false)
+            }
+            NatKind::None => {
+                let w = a.take()?;
+                let h = a.take()?;
+                (h, h, Some(w), true)
+            }
+            NatKind::Kernel(_) => {
+                let p = a.take()?;
+                (haddr, p, Some(p), true)
+            }
+            NatKind::User(_) => {
+                let w = a.take()?;
+                let p = a.take()?;
+                (haddr, p, Some(w), true)
+            }
+        };
+        let natted = !matches!(s.nat, NatKind::None);
+        let mut haddrs = vec![host_addr];
+        if s.nat == NatKind::None && has_router {
+            haddrs = vec![host_addr];
+        }
+        hosts.insert(
+            s.name.clone(),
+            HostInfo {
+                netns: ns_name(lab, &s.name),
+                role: Role::Site,
+                addrs: haddrs,
+                public_addrs: if natted { vec![] } else { vec![host_addr] },
+                site: Some(s.name.clone()),
+                gateway: if has_router { Some(gw) } else { None },
+            },
+        );
+        if has_router {
+            let mut raddrs = vec![gw, wan_addr.unwrap()];
+            if wan_addr != Some(public_ip) && natted {
+                raddrs.push(public_ip); // routed into tun0, not configured on an interface
+            }
+            hosts.insert(
+                router.clone(),
+                HostInfo {
+                    netns: ns_name(lab, &router),
+                    role: Role::Router,
+                    addrs: vec![gw, wan_addr.unwrap()],
+                    public_addrs: if natted { vec![public_ip] } else { vec![wan_addr.unwrap()] },
+                    site: Some(s.name.clone()),
+                    gateway: None,
+                },
+            );
+        }
+        let stats_file = lab_dir(lab).join(format!("{}.stats.json", s.name));
+        sites.insert(
+            s.name.clone(),
+            SiteInfo {
+                host: s.name.clone(),
+                router: has_router.then(|| router.clone()),
+                nat: s.nat.to_string(),
+                host_addr,
+                public_ip,
+                lan: has_router.then(|| format!("{net}/24")),
+                wan_addr,
+                engine,
+                engine_pid: None,
+                stats_file: engine.then_some(stats_file),
+                delay_ms: s.delay_ms,
+                jitter_ms: s.jitter_ms,
+                loss: s.loss,
+            },
+        );
+    }
+    let internet = ns_name(lab, "inet");
+    let mut namespaces = vec![internet.clone()];
+    namespaces.extend(hosts.values().map(|h| h.netns.clone()));
+    Ok(LabInfo {
+        lab: lab.clone(),
+        owner_pid,
+        owner_start,
+        state_file: state_file(lab),
+        internet,
+        hosts,
+        sites,
+        observers,
+        namespaces,
+        spec: spec.clone(),
+    })
+}
+
+fn write_state(info: &LabInfo) -> Result<()> {
+    std::fs::create_dir_all(STATE_DIR)?;
+    let tmp = info.state_file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)?;
+    std::fs::rename(&tmp, &info.state_file)?;
+    Ok(())
+}
+
+pub fn read_state(lab: &str) -> Result<LabInfo> {
+    let p = state_file(lab);
+    let b = std::fs::read(&p).with_context(|| format!("no lab {lab} ({})", p.display()))?;
+    Ok(serde_json::from_slice(&b)?)
+}
+
+fn owner_alive(info: &LabInfo) -> bool {
+    info.owner_pid == 0 || netns::proc_alive(info.owner_pid, info.owner_start)
+}
+
+fn kernel_ruleset(k: KernelNat, s: &SiteSpec, lan: &str, public: Ipv4Addr, host: Ipv4Addr) -> String {
+    let t = s.binding_timeout();
+    let (pre, fwd_out, masq) = match k {
+        KernelNat::FullCone => (
+            format!("iifname \"wan\" ip daddr {public} udp dport @mapped dnat to {host}"),
+            "iifname \"lan\" oifname \"wan\" meta l4proto udp update @mapped { udp sport }".to_string(),
+            "masquerade",
+        ),
+        KernelNat::RestrictedCone => (
+            format!("iifname \"wan\" ip daddr {public} ip saddr . udp dport @contacted dnat to {host}"),
+            "iifname \"lan\" oifname \"wan\" meta l4proto udp update @contacted { ip daddr . udp sport }".to_string(),
+            "masquerade",
+        ),
+        KernelNat::PortRestrictedCone => (String::new(), String::new(), "masquerade"),
+        KernelNat::Symmetric => (String::new(), String::new(), "masquerade fully-random"),
+    };
+    format!(
+        r#"table ip ml {{
+  counter out_pkts {{ }}
+  counter in_pkts {{ }}
+  counter filtered {{ }}
+  set mapped {{ type inet_service; flags dynamic,timeout; timeout {t}s; }}
+  set contacted {{ type ipv4_addr . inet_service; flags dynamic,timeout; timeout {t}s; }}
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {pre}
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" ip saddr {lan} {masq}
+  }}
+  chain forward_f {{
+    type filter hook forward priority filter; policy drop;
+    {fwd_out}
+    iifname "lan" oifname "wan" counter name out_pkts accept
+    iifname "wan" oifname "lan" ct state established,related counter name in_pkts accept
+    iifname "wan" oifname "lan" ct status dnat counter name in_pkts accept
+    iifname "wan" counter name filtered drop
+  }}
+  chain input_f {{
+    type filter hook input priority filter; policy accept;
+    iifname "wan" meta l4proto udp ct state new counter name filtered drop
+  }}
+}}
+"#
+    )
+}
+
+impl Lab {
+    pub fn up(spec: LabSpec) -> Result<Lab> {
+        Lab::up_with(spec, UpOptions::default())
+    }
+
+    pub fn up_with(spec: LabSpec, opts: UpOptions) -> Result<Lab> {
+        let owner = opts.owner_pid.unwrap_or(std::process::id());
+        let owner_start = if owner == 0 { None } else { netns::proc_start_time(owner) };
+        let info = plan(&spec, owner, owner_start)?;
+        if state_file(&spec.name).exists() {
+            let old = read_state(&spec.name)?;
+            if owner_alive(&old) {
+                bail!("lab {} already exists (owner pid {})", spec.name, old.owner_pid);
+            }
+            teardown(&old);
+        }
+        // leftovers with our prefix from a dead lab of the same name
+        let stale: Vec<String> = netns::list_netns()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("ml-{}-", spec.name)))
+            .collect();
+        destroy_namespaces(&stale)?;
+        write_state(&info)?; // first, so a concurrent reap sees an owned lab
+        let mut lab = Lab { info, children: vec![], keep: false, down_done: false };
+        let needs_engine = lab.info.sites.values().any(|s| s.engine);
+        let bin = if needs_engine { Some(find_engine_bin(&opts.engine_bin)?) } else { None };
+        if let Err(e) = lab.build(bin.as_deref()) {
+            lab.teardown_now();
+            return Err(e.context(format!("building lab {}", spec.name)));
+        }
+        write_state(&lab.info)?;
+        Ok(lab)
+    }
+
+    fn build(&mut self, bin: Option<&Path>) -> Result<()> {
+        let info = self.info.clone();
+        let lab = &info.lab;
+        std::fs::create_dir_all(lab_dir(lab))?;
+        // 1. namespaces
+        let lines: Vec<String> = info.namespaces.iter().map(|n| format!("netns add {n}")).collect();
+        ip_batch(None, &lines)?;
+        // 2. internet bridge + one veth per internet-attached namespace
+        let mut inet = vec![
+            "link set lo up".to_string(),
+            "link add br0 type bridge".into(),
+            "link set br0 up".into(),
+        ];
+        let mut attached: Vec<(String, &'static str)> = vec![];
+        for (name, h) in &info.hosts {
+            match h.role {
+                Role::Observer | Role::Relay | Role::Public => attached.push((name.clone(), "eth0")),
+                Role::Router => attached.push((name.clone(), "wan")),
+                Role::Site => {
+                    if info.sites[h.site.as_ref().unwrap()].router.is_none() {
+                        attached.push((name.clone(), "eth0"))
+                    }
+                }
+            }
+        }
+        for (k, (name, ifname)) in attached.iter().enumerate() {
+            let ns = &info.hosts[name].netns;
+            inet.push(format!("link add p{k} type veth peer name {ifname} netns {ns}"));
+            inet.push(format!("link set p{k} master br0"));
+            inet.push(format!("link set p{k} up"));
+        }
+        ip_batch(Some(&info.internet), &inet)?;
+        // 3. internet hosts
+        for (name, h) in &info.hosts {
+            let mut l = vec!["link set lo up".to_string()];
+            match h.role {
+                Role::Observer | Role::Relay | Role::Public => {
+                    for a in &h.addrs {
+                        l.push(format!("addr add {a}/{INET_PREFIX} dev eth0"));
+                    }
+                    l.push("link set eth0 up".into());
+                }
+                Role::Site if info.sites[name].router.is_none() => {
+                    l.push(format!("addr add {}/{INET_PREFIX} dev eth0", h.addrs[0]));
+                    l.push("link set eth0 up".into());
+                }
+                _ => continue,
+            }
+            ip_batch(Some(&h.netns), &l)?;
+        }
+        // 4. sites
+        for (sname, s) in &info.sites {
+            let Some(router) = &s.router else { continue };
+            let spec = info.spec.sites.iter().find(|x| &x.name == sname).unwrap();
+            let rns = info.hosts[router].netns.clone();
+            let hns = info.hosts[&s.host].netns.clone();
+            let gw = info.hosts[router].addrs[0];
+            let wan = s.wan_addr.unwrap();
+            let lan = s.lan.clone().unwrap();
+            ip_batch(
+                Some(&rns),
+                &[
+                    "link set lo up".into(),
+                    format!("link add lan type veth peer name eth0 netns {hns}"),
+                    format!("addr add {gw}/24 dev lan"),
+                    format!("addr add {wan}/{INET_PREFIX} dev wan"),
+                    "link set lan up".into(),
+                    "link set wan up".into(),
+                ],
+            )?;
+            let mut hl = vec!["link set lo up".to_string(), "link set eth0 up".into()];
+            if spec.nat == NatKind::None {
+                // public host address behind a pass-through engine
+                hl.push(format!("addr add {}/32 dev eth0", s.host_addr));
+                hl.push(format!("route add {gw}/32 dev eth0 scope link"));
+                hl.push(format!("route add default via {gw} dev eth0 src {}", s.host_addr));
+            } else {
+                hl.push(format!("addr add {}/24 dev eth0", s.host_addr));
+                hl.push(format!("route add default via {gw}"));
+            }
+            ip_batch(Some(&hns), &hl)?;
+            let mut sc: Vec<(String, String)> = vec![
+                ("net.ipv4.ip_forward".into(), "1".into()),
+                ("net.ipv4.conf.all.rp_filter".into(), "0".into()),
+                ("net.ipv4.conf.default.rp_filter".into(), "0".into()),
+                ("net.ipv4.conf.lan.rp_filter".into(), "0".into()),
+                ("net.ipv4.conf.wan.rp_filter".into(), "0".into()),
+                ("net.ipv4.conf.all.send_redirects".into(), "0".into()),
+                ("net.ipv4.conf.default.send_redirects".into(), "0".into()),
+            ];
+            if s.engine {
+                sc.push(("net.ipv4.conf.wan.proxy_arp".into(), "1".into()));
+                sc.push(("net.ipv4.neigh.wan.proxy_delay".into(), "0".into()));
+            }
+            sysctls(&rns, sc)?;
+            match spec.nat {
+                NatKind::Kernel(k) => {
+                    let t = spec.binding_timeout().to_string();
+                    // per-netns conntrack timeouts (best effort)
+                    let _ = sysctls(
+                        &rns,
+                        vec![
+                            ("net.netfilter.nf_conntrack_udp_timeout".into(), t.clone()),
+                            ("net.netfilter.nf_conntrack_udp_timeout_stream".into(), t),
+                        ],
+                    );
+                    let rules = kernel_ruleset(k, spec, &lan, s.public_ip, s.host_addr);
+                    let (mut c, _f) = command_in(&rns, &["nft".into(), "-f".into(), "-".into()])?;
+                    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+                    let mut ch = c.spawn()?;
+                    use std::io::Write;
+                    ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                    let out = ch.wait_with_output()?;
+                    if !out.status.success() {
+                        bail!("nft in {rns}: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
+                    }
+                }
+                _ => {
+                    let bin = bin.ok_or_else(|| anyhow!("engine binary needed"))?;
+                    let pid = self.start_engine(bin, sname, s, spec, &rns)?;
+                    let si = self.info.sites.get_mut(sname).unwrap();
+                    si.engine_pid = Some(pid);
+                    let routed = s.public_ip; // P (NAT) or the host's public address
+                    let mut l = vec![
+                        "link set tun0 up".to_string(),
+                        "route add default dev tun0 table 100".into(),
+                        format!("route add {routed}/32 dev tun0 table 101"),
+                        "rule add iif lan lookup 100 pref 100".into(),
+                        "rule add iif wan lookup 101 pref 101".into(),
+                    ];
+                    if spec.nat == NatKind::None {
+                        l.push(format!("route add {}/32 dev lan", s.host_addr));
+                    }
+                    ip_batch(Some(&rns), &l)?;
+                    sysctls(&rns, vec![("net.ipv4.conf.tun0.rp_filter".into(), "0".into())])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_engine(
+        &mut self,
+        bin: &Path,
+        sname: &str,
+        s: &SiteInfo,
+        spec: &SiteSpec,
+        rns: &str,
+    ) -> Result<u32> {
+        let dir = lab_dir(&self.info.lab);
+        let ready = dir.join(format!("{sname}.ready"));
+        let _ = std::fs::remove_file(&ready);
+        let (lan_net, lan_prefix) = match &s.lan {
+            Some(l) => {
+                let (a, p) = l.split_once('/').unwrap();
+                (a.parse()?, p.parse()?)
+            }
+            None => (Ipv4Addr::UNSPECIFIED, 32),
+        };
+        let seed = self.info.spec.seed.unwrap_or(0x4d41_4355_4c41)
+            ^ (sname.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
+        let cfg = EngineConfig {
+            tun: "tun0".into(),
+            nat: match spec.nat {
+                NatKind::User(_) => Some(spec.nat.to_string()),
+                _ => None,
+            },
+            lan_net,
+            lan_prefix,
+            public_ip: s.public_ip,
+            delay_ms: spec.delay_ms,
+            jitter_ms: spec.jitter_ms,
+            loss: spec.loss,
+            binding_timeout_s: spec.binding_timeout(),
+            hairpin: spec.hairpin,
+            seed,
+            stats_file: s.stats_file.clone().unwrap(),
+            ready_file: ready.clone(),
+        };
+        let cfg_path = dir.join(format!("{sname}.engine.json"));
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+        let log = std::fs::File::create(dir.join(format!("{sname}.engine.log")))?;
+        let argv = vec![
+            bin.to_string_lossy().to_string(),
+            "engine".into(),
+            "--config".into(),
+            cfg_path.to_string_lossy().to_string(),
+        ];
+        let (mut c, _f) = command_in(rns, &argv)?;
+        c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = c.spawn().context("spawn engine")?;
+        let pid = child.id();
+        let t0 = Instant::now();
+        while !ready.exists() {
+            if let Some(st) = child.try_wait()? {
+                bail!(
+                    "engine for {sname} exited ({st}): {}",
+                    std::fs::read_to_string(dir.join(format!("{sname}.engine.log"))).unwrap_or_default()
+                );
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                bail!("engine for {sname} not ready after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Attach to a lab created elsewhere (CLI); dropping it does not tear it down.
+    pub fn attach(name: &str) -> Result<Lab> {
+        Ok(Lab { info: read_state(name)?, children: vec![], keep: true, down_done: false })
+    }
+
+    /// Keep the lab running after this value is dropped (CLI `up`).
+    pub fn detach(mut self) -> LabInfo {
+        self.keep = true;
+        self.children.clear(); // orphaned engines are reparented to init
+        self.info.clone()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.lab
+    }
+
+    pub fn host(&self, host: &str) -> Result<&HostInfo> {
+        self.info.hosts.get(host).ok_or_else(|| anyhow!("no host {host} in lab {}", self.info.lab))
+    }
+
+    pub fn site(&self, site: &str) -> Result<&SiteInfo> {
+        self.info.sites.get(site).ok_or_else(|| anyhow!("no site {site} in lab {}", self.info.lab))
+    }
+
+    /// First address of a host (a site host's LAN or public address, an observer's primary).
+    pub fn host_addr(&self, host: &str) -> Result<Ipv4Addr> {
+        Ok(self.host(host)?.addrs[0])
+    }
+
+    pub fn netns(&self, host: &str) -> Result<String> {
+        Ok(self.host(host)?.netns.clone())
+    }
+
+    /// A std Command that runs `argv` inside `host`'s namespace. Keep the File alive until spawned.
+    pub fn command(&self, host: &str, argv: &[String]) -> Result<(Command, std::fs::File)> {
+        command_in(&self.host(host)?.netns, argv)
+    }
+
+    /// Run to completion and collect output.
+    pub fn exec<S: AsRef<str>>(&self, host: &str, argv: &[S]) -> Result<Output> {
+        self.exec_timeout(host, argv, Duration::from_secs(120))
+    }
+
+    pub fn exec_timeout<S: AsRef<str>>(&self, host: &str, argv: &[S], timeout: Duration) -> Result<Output> {
+        let mut ch = self.spawn(host, argv)?;
+        let t0 = Instant::now();
+        // drain pipes on threads so a chatty child never blocks
+        let mut so = ch.stdout.take().unwrap();
+        let mut se = ch.stderr.take().unwrap();
+        let to = std::thread::spawn(move || {
+            let mut v = vec![];
+            let _ = std::io::Read::read_to_end(&mut so, &mut v);
+            v
+        });
+        let te = std::thread::spawn(move || {
+            let mut v = vec![];
+            let _ = std::io::Read::read_to_end(&mut se, &mut v);
+            v
+        });
+        let status = loop {
+            if let Some(s) = ch.try_wait()? {
+                break s;
+            }
+            if t0.elapsed() > timeout {
+                let _ = ch.kill();
+                break ch.wait()?;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        Ok(Output { status, stdout: to.join().unwrap(), stderr: te.join().unwrap() })
+    }
+
+    /// Start `argv` in `host` with piped stdout/stderr. Killed at teardown at the latest.
+    pub fn spawn<S: AsRef<str>>(&self, host: &str, argv: &[S]) -> Result<Child> {
+        let argv: Vec<String> = argv.iter().map(|s| s.as_ref().to_string()).collect();
+        let (mut c, _f) = self.command(host, &argv)?;
+        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().with_context(|| format!("spawn {argv:?} in {host}"))
+    }
+
+    pub fn router_stats(&self, site: &str) -> Result<RouterStats> {
+        router_stats(&self.info, site)
+    }
+
+    pub fn down(mut self) -> Result<()> {
+        self.teardown_now();
+        Ok(())
+    }
+
+    fn teardown_now(&mut self) {
+        if self.down_done {
+            return;
+        }
+        self.down_done = true;
+        for c in &mut self.children {
+            let _ = c.kill();
+        }
+        teardown(&self.info);
+        for c in &mut self.children {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            self.teardown_now();
+        }
+    }
+}
+
+pub fn router_stats(info: &LabInfo, site: &str) -> Result<RouterStats> {
+    let s = info.sites.get(site).ok_or_else(|| anyhow!("no site {site}"))?;
+    let mut r = RouterStats { site: site.into(), ..Default::default() };
+    if s.engine {
+        r.kind = if s.nat == "none" { "passthrough".into() } else { "user".into() };
+        let p = s.stats_file.as_ref().unwrap();
+        let st: EngineStats = serde_json::from_slice(&std::fs::read(p)?)?;
+        r.packets_out = st.packets_out;
+        r.packets_in = st.packets_in;
+        r.dropped_filtered = st.dropped_filtered + st.dropped_no_binding;
+        if let serde_json::Value::Object(m) = serde_json::to_value(&st)? {
+            for (k, v) in m {
+                r.counters.insert(k, v.as_u64().unwrap_or(0));
+            }
+        }
+    } else if let Some(router) = &s.router {
+        r.kind = "kernel".into();
+        let ns = &info.hosts[router].netns;
+        let (mut c, _f) = command_in(ns, &["nft".into(), "-j".into(), "list".into(), "counters".into()])?;
+        let out = c.output()?;
+        if !out.status.success() {
+            bail!("nft list counters: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        for item in v["nftables"].as_array().into_iter().flatten() {
+            if let Some(c) = item.get("counter") {
+                let name = c["name"].as_str().unwrap_or("").to_string();
+                r.counters.insert(format!("{name}_packets"), c["packets"].as_u64().unwrap_or(0));
+                r.counters.insert(format!("{name}_bytes"), c["bytes"].as_u64().unwrap_or(0));
+            }
+        }
+        r.packets_out = r.counters.get("out_pkts_packets").copied().unwrap_or(0);
+        r.packets_in = r.counters.get("in_pkts_packets").copied().unwrap_or(0);
+        r.dropped_filtered = r.counters.get("filtered_packets").copied().unwrap_or(0);
+    } else {
+        r.kind = "none".into();
+    }
+    Ok(r)
+}
+
+/// Kill everything in the lab's namespaces, delete them and the state.
+pub fn teardown(info: &LabInfo) {
+    for s in info.sites.values() {
+        if let Some(pid) = s.engine_pid {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    let mut names = info.namespaces.clone();
+    // anything else carrying the lab prefix
+    let prefix = format!("ml-{}-", info.lab);
+    for n in netns::list_netns() {
+        if n.starts_with(&prefix) && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    let _ = destroy_namespaces(&names);
+    let _ = std::fs::remove_dir_all(lab_dir(&info.lab));
+    let _ = std::fs::remove_file(&info.state_file);
+}
+
+pub fn down(lab: &str) -> Result<()> {
+    match read_state(lab) {
+        Ok(info) => teardown(&info),
+        Err(_) => {
+            let prefix = format!("ml-{lab}-");
+            let names: Vec<String> =
+                netns::list_netns().into_iter().filter(|n| n.starts_with(&prefix)).collect();
+            if names.is_empty() {
+                bail!("no lab {lab}");
+            }
+            destroy_namespaces(&names)?;
+        }
+    }
+    Ok(())
+}
+
+/// Labs known from state files.
+pub fn list() -> Vec<LabInfo> {
+    let mut v = vec![];
+    if let Ok(rd) = std::fs::read_dir(STATE_DIR) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                if let Ok(b) = std::fs::read(&p) {
+                    if let Ok(i) = serde_json::from_slice::<LabInfo>(&b) {
+                        v.push(i);
+                    }
+                }
+            }
+        }
+    }
+    v
+}
+
+/// Remove labs whose owner is gone (or all with `all`), then stale `ml-*` namespaces
+/// not claimed by a live lab. Returns the names of removed labs/namespaces.
+pub fn reap(all: bool) -> Vec<String> {
+    let mut removed = vec![];
+    let mut live = vec![];
+    for info in list() {
+        if !all && owner_alive(&info) {
+            live.push(info.lab.clone());
+        } else {
+            teardown(&info);
+            removed.push(info.lab.clone());
+        }
+    }
+    let stale: Vec<String> = netns::list_netns()
+        .into_iter()
+        .filter(|n| n.starts_with("ml-"))
+        .filter(|n| {
+            let lab = n[3..].split('-').next().unwrap_or("");
+            !live.iter().any(|l| l == lab)
+        })
+        .collect();
+    if !stale.is_empty() {
+        let _ = destroy_namespaces(&stale);
+        removed.extend(stale);
+    }
+    removed
+}

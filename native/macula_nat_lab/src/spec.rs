@@ -1,0 +1,389 @@
+//! Lab specification (JSON-able) and NAT kind parsing.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Whole lab: an "internet" segment with observers, relays and public hosts,
+/// plus sites (one host behind one NAT router each).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabSpec {
+    /// Lab name: `[a-z0-9_]{1,16}`; namespaces are `ml-<name>-<host>`.
+    pub name: String,
+    /// Observer hosts (two internet IPs each, for RFC 5780 servers).
+    #[serde(default)]
+    pub observers: Vec<String>,
+    /// Relay hosts (one internet IP each).
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// Plain public hosts (one internet IP each).
+    #[serde(default)]
+    pub public: Vec<String>,
+    /// Sites: a host behind a NAT router (or not NATed at all).
+    #[serde(default)]
+    pub sites: Vec<SiteSpec>,
+    /// Seed for the userspace engines' random numbers (port allocation, loss, jitter).
+    #[serde(default)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSpec {
+    /// Site name; the site host is called `<name>`, its router `<name>-nat`.
+    pub name: String,
+    /// `none`, `kernel:<full_cone|restricted_cone|port_restricted_cone|symmetric>`,
+    /// `user:<mapping>-<filtering>-<allocation>[:delta=N]`.
+    #[serde(default)]
+    pub nat: NatKind,
+    /// One-way delay added in each direction by the userspace engine.
+    #[serde(default)]
+    pub delay_ms: f64,
+    /// Uniform jitter (+/- jitter_ms) on top of delay_ms.
+    #[serde(default)]
+    pub jitter_ms: f64,
+    /// Loss probability in each direction, 0..1.
+    #[serde(default)]
+    pub loss: f64,
+    /// Binding (mapping) idle timeout; default 120 s.
+    #[serde(default)]
+    pub binding_timeout_s: Option<u64>,
+    /// Hairpinning (userspace engine only).
+    #[serde(default)]
+    pub hairpin: bool,
+}
+
+impl SiteSpec {
+    pub fn new(name: &str, nat: &str) -> Result<SiteSpec> {
+        Ok(SiteSpec {
+            name: name.to_string(),
+            nat: nat.parse()?,
+            delay_ms: 0.0,
+            jitter_ms: 0.0,
+            loss: 0.0,
+            binding_timeout_s: None,
+            hairpin: false,
+        })
+    }
+    pub fn has_impairment(&self) -> bool {
+        self.delay_ms > 0.0 || self.jitter_ms > 0.0 || self.loss > 0.0
+    }
+    pub fn binding_timeout(&self) -> u64 {
+        self.binding_timeout_s.unwrap_or(120)
+    }
+}
+
+impl LabSpec {
+    pub fn new(name: &str) -> LabSpec {
+        LabSpec {
+            name: name.into(),
+            observers: vec![],
+            relays: vec![],
+            public: vec![],
+            sites: vec![],
+            seed: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        check_name("lab name", &self.name)?;
+        let mut seen = std::collections::BTreeSet::new();
+        let all = self
+            .observers
+            .iter()
+            .chain(&self.relays)
+            .chain(&self.public)
+            .chain(self.sites.iter().map(|s| &s.name));
+        for h in all {
+            check_name("host name", h)?;
+            if h == "inet" {
+                bail!("host name 'inet' is reserved");
+            }
+            if !seen.insert(h.clone()) {
+                bail!("duplicate host name {h}");
+            }
+        }
+        for s in &self.sites {
+            if !(0.0..=1.0).contains(&s.loss) {
+                bail!("site {}: loss must be within 0..1", s.name);
+            }
+            if s.delay_ms < 0.0 || s.jitter_ms < 0.0 {
+                bail!("site {}: delay/jitter must be >= 0", s.name);
+            }
+            if let NatKind::Kernel(_) = s.nat {
+                if s.has_impairment() {
+                    bail!(
+                        "site {}: delay/jitter/loss need the userspace engine (no netem here); \
+                         use a user:* nat kind",
+                        s.name
+                    );
+                }
+                if s.hairpin {
+                    bail!("site {}: hairpin is only implemented by the userspace engine", s.name);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(what: &str, n: &str) -> Result<()> {
+    if n.is_empty()
+        || n.len() > 16
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        bail!("{what} {n:?} must match [a-z0-9_]{{1,16}}");
+    }
+    Ok(())
+}
+
+/// Mapping or filtering dependency (NATCracker vocabulary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dep {
+    /// Endpoint independent.
+    Ei,
+    /// Host (address) dependent.
+    Hd,
+    /// Port (address-and-port) dependent.
+    Pd,
+}
+
+/// Port allocation policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Alloc {
+    /// Port preservation (keep the internal port when free).
+    Pp,
+    /// Port contiguity (previous allocation + delta).
+    Pc,
+    /// Random.
+    Rd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UserNat {
+    pub mapping: Dep,
+    pub filtering: Dep,
+    pub allocation: Alloc,
+    /// Contiguity delta for `Alloc::Pc` (default 1).
+    pub delta: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelNat {
+    FullCone,
+    RestrictedCone,
+    PortRestrictedCone,
+    Symmetric,
+}
+
+impl KernelNat {
+    pub const ALL: [KernelNat; 4] = [
+        KernelNat::FullCone,
+        KernelNat::RestrictedCone,
+        KernelNat::PortRestrictedCone,
+        KernelNat::Symmetric,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KernelNat::FullCone => "full_cone",
+            KernelNat::RestrictedCone => "restricted_cone",
+            KernelNat::PortRestrictedCone => "port_restricted_cone",
+            KernelNat::Symmetric => "symmetric",
+        }
+    }
+    /// (mapping, filtering) as RFC 4787 would classify it.
+    pub fn behaviour(self) -> (Dep, Dep) {
+        match self {
+            KernelNat::FullCone => (Dep::Ei, Dep::Ei),
+            KernelNat::RestrictedCone => (Dep::Ei, Dep::Hd),
+            KernelNat::PortRestrictedCone => (Dep::Ei, Dep::Pd),
+            KernelNat::Symmetric => (Dep::Pd, Dep::Pd),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum NatKind {
+    #[default]
+    None,
+    Kernel(KernelNat),
+    User(UserNat),
+}
+
+impl NatKind {
+    /// All 27 userspace types, PC with the given delta.
+    pub fn all_user(delta: u16) -> Vec<NatKind> {
+        let deps = [Dep::Ei, Dep::Hd, Dep::Pd];
+        let allocs = [Alloc::Pp, Alloc::Pc, Alloc::Rd];
+        let mut v = vec![];
+        for m in deps {
+            for f in deps {
+                for a in allocs {
+                    v.push(NatKind::User(UserNat {
+                        mapping: m,
+                        filtering: f,
+                        allocation: a,
+                        delta: if a == Alloc::Pc { delta } else { 1 },
+                    }));
+                }
+            }
+        }
+        v
+    }
+}
+
+impl Dep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dep::Ei => "ei",
+            Dep::Hd => "hd",
+            Dep::Pd => "pd",
+        }
+    }
+    fn parse(s: &str) -> Result<Dep> {
+        Ok(match s {
+            "ei" => Dep::Ei,
+            "hd" | "ad" => Dep::Hd,
+            "pd" | "apd" => Dep::Pd,
+            _ => bail!("unknown dependency {s:?} (ei|hd|pd)"),
+        })
+    }
+}
+
+impl Alloc {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Alloc::Pp => "pp",
+            Alloc::Pc => "pc",
+            Alloc::Rd => "rd",
+        }
+    }
+}
+
+impl fmt::Display for NatKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatKind::None => write!(f, "none"),
+            NatKind::Kernel(k) => write!(f, "kernel:{}", k.as_str()),
+            NatKind::User(u) => {
+                write!(
+                    f,
+                    "user:{}-{}-{}",
+                    u.mapping.as_str(),
+                    u.filtering.as_str(),
+                    u.allocation.as_str()
+                )?;
+                if u.allocation == Alloc::Pc && u.delta != 1 {
+                    write!(f, ":delta={}", u.delta)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl FromStr for NatKind {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<NatKind> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "none" {
+            return Ok(NatKind::None);
+        }
+        if let Some(k) = s.strip_prefix("kernel:") {
+            let k = match k {
+                "full_cone" => KernelNat::FullCone,
+                "restricted_cone" => KernelNat::RestrictedCone,
+                "port_restricted_cone" => KernelNat::PortRestrictedCone,
+                "symmetric" => KernelNat::Symmetric,
+                _ => bail!("unknown kernel nat {k:?}"),
+            };
+            return Ok(NatKind::Kernel(k));
+        }
+        if let Some(u) = s.strip_prefix("user:") {
+            let (main, opts) = match u.split_once(':') {
+                Some((a, b)) => (a, Some(b)),
+                None => (u, None),
+            };
+            let parts: Vec<&str> = main.split('-').collect();
+            if parts.len() != 3 {
+                bail!("user nat must be user:<mapping>-<filtering>-<allocation>, got {s:?}");
+            }
+            let allocation = match parts[2] {
+                "pp" => Alloc::Pp,
+                "pc" => Alloc::Pc,
+                "rd" => Alloc::Rd,
+                a => bail!("unknown allocation {a:?} (pp|pc|rd)"),
+            };
+            let mut delta = 1u16;
+            if let Some(o) = opts {
+                for kv in o.split(',') {
+                    match kv.split_once('=') {
+                        Some(("delta", v)) => {
+                            delta = v.parse().context("delta")?;
+                            if delta == 0 {
+                                bail!("delta must be >= 1");
+                            }
+                        }
+                        _ => bail!("unknown user nat option {kv:?}"),
+                    }
+                }
+            }
+            return Ok(NatKind::User(UserNat {
+                mapping: Dep::parse(parts[0])?,
+                filtering: Dep::parse(parts[1])?,
+                allocation,
+                delta,
+            }));
+        }
+        bail!("unknown nat kind {s:?}")
+    }
+}
+
+impl Serialize for NatKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for NatKind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<NatKind, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parse_roundtrip() {
+        for k in NatKind::all_user(2) {
+            let s = k.to_string();
+            assert_eq!(s.parse::<NatKind>().unwrap(), k, "{s}");
+        }
+        for k in KernelNat::ALL {
+            let n = NatKind::Kernel(k);
+            assert_eq!(n.to_string().parse::<NatKind>().unwrap(), n);
+        }
+        let k: NatKind = "user:pd-hd-pc:delta=2".parse().unwrap();
+        assert_eq!(
+            k,
+            NatKind::User(UserNat {
+                mapping: Dep::Pd,
+                filtering: Dep::Hd,
+                allocation: Alloc::Pc,
+                delta: 2
+            })
+        );
+        assert!("user:xx-ei-pp".parse::<NatKind>().is_err());
+        let spec: LabSpec = serde_json::from_str(
+            r#"{"name":"t1","observers":["obs"],"sites":[{"name":"a","nat":"kernel:symmetric"}]}"#,
+        )
+        .unwrap();
+        spec.validate().unwrap();
+    }
+}
