@@ -1,0 +1,53 @@
+%% @doc Options of the NAT system: defaults, application environment and
+%% explicit options, merged in that order and checked once at start.
+-module(macula_nat_config).
+
+-export([defaults/0, resolve/1]).
+
+-export_type([opts/0]).
+
+-type opts() :: #{
+    cache_max_entries := pos_integer(),
+    cache_ttl_seconds := pos_integer(),
+    detection_timeout_ms := pos_integer(),
+    listen_ip := inet:ip_address(),
+    listen_port := inet:port_number(),
+    key_file := undefined | file:filename_all(),
+    observers := [term()]
+}.
+
+-spec defaults() -> opts().
+defaults() ->
+    #{cache_max_entries => 10000,
+      cache_ttl_seconds => 300,
+      detection_timeout_ms => 2000,
+      listen_ip => {0, 0, 0, 0},
+      listen_port => 0,
+      key_file => undefined,
+      observers => []}.
+
+%% @doc Explicit options win over the application environment, which wins
+%% over the defaults. Unknown keys are kept (children may read them), known
+%% keys are type-checked so a typo fails at start, not at first use.
+-spec resolve(map()) -> {ok, opts()} | {error, {bad_option, atom(), term()}}.
+resolve(Opts) when is_map(Opts) ->
+    Env = maps:from_list(application:get_all_env(macula_nat)),
+    Merged = maps:merge(maps:merge(defaults(), maps:without([included_applications], Env)), Opts),
+    check(maps:to_list(Merged), Merged).
+
+check([], Merged) ->
+    {ok, Merged};
+check([{K, V} | Rest], Merged) ->
+    case valid(K, V) of
+        true -> check(Rest, Merged);
+        false -> {error, {bad_option, K, V}}
+    end.
+
+valid(cache_max_entries, V) -> is_integer(V) andalso V > 0;
+valid(cache_ttl_seconds, V) -> is_integer(V) andalso V > 0;
+valid(detection_timeout_ms, V) -> is_integer(V) andalso V > 0;
+valid(listen_port, V) -> is_integer(V) andalso V >= 0 andalso V =< 65535;
+valid(listen_ip, V) -> is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8);
+valid(key_file, V) -> V =:= undefined orelse is_list(V) orelse is_binary(V);
+valid(observers, V) -> is_list(V);
+valid(_, _) -> true.

@@ -1,0 +1,68 @@
+%% @doc The NIF library. Functions here never block a scheduler: those that
+%% wait on the network return `{ok, Pending}' and answer later with
+%% `{macula_nat_reply, Ref, Result}' (see `macula_nat_async').
+%% Not for direct use: call the documented modules.
+-module(macula_nat_nif).
+
+-export([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
+         node_close/1, node_send_to/4,
+         cancel/1, runtime_ping/1, runtime_tasks/0,
+         debug_panic/1, debug_panic_async/1]).
+
+-nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
+       node_close/1, node_send_to/4,
+       cancel/1, runtime_ping/1, runtime_tasks/0,
+       debug_panic/1, debug_panic_async/1]).
+
+-on_load(load/0).
+
+-type resource() :: reference().
+-type pending() :: reference().
+-export_type([resource/0, pending/0]).
+
+-spec load() -> ok | {error, term()}.
+load() ->
+    erlang:load_nif(filename:join(priv_dir(), "libmacula_nat_nif"), 0).
+
+priv_dir() ->
+    case code:priv_dir(macula_nat) of
+        {error, bad_name} ->
+            %% Loaded outside an OTP release (e.g. from a bare -pa path).
+            filename:join(filename:dirname(filename:dirname(code:which(?MODULE))), "priv");
+        Dir ->
+            Dir
+    end.
+
+-spec node_open(map()) -> {ok, resource()} | {error, term()}.
+node_open(_Opts) -> erlang:nif_error(not_loaded).
+
+-spec node_id(resource()) -> {ok, binary()} | {error, term()}.
+node_id(_Node) -> erlang:nif_error(not_loaded).
+
+-spec node_local_addr(resource()) -> {ok, {inet:ip_address(), inet:port_number()}} | {error, term()}.
+node_local_addr(_Node) -> erlang:nif_error(not_loaded).
+
+-spec node_stats(resource()) -> map().
+node_stats(_Node) -> erlang:nif_error(not_loaded).
+
+-spec node_close(resource()) -> ok.
+node_close(_Node) -> erlang:nif_error(not_loaded).
+
+-spec node_send_to(reference(), resource(), {inet:ip_address(), inet:port_number()}, binary()) ->
+    {ok, pending()} | {error, term()}.
+node_send_to(_Ref, _Node, _Dst, _Payload) -> erlang:nif_error(not_loaded).
+
+-spec cancel(pending()) -> ok | sent.
+cancel(_Pending) -> erlang:nif_error(not_loaded).
+
+-spec runtime_ping(reference()) -> {ok, pending()} | {error, term()}.
+runtime_ping(_Ref) -> erlang:nif_error(not_loaded).
+
+-spec runtime_tasks() -> {ok, non_neg_integer()}.
+runtime_tasks() -> erlang:nif_error(not_loaded).
+
+-spec debug_panic(atom()) -> {error, {internal, binary()}}.
+debug_panic(_Where) -> erlang:nif_error(not_loaded).
+
+-spec debug_panic_async(reference()) -> {ok, pending()} | {error, term()}.
+debug_panic_async(_Ref) -> erlang:nif_error(not_loaded).

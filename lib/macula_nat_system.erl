@@ -1,0 +1,54 @@
+%% @doc NAT traversal system supervisor (one_for_one).
+%%
+%% ```
+%% macula_nat_system
+%% +-- macula_nat_node        - node identity and the one UDP socket
+%% +-- macula_nat_cache       - NAT profile cache with TTL
+%% +-- macula_nat_detector    - NAT type detection
+%% +-- macula_nat_coordinator - hole punch coordination
+%% '''
+%% Each child owns its Rust resources (they are closed when it dies), so a
+%% crash restarts that child alone, from a clean slate.
+-module(macula_nat_system).
+-behaviour(supervisor).
+
+-export([start_link/0, start_link/1, init/1, ping/0]).
+
+%% @doc Start the NAT system supervisor with default options.
+-spec start_link() -> {ok, pid()} | {error, term()}.
+start_link() ->
+    start_link(#{}).
+
+%% @doc Start the NAT system supervisor with given options:
+%% `cache_max_entries' (10000), `cache_ttl_seconds' (300),
+%% `detection_timeout_ms' (2000), `listen_ip', `listen_port', `key_file',
+%% `observers'. Options not given come from the application environment.
+-spec start_link(map()) -> {ok, pid()} | {error, term()}.
+start_link(Opts) when is_map(Opts) ->
+    case macula_nat_config:resolve(Opts) of
+        {ok, Resolved} -> supervisor:start_link({local, ?MODULE}, ?MODULE, Resolved);
+        {error, _} = Error -> Error
+    end;
+start_link(_) ->
+    {error, badarg}.
+
+%% @doc Initialize the supervisor with child specifications.
+-spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
+init(Opts) ->
+    Flags = #{strategy => one_for_one, intensity => 10, period => 10},
+    Children = [child(M, Opts) || M <- [macula_nat_node, macula_nat_cache,
+                                        macula_nat_detector, macula_nat_coordinator]],
+    {ok, {Flags, Children}}.
+
+child(Module, Opts) ->
+    #{id => Module,
+      start => {Module, start_link, [Opts]},
+      restart => permanent,
+      shutdown => 5000,
+      type => worker,
+      modules => [Module]}.
+
+%% @doc Round trip through the Rust runtime: `{ok, Microseconds}'.
+-spec ping() -> {ok, non_neg_integer()} | {error, term()}.
+ping() ->
+    macula_nat_async:call(fun macula_nat_nif:runtime_ping/1, 5000).

@@ -1,0 +1,16 @@
+//! Runtime layer of macula_nat.
+//!
+//! This crate owns everything that does IO or keeps time: the tokio runtime,
+//! the node's one UDP socket and the node identity. The decisions (STUN
+//! codec, NAT classification, strategy) live in `macula_nat_proto`, which is
+//! sans-IO; this crate feeds it bytes and timestamps. There are no Erlang
+//! types here: the binding crate (`macula_nat_nif`) converts terms.
+
+pub mod error;
+pub mod identity;
+pub mod node;
+pub mod runtime;
+
+pub use error::Error;
+pub use identity::{Identity, NodeId};
+pub use node::{Node, NodeConfig, NodeStats};

@@ -1,0 +1,193 @@
+//! A node: one identity and the one UDP socket that carries STUN probes,
+//! punch packets and QUIC. Detection measures the mapping of this very socket,
+//! so it must never be swapped for another while the node lives.
+
+use crate::{runtime, Error, Identity, NodeId};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub bind: SocketAddr,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig { bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0) }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    datagrams_in: AtomicU64,
+    bytes_in: AtomicU64,
+    datagrams_out: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+}
+
+pub struct Node {
+    identity: Identity,
+    local_addr: SocketAddr,
+    // Behind a lock so `close` can release the port at once, even while
+    // other handles to the node still exist: a restarted owner must be able
+    // to bind the same configured port again.
+    socket: RwLock<Option<Arc<UdpSocket>>>,
+    recv_task: RwLock<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    counters: Arc<Counters>,
+}
+
+impl Node {
+    /// Binds the socket and starts its receive loop. Binding is a quick
+    /// syscall, so this may run on a BEAM scheduler.
+    pub fn open(config: NodeConfig, identity: Identity) -> Result<Arc<Node>, Error> {
+        let std_sock = std::net::UdpSocket::bind(config.bind)?;
+        std_sock.set_nonblocking(true)?;
+        let local_addr = std_sock.local_addr()?;
+        let _guard = runtime::handle().enter();
+        let socket = Arc::new(UdpSocket::from_std(std_sock)?);
+        let counters = Arc::new(Counters::default());
+        let task = runtime::spawn(recv_loop(socket.clone(), counters.clone()));
+        Ok(Arc::new(Node {
+            identity,
+            local_addr,
+            socket: RwLock::new(Some(socket)),
+            recv_task: RwLock::new(Some(task)),
+            closed: AtomicBool::new(false),
+            counters,
+        }))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.identity.node_id()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, Error> {
+        self.check_open()?;
+        Ok(self.local_addr)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> Result<(), Error> {
+        if self.is_closed() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn socket(&self) -> Result<Arc<UdpSocket>, Error> {
+        self.socket.read().map_err(|_| Error::Closed)?.clone().ok_or(Error::Closed)
+    }
+
+    pub async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> Result<(), Error> {
+        let sock = self.socket()?;
+        let n = sock.send_to(payload, dst).await?;
+        self.counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
+        self.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn stats(&self) -> NodeStats {
+        let c = &self.counters;
+        NodeStats {
+            datagrams_in: c.datagrams_in.load(Ordering::Relaxed),
+            bytes_in: c.bytes_in.load(Ordering::Relaxed),
+            datagrams_out: c.datagrams_out.load(Ordering::Relaxed),
+            bytes_out: c.bytes_out.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Idempotent. Stops the receive loop and releases the port.
+    pub fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(mut t) = self.recv_task.write() {
+            if let Some(t) = t.take() {
+                t.abort();
+            }
+        }
+        if let Ok(mut s) = self.socket.write() {
+            s.take();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn recv_loop(socket: Arc<UdpSocket>, counters: Arc<Counters>) {
+    let mut buf = vec![0u8; 65535];
+    loop {
+        match socket.recv_from(&mut buf).await {
+            Ok((n, _from)) => {
+                counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            // ICMP errors from earlier sends surface here on Linux; they say
+            // nothing about this socket's health, so keep receiving.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => {
+                tracing::debug!("recv loop ends: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> NodeConfig {
+        NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }
+    }
+
+    #[test]
+    fn open_send_receive_close_releases_port() {
+        let a = Node::open(loopback(), Identity::generate()).unwrap();
+        let b = Node::open(loopback(), Identity::generate()).unwrap();
+        let b_addr = b.local_addr().unwrap();
+        runtime::handle().block_on(async {
+            for _ in 0..5 {
+                a.send_to(b"hello", b_addr).await.unwrap();
+            }
+            for _ in 0..100 {
+                if b.stats().datagrams_in == 5 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        assert_eq!(b.stats().datagrams_in, 5);
+        assert_eq!(b.stats().bytes_in, 25);
+        assert_eq!(a.stats().datagrams_out, 5);
+        b.close();
+        assert!(matches!(b.local_addr(), Err(Error::Closed)));
+        // The port is free again although `b` is still referenced.
+        let again = Node::open(NodeConfig { bind: b_addr }, Identity::generate()).unwrap();
+        assert_eq!(again.local_addr().unwrap(), b_addr);
+    }
+}

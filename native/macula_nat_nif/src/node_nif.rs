@@ -1,0 +1,143 @@
+//! The node resource: identity plus the one UDP socket. Its owner process
+//! is monitored; when the owner dies the socket is closed at once, so a
+//! restarted owner starts from a clean slate.
+
+use crate::{atoms, convert, guard};
+use macula_nat_core::{Identity, Node, NodeConfig};
+use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct NodeRes {
+    pub node: Arc<Node>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for NodeRes {
+    const IMPLEMENTS_DOWN: bool = true;
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
+        self.node.close();
+    }
+}
+
+struct OpenOpts {
+    bind: SocketAddr,
+    key_file: Option<PathBuf>,
+}
+
+fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
+    let map = rustler::types::map::MapIterator::new(opts)?;
+    let mut ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut port = 0u16;
+    let mut key_file = None;
+    for (k, v) in map {
+        let Ok(key) = k.atom_to_string() else { return None };
+        match key.as_str() {
+            "ip" => ip = convert::decode_ip(v)?,
+            "port" => port = convert::decode_int(v)?,
+            "key_file" => {
+                if v.is_atom() {
+                    // `undefined`: no key file, use the VM's identity.
+                    continue;
+                }
+                let bytes: rustler::Binary = v.decode().ok()?;
+                let s = std::str::from_utf8(bytes.as_slice()).ok()?;
+                key_file = Some(PathBuf::from(s));
+            }
+            _ => {}
+        }
+    }
+    Some(OpenOpts { bind: SocketAddr::new(ip, port), key_file })
+}
+
+/// `node_open(#{ip, port, key_file}) -> {ok, Node} | {error, Reason}`.
+/// The calling process becomes the owner.
+#[rustler::nif]
+fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        let Some(o) = decode_open_opts(opts) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let identity = match o.key_file {
+            Some(p) => match Identity::load_or_create(&p) {
+                Ok(i) => i,
+                Err(e) => return convert::encode_error(env, &e),
+            },
+            None => Identity::vm_default(),
+        };
+        match Node::open(NodeConfig { bind: o.bind }, identity) {
+            Ok(node) => {
+                let res = ResourceArc::new(NodeRes { node });
+                if env.monitor(&res, &env.pid()).is_none() {
+                    // The caller is already exiting.
+                    res.node.close();
+                    return (atoms::error(), atoms::closed()).encode(env);
+                }
+                (atoms::ok(), res).encode(env)
+            }
+            Err(e) => convert::encode_error(env, &e),
+        }
+    })
+}
+
+#[rustler::nif]
+fn node_id<'a>(env: Env<'a>, res: ResourceArc<NodeRes>) -> Term<'a> {
+    guard::guard(env, || (atoms::ok(), convert::binary(env, &res.node.node_id())).encode(env))
+}
+
+#[rustler::nif]
+fn node_local_addr<'a>(env: Env<'a>, res: ResourceArc<NodeRes>) -> Term<'a> {
+    guard::guard(env, || match res.node.local_addr() {
+        Ok(a) => (atoms::ok(), convert::encode_addr(env, a)).encode(env),
+        Err(e) => convert::encode_error(env, &e),
+    })
+}
+
+#[rustler::nif]
+fn node_stats<'a>(env: Env<'a>, res: ResourceArc<NodeRes>) -> Term<'a> {
+    guard::guard(env, || {
+        let s = res.node.stats();
+        let pairs = [
+            (atoms::datagrams_in(), s.datagrams_in),
+            (atoms::bytes_in(), s.bytes_in),
+            (atoms::datagrams_out(), s.datagrams_out),
+            (atoms::bytes_out(), s.bytes_out),
+        ];
+        let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+        let vals: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
+        Term::map_from_arrays(env, &keys, &vals).unwrap_or_else(|_| atoms::error().encode(env))
+    })
+}
+
+#[rustler::nif]
+fn node_close<'a>(env: Env<'a>, res: ResourceArc<NodeRes>) -> Term<'a> {
+    guard::guard(env, || {
+        res.node.close();
+        atoms::ok().encode(env)
+    })
+}
+
+/// Sends one datagram from the node's socket. Answers by message.
+#[rustler::nif]
+fn node_send_to<'a>(
+    env: Env<'a>,
+    reference: Term<'a>,
+    res: ResourceArc<NodeRes>,
+    dst: Term<'a>,
+    payload: rustler::Binary<'a>,
+) -> Term<'a> {
+    guard::guard(env, || {
+        let Some(dst) = convert::decode_addr(dst) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let data = payload.as_slice().to_vec();
+        let node = res.node.clone();
+        crate::reply::spawn_reply(env, reference, async move {
+            match node.send_to(&data, dst).await {
+                Ok(()) => crate::reply::encode_with(|env| atoms::ok().encode(env)),
+                Err(e) => crate::reply::encode_with(move |env| convert::encode_error(env, &e)),
+            }
+        })
+    })
+}
