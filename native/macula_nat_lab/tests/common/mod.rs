@@ -1,0 +1,27 @@
+#![allow(dead_code)]
+use macula_nat_lab::{can_run, which};
+
+/// Returns false (after printing why) when lab tests cannot run here.
+pub fn lab_ready(extra_tools: &[&str]) -> bool {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED: lab test needs root + ip + nft + /dev/net/tun: {why}");
+        return false;
+    }
+    for t in extra_tools {
+        if which(t).is_none() {
+            eprintln!("SKIPPED: {t} not installed");
+            return false;
+        }
+    }
+    std::env::set_var("MACULA_LAB_BIN", env!("CARGO_BIN_EXE_macula-lab"));
+    // a killed earlier run never leaves debris (only labs whose owner is gone)
+    let removed = macula_nat_lab::reap(false);
+    if !removed.is_empty() {
+        eprintln!("reaped stale labs/namespaces: {removed:?}");
+    }
+    true
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_macula-lab")
+}
