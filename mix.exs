@@ -20,6 +20,8 @@ defmodule MaculaNat.MixProject do
       version: "0.1.0",
       elixir: "~> 1.14",
       language: :erlang,
+      # rebar3 owns _build/default and _build/test; keep Mix's builds apart.
+      build_path: "_build/mix",
       # The documented modules are Erlang, in lib/; Elixir calls them as
       # :macula_nat_detector and so on.
       erlc_paths: ["lib"],

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test: cargo (Rust core, binding, lab), EUnit via rebar3, ExUnit
+# via Mix. Installs what is missing first. Exits non-zero if any suite fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+bash scripts/setup.sh || exit 1
+
+failed=()
+run() {
+  local name=$1; shift
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  if "$@"; then echo "=== $name: ok ($((SECONDS - t0)) s)"; else echo "=== $name: FAILED"; failed+=("$name"); fi
+}
+# Lab tests build network namespaces; clear any a killed run left behind.
+[[ -x target/release/macula-lab ]] && target/release/macula-lab reap >/dev/null 2>&1 || true
+
+run cargo  cargo test --release --workspace
+run eunit  rebar3 eunit
+run exunit env MIX_ENV=test mix test
+
+if ((${#failed[@]})); then
+  echo "FAILED suites: ${failed[*]}"
+  exit 1
+fi
+echo "all suites passed"
