@@ -1,0 +1,124 @@
+//! The userspace engine's one-way delay, jitter and loss, measured with bounded
+//! UDP probe streams between lab hosts (timestamps share CLOCK_REALTIME).
+
+mod common;
+
+use macula_nat_lab::probe::SinkReport;
+use macula_nat_lab::{Lab, LabSpec, SiteSpec};
+use std::time::Duration;
+
+const COUNT: u64 = 20_000;
+const RATE: u64 = 4_000;
+
+/// Run a sink on `to_host` and a sender on `from_host`; returns the sink report.
+fn measure(lab: &Lab, from_host: &str, to_host: &str, to_ip: &str, port: u16) -> std::process::Child {
+    let _ = (from_host, to_ip);
+    lab.spawn(
+        to_host,
+        &[
+            common::bin(),
+            "probe-sink",
+            "--bind",
+            &format!("0.0.0.0:{port}"),
+            "--count",
+            &COUNT.to_string(),
+            "--idle-ms",
+            "3000",
+            "--max-ms",
+            "30000",
+        ],
+    )
+    .unwrap()
+}
+
+fn send(lab: &Lab, from_host: &str, to: &str) -> std::process::Child {
+    lab.spawn(
+        from_host,
+        &[
+            common::bin(),
+            "probe-send",
+            "--to",
+            to,
+            "--count",
+            &COUNT.to_string(),
+            "--rate",
+            &RATE.to_string(),
+        ],
+    )
+    .unwrap()
+}
+
+fn report(ch: std::process::Child) -> SinkReport {
+    let o = ch.wait_with_output().unwrap();
+    assert!(o.status.success(), "sink failed: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn within(what: &str, got: f64, want: f64, rel: f64) {
+    let err = (got - want).abs() / want;
+    println!("{what}: measured {got:.4}, configured {want:.4}, error {:.1}%", err * 100.0);
+    assert!(err <= rel, "{what}: measured {got} vs configured {want} (> {:.0}% off)", rel * 100.0);
+}
+
+#[test]
+fn delay_jitter_and_loss_match_the_setting() {
+    if !common::lab_ready(&[]) {
+        return;
+    }
+    let mut spec = LabSpec::new("dl");
+    spec.public.push("pub".into());
+    spec.seed = Some(7);
+    // NATed site: 50 ms one-way, 5 % loss in each direction
+    let mut nat = SiteSpec::new("natd", "user:ei-ei-pp").unwrap();
+    nat.delay_ms = 50.0;
+    nat.loss = 0.05;
+    // public host behind the pass-through engine: same impairment
+    let mut pt = SiteSpec::new("ptd", "none").unwrap();
+    pt.delay_ms = 50.0;
+    pt.loss = 0.05;
+    // jitter: 30 ms +/- 10 ms uniform, no loss
+    let mut jit = SiteSpec::new("jit", "none").unwrap();
+    jit.delay_ms = 30.0;
+    jit.jitter_ms = 10.0;
+    spec.sites = vec![nat, pt, jit];
+    let lab = Lab::up(spec).unwrap();
+    let pub_ip = lab.host_addr("pub").unwrap().to_string();
+    let pt_ip = lab.site("ptd").unwrap().host_addr.to_string();
+    let jit_ip = lab.site("jit").unwrap().host_addr.to_string();
+
+    // sinks first: natd->pub (outbound through the NAT), pub->ptd (inbound), jit->pub
+    let s1 = measure(&lab, "natd", "pub", &pub_ip, 9001);
+    let s2 = measure(&lab, "pub", "ptd", &pt_ip, 9002);
+    let s3 = measure(&lab, "jit", "pub", &pub_ip, 9003);
+    std::thread::sleep(Duration::from_millis(300));
+    let senders = [
+        send(&lab, "natd", &format!("{pub_ip}:9001")),
+        send(&lab, "pub", &format!("{pt_ip}:9002")),
+        send(&lab, "jit", &format!("{pub_ip}:9003")),
+    ];
+    for s in senders {
+        let o = s.wait_with_output().unwrap();
+        assert!(o.status.success(), "sender: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (r1, r2, r3) = (report(s1), report(s2), report(s3));
+    println!("natd -> pub (NAT egress): {r1:?}");
+    println!("pub -> ptd (pass-through ingress): {r2:?}");
+    println!("jit -> pub (jitter): {r3:?}");
+    let st = lab.router_stats("natd").unwrap();
+    println!("natd router: {st:?}");
+
+    within("NAT egress one-way delay ms", r1.delay_ms_mean, 50.0, 0.10);
+    within("NAT egress loss", r1.loss, 0.05, 0.10);
+    within("pass-through ingress one-way delay ms", r2.delay_ms_mean, 50.0, 0.10);
+    within("pass-through ingress loss", r2.loss, 0.05, 0.10);
+    within("jittered delay mean ms", r3.delay_ms_mean, 30.0, 0.10);
+    // uniform +/- 10 ms => stddev 10/sqrt(3)
+    within("jitter stddev ms", r3.delay_ms_stddev, 10.0 / 3f64.sqrt(), 0.20);
+    assert!(r3.loss < 0.001, "jitter site lost packets: {}", r3.loss);
+    // max allows a few ms of scheduling noise (3 x 4000 pps on 2 cores)
+    assert!(r3.delay_ms_min >= 19.5 && r3.delay_ms_max <= 50.0, "jitter range {r3:?}");
+    // engine counters agree with what arrived
+    assert_eq!(st.counters["dropped_loss_out"] + st.packets_out, COUNT);
+    assert_eq!(st.packets_out, r1.received);
+    lab.down().unwrap();
+}
