@@ -168,7 +168,13 @@ pub fn proc_start_time(pid: u32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Alive = exists, is not a zombie, and (if given) has the recorded start time.
 pub fn proc_alive(pid: u32, start: Option<u64>) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = s.rfind(')').and_then(|i| s[i + 1..].split_whitespace().next().map(str::to_string));
+    if matches!(state.as_deref(), Some("Z") | Some("X") | None) {
+        return false;
+    }
     match proc_start_time(pid) {
         None => false,
         Some(t) => start.map_or(true, |s| s == t),
