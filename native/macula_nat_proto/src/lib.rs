@@ -12,3 +12,5 @@ pub mod stun;
 pub mod nat;
 /// Sans-IO RFC 5780 observer (STUN server) logic.
 pub mod observer;
+/// Sans-IO NAT detection state machine (`Detection`).
+pub mod detect;

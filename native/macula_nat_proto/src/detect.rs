@@ -1,0 +1,844 @@
+//! Sans-IO NAT behaviour detection (RFC 5780 tests plus NATCracker
+//! allocation), in the style of `quinn-proto`: the runtime owns sockets and
+//! timers and drives a [`Detection`] with datagrams and `Instant`s.
+//!
+//! # Driving it
+//!
+//! ```text
+//! let mut d = Detection::new(cfg, local_addr_of_primary_socket, now, seed);
+//! for n in 0..d.probe_sockets_needed() {      // open extra UDP sockets
+//!     d.set_probe_local_addr(n, probe_socket[n].local_addr());
+//! }
+//! loop {
+//!     while let Some(t) = d.poll_transmit(now) { send t.payload on t.socket to t.dst }
+//!     if let Some(r) = d.poll_result() { break r }
+//!     wait until d.poll_timeout() or a datagram arrives, then either
+//!         d.handle_datagram(socket, from, &bytes, now)   // STUN on any of our sockets
+//!     or  d.handle_timeout(now)
+//! }
+//! ```
+//!
+//! # Schedule (why it is fast and why it is correct)
+//!
+//! * t=0: Binding (test I) from the primary socket to every observer, the
+//!   two filtering tests (CHANGE-REQUEST ip+port, port only) to the
+//!   designated *filtering observer*, and one Binding from each probe socket.
+//! * When test I answers with OTHER-ADDRESS, tests II/III (and IV, the
+//!   crossed primary-IP/alternate-port address, an extra fresh mapping for
+//!   the allocation series) go to the *mapping observer*.
+//! * Filtering tests must not be contaminated: once the primary socket has
+//!   sent to the alternate IP (test II) or the alternate IP:port (test III)
+//!   of an observer, that observer's changed-address answers pass an
+//!   address-dependent filter. So mapping tests II-IV never go to the
+//!   observer used for filtering while filtering is undecided. With two
+//!   RFC 5780 observers both run concurrently (about 2 RTT, bounded by the
+//!   filtering wait); with one, tests II-IV wait until filtering is decided
+//!   (immediately if ip+port change is answered, else after the wait).
+//! * "No answer" to a filtering test is decided after
+//!   `max(3 * best RTT, min_wait)` with retransmissions every quarter of it.
+//!   Probes that are expected to answer use RFC 8489 retransmission (RTO
+//!   doubling, at most `max_transmits`) and are given up after twice that.
+//! * All mapping and filtering probes leave from [`SocketId::Primary`]: the
+//!   socket that will later punch and carry QUIC is the one measured.
+//!   Probe sockets only measure the allocation policy across fresh mappings.
+//!
+//! # Allocation
+//!
+//! Once the mapping behaviour is known we know which sends created a fresh
+//! mapping (per socket for EI, per socket and destination IP for HD, per
+//! socket and destination for PD). Ordered by first transmission they give a
+//! series of public ports: PP if the first mapping of every socket kept its
+//! local port, PC if consecutive mappings differ by a constant delta
+//! (normalised over mappings whose answer was lost), RD otherwise. For PD
+//! mapping the primary socket alone yields several fresh mappings; for EI/HD
+//! the probe sockets provide them. Probe sockets are requested up front
+//! because waiting for the mapping verdict would cost a round trip.
+//!
+//! Servers without RFC 5780 support (no OTHER-ADDRESS) degrade gracefully:
+//! mapping is decided by comparing what different observers saw (equal =>
+//! EI, else conservatively PD), filtering is unknown and reported as PD, and
+//! confidence is Low.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::nat::{Allocation, Confidence, Filtering, Mapping, NatProfile};
+use crate::stun::{Attribute, Class, Message, TransactionId, METHOD_BINDING};
+
+/// Which of the runtime's sockets a datagram leaves from / arrived on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SocketId {
+    /// The node's one long-lived UDP socket (later punches and carries QUIC).
+    Primary,
+    /// Extra ephemeral socket `n` (0-based), see
+    /// [`Detection::probe_sockets_needed`].
+    Probe(usize),
+}
+
+/// A datagram the runtime must send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub socket: SocketId,
+    pub dst: SocketAddr,
+    pub payload: Vec<u8>,
+}
+
+/// Why detection produced no profile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectError {
+    /// No observer answered before the deadline.
+    Timeout,
+    /// The configuration listed no observers.
+    NoObservers,
+}
+
+impl fmt::Display for DetectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DetectError::Timeout => "no observer answered",
+            DetectError::NoObservers => "no observers configured",
+        })
+    }
+}
+
+impl std::error::Error for DetectError {}
+
+/// Detection parameters.
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    /// Primary addresses of the observers. Observer 0 is preferred for the
+    /// mapping tests, observer 1 (if any) for the filtering tests.
+    pub observers: Vec<SocketAddr>,
+    /// Hard deadline for the whole detection.
+    pub timeout: Duration,
+    /// Initial retransmission timeout (doubles on each retransmission).
+    pub rto: Duration,
+    /// Maximum transmissions of one request (RFC 8489 `Rc`).
+    pub max_transmits: u32,
+    /// Floor of the "no answer" wait, whatever the measured RTT.
+    pub min_wait: Duration,
+    /// Number of extra probe sockets requested for allocation detection.
+    pub allocation_probes: usize,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            observers: Vec::new(),
+            timeout: Duration::from_secs(2),
+            rto: Duration::from_millis(100),
+            max_transmits: 7,
+            min_wait: Duration::from_millis(200),
+            allocation_probes: 3,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    TestI { obs: usize },
+    MapII,
+    MapIII,
+    MapIV,
+    FiltIpPort,
+    FiltPort,
+    Alloc { slot: usize, obs: usize },
+}
+
+impl Kind {
+    fn is_filter(self) -> bool {
+        matches!(self, Kind::FiltIpPort | Kind::FiltPort)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Answer {
+    mapped: SocketAddr,
+    other: Option<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Pending,
+    Answered(Answer),
+    /// Error response, or an answer that proves the test cannot work
+    /// (e.g. a CHANGE-REQUEST answered from the unchanged address).
+    Failed,
+    GaveUp,
+}
+
+#[derive(Clone, Debug)]
+struct Probe {
+    kind: Kind,
+    socket: SocketId,
+    dst: SocketAddr,
+    tid: TransactionId,
+    payload: Vec<u8>,
+    first_sent: Option<Instant>,
+    next_send: Option<Instant>,
+    sends: u32,
+    rto: Duration,
+    state: State,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct FiltRun {
+    obs: usize,
+    ipport: usize,
+    port: usize,
+    started: Instant,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MapRun {
+    obs: usize,
+    ii: usize,
+    iii: usize,
+    iv: usize,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Slot {
+    local: Option<SocketAddr>,
+    abandoned: bool,
+    probes: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Obs {
+    Pending,
+    Alive { mapped: SocketAddr, other: Option<SocketAddr> },
+    Dead,
+}
+
+/// The detection state machine. See the module docs for the call sequence.
+#[derive(Debug)]
+pub struct Detection {
+    cfg: DetectConfig,
+    local: SocketAddr,
+    start: Instant,
+    rng: u64,
+    probes: Vec<Probe>,
+    /// `(socket, dst)` pairs in order of their first transmission: the order
+    /// in which the NAT created mappings.
+    first_sends: Vec<(SocketId, SocketAddr)>,
+    best_rtt: Option<Duration>,
+    test_i: Vec<usize>,
+    filt: Option<FiltRun>,
+    filt_tried: Vec<usize>,
+    /// `Some(None)` = filtering cannot be measured with these observers.
+    filtering: Option<Option<Filtering>>,
+    map: Option<MapRun>,
+    slots: Vec<Slot>,
+    result: Option<Result<NatProfile, DetectError>>,
+    finished: bool,
+}
+
+impl Detection {
+    /// Start a detection for the primary socket bound to `local` (pass the
+    /// concrete interface address, not 0.0.0.0, or `no_nat` cannot be
+    /// recognised). `seed` feeds the transaction ids: give it real entropy.
+    pub fn new(cfg: DetectConfig, local: SocketAddr, now: Instant, seed: u64) -> Detection {
+        let mut d = Detection {
+            slots: vec![Slot::default(); cfg.allocation_probes],
+            cfg,
+            local,
+            start: now,
+            // xorshift must not start at 0.
+            rng: seed ^ 0x9E37_79B9_7F4A_7C15 | 1,
+            probes: Vec::new(),
+            first_sends: Vec::new(),
+            best_rtt: None,
+            test_i: Vec::new(),
+            filt: None,
+            filt_tried: Vec::new(),
+            filtering: None,
+            map: None,
+            result: None,
+            finished: false,
+        };
+        if d.cfg.observers.is_empty() {
+            d.result = Some(Err(DetectError::NoObservers));
+            d.finished = true;
+            return d;
+        }
+        for i in 0..d.cfg.observers.len() {
+            let dst = d.cfg.observers[i];
+            let p = d.add_probe(Kind::TestI { obs: i }, SocketId::Primary, dst, None, now);
+            d.test_i.push(p);
+        }
+        // Speculative: the filtering observer is the second one if there is
+        // one (so mapping tests can run concurrently on the first), else the
+        // only one. If it turns out not to support RFC 5780 we move on.
+        let f = usize::from(d.cfg.observers.len() > 1);
+        d.start_filtering(f, now);
+        d
+    }
+
+    /// How many extra probe sockets the runtime should open (once, up
+    /// front). Their local addresses go to [`Detection::set_probe_local_addr`].
+    pub fn probe_sockets_needed(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Tell the local address of probe socket `n`. Ignored for an unknown
+    /// `n`, a second call for the same `n`, or after the slot was abandoned.
+    pub fn set_probe_local_addr(&mut self, n: usize, addr: SocketAddr) {
+        if self.finished {
+            return;
+        }
+        let Some(slot) = self.slots.get(n) else { return };
+        if slot.local.is_some() || slot.abandoned {
+            return;
+        }
+        self.slots[n].local = Some(addr);
+        let obs = self.preferred_alive().unwrap_or(0);
+        let dst = self.cfg.observers[obs];
+        let start = self.start;
+        let p = self.add_probe(Kind::Alloc { slot: n, obs }, SocketId::Probe(n), dst, None, start);
+        self.slots[n].probes.push(p);
+    }
+
+    /// Next datagram to send, if any is due at `now`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if self.finished {
+            return None;
+        }
+        let idx = self
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.state == State::Pending)
+            .filter_map(|(i, p)| p.next_send.filter(|t| *t <= now).map(|t| (t, i)))
+            .min()?
+            .1;
+        let interval = self.filter_interval();
+        let max = self.cfg.max_transmits.max(1);
+        let p = &mut self.probes[idx];
+        if p.first_sent.is_none() {
+            p.first_sent = Some(now);
+        }
+        p.sends += 1;
+        p.next_send = if p.sends >= max {
+            None
+        } else if p.kind.is_filter() {
+            Some(now + interval)
+        } else {
+            let t = now + p.rto;
+            p.rto = p.rto.saturating_mul(2);
+            Some(t)
+        };
+        let t = Transmit { socket: p.socket, dst: p.dst, payload: p.payload.clone() };
+        if !self.first_sends.contains(&(t.socket, t.dst)) {
+            self.first_sends.push((t.socket, t.dst));
+        }
+        Some(t)
+    }
+
+    /// Feed a datagram received on one of our sockets. Returns true if it was
+    /// a response to one of our requests (consumed), false otherwise (the
+    /// runtime may hand it to someone else).
+    pub fn handle_datagram(&mut self, socket: SocketId, from: SocketAddr, data: &[u8], now: Instant) -> bool {
+        if self.finished {
+            return false;
+        }
+        let Ok(msg) = Message::decode(data) else { return false };
+        if msg.method != METHOD_BINDING || !matches!(msg.class, Class::SuccessResponse | Class::ErrorResponse) {
+            return false;
+        }
+        let Some(idx) = self.probes.iter().position(|p| p.tid == msg.transaction_id && p.socket == socket) else {
+            return false;
+        };
+        let p = &self.probes[idx];
+        if p.state != State::Pending {
+            return true; // duplicate or late answer: ours, but nothing new
+        }
+        if let Some(sent) = p.first_sent {
+            // Measured from the first transmission: with retransmissions this
+            // over-estimates, which only makes the waits more patient.
+            let rtt = now.saturating_duration_since(sent);
+            self.best_rtt = Some(self.best_rtt.map_or(rtt, |b| b.min(rtt)));
+        }
+        let state = classify(p, &msg, from);
+        let p = &mut self.probes[idx];
+        p.state = state;
+        p.next_send = None;
+        self.advance(now);
+        true
+    }
+
+    /// Earliest instant at which [`Detection::handle_timeout`] (or
+    /// [`Detection::poll_transmit`]) has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished {
+            return None;
+        }
+        let mut t = self.start + self.cfg.timeout;
+        let mut consider = |x: Instant| t = t.min(x);
+        for p in self.probes.iter().filter(|p| p.state == State::Pending) {
+            if let Some(n) = p.next_send {
+                consider(n);
+            }
+            if let (false, Some(w), Some(s)) = (p.kind.is_filter(), self.answer_wait(), p.first_sent) {
+                consider(s + w);
+            }
+        }
+        if let Some(s) = self.settle() {
+            if self.filtering.is_none() {
+                if let Some(run) = self.filt {
+                    consider(run.started + s);
+                }
+            }
+            if self.slots.iter().any(|sl| sl.local.is_none() && !sl.abandoned) {
+                consider(self.start + s);
+            }
+        }
+        Some(t)
+    }
+
+    /// Process timers due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+    }
+
+    /// The verdict, once: `Some` exactly one time, then `None`.
+    pub fn poll_result(&mut self) -> Option<Result<NatProfile, DetectError>> {
+        self.result.take()
+    }
+
+    /// True once a result has been produced (taken or not).
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    // ----------------------------------------------------------------------
+
+    fn next_u64(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    fn add_probe(
+        &mut self,
+        kind: Kind,
+        socket: SocketId,
+        dst: SocketAddr,
+        change: Option<(bool, bool)>,
+        now: Instant,
+    ) -> usize {
+        let mut tid = [0u8; 12];
+        tid[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        tid[8..].copy_from_slice(&self.next_u64().to_le_bytes()[..4]);
+        let mut msg = Message::binding_request(tid);
+        if let Some((change_ip, change_port)) = change {
+            msg = msg.with(Attribute::ChangeRequest { change_ip, change_port });
+        }
+        self.probes.push(Probe {
+            kind,
+            socket,
+            dst,
+            tid,
+            payload: msg.with_fingerprint().encode(),
+            first_sent: None,
+            next_send: Some(now),
+            sends: 0,
+            rto: self.cfg.rto,
+            state: State::Pending,
+        });
+        self.probes.len() - 1
+    }
+
+    fn cancel(&mut self, idx: usize) {
+        let p = &mut self.probes[idx];
+        if p.state == State::Pending {
+            p.state = State::GaveUp;
+        }
+        p.next_send = None;
+    }
+
+    /// Wait after which silence to a filtering test means "filtered".
+    fn settle(&self) -> Option<Duration> {
+        self.best_rtt.map(|r| (r * 3).max(self.cfg.min_wait))
+    }
+
+    /// Wait after which a request that should be answered is given up.
+    fn answer_wait(&self) -> Option<Duration> {
+        self.settle().map(|s| s * 2)
+    }
+
+    fn filter_interval(&self) -> Duration {
+        (self.settle().unwrap_or(self.cfg.min_wait) / 4).max(Duration::from_millis(10))
+    }
+
+    fn obs(&self, i: usize) -> Obs {
+        match self.probes[self.test_i[i]].state {
+            State::Pending => Obs::Pending,
+            State::Answered(a) => Obs::Alive { mapped: a.mapped, other: a.other },
+            State::Failed | State::GaveUp => Obs::Dead,
+        }
+    }
+
+    fn capable(&self, i: usize) -> bool {
+        matches!(self.obs(i), Obs::Alive { other: Some(_), .. })
+    }
+
+    fn preferred_alive(&self) -> Option<usize> {
+        (0..self.test_i.len()).find(|&i| matches!(self.obs(i), Obs::Alive { .. }))
+    }
+
+    fn start_filtering(&mut self, obs: usize, now: Instant) {
+        let dst = self.cfg.observers[obs];
+        let ipport = self.add_probe(Kind::FiltIpPort, SocketId::Primary, dst, Some((true, true)), now);
+        let port = self.add_probe(Kind::FiltPort, SocketId::Primary, dst, Some((false, true)), now);
+        self.filt = Some(FiltRun { obs, ipport, port, started: now });
+    }
+
+    fn advance(&mut self, now: Instant) {
+        if self.finished {
+            return;
+        }
+        if now >= self.start + self.cfg.timeout {
+            self.finish();
+            return;
+        }
+        if let Some(w) = self.answer_wait() {
+            for i in 0..self.probes.len() {
+                let p = &self.probes[i];
+                if p.state == State::Pending && !p.kind.is_filter() && p.first_sent.is_some_and(|s| now >= s + w) {
+                    self.cancel(i);
+                }
+            }
+        }
+        let n = self.test_i.len();
+        if (0..n).all(|i| self.obs(i) == Obs::Dead) {
+            self.finish();
+            return;
+        }
+        self.step_filtering(now);
+        self.step_mapping(now);
+        self.step_alloc(now);
+        if self.complete() {
+            self.finish();
+        }
+    }
+
+    fn step_filtering(&mut self, now: Instant) {
+        if self.filtering.is_some() {
+            return;
+        }
+        if let Some(run) = self.filt {
+            let a = self.probes[run.ipport].state;
+            let b = self.probes[run.port].state;
+            if matches!(a, State::Answered(_)) {
+                self.filtering = Some(Some(Filtering::Ei));
+                self.cancel(run.ipport);
+                self.cancel(run.port);
+                return;
+            }
+            let obs = self.obs(run.obs);
+            let invalid = matches!(obs, Obs::Dead | Obs::Alive { other: None, .. })
+                || a == State::Failed
+                || b == State::Failed;
+            if invalid {
+                self.cancel(run.ipport);
+                self.cancel(run.port);
+                self.filt_tried.push(run.obs);
+                self.filt = None;
+            } else if let (true, Some(s)) = (self.capable(run.obs), self.settle()) {
+                if now >= run.started + s {
+                    let f = if matches!(b, State::Answered(_)) { Filtering::Hd } else { Filtering::Pd };
+                    self.filtering = Some(Some(f));
+                    self.cancel(run.ipport);
+                    self.cancel(run.port);
+                    return;
+                }
+            }
+        }
+        if self.filt.is_none() {
+            let map_obs = self.map.map(|m| m.obs);
+            let cands: Vec<usize> = (0..self.test_i.len())
+                .filter(|&i| self.capable(i) && !self.filt_tried.contains(&i) && map_obs != Some(i))
+                .collect();
+            // Leave the first capable observer to the mapping tests if we can.
+            let pick = if map_obs.is_none() && cands.len() >= 2 { Some(cands[1]) } else { cands.first().copied() };
+            match pick {
+                Some(c) => self.start_filtering(c, now),
+                None => {
+                    if (0..self.test_i.len()).all(|i| self.obs(i) != Obs::Pending) {
+                        self.filtering = Some(None);
+                    }
+                }
+            }
+        }
+    }
+
+    fn step_mapping(&mut self, now: Instant) {
+        if self.map.is_some() {
+            return;
+        }
+        let cands: Vec<usize> = (0..self.test_i.len()).filter(|&i| self.capable(i)).collect();
+        let choice = if self.filtering.is_some() {
+            cands.first().copied()
+        } else {
+            match self.filt {
+                // Concurrent only on a different observer, and only once the
+                // filtering observer is confirmed capable (else filtering may
+                // have to fall back to the mapping observer, uncontaminated).
+                Some(run) if self.capable(run.obs) => cands.iter().copied().find(|&c| c != run.obs),
+                _ => None,
+            }
+        };
+        let Some(m) = choice else { return };
+        let Obs::Alive { other: Some(other), .. } = self.obs(m) else { return };
+        let primary = self.cfg.observers[m];
+        let ii = self.add_probe(Kind::MapII, SocketId::Primary, SocketAddr::new(other.ip(), primary.port()), None, now);
+        let iii = self.add_probe(Kind::MapIII, SocketId::Primary, other, None, now);
+        let iv = self.add_probe(Kind::MapIV, SocketId::Primary, SocketAddr::new(primary.ip(), other.port()), None, now);
+        self.map = Some(MapRun { obs: m, ii, iii, iv });
+    }
+
+    fn step_alloc(&mut self, now: Instant) {
+        let settle = self.settle();
+        for n in 0..self.slots.len() {
+            let slot = &self.slots[n];
+            if slot.local.is_none() {
+                if settle.is_some_and(|s| now >= self.start + s) {
+                    self.slots[n].abandoned = true;
+                }
+                continue;
+            }
+            // Re-aim a probe whose observer turned out dead, once.
+            let Some(&last) = slot.probes.last() else { continue };
+            let p = &self.probes[last];
+            if let (State::Pending, Kind::Alloc { obs, .. }) = (p.state, p.kind) {
+                if self.obs(obs) == Obs::Dead && slot.probes.len() < 2 {
+                    if let Some(alive) = self.preferred_alive() {
+                        self.cancel(last);
+                        let dst = self.cfg.observers[alive];
+                        let q = self.add_probe(Kind::Alloc { slot: n, obs: alive }, SocketId::Probe(n), dst, None, now);
+                        self.slots[n].probes.push(q);
+                    }
+                }
+            }
+        }
+    }
+
+    fn resolved(&self, idx: usize) -> bool {
+        self.probes[idx].state != State::Pending
+    }
+
+    fn complete(&self) -> bool {
+        if self.filtering.is_none() || self.test_i.iter().any(|&p| !self.resolved(p)) {
+            return false;
+        }
+        let mapping_done = match self.map {
+            Some(m) => [m.ii, m.iii, m.iv].iter().all(|&p| self.resolved(p)),
+            None => !(0..self.test_i.len()).any(|i| self.capable(i)),
+        };
+        let alloc_done = self
+            .slots
+            .iter()
+            .all(|s| s.abandoned || (s.local.is_some() && s.probes.last().is_some_and(|&p| self.resolved(p))));
+        mapping_done && alloc_done
+    }
+
+    fn answer(&self, idx: usize) -> Option<Answer> {
+        match self.probes[idx].state {
+            State::Answered(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        self.result = Some(self.verdict());
+        for p in &mut self.probes {
+            p.next_send = None;
+        }
+    }
+
+    fn verdict(&self) -> Result<NatProfile, DetectError> {
+        let alive: Vec<(usize, SocketAddr)> = (0..self.test_i.len())
+            .filter_map(|i| match self.obs(i) {
+                Obs::Alive { mapped, .. } => Some((i, mapped)),
+                _ => None,
+            })
+            .collect();
+        let Some(&(_, first_mapped)) = alive.first() else { return Err(DetectError::Timeout) };
+        let public_addr = self.map.and_then(|m| self.answer(self.test_i[m.obs])).map_or(first_mapped, |a| a.mapped);
+        let no_nat = !self.local.ip().is_unspecified() && public_addr == self.local;
+        let mut confidence = Confidence::High;
+        let mut lower = |c: Confidence| confidence = confidence.min(c);
+
+        let mapping = if no_nat {
+            Mapping::Ei
+        } else {
+            let tests = self.map.map(|m| (self.answer(self.test_i[m.obs]), self.answer(m.ii), self.answer(m.iii)));
+            match tests {
+                Some((Some(i), Some(ii), _)) if i.mapped == ii.mapped => Mapping::Ei,
+                Some((Some(_), Some(ii), Some(iii))) => {
+                    if iii.mapped == ii.mapped {
+                        Mapping::Hd
+                    } else {
+                        Mapping::Pd
+                    }
+                }
+                Some((Some(_), Some(_), None)) => {
+                    // Not EI; HD vs PD unknown: assume the harder one.
+                    lower(Confidence::Medium);
+                    Mapping::Pd
+                }
+                other => {
+                    // No usable RFC 5780 observer (or its tests were lost):
+                    // compare what distinct observers saw.
+                    lower(if other.is_some() { Confidence::Medium } else { Confidence::Low });
+                    let distinct_ip = alive.iter().any(|&(i, _)| self.cfg.observers[i].ip() != self.cfg.observers[alive[0].0].ip());
+                    if distinct_ip && alive.iter().all(|&(_, m)| m == first_mapped) {
+                        Mapping::Ei
+                    } else {
+                        Mapping::Pd
+                    }
+                }
+            }
+        };
+        if mapping == Mapping::Ei && alive.iter().any(|&(_, m)| m != public_addr) {
+            // Observers disagree about an "endpoint-independent" mapping.
+            lower(Confidence::Medium);
+        }
+        let filtering = match self.filtering {
+            Some(Some(f)) => f,
+            _ => {
+                lower(Confidence::Low);
+                Filtering::Pd
+            }
+        };
+        let (allocation, port_delta) = if no_nat {
+            (Allocation::Pp, None)
+        } else {
+            let (a, d, c) = self.allocation(mapping);
+            lower(c);
+            (a, d)
+        };
+        Ok(NatProfile {
+            mapping,
+            filtering,
+            allocation,
+            public_addr,
+            port_delta,
+            confidence,
+            mapping_lifetime: None,
+            hairpin: None,
+            no_nat,
+        })
+    }
+
+    fn local_port(&self, s: SocketId) -> Option<u16> {
+        match s {
+            SocketId::Primary => Some(self.local.port()),
+            SocketId::Probe(n) => self.slots.get(n).and_then(|sl| sl.local).map(|a| a.port()),
+        }
+    }
+
+    /// Allocation verdict from the fresh mappings we created (see module doc).
+    fn allocation(&self, mapping: Mapping) -> (Allocation, Option<i32>, Confidence) {
+        type Key = (SocketId, Option<IpAddr>, Option<u16>);
+        let key = |s: SocketId, d: SocketAddr| -> Key {
+            match mapping {
+                Mapping::Ei => (s, None, None),
+                Mapping::Hd => (s, Some(d.ip()), None),
+                Mapping::Pd => (s, Some(d.ip()), Some(d.port())),
+            }
+        };
+        let mut keys: Vec<Key> = Vec::new();
+        for &(s, d) in &self.first_sends {
+            let k = key(s, d);
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        // (rank in creation order, socket, public port)
+        let mut series: Vec<(usize, SocketId, u16)> = Vec::new();
+        for (rank, k) in keys.iter().enumerate() {
+            let port = self.probes.iter().find_map(|p| match p.state {
+                State::Answered(a) if key(p.socket, p.dst) == *k => Some(a.mapped.port()),
+                _ => None,
+            });
+            if let Some(port) = port {
+                series.push((rank, k.0, port));
+            }
+        }
+        // PP: the first mapping of every socket kept its local port. Later
+        // mappings of the same socket (PD) cannot all have it. A socket whose
+        // first mapping was never answered tells nothing either way.
+        let mut checks = Vec::new();
+        let mut seen: Vec<SocketId> = Vec::new();
+        for (rank, k) in keys.iter().enumerate() {
+            if seen.contains(&k.0) {
+                continue;
+            }
+            seen.push(k.0);
+            if let Some(&(_, s, port)) = series.iter().find(|e| e.0 == rank) {
+                checks.push(self.local_port(s) == Some(port));
+            }
+        }
+        if !checks.is_empty() && checks.iter().all(|&c| c) {
+            let c = if checks.len() >= 2 { Confidence::High } else { Confidence::Medium };
+            return (Allocation::Pp, None, c);
+        }
+        // PC: constant delta between consecutive fresh mappings.
+        let deltas: Vec<Option<i32>> = series
+            .windows(2)
+            .map(|w| {
+                let gap = (w[1].0 - w[0].0) as i32;
+                let diff = i32::from(w[1].2) - i32::from(w[0].2);
+                (gap > 0 && diff % gap == 0 && diff != 0).then(|| diff / gap)
+            })
+            .collect();
+        if deltas.len() < 2 {
+            // One delta (or none) cannot tell contiguity from chance.
+            return (Allocation::Rd, None, if deltas.is_empty() { Confidence::Low } else { Confidence::Medium });
+        }
+        let mut best: Option<(i32, usize)> = None;
+        for d in deltas.iter().flatten() {
+            let count = deltas.iter().filter(|x| **x == Some(*d)).count();
+            if best.map_or(true, |(_, c)| count > c) {
+                best = Some((*d, count));
+            }
+        }
+        match best {
+            Some((d, c)) if c == deltas.len() => (Allocation::Pc, Some(d), Confidence::High),
+            // Another host behind the same NAT can steal a port in between.
+            Some((d, c)) if c >= 2 && c * 3 >= deltas.len() * 2 => (Allocation::Pc, Some(d), Confidence::Medium),
+            _ => (Allocation::Rd, None, if deltas.len() >= 3 { Confidence::High } else { Confidence::Medium }),
+        }
+    }
+}
+
+/// Decide what a response means for the probe it answers.
+fn classify(p: &Probe, msg: &Message, from: SocketAddr) -> State {
+    if msg.class == Class::ErrorResponse {
+        return State::Failed;
+    }
+    let Some(mapped) = msg.mapped_address() else { return State::Failed };
+    // A filtering answer only counts if it really came from the changed
+    // address; a server that ignored CHANGE-REQUEST proves nothing.
+    let valid = match p.kind {
+        Kind::FiltIpPort => from.ip() != p.dst.ip() && from.port() != p.dst.port(),
+        Kind::FiltPort => from.ip() == p.dst.ip() && from.port() != p.dst.port(),
+        _ => true,
+    };
+    if !valid {
+        return State::Failed;
+    }
+    State::Answered(Answer { mapped, other: msg.other_address() })
+}
+
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! In-memory network for driving [`Detection`]: one host behind a NAT that
+//! implements any of the 27 NATCracker types (or no NAT, optionally with a
+//! filtering firewall), observers built from the real [`Observer`] logic,
+//! fixed one-way delay and seeded random loss.
+
+use super::*;
+use crate::nat::NatType;
+use crate::observer::{Observer, ObserverConfig};
+
+pub(super) struct XorShift(pub u64);
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+struct SimMap {
+    local: SocketAddr,
+    key: (Option<IpAddr>, Option<u16>),
+    public: SocketAddr,
+    contacted: Vec<SocketAddr>,
+}
+
+/// A NAT (or no NAT) in front of one host.
+pub(super) struct SimNat {
+    pub ty: Option<NatType>,
+    /// Filtering of the host firewall when `ty` is None.
+    pub firewall: Filtering,
+    pub public_ip: IpAddr,
+    pub delta: i32,
+    next_port: i32,
+    rng: XorShift,
+    maps: Vec<SimMap>,
+}
+
+impl SimNat {
+    pub fn new(ty: Option<NatType>, delta: i32, seed: u64) -> SimNat {
+        let mut rng = XorShift(seed | 1);
+        let next_port = 20_000 + (rng.next() % 1000) as i32;
+        SimNat {
+            ty,
+            firewall: Filtering::Ei,
+            public_ip: "203.0.113.1".parse().unwrap(),
+            delta,
+            next_port,
+            rng,
+            maps: Vec::new(),
+        }
+    }
+
+    fn in_use(&self, port: u16) -> bool {
+        self.maps.iter().any(|m| m.public.port() == port)
+    }
+
+    fn random_port(&mut self) -> u16 {
+        loop {
+            let p = 1024 + (self.rng.next() % (65535 - 1024)) as u16;
+            if !self.in_use(p) {
+                return p;
+            }
+        }
+    }
+
+    /// Translate an outbound packet; returns the public source address.
+    pub fn outbound(&mut self, local: SocketAddr, dst: SocketAddr) -> SocketAddr {
+        let Some(ty) = self.ty else {
+            if let Some(m) = self.maps.iter_mut().find(|m| m.local == local) {
+                m.contacted.push(dst);
+            } else {
+                self.maps.push(SimMap { local, key: (None, None), public: local, contacted: vec![dst] });
+            }
+            return local;
+        };
+        let key = match ty.mapping {
+            Mapping::Ei => (None, None),
+            Mapping::Hd => (Some(dst.ip()), None),
+            Mapping::Pd => (Some(dst.ip()), Some(dst.port())),
+        };
+        if let Some(m) = self.maps.iter_mut().find(|m| m.local == local && m.key == key) {
+            m.contacted.push(dst);
+            return m.public;
+        }
+        let port = match ty.allocation {
+            // Preserve the local port if free, else fall back to random.
+            Allocation::Pp if !self.in_use(local.port()) => local.port(),
+            Allocation::Pp | Allocation::Rd => self.random_port(),
+            Allocation::Pc => {
+                let mut p = self.next_port;
+                while self.in_use(p as u16) {
+                    p += self.delta;
+                }
+                self.next_port = p + self.delta;
+                p as u16
+            }
+        };
+        let public = SocketAddr::new(self.public_ip, port);
+        self.maps.push(SimMap { local, key, public, contacted: vec![dst] });
+        public
+    }
+
+    /// Translate an inbound packet; returns the local destination if the
+    /// mapping exists and its filter lets `from` in.
+    pub fn inbound(&self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+        let filtering = self.ty.map_or(self.firewall, |t| t.filtering);
+        let m = self.maps.iter().find(|m| m.public == to)?;
+        let ok = match filtering {
+            Filtering::Ei => true,
+            Filtering::Hd => m.contacted.iter().any(|c| c.ip() == from.ip()),
+            Filtering::Pd => m.contacted.contains(&from),
+        };
+        ok.then_some(m.local)
+    }
+}
+
+enum Packet {
+    /// Left the NAT, travelling to an observer.
+    Up { src: SocketAddr, dst: SocketAddr, payload: Vec<u8> },
+    /// Left an observer, travelling to the NAT's public side.
+    Down { src: SocketAddr, dst: SocketAddr, payload: Vec<u8> },
+}
+
+pub(super) struct World {
+    pub nat: SimNat,
+    pub observers: Vec<Observer>,
+    pub one_way: Duration,
+    /// Per-packet loss probability in parts per thousand.
+    pub loss_permille: u64,
+    /// Observers that drop everything (dead).
+    pub dead: Vec<usize>,
+    rng: XorShift,
+    queue: Vec<(Instant, u64, Packet)>,
+    seq: u64,
+    pub sent: usize,
+}
+
+pub(super) const PRIMARY_LOCAL: &str = "10.0.0.2:5000";
+
+pub(super) fn full_observer(ip1: &str, ip2: &str) -> Observer {
+    Observer::new(ObserverConfig {
+        primary: format!("{ip1}:3478").parse().unwrap(),
+        alternate: Some(format!("{ip2}:3479").parse().unwrap()),
+        software: Some("sim".into()),
+    })
+    .unwrap()
+}
+
+pub(super) fn plain_observer(ip: &str) -> Observer {
+    Observer::new(ObserverConfig { primary: format!("{ip}:3478").parse().unwrap(), alternate: None, software: None })
+        .unwrap()
+}
+
+/// Outcome of one simulated run.
+pub(super) struct Run {
+    pub result: Result<NatProfile, DetectError>,
+    pub elapsed: Duration,
+    pub transmits: usize,
+}
+
+impl World {
+    pub fn new(nat: SimNat, observers: Vec<Observer>, one_way_ms: u64, loss_permille: u64, seed: u64) -> World {
+        World {
+            nat,
+            observers,
+            one_way: Duration::from_millis(one_way_ms),
+            loss_permille,
+            dead: Vec::new(),
+            rng: XorShift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1),
+            queue: Vec::new(),
+            seq: 0,
+            sent: 0,
+        }
+    }
+
+    fn lost(&mut self) -> bool {
+        self.rng.next() % 1000 < self.loss_permille
+    }
+
+    fn push(&mut self, at: Instant, p: Packet) {
+        self.seq += 1;
+        self.queue.push((at, self.seq, p));
+    }
+
+    fn pop_next(&mut self) -> Option<(Instant, Packet)> {
+        let i = self.queue.iter().enumerate().min_by_key(|(_, (t, s, _))| (*t, *s))?.0;
+        let (t, _, p) = self.queue.swap_remove(i);
+        Some((t, p))
+    }
+
+    fn next_time(&self) -> Option<Instant> {
+        self.queue.iter().map(|(t, _, _)| *t).min()
+    }
+
+    pub fn config(&self) -> DetectConfig {
+        DetectConfig {
+            observers: self.observers.iter().map(|o| o.config().primary).collect(),
+            ..DetectConfig::default()
+        }
+    }
+
+    /// Drive `det` to completion. `probe_locals` are the local addresses of
+    /// the probe sockets the runtime opens (fewer than requested = the
+    /// runtime could not open them).
+    pub fn run(&mut self, det: &mut Detection, probe_locals: &[SocketAddr], t0: Instant) -> Run {
+        let primary: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
+        for (n, a) in probe_locals.iter().enumerate().take(det.probe_sockets_needed()) {
+            det.set_probe_local_addr(n, *a);
+        }
+        let socket_of = |local: SocketAddr| -> Option<SocketId> {
+            if local == primary {
+                Some(SocketId::Primary)
+            } else {
+                probe_locals.iter().position(|a| *a == local).map(SocketId::Probe)
+            }
+        };
+        let mut now = t0;
+        for _ in 0..100_000 {
+            while let Some(t) = det.poll_transmit(now) {
+                self.sent += 1;
+                let local = match t.socket {
+                    SocketId::Primary => primary,
+                    SocketId::Probe(n) => probe_locals[n],
+                };
+                let src = self.nat.outbound(local, t.dst);
+                if !self.lost() {
+                    self.push(now + self.one_way, Packet::Up { src, dst: t.dst, payload: t.payload });
+                }
+            }
+            if let Some(result) = det.poll_result() {
+                assert!(det.poll_result().is_none(), "result must be returned once");
+                assert!(det.poll_transmit(now).is_none() && det.poll_timeout().is_none());
+                return Run { result, elapsed: now - t0, transmits: self.sent };
+            }
+            let timer = det.poll_timeout().expect("unfinished detection must have a timer");
+            assert!(timer >= now || det.poll_transmit(now).is_some(), "timer in the past with nothing to do");
+            match self.next_time() {
+                Some(t) if t <= timer => {
+                    now = t;
+                    let (_, pkt) = self.pop_next().unwrap();
+                    self.deliver(det, pkt, now, &socket_of);
+                }
+                _ => {
+                    now = timer.max(now);
+                    det.handle_timeout(now);
+                }
+            }
+        }
+        panic!("detection did not finish");
+    }
+
+    fn deliver(&mut self, det: &mut Detection, pkt: Packet, now: Instant, socket_of: &dyn Fn(SocketAddr) -> Option<SocketId>) {
+        match pkt {
+            Packet::Up { src, dst, payload } => {
+                let Some(i) = self.observers.iter().position(|o| o.local_addrs().contains(&dst)) else { return };
+                if self.dead.contains(&i) {
+                    return;
+                }
+                if let Some(reply) = self.observers[i].handle_datagram(dst, src, &payload) {
+                    if !self.lost() {
+                        self.push(now + self.one_way, Packet::Down { src: reply.from, dst: reply.to, payload: reply.payload });
+                    }
+                }
+            }
+            Packet::Down { src, dst, payload } => {
+                if let Some(local) = self.nat.inbound(src, dst) {
+                    if let Some(s) = socket_of(local) {
+                        det.handle_datagram(s, src, &payload, now);
+                    }
+                }
+            }
+        }
+    }
+}
