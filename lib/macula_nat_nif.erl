@@ -7,12 +7,14 @@
 -export([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
          node_close/1, node_send_to/4,
          cancel/1, runtime_ping/1, runtime_tasks/0,
-         debug_panic/1, debug_panic_async/1]).
+         debug_panic/1, debug_panic_async/1,
+         observer_start/2, observer_stop/1, observer_info/1]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
        cancel/1, runtime_ping/1, runtime_tasks/0,
-       debug_panic/1, debug_panic_async/1]).
+       debug_panic/1, debug_panic_async/1,
+       observer_start/2, observer_stop/1, observer_info/1]).
 
 -on_load(load/0).
 
@@ -66,3 +68,14 @@ debug_panic(_Where) -> erlang:nif_error(not_loaded).
 
 -spec debug_panic_async(reference()) -> {ok, pending()} | {error, term()}.
 debug_panic_async(_Ref) -> erlang:nif_error(not_loaded).
+
+-spec observer_start({inet:ip_address(), inet:port_number()},
+                     {inet:ip_address(), inet:port_number()} | undefined) ->
+    {ok, resource()} | {error, term()}.
+observer_start(_Primary, _Alternate) -> erlang:nif_error(not_loaded).
+
+-spec observer_stop(resource()) -> ok.
+observer_stop(_Observer) -> erlang:nif_error(not_loaded).
+
+-spec observer_info(resource()) -> map().
+observer_info(_Observer) -> erlang:nif_error(not_loaded).

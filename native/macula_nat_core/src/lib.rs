@@ -9,6 +9,7 @@
 pub mod error;
 pub mod identity;
 pub mod node;
+pub mod observer_server;
 pub mod runtime;
 
 pub use error::Error;

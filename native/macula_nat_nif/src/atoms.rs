@@ -15,6 +15,10 @@ rustler::atoms! {
     undefined,
     sync,
     r#async = "async",
+    primary,
+    alternate,
+    answered,
+    dropped,
     // node stats keys
     datagrams_in,
     bytes_in,

@@ -8,6 +8,7 @@ mod convert;
 mod debug_nif;
 mod guard;
 mod node_nif;
+mod observer_nif;
 mod reply;
 
 rustler::init!("macula_nat_nif", load = load);

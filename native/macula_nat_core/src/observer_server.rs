@@ -1,0 +1,196 @@
+//! RFC 5780 observer server: binds the observer's 2 IPs x 2 ports and
+//! answers Binding requests from whichever socket the sans-IO
+//! [`Observer`](macula_nat_proto::observer::Observer) chooses (that is how
+//! CHANGE-REQUEST is honoured). Malformed datagrams are dropped and counted
+//! by reason, never answered.
+
+use crate::{runtime, Error};
+use macula_nat_proto::observer::{Observer, ObserverConfig};
+use macula_nat_proto::stun::Message;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+#[derive(Default)]
+pub struct ObserverStats {
+    pub answered: AtomicU64,
+    pub dropped: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl ObserverStats {
+    fn drop_reason(&self, reason: &'static str) {
+        if let Ok(mut m) = self.dropped.lock() {
+            *m.entry(reason).or_insert(0) += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> (u64, Vec<(&'static str, u64)>) {
+        let dropped = self.dropped.lock().map(|m| m.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
+        (self.answered.load(Ordering::Relaxed), dropped)
+    }
+}
+
+pub struct ObserverServer {
+    primary: SocketAddr,
+    alternate: Option<SocketAddr>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub stats: Arc<ObserverStats>,
+}
+
+impl ObserverServer {
+    /// Binds every address the observer needs. Port 0 in `primary` or
+    /// `alternate` picks a free port (handy on loopback, where 127.0.0.1 and
+    /// 127.0.0.2 give the two IPs).
+    pub fn start(primary: SocketAddr, alternate: Option<SocketAddr>, software: Option<String>) -> Result<ObserverServer, Error> {
+        let p_sock = bind(primary)?;
+        let primary = p_sock.local_addr()?;
+        let mut socks = vec![p_sock];
+        let alternate = match alternate {
+            Some(a) => {
+                // The alternate port must differ from the primary one and be
+                // free on both IPs (the crossed pairs bind it too).
+                let a_sock = bind(a)?;
+                let a = a_sock.local_addr()?;
+                socks.push(a_sock);
+                Some(a)
+            }
+            None => None,
+        };
+        let observer = Observer::new(ObserverConfig { primary, alternate, software })
+            .map_err(|e| Error::Internal(format!("observer config: {e:?}")))?;
+        for addr in observer.local_addrs().into_iter().skip(socks.len()) {
+            socks.push(bind(addr)?);
+        }
+        let _guard = runtime::handle().enter();
+        let mut by_addr = HashMap::new();
+        for s in socks {
+            let addr = s.local_addr()?;
+            by_addr.insert(addr, Arc::new(UdpSocket::from_std(s)?));
+        }
+        let by_addr = Arc::new(by_addr);
+        let stats = Arc::new(ObserverStats::default());
+        let observer = Arc::new(observer);
+        let tasks = by_addr
+            .iter()
+            .map(|(local, sock)| {
+                runtime::spawn(serve(*local, sock.clone(), by_addr.clone(), observer.clone(), stats.clone()))
+            })
+            .collect();
+        Ok(ObserverServer { primary, alternate, tasks: Mutex::new(tasks), stats })
+    }
+
+    pub fn primary(&self) -> SocketAddr {
+        self.primary
+    }
+
+    pub fn alternate(&self) -> Option<SocketAddr> {
+        self.alternate
+    }
+
+    pub fn stop(&self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Drop for ObserverServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+async fn serve(
+    local: SocketAddr,
+    sock: Arc<UdpSocket>,
+    all: Arc<HashMap<SocketAddr, Arc<UdpSocket>>>,
+    observer: Arc<Observer>,
+    stats: Arc<ObserverStats>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            Err(_) => return,
+        };
+        let data = &buf[..n];
+        match observer.handle_datagram(local, from, data) {
+            Some(reply) => {
+                let out = all.get(&reply.from).unwrap_or(&sock);
+                if out.send_to(&reply.payload, reply.to).await.is_ok() {
+                    stats.answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                let reason = match Message::decode(data) {
+                    Err(e) => e.reason(),
+                    Ok(_) => "not_a_binding_request",
+                };
+                stats.drop_reason(reason);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use macula_nat_proto::stun::{Attribute, Class};
+    use std::time::Duration;
+
+    fn request(tx: u8, change: Option<(bool, bool)>) -> Vec<u8> {
+        let mut m = Message::binding_request([tx; 12]);
+        if let Some((change_ip, change_port)) = change {
+            m = m.with(Attribute::ChangeRequest { change_ip, change_port });
+        }
+        m.with_fingerprint().encode()
+    }
+
+    #[test]
+    fn answers_from_the_changed_address_on_loopback() {
+        let srv = ObserverServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Some("127.0.0.2:0".parse().unwrap()),
+            Some("macula-test".into()),
+        )
+        .unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let alt = srv.alternate().unwrap();
+        let cases = [
+            (None, srv.primary()),
+            (Some((true, true)), alt),
+            (Some((false, true)), SocketAddr::new(srv.primary().ip(), alt.port())),
+            (Some((true, false)), SocketAddr::new(alt.ip(), srv.primary().port())),
+        ];
+        for (i, (change, expect_from)) in cases.iter().enumerate() {
+            client.send_to(&request(i as u8, *change), srv.primary()).unwrap();
+            let mut buf = [0u8; 1500];
+            let (n, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!(from, *expect_from, "case {i}");
+            let resp = Message::decode(&buf[..n]).unwrap();
+            assert_eq!(resp.class, Class::SuccessResponse);
+            assert_eq!(resp.mapped_address(), Some(client.local_addr().unwrap()));
+            if change.is_none() {
+                assert_eq!(resp.other_address(), Some(alt));
+            }
+        }
+        client.send_to(b"garbage that is not stun", srv.primary()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let (answered, dropped) = srv.stats.snapshot();
+        assert_eq!(answered, 4);
+        assert_eq!(dropped.iter().map(|(_, n)| n).sum::<u64>(), 1);
+    }
+}
