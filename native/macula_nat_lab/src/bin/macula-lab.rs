@@ -19,6 +19,7 @@ usage:
   macula-lab engine --config FILE     (internal) userspace NAT engine, run inside a router namespace
   macula-lab probe-send --to IP:PORT --count N [--rate PPS] [--size BYTES] [--bind IP:PORT]
   macula-lab probe-sink --bind IP:PORT --count N [--idle-ms MS] [--max-ms MS]
+  macula-lab bench-build [--runs N]   time lab build/teardown (markdown on stdout)
 ";
 
 fn opt(args: &[String], name: &str) -> Option<String> {
@@ -108,10 +109,67 @@ fn run(args: &[String]) -> Result<()> {
             let max = opt(rest, "--max-ms").map(|r| r.parse()).transpose()?.unwrap_or(60_000);
             print_json(&probe::sink(bind, count, idle, max)?)
         }
+        "bench-build" => {
+            let runs: usize = opt(rest, "--runs").map(|r| r.parse()).transpose()?.unwrap_or(5);
+            bench_build(runs)
+        }
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
         }
         other => bail!("unknown command {other}\n{USAGE}"),
     }
+}
+
+fn bench_build(runs: usize) -> Result<()> {
+    use macula_nat_lab::{Lab, NatKind, SiteSpec};
+    use std::time::Instant;
+    let configs: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "4 kernel sites (full, restricted, port-restricted, symmetric)",
+            vec!["kernel:full_cone", "kernel:restricted_cone", "kernel:port_restricted_cone", "kernel:symmetric"],
+        ),
+        ("4 userspace sites (ei-ei-pp, ei-hd-pc, hd-pd-rd, pd-pd-rd)", vec![
+            "user:ei-ei-pp", "user:ei-hd-pc", "user:hd-pd-rd", "user:pd-pd-rd",
+        ]),
+        ("4 mixed sites (2 kernel, 2 userspace)", vec![
+            "kernel:full_cone", "kernel:symmetric", "user:ei-ei-pp", "user:pd-pd-rd",
+        ]),
+    ];
+    let mut all: Vec<(String, Vec<String>)> =
+        configs.into_iter().map(|(d, v)| (d.to_string(), v.into_iter().map(String::from).collect())).collect();
+    let mut big: Vec<String> = macula_nat_lab::KernelNat::ALL.iter().map(|k| NatKind::Kernel(*k).to_string()).collect();
+    big.extend(NatKind::all_user(2).iter().map(|k| k.to_string()));
+    big.push("none".into());
+    all.push(("32 sites (4 kernel + 27 userspace + none), as in the coturn test".into(), big));
+    println!("| lab | namespaces | runs | up median (ms) | up min..max (ms) | down median (ms) | down min..max (ms) |");
+    println!("|---|---|---|---|---|---|---|");
+    for (desc, kinds) in all {
+        let mut ups = vec![];
+        let mut downs = vec![];
+        let mut nns = 0;
+        for r in 0..runs {
+            let mut spec = LabSpec::new(&format!("bench{r}"));
+            spec.observers.push("obs".into());
+            spec.public.push("pub".into());
+            for (i, k) in kinds.iter().enumerate() {
+                spec.sites.push(SiteSpec::new(&format!("s{i}"), k)?);
+            }
+            let t0 = Instant::now();
+            let lab = Lab::up_with(spec, UpOptions { owner_pid: None, engine_bin: Some(std::env::current_exe()?) })?;
+            ups.push(t0.elapsed().as_secs_f64() * 1e3);
+            nns = lab.info.namespaces.len();
+            let t1 = Instant::now();
+            lab.down()?;
+            downs.push(t1.elapsed().as_secs_f64() * 1e3);
+        }
+        let stat = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            (v[v.len() / 2], v[0], v[v.len() - 1])
+        };
+        let (um, ul, uh) = stat(&mut ups);
+        let (dm, dl, dh) = stat(&mut downs);
+        println!("| {desc} | {nns} | {runs} | {um:.0} | {ul:.0}..{uh:.0} | {dm:.0} | {dl:.0}..{dh:.0} |");
+    }
+    Ok(())
 }
