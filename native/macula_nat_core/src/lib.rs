@@ -6,6 +6,7 @@
 //! sans-IO; this crate feeds it bytes and timestamps. There are no Erlang
 //! types here: the binding crate (`macula_nat_nif`) converts terms.
 
+pub mod detector;
 pub mod error;
 pub mod identity;
 pub mod node;

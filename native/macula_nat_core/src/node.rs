@@ -3,11 +3,40 @@
 //! so it must never be swapped for another while the node lives.
 
 use crate::{runtime, Error, Identity, NodeId};
+use macula_nat_proto::observer::{Observer, ObserverConfig};
+use macula_nat_proto::stun::{self, Class, Message};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// A STUN response that arrived on the node's socket: (source, bytes).
+pub type StunDatagram = (SocketAddr, Vec<u8>);
+
+/// Who wants STUN responses. Each subscriber ignores transaction ids that
+/// are not its own, so a broadcast is enough and keeps the loop simple.
+#[derive(Default)]
+struct StunSinks {
+    next: u64,
+    sinks: Vec<(u64, mpsc::UnboundedSender<StunDatagram>)>,
+}
+
+/// Receives the STUN responses arriving on the node's socket until dropped.
+pub struct StunSubscription {
+    id: u64,
+    sinks: Arc<Mutex<StunSinks>>,
+    pub rx: mpsc::UnboundedReceiver<StunDatagram>,
+}
+
+impl Drop for StunSubscription {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.sinks.lock() {
+            s.sinks.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -26,6 +55,8 @@ struct Counters {
     bytes_in: AtomicU64,
     datagrams_out: AtomicU64,
     bytes_out: AtomicU64,
+    stun_answered: AtomicU64,
+    stun_dropped: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,6 +65,11 @@ pub struct NodeStats {
     pub bytes_in: u64,
     pub datagrams_out: u64,
     pub bytes_out: u64,
+    /// Binding requests this node answered (every node is a plain STUN
+    /// server for its peers).
+    pub stun_answered: u64,
+    /// Malformed or unexpected STUN datagrams dropped.
+    pub stun_dropped: u64,
 }
 
 pub struct Node {
@@ -46,6 +82,7 @@ pub struct Node {
     recv_task: RwLock<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     counters: Arc<Counters>,
+    stun_sinks: Arc<Mutex<StunSinks>>,
 }
 
 impl Node {
@@ -58,7 +95,14 @@ impl Node {
         let _guard = runtime::handle().enter();
         let socket = Arc::new(UdpSocket::from_std(std_sock)?);
         let counters = Arc::new(Counters::default());
-        let task = runtime::spawn(recv_loop(socket.clone(), counters.clone()));
+        let stun_sinks = Arc::new(Mutex::new(StunSinks::default()));
+        let observer = Observer::new(ObserverConfig {
+            primary: local_addr,
+            alternate: None,
+            software: Some(format!("macula_nat {}", env!("CARGO_PKG_VERSION"))),
+        })
+        .map_err(|e| Error::Internal(format!("{e:?}")))?;
+        let task = runtime::spawn(recv_loop(socket.clone(), local_addr, observer, counters.clone(), stun_sinks.clone()));
         Ok(Arc::new(Node {
             identity,
             local_addr,
@@ -66,6 +110,7 @@ impl Node {
             recv_task: RwLock::new(Some(task)),
             closed: AtomicBool::new(false),
             counters,
+            stun_sinks,
         }))
     }
 
@@ -106,6 +151,16 @@ impl Node {
         Ok(())
     }
 
+    /// Subscribe to STUN responses arriving on the node's socket.
+    pub fn subscribe_stun(&self) -> StunSubscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut sinks = self.stun_sinks.lock().unwrap_or_else(|p| p.into_inner());
+        sinks.next += 1;
+        let id = sinks.next;
+        sinks.sinks.push((id, tx));
+        StunSubscription { id, sinks: self.stun_sinks.clone(), rx }
+    }
+
     pub fn stats(&self) -> NodeStats {
         let c = &self.counters;
         NodeStats {
@@ -113,6 +168,8 @@ impl Node {
             bytes_in: c.bytes_in.load(Ordering::Relaxed),
             datagrams_out: c.datagrams_out.load(Ordering::Relaxed),
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
+            stun_answered: c.stun_answered.load(Ordering::Relaxed),
+            stun_dropped: c.stun_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -138,13 +195,25 @@ impl Drop for Node {
     }
 }
 
-async fn recv_loop(socket: Arc<UdpSocket>, counters: Arc<Counters>) {
+async fn recv_loop(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    observer: Observer,
+    counters: Arc<Counters>,
+    sinks: Arc<Mutex<StunSinks>>,
+) {
     let mut buf = vec![0u8; 65535];
     loop {
         match socket.recv_from(&mut buf).await {
-            Ok((n, _from)) => {
+            Ok((n, from)) => {
                 counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
                 counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                let data = &buf[..n];
+                if stun::is_stun(data) {
+                    on_stun(&socket, local, &observer, &counters, &sinks, from, data).await;
+                }
+                // Not STUN: punch packets and QUIC, demultiplexed here once
+                // those layers exist.
             }
             // ICMP errors from earlier sends surface here on Linux; they say
             // nothing about this socket's health, so keep receiving.
@@ -154,6 +223,35 @@ async fn recv_loop(socket: Arc<UdpSocket>, counters: Arc<Counters>) {
                 return;
             }
         }
+    }
+}
+
+async fn on_stun(
+    socket: &UdpSocket,
+    local: SocketAddr,
+    observer: &Observer,
+    counters: &Counters,
+    sinks: &Mutex<StunSinks>,
+    from: SocketAddr,
+    data: &[u8],
+) {
+    let Ok(msg) = Message::decode(data) else {
+        counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    match msg.class {
+        Class::Request => {
+            if let Some(reply) = observer.handle_datagram(local, from, data) {
+                if socket.send_to(&reply.payload, reply.to).await.is_ok() {
+                    counters.stun_answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        Class::SuccessResponse | Class::ErrorResponse => {
+            let Ok(mut s) = sinks.lock() else { return };
+            s.sinks.retain(|(_, tx)| tx.send((from, data.to_vec())).is_ok());
+        }
+        Class::Indication => {}
     }
 }
 

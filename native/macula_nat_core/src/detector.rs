@@ -1,0 +1,167 @@
+//! Runs a sans-IO [`Detection`] on the node's own UDP socket: every mapping
+//! and filtering probe leaves from the socket that will later punch and
+//! carry QUIC. Extra probe sockets are opened only to learn the allocation
+//! policy from fresh mappings, and closed when detection ends.
+
+use crate::{Error, Node};
+use macula_nat_proto::detect::{DetectConfig, DetectError, Detection, SocketId};
+use macula_nat_proto::nat::NatProfile;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// A profile plus what the runtime knows and the sans-IO layer does not.
+#[derive(Clone, Debug)]
+pub struct Detected {
+    pub profile: NatProfile,
+    /// Unix seconds.
+    pub detected_at: u64,
+    /// Local address of the measured socket (the node's).
+    pub local_addr: SocketAddr,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug)]
+pub enum DetectFailure {
+    Detect(DetectError),
+    Runtime(Error),
+}
+
+impl From<Error> for DetectFailure {
+    fn from(e: Error) -> Self {
+        DetectFailure::Runtime(e)
+    }
+}
+
+impl From<std::io::Error> for DetectFailure {
+    fn from(e: std::io::Error) -> Self {
+        DetectFailure::Runtime(Error::Io(e))
+    }
+}
+
+/// The interface address the kernel would use towards `dst` (connecting a
+/// UDP socket sends nothing). Detection needs it to recognise "no NAT" when
+/// the node is bound to 0.0.0.0.
+fn source_ip_towards(dst: SocketAddr, bound: IpAddr) -> IpAddr {
+    if !bound.is_unspecified() {
+        return bound;
+    }
+    let any: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().unwrap() } else { "[::]:0".parse().unwrap() };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(dst).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(bound)
+}
+
+pub async fn detect(node: Arc<Node>, cfg: DetectConfig) -> Result<Detected, DetectFailure> {
+    let started = Instant::now();
+    let bound = node.local_addr()?;
+    let Some(first) = cfg.observers.first().copied() else {
+        return Err(DetectFailure::Detect(DetectError::NoObservers));
+    };
+    let local = SocketAddr::new(source_ip_towards(first, bound.ip()), bound.port());
+    let mut subscription = node.subscribe_stun();
+    let primary = node.socket()?;
+    let seed: u64 = rand::random();
+    let mut d = Detection::new(cfg, local, Instant::now(), seed);
+
+    // Probe sockets, each forwarding what it receives into one channel.
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(usize, SocketAddr, Vec<u8>)>();
+    let mut probes: Vec<Arc<UdpSocket>> = Vec::new();
+    let mut readers = Vec::new();
+    for n in 0..d.probe_sockets_needed() {
+        let sock = Arc::new(UdpSocket::bind(SocketAddr::new(bound.ip(), 0)).await?);
+        let port = sock.local_addr()?.port();
+        d.set_probe_local_addr(n, SocketAddr::new(local.ip(), port));
+        let (s, tx) = (sock.clone(), probe_tx.clone());
+        readers.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            while let Ok((len, from)) = s.recv_from(&mut buf).await {
+                if tx.send((n, from, buf[..len].to_vec())).is_err() {
+                    return;
+                }
+            }
+        }));
+        probes.push(sock);
+    }
+    let _abort_readers = AbortOnDrop(readers);
+
+    let result = loop {
+        let now = Instant::now();
+        while let Some(t) = d.poll_transmit(now) {
+            let sock = match t.socket {
+                SocketId::Primary => &primary,
+                SocketId::Probe(n) => match probes.get(n) {
+                    Some(s) => s,
+                    None => continue,
+                },
+            };
+            // A send error (e.g. unreachable network) is a lost probe; the
+            // state machine's retransmission and deadline deal with it.
+            let _ = sock.send_to(&t.payload, t.dst).await;
+        }
+        if let Some(r) = d.poll_result() {
+            break r;
+        }
+        let deadline = d.poll_timeout().unwrap_or_else(|| now + Duration::from_millis(50));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => d.handle_timeout(Instant::now()),
+            Some((from, data)) = subscription.rx.recv() => {
+                d.handle_datagram(SocketId::Primary, from, &data, Instant::now());
+            }
+            Some((n, from, data)) = probe_rx.recv() => {
+                d.handle_datagram(SocketId::Probe(n), from, &data, Instant::now());
+            }
+        }
+    };
+    let profile = result.map_err(DetectFailure::Detect)?;
+    let detected_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    Ok(Detected { profile, detected_at, local_addr: local, elapsed: started.elapsed() })
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observer_server::ObserverServer;
+    use crate::{Identity, NodeConfig};
+    use macula_nat_proto::nat::{Allocation, Filtering, Mapping};
+
+    #[test]
+    fn loopback_without_nat_is_open_internet() {
+        let srv = ObserverServer::start("127.0.0.1:0".parse().unwrap(), Some("127.0.0.2:0".parse().unwrap()), None).unwrap();
+        let node = Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).unwrap();
+        let cfg = DetectConfig { observers: vec![srv.primary()], ..DetectConfig::default() };
+        let got = crate::runtime::handle().block_on(detect(node.clone(), cfg)).unwrap();
+        let p = got.profile;
+        assert!(p.no_nat, "{p:?}");
+        assert_eq!((p.mapping, p.filtering, p.allocation), (Mapping::Ei, Filtering::Ei, Allocation::Pp));
+        assert_eq!(p.public_addr, node.local_addr().unwrap());
+        assert!(got.elapsed < Duration::from_secs(1), "{:?}", got.elapsed);
+    }
+
+    #[test]
+    fn no_answer_is_a_timeout() {
+        // A bound socket that never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let node = Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).unwrap();
+        let cfg = DetectConfig {
+            observers: vec![silent.local_addr().unwrap()],
+            timeout: Duration::from_millis(300),
+            ..DetectConfig::default()
+        };
+        let r = crate::runtime::handle().block_on(detect(node, cfg));
+        assert!(matches!(r, Err(DetectFailure::Detect(DetectError::Timeout))), "{r:?}");
+    }
+}
