@@ -293,11 +293,21 @@ impl Detection {
             return;
         }
         self.slots[n].local = Some(addr);
-        let obs = self.preferred_alive().unwrap_or(0);
+        // The probe itself is created by `step_alloc` once an observer is
+        // known to be alive: a fresh socket's first mapping is the only one
+        // that shows port preservation, so it must not be wasted on an
+        // observer that may be dead. This is off the critical path (mapping
+        // tests II-IV start at the same moment).
+        if let Some(obs) = self.preferred_alive() {
+            let start = self.start;
+            self.add_alloc_probe(n, obs, start);
+        }
+    }
+
+    fn add_alloc_probe(&mut self, slot: usize, obs: usize, now: Instant) {
         let dst = self.cfg.observers[obs];
-        let start = self.start;
-        let p = self.add_probe(Kind::Alloc { slot: n, obs }, SocketId::Probe(n), dst, None, start);
-        self.slots[n].probes.push(p);
+        let p = self.add_probe(Kind::Alloc { slot, obs }, SocketId::Probe(slot), dst, None, now);
+        self.slots[slot].probes.push(p);
     }
 
     /// Next datagram to send, if any is due at `now`.
@@ -386,7 +396,9 @@ impl Detection {
         }
         if let Some(s) = self.settle() {
             if self.filtering.is_none() {
-                if let Some(run) = self.filt {
+                // Only a capable observer's silence is decided by this
+                // deadline; a pending one is resolved by its test I timer.
+                if let Some(run) = self.filt.filter(|r| self.capable(r.obs)) {
                     consider(run.started + s);
                 }
             }
@@ -612,16 +624,19 @@ impl Detection {
                 }
                 continue;
             }
-            // Re-aim a probe whose observer turned out dead, once.
-            let Some(&last) = slot.probes.last() else { continue };
+            let Some(&last) = slot.probes.last() else {
+                if let Some(obs) = self.preferred_alive() {
+                    self.add_alloc_probe(n, obs, now);
+                }
+                continue;
+            };
+            // Re-aim a probe whose observer died after answering test I, once.
             let p = &self.probes[last];
-            if let (State::Pending, Kind::Alloc { obs, .. }) = (p.state, p.kind) {
+            if let (false, Kind::Alloc { obs, .. }) = (matches!(p.state, State::Answered(_)), p.kind) {
                 if self.obs(obs) == Obs::Dead && slot.probes.len() < 2 {
                     if let Some(alive) = self.preferred_alive() {
                         self.cancel(last);
-                        let dst = self.cfg.observers[alive];
-                        let q = self.add_probe(Kind::Alloc { slot: n, obs: alive }, SocketId::Probe(n), dst, None, now);
-                        self.slots[n].probes.push(q);
+                        self.add_alloc_probe(n, alive, now);
                     }
                 }
             }
@@ -643,7 +658,7 @@ impl Detection {
         let alloc_done = self
             .slots
             .iter()
-            .all(|s| s.abandoned || (s.local.is_some() && s.probes.last().is_some_and(|&p| self.resolved(p))));
+            .all(|s| s.abandoned || s.probes.last().is_some_and(|&p| self.resolved(p)));
         mapping_done && alloc_done
     }
 
@@ -678,25 +693,15 @@ impl Detection {
         let mapping = if no_nat {
             Mapping::Ei
         } else {
-            let tests = self.map.map(|m| (self.answer(self.test_i[m.obs]), self.answer(m.ii), self.answer(m.iii)));
-            match tests {
-                Some((Some(i), Some(ii), _)) if i.mapped == ii.mapped => Mapping::Ei,
-                Some((Some(_), Some(ii), Some(iii))) => {
-                    if iii.mapped == ii.mapped {
-                        Mapping::Hd
-                    } else {
-                        Mapping::Pd
-                    }
+            match self.map.and_then(|m| self.mapping_from_tests(m)) {
+                Some((m, c)) => {
+                    lower(c);
+                    m
                 }
-                Some((Some(_), Some(_), None)) => {
-                    // Not EI; HD vs PD unknown: assume the harder one.
-                    lower(Confidence::Medium);
-                    Mapping::Pd
-                }
-                other => {
+                None => {
                     // No usable RFC 5780 observer (or its tests were lost):
                     // compare what distinct observers saw.
-                    lower(if other.is_some() { Confidence::Medium } else { Confidence::Low });
+                    lower(if self.map.is_some() { Confidence::Medium } else { Confidence::Low });
                     let distinct_ip = alive.iter().any(|&(i, _)| self.cfg.observers[i].ip() != self.cfg.observers[alive[0].0].ip());
                     if distinct_ip && alive.iter().all(|&(_, m)| m == first_mapped) {
                         Mapping::Ei
@@ -735,6 +740,45 @@ impl Detection {
             hairpin: None,
             no_nat,
         })
+    }
+
+    /// Mapping behaviour from tests I-IV against one observer. RFC 5780
+    /// only needs I-III; using the crossed address (IV) as well lets one lost
+    /// test be compensated: a mapping is EI if every destination saw the same
+    /// address, PD if two destinations on the same IP saw different ones, HD
+    /// if only destinations on different IPs did.
+    fn mapping_from_tests(&self, m: MapRun) -> Option<(Mapping, Confidence)> {
+        let known: Vec<(SocketAddr, SocketAddr)> = [self.test_i[m.obs], m.ii, m.iii, m.iv]
+            .iter()
+            .filter_map(|&p| self.answer(p).map(|a| (self.probes[p].dst, a.mapped)))
+            .collect();
+        let mut same_ip_differs = false;
+        let mut same_ip_pair = false;
+        let mut cross_ip_differs = false;
+        let mut cross_ip_pair = false;
+        for (i, a) in known.iter().enumerate() {
+            for b in &known[i + 1..] {
+                if a.0.ip() == b.0.ip() {
+                    same_ip_pair = true;
+                    same_ip_differs |= a.1 != b.1;
+                } else {
+                    cross_ip_pair = true;
+                    cross_ip_differs |= a.1 != b.1;
+                }
+            }
+        }
+        let all_four = known.len() == 4;
+        let c = |sure: bool| if sure && all_four { Confidence::High } else { Confidence::Medium };
+        if same_ip_differs {
+            Some((Mapping::Pd, c(true)))
+        } else if cross_ip_differs {
+            // Not EI; HD only if a same-IP pair showed reuse, else assume PD.
+            Some(if same_ip_pair { (Mapping::Hd, c(true)) } else { (Mapping::Pd, Confidence::Medium) })
+        } else if cross_ip_pair {
+            Some((Mapping::Ei, c(true)))
+        } else {
+            None
+        }
     }
 
     fn local_port(&self, s: SocketId) -> Option<u16> {

@@ -218,8 +218,10 @@ impl World {
             }
         };
         let mut now = t0;
+        let mut stuck = 0;
         for _ in 0..100_000 {
             while let Some(t) = det.poll_transmit(now) {
+                stuck = 0;
                 self.sent += 1;
                 let local = match t.socket {
                     SocketId::Primary => primary,
@@ -244,6 +246,10 @@ impl World {
                     self.deliver(det, pkt, now, &socket_of);
                 }
                 _ => {
+                    // A timer that does not move while nothing is sent is a
+                    // livelock in the state machine.
+                    stuck = if timer <= now { stuck + 1 } else { 0 };
+                    assert!(stuck < 100, "livelock at {:?}", now - t0);
                     now = timer.max(now);
                     det.handle_timeout(now);
                 }

@@ -80,6 +80,8 @@ fn assert_all_right(results: &[(NatType, Run, Result<(), String>)]) {
 fn all_27_types_two_observers_no_loss_high_confidence_under_a_second() {
     let results = sweep(two_observers, 0, 1);
     assert_all_right(&results);
+    let max = results.iter().map(|r| r.1.elapsed).max().unwrap();
+    eprintln!("two observers, 50 ms one-way, no loss: slowest {max:?}");
     for (ty, run, _) in &results {
         let p = run.result.as_ref().unwrap();
         assert_eq!(p.confidence, Confidence::High, "{ty}");
@@ -92,6 +94,8 @@ fn all_27_types_two_observers_no_loss_high_confidence_under_a_second() {
 fn all_27_types_one_observer_no_loss_high_confidence_under_a_second() {
     let results = sweep(one_observer, 0, 2);
     assert_all_right(&results);
+    let max = results.iter().map(|r| r.1.elapsed).max().unwrap();
+    eprintln!("one observer, 50 ms one-way, no loss: slowest {max:?}");
     for (ty, run, _) in &results {
         let p = run.result.as_ref().unwrap();
         assert_eq!(p.confidence, Confidence::High, "{ty}");
@@ -117,4 +121,259 @@ fn all_27_types_one_observer_5pct_loss() {
         let results = sweep(one_observer, 50, seed);
         assert_all_right(&results);
     }
+}
+
+#[test]
+fn loss_sweep_many_seeds_statistics() {
+    // Not just the seeds above: over 20 seeds x 27 types x 2 topologies the
+    // verdict must be right every time at 5% loss, and usually fast.
+    let mut wrong = Vec::new();
+    let mut slow = 0;
+    let mut total = 0;
+    let mut high = 0;
+    for seed in 100..120 {
+        for obs in [two_observers as fn() -> _, one_observer] {
+            for (_, run, v) in sweep(obs, 50, seed) {
+                total += 1;
+                if let Err(e) = v {
+                    wrong.push(e);
+                }
+                if run.elapsed >= Duration::from_secs(1) {
+                    slow += 1;
+                }
+                if run.result.as_ref().is_ok_and(|p| p.confidence == Confidence::High) {
+                    high += 1;
+                }
+            }
+        }
+    }
+    eprintln!("5% loss: {total} runs, {} wrong, {slow} >= 1 s, {high} high confidence", wrong.len());
+    assert!(wrong.is_empty(), "{} of {total} wrong: {wrong:#?}", wrong.len());
+    assert!(slow * 20 <= total, "{slow} of {total} took >= 1 s");
+    assert!(high * 10 >= total * 8, "only {high} of {total} high confidence");
+}
+
+#[test]
+fn pc_deltas_are_reported_with_sign_and_size() {
+    for delta in [1, 2, 7, -1, -3] {
+        for mapping in Mapping::ALL {
+            let ty = NatType { mapping, allocation: Allocation::Pc, filtering: Filtering::Pd };
+            let (run, _) = run_case(Case { ty: Some(ty), delta, observers: two_observers(), one_way_ms: 20, loss_permille: 0, seed: 5 });
+            let p = run.result.unwrap();
+            assert_eq!((p.allocation, p.port_delta), (Allocation::Pc, Some(delta)), "{ty} delta {delta}");
+        }
+    }
+}
+
+#[test]
+fn no_nat_is_recognised_and_firewall_filtering_still_measured() {
+    for (fw, obs) in [(Filtering::Ei, two_observers as fn() -> _), (Filtering::Pd, two_observers), (Filtering::Hd, one_observer)] {
+        for loss in [0, 50] {
+            let mut nat = SimNat::new(None, 1, 3);
+            nat.firewall = fw;
+            let mut world = World::new(nat, obs(), 50, loss, 3);
+            let t0 = Instant::now();
+            let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
+            let mut det = Detection::new(world.config(), local, t0, 3);
+            let p = world.run(&mut det, &probe_locals(3), t0).result.unwrap();
+            assert!(p.no_nat);
+            assert_eq!(p.public_addr, local);
+            assert_eq!((p.mapping, p.allocation, p.filtering, p.port_delta), (Mapping::Ei, Allocation::Pp, fw, None));
+        }
+    }
+}
+
+#[test]
+fn unspecified_local_address_never_claims_no_nat() {
+    let mut world = World::new(SimNat::new(None, 1, 4), two_observers(), 10, 0, 4);
+    let t0 = Instant::now();
+    // The runtime passed 0.0.0.0: we cannot know, so do not claim no_nat.
+    let mut det = Detection::new(world.config(), "0.0.0.0:5000".parse().unwrap(), t0, 4);
+    let p = world.run(&mut det, &probe_locals(4), t0).result.unwrap();
+    assert!(!p.no_nat);
+}
+
+#[test]
+fn plain_stun_servers_fall_back_with_low_confidence() {
+    let plain2 = || vec![plain_observer("198.51.100.1"), plain_observer("192.0.2.10")];
+    for ty in NatType::all() {
+        let (run, nat) = run_case(Case { ty: Some(ty), delta: 1, observers: plain2(), one_way_ms: 50, loss_permille: 0, seed: 9 });
+        let p = run.result.unwrap();
+        assert_eq!(p.confidence, Confidence::Low, "{ty}");
+        // Mapping: EI seen as EI; HD/PD seen as "different", reported PD.
+        let want_mapping = if ty.mapping == Mapping::Ei { Mapping::Ei } else { Mapping::Pd };
+        assert_eq!(p.mapping, want_mapping, "{ty}");
+        assert_eq!(p.filtering, Filtering::Pd, "{ty}: unknown filtering is reported conservatively");
+        assert_eq!(p.public_addr.ip(), nat.public_ip);
+        assert!(run.elapsed < Duration::from_secs(1), "{ty}: {:?}", run.elapsed);
+    }
+    // A single plain server cannot even compare mappings.
+    let ty = NatType { mapping: Mapping::Ei, allocation: Allocation::Pp, filtering: Filtering::Ei };
+    let (run, _) = run_case(Case { ty: Some(ty), delta: 1, observers: vec![plain_observer("198.51.100.1")], one_way_ms: 50, loss_permille: 0, seed: 9 });
+    let p = run.result.unwrap();
+    assert_eq!((p.mapping, p.filtering, p.confidence), (Mapping::Pd, Filtering::Pd, Confidence::Low));
+}
+
+#[test]
+fn filtering_moves_to_the_capable_observer_when_the_designated_one_is_plain() {
+    // Observer 1 (the speculative filtering observer) is plain: filtering
+    // must fall back to observer 0 and still be right, mapping too.
+    let obs = || vec![full_observer("198.51.100.1", "198.51.100.2"), plain_observer("192.0.2.10")];
+    for (i, ty) in NatType::all().enumerate() {
+        let delta = [1, 2, -1][i % 3];
+        let (run, nat) = run_case(Case { ty: Some(ty), delta, observers: obs(), one_way_ms: 50, loss_permille: 0, seed: 10 });
+        let p = run.result.unwrap();
+        check(ty, delta, &p, &nat).unwrap();
+        assert!(run.elapsed < Duration::from_secs(1), "{ty}: {:?}", run.elapsed);
+    }
+    // And the other way round: observer 0 plain, observer 1 capable.
+    let obs = || vec![plain_observer("192.0.2.10"), full_observer("198.51.100.1", "198.51.100.2")];
+    for (i, ty) in NatType::all().enumerate() {
+        let delta = [1, 2, -1][i % 3];
+        let (run, nat) = run_case(Case { ty: Some(ty), delta, observers: obs(), one_way_ms: 50, loss_permille: 0, seed: 10 });
+        check(ty, delta, &run.result.unwrap(), &nat).unwrap();
+    }
+}
+
+#[test]
+fn dead_observer_is_survived() {
+    for dead in [0usize, 1] {
+        for (i, ty) in NatType::all().enumerate() {
+            let delta = [1, 2, -1][i % 3];
+            let mut world = World::new(SimNat::new(Some(ty), delta, 12), two_observers(), 50, 0, 12);
+            world.dead = vec![dead];
+            let t0 = Instant::now();
+            let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, 12);
+            let run = world.run(&mut det, &probe_locals(12), t0);
+            let p = run.result.unwrap();
+            check(ty, delta, &p, &world.nat).unwrap_or_else(|e| panic!("dead {dead}: {e}"));
+            assert!(run.elapsed < Duration::from_millis(1600), "{ty} dead {dead}: {:?}", run.elapsed);
+        }
+    }
+}
+
+#[test]
+fn everything_dead_times_out_at_the_deadline() {
+    let mut world = World::new(SimNat::new(None, 1, 1), two_observers(), 50, 0, 1);
+    world.dead = vec![0, 1];
+    let t0 = Instant::now();
+    let cfg = world.config();
+    let timeout = cfg.timeout;
+    let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, 1);
+    let run = world.run(&mut det, &probe_locals(1), t0);
+    assert_eq!(run.result, Err(DetectError::Timeout));
+    assert_eq!(run.elapsed, timeout);
+    // Retransmissions are bounded: Rc per request.
+    let requests = 2 /* test I */ + 2 /* filtering */ + 3 /* probes */;
+    assert!(run.transmits <= requests * DetectConfig::default().max_transmits as usize);
+}
+
+#[test]
+fn no_observers_is_an_immediate_error() {
+    let t0 = Instant::now();
+    let mut det = Detection::new(DetectConfig::default(), PRIMARY_LOCAL.parse().unwrap(), t0, 1);
+    assert!(det.is_finished());
+    assert_eq!(det.poll_result(), Some(Err(DetectError::NoObservers)));
+    assert_eq!(det.poll_result(), None);
+    assert_eq!(det.poll_transmit(t0), None);
+    assert_eq!(det.poll_timeout(), None);
+}
+
+#[test]
+fn missing_probe_sockets_still_give_a_verdict() {
+    // The runtime could not open probe sockets: EI+PP is still seen as PP
+    // (from the primary socket alone, medium confidence), PD types still
+    // get their full allocation verdict from the primary socket.
+    for (i, ty) in NatType::all().enumerate() {
+        let delta = [1, 2, -1][i % 3];
+        let mut world = World::new(SimNat::new(Some(ty), delta, 14), two_observers(), 50, 0, 14);
+        let t0 = Instant::now();
+        let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, 14);
+        let run = world.run(&mut det, &[], t0);
+        let p = run.result.unwrap();
+        assert_eq!((p.mapping, p.filtering), (ty.mapping, ty.filtering), "{ty}");
+        // HD with two observers still yields three fresh mappings on the
+        // primary socket (two observer IPs + one alternate IP).
+        if ty.mapping != Mapping::Ei || ty.allocation == Allocation::Pp {
+            assert_eq!(p.allocation, ty.allocation, "{ty}");
+        }
+        if ty.mapping == Mapping::Ei {
+            assert!(p.confidence <= Confidence::Medium, "{ty}: {:?}", p.confidence);
+        }
+    }
+}
+
+#[test]
+fn foreign_datagrams_are_not_consumed() {
+    let t0 = Instant::now();
+    let obs: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    let cfg = DetectConfig { observers: vec![obs], ..DetectConfig::default() };
+    let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, 77);
+    let t = det.poll_transmit(t0).unwrap();
+    assert_eq!((t.socket, t.dst), (SocketId::Primary, obs));
+    let req = crate::stun::Message::decode(&t.payload).unwrap();
+    assert_eq!(req.class, Class::Request);
+    assert!(req.fingerprint);
+    // Garbage, QUIC-looking bytes, a request, a response with another id,
+    // and the right id on the wrong socket.
+    assert!(!det.handle_datagram(SocketId::Primary, obs, b"\xc3garbage", t0));
+    assert!(!det.handle_datagram(SocketId::Primary, obs, &req.encode(), t0));
+    let mut other = Message::new(Class::SuccessResponse, METHOD_BINDING, [9; 12]);
+    other.attributes.push(Attribute::XorMappedAddress("203.0.113.1:1".parse().unwrap()));
+    assert!(!det.handle_datagram(SocketId::Primary, obs, &other.encode(), t0));
+    let mut ours = other.clone();
+    ours.transaction_id = req.transaction_id;
+    assert!(!det.handle_datagram(SocketId::Probe(0), obs, &ours.encode(), t0));
+    assert!(det.handle_datagram(SocketId::Primary, obs, &ours.encode(), t0));
+    // A duplicate is still ours but changes nothing.
+    assert!(det.handle_datagram(SocketId::Primary, obs, &ours.encode(), t0));
+}
+
+#[test]
+fn transaction_ids_are_unique_and_seed_dependent() {
+    let t0 = Instant::now();
+    let cfg = DetectConfig { observers: two_observers().iter().map(|o| o.config().primary).collect(), ..DetectConfig::default() };
+    let ids = |seed| {
+        let mut det = Detection::new(cfg.clone(), PRIMARY_LOCAL.parse().unwrap(), t0, seed);
+        let mut v = Vec::new();
+        while let Some(t) = det.poll_transmit(t0) {
+            v.push(Message::decode(&t.payload).unwrap().transaction_id);
+        }
+        v
+    };
+    let a = ids(1);
+    let mut dedup = a.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), a.len());
+    assert_eq!(a.len(), 4, "2x test I + 2 filtering tests (no probe sockets set)");
+    assert_ne!(a, ids(2));
+    assert_eq!(a, ids(1));
+}
+
+#[test]
+fn retransmissions_back_off_and_stop() {
+    let t0 = Instant::now();
+    let cfg = DetectConfig { observers: vec!["198.51.100.1:3478".parse().unwrap()], allocation_probes: 0, ..DetectConfig::default() };
+    let mut det = Detection::new(cfg.clone(), PRIMARY_LOCAL.parse().unwrap(), t0, 5);
+    let mut test_i_times = Vec::new();
+    let mut now = t0;
+    let first = det.poll_transmit(now).unwrap().payload;
+    test_i_times.push(0);
+    while det.poll_transmit(now).is_some() {}
+    while let Some(t) = det.poll_timeout() {
+        now = t;
+        det.handle_timeout(now);
+        while let Some(tx) = det.poll_transmit(now) {
+            if tx.payload == first {
+                test_i_times.push((now - t0).as_millis());
+            }
+        }
+        if det.poll_result().is_some() {
+            break;
+        }
+    }
+    // RFC 8489: RTO doubling from 100 ms, at most Rc = 7 transmissions.
+    assert_eq!(test_i_times, vec![0, 100, 300, 700, 1500]);
+    assert_eq!(now - t0, cfg.timeout);
 }
