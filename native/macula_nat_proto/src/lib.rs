@@ -14,3 +14,5 @@ pub mod nat;
 pub mod observer;
 /// Sans-IO NAT detection state machine (`Detection`).
 pub mod detect;
+/// Peer-reported reflexive addresses with a distinct-peer quorum.
+pub mod observations;
