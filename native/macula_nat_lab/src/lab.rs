@@ -245,26 +245,18 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
             }
         };
         let natted = !matches!(s.nat, NatKind::None);
-        let mut haddrs = vec![host_addr];
-        if s.nat == NatKind::None && has_router {
-            haddrs = vec![host_addr];
-        }
         hosts.insert(
             s.name.clone(),
             HostInfo {
                 netns: ns_name(lab, &s.name),
                 role: Role::Site,
-                addrs: haddrs,
+                addrs: vec![host_addr],
                 public_addrs: if natted { vec![] } else { vec![host_addr] },
                 site: Some(s.name.clone()),
                 gateway: if has_router { Some(gw) } else { None },
             },
         );
         if has_router {
-            let mut raddrs = vec![gw, wan_addr.unwrap()];
-            if wan_addr != Some(public_ip) && natted {
-                raddrs.push(public_ip); // routed into tun0, not configured on an interface
-            }
             hosts.insert(
                 router.clone(),
                 HostInfo {

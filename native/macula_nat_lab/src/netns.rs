@@ -177,6 +177,6 @@ pub fn proc_alive(pid: u32, start: Option<u64>) -> bool {
     }
     match proc_start_time(pid) {
         None => false,
-        Some(t) => start.map_or(true, |s| s == t),
+        Some(t) => start.is_none_or(|s| s == t),
     }
 }

@@ -1,15 +1,21 @@
 #![allow(dead_code)]
 use macula_nat_lab::{can_run, which};
 
+/// Print past the test harness's output capture so the skip reason is always visible.
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
 /// Returns false (after printing why) when lab tests cannot run here.
 pub fn lab_ready(extra_tools: &[&str]) -> bool {
     if let Err(why) = can_run() {
-        eprintln!("SKIPPED: lab test needs root + ip + nft + /dev/net/tun: {why}");
+        say(&format!("SKIPPED: lab test needs root + ip + nft + /dev/net/tun: {why}"));
         return false;
     }
     for t in extra_tools {
         if which(t).is_none() {
-            eprintln!("SKIPPED: {t} not installed");
+            say(&format!("SKIPPED: {t} not installed"));
             return false;
         }
     }
