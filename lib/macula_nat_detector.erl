@@ -27,6 +27,11 @@
 }.
 
 -define(TABLE, ?MODULE).
+-define(DEFAULT_TIMEOUT, 5000).
+-define(CALL_MARGIN_MS, 500).
+%% How often the interface list is compared, to notice network changes.
+-define(NETCHECK_MS, 5000).
+-define(DEFAULT_REFRESH_MS, 300000).
 
 -spec start_link(map()) -> {ok, pid()} | {error, term()}.
 start_link(Opts) ->
@@ -38,12 +43,50 @@ detect() ->
     detect(#{}).
 
 %% @doc Options: `force' (boolean), `timeout' (ms, default 5000),
-%% `observers' (list of `{Ip, Port}', `<<"host:port">>' or `"host:port"').
+%% `observers' (list of `{Ip, Port}', `<<"host:port">>' or `"host:port"';
+%% default: the system's `observers' option). Concurrent callers share one
+%% detection. Errors: `detection_timeout', `no_observers', `bad_endpoint'.
 -spec detect(map()) -> {ok, nat_profile()} | {error, term()}.
 detect(Opts) when is_map(Opts) ->
-    {error, not_implemented};
+    Force = maps:get(force, Opts, false),
+    Timeout = maps:get(timeout, Opts, ?DEFAULT_TIMEOUT),
+    case {is_boolean(Force), is_integer(Timeout) andalso Timeout > 0, observers(Opts)} of
+        {true, true, {ok, Observers}} ->
+            case {Force, get_local_profile()} of
+                {false, {ok, Profile}} ->
+                    {ok, Profile};
+                _ ->
+                    try
+                        gen_server:call(?MODULE, {detect, Observers, Timeout}, Timeout + ?CALL_MARGIN_MS)
+                    catch
+                        exit:{timeout, _} -> {error, detection_timeout};
+                        exit:{noproc, _} -> {error, not_started}
+                    end
+            end;
+        {_, _, {error, _} = Error} ->
+            Error;
+        _ ->
+            {error, badarg}
+    end;
 detect(_) ->
     {error, badarg}.
+
+%% Observers are parsed (and host names resolved) in the caller, never in
+%% the detector process.
+observers(#{observers := List}) when is_list(List) ->
+    parse_all(List, []);
+observers(#{observers := _}) ->
+    {error, bad_endpoint};
+observers(_) ->
+    {ok, default}.
+
+parse_all([], Acc) ->
+    {ok, lists:reverse(Acc)};
+parse_all([Ep | Rest], Acc) ->
+    case macula_nat_endpoint:parse(Ep) of
+        {ok, Addr} -> parse_all(Rest, [Addr | Acc]);
+        {error, _} = Error -> Error
+    end.
 
 %% @doc The last detected profile, without touching the network.
 -spec get_local_profile() -> {ok, nat_profile()} | {error, not_detected}.
@@ -63,9 +106,9 @@ add_observation(_, _) ->
     {error, badarg}.
 
 %% @doc Trigger a background re-detection (e.g. after a network change).
--spec refresh() -> ok | {error, term()}.
+-spec refresh() -> ok.
 refresh() ->
-    {error, not_implemented}.
+    gen_server:cast(?MODULE, refresh).
 
 %% @doc `Pid' receives `{nat_profile_changed, Old, New}' whenever the
 %% profile changes, until it unsubscribes or dies.
@@ -93,9 +136,29 @@ call(Request) ->
 -spec init(map()) -> {ok, map()}.
 init(Opts) ->
     ?TABLE = ets:new(?TABLE, [named_table, protected, set, {read_concurrency, true}]),
-    {ok, #{opts => Opts, subscribers => #{}}}.
+    Configured = case parse_all(maps:get(observers, Opts, []), []) of
+                     {ok, L} -> L;
+                     {error, _} ->
+                         ?LOG_WARNING("ignoring unparsable observers ~p", [maps:get(observers, Opts)]),
+                         []
+                 end,
+    State = #{opts => Opts,
+              observers => Configured,
+              subscribers => #{},
+              inflight => undefined,
+              ifaddrs => ifaddrs()},
+    case Configured of
+        [] -> ok;
+        _ ->
+            %% Auto-detect at start, then keep the profile fresh.
+            self() ! {background_detect, start},
+            erlang:send_after(?NETCHECK_MS, self(), netcheck)
+    end,
+    {ok, State}.
 
--spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()} | {noreply, map()}.
+handle_call({detect, Observers, Timeout}, From, State) ->
+    start_detection(Observers, Timeout, {caller, From}, State);
 handle_call({subscribe, Pid}, _From, #{subscribers := Subs} = State) ->
     case maps:is_key(Pid, Subs) of
         true ->
@@ -117,12 +180,110 @@ handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
 -spec handle_cast(term(), map()) -> {noreply, map()}.
+handle_cast(refresh, State) ->
+    background(refresh, State);
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
 -spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info({background_detect, Why}, State) ->
+    background(Why, State);
+handle_info(netcheck, #{ifaddrs := Old} = State) ->
+    erlang:send_after(?NETCHECK_MS, self(), netcheck),
+    case ifaddrs() of
+        Old ->
+            {noreply, State};
+        New ->
+            ?LOG_INFO("network interfaces changed, re-detecting NAT profile"),
+            background(network_change, State#{ifaddrs := New})
+    end;
+handle_info({macula_nat_reply, Ref, Result}, #{inflight := #{ref := Ref, waiters := Waiters}} = State) ->
+    State1 = State#{inflight := undefined},
+    State2 = case Result of
+                 {ok, Profile} ->
+                     ?LOG_DEBUG("detected ~p", [Profile]),
+                     store(Profile, State1);
+                 {error, Reason} ->
+                     ?LOG_DEBUG("detection failed: ~p", [Reason]),
+                     State1
+             end,
+    [gen_server:reply(From, Result) || {caller, From} <- Waiters],
+    {noreply, State2};
 handle_info({'DOWN', _Mon, process, Pid, _Reason}, #{subscribers := Subs} = State) ->
     ?LOG_DEBUG("subscriber ~p gone", [Pid]),
     {noreply, State#{subscribers := maps:remove(Pid, Subs)}};
 handle_info(_Info, State) ->
     {noreply, State}.
+
+%% Background detections (start, refresh/0, periodic, network change) use
+%% the configured observers and the system's detection_timeout_ms.
+background(Why, #{opts := Opts} = State) ->
+    Interval = maps:get(refresh_interval_ms, Opts, ?DEFAULT_REFRESH_MS),
+    case Why of
+        network_change -> ok;
+        _ -> schedule_refresh(Interval)
+    end,
+    case start_detection(default, maps:get(detection_timeout_ms, Opts), background, State) of
+        {reply, _, S} -> {noreply, S};
+        {noreply, S} -> {noreply, S}
+    end.
+
+schedule_refresh(Interval) when is_integer(Interval), Interval > 0 ->
+    erlang:send_after(Interval, self(), {background_detect, periodic});
+schedule_refresh(_) ->
+    ok.
+
+%% One detection at a time: later callers join the one in flight.
+start_detection(_Observers, _Timeout, Waiter, #{inflight := #{waiters := W} = In} = State) ->
+    {noreply, State#{inflight := In#{waiters := [Waiter | W]}}};
+start_detection(Observers0, Timeout, Waiter, #{observers := Configured} = State) ->
+    Observers = case Observers0 of
+                    default -> Configured;
+                    L -> L
+                end,
+    case {Observers, macula_nat_node:resource()} of
+        {[], _} ->
+            {reply, {error, no_observers}, State};
+        {_, {error, _} = Error} ->
+            {reply, Error, State};
+        {_, {ok, Node}} ->
+            Ref = make_ref(),
+            case macula_nat_nif:detect_start(Ref, Node, Observers, Timeout) of
+                {ok, Pending} ->
+                    ?LOG_DEBUG("detecting with observers ~p", [Observers]),
+                    {noreply, State#{inflight := #{ref => Ref, pending => Pending, waiters => [Waiter]}}};
+                {error, _} = Error ->
+                    {reply, Error, State}
+            end
+    end.
+
+store(Profile, #{subscribers := Subs} = State) ->
+    Old = case ets:lookup(?TABLE, profile) of
+              [{profile, P}] -> P;
+              [] -> undefined
+          end,
+    true = ets:insert(?TABLE, {profile, Profile}),
+    case Old =/= undefined andalso changed(Old, Profile) of
+        true ->
+            ?LOG_INFO("NAT profile changed: ~p -> ~p", [summary(Old), summary(Profile)]),
+            [Pid ! {nat_profile_changed, Old, Profile} || Pid <- maps:keys(Subs)];
+        false ->
+            ok
+    end,
+    State.
+
+%% What a peer's strategy depends on; timestamps and confidence are not a
+%% change of the NAT.
+-define(IDENTITY_KEYS, [mapping, filtering, allocation, public_ip, public_port, port_delta]).
+
+changed(Old, New) ->
+    maps:with(?IDENTITY_KEYS, Old) =/= maps:with(?IDENTITY_KEYS, New).
+
+summary(P) ->
+    maps:with(?IDENTITY_KEYS, P).
+
+ifaddrs() ->
+    case inet:getifaddrs() of
+        {ok, Ifs} -> lists:sort([{Name, lists:sort([A || {addr, A} <- Props])} || {Name, Props} <- Ifs]);
+        _ -> []
+    end.

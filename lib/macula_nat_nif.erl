@@ -8,13 +8,15 @@
          node_close/1, node_send_to/4,
          cancel/1, runtime_ping/1, runtime_tasks/0,
          debug_panic/1, debug_panic_async/1,
-         observer_start/2, observer_stop/1, observer_info/1]).
+         observer_start/2, observer_stop/1, observer_info/1,
+         detect_start/4]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
        cancel/1, runtime_ping/1, runtime_tasks/0,
        debug_panic/1, debug_panic_async/1,
-       observer_start/2, observer_stop/1, observer_info/1]).
+       observer_start/2, observer_stop/1, observer_info/1,
+       detect_start/4]).
 
 -on_load(load/0).
 
@@ -79,3 +81,7 @@ observer_stop(_Observer) -> erlang:nif_error(not_loaded).
 
 -spec observer_info(resource()) -> map().
 observer_info(_Observer) -> erlang:nif_error(not_loaded).
+
+-spec detect_start(reference(), resource(), [{inet:ip_address(), inet:port_number()}], pos_integer()) ->
+    {ok, pending()} | {error, term()}.
+detect_start(_Ref, _Node, _Observers, _TimeoutMs) -> erlang:nif_error(not_loaded).

@@ -19,6 +19,12 @@ rustler::atoms! {
     alternate,
     answered,
     dropped,
+    // NAT profile
+    ei, hd, pd, pp, pc, rd, high, medium, low,
+    mapping, filtering, allocation, public_ip, public_port, detected_at,
+    confidence, port_delta, mapping_lifetime, hairpin, no_nat, local_ip,
+    local_port, detection_ms, detection_timeout, no_observers,
+    stun_answered, stun_dropped,
     // node stats keys
     datagrams_in,
     bytes_in,

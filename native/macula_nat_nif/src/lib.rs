@@ -6,6 +6,7 @@
 mod atoms;
 mod convert;
 mod debug_nif;
+mod detect_nif;
 mod guard;
 mod node_nif;
 mod observer_nif;

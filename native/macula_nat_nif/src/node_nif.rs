@@ -103,6 +103,8 @@ fn node_stats<'a>(env: Env<'a>, res: ResourceArc<NodeRes>) -> Term<'a> {
             (atoms::bytes_in(), s.bytes_in),
             (atoms::datagrams_out(), s.datagrams_out),
             (atoms::bytes_out(), s.bytes_out),
+            (atoms::stun_answered(), s.stun_answered),
+            (atoms::stun_dropped(), s.stun_dropped),
         ];
         let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
         let vals: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();

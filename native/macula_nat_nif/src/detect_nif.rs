@@ -1,0 +1,107 @@
+//! NAT detection entry point: starts a detection on the node's socket and
+//! answers with the profile map by message.
+
+use crate::{atoms, convert, guard, node_nif::NodeRes, reply};
+use macula_nat_core::detector::{self, DetectFailure, Detected};
+use macula_nat_proto::detect::{DetectConfig, DetectError};
+use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
+use rustler::{Atom, Encoder, Env, ResourceArc, Term};
+use std::time::Duration;
+
+fn mapping(m: Mapping) -> Atom {
+    match m {
+        Mapping::Ei => atoms::ei(),
+        Mapping::Hd => atoms::hd(),
+        Mapping::Pd => atoms::pd(),
+    }
+}
+
+fn filtering(f: Filtering) -> Atom {
+    match f {
+        Filtering::Ei => atoms::ei(),
+        Filtering::Hd => atoms::hd(),
+        Filtering::Pd => atoms::pd(),
+    }
+}
+
+fn allocation(a: Allocation) -> Atom {
+    match a {
+        Allocation::Pp => atoms::pp(),
+        Allocation::Pc => atoms::pc(),
+        Allocation::Rd => atoms::rd(),
+    }
+}
+
+fn confidence(c: Confidence) -> Atom {
+    match c {
+        Confidence::High => atoms::high(),
+        Confidence::Medium => atoms::medium(),
+        Confidence::Low => atoms::low(),
+    }
+}
+
+fn encode_detected<'a>(env: Env<'a>, d: &Detected) -> Term<'a> {
+    let p = &d.profile;
+    let undefined = atoms::undefined().encode(env);
+    let pairs: Vec<(Atom, Term<'a>)> = vec![
+        (atoms::mapping(), mapping(p.mapping).encode(env)),
+        (atoms::filtering(), filtering(p.filtering).encode(env)),
+        (atoms::allocation(), allocation(p.allocation).encode(env)),
+        (atoms::public_ip(), convert::encode_ip(env, p.public_addr.ip())),
+        (atoms::public_port(), p.public_addr.port().encode(env)),
+        (atoms::detected_at(), d.detected_at.encode(env)),
+        (atoms::confidence(), confidence(p.confidence).encode(env)),
+        (atoms::port_delta(), p.port_delta.map(|x| x.encode(env)).unwrap_or(undefined)),
+        (atoms::mapping_lifetime(), p.mapping_lifetime.map(|x| (x.as_millis() as u64).encode(env)).unwrap_or(undefined)),
+        (atoms::hairpin(), p.hairpin.map(|x| x.encode(env)).unwrap_or(undefined)),
+        (atoms::no_nat(), p.no_nat.encode(env)),
+        (atoms::local_ip(), convert::encode_ip(env, d.local_addr.ip())),
+        (atoms::local_port(), d.local_addr.port().encode(env)),
+        (atoms::detection_ms(), (d.elapsed.as_micros() as f64 / 1000.0).encode(env)),
+    ];
+    let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+    let vals: Vec<Term> = pairs.iter().map(|(_, v)| *v).collect();
+    Term::map_from_arrays(env, &keys, &vals).unwrap_or_else(|_| atoms::error().encode(env))
+}
+
+/// `detect_start(Ref, Node, [{Ip, Port}], TimeoutMs) -> {ok, Pending}`; the
+/// reply is `{ok, Profile}` or `{error, detection_timeout | no_observers | ...}`.
+#[rustler::nif]
+fn detect_start<'a>(
+    env: Env<'a>,
+    reference: Term<'a>,
+    node: ResourceArc<NodeRes>,
+    observers: Vec<Term<'a>>,
+    timeout_ms: Term<'a>,
+) -> Term<'a> {
+    guard::guard(env, || {
+        let Some(timeout_ms) = convert::decode_int::<u32>(timeout_ms).filter(|t| *t > 0) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let mut addrs = Vec::with_capacity(observers.len());
+        for o in observers {
+            match convert::decode_addr(o) {
+                Some(a) => addrs.push(a),
+                None => return (atoms::error(), atoms::badarg()).encode(env),
+            }
+        }
+        let cfg = DetectConfig {
+            observers: addrs,
+            timeout: Duration::from_millis(timeout_ms as u64),
+            ..DetectConfig::default()
+        };
+        let node = node.node.clone();
+        reply::spawn_reply(env, reference, async move {
+            match detector::detect(node, cfg).await {
+                Ok(d) => reply::encode_with(move |env| (atoms::ok(), encode_detected(env, &d)).encode(env)),
+                Err(DetectFailure::Detect(DetectError::Timeout)) => {
+                    reply::encode_with(|env| (atoms::error(), atoms::detection_timeout()).encode(env))
+                }
+                Err(DetectFailure::Detect(DetectError::NoObservers)) => {
+                    reply::encode_with(|env| (atoms::error(), atoms::no_observers()).encode(env))
+                }
+                Err(DetectFailure::Runtime(e)) => reply::encode_with(move |env| convert::encode_error(env, &e)),
+            }
+        })
+    })
+}

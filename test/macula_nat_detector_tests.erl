@@ -1,0 +1,162 @@
+%% Detector API on real sockets over loopback (127.0.0.1 and 127.0.0.2 give
+%% an RFC 5780 observer its two IPs). The NAT matrix runs in the lab tests.
+-module(macula_nat_detector_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+detector_test_() ->
+    {foreach, fun setup/0, fun cleanup/1,
+     [fun detects_open_internet/1,
+      fun cached_unless_forced/1,
+      fun concurrent_callers_share_one_detection/1,
+      fun documented_errors/1,
+      fun subscribers_see_changes/1,
+      fun refresh_runs_in_background/1]}.
+
+setup() ->
+    {ok, Obs} = macula_nat_observer:start(#{primary => {{127, 0, 0, 1}, 0},
+                                            alternate => {{127, 0, 0, 2}, 0}}),
+    #{primary := Primary} = macula_nat_observer:info(Obs),
+    application:set_env(macula_nat, listen_ip, {127, 0, 0, 1}),
+    {ok, _} = application:ensure_all_started(macula_nat),
+    #{obs => Obs, primary => Primary}.
+
+cleanup(#{obs := Obs}) ->
+    application:stop(macula_nat),
+    application:unset_env(macula_nat, listen_ip),
+    application:unset_env(macula_nat, observers),
+    macula_nat_observer:stop(Obs).
+
+detects_open_internet(#{primary := P}) ->
+    fun() ->
+        {ok, Profile} = macula_nat_detector:detect(#{observers => [P]}),
+        {ok, {_, Port}} = macula_nat_node:local_addr(),
+        ?assertMatch(#{mapping := ei, filtering := ei, allocation := pp, no_nat := true,
+                       confidence := high, public_ip := {127, 0, 0, 1}, public_port := Port}, Profile),
+        ?assert(is_integer(maps:get(detected_at, Profile))),
+        ?assertEqual({ok, Profile}, macula_nat_detector:get_local_profile()),
+        ?assertEqual({ok, iolist_to_binary(["127.0.0.1:", integer_to_list(Port)])},
+                     macula:get_public_endpoint())
+    end.
+
+cached_unless_forced(#{obs := Obs, primary := P}) ->
+    fun() ->
+        {ok, First} = macula_nat_detector:detect(#{observers => [P]}),
+        #{answered := A1} = macula_nat_observer:info(Obs),
+        ?assertEqual({ok, First}, macula_nat_detector:detect(#{observers => [P]})),
+        ?assertEqual({ok, First}, macula_nat_detector:detect()),
+        #{answered := A1} = macula_nat_observer:info(Obs),
+        {ok, _} = macula_nat_detector:detect(#{observers => [P], force => true}),
+        #{answered := A2} = macula_nat_observer:info(Obs),
+        ?assert(A2 > A1)
+    end.
+
+concurrent_callers_share_one_detection(#{obs := Obs, primary := P}) ->
+    fun() ->
+        #{answered := A0} = macula_nat_observer:info(Obs),
+        {ok, _} = macula_nat_detector:detect(#{observers => [P], force => true}),
+        #{answered := A1} = macula_nat_observer:info(Obs),
+        OneDetection = A1 - A0,
+        Self = self(),
+        [spawn(fun() -> Self ! {r, macula_nat_detector:detect(#{observers => [P], force => true})} end)
+         || _ <- lists:seq(1, 20)],
+        Results = [receive {r, R} -> R after 5000 -> timeout end || _ <- lists:seq(1, 20)],
+        ?assert(lists:all(fun({ok, #{mapping := ei}}) -> true; (_) -> false end, Results)),
+        #{answered := A2} = macula_nat_observer:info(Obs),
+        %% 20 callers, at most a couple of detections' worth of traffic.
+        ?assert(A2 - A1 =< 2 * OneDetection, {A2 - A1, OneDetection})
+    end.
+
+documented_errors(_) ->
+    fun() ->
+        ?assertEqual({error, no_observers}, macula_nat_detector:detect(#{observers => [], force => true})),
+        ?assertEqual({error, no_observers}, macula_nat_detector:detect(#{force => true})),
+        {ok, Silent} = gen_udp:open(0, [{ip, {127, 0, 0, 1}}]),
+        {ok, SilentPort} = inet:port(Silent),
+        T0 = erlang:monotonic_time(millisecond),
+        ?assertEqual({error, detection_timeout},
+                     macula_nat_detector:detect(#{observers => [{{127, 0, 0, 1}, SilentPort}],
+                                                  force => true, timeout => 300})),
+        ?assert(erlang:monotonic_time(millisecond) - T0 < 1500),
+        gen_udp:close(Silent),
+        ?assertEqual({error, bad_endpoint}, macula_nat_detector:detect(#{observers => [<<"nope">>]})),
+        ?assertEqual({error, bad_endpoint}, macula_nat_detector:detect(#{observers => nope})),
+        ?assertEqual({error, badarg}, macula_nat_detector:detect(#{timeout => -1})),
+        ?assertEqual({error, badarg}, macula_nat_detector:detect(#{force => maybe})),
+        ?assertEqual({error, badarg}, macula_nat_detector:detect(not_a_map))
+    end.
+
+subscribers_see_changes(_) ->
+    fun() ->
+        %% A plain STUN server that reports whatever mapped port we tell it:
+        %% moving it is a NAT change as far as the node can see.
+        Liar = start_liar(40000),
+        ok = macula_nat_detector:subscribe(self()),
+        {ok, #{public_port := 40000}} = macula_nat_detector:detect(#{observers => [liar_addr(Liar)], force => true}),
+        receive {nat_profile_changed, _, _} = M0 -> error({unexpected, M0}) after 0 -> ok end,
+        Liar ! {port, 40001},
+        {ok, #{public_port := 40001}} = macula_nat_detector:detect(#{observers => [liar_addr(Liar)], force => true}),
+        receive
+            {nat_profile_changed, Old, New} ->
+                ?assertEqual(40000, maps:get(public_port, Old)),
+                ?assertEqual(40001, maps:get(public_port, New))
+        after 1000 -> error(no_change_notification)
+        end,
+        %% Same answer again: not a change.
+        {ok, _} = macula_nat_detector:detect(#{observers => [liar_addr(Liar)], force => true}),
+        receive {nat_profile_changed, _, _} = M1 -> error({unexpected, M1}) after 100 -> ok end,
+        Liar ! stop
+    end.
+
+refresh_runs_in_background(#{obs := Obs, primary := P}) ->
+    fun() ->
+        {ok, _} = macula_nat_detector:detect(#{observers => [P]}),
+        application:stop(macula_nat),
+        %% With observers configured the system detects at start by itself.
+        application:set_env(macula_nat, observers, [P]),
+        {ok, _} = application:ensure_all_started(macula_nat),
+        {ok, #{detected_at := _}} = wait_profile(100),
+        #{answered := A1} = macula_nat_observer:info(Obs),
+        ok = macula_nat_detector:refresh(),
+        timer:sleep(300),
+        #{answered := A2} = macula_nat_observer:info(Obs),
+        ?assert(A2 > A1)
+    end.
+
+wait_profile(0) -> error(no_auto_detection);
+wait_profile(N) ->
+    case macula_nat_detector:get_local_profile() of
+        {ok, _} = Ok -> Ok;
+        _ -> timer:sleep(20), wait_profile(N - 1)
+    end.
+
+%% A STUN Binding server in plain Erlang that answers with a fixed mapped
+%% port (XOR-MAPPED-ADDRESS only, no RFC 5780 attributes).
+start_liar(Port) ->
+    Parent = self(),
+    Pid = spawn_link(fun() ->
+        {ok, S} = gen_udp:open(0, [binary, {ip, {127, 0, 0, 1}}, {active, true}]),
+        {ok, LPort} = inet:port(S),
+        Parent ! {liar_port, self(), LPort},
+        liar_loop(S, Port)
+    end),
+    receive {liar_port, Pid, LPort} -> put({liar, Pid}, LPort) end,
+    Pid.
+
+liar_addr(Pid) -> {{127, 0, 0, 1}, get({liar, Pid})}.
+
+liar_loop(S, Port) ->
+    receive
+        {port, P} -> liar_loop(S, P);
+        stop -> gen_udp:close(S);
+        {udp, S, Ip, SrcPort, <<1:16, _Len:16, 16#2112A442:32, Tx:12/binary, _/binary>>} ->
+            {A, B, C, D} = Ip,
+            XPort = Port bxor 16#2112,
+            XAddr = <<A, B, C, D>>,
+            <<X:32>> = XAddr,
+            Attr = <<16#0020:16, 8:16, 0, 1, XPort:16, (X bxor 16#2112A442):32>>,
+            gen_udp:send(S, Ip, SrcPort, <<16#0101:16, (byte_size(Attr)):16, 16#2112A442:32, Tx/binary, Attr/binary>>),
+            liar_loop(S, Port);
+        {udp, _, _, _, _} ->
+            liar_loop(S, Port)
+    end.
