@@ -11,6 +11,8 @@ usage:
         build a lab; prints its JSON description. Owner defaults to the parent
         process; `reap` removes the lab once the owner is gone (0 = never).
   macula-lab info LAB                 JSON description of a running lab
+  macula-lab get LAB POINTER          one value of the description by JSON pointer,
+                                      e.g. /observers/obs/1, /sites/a/public_ip (strings raw)
   macula-lab list                     names of running labs (JSON array)
   macula-lab exec LAB HOST -- ARGV... run ARGV inside HOST (stdio and exit code pass through)
   macula-lab stats LAB SITE           router packet counters (JSON)
@@ -68,6 +70,19 @@ fn run(args: &[String]) -> Result<()> {
             print_json(&l.detach())
         }
         "info" => print_json(&lab::read_state(rest.first().ok_or_else(|| anyhow!(USAGE))?)?),
+        "get" => {
+            // macula-lab get LAB /json/pointer : strings raw, everything else as JSON
+            if rest.len() < 2 {
+                bail!(USAGE);
+            }
+            let v = serde_json::to_value(lab::read_state(&rest[0])?)?;
+            let x = v.pointer(&rest[1]).ok_or_else(|| anyhow!("no {} in lab {}", rest[1], rest[0]))?;
+            match x {
+                serde_json::Value::String(s) => println!("{s}"),
+                other => println!("{other}"),
+            }
+            Ok(())
+        }
         "list" => print_json(&lab::list().iter().map(|i| i.lab.clone()).collect::<Vec<_>>()),
         "down" => lab::down(rest.first().ok_or_else(|| anyhow!(USAGE))?),
         "reap" => print_json(&lab::reap(rest.iter().any(|a| a == "--all"))),
