@@ -879,7 +879,13 @@ fn classify(p: &Probe, msg: &Message, from: SocketAddr) -> State {
     if !valid {
         return State::Failed;
     }
-    State::Answered(Answer { mapped, other: msg.other_address() })
+    // OTHER-ADDRESS steers where tests II-IV go; only accept one that is a
+    // plausible alternate (same family, other IP, other port) so a bogus
+    // server cannot aim our probes at its own primary or mix families.
+    let other = msg.other_address().filter(|o| {
+        o.is_ipv4() == p.dst.is_ipv4() && o.ip() != p.dst.ip() && o.port() != p.dst.port() && o.port() != 0
+    });
+    State::Answered(Answer { mapped, other })
 }
 
 #[cfg(test)]

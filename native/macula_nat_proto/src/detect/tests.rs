@@ -377,3 +377,24 @@ fn retransmissions_back_off_and_stop() {
     assert_eq!(test_i_times, vec![0, 100, 300, 700, 1500]);
     assert_eq!(now - t0, cfg.timeout);
 }
+
+#[test]
+fn implausible_other_address_means_not_rfc5780_capable() {
+    let t0 = Instant::now();
+    let obs: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    for bogus in ["198.51.100.1:3479", "198.51.100.2:3478", "[2001:db8::1]:3479", "198.51.100.2:0"] {
+        let cfg = DetectConfig { observers: vec![obs], allocation_probes: 0, ..DetectConfig::default() };
+        let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, 1);
+        let req = Message::decode(&det.poll_transmit(t0).unwrap().payload).unwrap();
+        while det.poll_transmit(t0).is_some() {}
+        let resp = Message::new(Class::SuccessResponse, METHOD_BINDING, req.transaction_id)
+            .with(Attribute::XorMappedAddress("203.0.113.1:7000".parse().unwrap()))
+            .with(Attribute::OtherAddress(bogus.parse().unwrap()));
+        let later = t0 + Duration::from_millis(100);
+        assert!(det.handle_datagram(SocketId::Primary, obs, &resp.encode(), later));
+        // No tests II-IV may be aimed anywhere.
+        while let Some(tx) = det.poll_transmit(later) {
+            assert_eq!(tx.dst, obs, "{bogus}: probe aimed at {}", tx.dst);
+        }
+    }
+}
