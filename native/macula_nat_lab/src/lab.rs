@@ -841,9 +841,15 @@ pub fn reap(all: bool) -> Vec<String> {
             removed.push(info.lab.clone());
         }
     }
-    let stale: Vec<String> = netns::list_netns()
+    let candidates: Vec<String> =
+        netns::list_netns().into_iter().filter(|n| n.starts_with("ml-")).collect();
+    // A lab writes its state file before creating namespaces, so re-reading the
+    // state files after listing namespaces sees every lab being built right now.
+    if !all {
+        live.extend(list().into_iter().filter(owner_alive).map(|i| i.lab));
+    }
+    let stale: Vec<String> = candidates
         .into_iter()
-        .filter(|n| n.starts_with("ml-"))
         .filter(|n| {
             let lab = n[3..].split('-').next().unwrap_or("");
             !live.iter().any(|l| l == lab)
