@@ -1,0 +1,63 @@
+//! Runs one NAT detection from a fresh node socket and prints the verdict on
+//! one line of `key=value` pairs. Used by the lab tests and benchmarks (run
+//! inside a lab host) and handy for operators.
+//!
+//! macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT]
+
+use macula_nat_core::detector::{detect, DetectFailure};
+use macula_nat_core::{runtime, Identity, Node, NodeConfig};
+use macula_nat_proto::detect::DetectConfig;
+use std::net::SocketAddr;
+use std::process::exit;
+use std::time::Duration;
+
+fn usage() -> ! {
+    eprintln!("usage: macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT]");
+    exit(2)
+}
+
+fn main() {
+    let mut observers: Vec<SocketAddr> = Vec::new();
+    let mut timeout_ms = 5000u64;
+    let mut bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--observer" => observers.push(v.parse().unwrap_or_else(|_| usage())),
+            "--timeout-ms" => timeout_ms = v.parse().unwrap_or_else(|_| usage()),
+            "--bind" => bind = v.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    let node = Node::open(NodeConfig { bind }, Identity::generate()).unwrap_or_else(|e| {
+        eprintln!("macula-detect: {e}");
+        exit(1)
+    });
+    let cfg = DetectConfig { observers, timeout: Duration::from_millis(timeout_ms), ..DetectConfig::default() };
+    match runtime::handle().block_on(detect(node, cfg)) {
+        Ok(d) => {
+            let p = &d.profile;
+            println!(
+                "mapping={} filtering={} allocation={} delta={} public={} local={} no_nat={} confidence={} ms={:.3}",
+                format!("{:?}", p.mapping).to_lowercase(),
+                format!("{:?}", p.filtering).to_lowercase(),
+                format!("{:?}", p.allocation).to_lowercase(),
+                p.port_delta.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                p.public_addr,
+                d.local_addr,
+                p.no_nat,
+                format!("{:?}", p.confidence).to_lowercase(),
+                d.elapsed.as_secs_f64() * 1000.0
+            );
+        }
+        Err(DetectFailure::Detect(e)) => {
+            println!("error={e:?}");
+            exit(3)
+        }
+        Err(DetectFailure::Runtime(e)) => {
+            println!("error={e}");
+            exit(1)
+        }
+    }
+}

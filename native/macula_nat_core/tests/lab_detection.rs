@@ -1,0 +1,154 @@
+//! NAT detection across real NATs: the 4 kernel (nftables) NATs, all 27
+//! NATCracker types of the userspace engine, and a host with no NAT, each a
+//! site of one lab, detecting against `macula-observer` on an observer host
+//! with two IPs. Then the 27 userspace types and no-NAT again with 5% loss
+//! on every link. Every verdict must equal the configured type.
+
+use macula_nat_lab::{can_run, Lab, LabSpec, SiteSpec, UpOptions};
+use std::collections::HashMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const OBS_PORT: u16 = 3478;
+const OBS_ALT_PORT: u16 = 3479;
+
+fn ready() -> bool {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED: lab tests need root, ip, nft and /dev/net/tun: {why}");
+        return false;
+    }
+    let lab_bin = std::path::Path::new(env!("CARGO_BIN_EXE_macula-detect")).with_file_name("macula-lab");
+    if !lab_bin.exists() {
+        panic!("{} missing: run with `cargo test --workspace` so the lab engine is built", lab_bin.display());
+    }
+    std::env::set_var("MACULA_LAB_BIN", lab_bin);
+    macula_nat_lab::reap(false);
+    true
+}
+
+/// (site name, nat spec, expected "mapping filtering allocation")
+fn kinds() -> Vec<(String, String, String)> {
+    let mut v: Vec<(String, String, String)> = vec![
+        ("kfc".into(), "kernel:full_cone".into(), "ei ei pp".into()),
+        ("krc".into(), "kernel:restricted_cone".into(), "ei hd pp".into()),
+        ("kprc".into(), "kernel:port_restricted_cone".into(), "ei pd pp".into()),
+        ("ksym".into(), "kernel:symmetric".into(), "pd pd rd".into()),
+        ("open".into(), "none".into(), "ei ei pp".into()),
+    ];
+    for m in ["ei", "hd", "pd"] {
+        for f in ["ei", "hd", "pd"] {
+            for a in ["pp", "pc", "rd"] {
+                let nat = if a == "pc" { format!("user:{m}-{f}-{a}:delta=2") } else { format!("user:{m}-{f}-{a}") };
+                v.push((format!("u{m}{f}{a}"), nat, format!("{m} {f} {a}")));
+            }
+        }
+    }
+    v
+}
+
+struct Verdict {
+    fields: HashMap<String, String>,
+}
+
+impl Verdict {
+    fn parse(line: &str) -> Verdict {
+        let fields = line
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        Verdict { fields }
+    }
+    fn get(&self, k: &str) -> &str {
+        self.fields.get(k).map(String::as_str).unwrap_or("?")
+    }
+    fn triple(&self) -> String {
+        format!("{} {} {}", self.get("mapping"), self.get("filtering"), self.get("allocation"))
+    }
+}
+
+fn run_matrix(lab_name: &str, loss: f64, include_kernel: bool) {
+    let kinds: Vec<_> = kinds().into_iter().filter(|(_, nat, _)| include_kernel || !nat.starts_with("kernel:")).collect();
+    let mut spec = LabSpec::new(lab_name);
+    spec.observers.push("obs".into());
+    spec.seed = Some(7);
+    for (name, nat, _) in &kinds {
+        let mut s = SiteSpec::new(name, nat).unwrap();
+        if loss > 0.0 {
+            s.loss = loss;
+        }
+        spec.sites.push(s);
+    }
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let [ip1, ip2] = lab.info.observers["obs"];
+    let observer = env!("CARGO_BIN_EXE_macula-observer");
+    let mut obs: Child = lab
+        .spawn(
+            "obs",
+            &[observer, "--primary", &format!("{ip1}:{OBS_PORT}"), "--alternate", &format!("{ip2}:{OBS_ALT_PORT}")],
+        )
+        .expect("observer");
+    std::thread::sleep(Duration::from_millis(200));
+
+    let detect = env!("CARGO_BIN_EXE_macula-detect");
+    let started = Instant::now();
+    let children: Vec<_> = kinds
+        .iter()
+        .map(|(name, _, _)| {
+            let argv: Vec<String> = [detect, "--observer", &format!("{ip1}:{OBS_PORT}"), "--timeout-ms", "5000"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let (mut cmd, ns) = lab.command(name, &argv).unwrap();
+            let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn detect");
+            drop(ns);
+            child
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let mut table = String::new();
+    for ((name, nat, expected), child) in kinds.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let v = Verdict::parse(&line);
+        let site = lab.site(name).unwrap();
+        let public_ip = site.public_ip.to_string();
+        let local_port = v.get("local").rsplit(':').next().unwrap_or("").to_string();
+        let public = v.get("public").to_string();
+        let mut ok = v.triple() == *expected && public.starts_with(&format!("{public_ip}:"));
+        if expected.ends_with("pp") {
+            // Port preservation: the observer saw our own port.
+            ok &= public.ends_with(&format!(":{local_port}"));
+        }
+        if nat.contains("pc") {
+            ok &= v.get("delta") == "2";
+        }
+        if nat == "none" {
+            ok &= v.get("no_nat") == "true";
+        }
+        table.push_str(&format!("{nat:32} expected {expected:9} got {:9} delta={:2} public={public:22} ms={}\n", v.triple(), v.get("delta"), v.get("ms")));
+        if !ok {
+            failures.push(format!("{nat}: expected {expected} (public {public_ip}), got `{line}` stderr `{}`", String::from_utf8_lossy(&out.stderr).trim()));
+        }
+    }
+    eprintln!("lab {lab_name} (loss {loss}): {} sites in {:?}\n{table}", kinds.len(), started.elapsed());
+    let _ = obs.kill();
+    let _ = obs.wait();
+    drop(lab);
+    assert!(failures.is_empty(), "{} wrong verdicts:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn detection_matches_every_nat_type() {
+    if !ready() {
+        return;
+    }
+    run_matrix("detall", 0.0, true);
+}
+
+#[test]
+fn detection_matches_every_nat_type_with_5pct_loss() {
+    if !ready() {
+        return;
+    }
+    run_matrix("detloss", 0.05, false);
+}
