@@ -4,15 +4,20 @@
 //! decision takes its inputs (bytes, observations, `Instant`s) as arguments
 //! so it can be tested exhaustively and fuzzed. The runtime crate
 //! (`macula_nat_core`) owns the IO and calls into this one.
+//!
+//! NAT detection is split as: [`stun`] (wire format) -> [`observer`] (what a
+//! STUN/RFC 5780 server answers) and [`detect`] (the client state machine
+//! that classifies the NAT into the [`nat`] vocabulary); [`observations`]
+//! refines the public address from what peers report later.
 
-/// STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
+// STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
 pub mod stun;
-/// NAT behaviour vocabulary: mapping, filtering, allocation, the 27
-/// NATCracker types and the detected `NatProfile`.
+// NAT behaviour vocabulary: mapping, filtering, allocation, the 27
+// NATCracker types and the detected `NatProfile`.
 pub mod nat;
-/// Sans-IO RFC 5780 observer (STUN server) logic.
+// Sans-IO RFC 5780 observer (STUN server) logic.
 pub mod observer;
-/// Sans-IO NAT detection state machine (`Detection`).
+// Sans-IO NAT detection state machine (`Detection`).
 pub mod detect;
-/// Peer-reported reflexive addresses with a distinct-peer quorum.
+// Peer-reported reflexive addresses with a distinct-peer quorum.
 pub mod observations;

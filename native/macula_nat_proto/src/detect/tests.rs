@@ -398,3 +398,21 @@ fn implausible_other_address_means_not_rfc5780_capable() {
         }
     }
 }
+
+#[test]
+fn verdicts_hold_from_lan_to_intercontinental_latency() {
+    for one_way_ms in [1, 20, 150] {
+        for obs in [two_observers as fn() -> _, one_observer] {
+            for (i, ty) in NatType::all().enumerate() {
+                let delta = [1, 2, -1][i % 3];
+                let (run, nat) = run_case(Case { ty: Some(ty), delta, observers: obs(), one_way_ms, loss_permille: 0, seed: 31 });
+                let p = run.result.unwrap();
+                check(ty, delta, &p, &nat).unwrap_or_else(|e| panic!("{one_way_ms} ms: {e}"));
+                assert_eq!(p.confidence, Confidence::High, "{ty} {one_way_ms} ms");
+                // Filtering wait max(3 RTT, 200 ms) + one RTT for tests II-IV.
+                let rtt = Duration::from_millis(2 * one_way_ms);
+                assert!(run.elapsed <= (rtt * 3).max(Duration::from_millis(200)) + rtt, "{ty} {one_way_ms} ms: {:?}", run.elapsed);
+            }
+        }
+    }
+}
