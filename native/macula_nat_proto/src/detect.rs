@@ -20,12 +20,17 @@
 //!
 //! # Schedule (why it is fast and why it is correct)
 //!
-//! * t=0: Binding (test I) from the primary socket to every observer, the
-//!   two filtering tests (CHANGE-REQUEST ip+port, port only) to the
-//!   designated *filtering observer*, and one Binding from each probe socket.
-//! * When test I answers with OTHER-ADDRESS, tests II/III (and IV, the
-//!   crossed primary-IP/alternate-port address, an extra fresh mapping for
-//!   the allocation series) go to the *mapping observer*.
+//! * t=0: Binding (test I) from the primary socket to every observer, and
+//!   the two filtering tests (CHANGE-REQUEST ip+port, port only) to the
+//!   designated *filtering observer* (observer 1 if there are two or more,
+//!   else observer 0).
+//! * t=1 RTT (first test I answer): one Binding from each probe socket to a
+//!   live observer (not earlier: a fresh socket's first mapping is the only
+//!   one that shows port preservation, it must not go to a dead observer),
+//!   and, once test I answered with OTHER-ADDRESS, tests II/III (and IV,
+//!   the crossed primary-IP/alternate-port address, which both corroborates
+//!   the mapping verdict and adds a fresh mapping to the allocation series)
+//!   to the *mapping observer*.
 //! * Filtering tests must not be contaminated: once the primary socket has
 //!   sent to the alternate IP (test II) or the alternate IP:port (test III)
 //!   of an observer, that observer's changed-address answers pass an
@@ -110,7 +115,9 @@ pub struct DetectConfig {
     /// Primary addresses of the observers. Observer 0 is preferred for the
     /// mapping tests, observer 1 (if any) for the filtering tests.
     pub observers: Vec<SocketAddr>,
-    /// Hard deadline for the whole detection.
+    /// Hard deadline for the whole detection. Must exceed the filtering
+    /// wait plus two round trips (`max(3 RTT, min_wait) + 2 RTT`), else a
+    /// partial verdict with lower confidence is returned at the deadline.
     pub timeout: Duration,
     /// Initial retransmission timeout (doubles on each retransmission).
     pub rto: Duration,
