@@ -416,3 +416,15 @@ fn verdicts_hold_from_lan_to_intercontinental_latency() {
         }
     }
 }
+
+#[test]
+fn deadline_with_live_observers_gives_a_partial_verdict_not_an_error() {
+    // 400 ms one-way: the 2 s deadline hits before the sequential
+    // single-observer schedule (2.4 s wait + RTTs) can finish.
+    let ty = NatType { mapping: Mapping::Hd, allocation: Allocation::Rd, filtering: Filtering::Pd };
+    let (run, nat) = run_case(Case { ty: Some(ty), delta: 1, observers: one_observer(), one_way_ms: 400, loss_permille: 0, seed: 41 });
+    assert_eq!(run.elapsed, DetectConfig::default().timeout);
+    let p = run.result.unwrap();
+    assert_eq!(p.public_addr.ip(), nat.public_ip);
+    assert!(p.confidence < Confidence::High);
+}
