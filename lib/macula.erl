@@ -16,5 +16,11 @@ get_public_endpoint() ->
         {ok, #{public_ip := Ip, public_port := Port}} ->
             {ok, macula_nat_endpoint:format({Ip, Port})};
         _ ->
-            {error, not_detected}
+            %% No detection yet, but a quorum of peers may have told us.
+            try ets:lookup(macula_nat_detector, observed_endpoint) of
+                [{observed_endpoint, Addr}] -> {ok, macula_nat_endpoint:format(Addr)};
+                [] -> {error, not_detected}
+            catch
+                error:badarg -> {error, not_detected}
+            end
     end.

@@ -10,7 +10,7 @@
 -include_lib("kernel/include/logger.hrl").
 
 -export([start_link/1, detect/0, detect/1, get_local_profile/0,
-         add_observation/2, refresh/0, subscribe/1, unsubscribe/1]).
+         add_observation/2, add_observation/3, refresh/0, subscribe/1, unsubscribe/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -export_type([nat_profile/0]).
@@ -98,11 +98,23 @@ get_local_profile() ->
         error:badarg -> {error, not_detected}
     end.
 
-%% @doc Reflexive address of this node as reported by a peer.
--spec add_observation(inet:ip_address(), inet:port_number()) -> ok | {error, term()}.
-add_observation(Ip, Port) when is_tuple(Ip), is_integer(Port) ->
-    {error, not_implemented};
-add_observation(_, _) ->
+%% @doc Reflexive address of this node as reported by a peer. The report
+%% is attributed to the calling process (one connection process per peer is
+%% one vote); use `add_observation/3' to name the peer. The believed public
+%% address moves only when `observation_quorum' (3) distinct peers agree and
+%% outnumber the current belief, so one lying peer cannot flip it.
+-spec add_observation(inet:ip_address(), inet:port_number()) -> ok | {error, badarg}.
+add_observation(Ip, Port) ->
+    add_observation(Ip, Port, term_to_binary(self())).
+
+%% @doc As `add_observation/2', from the peer with node id `PeerId'.
+-spec add_observation(inet:ip_address(), inet:port_number(), binary()) -> ok | {error, badarg}.
+add_observation(Ip, Port, PeerId) when is_binary(PeerId) ->
+    case macula_nat_endpoint:parse({Ip, Port}) of
+        {ok, Addr} -> gen_server:cast(?MODULE, {observation, PeerId, Addr});
+        {error, _} -> {error, badarg}
+    end;
+add_observation(_, _, _) ->
     {error, badarg}.
 
 %% @doc Trigger a background re-detection (e.g. after a network change).
@@ -142,7 +154,10 @@ init(Opts) ->
                          ?LOG_WARNING("ignoring unparsable observers ~p", [maps:get(observers, Opts)]),
                          []
                  end,
+    {ok, Observations} = macula_nat_nif:observations_new(
+                           maps:get(observation_quorum, Opts, 3), 600000, 64),
     State = #{opts => Opts,
+              observations => Observations,
               observers => Configured,
               subscribers => #{},
               inflight => undefined,
@@ -182,6 +197,11 @@ handle_call(_Request, _From, State) ->
 -spec handle_cast(term(), map()) -> {noreply, map()}.
 handle_cast(refresh, State) ->
     background(refresh, State);
+handle_cast({observation, Peer, Addr}, #{observations := Obs} = State) ->
+    case macula_nat_nif:observations_add(Obs, Peer, Addr) of
+        {changed, New} -> observed_change(New, State);
+        _ -> {noreply, State}
+    end;
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
@@ -214,6 +234,23 @@ handle_info({'DOWN', _Mon, process, Pid, _Reason}, #{subscribers := Subs} = Stat
     {noreply, State#{subscribers := maps:remove(Pid, Subs)}};
 handle_info(_Info, State) ->
     {noreply, State}.
+
+%% Peers agree that our public address moved. Observers are the better
+%% witnesses, so with observers we re-detect; without them we take the
+%% peers' word, with low confidence.
+observed_change({Ip, Port} = New, #{observers := Observers} = State) ->
+    ?LOG_INFO("peers report a new public address ~s", [macula_nat_endpoint:format(New)]),
+    case {Observers, get_local_profile()} of
+        {[_ | _], _} ->
+            background(network_change, State);
+        {[], {ok, #{public_ip := Ip, public_port := Port}}} ->
+            {noreply, State};
+        {[], {ok, Profile}} ->
+            {noreply, store(Profile#{public_ip := Ip, public_port := Port, confidence := low}, State)};
+        {[], {error, not_detected}} ->
+            true = ets:insert(?TABLE, {observed_endpoint, New}),
+            {noreply, State}
+    end.
 
 %% Background detections (start, refresh/0, periodic, network change) use
 %% the configured observers and the system's detection_timeout_ms.

@@ -9,14 +9,14 @@
          cancel/1, runtime_ping/1, runtime_tasks/0,
          debug_panic/1, debug_panic_async/1,
          observer_start/2, observer_stop/1, observer_info/1,
-         detect_start/4]).
+         detect_start/4, observations_new/3, observations_add/3]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
        cancel/1, runtime_ping/1, runtime_tasks/0,
        debug_panic/1, debug_panic_async/1,
        observer_start/2, observer_stop/1, observer_info/1,
-       detect_start/4]).
+       detect_start/4, observations_new/3, observations_add/3]).
 
 -on_load(load/0).
 
@@ -85,3 +85,10 @@ observer_info(_Observer) -> erlang:nif_error(not_loaded).
 -spec detect_start(reference(), resource(), [{inet:ip_address(), inet:port_number()}], pos_integer()) ->
     {ok, pending()} | {error, term()}.
 detect_start(_Ref, _Node, _Observers, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+-spec observations_new(pos_integer(), non_neg_integer(), pos_integer()) -> {ok, resource()} | {error, term()}.
+observations_new(_Quorum, _MaxAgeMs, _MaxPeers) -> erlang:nif_error(not_loaded).
+
+-spec observations_add(resource(), binary(), {inet:ip_address(), inet:port_number()}) ->
+    {changed, {inet:ip_address(), inet:port_number()}} | unchanged | {error, term()}.
+observations_add(_Res, _Peer, _Addr) -> erlang:nif_error(not_loaded).

@@ -11,7 +11,8 @@ detector_test_() ->
       fun concurrent_callers_share_one_detection/1,
       fun documented_errors/1,
       fun subscribers_see_changes/1,
-      fun refresh_runs_in_background/1]}.
+      fun refresh_runs_in_background/1,
+      fun one_lying_peer_cannot_flip_the_profile/1]}.
 
 setup() ->
     {ok, Obs} = macula_nat_observer:start(#{primary => {{127, 0, 0, 1}, 0},
@@ -121,6 +122,33 @@ refresh_runs_in_background(#{obs := Obs, primary := P}) ->
         timer:sleep(300),
         #{answered := A2} = macula_nat_observer:info(Obs),
         ?assert(A2 > A1)
+    end.
+
+one_lying_peer_cannot_flip_the_profile(#{primary := P}) ->
+    fun() ->
+        {ok, #{public_port := Port}} = macula_nat_detector:detect(#{observers => [P]}),
+        ok = macula_nat_detector:subscribe(self()),
+        [ok = macula_nat_detector:add_observation({9, 9, 9, 9}, 1234, <<"liar">>) || _ <- lists:seq(1, 10)],
+        %% Many calls from one process are one vote too.
+        [ok = macula_nat_detector:add_observation({9, 9, 9, 9}, 1234) || _ <- lists:seq(1, 10)],
+        _ = sys:get_state(macula_nat_detector),
+        ?assertMatch({ok, #{public_ip := {127, 0, 0, 1}, public_port := Port}},
+                     macula_nat_detector:get_local_profile()),
+        receive {nat_profile_changed, _, _} = M -> error({unexpected, M}) after 0 -> ok end,
+        %% Three distinct peers agree: the belief moves.
+        [ok = macula_nat_detector:add_observation({198, 51, 100, 7}, 5555, Peer)
+         || Peer <- [<<"peer-a">>, <<"peer-b">>, <<"peer-c">>]],
+        _ = sys:get_state(macula_nat_detector),
+        ?assertMatch({ok, #{public_ip := {198, 51, 100, 7}, public_port := 5555, confidence := low}},
+                     macula_nat_detector:get_local_profile()),
+        receive
+            {nat_profile_changed, #{public_port := Port}, #{public_port := 5555}} -> ok
+        after 1000 -> error(no_change_notification)
+        end,
+        ?assertEqual({ok, <<"198.51.100.7:5555">>}, macula:get_public_endpoint()),
+        ?assertEqual({error, badarg}, macula_nat_detector:add_observation(not_an_ip, 1)),
+        ?assertEqual({error, badarg}, macula_nat_detector:add_observation({1, 2, 3, 4}, 70000)),
+        ?assertEqual({error, badarg}, macula_nat_detector:add_observation({1, 2, 3, 4}, 1, not_a_binary))
     end.
 
 wait_profile(0) -> error(no_auto_detection);

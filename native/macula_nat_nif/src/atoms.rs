@@ -16,6 +16,8 @@ rustler::atoms! {
     sync,
     r#async = "async",
     primary,
+    changed,
+    unchanged,
     alternate,
     answered,
     dropped,

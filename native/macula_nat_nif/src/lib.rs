@@ -9,6 +9,7 @@ mod debug_nif;
 mod detect_nif;
 mod guard;
 mod node_nif;
+mod observations_nif;
 mod observer_nif;
 mod reply;
 
