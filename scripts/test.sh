@@ -16,9 +16,11 @@ run() {
 # Lab tests build network namespaces; clear any a killed run left behind.
 [[ -x target/release/macula-lab ]] && target/release/macula-lab reap >/dev/null 2>&1 || true
 
-run cargo  cargo test --release --workspace
+# The BEAM suites go first: they include a scheduler-latency test, and the
+# lab tests leave the kernel tearing down namespaces for a while after.
 run eunit  rebar3 eunit
 run exunit env MIX_ENV=test mix test
+run cargo  cargo test --release --workspace
 
 if ((${#failed[@]})); then
   echo "FAILED suites: ${failed[*]}"

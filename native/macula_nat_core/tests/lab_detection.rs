@@ -66,7 +66,19 @@ impl Verdict {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    /// Our observer (`macula-observer`).
+    Ours,
+    /// coturn's `turnserver` with two listening IPs (RFC 5780 mode).
+    Coturn,
+}
+
 fn run_matrix(lab_name: &str, loss: f64, include_kernel: bool) {
+    run_matrix_against(lab_name, loss, include_kernel, Server::Ours)
+}
+
+fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: Server) {
     let kinds: Vec<_> = kinds().into_iter().filter(|(_, nat, _)| include_kernel || !nat.starts_with("kernel:")).collect();
     let mut spec = LabSpec::new(lab_name);
     spec.observers.push("obs".into());
@@ -81,13 +93,19 @@ fn run_matrix(lab_name: &str, loss: f64, include_kernel: bool) {
     let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
     let [ip1, ip2] = lab.info.observers["obs"];
     let observer = env!("CARGO_BIN_EXE_macula-observer");
-    let mut obs: Child = lab
-        .spawn(
+    let mut obs: Child = match server {
+        Server::Ours => lab.spawn(
             "obs",
             &[observer, "--primary", &format!("{ip1}:{OBS_PORT}"), "--alternate", &format!("{ip2}:{OBS_ALT_PORT}")],
-        )
-        .expect("observer");
-    std::thread::sleep(Duration::from_millis(200));
+        ),
+        // coturn listens on 3478 and uses 3479 as its alternate port.
+        Server::Coturn => lab.spawn(
+            "obs",
+            &["turnserver", "-L", &ip1.to_string(), "-L", &ip2.to_string(), "--no-auth", "--no-tls", "--no-dtls", "--no-cli", "-n", "--log-file", "stdout"],
+        ),
+    }
+    .expect("observer");
+    std::thread::sleep(Duration::from_millis(if server == Server::Coturn { 1500 } else { 200 }));
 
     let detect = env!("CARGO_BIN_EXE_macula-detect");
     let started = Instant::now();
@@ -151,4 +169,79 @@ fn detection_matches_every_nat_type_with_5pct_loss() {
         return;
     }
     run_matrix("detloss", 0.05, false);
+}
+
+/// Our detector against coturn's RFC 5780 server: same verdicts.
+#[test]
+fn detection_against_coturn_turnserver() {
+    if !ready() {
+        return;
+    }
+    if macula_nat_lab::which("turnserver").is_none() {
+        panic!("turnserver (coturn) missing: scripts/setup.sh installs it");
+    }
+    run_matrix_against("detcoturn", 0.0, true, Server::Coturn);
+}
+
+/// coturn's RFC 5780 client against our observer: it reports the configured
+/// mapping and filtering for every NAT kind.
+#[test]
+fn coturn_client_against_our_observer() {
+    if !ready() {
+        return;
+    }
+    if macula_nat_lab::which("turnutils_natdiscovery").is_none() {
+        panic!("turnutils_natdiscovery (coturn) missing: scripts/setup.sh installs it");
+    }
+    let kinds = kinds();
+    let mut spec = LabSpec::new("natdisc");
+    spec.observers.push("obs".into());
+    spec.seed = Some(9);
+    for (name, nat, _) in &kinds {
+        spec.sites.push(SiteSpec::new(name, nat).unwrap());
+    }
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let [ip1, ip2] = lab.info.observers["obs"];
+    let observer = env!("CARGO_BIN_EXE_macula-observer");
+    let mut obs = lab
+        .spawn("obs", &[observer, "--primary", &format!("{ip1}:{OBS_PORT}"), "--alternate", &format!("{ip2}:{OBS_ALT_PORT}")])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let children: Vec<_> = kinds
+        .iter()
+        .map(|(name, _, _)| {
+            lab.spawn(name, &["turnutils_natdiscovery", "-m", "-f", "-p", &OBS_PORT.to_string(), &ip1.to_string()]).unwrap()
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for ((_, nat, expected), child) in kinds.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+        let verdict = |what: &str| {
+            text.lines()
+                .filter(|l| l.contains(what) && (l.contains("nat with") || l.contains("no nat")))
+                .find_map(|l| {
+                    if l.contains("address and port dependent") {
+                        Some("pd")
+                    } else if l.contains("address dependent") {
+                        Some("hd")
+                    } else if l.contains("endpoint independent") {
+                        Some("ei")
+                    } else {
+                        None
+                    }
+                })
+                .unwrap_or("?")
+        };
+        let got = format!("{} {}", verdict("mapping"), verdict("filtering"));
+        let want: String = expected.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        eprintln!("{nat:32} natdiscovery says {got} (expected {want})");
+        if got != want {
+            failures.push(format!("{nat}: natdiscovery says {got}, expected {want}"));
+        }
+    }
+    let _ = obs.kill();
+    let _ = obs.wait();
+    drop(lab);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -141,8 +141,17 @@ impl Observer {
             .with(Attribute::XorMappedAddress(from))
             .with(Attribute::MappedAddress(from))
             .with(Attribute::ResponseOrigin(src));
-        if let Some(other) = self.changed(src, true, true) {
-            resp = resp.with(Attribute::OtherAddress(other));
+        // OTHER-ADDRESS is always the observer's configured alternate
+        // address, as coturn reports it. RFC 5780 can also be read as "the
+        // address opposite the responding socket", but the widely deployed
+        // client (turnutils_natdiscovery) aims mapping test III at the
+        // OTHER-ADDRESS of the test II response: with the opposite-socket
+        // reading that lands on the primary IP, and an address-dependent
+        // mapping is misreported as address-and-port-dependent (seen in the
+        // lab). Our own detector only uses test I's answer, where both
+        // readings agree.
+        if let Some(alt) = self.cfg.alternate {
+            resp = resp.with(Attribute::OtherAddress(alt));
         }
         if let Some(sw) = &self.cfg.software {
             resp = resp.with(Attribute::Software(sw.clone()));
@@ -249,10 +258,8 @@ mod tests {
                 assert!(obs.local_addrs().contains(&r.from));
                 let m = decode(&r);
                 assert!(m.attributes.contains(&Attribute::ResponseOrigin(r.from)));
-                // OTHER-ADDRESS differs from the source in both IP and port.
-                let other = m.other_address().unwrap();
-                assert_ne!(other.ip(), r.from.ip());
-                assert_ne!(other.port(), r.from.port());
+                // OTHER-ADDRESS is the configured alternate, whoever answers.
+                assert_eq!(m.other_address(), Some(SocketAddr::new(ip2, p2)));
             }
         }
     }
