@@ -7,10 +7,9 @@
 //! Prints a Markdown report on stdout.
 
 use macula_nat_lab::{Lab, LabSpec, SiteSpec, UpOptions};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const RUNS: usize = 20;
+const RUNS: usize = 15;
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
