@@ -11,6 +11,7 @@ mod guard;
 mod node_nif;
 mod observations_nif;
 mod observer_nif;
+mod owner;
 mod reply;
 
 rustler::init!("macula_nat_nif", load = load);

@@ -2,7 +2,7 @@
 //! is monitored; when the owner dies the socket is closed at once, so a
 //! restarted owner starts from a clean slate.
 
-use crate::{atoms, convert, guard};
+use crate::{atoms, convert, guard, owner};
 use macula_nat_core::{Identity, Node, NodeConfig};
 use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -17,6 +17,12 @@ pub struct NodeRes {
 impl rustler::Resource for NodeRes {
     const IMPLEMENTS_DOWN: bool = true;
     fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
+        owner::Owned::close(self);
+    }
+}
+
+impl owner::Owned for NodeRes {
+    fn close(&self) {
         self.node.close();
     }
 }
@@ -67,15 +73,7 @@ fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
             None => Identity::vm_default(),
         };
         match Node::open(NodeConfig { bind: o.bind }, identity) {
-            Ok(node) => {
-                let res = ResourceArc::new(NodeRes { node });
-                if env.monitor(&res, &env.pid()).is_none() {
-                    // The caller is already exiting.
-                    res.node.close();
-                    return (atoms::error(), atoms::closed()).encode(env);
-                }
-                (atoms::ok(), res).encode(env)
-            }
+            Ok(node) => owner::owned_by_caller(env, NodeRes { node }),
             Err(e) => convert::encode_error(env, &e),
         }
     })

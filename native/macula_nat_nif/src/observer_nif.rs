@@ -1,7 +1,7 @@
 //! The observer server resource, owned (and monitored) by the process that
 //! started it.
 
-use crate::{atoms, convert, guard};
+use crate::{atoms, convert, guard, owner};
 use macula_nat_core::observer_server::ObserverServer;
 use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 
@@ -13,6 +13,12 @@ pub struct ObserverRes {
 impl rustler::Resource for ObserverRes {
     const IMPLEMENTS_DOWN: bool = true;
     fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
+        owner::Owned::close(self);
+    }
+}
+
+impl owner::Owned for ObserverRes {
+    fn close(&self) {
         self.server.stop();
     }
 }
@@ -34,14 +40,7 @@ fn observer_start<'a>(env: Env<'a>, primary: Term<'a>, alternate: Term<'a>) -> T
         };
         let software = Some(format!("macula_nat {}", env!("CARGO_PKG_VERSION")));
         match ObserverServer::start(primary, alternate, software) {
-            Ok(server) => {
-                let res = ResourceArc::new(ObserverRes { server });
-                if env.monitor(&res, &env.pid()).is_none() {
-                    res.server.stop();
-                    return (atoms::error(), atoms::closed()).encode(env);
-                }
-                (atoms::ok(), res).encode(env)
-            }
+            Ok(server) => owner::owned_by_caller(env, ObserverRes { server }),
             Err(e) => convert::encode_error(env, &e),
         }
     })
