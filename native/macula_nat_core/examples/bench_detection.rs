@@ -18,23 +18,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn natdiscovery_verdict(out: &str) -> String {
-    let find = |what: &str| {
-        out.lines()
-            .filter(|l| l.to_lowercase().contains(what))
-            .find_map(|l| {
-                let l = l.to_lowercase();
-                if l.contains("address and port dependent") {
-                    Some("pd")
-                } else if l.contains("address dependent") {
-                    Some("hd")
-                } else if l.contains("endpoint independent") || l.contains("endpoint independend") {
-                    Some("ei")
-                } else {
-                    None
-                }
-            })
-            .unwrap_or("?")
-    };
+    let find = |what| macula_nat_lab::natdiscovery::behaviour(out, what).unwrap_or("?");
     format!("{} {}", find("mapping"), find("filtering"))
 }
 

@@ -217,22 +217,7 @@ fn coturn_client_against_our_observer() {
     for ((_, nat, expected), child) in kinds.iter().zip(children) {
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
-        let verdict = |what: &str| {
-            text.lines()
-                .filter(|l| l.contains(what) && (l.contains("nat with") || l.contains("no nat")))
-                .find_map(|l| {
-                    if l.contains("address and port dependent") {
-                        Some("pd")
-                    } else if l.contains("address dependent") {
-                        Some("hd")
-                    } else if l.contains("endpoint independent") {
-                        Some("ei")
-                    } else {
-                        None
-                    }
-                })
-                .unwrap_or("?")
-        };
+        let verdict = |what| macula_nat_lab::natdiscovery::behaviour(&text, what).unwrap_or("?");
         let got = format!("{} {}", verdict("mapping"), verdict("filtering"));
         let want: String = expected.split(' ').take(2).collect::<Vec<_>>().join(" ");
         eprintln!("{nat:32} natdiscovery says {got} (expected {want})");

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod lab;
+pub mod natdiscovery;
 pub mod netns;
 pub mod probe;
 pub mod spec;

@@ -8,24 +8,11 @@ use macula_nat_lab::{Dep, KernelNat, Lab, LabSpec, NatKind, SiteSpec};
 use std::time::{Duration, Instant};
 
 fn parse_behaviour(out: &str, what: &str) -> Option<Dep> {
-    // "NAT with Endpoint Independent Mapping!", "No NAT! (Endpoint Independent Mapping)",
-    // "NAT with Address Dependent Filtering!", "NAT with Address and Port Dependent ..."
-    for line in out.lines() {
-        let l = line.trim().to_ascii_lowercase();
-        if !l.contains(&what.to_ascii_lowercase()) || !l.contains("nat") {
-            continue;
-        }
-        if l.contains("endpoint independent") {
-            return Some(Dep::Ei);
-        }
-        if l.contains("address and port dependent") {
-            return Some(Dep::Pd);
-        }
-        if l.contains("address dependent") {
-            return Some(Dep::Hd);
-        }
+    match macula_nat_lab::natdiscovery::behaviour(out, what)? {
+        "ei" => Some(Dep::Ei),
+        "hd" => Some(Dep::Hd),
+        _ => Some(Dep::Pd),
     }
-    None
 }
 
 /// (local port, reflexive port) pairs in output order.
