@@ -7,6 +7,7 @@
 //! types here: the binding crate (`macula_nat_nif`) converts terms.
 
 pub mod detector;
+pub mod dht;
 pub mod error;
 pub mod identity;
 pub mod node;
