@@ -21,3 +21,7 @@ pub mod observer;
 pub mod detect;
 // Peer-reported reflexive addresses with a distinct-peer quorum.
 pub mod observations;
+// Signed peer record advertised in the DHT: canonical body, framing, acceptance.
+pub mod record;
+// Cache policy: per-entry TTL, stale-while-revalidate, LRU bound.
+pub mod cache;
