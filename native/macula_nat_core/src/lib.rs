@@ -6,12 +6,15 @@
 //! sans-IO; this crate feeds it bytes and timestamps. There are no Erlang
 //! types here: the binding crate (`macula_nat_nif`) converts terms.
 
+pub mod advertiser;
 pub mod detector;
 pub mod dht;
 pub mod error;
 pub mod identity;
 pub mod node;
 pub mod observer_server;
+pub mod peer_record;
+pub mod profile_cache;
 pub mod runtime;
 
 pub use error::Error;
