@@ -13,7 +13,12 @@
     listen_ip := inet:ip_address(),
     listen_port := inet:port_number(),
     key_file := undefined | file:filename_all(),
-    observers := [term()]
+    observers := [term()],
+    cache_grace_seconds := non_neg_integer(),
+    dht := memory | {mainline, map()} | {module, module()},
+    dht_timeout_ms := pos_integer(),
+    advertise_ttl_seconds := pos_integer(),
+    rendezvous := [term()]
 }.
 
 -spec defaults() -> opts().
@@ -24,7 +29,12 @@ defaults() ->
       listen_ip => {0, 0, 0, 0},
       listen_port => 0,
       key_file => undefined,
-      observers => []}.
+      observers => [],
+      cache_grace_seconds => 60,
+      dht => memory,
+      dht_timeout_ms => 5000,
+      advertise_ttl_seconds => 3600,
+      rendezvous => []}.
 
 %% @doc Explicit options win over the application environment, which wins
 %% over the defaults. Unknown keys are kept (children may read them), known
@@ -50,4 +60,12 @@ valid(listen_port, V) -> is_integer(V) andalso V >= 0 andalso V =< 65535;
 valid(listen_ip, V) -> is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8);
 valid(key_file, V) -> V =:= undefined orelse is_list(V) orelse is_binary(V);
 valid(observers, V) -> is_list(V);
+valid(cache_grace_seconds, V) -> is_integer(V) andalso V >= 0;
+valid(dht, memory) -> true;
+valid(dht, {mainline, M}) -> is_map(M);
+valid(dht, {module, M}) -> is_atom(M);
+valid(dht, _) -> false;
+valid(dht_timeout_ms, V) -> is_integer(V) andalso V > 0;
+valid(advertise_ttl_seconds, V) -> is_integer(V) andalso V >= 2;
+valid(rendezvous, V) -> is_list(V) andalso lists:all(fun(E) -> element(1, macula_nat_endpoint:parse(E)) =:= ok end, V);
 valid(_, _) -> true.

@@ -9,14 +9,18 @@
          cancel/1, runtime_ping/1, runtime_tasks/0,
          debug_panic/1, debug_panic_async/1,
          observer_start/2, observer_stop/1, observer_info/1,
-         detect_start/4, observations_new/3, observations_add/3]).
+         detect_start/4, observations_new/3, observations_add/3,
+         cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
+         cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
        cancel/1, runtime_ping/1, runtime_tasks/0,
        debug_panic/1, debug_panic_async/1,
        observer_start/2, observer_stop/1, observer_info/1,
-       detect_start/4, observations_new/3, observations_add/3]).
+       detect_start/4, observations_new/3, observations_add/3,
+       cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
+       cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1]).
 
 -on_load(load/0).
 
@@ -92,3 +96,30 @@ observations_new(_Quorum, _MaxAgeMs, _MaxPeers) -> erlang:nif_error(not_loaded).
 -spec observations_add(resource(), binary(), {inet:ip_address(), inet:port_number()}) ->
     {changed, {inet:ip_address(), inet:port_number()}} | unchanged | {error, term()}.
 observations_add(_Res, _Peer, _Addr) -> erlang:nif_error(not_loaded).
+
+-spec cache_new(resource(), map()) -> {ok, resource()} | {error, term()}.
+cache_new(_Node, _Opts) -> erlang:nif_error(not_loaded).
+
+-spec cache_get(resource(), binary()) -> {ok, map()} | {stale, map()} | {error, not_found}.
+cache_get(_Cache, _NodeId) -> erlang:nif_error(not_loaded).
+
+-spec cache_put(resource(), binary(), map(), pos_integer()) -> ok | {error, term()}.
+cache_put(_Cache, _NodeId, _Profile, _TtlS) -> erlang:nif_error(not_loaded).
+
+-spec cache_invalidate(resource(), binary()) -> ok.
+cache_invalidate(_Cache, _NodeId) -> erlang:nif_error(not_loaded).
+
+-spec cache_stats(resource()) -> map().
+cache_stats(_Cache) -> erlang:nif_error(not_loaded).
+
+-spec cache_fetch(reference(), resource(), binary()) -> {ok, pending()} | {error, term()}.
+cache_fetch(_Ref, _Cache, _NodeId) -> erlang:nif_error(not_loaded).
+
+-spec cache_advertise(reference(), resource(), map()) -> {ok, pending()} | {error, term()}.
+cache_advertise(_Ref, _Cache, _Profile) -> erlang:nif_error(not_loaded).
+
+-spec cache_dht_reply(resource(), non_neg_integer(), term()) -> ok | {error, badarg}.
+cache_dht_reply(_Cache, _Id, _Answer) -> erlang:nif_error(not_loaded).
+
+-spec cache_close(resource()) -> ok.
+cache_close(_Cache) -> erlang:nif_error(not_loaded).

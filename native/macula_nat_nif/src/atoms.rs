@@ -27,6 +27,11 @@ rustler::atoms! {
     confidence, port_delta, mapping_lifetime, hairpin, no_nat, local_ip,
     local_port, detection_ms, detection_timeout, no_observers,
     stun_answered, stun_dropped,
+    // cache and DHT
+    endpoints, rendezvous, profile, bad_profile, bad_node_id, stale, not_found,
+    forged, expired, replayed, wrong_node, from_the_future, too_large, backend,
+    size, hits, misses, stale_hits, evictions, expirations, dht_fetches, refreshes,
+    dht, published, last_seq, macula_nat_dht, get, put, memory, mainline, erlang,
     // node stats keys
     datagrams_in,
     bytes_in,

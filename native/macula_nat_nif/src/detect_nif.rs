@@ -1,44 +1,12 @@
 //! NAT detection entry point: starts a detection on the node's socket and
 //! answers with the profile map by message.
 
+use crate::profile_term::{allocation, confidence, filtering, mapping};
 use crate::{atoms, convert, guard, node_nif::NodeRes, reply};
 use macula_nat_core::detector::{self, DetectFailure, Detected};
 use macula_nat_proto::detect::{DetectConfig, DetectError};
-use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 use std::time::Duration;
-
-fn mapping(m: Mapping) -> Atom {
-    match m {
-        Mapping::Ei => atoms::ei(),
-        Mapping::Hd => atoms::hd(),
-        Mapping::Pd => atoms::pd(),
-    }
-}
-
-fn filtering(f: Filtering) -> Atom {
-    match f {
-        Filtering::Ei => atoms::ei(),
-        Filtering::Hd => atoms::hd(),
-        Filtering::Pd => atoms::pd(),
-    }
-}
-
-fn allocation(a: Allocation) -> Atom {
-    match a {
-        Allocation::Pp => atoms::pp(),
-        Allocation::Pc => atoms::pc(),
-        Allocation::Rd => atoms::rd(),
-    }
-}
-
-fn confidence(c: Confidence) -> Atom {
-    match c {
-        Confidence::High => atoms::high(),
-        Confidence::Medium => atoms::medium(),
-        Confidence::Low => atoms::low(),
-    }
-}
 
 fn encode_detected<'a>(env: Env<'a>, d: &Detected) -> Term<'a> {
     let p = &d.profile;

@@ -4,14 +4,17 @@
 //! becomes `{error, {internal, Reason}}` instead of taking the VM down.
 
 mod atoms;
+mod cache_nif;
 mod convert;
 mod debug_nif;
 mod detect_nif;
+mod dht_bridge;
 mod guard;
 mod node_nif;
 mod observations_nif;
 mod observer_nif;
 mod owner;
+mod profile_term;
 mod reply;
 
 rustler::init!("macula_nat_nif", load = load);
