@@ -2,21 +2,28 @@
 //! `macula-dht-swarm` binary, so that none of them ever touches the public
 //! DHT.
 //!
-//! Like mainline's own `Testnet`, the first node starts with no bootstrap
-//! and every other node bootstraps from it. Unlike it, every node binds an
-//! OS-chosen port (never 6881, which a real client on the host may hold),
-//! and the swarm is only handed out once every node has looked itself up
-//! after all of them exist, so routing tables cover the whole swarm and
-//! not just the nodes that were up when each one joined.
+//! Unlike mainline's own `Testnet`, no node starts with an empty bootstrap
+//! list. A mainline node without bootstrap nodes adds everyone who sends it
+//! a `find_node` to its routing table (so that the first node of a new DHT
+//! gets a table at all), clients included; clients answer nothing, so every
+//! later lookup through that node waits a full request timeout on them.
+//! Instead the ports are picked first and every node bootstraps from all
+//! the others. Ports are OS-chosen (never 6881, which a real client on the
+//! host may hold), and the swarm is only handed out once every node has
+//! found its peers, after all of them exist.
 
 use super::{BoxFuture, DhtError};
 use crate::runtime;
 use ::mainline::{Config, Dht};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
-/// Bound on the whole bootstrap phase; on loopback it takes milliseconds.
+/// Bound on the whole bootstrap phase; on loopback it takes well under a
+/// second.
 const BOOTSTRAP_DEADLINE: Duration = Duration::from_secs(20);
+/// Kademlia's bucket size in mainline.
+const BUCKET_K: usize = 20;
+const NODE_REQUEST_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// The swarm's nodes; they stop when this is dropped.
 #[derive(Debug)]
@@ -54,21 +61,28 @@ impl LocalSwarm {
         self.nodes.is_empty()
     }
 
+    /// Ready means every node knows at least `min(n - 1, K)` peers: its
+    /// own first lookup went out before the later nodes were up, so a node
+    /// is polled until a repeat lookup has found them.
     async fn bootstrap_all(&self) -> Result<(), DhtError> {
-        // All lookups at once: in sequence they would cost a lookup each.
-        let lookups: Vec<_> = self
+        let want = (self.nodes.len() - 1).min(BUCKET_K);
+        // All nodes at once: in sequence they would cost a lookup each.
+        let waits: Vec<_> = self
             .nodes
             .iter()
             .map(|node| {
                 let node = node.clone().as_async();
-                runtime::spawn(tokio::time::timeout(BOOTSTRAP_DEADLINE, async move { node.bootstrapped().await }))
+                runtime::spawn(tokio::time::timeout(BOOTSTRAP_DEADLINE, async move {
+                    while !(node.bootstrapped().await && node.to_bootstrap().await.len() >= want) {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }))
             })
             .collect();
-        for (lookup, addr) in lookups.into_iter().zip(&self.addrs) {
-            match lookup.await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) => return Err(DhtError::Backend(format!("swarm node {addr} found no peers"))),
-                Ok(Err(_)) => return Err(DhtError::Timeout),
+        for (wait, addr) in waits.into_iter().zip(&self.addrs) {
+            match wait.await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(DhtError::Backend(format!("swarm node {addr} found too few peers"))),
                 Err(_) => return Err(DhtError::Closed),
             }
         }
@@ -76,24 +90,56 @@ impl LocalSwarm {
     }
 }
 
+/// Binding a port, releasing it and binding it again leaves a window in
+/// which another process may take it; a new set of ports is tried then.
+const CREATE_ATTEMPTS: usize = 3;
+
 fn create(n: usize) -> Result<LocalSwarm, DhtError> {
-    let first = start_node(Vec::new())?;
-    let first_addr = first.info().local_addr();
-    let mut nodes = vec![first];
-    for _ in 1..n {
-        nodes.push(start_node(vec![first_addr])?);
+    let mut last = DhtError::Closed;
+    for _ in 0..CREATE_ATTEMPTS {
+        match try_create(n) {
+            Ok(swarm) => return Ok(swarm),
+            Err(e) => last = e,
+        }
     }
-    let addrs = nodes.iter().map(|node| node.info().local_addr()).collect();
+    Err(last)
+}
+
+fn try_create(n: usize) -> Result<LocalSwarm, DhtError> {
+    let addrs = free_ports(n)?;
+    let mut nodes = Vec::with_capacity(n);
+    for addr in &addrs {
+        let others = addrs.iter().filter(|a| *a != addr).copied().collect();
+        nodes.push(start_node(addr.port(), others)?);
+    }
     Ok(LocalSwarm { nodes, addrs })
 }
 
-fn start_node(bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
+fn free_ports(n: usize) -> Result<Vec<SocketAddrV4>, DhtError> {
+    // All held at once so the OS hands out n different ports.
+    let held: Vec<UdpSocket> = (0..n)
+        .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| DhtError::Backend(format!("swarm port: {e}")))?;
+    held.iter()
+        .map(|s| match s.local_addr() {
+            Ok(SocketAddr::V4(a)) => Ok(a),
+            Ok(other) => Err(DhtError::Backend(format!("swarm port: unexpected {other}"))),
+            Err(e) => Err(DhtError::Backend(format!("swarm port: {e}"))),
+        })
+        .collect()
+}
+
+fn start_node(port: u16, bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
     let mut config = Config::default();
-    // `Some(empty)` is "no bootstrap" (the first node); `None` would be the
-    // public bootstrap nodes.
+    // A one-node swarm gets `Some(empty)`, "no bootstrap" (`None` would be
+    // the public bootstrap nodes).
     config.bootstrap = Some(bootstrap);
-    config.port = Some(0);
+    config.port = Some(port);
     config.bind_address = Some(Ipv4Addr::LOCALHOST);
     config.server_mode = true;
+    // Only swarm nodes' own lookups wait on it: the first ones, sent
+    // before the later nodes are up, should give up quickly.
+    config.request_timeout = NODE_REQUEST_TIMEOUT;
     Dht::new(config).map_err(|e| DhtError::Backend(format!("swarm node socket: {e}")))
 }
