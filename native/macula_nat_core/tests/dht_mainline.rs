@@ -151,3 +151,47 @@ fn bad_bootstrap_is_an_error_not_a_silent_public_dht() {
     let cfg = MainlineConfig { bootstrap: vec!["not an address".into()], ..MainlineConfig::default() };
     assert!(matches!(block_on(MainlineDht::start(cfg)), Err(DhtError::Backend(_))));
 }
+
+#[test]
+fn swarm_binary_serves_until_stdin_closes() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_macula-dht-swarm"))
+        .arg("20")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("swarm binary runs");
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("stdout");
+    BufReader::new(stdout).read_line(&mut line).expect("bootstrap line");
+    let list = line.trim_end().strip_prefix("bootstrap ").expect("`bootstrap ` prefix");
+    let nodes: Vec<String> = list.split(',').map(String::from).collect();
+    assert_eq!(nodes.len(), 20);
+    assert!(nodes.iter().all(|n| n.starts_with("127.0.0.1:")), "{line}");
+
+    let cfg = |bootstrap: Vec<String>| MainlineConfig {
+        bootstrap,
+        request_timeout: Some(Duration::from_secs(1)),
+        ..MainlineConfig::default()
+    };
+    let a = block_on(MainlineDht::start(cfg(nodes[..2].to_vec()))).expect("a");
+    let b = block_on(MainlineDht::start(cfg(nodes[18..].to_vec()))).expect("b");
+    let id = Identity::generate();
+    block_on(a.put(&id, 1, b"via the binary".to_vec())).expect("put");
+    assert_eq!(read_until(&b, &id, b"via the binary"), Ok(Some(b"via the binary".to_vec())));
+
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait().expect("wait") {
+            Some(status) => break status,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            None => {
+                let _ = child.kill();
+                panic!("swarm binary still running 5 s after its stdin closed");
+            }
+        }
+    };
+    assert!(status.success(), "{status}");
+}
