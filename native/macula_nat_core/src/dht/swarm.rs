@@ -131,15 +131,17 @@ fn free_ports(n: usize) -> Result<Vec<SocketAddrV4>, DhtError> {
 }
 
 fn start_node(port: u16, bootstrap: Vec<SocketAddrV4>) -> Result<Dht, DhtError> {
-    let mut config = Config::default();
-    // A one-node swarm gets `Some(empty)`, "no bootstrap" (`None` would be
-    // the public bootstrap nodes).
-    config.bootstrap = Some(bootstrap);
-    config.port = Some(port);
-    config.bind_address = Some(Ipv4Addr::LOCALHOST);
-    config.server_mode = true;
-    // Only swarm nodes' own lookups wait on it: the first ones, sent
-    // before the later nodes are up, should give up quickly.
-    config.request_timeout = NODE_REQUEST_TIMEOUT;
+    let config = Config {
+        // A one-node swarm gets `Some(empty)`, "no bootstrap" (`None` would
+        // be the public bootstrap nodes).
+        bootstrap: Some(bootstrap),
+        port: Some(port),
+        bind_address: Some(Ipv4Addr::LOCALHOST),
+        server_mode: true,
+        // Only swarm nodes' own lookups wait on it: the first ones, sent
+        // before the later nodes are up, should give up quickly.
+        request_timeout: NODE_REQUEST_TIMEOUT,
+        ..Config::default()
+    };
     Dht::new(config).map_err(|e| DhtError::Backend(format!("swarm node socket: {e}")))
 }
