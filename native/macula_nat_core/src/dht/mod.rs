@@ -11,7 +11,9 @@ use crate::identity::{Identity, NodeId};
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod mainline;
 pub mod memory;
+pub mod swarm;
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
