@@ -21,3 +21,7 @@ pub mod observer;
 pub mod detect;
 // Peer-reported reflexive addresses with a distinct-peer quorum.
 pub mod observations;
+// Connection strategy for a pair of NAT types (NATCracker combination table).
+pub mod strategy;
+// Port prediction (preservation, contiguity windows) and birthday-probing math.
+pub mod port_predictor;
