@@ -25,3 +25,5 @@ pub mod observations;
 pub mod strategy;
 // Port prediction (preservation, contiguity windows) and birthday-probing math.
 pub mod port_predictor;
+// Sans-IO hole-punch state machine (`Punch`) over STUN with PUNCH-TOKEN.
+pub mod punch;
