@@ -247,6 +247,10 @@ struct Path {
     remote: SocketAddr,
     attempts_left: u32,
     next_send: Option<Instant>,
+    /// Due as a triggered check: goes before ordinary retransmissions, which
+    /// may be backed up behind the rate cap (a birthday hard side has
+    /// hundreds of them).
+    triggered: bool,
     last_sent: Option<Instant>,
     /// Our reflexive address and the RTT, once our request was answered.
     answered: Option<(SocketAddr, Duration)>,
@@ -346,12 +350,18 @@ impl Punch {
         if self.finished {
             return self.send_nomination(now);
         }
-        let due = self
-            .paths
-            .iter()
-            .enumerate()
-            .filter_map(|(i, p)| p.next_send.filter(|t| *t <= now).map(|t| (t, i)))
-            .min();
+        let due_where = |triggered: bool| {
+            self.paths
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.triggered == triggered)
+                .filter_map(|(i, p)| p.next_send.filter(|t| *t <= now).map(|t| (t, i)))
+                .min()
+        };
+        if let Some((_, i)) = due_where(true) {
+            return Some(self.send_request(i, now, 0));
+        }
+        let due = due_where(false);
         let probe_due = self.probing.as_ref().filter(|b| b.left > 0 && b.at <= now).map(|b| b.at);
         let idx = match (due, probe_due) {
             (Some((t, i)), Some(pt)) if t <= pt => i,
@@ -466,6 +476,7 @@ impl Punch {
             remote,
             attempts_left: attempts,
             next_send,
+            triggered: false,
             last_sent: None,
             answered: None,
             seen_request: false,
@@ -517,6 +528,7 @@ impl Punch {
         let p = &mut self.paths[idx];
         p.attempts_left = p.attempts_left.saturating_sub(1);
         p.last_sent = Some(now);
+        p.triggered = false;
         p.next_send = (p.attempts_left > 0).then(|| now + retry);
         let payload = Message::binding_request(tid).with(Attribute::PunchToken(tok)).with_fingerprint().encode();
         let t = Transmit { socket: p.socket, dst: p.remote, payload };
@@ -573,6 +585,7 @@ impl Punch {
         if p.answered.is_none() && p.last_sent.map_or(true, |t| now.saturating_duration_since(t) >= quarter) {
             p.attempts_left = p.attempts_left.max(1);
             p.next_send = Some(now);
+            p.triggered = true;
         }
     }
 
@@ -649,6 +662,7 @@ impl Punch {
         self.result = Some(r);
         for p in &mut self.paths {
             p.next_send = None;
+            p.triggered = false;
         }
         if let Some(b) = self.probing.as_mut() {
             b.left = 0;

@@ -96,13 +96,19 @@
 //!   direction, or none at all under the strict PP that detection measures.
 //!   That is not a QUIC connection, so we relay.
 //!
-//! Known pairs we also relay although a packet exchange would be possible:
-//! two hard sides where one filters endpoint-independently and the other
-//! has HD mapping and does not filter by port (the EI-filtered side's
-//! rendezvous mapping admits the other, and the other can follow the
-//! answer's new port). NATCracker lists all RD-vs-RD pairs as relay-only;
-//! we agree for now because that path depends on the rendezvous mapping of
-//! an RD NAT staying open and on an exactly-HD peer, both fragile.
+//! Five pairs we relay although they would punch: two hard sides where
+//! neither filters by port, at least one has HD mapping and at least one
+//! filters endpoint-independently (HD-RD-EI with HD-RD-EI, HD-RD-HD,
+//! PD-RD-EI and PD-RD-HD; HD-RD-HD with PD-RD-EI). The first packet gets in
+//! through the EI-filtering side's rendezvous mapping, the answer leaves
+//! from a new port, and the HD-mapping side, having a single port towards
+//! the other's IP, lets the other follow to it; the punch simulation
+//! confirms a symmetric path. NATCracker lists every RD-vs-RD pair as
+//! relay-only and so do we for now: the path starts from the rendezvous
+//! mapping of a random NAT, whose filtering detection measured once, and
+//! adopting it is a one-line change once the runtime shows it holds. A test
+//! (`relay_cells_do_not_punch_in_simulation_except_five_known_ones`) pins
+//! that every other relay cell fails in simulation.
 
 use std::fmt::{self, Write as _};
 
