@@ -247,6 +247,8 @@ struct Path {
     remote: SocketAddr,
     attempts_left: u32,
     next_send: Option<Instant>,
+    /// Listed in `Punch::active`.
+    in_active: bool,
     /// Due as a triggered check: goes before ordinary retransmissions, which
     /// may be backed up behind the rate cap (a birthday hard side has
     /// hundreds of them).
@@ -274,6 +276,12 @@ pub struct Punch {
     deadline: Instant,
     rng: u64,
     paths: Vec<Path>,
+    /// Paths that may have a send scheduled (a superset, pruned lazily):
+    /// birthday probing creates tens of thousands of one-shot paths, and
+    /// scanning them all on every poll would be quadratic.
+    active: Vec<usize>,
+    /// Paths whose request was answered, in order: the win candidates.
+    answered: Vec<usize>,
     /// Every transmission gets its own transaction id (as ICE checks do),
     /// so an answer names the transmission it answers: exact RTT even when
     /// early transmissions were dropped by the peer's NAT (Karn's problem).
@@ -313,6 +321,8 @@ impl Punch {
             // xorshift must not start at 0.
             rng: cfg.seed ^ 0x9E37_79B9_7F4A_7C15 | 1,
             paths: Vec::new(),
+            active: Vec::new(),
+            answered: Vec::new(),
             by_tid: HashMap::new(),
             by_addr: HashMap::new(),
             answers: VecDeque::new(),
@@ -350,10 +360,11 @@ impl Punch {
         if self.finished {
             return self.send_nomination(now);
         }
+        self.prune();
         let due_where = |triggered: bool| {
-            self.paths
+            self.active
                 .iter()
-                .enumerate()
+                .map(|&i| (i, &self.paths[i]))
                 .filter(|(_, p)| p.triggered == triggered)
                 .filter_map(|(i, p)| p.next_send.filter(|t| *t <= now).map(|t| (t, i)))
                 .min()
@@ -411,8 +422,8 @@ impl Punch {
             };
         }
         let mut t = self.deadline;
-        for p in &self.paths {
-            if let Some(n) = p.next_send {
+        for &i in &self.active {
+            if let Some(n) = self.paths[i].next_send {
                 t = t.min(gate(n));
             }
         }
@@ -475,7 +486,8 @@ impl Punch {
             socket,
             remote,
             attempts_left: attempts,
-            next_send,
+            next_send: None,
+            in_active: false,
             triggered: false,
             last_sent: None,
             answered: None,
@@ -484,7 +496,28 @@ impl Punch {
         });
         let i = self.paths.len() - 1;
         self.by_addr.insert((socket, remote), i);
+        if let Some(at) = next_send {
+            self.schedule(i, at);
+        }
         i
+    }
+
+    fn schedule(&mut self, i: usize, at: Instant) {
+        let p = &mut self.paths[i];
+        p.next_send = Some(at);
+        if !p.in_active {
+            p.in_active = true;
+            self.active.push(i);
+        }
+    }
+
+    fn prune(&mut self) {
+        let paths = &mut self.paths;
+        self.active.retain(|&i| {
+            let keep = paths[i].next_send.is_some();
+            paths[i].in_active = keep;
+            keep
+        });
     }
 
     /// A path to where the peer's packet came from, probed at once.
@@ -502,11 +535,15 @@ impl Punch {
 
     fn new_probe(&mut self, now: Instant) -> Option<usize> {
         let b = self.probing.as_mut()?;
-        b.left -= 1;
+        b.left = b.left.saturating_sub(1);
         let (socket, ip) = (b.socket, b.ip);
         // Skip ports we already punch (a planned or learned path).
         let port = loop {
-            let port = b.ports.next()?;
+            let Some(port) = b.ports.next() else {
+                // Every port of the range was probed: nothing left to try.
+                b.left = 0;
+                return None;
+            };
             if !self.by_addr.contains_key(&(socket, SocketAddr::new(ip, port))) {
                 break port;
             }
@@ -584,8 +621,8 @@ impl Punch {
         let p = &mut self.paths[i];
         if p.answered.is_none() && p.last_sent.map_or(true, |t| now.saturating_duration_since(t) >= quarter) {
             p.attempts_left = p.attempts_left.max(1);
-            p.next_send = Some(now);
             p.triggered = true;
+            self.schedule(i, now);
         }
     }
 
@@ -616,10 +653,11 @@ impl Punch {
         let Some(reflexive) = msg.mapped_address() else { return };
         let retry = self.cfg.retry_interval;
         let role = self.cfg.role;
-        let p = &mut self.paths[i];
-        if p.answered.is_none() {
-            p.answered = Some((reflexive, now.saturating_duration_since(sent_at)));
+        if self.paths[i].answered.is_none() {
+            self.paths[i].answered = Some((reflexive, now.saturating_duration_since(sent_at)));
+            self.answered.push(i);
         }
+        let p = &mut self.paths[i];
         if tok.nominate() && role == Role::Responder {
             p.nominated = true;
         }
@@ -632,7 +670,7 @@ impl Punch {
             Role::Responder if !p.nominated => {
                 p.attempts_left = p.attempts_left.max(RESPONDER_KEEPALIVES);
                 if p.next_send.is_none() {
-                    p.next_send = Some(now + retry);
+                    self.schedule(i, now + retry);
                 }
             }
             Role::Responder => {}
@@ -641,10 +679,16 @@ impl Punch {
     }
 
     fn check_win(&mut self, now: Instant) {
-        let win = match self.cfg.role {
-            Role::Initiator => self.paths.iter().position(|p| p.answered.is_some() && p.seen_request),
-            Role::Responder => self.paths.iter().position(|p| p.answered.is_some() && p.nominated),
-        };
+        let role = self.cfg.role;
+        let win = self
+            .answered
+            .iter()
+            .copied()
+            .filter(|&i| match role {
+                Role::Initiator => self.paths[i].seen_request,
+                Role::Responder => self.paths[i].nominated,
+            })
+            .min();
         let Some(i) = win else { return };
         let p = &self.paths[i];
         let Some((our_reflexive, rtt)) = p.answered else { return };
@@ -660,10 +704,11 @@ impl Punch {
     fn finish(&mut self, r: Result<PunchSuccess, PunchError>) {
         self.finished = true;
         self.result = Some(r);
-        for p in &mut self.paths {
-            p.next_send = None;
-            p.triggered = false;
+        for &i in &self.active {
+            self.paths[i].next_send = None;
+            self.paths[i].triggered = false;
         }
+        self.prune();
         if let Some(b) = self.probing.as_mut() {
             b.left = 0;
         }

@@ -209,6 +209,28 @@ fn birthday_probes_are_distinct_ports_of_the_peer_ip_after_the_delay() {
     assert_eq!(p.stats().probes_sent, 300);
 }
 
+#[test]
+fn asking_for_more_probes_than_ports_stops_at_the_whole_range() {
+    let t0 = Instant::now();
+    let mut c = cfg(Role::Responder, vec![(0, addr("198.18.0.9:7000"))]);
+    c.birthday = Some(BirthdayProbe { socket: 0, peer_ip: "198.18.0.9".parse().unwrap(), probes: u32::MAX, start_after: Duration::ZERO });
+    c.rate_pps = u32::MAX;
+    c.max_attempts = 1;
+    c.timeout = Duration::from_secs(3600);
+    let mut p = Punch::new(c, t0);
+    let mut now = t0;
+    let mut polls = 0u32;
+    while let Some(t) = p.poll_timeout().filter(|t| *t < t0 + Duration::from_secs(3600)) {
+        now = t.max(now);
+        while p.poll_transmit(now).is_some() {}
+        polls += 1;
+        assert!(polls < 200_000, "no progress");
+    }
+    // the planned path's port is skipped, every other port probed once
+    assert_eq!(p.stats().probes_sent, u64::from(crate::port_predictor::PORT_RANGE) - 1);
+    assert_eq!(p.stats().requests_sent, u64::from(crate::port_predictor::PORT_RANGE));
+}
+
 // --- two machines through simulated NATs ------------------------------------
 
 fn pair(a: &str, b: &str) -> [PeerNat; 2] {
