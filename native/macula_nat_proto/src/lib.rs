@@ -9,6 +9,10 @@
 //! STUN/RFC 5780 server answers) and [`detect`] (the client state machine
 //! that classifies the NAT into the [`nat`] vocabulary); [`observations`]
 //! refines the public address from what peers report later.
+//!
+//! Connecting two peers is split as: [`strategy`] (which technique, from
+//! both NAT types) -> [`port_predictor`] (which ports to aim at, birthday
+//! numbers) -> [`punch`] (the state machine that punches the paths).
 
 // STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
 pub mod stun;
@@ -25,3 +29,9 @@ pub mod observations;
 pub mod record;
 // Cache policy: per-entry TTL, stale-while-revalidate, LRU bound.
 pub mod cache;
+// Connection strategy for a pair of NAT types (NATCracker combination table).
+pub mod strategy;
+// Port prediction (preservation, contiguity windows) and birthday-probing math.
+pub mod port_predictor;
+// Sans-IO hole-punch state machine (`Punch`) over STUN with PUNCH-TOKEN.
+pub mod punch;

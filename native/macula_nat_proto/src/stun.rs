@@ -62,6 +62,10 @@ pub mod attr {
     pub const FINGERPRINT: u16 = 0x8028;
     pub const RESPONSE_ORIGIN: u16 = 0x802B;
     pub const OTHER_ADDRESS: u16 = 0x802C;
+    /// macula_nat hole-punch token (see [`super::PunchToken`]). Taken from
+    /// the comprehension-optional private range (0xC000-0xFFFF) so that any
+    /// other STUN agent ignores it instead of answering 420.
+    pub const PUNCH_TOKEN: u16 = 0xC4A1;
 
     /// Attributes below 0x8000 must be understood by the receiver
     /// (RFC 8489 §14).
@@ -127,6 +131,54 @@ pub enum Attribute {
     MessageIntegrity(Vec<u8>),
     /// Parsed, not verified (see module docs). Raw HMAC bytes.
     MessageIntegritySha256(Vec<u8>),
+    /// macula_nat hole-punch token ([`attr::PUNCH_TOKEN`]).
+    PunchToken(PunchToken),
+}
+
+/// Value of the PUNCH-TOKEN attribute carried by hole-punch Binding
+/// requests and their responses: which punch session the packet belongs to
+/// and which node sent it.
+///
+/// Wire format (52 bytes): session (16) | sender NodeId (32) | flags (1) |
+/// reserved (3, sent as zero, ignored on receipt).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PunchToken {
+    /// Shared secret of the punch session, handed to both peers by the
+    /// rendezvous; it is what keeps off-path senders out.
+    pub session: [u8; 16],
+    /// NodeId of the node that sent this packet.
+    pub sender: [u8; 32],
+    /// [`PunchToken::NOMINATE`] and reserved bits.
+    pub flags: u8,
+}
+
+impl PunchToken {
+    /// Encoded value length.
+    pub const LEN: usize = 52;
+    /// The sender (the initiator) has chosen the path this packet travels on.
+    pub const NOMINATE: u8 = 0x01;
+
+    pub fn nominate(&self) -> bool {
+        self.flags & PunchToken::NOMINATE != 0
+    }
+
+    fn encode(&self) -> [u8; PunchToken::LEN] {
+        let mut v = [0u8; PunchToken::LEN];
+        v[..16].copy_from_slice(&self.session);
+        v[16..48].copy_from_slice(&self.sender);
+        v[48] = self.flags;
+        v
+    }
+
+    fn decode(v: &[u8]) -> Option<PunchToken> {
+        if v.len() != PunchToken::LEN {
+            return None;
+        }
+        let mut t = PunchToken { session: [0; 16], sender: [0; 32], flags: v[48] };
+        t.session.copy_from_slice(&v[..16]);
+        t.sender.copy_from_slice(&v[16..48]);
+        Some(t)
+    }
 }
 
 /// A STUN message.
@@ -335,6 +387,14 @@ impl Message {
         })
     }
 
+    /// PUNCH-TOKEN if present.
+    pub fn punch_token(&self) -> Option<PunchToken> {
+        self.find(|a| match a {
+            Attribute::PunchToken(t) => Some(*t),
+            _ => None,
+        })
+    }
+
     /// ERROR-CODE `(code, reason)` if present.
     pub fn error_code(&self) -> Option<(u16, &str)> {
         self.attributes.iter().find_map(|a| match a {
@@ -479,6 +539,7 @@ fn encode_attribute(out: &mut Vec<u8>, a: &Attribute, tid: &TransactionId) {
         Attribute::Username(v) => encode_bytes(out, attr::USERNAME, v),
         Attribute::MessageIntegrity(v) => encode_bytes(out, attr::MESSAGE_INTEGRITY, v),
         Attribute::MessageIntegritySha256(v) => encode_bytes(out, attr::MESSAGE_INTEGRITY_SHA256, v),
+        Attribute::PunchToken(t) => encode_bytes(out, attr::PUNCH_TOKEN, &t.encode()),
     }
 }
 
@@ -651,6 +712,7 @@ fn decode_attribute(t: u16, v: &[u8], tid: &TransactionId) -> Result<Option<Attr
             }
             Attribute::MessageIntegritySha256(v.to_vec())
         }
+        attr::PUNCH_TOKEN => Attribute::PunchToken(PunchToken::decode(v).ok_or(StunError::BadAttributeLength(t))?),
         _ => return Ok(None),
     };
     Ok(Some(a))

@@ -7,7 +7,7 @@ use super::*;
 use crate::nat::NatType;
 use crate::observer::{Observer, ObserverConfig};
 
-pub(super) struct XorShift(pub u64);
+pub(crate) struct XorShift(pub u64);
 impl XorShift {
     pub fn next(&mut self) -> u64 {
         let mut x = self.0;
@@ -27,7 +27,7 @@ struct SimMap {
 }
 
 /// A NAT (or no NAT) in front of one host.
-pub(super) struct SimNat {
+pub(crate) struct SimNat {
     pub ty: Option<NatType>,
     /// Filtering of the host firewall when `ty` is None.
     pub firewall: Filtering,

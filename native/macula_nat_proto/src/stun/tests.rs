@@ -159,6 +159,8 @@ fn every_attribute() -> Vec<Attribute> {
         Attribute::ChangedAddress(v4()),
         Attribute::SourceAddress(v6()),
         Attribute::Username(b"user".to_vec()),
+        Attribute::PunchToken(PunchToken { session: [0; 16], sender: [0; 32], flags: 0 }),
+        Attribute::PunchToken(PunchToken { session: [0xAB; 16], sender: [7; 32], flags: PunchToken::NOMINATE }),
     ]
 }
 
@@ -499,3 +501,37 @@ fn randomized_inputs_never_panic_and_accepted_ones_round_trip() {
     assert!(accepted > 1000, "mutations too destructive to be useful: {accepted}");
 }
 
+
+#[test]
+fn punch_token_wire_format_and_errors() {
+    let tok = PunchToken { session: [1; 16], sender: [2; 32], flags: PunchToken::NOMINATE };
+    let m = Message::binding_request(TID).with(Attribute::PunchToken(tok)).with_fingerprint();
+    let bytes = m.encode();
+    // header, then type 0xC4A1, length 52, value, no padding needed
+    assert_eq!(&bytes[20..24], &[0xC4, 0xA1, 0, 52]);
+    assert_eq!(&bytes[24..40], &[1; 16]);
+    assert_eq!(&bytes[40..72], &[2; 32]);
+    assert_eq!(&bytes[72..76], &[1, 0, 0, 0]);
+    let back = Message::decode(&bytes).unwrap();
+    assert_eq!(back.punch_token(), Some(tok));
+    assert!(back.punch_token().unwrap().nominate());
+    assert!(back.unknown_required.is_empty());
+    assert!(!attr::is_comprehension_required(attr::PUNCH_TOKEN));
+    // reserved bytes are ignored on receipt
+    let mut v = vec![9u8; PunchToken::LEN];
+    v[48] = 0;
+    let mut raw = Vec::new();
+    raw.extend_from_slice(&attr::PUNCH_TOKEN.to_be_bytes());
+    raw.extend_from_slice(&(PunchToken::LEN as u16).to_be_bytes());
+    raw.extend_from_slice(&v);
+    let m = Message::decode(&raw_msg(&raw)).unwrap();
+    assert_eq!(m.punch_token(), Some(PunchToken { session: [9; 16], sender: [9; 32], flags: 0 }));
+    // any other length is rejected
+    for len in [0usize, 4, 48, 51, 56] {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&attr::PUNCH_TOKEN.to_be_bytes());
+        raw.extend_from_slice(&(len as u16).to_be_bytes());
+        raw.resize(4 + ((len + 3) & !3), 0);
+        assert_eq!(Message::decode(&raw_msg(&raw)), Err(StunError::BadAttributeLength(attr::PUNCH_TOKEN)), "len {len}");
+    }
+}
