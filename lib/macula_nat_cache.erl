@@ -140,6 +140,9 @@ init(Opts) ->
 
 backend(memory) ->
     {ok, #{dht => memory}, undefined};
+backend({mainline, Cfg}) when is_map(Cfg) ->
+    Bootstrap = [iolist_to_binary(B) || B <- maps:get(bootstrap, Cfg, [])],
+    {ok, #{dht => {mainline, Cfg#{bootstrap => Bootstrap}}}, undefined};
 backend({module, Mod}) when is_atom(Mod) ->
     {ok, #{bridge => self()}, Mod};
 backend(Other) ->
@@ -181,6 +184,9 @@ handle_info(_Info, State) ->
 -spec terminate(term(), map()) -> ok.
 terminate(_Reason, #{res := Res}) ->
     macula_nat_nif:cache_close(Res),
+    %% Only on an orderly stop: a crashed server leaves the term for its
+    %% successor to replace (readers keep working on the closed cache).
+    persistent_term:erase(?KEY),
     ok.
 
 %% The host DHT's callback runs in a worker so a slow host never stalls

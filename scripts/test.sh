@@ -18,6 +18,8 @@ run() {
 
 # The BEAM suites go first: they include a scheduler-latency test, and the
 # lab tests leave the kernel tearing down namespaces for a while after.
+# The BEAM suites drive Rust binaries too (e.g. the private DHT swarm).
+run bins   cargo build --release -p macula_nat_core --bins -p macula_nat_lab
 run eunit  rebar3 eunit
 run exunit env MIX_ENV=test mix test
 run cargo  cargo test --release --workspace

@@ -8,6 +8,8 @@ use crate::node_nif::NodeRes;
 use crate::profile_term::{decode_peer_info, encode_peer_info};
 use crate::{atoms, convert, guard, owner, reply};
 use macula_nat_core::advertiser::Advertiser;
+use macula_nat_core::dht::deferred::Deferred;
+use macula_nat_core::dht::mainline::{MainlineConfig, MainlineDht};
 use macula_nat_core::dht::memory::MemoryDht;
 use macula_nat_core::dht::{DhtBackend, DhtError};
 use macula_nat_core::peer_record::unix_now;
@@ -23,6 +25,7 @@ use std::time::Duration;
 pub struct CacheRes {
     cache: Arc<ProfileCache>,
     adv: Arc<Advertiser>,
+    dht: Arc<dyn DhtBackend>,
     bridge: Option<Arc<ErlangDht>>,
 }
 
@@ -38,6 +41,7 @@ impl owner::Owned for CacheRes {
     fn close(&self) {
         self.cache.close();
         self.adv.close();
+        self.dht.close();
         if let Some(b) = &self.bridge {
             b.close();
         }
@@ -52,7 +56,32 @@ struct Opts {
 
 enum Backend {
     Memory,
+    Mainline(MainlineConfig),
     Erlang(LocalPid),
+}
+
+/// `#{bootstrap => [<<"ip:port">>], port => P, server_mode => B,
+/// request_timeout_ms => T}`, every key optional.
+fn decode_mainline(term: Term) -> Option<MainlineConfig> {
+    let mut cfg = MainlineConfig::default();
+    for (k, v) in MapIterator::new(term)? {
+        match k.atom_to_string().ok()?.as_str() {
+            "bootstrap" => {
+                let items: Vec<Binary> = v.decode().ok()?;
+                cfg.bootstrap = items
+                    .iter()
+                    .map(|b| std::str::from_utf8(b.as_slice()).ok().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()?;
+            }
+            "port" => cfg.port = Some(convert::decode_int::<u16>(v)?),
+            "server_mode" => cfg.server_mode = v.decode().ok()?,
+            "request_timeout_ms" => {
+                cfg.request_timeout = Some(Duration::from_millis(convert::decode_int::<u32>(v).filter(|t| *t > 0)? as u64))
+            }
+            _ => return None,
+        }
+    }
+    Some(cfg)
 }
 
 fn decode_opts(term: Term) -> Option<Opts> {
@@ -71,10 +100,17 @@ fn decode_opts(term: Term) -> Option<Opts> {
             }
             "record_ttl_s" => record_ttl = Duration::from_secs(convert::decode_int::<u32>(v).filter(|n| *n >= 2)? as u64),
             "dht" => {
-                backend = if v.decode::<Atom>().ok()? == atoms::memory() {
+                backend = if let Ok(a) = v.decode::<Atom>() {
+                    if a != atoms::memory() {
+                        return None;
+                    }
                     Backend::Memory
                 } else {
-                    return None;
+                    let (tag, cfg): (Atom, Term) = v.decode().ok()?;
+                    if tag != atoms::mainline() {
+                        return None;
+                    }
+                    Backend::Mainline(decode_mainline(cfg)?)
                 }
             }
             "bridge" => backend = Backend::Erlang(v.decode().ok()?),
@@ -97,14 +133,16 @@ fn cache_new<'a>(env: Env<'a>, node: ResourceArc<NodeRes>, opts: Term<'a>) -> Te
         };
         let (dht, bridge): (Arc<dyn DhtBackend>, _) = match o.backend {
             Backend::Memory => (Arc::new(MemoryDht), None),
+            Backend::Mainline(cfg) => (Arc::new(Deferred::spawn("mainline", MainlineDht::start(cfg))), None),
             Backend::Erlang(pid) => {
                 let b = ErlangDht::new(pid, o.cfg.dht_timeout, o.record_ttl.as_secs() as u32);
                 (Arc::new(Bridge(b.clone())), Some(b))
             }
         };
+        let dht_for_res = dht.clone();
         let adv = Advertiser::new(node.node.identity().clone(), dht.clone(), o.record_ttl);
         let cache = ProfileCache::new(o.cfg, dht);
-        owner::owned_by_caller(env, CacheRes { cache, adv, bridge })
+        owner::owned_by_caller(env, CacheRes { cache, adv, dht: dht_for_res, bridge })
     })
 }
 

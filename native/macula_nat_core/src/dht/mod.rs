@@ -12,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod mainline;
+pub mod deferred;
 pub mod memory;
 pub mod swarm;
 
@@ -57,4 +58,8 @@ pub trait DhtBackend: Send + Sync + 'static {
 
     /// Name for logs and stats (`memory`, `mainline`, `erlang`).
     fn name(&self) -> &'static str;
+
+    /// Releases what the backend holds (sockets, threads); later calls
+    /// answer `Closed`. Backends with nothing to release keep the default.
+    fn close(&self) {}
 }
