@@ -13,16 +13,16 @@ use crate::peer_record::{self, Refusal};
 use crate::runtime;
 use macula_nat_proto::cache::{CachePolicy, Lookup, LruTtl, Stats};
 use macula_nat_proto::record::{PeerInfo, Rejection};
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Bounds at or above this are split into shards (LRU per shard); below it
-/// the cache is one shard and the LRU order is exact.
+/// Bounds at or above this are split into shards; below it the cache is
+/// one shard and the LRU order is exact. Sharded, the bound is still exact
+/// (one count for the whole cache, reserved before an insert) and the
+/// victim is the least recently used entry of the inserting shard.
 const SHARD_THRESHOLD: usize = 4096;
 const SHARDS: usize = 16;
 /// Slots a sweep visits per lock hold: keeps each hold well under 1 ms.
@@ -79,11 +79,21 @@ pub struct CacheStats {
     pub refreshes: u64,
 }
 
+/// Keyed (per process) fast hashing: NodeIds can be chosen by peers, so
+/// the hash must not be predictable, but SipHash was a measurable share of
+/// a read.
+type Shard = LruTtl<NodeId, Arc<Entry>, ahash::RandomState>;
+
 type Waiters = Vec<oneshot::Sender<Result<Arc<Entry>, FetchError>>>;
 
 pub struct ProfileCache {
-    shards: Box<[Mutex<LruTtl<NodeId, Arc<Entry>>>]>,
-    hasher: RandomState,
+    shards: Box<[Mutex<Shard>]>,
+    /// Entries in all shards together; never above `max`.
+    len: AtomicUsize,
+    max: usize,
+    /// Where the next cross-shard eviction starts looking.
+    evict_cursor: AtomicUsize,
+    hasher: ahash::RandomState,
     cfg: CacheConfig,
     dht: Arc<dyn DhtBackend>,
     inflight: Mutex<HashMap<NodeId, Waiters>>,
@@ -104,14 +114,15 @@ impl ProfileCache {
     pub fn new(cfg: CacheConfig, dht: Arc<dyn DhtBackend>) -> Arc<Self> {
         let max = cfg.max_entries.max(1);
         let n = if max >= SHARD_THRESHOLD { SHARDS } else { 1 };
-        // Capacities sum to exactly `max`, so the bound is never exceeded.
+        // Every shard may hold the whole bound; the shared count enforces it.
         let shards = (0..n)
-            .map(|i| Mutex::new(LruTtl::new(max / n + usize::from(i < max % n), cfg.policy)))
-            .collect::<Vec<_>>()
-            .into_boxed_slice();
+            .map(|_| Mutex::new(LruTtl::with_hasher(max, cfg.policy, ahash::RandomState::new()))).collect::<Vec<_>>().into_boxed_slice();
         let cache = Arc::new(ProfileCache {
             shards,
-            hasher: RandomState::new(),
+            len: AtomicUsize::new(0),
+            max,
+            evict_cursor: AtomicUsize::new(0),
+            hasher: ahash::RandomState::new(),
             cfg,
             dht,
             inflight: Mutex::new(HashMap::new()),
@@ -133,7 +144,7 @@ impl ProfileCache {
         self.dht.name()
     }
 
-    fn shard(&self, id: &NodeId) -> &Mutex<LruTtl<NodeId, Arc<Entry>>> {
+    fn shard(&self, id: &NodeId) -> &Mutex<Shard> {
         if self.shards.len() == 1 {
             return &self.shards[0];
         }
@@ -143,30 +154,105 @@ impl ProfileCache {
     /// The read path. A stale hit that is first in its round starts the
     /// background refresh before returning.
     pub fn get(self: &Arc<Self>, id: &NodeId) -> Lookup<Arc<Entry>> {
-        let found = lock(self.shard(id)).get(id, Instant::now());
+        let found = self.with_shard(id, |s| s.get(id, Instant::now()));
         if let Lookup::Stale { refresh: true, .. } = &found {
-            self.refreshes.fetch_add(1, Ordering::Relaxed);
-            let me = self.clone();
-            let id = *id;
-            runtime::spawn(async move {
-                // The outcome lands in the cache (or marks the refresh
-                // failed); nobody waits for it here.
-                let _ = me.fetch(id).await;
-            });
+            self.start_refresh(*id);
         }
         found
+    }
+
+    /// The read path without a pointer copy: `f` sees the entry under the
+    /// shard lock (keep it short: the binding only builds a term). A stale
+    /// hit that is first in its round starts the background refresh.
+    pub fn read<R>(self: &Arc<Self>, id: &NodeId, f: impl FnOnce(Lookup<&Entry>) -> R) -> R {
+        let mut refresh = false;
+        let r = self.with_shard(id, |s| {
+            f(match s.get_ref(id, Instant::now()) {
+                Lookup::Fresh(e) => Lookup::Fresh(&**e),
+                Lookup::Stale { value, refresh: r } => {
+                    refresh = r;
+                    Lookup::Stale { value: &**value, refresh: r }
+                }
+                Lookup::Miss => Lookup::Miss,
+            })
+        });
+        if refresh {
+            self.start_refresh(*id);
+        }
+        r
+    }
+
+    fn start_refresh(self: &Arc<Self>, id: NodeId) {
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        let me = self.clone();
+        runtime::spawn(async move {
+            // The outcome lands in the cache (or marks the refresh failed);
+            // nobody waits for it here.
+            let _ = me.fetch(id).await;
+        });
     }
 
     pub fn put(&self, id: NodeId, info: PeerInfo, ttl: Duration) {
         self.insert(id, Arc::new(Entry { info, seq: None }), ttl);
     }
 
+    /// Runs `f` on `id`'s shard and keeps the shared count in step with
+    /// whatever `f` removed.
+    fn with_shard<R>(&self, id: &NodeId, f: impl FnOnce(&mut Shard) -> R) -> R {
+        let mut s = lock(self.shard(id));
+        let before = s.len();
+        let r = f(&mut s);
+        let after = s.len();
+        if after < before {
+            self.len.fetch_sub(before - after, Ordering::AcqRel);
+        }
+        r
+    }
+
+    fn try_reserve(&self) -> bool {
+        self.len
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| if n < self.max { Some(n + 1) } else { None })
+            .is_ok()
+    }
+
     fn insert(&self, id: NodeId, entry: Arc<Entry>, ttl: Duration) {
-        lock(self.shard(&id)).put(id, entry, ttl, Instant::now());
+        loop {
+            let now = Instant::now();
+            let mut s = lock(self.shard(&id));
+            if s.contains(&id) {
+                s.put(id, entry, ttl, now);
+                return;
+            }
+            if self.try_reserve() {
+                s.put(id, entry, ttl, now);
+                return;
+            }
+            // Full: make room in this shard (count unchanged: one out, one in).
+            if s.evict_lru(now).is_some() {
+                s.put(id, entry, ttl, now);
+                return;
+            }
+            // This shard is empty while the cache is full: evict elsewhere,
+            // without holding this shard (no two shard locks at once).
+            drop(s);
+            self.evict_elsewhere(now);
+        }
+    }
+
+    fn evict_elsewhere(&self, now: Instant) {
+        let n = self.shards.len();
+        let start = self.evict_cursor.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let mut s = lock(&self.shards[(start + k) % n]);
+            if s.evict_lru(now).is_some() {
+                self.len.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
     }
 
     pub fn invalidate(&self, id: &NodeId) -> bool {
-        lock(self.shard(id)).invalidate(id)
+        self.with_shard(id, |s| s.invalidate(id))
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -210,7 +296,7 @@ impl ProfileCache {
             runtime::spawn(async move {
                 let result = me.lookup(id).await;
                 if result.is_err() {
-                    lock(me.shard(&id)).refresh_failed(&id, Instant::now());
+                    me.with_shard(&id, |s| s.refresh_failed(&id, Instant::now()));
                 }
                 let waiters = lock(&me.inflight).remove(&id).unwrap_or_default();
                 for w in waiters {
@@ -287,7 +373,8 @@ fn spawn_sweeper(cache: Weak<ProfileCache>) {
             for shard in c.shards.iter() {
                 let mut from = 0;
                 loop {
-                    let next = lock(shard).sweep(Instant::now(), from, SWEEP_BUDGET).1;
+                    let (dropped, next) = lock(shard).sweep(Instant::now(), from, SWEEP_BUDGET);
+                    c.len.fetch_sub(dropped, Ordering::AcqRel);
                     match next {
                         Some(n) => {
                             from = n;

@@ -157,11 +157,11 @@ fn cache_get<'a>(env: Env<'a>, res: ResourceArc<CacheRes>, id: Binary<'a>) -> Te
         let Some(id) = node_id(&id) else {
             return (atoms::error(), atoms::not_found()).encode(env);
         };
-        match res.cache.get(&id) {
+        res.cache.read(&id, |found| match found {
             Lookup::Fresh(e) => (atoms::ok(), encode_peer_info(env, &e.info)).encode(env),
             Lookup::Stale { value, .. } => (atoms::stale(), encode_peer_info(env, &value.info)).encode(env),
             Lookup::Miss => (atoms::error(), atoms::not_found()).encode(env),
-        }
+        })
     })
 }
 

@@ -13,8 +13,9 @@
 //! - Least recently used goes first when the shard is full. Replacing an
 //!   existing key never evicts another one.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,10 +79,10 @@ struct Slot<K, V> {
 /// One LRU shard with TTLs. Slots live in a vector linked by index (no
 /// per-entry allocation beyond the value itself); `head` is the most
 /// recently used.
-pub struct LruTtl<K, V> {
+pub struct LruTtl<K, V, S = RandomState> {
     policy: CachePolicy,
     capacity: usize,
-    index: HashMap<K, u32>,
+    index: HashMap<K, u32, S>,
     slots: Vec<Option<Slot<K, V>>>,
     free: Vec<u32>,
     head: u32,
@@ -92,11 +93,19 @@ pub struct LruTtl<K, V> {
 impl<K: Hash + Eq + Clone, V: Clone> LruTtl<K, V> {
     /// A shard holding at most `capacity` entries (at least one).
     pub fn new(capacity: usize, policy: CachePolicy) -> Self {
+        Self::with_hasher(capacity, policy, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone, S: BuildHasher> LruTtl<K, V, S> {
+    /// As `new`, with the index hashed by `hasher` (the runtime passes a
+    /// faster keyed hasher than SipHash).
+    pub fn with_hasher(capacity: usize, policy: CachePolicy, hasher: S) -> Self {
         let capacity = capacity.clamp(1, NIL as usize - 1);
         LruTtl {
             policy,
             capacity,
-            index: HashMap::new(),
+            index: HashMap::with_hasher(hasher),
             slots: Vec::new(),
             free: Vec::new(),
             head: NIL,
@@ -122,6 +131,17 @@ impl<K: Hash + Eq + Clone, V: Clone> LruTtl<K, V> {
     }
 
     pub fn get(&mut self, key: &K, now: Instant) -> Lookup<V> {
+        match self.get_ref(key, now) {
+            Lookup::Fresh(v) => Lookup::Fresh(v.clone()),
+            Lookup::Stale { value, refresh } => Lookup::Stale { value: value.clone(), refresh },
+            Lookup::Miss => Lookup::Miss,
+        }
+    }
+
+    /// `get` without cloning the value: the caller reads it in place (the
+    /// runtime builds its answer under the shard lock instead of paying
+    /// for a shared pointer's two atomic updates per read).
+    pub fn get_ref(&mut self, key: &K, now: Instant) -> Lookup<&V> {
         let Some(&i) = self.index.get(key) else {
             self.stats.misses += 1;
             return Lookup::Miss;
@@ -129,10 +149,9 @@ impl<K: Hash + Eq + Clone, V: Clone> LruTtl<K, V> {
         let grace = self.policy.grace;
         let slot = self.slot_mut(i);
         if now < slot.expires {
-            let v = slot.value.clone();
             self.stats.hits += 1;
             self.touch(i);
-            return Lookup::Fresh(v);
+            return Lookup::Fresh(&self.slot(i).value);
         }
         if now >= slot.expires + grace {
             self.remove_at(i);
@@ -144,10 +163,9 @@ impl<K: Hash + Eq + Clone, V: Clone> LruTtl<K, V> {
         if refresh {
             slot.refreshing = true;
         }
-        let v = slot.value.clone();
         self.stats.stale_hits += 1;
         self.touch(i);
-        Lookup::Stale { value: v, refresh }
+        Lookup::Stale { value: &self.slot(i).value, refresh }
     }
 
     /// Reads without counting or reordering (for callers that look before
@@ -172,21 +190,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruTtl<K, V> {
             self.touch(i);
             return None;
         }
-        let mut evicted = None;
-        if self.index.len() >= self.capacity {
-            // An entry past its grace is dead weight: drop it before a
-            // live one (counts as expiry, not eviction).
-            let victim = self.tail;
-            let k = self.slot(victim).key.clone();
-            let dead = now >= self.slot(victim).expires + self.policy.grace;
-            self.remove_at(victim);
-            if dead {
-                self.stats.expirations += 1;
-            } else {
-                self.stats.evictions += 1;
-            }
-            evicted = Some(k);
-        }
+        let evicted = if self.index.len() >= self.capacity { self.evict_lru(now) } else { None };
         let slot = Slot { key: key.clone(), value, expires, refreshing: false, retry_at: None, prev: NIL, next: NIL };
         let i = match self.free.pop() {
             Some(i) => {
@@ -201,6 +205,29 @@ impl<K: Hash + Eq + Clone, V: Clone> LruTtl<K, V> {
         self.index.insert(key, i);
         self.link_front(i);
         evicted
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.index.contains_key(key)
+    }
+
+    /// Drops the least recently used entry to make room; returns its key.
+    /// An entry past its grace is dead weight: dropping it counts as an
+    /// expiry, not an eviction.
+    pub fn evict_lru(&mut self, now: Instant) -> Option<K> {
+        if self.tail == NIL {
+            return None;
+        }
+        let victim = self.tail;
+        let k = self.slot(victim).key.clone();
+        let dead = now >= self.slot(victim).expires + self.policy.grace;
+        self.remove_at(victim);
+        if dead {
+            self.stats.expirations += 1;
+        } else {
+            self.stats.evictions += 1;
+        }
+        Some(k)
     }
 
     pub fn invalidate(&mut self, key: &K) -> bool {

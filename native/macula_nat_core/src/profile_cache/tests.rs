@@ -209,3 +209,47 @@ fn closed_cache_answers_closed_for_fetches_and_still_reads() {
     assert_eq!(block(cache.fetch([2; 32])), Err(FetchError::Closed));
     assert!(matches!(cache.get(&[1; 32]), Lookup::Fresh(_)));
 }
+
+fn key(i: u32) -> NodeId {
+    let mut id = [0u8; 32];
+    id[..4].copy_from_slice(&i.to_be_bytes());
+    id
+}
+
+#[test]
+fn a_sharded_cache_fills_to_its_bound_before_evicting() {
+    let (cache, _dht) = setup(10_000, 0, Duration::from_secs(60));
+    for i in 0..10_000 {
+        cache.put(key(i), info(1), Duration::from_secs(60));
+    }
+    let s = cache.stats().cache;
+    assert_eq!((s.size, s.evictions), (10_000, 0));
+    cache.put(key(10_000), info(1), Duration::from_secs(60));
+    let s = cache.stats().cache;
+    assert_eq!((s.size, s.evictions), (10_000, 1));
+}
+
+#[test]
+fn concurrent_writers_never_exceed_the_bound() {
+    let (cache, _dht) = setup(5_000, 0, Duration::from_secs(60));
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let c = cache.clone();
+            std::thread::spawn(move || {
+                for i in 0..25_000 {
+                    c.put(key(t * 1_000_000 + i), info(1), Duration::from_secs(60));
+                    if i % 97 == 0 {
+                        c.invalidate(&key(t * 1_000_000 + i / 2));
+                        assert!(c.len.load(Ordering::Acquire) <= 5_000);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = cache.stats().cache;
+    assert_eq!(s.size as usize, cache.len.load(Ordering::Acquire));
+    assert_eq!(s.size, 5_000);
+}

@@ -228,3 +228,18 @@ fn matches_a_reference_model_under_random_operations() {
         }
     }
 }
+
+#[test]
+fn evict_lru_on_demand() {
+    let (mut c, t) = cache(4);
+    assert_eq!(c.evict_lru(t), None);
+    c.put(1, "a", S, t);
+    c.put(2, "b", 300 * S, t);
+    assert!(c.contains(&1));
+    // 1 is past TTL + grace at t+100s: an expiry; 2 is live: an eviction.
+    assert_eq!(c.evict_lru(t + 100 * S), Some(1));
+    assert_eq!(c.evict_lru(t + 100 * S), Some(2));
+    let s = c.stats();
+    assert_eq!((s.size, s.expirations, s.evictions), (0, 1, 1));
+    assert!(!c.contains(&1));
+}
