@@ -12,8 +12,10 @@ pub mod error;
 pub mod identity;
 pub mod node;
 pub mod observer_server;
+pub mod quic;
 pub mod runtime;
 
 pub use error::Error;
 pub use identity::{Identity, NodeId};
 pub use node::{Node, NodeConfig, NodeStats};
+pub use quic::{CloseReason, Connection, QuicConfig, QuicEndpoint, QuicError};
