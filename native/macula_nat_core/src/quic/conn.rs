@@ -95,6 +95,8 @@ struct Inner {
 
 struct Sender {
     stream: quinn::SendStream,
+    /// `finish` was called: no more messages from this side.
+    finished: bool,
     /// A send future was dropped after writing part of a frame; the stream
     /// can no longer be framed, so the connection is closed on next use.
     mid_frame: bool,
@@ -127,6 +129,10 @@ fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
     certs.first().and_then(tls::node_id_of)
 }
 
+fn internal_stopped(e: quinn::StoppedError) -> QuicError {
+    QuicError::Internal(format!("message stream: {e}"))
+}
+
 fn opening_error(e: impl fmt::Display) -> QuicError {
     QuicError::Handshake(format!("message stream: {e}"))
 }
@@ -144,7 +150,7 @@ impl Connection {
                 conn,
                 peer,
                 max_frame: cfg.max_frame.min(u32::MAX as usize),
-                tx: Mutex::new(Sender { stream: send, mid_frame: false }),
+                tx: Mutex::new(Sender { stream: send, finished: false, mid_frame: false }),
                 rx: Mutex::new(Receiver { stream: recv, header: [0; 4], header_len: 0, body: None, body_len: 0 }),
                 local_reason: OnceLock::new(),
                 endpoint_closing,
@@ -227,6 +233,9 @@ impl Connection {
             return Err(QuicError::FrameTooLarge { len: msg.len(), max: self.inner.max_frame });
         }
         let mut tx = self.inner.tx.lock().await;
+        if tx.finished {
+            return Err(QuicError::Closed);
+        }
         if tx.mid_frame {
             self.fail("a send was cancelled mid-message");
             return Err(self.lost());
@@ -240,8 +249,34 @@ impl Connection {
         Ok(())
     }
 
-    /// The next whole message, in send order; `None` once the connection is
-    /// closed (see [`Connection::close_reason`]). Cancel-safe.
+    /// Ends this side's messages and waits until the peer has acknowledged
+    /// every one sent so far; its `recv` then returns `None` after the last
+    /// message. The connection stays open (the peer may still send) until
+    /// closed or dropped. Use it before `close` or dropping the connection,
+    /// which would discard messages still in flight. Later `send`s fail with
+    /// `QuicError::Closed`.
+    pub async fn finish(&self) -> Result<(), QuicError> {
+        let mut tx = self.inner.tx.lock().await;
+        if tx.mid_frame {
+            self.fail("a send was cancelled mid-message");
+            return Err(self.lost());
+        }
+        tx.finished = true;
+        // Already finished (an earlier, cancelled `finish`) is fine.
+        let _ = tx.stream.finish();
+        match tx.stream.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(QuicError::ConnectionLost(CloseReason::Failed(format!(
+                "peer stopped reading (code {code})"
+            )))),
+            Err(quinn::StoppedError::ConnectionLost(e)) => Err(QuicError::ConnectionLost(self.reason_from(e))),
+            Err(other) => Err(internal_stopped(other)),
+        }
+    }
+
+    /// The next whole message, in send order; `None` once the peer has
+    /// finished (see [`Connection::finish`]) or the connection is closed (see
+    /// [`Connection::close_reason`]). Cancel-safe.
     pub async fn recv(&self) -> Option<Vec<u8>> {
         let mut guard = self.inner.rx.lock().await;
         let rx = &mut *guard;
