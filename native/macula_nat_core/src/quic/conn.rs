@@ -76,6 +76,8 @@ impl fmt::Display for CloseReason {
 
 /// A connection to one authenticated peer node. Cheap to clone; clones
 /// share the connection, so one task may send while another receives.
+/// Dropping the last clone closes it at once (the peer sees code `NORMAL`
+/// and an empty reason); see [`Connection::finish`] for a lossless end.
 #[derive(Clone)]
 pub struct Connection {
     inner: Arc<Inner>,

@@ -203,7 +203,7 @@ impl QuicEndpoint {
         let socket = QuicSocket::new(sock, slot, inbox.clone(), routes.clone(), counters)?;
         let ep = Self::build(identity, cfg, routes, Some(inbox.clone()), |server| {
             quinn::Endpoint::new_with_abstract_socket(
-                quinn::EndpointConfig::default(),
+                endpoint_config(),
                 Some(server),
                 Arc::new(socket),
                 Arc::new(quinn::TokioRuntime),
@@ -220,7 +220,7 @@ impl QuicEndpoint {
     pub fn standalone(identity: &Identity, bind: SocketAddr, cfg: QuicConfig) -> Result<QuicEndpoint, QuicError> {
         let sock = std::net::UdpSocket::bind(bind)?;
         Self::build(identity, cfg, Arc::new(Routes::default()), None, |server| {
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server), sock, Arc::new(quinn::TokioRuntime))
+            quinn::Endpoint::new(endpoint_config(), Some(server), sock, Arc::new(quinn::TokioRuntime))
         })
     }
 
@@ -340,6 +340,17 @@ impl QuicEndpoint {
         inbox.push(std::iter::once(Entry { meta, data: datagram }));
         true
     }
+}
+
+/// Endpoint settings shared by node and standalone endpoints.
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // No QUIC-bit greasing (RFC 9287): with it, peers may clear the fixed
+    // bit 0x40, and the first-byte test that tells QUIC from STUN on the
+    // shared socket (RFC 9443) stops being reliable. Not advertising it
+    // keeps peers from greasing towards us.
+    c.grease_quic_bit(false);
+    c
 }
 
 /// Turns a failed QUIC handshake into the clearest error we can give.
