@@ -94,6 +94,12 @@ async fn run(mode: Mode, size: usize, dur: Duration) -> Sample {
     let (n, bytes) = receiver.await.unwrap();
     assert_eq!(n, sent, "every message arrived");
     p.tx.close("done");
+    if let Some((a, b)) = &p._keep.2 {
+        let (sa, sb) = (a.stats(), b.stats());
+        if sa.quic_dropped + sb.quic_dropped > 0 {
+            eprintln!("  (datagrams dropped before QUIC: sender {}, receiver {})", sa.quic_dropped, sb.quic_dropped);
+        }
+    }
     Sample { msgs_per_s: n as f64 / elapsed, mib_per_s: bytes as f64 / elapsed / (1 << 20) as f64 }
 }
 

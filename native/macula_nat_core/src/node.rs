@@ -451,4 +451,41 @@ mod tests {
         let again = again.expect("port released within 500 ms");
         assert_eq!(again.local_addr().unwrap(), b_addr);
     }
+
+    /// A GSO sender makes the kernel hand a GRO-enabled receiver one buffer
+    /// of equal-size datagrams; STUN requests inside such a batch must still
+    /// be answered, and the rest still counted and passed on.
+    #[test]
+    fn stun_inside_a_gro_batch_is_answered() {
+        use quinn::udp::{Transmit, UdpSocketState};
+        let b = Node::open(loopback(), Identity::generate()).unwrap();
+        let _quic = b.quic().unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = UdpSocketState::new((&sender).into()).unwrap();
+        if state.max_gso_segments() < 2 {
+            eprintln!("SKIPPED: no UDP GSO on this kernel");
+            return;
+        }
+        let req = |k: u8| Message::binding_request([k; 12]).encode();
+        // Three 20-byte datagrams: STUN, a QUIC-looking one (fixed bit set), STUN.
+        let contents = [req(1), vec![0x40; 20], req(2)].concat();
+        let t = Transmit { destination: b_addr, ecn: None, contents: &contents, segment_size: Some(20), src_ip: None };
+        state.try_send((&sender).into(), &t).unwrap();
+        // UdpSocketState made it non-blocking; block (bounded) for answers.
+        sender.set_nonblocking(false).unwrap();
+        sender.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let mut buf = [0u8; 1500];
+            let n = sender.recv(&mut buf).expect("STUN answer");
+            let m = Message::decode(&buf[..n]).unwrap();
+            assert_eq!(m.class, Class::SuccessResponse);
+            seen.push(m.transaction_id[0]);
+        }
+        seen.sort();
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(b.stats().datagrams_in, 3);
+        assert_eq!(b.stats().stun_answered, 2);
+    }
 }

@@ -33,14 +33,15 @@ use tokio::sync::Notify;
 
 /// Messages read per `recvmmsg` call.
 pub(crate) const RECV_BATCH: usize = 16;
-/// Receive buffers that may sit in the QUIC queue at once. Past that the
-/// endpoint is not keeping up and further QUIC datagrams are dropped, as a
-/// full kernel buffer would.
-const POOL_BUFFERS: usize = 4;
-/// How long the receive loop waits for a buffer to come back before it
-/// reads into its spare one and drops the QUIC datagrams of that batch. Short:
-/// STUN requests wait behind it.
-const POOL_WAIT: Duration = Duration::from_millis(2);
+/// Receive buffers that may sit in the QUIC queue at once (each holds one
+/// `recvmmsg` batch; pages are touched only as far as datagrams fill them).
+const POOL_BUFFERS: usize = 8;
+/// When every buffer is queued, the loop stops reading for up to this long
+/// so datagrams wait in the kernel buffer instead of being dropped; only a
+/// QUIC endpoint stalled longer than this makes the loop read into its spare
+/// buffer and drop that batch's QUIC datagrams, so STUN is never held up
+/// more than this.
+const POOL_WAIT: Duration = Duration::from_millis(20);
 /// quinn's default `max_udp_payload_size`; GRO batches are at most 64 of these.
 const MAX_UDP_PAYLOAD: usize = 1472;
 
