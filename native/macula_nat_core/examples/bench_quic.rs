@@ -33,8 +33,9 @@ impl Mode {
 struct Pair {
     tx: Connection,
     rx: Connection,
-    // Keep the endpoints (and nodes) alive for the run.
-    _keep: (QuicEndpoint, QuicEndpoint, Option<(Arc<Node>, Arc<Node>)>),
+    // Kept alive for the run.
+    _endpoints: (QuicEndpoint, QuicEndpoint),
+    nodes: Option<(Arc<Node>, Arc<Node>)>,
 }
 
 async fn pair(mode: Mode) -> Pair {
@@ -59,7 +60,7 @@ async fn pair(mode: Mode) -> Pair {
     };
     let tx = qa.connect(b_addr, qb.node_id()).await.unwrap();
     let rx = accept.await.unwrap().unwrap();
-    Pair { tx, rx, _keep: (qa, qb, nodes) }
+    Pair { tx, rx, _endpoints: (qa, qb), nodes }
 }
 
 struct Sample {
@@ -94,7 +95,7 @@ async fn run(mode: Mode, size: usize, dur: Duration) -> Sample {
     let (n, bytes) = receiver.await.unwrap();
     assert_eq!(n, sent, "every message arrived");
     p.tx.close("done");
-    if let Some((a, b)) = &p._keep.2 {
+    if let Some((a, b)) = &p.nodes {
         let (sa, sb) = (a.stats(), b.stats());
         if sa.quic_dropped + sb.quic_dropped > 0 {
             eprintln!("  (datagrams dropped before QUIC: sender {}, receiver {})", sa.quic_dropped, sb.quic_dropped);

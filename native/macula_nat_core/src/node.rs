@@ -94,6 +94,8 @@ pub struct Node {
     // reference until the runtime drops the aborted task (microseconds
     // later), so the release is prompt but not synchronous; close never
     // blocks (it may run on a BEAM scheduler) and openers retry briefly.
+    // With QUIC running, the slot is emptied after `QUIC_CLOSE_GRACE` at
+    // most; the QUIC socket reads the slot per send and keeps no reference.
     socket: SocketSlot,
     recv_task: RwLock<Option<JoinHandle<()>>>,
     closed: AtomicBool,

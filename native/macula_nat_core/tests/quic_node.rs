@@ -189,6 +189,7 @@ fn closing_the_node_ends_its_connections() {
     run(async move {
         let (ca, cb) = pair(&a, &b).await;
         let qa = a.quic().unwrap();
+        let a_addr = a.local_addr().unwrap();
         a.close();
         // The peer hears it now, not after the 30 s idle timeout.
         let seen = tokio::time::timeout(Duration::from_secs(2), cb.closed()).await.expect("peer told");
@@ -198,6 +199,18 @@ fn closing_the_node_ends_its_connections() {
         assert!(matches!(qa.connect(b.local_addr().unwrap(), b.node_id()).await, Err(QuicError::Closed)));
         assert!(qa.accept().await.is_none());
         assert!(matches!(a.quic(), Err(QuicError::Closed)));
+        // The port is released although connection and endpoint handles
+        // are still alive.
+        let mut rebound = false;
+        for _ in 0..100 {
+            if std::net::UdpSocket::bind(a_addr).is_ok() {
+                rebound = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(rebound, "port of the closed node released within 1 s");
+        drop((ca, qa));
     });
 }
 

@@ -333,10 +333,7 @@ impl QuicEndpoint {
     /// standalone endpoint, or the node closed).
     pub fn inject(&self, from: SocketAddr, datagram: Bytes) -> bool {
         let Some(inbox) = self.shared.inbox.as_ref().filter(|i| i.is_attached()) else { return false };
-        let mut meta = RecvMeta::default();
-        meta.addr = from;
-        meta.len = datagram.len();
-        meta.stride = datagram.len();
+        let meta = RecvMeta { addr: from, len: datagram.len(), stride: datagram.len(), ..RecvMeta::default() };
         inbox.push(std::iter::once(Entry { meta, data: datagram }));
         true
     }
