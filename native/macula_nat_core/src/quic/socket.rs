@@ -113,11 +113,17 @@ impl BufPool {
 
     /// A buffer, waiting briefly for one to come back when all are queued.
     pub(crate) async fn take(&self) -> Option<Vec<u8>> {
-        if let Some(b) = self.try_take() {
-            return Some(b);
+        let deadline = tokio::time::Instant::now() + POOL_WAIT;
+        loop {
+            if let Some(b) = self.try_take() {
+                return Some(b);
+            }
+            // A loop, not one wait: `notify_one` leaves a permit behind when
+            // nobody waits, so a wake-up may be stale.
+            if tokio::time::timeout_at(deadline, self.returned.notified()).await.is_err() {
+                return self.try_take();
+            }
         }
-        let _ = tokio::time::timeout(POOL_WAIT, self.returned.notified()).await;
-        self.try_take()
     }
 
     pub(crate) fn put(&self, buf: Vec<u8>) {
@@ -430,5 +436,39 @@ impl UdpPoller for WritablePoller {
             this.fut = None;
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn pool_is_bounded_waits_briefly_and_recycles() {
+        crate::runtime::handle().block_on(async {
+            let pool = BufPool::new(64);
+            let mut held: Vec<Bytes> = Vec::new();
+            for _ in 0..POOL_BUFFERS {
+                let b = pool.take().await.expect("within the bound");
+                held.push(share(b, &pool));
+            }
+            // Exhausted: waits about POOL_WAIT, then gives up.
+            let t = Instant::now();
+            assert!(pool.take().await.is_none());
+            assert!(t.elapsed() >= POOL_WAIT);
+            // A slice keeps its buffer queued; dropping the last one returns it.
+            let slice = held[0].slice(0..8);
+            held.remove(0);
+            assert!(pool.try_take().is_none());
+            let waiter = tokio::spawn({
+                let pool = pool.clone();
+                async move { pool.take().await.map(|b| b.len()) }
+            });
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            drop(slice);
+            assert_eq!(waiter.await.unwrap(), Some(64), "woken by the returned buffer");
+            assert_eq!(pool.allocated.load(Ordering::Relaxed), POOL_BUFFERS);
+        });
     }
 }
