@@ -10,6 +10,7 @@ ROUNDS="${2:-5}"
 cargo build --release --quiet -p macula_nat_core --example bench_quic
 TARGET="${CARGO_TARGET_DIR:-target}"
 LOG="$(mktemp)"
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 TABLE="$("$TARGET/release/examples/bench_quic" "$SECS" "$ROUNDS" 2>"$LOG")"
 {
   echo "# QUIC throughput: node socket vs plain quinn"
@@ -22,6 +23,9 @@ TABLE="$("$TARGET/release/examples/bench_quic" "$SECS" "$ROUNDS" 2>"$LOG")"
   echo "transport settings and message framing (\`Connection\`): \"plain quinn\" runs on quinn's own UDP"
   echo "socket code (\`QuicEndpoint::standalone\`), \"node socket\" on the node's socket where the node's"
   echo "receive loop demultiplexes STUN from QUIC (\`Node::quic\`)."
+  echo
+  echo "Load average (1/5/15 min) before the run: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "Other processes share the 2 cores, so single rounds vary; compare medians and ranges."
   echo
   echo "$TABLE"
   echo

@@ -66,6 +66,19 @@ async fn pair(mode: Mode) -> Pair {
 struct Sample {
     msgs_per_s: f64,
     mib_per_s: f64,
+    /// MiB moved per second of CPU used by the whole process (sender,
+    /// receiver, both endpoints): less sensitive than MiB/s to other load
+    /// on a shared machine.
+    mib_per_cpu_s: f64,
+}
+
+/// CPU seconds (user + system) used by this process so far, from
+/// /proc/self/stat (clock ticks, 100 per second on Linux).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let f: Vec<f64> = after_comm.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
 }
 
 /// Sends `size`-byte messages for `dur`, then waits until the receiver has
@@ -85,6 +98,7 @@ async fn run(mode: Mode, size: usize, dur: Duration) -> Sample {
     };
     let msg = Bytes::from(vec![0xA5u8; size]);
     let start = Instant::now();
+    let cpu_start = cpu_seconds();
     let mut sent = 0u64;
     while start.elapsed() < dur {
         p.tx.send(msg.clone()).await.unwrap();
@@ -93,6 +107,7 @@ async fn run(mode: Mode, size: usize, dur: Duration) -> Sample {
     p.tx.finish().await.unwrap();
     let elapsed = start.elapsed().as_secs_f64();
     let (n, bytes) = receiver.await.unwrap();
+    let cpu = (cpu_seconds() - cpu_start).max(0.01);
     assert_eq!(n, sent, "every message arrived");
     p.tx.close("done");
     if let Some((a, b)) = &p.nodes {
@@ -101,7 +116,8 @@ async fn run(mode: Mode, size: usize, dur: Duration) -> Sample {
             eprintln!("  (datagrams dropped before QUIC: sender {}, receiver {})", sa.quic_dropped, sb.quic_dropped);
         }
     }
-    Sample { msgs_per_s: n as f64 / elapsed, mib_per_s: bytes as f64 / elapsed / (1 << 20) as f64 }
+    let mib = bytes as f64 / (1 << 20) as f64;
+    Sample { msgs_per_s: n as f64 / elapsed, mib_per_s: mib / elapsed, mib_per_cpu_s: mib / cpu }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -130,7 +146,7 @@ fn main() {
         }
         let mut rows = Vec::new();
         for size in sizes {
-            let mut per_mode: Vec<(Vec<f64>, Vec<f64>)> = vec![(vec![], vec![]); modes.len()];
+            let mut per_mode: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![(vec![], vec![], vec![]); modes.len()];
             for round in 0..rounds {
                 // Alternate which mode goes first, so drift in machine load
                 // does not favour one.
@@ -138,42 +154,48 @@ fn main() {
                 for m in order.into_iter().filter(|&m| wanted(modes[m])) {
                     let s = run(modes[m], size, dur).await;
                     eprintln!(
-                        "{:>6} B  {:<26} round {}: {:>10.0} msg/s {:>9.1} MiB/s",
+                        "{:>6} B  {:<26} round {}: {:>10.0} msg/s {:>9.1} MiB/s {:>7.1} MiB/CPU-s",
                         size,
                         modes[m].name(),
                         round + 1,
                         s.msgs_per_s,
-                        s.mib_per_s
+                        s.mib_per_s,
+                        s.mib_per_cpu_s
                     );
                     per_mode[m].0.push(s.msgs_per_s);
                     per_mode[m].1.push(s.mib_per_s);
+                    per_mode[m].2.push(s.mib_per_cpu_s);
                 }
             }
-            if per_mode.iter().any(|(m, _)| m.is_empty()) {
+            if per_mode.iter().any(|(m, _, _)| m.is_empty()) {
                 continue;
             }
             let plain_mib = median(per_mode[0].1.clone());
-            for (m, (msgs, mibs)) in per_mode.into_iter().enumerate() {
+            let plain_eff = median(per_mode[0].2.clone());
+            for (m, (msgs, mibs, effs)) in per_mode.into_iter().enumerate() {
                 let (lo, hi) = mibs.iter().fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
-                let mib = median(mibs);
+                let (mib, eff) = (median(mibs), median(effs));
                 rows.push(format!(
-                    "| {} KiB | {} | {:.0} | {:.1} | {:.1}–{:.1} | {:.0}% |",
+                    "| {} KiB | {} | {:.0} | {:.1} | {:.1}–{:.1} | {:.0}% | {:.1} | {:.0}% |",
                     size >> 10,
                     modes[m].name(),
                     median(msgs),
                     mib,
                     lo,
                     hi,
-                    100.0 * mib / plain_mib
+                    100.0 * mib / plain_mib,
+                    eff,
+                    100.0 * eff / plain_eff
                 ));
             }
         }
-        println!("| message | socket path | messages/s | MiB/s | MiB/s range | vs plain |");
-        println!("|---|---|---|---|---|---|");
+        println!("| message | socket path | messages/s | MiB/s | MiB/s range | vs plain | MiB per CPU-s | vs plain |");
+        println!("|---|---|---|---|---|---|---|---|");
         for r in rows {
             println!("{r}");
         }
         println!();
         println!("Median of {rounds} rounds of {secs} s per cell; the two paths alternate within each round.");
+        println!("MiB per CPU-s: data moved per second of CPU used by the whole process (user + system).");
     });
 }
