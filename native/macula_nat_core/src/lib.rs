@@ -15,8 +15,10 @@ pub mod node;
 pub mod observer_server;
 pub mod peer_record;
 pub mod profile_cache;
+pub mod quic;
 pub mod runtime;
 
 pub use error::Error;
 pub use identity::{Identity, NodeId};
 pub use node::{Node, NodeConfig, NodeStats};
+pub use quic::{CloseReason, Connection, QuicConfig, QuicEndpoint, QuicError};

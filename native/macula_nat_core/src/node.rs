@@ -2,15 +2,25 @@
 //! punch packets and QUIC. Detection measures the mapping of this very socket,
 //! so it must never be swapped for another while the node lives.
 
+use crate::quic::socket::{self, BufPool, Entry, Inbox, NodeSocket, SocketSlot, RECV_BATCH};
+use crate::quic::{QuicConfig, QuicEndpoint, QuicError};
 use crate::{runtime, Error, Identity, NodeId};
 use macula_nat_proto::observer::{Observer, ObserverConfig};
 use macula_nat_proto::stun::{self, Class, Message};
+use quinn::udp::RecvMeta;
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// How long a closing node keeps its socket so its QUIC connections can
+/// tell their peers (CONNECTION_CLOSE) instead of leaving them to time out.
+const QUIC_CLOSE_GRACE: Duration = Duration::from_millis(50);
 
 /// A STUN response that arrived on the node's socket: (source, bytes).
 pub type StunDatagram = (SocketAddr, Vec<u8>);
@@ -50,11 +60,11 @@ impl Default for NodeConfig {
 }
 
 #[derive(Default)]
-struct Counters {
-    datagrams_in: AtomicU64,
-    bytes_in: AtomicU64,
-    datagrams_out: AtomicU64,
-    bytes_out: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) datagrams_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) datagrams_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
     stun_answered: AtomicU64,
     stun_dropped: AtomicU64,
 }
@@ -70,6 +80,9 @@ pub struct NodeStats {
     pub stun_answered: u64,
     /// Malformed or unexpected STUN datagrams dropped.
     pub stun_dropped: u64,
+    /// Non-STUN datagrams dropped before reaching QUIC (endpoint not keeping
+    /// up). Datagrams arriving while QUIC is not running are not counted.
+    pub quic_dropped: u64,
 }
 
 pub struct Node {
@@ -81,11 +94,17 @@ pub struct Node {
     // reference until the runtime drops the aborted task (microseconds
     // later), so the release is prompt but not synchronous; close never
     // blocks (it may run on a BEAM scheduler) and openers retry briefly.
-    socket: RwLock<Option<Arc<UdpSocket>>>,
+    // With QUIC running, the slot is emptied after `QUIC_CLOSE_GRACE` at
+    // most; the QUIC socket reads the slot per send and keeps no reference.
+    socket: SocketSlot,
     recv_task: RwLock<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     counters: Arc<Counters>,
     stun_sinks: Arc<Mutex<StunSinks>>,
+    /// Non-STUN datagrams on their way to QUIC.
+    inbox: Arc<Inbox>,
+    /// Created on first use; holds no reference back to the node.
+    quic: Mutex<Option<QuicEndpoint>>,
 }
 
 impl Node {
@@ -96,7 +115,8 @@ impl Node {
         std_sock.set_nonblocking(true)?;
         let local_addr = std_sock.local_addr()?;
         let _guard = runtime::handle().enter();
-        let socket = Arc::new(UdpSocket::from_std(std_sock)?);
+        let socket = Arc::new(NodeSocket::new(UdpSocket::from_std(std_sock)?)?);
+        let inbox = Inbox::new(BufPool::new(socket.slot_len() * RECV_BATCH));
         let counters = Arc::new(Counters::default());
         let stun_sinks = Arc::new(Mutex::new(StunSinks::default()));
         let observer = Observer::new(ObserverConfig {
@@ -105,15 +125,24 @@ impl Node {
             software: Some(format!("macula_nat {}", env!("CARGO_PKG_VERSION"))),
         })
         .map_err(|e| Error::Internal(format!("{e:?}")))?;
-        let task = runtime::spawn(recv_loop(socket.clone(), local_addr, observer, counters.clone(), stun_sinks.clone()));
+        let task = runtime::spawn(recv_loop(
+            socket.clone(),
+            local_addr,
+            observer,
+            counters.clone(),
+            stun_sinks.clone(),
+            inbox.clone(),
+        ));
         Ok(Arc::new(Node {
             identity,
             local_addr,
-            socket: RwLock::new(Some(socket)),
+            socket: Arc::new(RwLock::new(Some(socket))),
             recv_task: RwLock::new(Some(task)),
             closed: AtomicBool::new(false),
             counters,
             stun_sinks,
+            inbox,
+            quic: Mutex::new(None),
         }))
     }
 
@@ -142,8 +171,38 @@ impl Node {
         }
     }
 
+    /// The node's socket, for sending. Receiving belongs to the node's loop.
     pub fn socket(&self) -> Result<Arc<UdpSocket>, Error> {
-        self.socket.read().map_err(|_| Error::Closed)?.clone().ok_or(Error::Closed)
+        socket::current(&self.socket).map(|s| s.io.clone()).ok_or(Error::Closed)
+    }
+
+    /// The node's QUIC endpoint on its socket, created on first use with
+    /// default settings.
+    pub fn quic(&self) -> Result<QuicEndpoint, QuicError> {
+        self.quic_with(QuicConfig::default())
+    }
+
+    /// Like [`Node::quic`]; `cfg` applies only if this call creates the
+    /// endpoint.
+    pub fn quic_with(&self, cfg: QuicConfig) -> Result<QuicEndpoint, QuicError> {
+        let mut quic = self.quic.lock().map_err(|_| QuicError::Closed)?;
+        if let Some(q) = quic.as_ref() {
+            return Ok(q.clone());
+        }
+        if self.is_closed() {
+            return Err(QuicError::Closed);
+        }
+        let sock = socket::current(&self.socket).ok_or(QuicError::Closed)?;
+        let q = QuicEndpoint::on_node(
+            &self.identity,
+            &sock,
+            self.socket.clone(),
+            self.inbox.clone(),
+            self.counters.clone(),
+            cfg,
+        )?;
+        *quic = Some(q.clone());
+        Ok(q)
     }
 
     pub async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> Result<(), Error> {
@@ -173,10 +232,13 @@ impl Node {
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             stun_answered: c.stun_answered.load(Ordering::Relaxed),
             stun_dropped: c.stun_dropped.load(Ordering::Relaxed),
+            quic_dropped: self.inbox.dropped(),
         }
     }
 
-    /// Idempotent. Stops the receive loop and releases the port.
+    /// Idempotent. Stops the receive loop, closes QUIC connections and
+    /// releases the port: at once without QUIC, otherwise after a short grace
+    /// (at most `QUIC_CLOSE_GRACE`) in which the connections tell their peers.
     pub fn close(&self) {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
@@ -186,8 +248,22 @@ impl Node {
                 t.abort();
             }
         }
-        if let Ok(mut s) = self.socket.write() {
-            s.take();
+        let quic = self.quic.lock().ok().and_then(|mut q| q.take());
+        let slot = self.socket.clone();
+        let release = move || {
+            if let Ok(mut s) = slot.write() {
+                s.take();
+            }
+        };
+        match quic {
+            None => release(),
+            Some(q) => {
+                q.close();
+                runtime::spawn(async move {
+                    q.wait_idle(QUIC_CLOSE_GRACE).await;
+                    release();
+                });
+            }
         }
     }
 }
@@ -198,32 +274,108 @@ impl Drop for Node {
     }
 }
 
+/// The one reader of the node socket. Reads batches (`recvmmsg`, with GRO
+/// where the kernel has it) and demultiplexes each datagram: STUN (detection
+/// probes, peers' Binding requests, punch packets) is handled here, anything
+/// else goes to the QUIC endpoint if there is one and is dropped otherwise.
 async fn recv_loop(
-    socket: Arc<UdpSocket>,
+    sock: Arc<NodeSocket>,
     local: SocketAddr,
     observer: Observer,
     counters: Arc<Counters>,
     sinks: Arc<Mutex<StunSinks>>,
+    inbox: Arc<Inbox>,
 ) {
-    let mut buf = vec![0u8; 65535];
+    let slot = sock.slot_len();
+    // Read into while QUIC is off or its queue is full.
+    let mut spare = vec![0u8; slot * RECV_BATCH];
+    let mut metas = [RecvMeta::default(); RECV_BATCH];
+    // QUIC datagrams of the current batch, as ranges of its buffer.
+    let mut quic: Vec<(RecvMeta, Range<usize>)> = Vec::with_capacity(RECV_BATCH);
     loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, from)) => {
-                counters.datagrams_in.fetch_add(1, Ordering::Relaxed);
-                counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                let data = &buf[..n];
-                if stun::is_stun(data) {
-                    on_stun(&socket, local, &observer, &counters, &sinks, from, data).await;
+        if let Err(e) = sock.io.readable().await {
+            tracing::debug!("recv loop ends: {e}");
+            return;
+        }
+        let attached = inbox.is_attached();
+        let mut pooled = if attached { inbox.pool.take().await } else { None };
+        let buf: &mut [u8] = match pooled.as_mut() {
+            Some(b) => b,
+            None => &mut spare,
+        };
+        let received = {
+            let mut chunks = buf.chunks_mut(slot);
+            let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or(&mut [])));
+            sock.try_recv_batch(&mut iovs, &mut metas)
+        };
+        let n = match received {
+            Ok(n) => n.min(RECV_BATCH),
+            // Spurious readiness, or an ICMP error from an earlier send
+            // (Linux reports those on the next receive): nothing about this
+            // socket's health, keep receiving.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                if let Some(b) = pooled {
+                    inbox.pool.put(b);
                 }
-                // Not STUN: punch packets and QUIC, demultiplexed here once
-                // those layers exist.
+                continue;
             }
-            // ICMP errors from earlier sends surface here on Linux; they say
-            // nothing about this socket's health, so keep receiving.
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
             Err(e) => {
                 tracing::debug!("recv loop ends: {e}");
                 return;
+            }
+        };
+        for (i, meta) in metas.iter().take(n).enumerate() {
+            let start = i * slot;
+            let len = meta.len.min(slot);
+            let Some(data) = buf.get(start..start + len) else { continue };
+            // `stride` is the size of each datagram in a GRO batch.
+            let stride = if meta.stride == 0 || meta.stride > len { len } else { meta.stride };
+            counters.datagrams_in.fetch_add(len.div_ceil(stride.max(1)).max(1) as u64, Ordering::Relaxed);
+            counters.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
+            if len == 0 {
+                continue;
+            }
+            if len == stride {
+                if stun::is_stun(data) {
+                    on_stun(&sock.io, local, &observer, &counters, &sinks, meta.addr, data).await;
+                } else {
+                    quic.push((*meta, start..start + len));
+                }
+            } else if !data.chunks(stride).any(stun::is_stun) {
+                // The usual GRO case: all QUIC, handed over whole.
+                quic.push((*meta, start..start + len));
+            } else {
+                // GRO merges by flow, so a STUN datagram from a QUIC peer's
+                // address can share a batch; split it.
+                for (k, seg) in data.chunks(stride).enumerate() {
+                    if stun::is_stun(seg) {
+                        on_stun(&sock.io, local, &observer, &counters, &sinks, meta.addr, seg).await;
+                    } else {
+                        let s = start + k * stride;
+                        quic.push((RecvMeta { len: seg.len(), stride: seg.len(), ..*meta }, s..s + seg.len()));
+                    }
+                }
+            }
+        }
+        match pooled {
+            Some(b) if !quic.is_empty() => {
+                let shared = socket::share(b, &inbox.pool);
+                inbox.push(quic.drain(..).map(|(meta, r)| Entry { meta, data: shared.slice(r) }));
+            }
+            Some(b) => inbox.pool.put(b),
+            None => {
+                if attached {
+                    inbox.count_dropped(quic.len());
+                }
+                quic.clear();
             }
         }
     }
@@ -300,5 +452,42 @@ mod tests {
         }
         let again = again.expect("port released within 500 ms");
         assert_eq!(again.local_addr().unwrap(), b_addr);
+    }
+
+    /// A GSO sender makes the kernel hand a GRO-enabled receiver one buffer
+    /// of equal-size datagrams; STUN requests inside such a batch must still
+    /// be answered, and the rest still counted and passed on.
+    #[test]
+    fn stun_inside_a_gro_batch_is_answered() {
+        use quinn::udp::{Transmit, UdpSocketState};
+        let b = Node::open(loopback(), Identity::generate()).unwrap();
+        let _quic = b.quic().unwrap();
+        let b_addr = b.local_addr().unwrap();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let state = UdpSocketState::new((&sender).into()).unwrap();
+        if state.max_gso_segments() < 2 {
+            eprintln!("SKIPPED: no UDP GSO on this kernel");
+            return;
+        }
+        let req = |k: u8| Message::binding_request([k; 12]).encode();
+        // Three 20-byte datagrams: STUN, a QUIC-looking one (fixed bit set), STUN.
+        let contents = [req(1), vec![0x40; 20], req(2)].concat();
+        let t = Transmit { destination: b_addr, ecn: None, contents: &contents, segment_size: Some(20), src_ip: None };
+        state.try_send((&sender).into(), &t).unwrap();
+        // UdpSocketState made it non-blocking; block (bounded) for answers.
+        sender.set_nonblocking(false).unwrap();
+        sender.set_read_timeout(Some(std::time::Duration::from_millis(500))).unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let mut buf = [0u8; 1500];
+            let n = sender.recv(&mut buf).expect("STUN answer");
+            let m = Message::decode(&buf[..n]).unwrap();
+            assert_eq!(m.class, Class::SuccessResponse);
+            seen.push(m.transaction_id[0]);
+        }
+        seen.sort();
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(b.stats().datagrams_in, 3);
+        assert_eq!(b.stats().stun_answered, 2);
     }
 }

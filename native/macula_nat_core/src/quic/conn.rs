@@ -1,0 +1,404 @@
+//! An authenticated node-to-node connection carrying ordered messages.
+//!
+//! Messages travel on one long-lived bidirectional stream opened by the
+//! dialler, each as a 4-byte big-endian length followed by the bytes. One
+//! stream (rather than a stream per message) gives total order for free and
+//! costs no per-message stream setup; the price is head-of-line blocking,
+//! which ordered delivery implies anyway.
+//!
+//! Opening handshake on that stream: the dialler writes [`STREAM_VERSION`],
+//! the acceptor answers with the same byte. `connect` returns only after the
+//! answer, i.e. once the acceptor has authenticated the dialler too (in
+//! TLS 1.3 a client finishes its handshake before the server has checked the
+//! client certificate).
+
+use super::{tls, QuicConfig, QuicError};
+use crate::NodeId;
+use bytes::Bytes;
+use quinn::rustls::pki_types::CertificateDer;
+use quinn::{ConnectionError, ReadError, VarInt, WriteError};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// First byte on the message stream in both directions; a peer speaking
+/// another framing version is refused.
+const STREAM_VERSION: u8 = 1;
+/// A message buffer starts at most this large and grows as bytes arrive,
+/// so a peer announcing a huge frame cannot make us allocate it up front.
+const INITIAL_BODY_CAPACITY: usize = 1 << 20;
+
+/// Application close codes (QUIC `CONNECTION_CLOSE` error codes).
+pub mod codes {
+    /// `Connection::close`.
+    pub const NORMAL: u32 = 0;
+    /// The node (or its QUIC endpoint) closed.
+    pub const NODE_CLOSED: u32 = 1;
+    /// The peer broke the message framing.
+    pub const PROTOCOL: u32 = 2;
+    /// The acceptor's backlog was full.
+    pub const BUSY: u32 = 3;
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// This side called [`Connection::close`].
+    Local { reason: String },
+    /// The peer closed it; `code` is one of [`codes`].
+    Peer { code: u64, reason: String },
+    /// This node, or its QUIC endpoint, was closed.
+    NodeClosed,
+    /// Nothing heard from the peer within the idle timeout.
+    TimedOut,
+    /// The peer answered with a stateless reset: it lost the connection state
+    /// (e.g. it restarted).
+    Reset,
+    /// Transport, TLS or framing failure.
+    Failed(String),
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local { reason } => write!(f, "closed locally: {reason}"),
+            CloseReason::Peer { code, reason } => write!(f, "closed by peer (code {code}): {reason}"),
+            CloseReason::NodeClosed => f.write_str("node closed"),
+            CloseReason::TimedOut => f.write_str("idle timeout"),
+            CloseReason::Reset => f.write_str("reset by peer"),
+            CloseReason::Failed(m) => write!(f, "failed: {m}"),
+        }
+    }
+}
+
+/// A connection to one authenticated peer node. Cheap to clone; clones
+/// share the connection, so one task may send while another receives.
+/// Dropping the last clone closes it at once (the peer sees code `NORMAL`
+/// and an empty reason); see [`Connection::finish`] for a lossless end.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: quinn::Connection,
+    peer: NodeId,
+    max_frame: usize,
+    tx: Mutex<Sender>,
+    rx: Mutex<Receiver>,
+    /// Set before we close, so `LocallyClosed` can say why.
+    local_reason: OnceLock<CloseReason>,
+    /// Set by the endpoint before it closes every connection.
+    endpoint_closing: Arc<AtomicBool>,
+}
+
+struct Sender {
+    stream: quinn::SendStream,
+    /// `finish` was called: no more messages from this side.
+    finished: bool,
+    /// A send future was dropped after writing part of a frame; the stream
+    /// can no longer be framed, so the connection is closed on next use.
+    mid_frame: bool,
+}
+
+/// Receive state lives here, not in the `recv` future, so a cancelled
+/// `recv` loses nothing: the next call continues the same frame.
+struct Receiver {
+    stream: quinn::RecvStream,
+    header: [u8; 4],
+    header_len: usize,
+    body: Option<Vec<u8>>,
+    body_len: usize,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &tls::short_hex(&self.inner.peer))
+            .field("remote", &self.inner.conn.remote_address())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The NodeId in the certificate the peer presented (already verified by
+/// the TLS layer).
+fn peer_node_id(conn: &quinn::Connection) -> Option<NodeId> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certs.first().and_then(tls::node_id_of)
+}
+
+fn internal_stopped(e: quinn::StoppedError) -> QuicError {
+    QuicError::Internal(format!("message stream: {e}"))
+}
+
+fn opening_error(e: impl fmt::Display) -> QuicError {
+    QuicError::Handshake(format!("message stream: {e}"))
+}
+
+impl Connection {
+    fn new(
+        conn: quinn::Connection,
+        peer: NodeId,
+        (send, recv): (quinn::SendStream, quinn::RecvStream),
+        cfg: &QuicConfig,
+        endpoint_closing: Arc<AtomicBool>,
+    ) -> Connection {
+        Connection {
+            inner: Arc::new(Inner {
+                conn,
+                peer,
+                max_frame: cfg.max_frame.min(u32::MAX as usize),
+                tx: Mutex::new(Sender { stream: send, finished: false, mid_frame: false }),
+                rx: Mutex::new(Receiver { stream: recv, header: [0; 4], header_len: 0, body: None, body_len: 0 }),
+                local_reason: OnceLock::new(),
+                endpoint_closing,
+            }),
+        }
+    }
+
+    /// Dialler side, after the QUIC handshake.
+    pub(crate) async fn dialled(
+        conn: quinn::Connection,
+        expected: NodeId,
+        cfg: &QuicConfig,
+        endpoint_closing: Arc<AtomicBool>,
+    ) -> Result<Connection, QuicError> {
+        // The verifier already refused any other key; checked again so a
+        // change there can never hand out a connection to the wrong node.
+        let peer = peer_node_id(&conn).ok_or_else(|| QuicError::Handshake("no peer certificate".into()))?;
+        if peer != expected {
+            conn.close(VarInt::from_u32(codes::PROTOCOL), b"wrong node");
+            return Err(QuicError::PeerIdMismatch(tls::PeerIdMismatch { expected, found: peer }));
+        }
+        let (mut send, mut recv) = conn.open_bi().await.map_err(opening_error)?;
+        send.write_all(&[STREAM_VERSION]).await.map_err(opening_error)?;
+        let mut v = [0u8; 1];
+        recv.read_exact(&mut v).await.map_err(opening_error)?;
+        if v[0] != STREAM_VERSION {
+            conn.close(VarInt::from_u32(codes::PROTOCOL), b"unsupported stream version");
+            return Err(QuicError::Handshake(format!("peer speaks stream version {}", v[0])));
+        }
+        Ok(Connection::new(conn, peer, (send, recv), cfg, endpoint_closing))
+    }
+
+    /// Acceptor side, after the QUIC handshake.
+    pub(crate) async fn accepted(
+        conn: quinn::Connection,
+        cfg: &QuicConfig,
+        endpoint_closing: Arc<AtomicBool>,
+    ) -> Result<Connection, QuicError> {
+        let peer = peer_node_id(&conn).ok_or_else(|| QuicError::Handshake("no peer certificate".into()))?;
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(opening_error)?;
+        let mut v = [0u8; 1];
+        recv.read_exact(&mut v).await.map_err(opening_error)?;
+        if v[0] != STREAM_VERSION {
+            conn.close(VarInt::from_u32(codes::PROTOCOL), b"unsupported stream version");
+            return Err(QuicError::Handshake(format!("peer speaks stream version {}", v[0])));
+        }
+        send.write_all(&[STREAM_VERSION]).await.map_err(opening_error)?;
+        Ok(Connection::new(conn, peer, (send, recv), cfg, endpoint_closing))
+    }
+
+    /// The peer's NodeId (its ed25519 public key), proven in the handshake.
+    pub fn peer_id(&self) -> NodeId {
+        self.inner.peer
+    }
+
+    /// The peer's current address; follows the peer if it migrates.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.conn.remote_address()
+    }
+
+    /// Smoothed round-trip time.
+    pub fn rtt(&self) -> Duration {
+        self.inner.conn.rtt()
+    }
+
+    /// The largest message `send` accepts and `recv` will take.
+    pub fn max_frame(&self) -> usize {
+        self.inner.max_frame
+    }
+
+    /// Sends one message, reliably and in order with the others. Returns
+    /// once the message is buffered in QUIC (flow control may make that
+    /// wait). Passing a `Vec<u8>` or `Bytes` avoids copying the payload.
+    ///
+    /// Dropping the future part-way through a message would leave half a
+    /// frame on the stream; the connection is then closed on the next send.
+    pub async fn send(&self, msg: impl Into<Bytes>) -> Result<(), QuicError> {
+        let msg = msg.into();
+        if msg.len() > self.inner.max_frame {
+            return Err(QuicError::FrameTooLarge { len: msg.len(), max: self.inner.max_frame });
+        }
+        let mut tx = self.inner.tx.lock().await;
+        if tx.finished {
+            return Err(QuicError::Closed);
+        }
+        if tx.mid_frame {
+            self.fail("a send was cancelled mid-message");
+            return Err(self.lost());
+        }
+        tx.mid_frame = true;
+        // `len <= max_frame <= u32::MAX`, so the cast is exact.
+        let header = Bytes::copy_from_slice(&(msg.len() as u32).to_be_bytes());
+        let mut chunks = [header, msg];
+        tx.stream.write_all_chunks(&mut chunks).await.map_err(|e| self.write_error(e))?;
+        tx.mid_frame = false;
+        Ok(())
+    }
+
+    /// Ends this side's messages and waits until the peer has acknowledged
+    /// every one sent so far; its `recv` then returns `None` after the last
+    /// message. The connection stays open (the peer may still send) until
+    /// closed or dropped. Use it before `close` or dropping the connection,
+    /// which would discard messages still in flight. Later `send`s fail with
+    /// `QuicError::Closed`.
+    pub async fn finish(&self) -> Result<(), QuicError> {
+        let mut tx = self.inner.tx.lock().await;
+        if tx.mid_frame {
+            self.fail("a send was cancelled mid-message");
+            return Err(self.lost());
+        }
+        tx.finished = true;
+        // Already finished (an earlier, cancelled `finish`) is fine.
+        let _ = tx.stream.finish();
+        match tx.stream.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(QuicError::ConnectionLost(CloseReason::Failed(format!(
+                "peer stopped reading (code {code})"
+            )))),
+            Err(quinn::StoppedError::ConnectionLost(e)) => Err(QuicError::ConnectionLost(self.reason_from(e))),
+            Err(other) => Err(internal_stopped(other)),
+        }
+    }
+
+    /// The next whole message, in send order; `None` once the peer has
+    /// finished (see [`Connection::finish`]) or the connection is closed (see
+    /// [`Connection::close_reason`]). Cancel-safe.
+    pub async fn recv(&self) -> Option<Vec<u8>> {
+        let mut guard = self.inner.rx.lock().await;
+        let rx = &mut *guard;
+        if rx.body.is_none() {
+            while rx.header_len < 4 {
+                let n = self.read_or_fail(rx.stream.read(&mut rx.header[rx.header_len..]).await)?;
+                rx.header_len += n;
+            }
+            let len = u32::from_be_bytes(rx.header) as usize;
+            if len > self.inner.max_frame {
+                self.fail(&format!("peer sent a {len}-byte message, limit {}", self.inner.max_frame));
+                return None;
+            }
+            rx.body = Some(Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY)));
+            rx.body_len = len;
+        }
+        loop {
+            let have = rx.body.as_ref().map_or(0, Vec::len);
+            if have >= rx.body_len {
+                break;
+            }
+            let chunk = match rx.stream.read_chunk(rx.body_len - have, true).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
+                    self.fail("peer ended the message stream mid-message");
+                    return None;
+                }
+                Err(e) => {
+                    self.read_error(e);
+                    return None;
+                }
+            };
+            if let Some(body) = rx.body.as_mut() {
+                body.extend_from_slice(&chunk.bytes);
+            }
+        }
+        rx.header_len = 0;
+        rx.body.take()
+    }
+
+    fn read_or_fail(&self, r: Result<Option<usize>, ReadError>) -> Option<usize> {
+        match r {
+            Ok(Some(n)) => Some(n),
+            // The peer finished its side: nothing more will come. Closing is
+            // the peer's job (its `close`), so just report the end.
+            Ok(None) => None,
+            Err(e) => {
+                self.read_error(e);
+                None
+            }
+        }
+    }
+
+    fn read_error(&self, e: ReadError) {
+        match e {
+            ReadError::ConnectionLost(_) | ReadError::ClosedStream => {}
+            other => self.fail(&format!("message stream: {other}")),
+        }
+    }
+
+    fn write_error(&self, e: WriteError) -> QuicError {
+        match e {
+            WriteError::ConnectionLost(ce) => QuicError::ConnectionLost(self.reason_from(ce)),
+            other => {
+                self.fail(&format!("message stream: {other}"));
+                self.lost()
+            }
+        }
+    }
+
+    fn lost(&self) -> QuicError {
+        match self.close_reason() {
+            Some(r) => QuicError::ConnectionLost(r),
+            None => QuicError::Closed,
+        }
+    }
+
+    /// Closes on a framing failure; the peer sees code `PROTOCOL`.
+    fn fail(&self, why: &str) {
+        let _ = self.inner.local_reason.set(CloseReason::Failed(why.to_string()));
+        self.inner.conn.close(VarInt::from_u32(codes::PROTOCOL), why.as_bytes());
+    }
+
+    /// Closes the connection now; the peer sees `CloseReason::Peer` with code
+    /// `NORMAL` and `reason`. Messages not yet delivered may be lost: a
+    /// protocol that needs a clean end should say so in a message first.
+    pub fn close(&self, reason: &str) {
+        self.close_with(codes::NORMAL, reason);
+    }
+
+    pub(crate) fn close_with(&self, code: u32, reason: &str) {
+        let _ = self.inner.local_reason.set(CloseReason::Local { reason: reason.to_string() });
+        self.inner.conn.close(VarInt::from_u32(code), reason.as_bytes());
+    }
+
+    /// Why the connection ended, or `None` while it is open.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.inner.conn.close_reason().map(|e| self.reason_from(e))
+    }
+
+    /// Waits until the connection ends and says why.
+    pub async fn closed(&self) -> CloseReason {
+        let e = self.inner.conn.closed().await;
+        self.reason_from(e)
+    }
+
+    fn reason_from(&self, e: ConnectionError) -> CloseReason {
+        match e {
+            ConnectionError::LocallyClosed => match self.inner.local_reason.get() {
+                Some(r) => r.clone(),
+                None if self.inner.endpoint_closing.load(Ordering::Acquire) => CloseReason::NodeClosed,
+                None => CloseReason::Local { reason: String::new() },
+            },
+            ConnectionError::ApplicationClosed(c) => CloseReason::Peer {
+                code: c.error_code.into_inner(),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
+            ConnectionError::TimedOut => CloseReason::TimedOut,
+            ConnectionError::Reset => CloseReason::Reset,
+            other => CloseReason::Failed(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! QUIC between nodes, on the node's own UDP socket.
+//!
+//! Why the same socket: the NAT mapping that detection measured and that
+//! hole punching opened belongs to that socket; a second socket would get a
+//! different mapping and the punched path would be useless to QUIC.
+//!
+//! * [`socket`]: quinn's `AsyncUdpSocket` over the node socket. The node's
+//!   receive loop demultiplexes: STUN stays with the node, everything else is
+//!   queued for the QUIC endpoint. Sends go straight to the socket unless a
+//!   [`DatagramTunnel`] is routed for the destination (the relay seam).
+//! * [`tls`]: node-key authentication (self-signed ed25519 certificates,
+//!   the dialler pins the NodeId it dialled).
+//! * [`conn`]: [`Connection`], ordered messages over one stream.
+//!
+//! Paths and migration: the acceptor follows a peer whose address changes
+//! (quinn's server-side migration is on). A dialler addresses the peer at
+//! whatever address `connect` was given; once hole punching has opened a
+//! path, the dialler connects to the punched address, which is then the
+//! QUIC path. Moving an existing client connection onto a newly punched
+//! path would need quinn's client-side path migration, which it does not
+//! offer for a remote address change, so a new connection is made instead.
+
+pub mod conn;
+pub mod socket;
+pub mod tls;
+
+pub use conn::{codes, CloseReason, Connection};
+pub use socket::DatagramTunnel;
+pub use tls::{PeerIdMismatch, ALPN};
+
+use crate::node::Counters;
+use crate::{runtime, Error, Identity, NodeId};
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::udp::RecvMeta;
+use quinn::{ConnectError, ConnectionError, IdleTimeout, TransportConfig, VarInt};
+use rustls::sign::CertifiedKey;
+use socket::{Entry, Inbox, NodeSocket, QuicSocket, Routes, SocketSlot};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Errors of the QUIC layer. Kept apart from [`crate::Error`] because the
+/// binding crate matches that enum exhaustively; [`QuicError::kind`] gives
+/// the stable atom name, and `From` maps into `Error` where a caller wants one
+/// error type.
+#[derive(Debug, thiserror::Error)]
+pub enum QuicError {
+    #[error("endpoint closed")]
+    Closed,
+    #[error("{0}")]
+    PeerIdMismatch(PeerIdMismatch),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("timed out")]
+    TimedOut,
+    #[error("connection lost: {0}")]
+    ConnectionLost(CloseReason),
+    #[error("message of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("invalid address: {0}")]
+    InvalidAddress(SocketAddr),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl QuicError {
+    /// Stable short name, for the Erlang error atom.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            QuicError::Closed => "closed",
+            QuicError::PeerIdMismatch(_) => "peer_id_mismatch",
+            QuicError::Handshake(_) => "handshake_failed",
+            QuicError::TimedOut => "timeout",
+            QuicError::ConnectionLost(_) => "connection_lost",
+            QuicError::FrameTooLarge { .. } => "frame_too_large",
+            QuicError::InvalidAddress(_) => "invalid_address",
+            QuicError::Io(_) => "io",
+            QuicError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<QuicError> for Error {
+    fn from(e: QuicError) -> Error {
+        match e {
+            QuicError::Closed => Error::Closed,
+            QuicError::TimedOut => Error::Timeout,
+            QuicError::Io(io) => Error::Io(io),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> QuicError {
+    QuicError::Internal(e.to_string())
+}
+
+/// Connection settings. The defaults keep NAT mappings alive (keep-alive
+/// well under the usual 30 s UDP mapping timeout) and allow bulk transfer
+/// without tuning.
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// Largest message, both directions (at most `u32::MAX`).
+    pub max_frame: usize,
+    /// Keep-alive interval: keeps NAT mappings open on idle connections.
+    pub keep_alive: Duration,
+    /// A connection with no packet from the peer for this long is dead.
+    pub idle_timeout: Duration,
+    /// Bound on `connect` and on an incoming connection reaching `accept`.
+    pub handshake_timeout: Duration,
+    /// Per-stream receive window. quinn's default (1.25 MB) caps one stream
+    /// at ~12 MB/s per 100 ms of RTT; messages all share one stream.
+    pub stream_window: u32,
+    /// Connection-wide receive window.
+    pub connection_window: u32,
+    /// Bytes buffered for sending before `send` waits.
+    pub send_window: u64,
+    /// Handshaken connections waiting for `accept`; beyond it new ones are
+    /// closed with `codes::BUSY`.
+    pub accept_backlog: usize,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        QuicConfig {
+            max_frame: 64 << 20,
+            keep_alive: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            stream_window: 16 << 20,
+            connection_window: 32 << 20,
+            send_window: 32 << 20,
+            accept_backlog: 64,
+        }
+    }
+}
+
+impl QuicConfig {
+    fn transport(&self) -> Result<TransportConfig, QuicError> {
+        let mut t = TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive))
+            .max_idle_timeout(Some(IdleTimeout::try_from(self.idle_timeout).map_err(internal)?))
+            .stream_receive_window(VarInt::from_u32(self.stream_window))
+            .receive_window(VarInt::from_u32(self.connection_window))
+            .send_window(self.send_window)
+            // One message stream per connection, opened by the dialler.
+            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .datagram_receive_buffer_size(None);
+        Ok(t)
+    }
+}
+
+/// A node's QUIC endpoint: dials and accepts authenticated connections.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct QuicEndpoint {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    endpoint: quinn::Endpoint,
+    node_id: NodeId,
+    cert: Arc<CertifiedKey>,
+    cfg: QuicConfig,
+    transport: Arc<TransportConfig>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
+    acceptor: JoinHandle<()>,
+    routes: Arc<Routes>,
+    /// `None` for a standalone endpoint (own socket, no node).
+    inbox: Option<Arc<Inbox>>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+    }
+}
+
+impl QuicEndpoint {
+    /// The node's endpoint (created on first use with default settings).
+    pub fn new(node: &crate::Node) -> Result<QuicEndpoint, QuicError> {
+        node.quic()
+    }
+
+    /// Endpoint on the node's socket; called by `Node::quic_with`.
+    pub(crate) fn on_node(
+        identity: &Identity,
+        sock: &NodeSocket,
+        slot: SocketSlot,
+        inbox: Arc<Inbox>,
+        counters: Arc<Counters>,
+        cfg: QuicConfig,
+    ) -> Result<QuicEndpoint, QuicError> {
+        let routes = Arc::new(Routes::default());
+        let socket = QuicSocket::new(sock, slot, inbox.clone(), routes.clone(), counters)?;
+        let ep = Self::build(identity, cfg, routes, Some(inbox.clone()), |server| {
+            quinn::Endpoint::new_with_abstract_socket(
+                endpoint_config(),
+                Some(server),
+                Arc::new(socket),
+                Arc::new(quinn::TokioRuntime),
+            )
+        })?;
+        inbox.set_attached(true);
+        Ok(ep)
+    }
+
+    /// An endpoint on its own plain socket, driven by quinn's stock socket
+    /// code, with the same TLS and transport settings and no STUN. Exists to
+    /// measure what the shared node socket costs (see `bench_quic`), and for
+    /// tools that need QUIC without a node.
+    pub fn standalone(identity: &Identity, bind: SocketAddr, cfg: QuicConfig) -> Result<QuicEndpoint, QuicError> {
+        let sock = std::net::UdpSocket::bind(bind)?;
+        Self::build(identity, cfg, Arc::new(Routes::default()), None, |server| {
+            quinn::Endpoint::new(endpoint_config(), Some(server), sock, Arc::new(quinn::TokioRuntime))
+        })
+    }
+
+    fn build(
+        identity: &Identity,
+        cfg: QuicConfig,
+        routes: Arc<Routes>,
+        inbox: Option<Arc<Inbox>>,
+        make: impl FnOnce(quinn::ServerConfig) -> std::io::Result<quinn::Endpoint>,
+    ) -> Result<QuicEndpoint, QuicError> {
+        let cert = tls::node_certificate(identity).map_err(QuicError::Internal)?;
+        let transport = Arc::new(cfg.transport()?);
+        let server_tls = tls::server_config(&cert).map_err(internal)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls).map_err(internal)?));
+        server.transport_config(transport.clone());
+        // quinn spawns its endpoint driver on the current runtime.
+        let _guard = runtime::handle().enter();
+        let endpoint = make(server)?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel(cfg.accept_backlog.max(1));
+        let acceptor = runtime::spawn(accept_loop(endpoint.clone(), tx, cfg.clone(), closing.clone()));
+        Ok(QuicEndpoint {
+            shared: Arc::new(Shared {
+                endpoint,
+                node_id: identity.node_id(),
+                cert,
+                cfg,
+                transport,
+                incoming: tokio::sync::Mutex::new(rx),
+                acceptor,
+                routes,
+                inbox,
+                closing,
+            }),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.shared.node_id
+    }
+
+    pub fn config(&self) -> &QuicConfig {
+        &self.shared.cfg
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, QuicError> {
+        Ok(self.shared.endpoint.local_addr()?)
+    }
+
+    /// Connections currently open (including ones still closing).
+    pub fn open_connections(&self) -> usize {
+        self.shared.endpoint.open_connections()
+    }
+
+    /// Dials `addr` and succeeds only if the node there proves it holds the
+    /// key `expected_peer`, and accepts us in return.
+    pub async fn connect(&self, addr: SocketAddr, expected_peer: NodeId) -> Result<Connection, QuicError> {
+        let s = &self.shared;
+        if s.closing.load(Ordering::Acquire) {
+            return Err(QuicError::Closed);
+        }
+        let seen = tls::SeenPeer::default();
+        let client_tls = tls::client_config(&s.cert, expected_peer, seen.clone()).map_err(internal)?;
+        let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).map_err(internal)?));
+        client.transport_config(s.transport.clone());
+        let connecting = s.endpoint.connect_with(client, addr, tls::SERVER_NAME).map_err(|e| match e {
+            ConnectError::EndpointStopping => QuicError::Closed,
+            ConnectError::InvalidRemoteAddress(a) => QuicError::InvalidAddress(a),
+            other => internal(other),
+        })?;
+        let dial = async {
+            let conn = connecting.await.map_err(|e| handshake_error(e, expected_peer, &seen))?;
+            Connection::dialled(conn, expected_peer, &s.cfg, s.closing.clone()).await
+        };
+        tokio::time::timeout(s.cfg.handshake_timeout, dial).await.unwrap_or(Err(QuicError::TimedOut))
+    }
+
+    /// The next authenticated incoming connection; `None` once the endpoint
+    /// is closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        self.shared.incoming.lock().await.recv().await
+    }
+
+    /// Closes every connection (peers see `codes::NODE_CLOSED`) and stops
+    /// accepting. The node does this when it closes.
+    pub fn close(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.endpoint.close(VarInt::from_u32(codes::NODE_CLOSED), b"node closed");
+    }
+
+    /// Waits until closed connections have told their peers, at most `limit`.
+    pub(crate) async fn wait_idle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.shared.endpoint.wait_idle()).await;
+    }
+
+    /// Relay seam: from now on QUIC datagrams for `remote` go through
+    /// `tunnel` instead of the socket. Datagrams coming back through the
+    /// tunnel enter with [`QuicEndpoint::inject`].
+    pub fn route_via(&self, remote: SocketAddr, tunnel: Arc<dyn DatagramTunnel>) {
+        self.shared.routes.set(remote, Some(tunnel));
+    }
+
+    /// Back to the raw socket for `remote`.
+    pub fn clear_route(&self, remote: SocketAddr) {
+        self.shared.routes.set(remote, None);
+    }
+
+    /// Hands a datagram that arrived by other means (a tunnel) to QUIC as if
+    /// it came from `from`. `false` if this endpoint cannot take it (a
+    /// standalone endpoint, or the node closed).
+    pub fn inject(&self, from: SocketAddr, datagram: Bytes) -> bool {
+        let Some(inbox) = self.shared.inbox.as_ref().filter(|i| i.is_attached()) else { return false };
+        let meta = RecvMeta { addr: from, len: datagram.len(), stride: datagram.len(), ..RecvMeta::default() };
+        inbox.push(std::iter::once(Entry { meta, data: datagram }));
+        true
+    }
+}
+
+/// Endpoint settings shared by node and standalone endpoints.
+fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // No QUIC-bit greasing (RFC 9287): with it, peers may clear the fixed
+    // bit 0x40, and the first-byte test that tells QUIC from STUN on the
+    // shared socket (RFC 9443) stops being reliable. Not advertising it
+    // keeps peers from greasing towards us.
+    c.grease_quic_bit(false);
+    c
+}
+
+/// Turns a failed QUIC handshake into the clearest error we can give.
+fn handshake_error(e: ConnectionError, expected: NodeId, seen: &tls::SeenPeer) -> QuicError {
+    let found = seen.lock().ok().and_then(|s| *s);
+    match (found, e) {
+        (Some(found), _) if found != expected => QuicError::PeerIdMismatch(PeerIdMismatch { expected, found }),
+        (_, ConnectionError::TimedOut) => QuicError::TimedOut,
+        (_, ConnectionError::LocallyClosed) => QuicError::Closed,
+        (_, other) => QuicError::Handshake(other.to_string()),
+    }
+}
+
+/// Completes incoming handshakes concurrently, so one slow or silent peer
+/// does not hold up the others, and queues the results for `accept`.
+async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Connection>, cfg: QuicConfig, closing: Arc<AtomicBool>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (tx, cfg, closing) = (tx.clone(), cfg.clone(), closing.clone());
+        runtime::spawn(async move {
+            let remote = incoming.remote_address();
+            let handshake = async {
+                let conn = incoming.await.map_err(|e| QuicError::Handshake(e.to_string()))?;
+                Connection::accepted(conn, &cfg, closing).await
+            };
+            match tokio::time::timeout(cfg.handshake_timeout, handshake).await {
+                Ok(Ok(conn)) => match tx.try_send(conn) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(c)) => c.close_with(codes::BUSY, "accept backlog full"),
+                    Err(mpsc::error::TrySendError::Closed(c)) => c.close_with(codes::NODE_CLOSED, "node closed"),
+                },
+                Ok(Err(e)) => tracing::debug!("incoming QUIC connection from {remote} failed: {e}"),
+                Err(_) => tracing::debug!("incoming QUIC connection from {remote} timed out"),
+            }
+        });
+    }
+}
