@@ -11,7 +11,8 @@
          observer_start/2, observer_stop/1, observer_info/1,
          detect_start/4, observations_new/3, observations_add/3,
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
-         cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1]).
+         cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
+         conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
@@ -20,7 +21,8 @@
        observer_start/2, observer_stop/1, observer_info/1,
        detect_start/4, observations_new/3, observations_add/3,
        cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
-       cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1]).
+       cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
+       conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2]).
 
 -on_load(load/0).
 
@@ -123,3 +125,22 @@ cache_dht_reply(_Cache, _Id, _Answer) -> erlang:nif_error(not_loaded).
 
 -spec cache_close(resource()) -> ok.
 cache_close(_Cache) -> erlang:nif_error(not_loaded).
+
+-spec conn_open(reference(), resource(), {inet:ip_address(), inet:port_number()}, binary()) ->
+    {ok, pending()} | {error, term()}.
+conn_open(_Ref, _Node, _Addr, _PeerId) -> erlang:nif_error(not_loaded).
+
+-spec conn_accept(reference(), resource()) -> {ok, pending()} | {error, term()}.
+conn_accept(_Ref, _Node) -> erlang:nif_error(not_loaded).
+
+-spec conn_send(reference(), resource(), binary()) -> {ok, pending()} | {error, term()}.
+conn_send(_Ref, _Conn, _Bin) -> erlang:nif_error(not_loaded).
+
+-spec conn_info(resource()) -> map().
+conn_info(_Conn) -> erlang:nif_error(not_loaded).
+
+-spec conn_close(resource()) -> ok.
+conn_close(_Conn) -> erlang:nif_error(not_loaded).
+
+-spec conn_set_owner(resource(), pid()) -> ok | {error, term()}.
+conn_set_owner(_Conn, _Pid) -> erlang:nif_error(not_loaded).

@@ -32,6 +32,10 @@ rustler::atoms! {
     forged, expired, replayed, wrong_node, from_the_future, too_large, backend,
     size, hits, misses, stale_hits, evictions, expirations, dht_fetches, refreshes,
     dht, published, last_seq, macula_nat_dht, get, put, memory, mainline, erlang,
+    // connections
+    macula_connection, message, unsafe_message, direct, punched, relayed, normal,
+    peer_closed, node_closed, reset, failed, peer_id_mismatch, quic, not_owner,
+    connection_method, peer, remote_address, rtt_ms,
     // node stats keys
     datagrams_in,
     bytes_in,

@@ -5,6 +5,7 @@
 
 mod atoms;
 mod cache_nif;
+mod conn_nif;
 mod convert;
 mod debug_nif;
 mod detect_nif;
