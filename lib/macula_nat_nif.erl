@@ -12,7 +12,8 @@
          detect_start/4, observations_new/3, observations_add/3,
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
          cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
-         conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2]).
+         conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
+         port_predict/4]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
@@ -22,7 +23,8 @@
        detect_start/4, observations_new/3, observations_add/3,
        cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
        cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
-       conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2]).
+       conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
+       port_predict/4]).
 
 -on_load(load/0).
 
@@ -144,3 +146,7 @@ conn_close(_Conn) -> erlang:nif_error(not_loaded).
 
 -spec conn_set_owner(resource(), pid()) -> ok | {error, term()}.
 conn_set_owner(_Conn, _Pid) -> erlang:nif_error(not_loaded).
+
+-spec port_predict(map(), pos_integer(), undefined | inet:port_number(), non_neg_integer()) ->
+    {ok, [inet:port_number()]} | {error, term()}.
+port_predict(_Profile, _Count, _LocalPort, _Seed) -> erlang:nif_error(not_loaded).

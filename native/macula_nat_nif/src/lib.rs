@@ -15,6 +15,7 @@ mod node_nif;
 mod observations_nif;
 mod observer_nif;
 mod owner;
+mod predict_nif;
 mod profile_term;
 mod reply;
 
