@@ -152,7 +152,7 @@ fn lab_connect_matrix() {
     let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
 
     let mut failures = Vec::new();
-    let mut table = String::from("| pair | strategy | method | connect ms |\n|---|---|---|---|\n");
+    let mut table = String::from("| pair | strategy | method | connect ms | A observed | A's remote |\n|---|---|---|---|---|---|\n");
     let mut listeners = Vec::new();
     for p in &pairs {
         let mut listener = lab
@@ -171,8 +171,17 @@ fn lab_connect_matrix() {
         let ms: f64 = field(&line, "connect_ms").and_then(|v| v.parse().ok()).unwrap_or(-1.0);
         let strategy = field(&line, "strategy").unwrap_or_else(|| "-".into());
         let method = field(&line, "method").or_else(|| field(&line, "error")).unwrap_or_else(|| "?".into());
-        table.push_str(&format!("| {} | {strategy} | {method} | {ms:.0} |\n", p.name));
-        let good = match p.expect {
+        let observed = field(&line, "observed").unwrap_or_default();
+        let remote = field(&line, "remote").unwrap_or_default();
+        table.push_str(&format!("| {} | {strategy} | {method} | {ms:.0} | {observed} | {remote} |\n", p.name));
+        // The rendezvous saw A at its NAT's public IP: traffic really
+        // crossed the NAT.
+        let want_ip = match p.a.1 {
+            Some(_) => lab.site(p.a.0).unwrap().public_ip,
+            None => lab.host_addr(p.a.0).unwrap(),
+        };
+        let observed_ok = field(&line, "observed").is_some_and(|o| o.starts_with(&format!("{want_ip}:")));
+        let good = observed_ok && match p.expect {
             Ok((s, m)) => got_ok && strategy == s && method == m,
             // Relay-only pairs must fail at once (no punching, no timeout).
             Err(kind) => !got_ok && field(&line, "error").as_deref() == Some(kind) && (0.0..2000.0).contains(&ms),
