@@ -120,3 +120,37 @@ fn unsolicited_connection_reaches_accept() {
         assert_eq!(on_b.recv().await.unwrap(), b"first");
     });
 }
+
+#[test]
+fn signal_rejoins_a_restarted_rendezvous() {
+    runtime::handle().block_on(async {
+        let seed = [42u8; 32];
+        let r = Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::from_seed(seed)).unwrap();
+        let addr = r.local_addr().unwrap();
+        let rdv = Rendezvous::serve(r.clone()).unwrap();
+        let a = Signal::join(node(), addr, r.node_id()).await.unwrap();
+        let b = Signal::join(node(), addr, r.node_id()).await.unwrap();
+        assert!(a.is_connected());
+        // The rendezvous goes away and comes back on the same address.
+        drop(rdv);
+        r.close();
+        let mut r2 = None;
+        for _ in 0..100 {
+            if let Ok(n) = Node::open(NodeConfig { bind: addr }, Identity::from_seed(seed)) {
+                r2 = Some(n);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r2 = r2.expect("rendezvous port free again");
+        let rdv2 = Rendezvous::serve(r2.clone()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rdv2.peers().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "signals did not rejoin");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(a.is_connected() && b.is_connected());
+        let s = Setup { _rdv: rdv2, a, b };
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
+    });
+}
