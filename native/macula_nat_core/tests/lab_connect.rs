@@ -111,6 +111,15 @@ fn pairs() -> Vec<Pair> {
             b: ("up2", Some("user:ei-pd-pp"), "ei-pd-pp"),
             expect: Ok(("predict_contiguity", "punched")),
         },
+        // Unequal paths to the rendezvous (one-way delay 40 ms each way on
+        // A's site, 5 ms on B's): the go's RTT-based waits line the two
+        // starts up.
+        Pair {
+            name: "user ei-pd-pp (40ms) -> ei-pd-pp (5ms)",
+            a: ("ud1", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            b: ("ud2", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            expect: Ok(("simple_punch", "punched")),
+        },
         Pair {
             name: "user pd-pd-rd -> ei-hd-pp",
             a: ("ur1", Some("user:pd-pd-rd"), "pd-pd-rd"),
@@ -138,7 +147,15 @@ fn lab_connect_matrix() {
     for p in &pairs {
         for (host, nat, _) in [p.a, p.b] {
             match nat {
-                Some(nat) => spec.sites.push(SiteSpec::new(host, nat).unwrap()),
+                Some(nat) => {
+                    let mut site = SiteSpec::new(host, nat).unwrap();
+                    site.delay_ms = match host {
+                        "ud1" => 40.0,
+                        "ud2" => 5.0,
+                        _ => 0.0,
+                    };
+                    spec.sites.push(site);
+                }
                 None => spec.public.push(host.into()),
             }
         }
