@@ -7,6 +7,8 @@
 //! types here: the binding crate (`macula_nat_nif`) converts terms.
 
 pub mod advertiser;
+pub mod connector;
+pub(crate) mod dispatch;
 pub mod detector;
 pub mod dht;
 pub mod error;
@@ -15,10 +17,15 @@ pub mod node;
 pub mod observer_server;
 pub mod peer_record;
 pub mod profile_cache;
+pub mod punch_driver;
 pub mod quic;
+pub mod rendezvous;
 pub mod runtime;
+pub mod signal;
 
 pub use error::Error;
 pub use identity::{Identity, NodeId};
 pub use node::{Node, NodeConfig, NodeStats};
 pub use quic::{CloseReason, Connection, QuicConfig, QuicEndpoint, QuicError};
+pub use connector::{connect, connect_detailed, ConnectError, ConnectOpts, Connected, Method, Signal, SignalConfig};
+pub use rendezvous::Rendezvous;

@@ -2,6 +2,8 @@
 //! punch packets and QUIC. Detection measures the mapping of this very socket,
 //! so it must never be swapped for another while the node lives.
 
+use crate::dispatch::Dispatch;
+use crate::punch_driver::PunchRoutes;
 use crate::quic::socket::{self, BufPool, Entry, Inbox, NodeSocket, SocketSlot, RECV_BATCH};
 use crate::quic::{QuicConfig, QuicEndpoint, QuicError};
 use crate::{runtime, Error, Identity, NodeId};
@@ -105,6 +107,10 @@ pub struct Node {
     inbox: Arc<Inbox>,
     /// Created on first use; holds no reference back to the node.
     quic: Mutex<Option<QuicEndpoint>>,
+    /// Hole-punch sessions: where the receive loop sends punch packets.
+    punch: Arc<PunchRoutes>,
+    /// Sorts incoming QUIC connections once signalling is used.
+    dispatch: Mutex<Option<Arc<Dispatch>>>,
 }
 
 impl Node {
@@ -119,6 +125,7 @@ impl Node {
         let inbox = Inbox::new(BufPool::new(socket.slot_len() * RECV_BATCH));
         let counters = Arc::new(Counters::default());
         let stun_sinks = Arc::new(Mutex::new(StunSinks::default()));
+        let punch = Arc::new(PunchRoutes::default());
         let observer = Observer::new(ObserverConfig {
             primary: local_addr,
             alternate: None,
@@ -132,6 +139,7 @@ impl Node {
             counters.clone(),
             stun_sinks.clone(),
             inbox.clone(),
+            punch.clone(),
         ));
         Ok(Arc::new(Node {
             identity,
@@ -143,6 +151,8 @@ impl Node {
             stun_sinks,
             inbox,
             quic: Mutex::new(None),
+            punch,
+            dispatch: Mutex::new(None),
         }))
     }
 
@@ -203,6 +213,23 @@ impl Node {
         )?;
         *quic = Some(q.clone());
         Ok(q)
+    }
+
+    /// The hole-punch session registry of this node.
+    pub(crate) fn punch_routes(&self) -> &Arc<PunchRoutes> {
+        &self.punch
+    }
+
+    /// The incoming-connection dispatcher, started on first use (it takes
+    /// over the QUIC accept queue; see [`crate::dispatch`]).
+    pub(crate) fn dispatch(&self) -> Result<Arc<Dispatch>, QuicError> {
+        let mut d = self.dispatch.lock().map_err(|_| QuicError::Closed)?;
+        if let Some(d) = d.as_ref() {
+            return Ok(d.clone());
+        }
+        let started = Dispatch::start(self.quic()?);
+        *d = Some(started.clone());
+        Ok(started)
     }
 
     pub async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> Result<(), Error> {
@@ -285,6 +312,7 @@ async fn recv_loop(
     counters: Arc<Counters>,
     sinks: Arc<Mutex<StunSinks>>,
     inbox: Arc<Inbox>,
+    punch: Arc<PunchRoutes>,
 ) {
     let slot = sock.slot_len();
     // Read into while QUIC is off or its queue is full.
@@ -345,7 +373,7 @@ async fn recv_loop(
             }
             if len == stride {
                 if stun::is_stun(data) {
-                    on_stun(&sock.io, local, &observer, &counters, &sinks, meta.addr, data).await;
+                    on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, data).await;
                 } else {
                     quic.push((*meta, start..start + len));
                 }
@@ -357,7 +385,7 @@ async fn recv_loop(
                 // address can share a batch; split it.
                 for (k, seg) in data.chunks(stride).enumerate() {
                     if stun::is_stun(seg) {
-                        on_stun(&sock.io, local, &observer, &counters, &sinks, meta.addr, seg).await;
+                        on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
                     } else {
                         let s = start + k * stride;
                         quic.push((RecvMeta { len: seg.len(), stride: seg.len(), ..*meta }, s..s + seg.len()));
@@ -387,9 +415,13 @@ async fn on_stun(
     observer: &Observer,
     counters: &Counters,
     sinks: &Mutex<StunSinks>,
+    punch: &PunchRoutes,
     from: SocketAddr,
     data: &[u8],
 ) {
+    if punch.offer(from, data) {
+        return;
+    }
     let Ok(msg) = Message::decode(data) else {
         counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
         return;

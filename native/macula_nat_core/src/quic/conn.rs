@@ -93,6 +93,9 @@ struct Inner {
     local_reason: OnceLock<CloseReason>,
     /// Set by the endpoint before it closes every connection.
     endpoint_closing: Arc<AtomicBool>,
+    /// A message read by the node's connection dispatcher to classify the
+    /// connection and handed back: `recv` returns it first.
+    unread: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 struct Sender {
@@ -156,7 +159,15 @@ impl Connection {
                 rx: Mutex::new(Receiver { stream: recv, header: [0; 4], header_len: 0, body: None, body_len: 0 }),
                 local_reason: OnceLock::new(),
                 endpoint_closing,
+                unread: std::sync::Mutex::new(None),
             }),
+        }
+    }
+
+    /// Puts a message back in front of the queue (see `Inner::unread`).
+    pub(crate) fn unread(&self, msg: Vec<u8>) {
+        if let Ok(mut u) = self.inner.unread.lock() {
+            *u = Some(msg);
         }
     }
 
@@ -280,6 +291,9 @@ impl Connection {
     /// finished (see [`Connection::finish`]) or the connection is closed (see
     /// [`Connection::close_reason`]). Cancel-safe.
     pub async fn recv(&self) -> Option<Vec<u8>> {
+        if let Some(m) = self.inner.unread.lock().ok().and_then(|mut u| u.take()) {
+            return Some(m);
+        }
         let mut guard = self.inner.rx.lock().await;
         let rx = &mut *guard;
         if rx.body.is_none() {

@@ -1,0 +1,619 @@
+//! Signalling client and `connect`: rendezvous, strategy, punch, QUIC.
+//!
+//! # Flow
+//!
+//! 1. [`Signal::join`] dials the rendezvous from the node's socket, says
+//!    `Hello(Control)` and learns its observed (reflexive) address. The
+//!    control connection is kept (QUIC keep-alive holds the NAT mapping)
+//!    and re-dialled when lost.
+//! 2. [`connect`] (side A, the initiator) sends `Connect` with its profile;
+//!    B's signal receives `Incoming` and answers automatically with its own
+//!    profile; the rendezvous relays `Answered` to A and sends `Go` to both.
+//! 3. Both compute `strategy::choose(A, B)` from the two profiles (the
+//!    same inputs on both sides, so the same answer) and act on `Go`, after
+//!    the wait it carries:
+//!    * `Direct { dialer }`: the dialer (A for `Either`) QUIC-connects to the
+//!      other's observed address.
+//!    * `ConnectionReversal { dialer }`: the other side ("listener") sends a
+//!      few STUN packets towards the dialer's observed address (opening its
+//!      filter for the dialer's IP); the dialer then connects to the
+//!      listener's aimed address.
+//!    * `SimplePunch` / `PredictPreservation` / `PredictContiguity`: both
+//!      run the punch machine on their node socket (targets from
+//!      [`targets`]); A then QUIC-connects to the punched address.
+//!    * `BirthdayProbing`: not implemented: `PunchFailed`.
+//!    * `Relay`: `SymmetricNat` when both sides have unpredictable ports and
+//!      relaying is not allowed, else `NoRelay` (relays are not there yet).
+//! 4. Whoever dials sends `Hello(Session(id))` first; the other side's
+//!    dispatcher hands that connection to the session. The initiator gets it
+//!    from `connect`; on the responder it is queued for [`Signal::accept`]
+//!    (together with unsolicited incoming connections), so the application
+//!    on B receives every connection its peers made to it there.
+//!
+//! Methods reported: `Direct` for Direct and ConnectionReversal (a plain
+//! dial, no punching), `Punched` for the punching strategies.
+
+use crate::dispatch::Dispatch;
+use crate::punch_driver;
+use crate::quic::QuicError;
+use crate::signal::{self, HelloKind, Msg, NodeId, Profile, SessionId};
+use crate::{runtime, Connection, Node};
+use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
+use macula_nat_proto::port_predictor::wrap_port;
+use macula_nat_proto::punch::{PunchConfig, Role};
+use macula_nat_proto::record::PeerInfo;
+use macula_nat_proto::strategy::{self, Aim, Dialer, PeerNat, Side, Strategy};
+use macula_nat_proto::nat::NatType;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// How a connection was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// One side dialled the other's public address (Direct or
+    /// ConnectionReversal).
+    Direct,
+    /// After hole punching.
+    Punched,
+    /// Through a relay (not implemented yet).
+    Relayed,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Direct => "direct",
+            Method::Punched => "punched",
+            Method::Relayed => "relayed",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("hole punching failed")]
+    PunchFailed,
+    #[error("both peers have unpredictable ports (symmetric NATs) and relaying is not allowed")]
+    SymmetricNat,
+    #[error("a relay is needed but none is available")]
+    NoRelay,
+    #[error("timed out")]
+    Timeout,
+    #[error("peer not registered at the rendezvous")]
+    UnknownPeer,
+    #[error("peer rejected the connection (reason {0})")]
+    Rejected(u8),
+    #[error("no control connection to the rendezvous")]
+    NoRendezvous,
+    #[error("closed")]
+    Closed,
+    #[error("quic: {0}")]
+    Quic(String),
+}
+
+impl ConnectError {
+    /// Stable short name, for the Erlang error atom.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectError::PunchFailed => "punch_failed",
+            ConnectError::SymmetricNat => "symmetric_nat",
+            ConnectError::NoRelay => "no_relay",
+            ConnectError::Timeout => "timeout",
+            ConnectError::UnknownPeer => "unknown_peer",
+            ConnectError::Rejected(_) => "rejected",
+            ConnectError::NoRendezvous => "no_rendezvous",
+            ConnectError::Closed => "closed",
+            ConnectError::Quic(_) => "quic",
+        }
+    }
+}
+
+impl From<QuicError> for ConnectError {
+    fn from(e: QuicError) -> ConnectError {
+        match e {
+            QuicError::Closed => ConnectError::Closed,
+            QuicError::TimedOut => ConnectError::Timeout,
+            other => ConnectError::Quic(other.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnectOpts {
+    /// Bound on the whole connect (signalling, punching, QUIC handshake).
+    pub timeout: Duration,
+    /// Transmissions per punched path.
+    pub max_punch_attempts: u32,
+    /// Whether a relayed connection is acceptable (relays are not
+    /// implemented: with `true` a relay-only pair fails with `NoRelay`
+    /// instead of `SymmetricNat`).
+    pub allow_relay: bool,
+    /// Use Direct / ConnectionReversal when the table says so (default).
+    /// `false` makes the pair punch instead (tests, or a peer that lies
+    /// about being reachable).
+    pub prefer_direct: bool,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        ConnectOpts { timeout: Duration::from_secs(10), max_punch_attempts: 10, allow_relay: false, prefer_direct: true }
+    }
+}
+
+/// A successful connect, with details.
+#[derive(Debug)]
+pub struct Connected {
+    pub conn: Connection,
+    pub method: Method,
+    pub strategy: Strategy,
+    pub elapsed: Duration,
+}
+
+/// Signalling settings.
+#[derive(Clone, Debug)]
+pub struct SignalConfig {
+    /// This node's NAT profile (from detection). `public_addr` is ignored:
+    /// the rendezvous' observation is used.
+    pub profile: PeerInfo,
+    /// Extra candidate addresses to advertise (e.g. LAN addresses).
+    pub candidates: Vec<SocketAddr>,
+    /// Bound on dialling the rendezvous and registering.
+    pub join_timeout: Duration,
+    /// Wait between reconnection attempts (doubles up to 8x).
+    pub reconnect_backoff: Duration,
+    /// How long a responder waits for the session to complete.
+    pub responder_timeout: Duration,
+}
+
+impl SignalConfig {
+    pub fn new(profile: PeerInfo) -> SignalConfig {
+        SignalConfig {
+            profile,
+            candidates: Vec::new(),
+            join_timeout: Duration::from_secs(5),
+            reconnect_backoff: Duration::from_millis(250),
+            responder_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A profile for a host with a public address and no filtering.
+pub fn public_profile() -> PeerInfo {
+    profile_of(NatType { mapping: Mapping::Ei, allocation: Allocation::Pp, filtering: Filtering::Ei }, None, true)
+}
+
+/// A profile for a host behind a NAT of type `nat`.
+pub fn profile_of(nat: NatType, port_delta: Option<i32>, no_nat: bool) -> PeerInfo {
+    PeerInfo {
+        mapping: nat.mapping,
+        filtering: nat.filtering,
+        allocation: nat.allocation,
+        confidence: Confidence::High,
+        public_addr: None,
+        port_delta,
+        no_nat,
+        detected_at: 0,
+        endpoints: Vec::new(),
+        rendezvous: Vec::new(),
+    }
+}
+
+/// Signalling messages of one session, routed from the control loop.
+type SessionTx = mpsc::UnboundedSender<Msg>;
+
+struct Inner {
+    node: Arc<Node>,
+    rendezvous: SocketAddr,
+    rendezvous_id: NodeId,
+    cfg: RwLock<SignalConfig>,
+    control: watch::Sender<Option<Connection>>,
+    observed: Mutex<Option<SocketAddr>>,
+    sessions: Mutex<HashMap<SessionId, SessionTx>>,
+    dispatch: Arc<Dispatch>,
+}
+
+/// A node's membership at a rendezvous. Dropping it (or `close`) leaves.
+pub struct Signal {
+    inner: Arc<Inner>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Signal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Signal {
+    /// Joins the rendezvous at `rendezvous_addr` (whose node key must be
+    /// `rendezvous_id`) with a public, unfiltered profile. Use
+    /// [`Signal::join_with`] to give the node's detected profile.
+    pub async fn join(node: Arc<Node>, rendezvous_addr: SocketAddr, rendezvous_id: NodeId) -> Result<Signal, ConnectError> {
+        Self::join_with(node, rendezvous_addr, rendezvous_id, SignalConfig::new(public_profile())).await
+    }
+
+    pub async fn join_with(
+        node: Arc<Node>,
+        rendezvous_addr: SocketAddr,
+        rendezvous_id: NodeId,
+        cfg: SignalConfig,
+    ) -> Result<Signal, ConnectError> {
+        let dispatch = node.dispatch()?;
+        let (control, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            node,
+            rendezvous: rendezvous_addr,
+            rendezvous_id,
+            cfg: RwLock::new(cfg),
+            control,
+            observed: Mutex::new(None),
+            sessions: Mutex::new(HashMap::new()),
+            dispatch,
+        });
+        let conn = register(&inner).await?;
+        let task = runtime::spawn(control_loop(Arc::downgrade(&inner), conn));
+        Ok(Signal { inner, task })
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.inner.node
+    }
+
+    /// Our address as the rendezvous sees it.
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        *self.inner.observed.lock().ok()?
+    }
+
+    /// Whether the control connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none())
+    }
+
+    /// Replaces the profile advertised from now on (e.g. after a new
+    /// detection).
+    pub fn set_profile(&self, profile: PeerInfo) {
+        if let Ok(mut c) = self.inner.cfg.write() {
+            c.profile = profile;
+        }
+    }
+
+    /// The next incoming connection: sessions where this node was the
+    /// responder, and unsolicited connections. `None` once the node closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        self.inner.dispatch.accept().await
+    }
+
+    /// Leaves the rendezvous (closes the control connection).
+    pub fn close(&self) {
+        self.task.abort();
+        if let Some(c) = self.inner.control.borrow().as_ref() {
+            c.close("signal closed");
+        }
+    }
+}
+
+async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectError> {
+    let join_timeout = inner.cfg.read().map(|c| c.join_timeout).unwrap_or(Duration::from_secs(5));
+    let go = async {
+        let quic = inner.node.quic()?;
+        let conn = quic.connect(inner.rendezvous, inner.rendezvous_id).await?;
+        conn.send(Msg::Hello(HelloKind::Control).encode()).await?;
+        loop {
+            let Some(m) = conn.recv().await else { return Err(ConnectError::NoRendezvous) };
+            if let Ok(Msg::Registered { observed }) = Msg::decode(&m) {
+                if let Ok(mut o) = inner.observed.lock() {
+                    *o = Some(observed);
+                }
+                inner.control.send_replace(Some(conn.clone()));
+                return Ok(conn);
+            }
+        }
+    };
+    tokio::time::timeout(join_timeout, go).await.unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// Receives on the control connection; re-registers when it is lost.
+async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connection) {
+    loop {
+        while let Some(bytes) = conn.recv().await {
+            let Some(inner) = weak.upgrade() else { return };
+            match Msg::decode(&bytes) {
+                Ok(Msg::Incoming { from, session, flags, profile, observed }) => {
+                    runtime::spawn(respond(inner, from, session, flags, profile, observed));
+                }
+                Ok(m) => {
+                    let Some(s) = m.session() else { continue };
+                    let tx = inner.sessions.lock().ok().and_then(|m| m.get(&s).cloned());
+                    if let Some(tx) = tx {
+                        let _ = tx.send(m);
+                    }
+                }
+                Err(e) => tracing::debug!("signal: bad message from rendezvous: {e}"),
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        inner.control.send_replace(None);
+        let base = inner.cfg.read().map(|c| c.reconnect_backoff).unwrap_or(Duration::from_millis(250));
+        let mut backoff = base;
+        conn = loop {
+            if inner.node.is_closed() {
+                return;
+            }
+            match register(&inner).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::debug!("signal: reconnect to rendezvous failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(base * 8);
+                }
+            }
+        };
+    }
+}
+
+fn control(inner: &Inner) -> Result<Connection, ConnectError> {
+    inner.control.borrow().clone().ok_or(ConnectError::NoRendezvous)
+}
+
+fn our_profile(inner: &Inner) -> Profile {
+    let cfg = inner.cfg.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
+    let local = inner.node.local_addr().ok();
+    let mut candidates = cfg.candidates.clone();
+    if let Some(l) = local.filter(|l| !l.ip().is_unspecified()) {
+        candidates.push(l);
+    }
+    let mut info = cfg.profile;
+    info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
+    Profile { info, local_port: local.map_or(0, |l| l.port()), candidates }
+}
+
+fn peer_nat(p: &PeerInfo) -> PeerNat {
+    PeerNat {
+        nat: NatType { mapping: p.mapping, allocation: p.allocation, filtering: p.filtering },
+        public: p.no_nat,
+        port_delta: p.port_delta,
+    }
+}
+
+/// Ports to try beyond the last observed one for a contiguous allocator.
+const CONTIGUITY_WINDOW: i64 = 8;
+
+/// Where to aim at a peer with `profile`, seen by the rendezvous at
+/// `observed`: most likely first.
+pub fn targets(profile: &Profile, observed: SocketAddr) -> Vec<SocketAddr> {
+    let mut v = Vec::new();
+    let ip = observed.ip();
+    match strategy::aim(&peer_nat(&profile.info)) {
+        Aim::Reflexive => v.push(observed),
+        Aim::Preserved => {
+            v.push(SocketAddr::new(ip, profile.local_port));
+            v.push(observed);
+        }
+        Aim::Contiguous(d) => {
+            for k in 1..=CONTIGUITY_WINDOW {
+                v.push(SocketAddr::new(ip, wrap_port(observed.port() as i64 + k * d as i64)));
+            }
+            v.push(observed);
+        }
+        Aim::Unpredictable => v.push(observed),
+    }
+    for c in &profile.candidates {
+        if !v.contains(c) {
+            v.push(*c);
+        }
+    }
+    v.dedup();
+    v
+}
+
+/// The strategy for initiator `a` and responder `b`.
+fn decide(a: &Profile, b: &Profile, flags: u8) -> Strategy {
+    let s = strategy::choose(&peer_nat(&a.info), &peer_nat(&b.info));
+    if flags & signal::FLAG_NO_DIRECT != 0 && matches!(s, Strategy::Direct { .. } | Strategy::ConnectionReversal { .. }) {
+        return Strategy::SimplePunch;
+    }
+    s
+}
+
+/// Registers a session's signalling channel; unregisters on drop.
+struct SessionGuard<'a> {
+    inner: &'a Inner,
+    session: SessionId,
+    rx: mpsc::UnboundedReceiver<Msg>,
+}
+
+impl<'a> SessionGuard<'a> {
+    fn new(inner: &'a Inner, session: SessionId) -> SessionGuard<'a> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut m) = inner.sessions.lock() {
+            m.insert(session, tx);
+        }
+        SessionGuard { inner, session, rx }
+    }
+}
+
+impl Drop for SessionGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.inner.sessions.lock() {
+            m.remove(&self.session);
+        }
+        self.inner.dispatch.forget_session(&self.session);
+    }
+}
+
+/// Connects to `target` through the signal's rendezvous.
+pub async fn connect(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Result<(Connection, Method), ConnectError> {
+    connect_detailed(signal, target, opts).await.map(|c| (c.conn, c.method))
+}
+
+/// Like [`connect`], also saying which strategy was used and how long it took.
+pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Result<Connected, ConnectError> {
+    let started = Instant::now();
+    let timeout = opts.timeout;
+    let r = tokio::time::timeout(timeout, initiate(&signal.inner, target, &opts)).await;
+    match r {
+        Ok(Ok((conn, method, strategy))) => Ok(Connected { conn, method, strategy, elapsed: started.elapsed() }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Result<(Connection, Method, Strategy), ConnectError> {
+    let session: SessionId = rand::random();
+    let mut guard = SessionGuard::new(inner, session);
+    let ctl = control(inner)?;
+    let me = our_profile(inner);
+    let flags = if opts.prefer_direct { 0 } else { signal::FLAG_NO_DIRECT };
+    ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
+    let (peer, observed) = loop {
+        match guard.rx.recv().await {
+            Some(Msg::Answered { profile, observed, .. }) => break (profile, observed),
+            Some(Msg::Unknown { .. }) => return Err(ConnectError::UnknownPeer),
+            Some(Msg::Reject { reason, .. }) => return Err(ConnectError::Rejected(reason)),
+            Some(_) => continue,
+            None => return Err(ConnectError::NoRendezvous),
+        }
+    };
+    let strategy = decide(&me, &peer, flags);
+    // Relay-only pairs fail before the go: nothing to wait for.
+    if strategy.is_relay() {
+        let hard = |p: &Profile| strategy::aim(&peer_nat(&p.info)) == Aim::Unpredictable;
+        return Err(if hard(&me) && hard(&peer) && !opts.allow_relay {
+            ConnectError::SymmetricNat
+        } else {
+            ConnectError::NoRelay
+        });
+    }
+    let go = loop {
+        match guard.rx.recv().await {
+            Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
+            Some(_) => continue,
+            None => return Err(ConnectError::NoRendezvous),
+        }
+    };
+    let (conn, method) = act(inner, Side::A, strategy, session, target, &peer, observed, go, opts.max_punch_attempts).await?;
+    drop(guard);
+    Ok((conn, method, strategy))
+}
+
+/// Responder side of a session, run by the control loop on `Incoming`.
+async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8, peer: Profile, observed: SocketAddr) {
+    let mut guard = SessionGuard::new(&inner, session);
+    let me = our_profile(&inner);
+    let Ok(ctl) = control(&inner) else { return };
+    let strategy = decide(&peer, &me, flags);
+    if ctl.send(Msg::Answer { to: from, session, profile: me }.encode()).await.is_err() {
+        return;
+    }
+    if strategy.is_relay() {
+        return;
+    }
+    let timeout = inner.cfg.read().map(|c| c.responder_timeout).unwrap_or(Duration::from_secs(15));
+    let run = async {
+        let go = loop {
+            match guard.rx.recv().await {
+                Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
+                Some(_) => continue,
+                None => return Err(ConnectError::NoRendezvous),
+            }
+        };
+        act(&inner, Side::B, strategy, session, from, &peer, observed, go, ConnectOpts::default().max_punch_attempts).await
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok((conn, method))) => {
+            tracing::debug!("signal: responder session done ({})", method.name());
+            inner.dispatch.deliver(conn);
+        }
+        Ok(Err(e)) => tracing::debug!("signal: responder session failed: {e}"),
+        Err(_) => tracing::debug!("signal: responder session timed out"),
+    }
+    drop(guard);
+}
+
+/// Dials `addr` for `session` and announces the session.
+async fn dial(inner: &Inner, addr: SocketAddr, peer: NodeId, session: SessionId) -> Result<Connection, ConnectError> {
+    let conn = inner.node.quic()?.connect(addr, peer).await?;
+    conn.send(Msg::Hello(HelloKind::Session(session)).encode()).await?;
+    Ok(conn)
+}
+
+/// Acts on the go: `side` is our side in `strategy` (A = initiator).
+#[allow(clippy::too_many_arguments)]
+async fn act(
+    inner: &Arc<Inner>,
+    side: Side,
+    strategy: Strategy,
+    session: SessionId,
+    peer_id: NodeId,
+    peer: &Profile,
+    observed: SocketAddr,
+    (wait, pair_rtt): (Duration, Duration),
+    max_attempts: u32,
+) -> Result<(Connection, Method), ConnectError> {
+    // Register for the session connection before anything can arrive.
+    let incoming = inner.dispatch.expect_session(session);
+    let dialer_is_us = |d: Side| d == side;
+    match strategy {
+        Strategy::Direct { dialer } => {
+            let us = match dialer {
+                Dialer::Either => side == Side::A,
+                Dialer::A => side == Side::A,
+                Dialer::B => side == Side::B,
+            };
+            if us {
+                drop(incoming);
+                Ok((dial(inner, observed, peer_id, session).await?, Method::Direct))
+            } else {
+                Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct))
+            }
+        }
+        Strategy::ConnectionReversal { dialer } => {
+            tokio::time::sleep(wait).await;
+            if dialer_is_us(dialer) {
+                drop(incoming);
+                // Let the listener's opening packets leave first.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let to = targets(peer, observed)[0];
+                Ok((dial(inner, to, peer_id, session).await?, Method::Direct))
+            } else {
+                let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
+                for _ in 0..3 {
+                    let _ = inner.node.send_to(&open, observed).await;
+                }
+                Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct))
+            }
+        }
+        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => {
+            let reg = punch_driver::register(&inner.node, session);
+            tokio::time::sleep(wait).await;
+            let role = if side == Side::A { Role::Initiator } else { Role::Responder };
+            let tgts = targets(peer, observed).into_iter().map(|a| (0usize, a)).collect();
+            let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, tgts, pair_rtt);
+            cfg.max_attempts = max_attempts.max(1);
+            cfg.seed = rand::random();
+            let punched = punch_driver::run(inner.node.clone(), reg, cfg).await;
+            match side {
+                Side::A => {
+                    drop(incoming);
+                    let ok = punched.map_err(|_| ConnectError::PunchFailed)?;
+                    Ok((dial(inner, ok.remote_addr, peer_id, session).await?, Method::Punched))
+                }
+                Side::B => {
+                    // The initiator decides: even if our machine saw no
+                    // nomination, its dial may still come (bounded by the
+                    // responder timeout).
+                    if let Err(e) = punched {
+                        tracing::debug!("signal: responder punch: {e}");
+                    }
+                    Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Punched))
+                }
+            }
+        }
+        Strategy::BirthdayProbing { .. } => Err(ConnectError::PunchFailed),
+        Strategy::Relay => Err(ConnectError::NoRelay),
+    }
+}

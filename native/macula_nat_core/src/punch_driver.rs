@@ -1,0 +1,140 @@
+//! Runs a [`Punch`] (the sans-IO hole-punch machine of `macula_nat_proto`)
+//! on the node's socket.
+//!
+//! Routing: punch packets are STUN Binding requests/responses carrying a
+//! PUNCH-TOKEN. The node's receive loop asks [`PunchRoutes`] first: a STUN
+//! datagram whose token names a registered session goes to that session's
+//! channel (requests included: the machine answers them itself, with its
+//! token). Datagrams of unknown sessions fall through to the ordinary STUN
+//! handling (a request gets a plain answer, which the peer's machine
+//! ignores).
+//!
+//! A session is registered before the "go" wait, so packets of a peer that
+//! starts a little earlier are queued, and stays registered for
+//! [`LINGER`] after the machine finished, so the peer, which may finish a
+//! little later, still gets answers.
+
+use crate::Node;
+use macula_nat_proto::punch::{self, Punch, PunchConfig, PunchError, PunchSuccess, SessionId};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How long a finished machine keeps answering the peer.
+pub const LINGER: Duration = Duration::from_secs(3);
+/// Datagrams queued per session before more are dropped.
+const QUEUE: usize = 1024;
+
+type Datagram = (SocketAddr, Vec<u8>);
+
+/// Punch sessions of one node, keyed by session id.
+#[derive(Default)]
+pub struct PunchRoutes {
+    map: Mutex<HashMap<SessionId, mpsc::Sender<Datagram>>>,
+}
+
+impl PunchRoutes {
+    /// Offers a STUN datagram to the punch sessions; `true` if one took it.
+    pub(crate) fn offer(&self, from: SocketAddr, data: &[u8]) -> bool {
+        let Ok(map) = self.map.lock() else { return false };
+        if map.is_empty() {
+            return false;
+        }
+        let Some(s) = punch::session_of(data) else { return false };
+        match map.get(&s) {
+            Some(tx) => {
+                // Full queue: drop (the peer retransmits).
+                let _ = tx.try_send((from, data.to_vec()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn register(self: &Arc<Self>, session: SessionId) -> Registration {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        if let Ok(mut m) = self.map.lock() {
+            m.insert(session, tx);
+        }
+        Registration { routes: self.clone(), session, rx }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// A registered session; unregisters on drop.
+pub struct Registration {
+    routes: Arc<PunchRoutes>,
+    session: SessionId,
+    rx: mpsc::Receiver<Datagram>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.routes.map.lock() {
+            m.remove(&self.session);
+        }
+    }
+}
+
+/// Starts receiving the session's punch packets on `node` (queued until
+/// [`run`] starts the machine).
+pub fn register(node: &Node, session: SessionId) -> Registration {
+    node.punch_routes().register(session)
+}
+
+/// Runs the punch from now on (the caller has already waited for the go).
+/// Only socket 0 (the node socket) is used. After the outcome, a background
+/// task keeps the machine answering for [`LINGER`].
+pub async fn run(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig) -> Result<PunchSuccess, PunchError> {
+    // The start delay is the initiator's RTT/2 wait, which the rendezvous
+    // "go" timing replaces: start at once.
+    let now = Instant::now();
+    let t0 = now.checked_sub(cfg.start_delay()).unwrap_or(now);
+    let mut p = Punch::new(cfg, t0);
+    let result = loop {
+        if let Some(r) = drive(&node, &mut p).await {
+            break r;
+        }
+        let wake = p.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
+        tokio::select! {
+            d = reg.rx.recv() => match d {
+                Some((from, data)) => { p.handle_datagram(Instant::now(), 0, from, &data); }
+                None => break Err(PunchError::Timeout),
+            },
+            _ = tokio::time::sleep_until(wake.into()) => p.handle_timeout(Instant::now()),
+        }
+    };
+    crate::runtime::spawn(async move {
+        let end = tokio::time::Instant::now() + LINGER;
+        loop {
+            let _ = drive(&node, &mut p).await;
+            let wake = p.poll_timeout().map(tokio::time::Instant::from).unwrap_or(end).min(end);
+            tokio::select! {
+                d = reg.rx.recv() => match d {
+                    Some((from, data)) => { p.handle_datagram(Instant::now(), 0, from, &data); }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= end { return; }
+                    p.handle_timeout(Instant::now());
+                }
+            }
+        }
+    });
+    result
+}
+
+/// Sends what is due; returns the outcome once there is one.
+async fn drive(node: &Node, p: &mut Punch) -> Option<Result<PunchSuccess, PunchError>> {
+    while let Some(t) = p.poll_transmit(Instant::now()) {
+        if let Err(e) = node.send_to(&t.payload, t.dst).await {
+            tracing::debug!("punch send to {} failed: {e}", t.dst);
+        }
+    }
+    p.poll_result()
+}

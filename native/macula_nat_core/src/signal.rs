@@ -1,0 +1,435 @@
+//! Signalling message formats: what peers and a rendezvous say to each other
+//! over their control connections, and the first message of a connection
+//! made by [`crate::connector`].
+//!
+//! Every message is one [`crate::Connection`] message (the QUIC layer frames
+//! them). Hand-written codec, no serde: the formats are small, fixed and
+//! must stay readable from other languages. All integers big-endian.
+//!
+//! ```text
+//! addr     = family(u8: 4 | 6) ip(4 | 16) port(u16)
+//! node_id  = 32 bytes (ed25519 public key)
+//! session  = 16 random bytes, chosen by the initiator
+//! profile  = mapping(u8) filtering(u8) allocation(u8) confidence(u8) flags(u8)
+//!            [public addr, if flags & 1] [port_delta i32, if flags & 2]
+//!            detected_at(u64) local_port(u16) n(u8) addr*n (candidates)
+//!            flags & 4: no NAT (public host)
+//!            mapping/filtering: 0 EI, 1 HD, 2 PD; allocation: 0 PP, 1 PC, 2 RD;
+//!            confidence: 0 low, 1 medium, 2 high
+//!
+//! Hello      0x01 "MNS1" kind(u8)            first message of a connection
+//!                 kind 1: control connection (peer -> rendezvous)
+//!                 kind 2: session connection, followed by session(16)
+//! Registered 0x02 observed(addr)             rendezvous -> peer, after Hello:
+//!                                            the peer's address as seen by the
+//!                                            rendezvous (its reflexive address)
+//! Connect    0x03 to(node_id) session flags(u8) profile
+//!                                            initiator -> rendezvous
+//!                                            flags & 1: no direct strategies
+//! Incoming   0x04 from(node_id) session flags(u8) profile observed(addr)
+//!                                            rendezvous -> responder; observed
+//!                                            = the initiator's address as seen
+//!                                            by the rendezvous
+//! Answer     0x05 to(node_id) session profile
+//!                                            responder -> rendezvous
+//! Answered   0x06 from(node_id) session profile observed(addr)
+//!                                            rendezvous -> initiator
+//! Go         0x07 session wait_us(u32) own_rtt_us(u32) peer_rtt_us(u32)
+//!                                            rendezvous -> both, right after
+//!                                            Answered: start in wait_us
+//! Unknown    0x08 session                    rendezvous -> initiator: the
+//!                                            target is not registered
+//! Reject     0x09 peer(node_id) session reason(u8)
+//!                                            responder -> rendezvous (peer =
+//!                                            initiator), relayed to the
+//!                                            initiator with peer = responder
+//! ```
+//!
+//! Timing ("Go"): the rendezvous measures the RTT of each control
+//! connection (quinn's smoothed RTT) and sends Go to both peers at once,
+//! telling each to wait `(max_rtt - own_rtt) / 2`. A Go reaches a peer
+//! `own_rtt / 2` after it left, so both start `max_rtt / 2` after the
+//! rendezvous sent them: no wall clocks are compared.
+//!
+//! Unknown message types and truncated messages are decoding errors; a
+//! peer that sends one has its message dropped (the connection stays).
+
+use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
+use macula_nat_proto::record::PeerInfo;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+pub type NodeId = [u8; 32];
+pub type SessionId = [u8; 16];
+
+pub const MAGIC: [u8; 4] = *b"MNS1";
+/// Candidates kept per profile.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// Connect flag: the initiator asked for no Direct / ConnectionReversal
+/// (`ConnectOpts::prefer_direct == false`): the pair punches instead.
+pub const FLAG_NO_DIRECT: u8 = 1;
+
+/// Reject reasons.
+pub mod reject {
+    /// The responder is shutting down or not accepting.
+    pub const BUSY: u8 = 1;
+    /// The responder could not parse or use the request.
+    pub const BAD_REQUEST: u8 = 2;
+}
+
+/// What a peer tells the other about itself: its NAT profile (a
+/// [`PeerInfo`]), the local port of its node socket (for port
+/// preservation) and its candidate addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Profile {
+    pub info: PeerInfo,
+    pub local_port: u16,
+    pub candidates: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelloKind {
+    Control,
+    Session(SessionId),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    Hello(HelloKind),
+    Registered { observed: SocketAddr },
+    Connect { to: NodeId, session: SessionId, flags: u8, profile: Profile },
+    Incoming { from: NodeId, session: SessionId, flags: u8, profile: Profile, observed: SocketAddr },
+    Answer { to: NodeId, session: SessionId, profile: Profile },
+    Answered { from: NodeId, session: SessionId, profile: Profile, observed: SocketAddr },
+    Go { session: SessionId, wait: Duration, own_rtt: Duration, peer_rtt: Duration },
+    Unknown { session: SessionId },
+    Reject { peer: NodeId, session: SessionId, reason: u8 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("truncated message")]
+    Truncated,
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    #[error("bad field value")]
+    BadValue,
+}
+
+impl Msg {
+    /// The session a message is about, if any.
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            Msg::Hello(HelloKind::Session(s)) => Some(*s),
+            Msg::Hello(_) | Msg::Registered { .. } => None,
+            Msg::Connect { session, .. }
+            | Msg::Incoming { session, .. }
+            | Msg::Answer { session, .. }
+            | Msg::Answered { session, .. }
+            | Msg::Go { session, .. }
+            | Msg::Unknown { session }
+            | Msg::Reject { session, .. } => Some(*session),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(128);
+        match self {
+            Msg::Hello(k) => {
+                b.push(0x01);
+                b.extend_from_slice(&MAGIC);
+                match k {
+                    HelloKind::Control => b.push(1),
+                    HelloKind::Session(s) => {
+                        b.push(2);
+                        b.extend_from_slice(s);
+                    }
+                }
+            }
+            Msg::Registered { observed } => {
+                b.push(0x02);
+                put_addr(&mut b, *observed);
+            }
+            Msg::Connect { to, session, flags, profile } => {
+                b.push(0x03);
+                b.extend_from_slice(to);
+                b.extend_from_slice(session);
+                b.push(*flags);
+                put_profile(&mut b, profile);
+            }
+            Msg::Incoming { from, session, flags, profile, observed } => {
+                b.push(0x04);
+                b.extend_from_slice(from);
+                b.extend_from_slice(session);
+                b.push(*flags);
+                put_profile(&mut b, profile);
+                put_addr(&mut b, *observed);
+            }
+            Msg::Answer { to, session, profile } => {
+                b.push(0x05);
+                b.extend_from_slice(to);
+                b.extend_from_slice(session);
+                put_profile(&mut b, profile);
+            }
+            Msg::Answered { from, session, profile, observed } => {
+                b.push(0x06);
+                b.extend_from_slice(from);
+                b.extend_from_slice(session);
+                put_profile(&mut b, profile);
+                put_addr(&mut b, *observed);
+            }
+            Msg::Go { session, wait, own_rtt, peer_rtt } => {
+                b.push(0x07);
+                b.extend_from_slice(session);
+                for d in [wait, own_rtt, peer_rtt] {
+                    b.extend_from_slice(&micros(*d).to_be_bytes());
+                }
+            }
+            Msg::Unknown { session } => {
+                b.push(0x08);
+                b.extend_from_slice(session);
+            }
+            Msg::Reject { peer, session, reason } => {
+                b.push(0x09);
+                b.extend_from_slice(peer);
+                b.extend_from_slice(session);
+                b.push(*reason);
+            }
+        }
+        b
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Msg, DecodeError> {
+        let mut r = Reader(data);
+        let t = r.u8()?;
+        let m = match t {
+            0x01 => {
+                if r.take(4)? != MAGIC {
+                    return Err(DecodeError::BadValue);
+                }
+                match r.u8()? {
+                    1 => Msg::Hello(HelloKind::Control),
+                    2 => Msg::Hello(HelloKind::Session(r.array()?)),
+                    _ => return Err(DecodeError::BadValue),
+                }
+            }
+            0x02 => Msg::Registered { observed: r.addr()? },
+            0x03 => Msg::Connect { to: r.array()?, session: r.array()?, flags: r.u8()?, profile: r.profile()? },
+            0x04 => Msg::Incoming {
+                from: r.array()?,
+                session: r.array()?,
+                flags: r.u8()?,
+                profile: r.profile()?,
+                observed: r.addr()?,
+            },
+            0x05 => Msg::Answer { to: r.array()?, session: r.array()?, profile: r.profile()? },
+            0x06 => Msg::Answered { from: r.array()?, session: r.array()?, profile: r.profile()?, observed: r.addr()? },
+            0x07 => Msg::Go {
+                session: r.array()?,
+                wait: Duration::from_micros(r.u32()? as u64),
+                own_rtt: Duration::from_micros(r.u32()? as u64),
+                peer_rtt: Duration::from_micros(r.u32()? as u64),
+            },
+            0x08 => Msg::Unknown { session: r.array()? },
+            0x09 => Msg::Reject { peer: r.array()?, session: r.array()?, reason: r.u8()? },
+            other => return Err(DecodeError::UnknownType(other)),
+        };
+        Ok(m)
+    }
+}
+
+fn micros(d: Duration) -> u32 {
+    d.as_micros().min(u32::MAX as u128) as u32
+}
+
+fn put_addr(b: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(ip) => {
+            b.push(4);
+            b.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            b.push(6);
+            b.extend_from_slice(&ip.octets());
+        }
+    }
+    b.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn put_profile(b: &mut Vec<u8>, p: &Profile) {
+    let i = &p.info;
+    b.push(match i.mapping {
+        Mapping::Ei => 0,
+        Mapping::Hd => 1,
+        Mapping::Pd => 2,
+    });
+    b.push(match i.filtering {
+        Filtering::Ei => 0,
+        Filtering::Hd => 1,
+        Filtering::Pd => 2,
+    });
+    b.push(match i.allocation {
+        Allocation::Pp => 0,
+        Allocation::Pc => 1,
+        Allocation::Rd => 2,
+    });
+    b.push(match i.confidence {
+        Confidence::Low => 0,
+        Confidence::Medium => 1,
+        Confidence::High => 2,
+    });
+    let flags = (i.public_addr.is_some() as u8) | ((i.port_delta.is_some() as u8) << 1) | ((i.no_nat as u8) << 2);
+    b.push(flags);
+    if let Some(a) = i.public_addr {
+        put_addr(b, a);
+    }
+    if let Some(d) = i.port_delta {
+        b.extend_from_slice(&d.to_be_bytes());
+    }
+    b.extend_from_slice(&i.detected_at.to_be_bytes());
+    b.extend_from_slice(&p.local_port.to_be_bytes());
+    let n = p.candidates.len().min(MAX_CANDIDATES);
+    b.push(n as u8);
+    for a in &p.candidates[..n] {
+        put_addr(b, *a);
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (h, t) = self.0.split_at(n);
+        self.0 = t;
+        Ok(h)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
+        let ip = match self.u8()? {
+            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
+            _ => return Err(DecodeError::BadValue),
+        };
+        Ok(SocketAddr::new(ip, self.u16()?))
+    }
+    fn profile(&mut self) -> Result<Profile, DecodeError> {
+        let mapping = [Mapping::Ei, Mapping::Hd, Mapping::Pd].get(self.u8()? as usize).copied().ok_or(DecodeError::BadValue)?;
+        let filtering =
+            [Filtering::Ei, Filtering::Hd, Filtering::Pd].get(self.u8()? as usize).copied().ok_or(DecodeError::BadValue)?;
+        let allocation =
+            [Allocation::Pp, Allocation::Pc, Allocation::Rd].get(self.u8()? as usize).copied().ok_or(DecodeError::BadValue)?;
+        let confidence = [Confidence::Low, Confidence::Medium, Confidence::High]
+            .get(self.u8()? as usize)
+            .copied()
+            .ok_or(DecodeError::BadValue)?;
+        let flags = self.u8()?;
+        let public_addr = if flags & 1 != 0 { Some(self.addr()?) } else { None };
+        let port_delta = if flags & 2 != 0 { Some(self.u32()? as i32) } else { None };
+        let detected_at = self.u64()?;
+        let local_port = self.u16()?;
+        let n = self.u8()? as usize;
+        if n > MAX_CANDIDATES {
+            return Err(DecodeError::BadValue);
+        }
+        let candidates = (0..n).map(|_| self.addr()).collect::<Result<Vec<_>, _>>()?;
+        Ok(Profile {
+            info: PeerInfo {
+                mapping,
+                filtering,
+                allocation,
+                confidence,
+                public_addr,
+                port_delta,
+                no_nat: flags & 4 != 0,
+                detected_at,
+                endpoints: Vec::new(),
+                rendezvous: Vec::new(),
+            },
+            local_port,
+            candidates,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile() -> Profile {
+        Profile {
+            info: PeerInfo {
+                mapping: Mapping::Pd,
+                filtering: Filtering::Hd,
+                allocation: Allocation::Pc,
+                confidence: Confidence::High,
+                public_addr: Some("203.0.113.5:4000".parse().unwrap()),
+                port_delta: Some(-2),
+                no_nat: false,
+                detected_at: 1_700_000_000,
+                endpoints: Vec::new(),
+                rendezvous: Vec::new(),
+            },
+            local_port: 5555,
+            candidates: vec!["198.18.1.2:5555".parse().unwrap(), "[2001:db8::1]:7".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let id = [7u8; 32];
+        let s = [9u8; 16];
+        let obs: SocketAddr = "203.0.113.9:1234".parse().unwrap();
+        let ms = [
+            Msg::Hello(HelloKind::Control),
+            Msg::Hello(HelloKind::Session(s)),
+            Msg::Registered { observed: obs },
+            Msg::Connect { to: id, session: s, flags: FLAG_NO_DIRECT, profile: profile() },
+            Msg::Incoming { from: id, session: s, flags: 0, profile: profile(), observed: obs },
+            Msg::Answer { to: id, session: s, profile: profile() },
+            Msg::Answered { from: id, session: s, profile: profile(), observed: obs },
+            Msg::Go {
+                session: s,
+                wait: Duration::from_micros(1500),
+                own_rtt: Duration::from_micros(3000),
+                peer_rtt: Duration::from_micros(6000),
+            },
+            Msg::Unknown { session: s },
+            Msg::Reject { peer: id, session: s, reason: reject::BUSY },
+        ];
+        for m in ms {
+            let enc = m.encode();
+            assert_eq!(Msg::decode(&enc).unwrap(), m);
+            // Every strict prefix is refused, never misread.
+            for n in 0..enc.len() {
+                assert!(Msg::decode(&enc[..n]).is_err(), "{m:?} prefix {n}");
+            }
+        }
+        assert_eq!(Msg::decode(&[0x7f]), Err(DecodeError::UnknownType(0x7f)));
+        assert_eq!(Msg::decode(b"\x01XXXX\x01"), Err(DecodeError::BadValue));
+    }
+}

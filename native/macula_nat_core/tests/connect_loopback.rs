@@ -1,0 +1,156 @@
+//! Rendezvous + two nodes on 127.0.0.1: signalling, strategy choice,
+//! Direct and punched connects, errors, and the responder's `accept`.
+
+use macula_nat_core::connector::{profile_of, public_profile};
+use macula_nat_core::{connect_detailed, runtime, ConnectError, ConnectOpts, Identity, Method, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
+use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
+use macula_nat_proto::record::PeerInfo;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn node() -> Arc<Node> {
+    Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).unwrap()
+}
+
+struct Setup {
+    _rdv: Rendezvous,
+    a: Signal,
+    b: Signal,
+}
+
+async fn setup(pa: PeerInfo, pb: PeerInfo) -> Setup {
+    let r = node();
+    let rdv = Rendezvous::serve(r.clone()).unwrap();
+    let addr = r.local_addr().unwrap();
+    let a = Signal::join_with(node(), addr, r.node_id(), SignalConfig::new(pa)).await.unwrap();
+    let b = Signal::join_with(node(), addr, r.node_id(), SignalConfig::new(pb)).await.unwrap();
+    assert_eq!(a.observed_addr(), Some(a.node().local_addr().unwrap()));
+    Setup { _rdv: rdv, a, b }
+}
+
+/// A connects to B; both directions carry messages; B gets it from accept.
+async fn exchange(s: &Setup, opts: ConnectOpts) -> (Method, String) {
+    let b_id = s.b.node().node_id();
+    let c = tokio::time::timeout(Duration::from_secs(15), connect_detailed(&s.a, b_id, opts)).await.unwrap().unwrap();
+    assert_eq!(c.conn.peer_id(), b_id);
+    let on_b = tokio::time::timeout(Duration::from_secs(5), s.b.accept()).await.unwrap().unwrap();
+    assert_eq!(on_b.peer_id(), s.a.node().node_id());
+    c.conn.send(b"ping".to_vec()).await.unwrap();
+    assert_eq!(on_b.recv().await.unwrap(), b"ping");
+    on_b.send(b"pong".to_vec()).await.unwrap();
+    assert_eq!(c.conn.recv().await.unwrap(), b"pong");
+    (c.method, c.strategy.name().to_string())
+}
+
+#[test]
+fn direct_between_public_hosts() {
+    runtime::handle().block_on(async {
+        let s = setup(public_profile(), public_profile()).await;
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
+        // Twice on the same signals: sessions are independent.
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
+    });
+}
+
+fn nat(m: Mapping, f: Filtering, a: Allocation) -> PeerInfo {
+    profile_of(NatType { mapping: m, filtering: f, allocation: a }, None, false)
+}
+
+#[test]
+fn responder_dials_when_the_table_says_so() {
+    // A open (public), B port-restricted: the table makes B dial A.
+    runtime::handle().block_on(async {
+        let s = setup(public_profile(), nat(Mapping::Ei, Filtering::Pd, Allocation::Pp)).await;
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
+    });
+}
+
+#[test]
+fn simple_punch_on_loopback() {
+    runtime::handle().block_on(async {
+        let p = nat(Mapping::Ei, Filtering::Pd, Allocation::Pp);
+        let s = setup(p.clone(), p).await;
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Punched, "simple_punch".into()));
+        // prefer_direct = false punches even between open hosts.
+        let s = setup(public_profile(), public_profile()).await;
+        let opts = ConnectOpts { prefer_direct: false, ..ConnectOpts::default() };
+        assert_eq!(exchange(&s, opts).await, (Method::Punched, "simple_punch".into()));
+    });
+}
+
+#[test]
+fn connection_reversal_on_loopback() {
+    runtime::handle().block_on(async {
+        // A hard (PD-RD), B EI-HD: B listens, A dials.
+        let s = setup(nat(Mapping::Pd, Filtering::Pd, Allocation::Rd), nat(Mapping::Ei, Filtering::Hd, Allocation::Pp)).await;
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "connection_reversal".into()));
+        // And reversed roles: B hard, so B dials A.
+        let s = setup(nat(Mapping::Ei, Filtering::Hd, Allocation::Pp), nat(Mapping::Pd, Filtering::Pd, Allocation::Rd)).await;
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "connection_reversal".into()));
+    });
+}
+
+#[test]
+fn errors_are_fast_and_typed() {
+    runtime::handle().block_on(async {
+        let sym = nat(Mapping::Pd, Filtering::Pd, Allocation::Rd);
+        let s = setup(sym.clone(), sym).await;
+        let t = std::time::Instant::now();
+        let e = connect_detailed(&s.a, s.b.node().node_id(), ConnectOpts::default()).await.unwrap_err();
+        assert!(matches!(e, ConnectError::SymmetricNat), "{e}");
+        assert_eq!(e.kind(), "symmetric_nat");
+        let opts = ConnectOpts { allow_relay: true, ..ConnectOpts::default() };
+        let e = connect_detailed(&s.a, s.b.node().node_id(), opts).await.unwrap_err();
+        assert_eq!(e.kind(), "no_relay");
+        let e = connect_detailed(&s.a, [1u8; 32], ConnectOpts::default()).await.unwrap_err();
+        assert_eq!(e.kind(), "unknown_peer");
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    });
+}
+
+#[test]
+fn unsolicited_connection_reaches_accept() {
+    runtime::handle().block_on(async {
+        let s = setup(public_profile(), public_profile()).await;
+        let b_addr = s.b.node().local_addr().unwrap();
+        let c = s.a.node().quic().unwrap().connect(b_addr, s.b.node().node_id()).await.unwrap();
+        c.send(b"first".to_vec()).await.unwrap();
+        let on_b = tokio::time::timeout(Duration::from_secs(5), s.b.accept()).await.unwrap().unwrap();
+        // The message read to classify the connection is not lost.
+        assert_eq!(on_b.recv().await.unwrap(), b"first");
+    });
+}
+
+#[test]
+fn signal_rejoins_a_restarted_rendezvous() {
+    runtime::handle().block_on(async {
+        let seed = [42u8; 32];
+        let r = Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::from_seed(seed)).unwrap();
+        let addr = r.local_addr().unwrap();
+        let rdv = Rendezvous::serve(r.clone()).unwrap();
+        let a = Signal::join(node(), addr, r.node_id()).await.unwrap();
+        let b = Signal::join(node(), addr, r.node_id()).await.unwrap();
+        assert!(a.is_connected());
+        // The rendezvous goes away and comes back on the same address.
+        drop(rdv);
+        r.close();
+        let mut r2 = None;
+        for _ in 0..100 {
+            if let Ok(n) = Node::open(NodeConfig { bind: addr }, Identity::from_seed(seed)) {
+                r2 = Some(n);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let r2 = r2.expect("rendezvous port free again");
+        let rdv2 = Rendezvous::serve(r2.clone()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rdv2.peers().len() < 2 {
+            assert!(std::time::Instant::now() < deadline, "signals did not rejoin");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(a.is_connected() && b.is_connected());
+        let s = Setup { _rdv: rdv2, a, b };
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
+    });
+}

@@ -1,0 +1,221 @@
+//! Connecting across real NATs: a public host runs the rendezvous
+//! (`macula-connect rendezvous`), each pair of lab hosts runs a listener
+//! (B) and a connecting node (A). Asserts the strategy, the method, that a
+//! message goes A -> B -> A (the listener echoes), and that the
+//! relay-only pair fails fast. Profiles are given (`--nat`), not detected:
+//! this test is about connecting, `lab_detection` covers detection.
+
+use macula_nat_lab::{can_run, Lab, LabSpec, SiteSpec, UpOptions};
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::Duration;
+
+const RDV_PORT: u16 = 4433;
+
+fn ready() -> bool {
+    if let Err(why) = can_run() {
+        eprintln!("SKIPPED: lab tests need root, ip, nft and /dev/net/tun: {why}");
+        return false;
+    }
+    let lab_bin = std::path::Path::new(env!("CARGO_BIN_EXE_macula-connect")).with_file_name("macula-lab");
+    if !lab_bin.exists() {
+        panic!("{} missing: build it (cargo build --release -p macula_nat_lab) or run `cargo test --workspace`", lab_bin.display());
+    }
+    std::env::set_var("MACULA_LAB_BIN", lab_bin);
+    macula_nat_lab::reap(false);
+    true
+}
+
+/// The value of `"key":` in a one-line JSON object (strings unquoted).
+fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!("\"{key}\":");
+    let rest = &line[line.find(&pat)? + pat.len()..];
+    if let Some(s) = rest.strip_prefix('"') {
+        Some(s[..s.find('"')?].to_string())
+    } else {
+        Some(rest[..rest.find([',', '}']).unwrap_or(rest.len())].to_string())
+    }
+}
+
+/// Lines of a child's stdout, readable with a timeout.
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+struct Pair {
+    name: &'static str,
+    /// (host, lab nat spec or None for a public host, --nat for the node)
+    a: (&'static str, Option<&'static str>, &'static str),
+    b: (&'static str, Option<&'static str>, &'static str),
+    /// Expected: Ok((strategy, method)) or Err(error kind).
+    expect: Result<(&'static str, &'static str), &'static str>,
+}
+
+fn pairs() -> Vec<Pair> {
+    vec![
+        Pair {
+            name: "kernel full_cone -> port_restricted",
+            a: ("kfc", Some("kernel:full_cone"), "ei-ei-pp"),
+            b: ("kprc1", Some("kernel:port_restricted_cone"), "ei-pd-pp"),
+            expect: Ok(("direct", "direct")),
+        },
+        Pair {
+            name: "kernel port_restricted -> full_cone",
+            a: ("kprc2", Some("kernel:port_restricted_cone"), "ei-pd-pp"),
+            b: ("kfc2", Some("kernel:full_cone"), "ei-ei-pp"),
+            expect: Ok(("direct", "direct")),
+        },
+        Pair {
+            name: "kernel port_restricted -> port_restricted",
+            a: ("kprc3", Some("kernel:port_restricted_cone"), "ei-pd-pp"),
+            b: ("kprc4", Some("kernel:port_restricted_cone"), "ei-pd-pp"),
+            expect: Ok(("simple_punch", "punched")),
+        },
+        Pair {
+            name: "kernel symmetric -> public host",
+            a: ("ksym1", Some("kernel:symmetric"), "pd-pd-rd"),
+            b: ("pub1", None, "none"),
+            expect: Ok(("direct", "direct")),
+        },
+        Pair {
+            name: "public host -> kernel symmetric",
+            a: ("pub2", None, "none"),
+            b: ("ksym2", Some("kernel:symmetric"), "pd-pd-rd"),
+            expect: Ok(("direct", "direct")),
+        },
+        Pair {
+            name: "kernel symmetric -> symmetric",
+            a: ("ksym3", Some("kernel:symmetric"), "pd-pd-rd"),
+            b: ("ksym4", Some("kernel:symmetric"), "pd-pd-rd"),
+            expect: Err("symmetric_nat"),
+        },
+        Pair {
+            name: "user ei-pd-pc:2 -> ei-pd-pp",
+            a: ("uc1", Some("user:ei-pd-pc:delta=2"), "ei-pd-pc:delta=2"),
+            b: ("up1", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            expect: Ok(("simple_punch", "punched")),
+        },
+        Pair {
+            name: "user pd-pd-pc:2 -> ei-pd-pp",
+            a: ("uc2", Some("user:pd-pd-pc:delta=2"), "pd-pd-pc:delta=2"),
+            b: ("up2", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            expect: Ok(("predict_contiguity", "punched")),
+        },
+        // Unequal paths to the rendezvous (one-way delay 40 ms each way on
+        // A's site, 5 ms on B's): the go's RTT-based waits line the two
+        // starts up.
+        Pair {
+            name: "user ei-pd-pp (40ms) -> ei-pd-pp (5ms)",
+            a: ("ud1", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            b: ("ud2", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            expect: Ok(("simple_punch", "punched")),
+        },
+        Pair {
+            name: "user pd-pd-rd -> ei-hd-pp",
+            a: ("ur1", Some("user:pd-pd-rd"), "pd-pd-rd"),
+            b: ("uh1", Some("user:ei-hd-pp"), "ei-hd-pp"),
+            expect: Ok(("connection_reversal", "direct")),
+        },
+        Pair {
+            name: "user ei-hd-pp -> pd-pd-rd",
+            a: ("uh2", Some("user:ei-hd-pp"), "ei-hd-pp"),
+            b: ("ur2", Some("user:pd-pd-rd"), "pd-pd-rd"),
+            expect: Ok(("connection_reversal", "direct")),
+        },
+    ]
+}
+
+#[test]
+fn lab_connect_matrix() {
+    if !ready() {
+        return;
+    }
+    let pairs = pairs();
+    let mut spec = LabSpec::new("conn");
+    spec.public.push("rdv".into());
+    spec.seed = Some(11);
+    for p in &pairs {
+        for (host, nat, _) in [p.a, p.b] {
+            match nat {
+                Some(nat) => {
+                    let mut site = SiteSpec::new(host, nat).unwrap();
+                    site.delay_ms = match host {
+                        "ud1" => 40.0,
+                        "ud2" => 5.0,
+                        _ => 0.0,
+                    };
+                    spec.sites.push(site);
+                }
+                None => spec.public.push(host.into()),
+            }
+        }
+    }
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    let rdv_ip = lab.host_addr("rdv").unwrap();
+    let mut rdv = lab.spawn("rdv", &[bin, "rendezvous", "--bind", &format!("{rdv_ip}:{RDV_PORT}")]).expect("rendezvous");
+    let line = lines(&mut rdv).recv_timeout(Duration::from_secs(5)).expect("rendezvous ready");
+    let rdv_id = field(&line, "node_id").expect("rendezvous id");
+    let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
+
+    let mut failures = Vec::new();
+    let mut table = String::from("| pair | strategy | method | connect ms | A observed | A's remote |\n|---|---|---|---|---|---|\n");
+    let mut listeners = Vec::new();
+    for p in &pairs {
+        let mut listener = lab
+            .spawn(p.b.0, &[bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", p.b.2])
+            .expect("listener");
+        let joined = lines(&mut listener).recv_timeout(Duration::from_secs(8));
+        listeners.push(listener);
+        let Some(b_id) = joined.ok().and_then(|l| field(&l, "node_id")) else {
+            failures.push(format!("{}: listener did not join", p.name));
+            continue;
+        };
+        let argv = [bin, "connect", &b_id, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", p.a.2, "--timeout-ms", "8000"];
+        let out = lab.exec_timeout(p.a.0, &argv, Duration::from_secs(15)).expect("connect");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let got_ok = field(&line, "ok").as_deref() == Some("true");
+        let ms: f64 = field(&line, "connect_ms").and_then(|v| v.parse().ok()).unwrap_or(-1.0);
+        let strategy = field(&line, "strategy").unwrap_or_else(|| "-".into());
+        let method = field(&line, "method").or_else(|| field(&line, "error")).unwrap_or_else(|| "?".into());
+        let observed = field(&line, "observed").unwrap_or_default();
+        let remote = field(&line, "remote").unwrap_or_default();
+        table.push_str(&format!("| {} | {strategy} | {method} | {ms:.0} | {observed} | {remote} |\n", p.name));
+        // The rendezvous saw A at its NAT's public IP: traffic really
+        // crossed the NAT.
+        let want_ip = match p.a.1 {
+            Some(_) => lab.site(p.a.0).unwrap().public_ip,
+            None => lab.host_addr(p.a.0).unwrap(),
+        };
+        let observed_ok = field(&line, "observed").is_some_and(|o| o.starts_with(&format!("{want_ip}:")));
+        let good = observed_ok && match p.expect {
+            Ok((s, m)) => got_ok && strategy == s && method == m,
+            // Relay-only pairs must fail at once (no punching, no timeout).
+            Err(kind) => !got_ok && field(&line, "error").as_deref() == Some(kind) && (0.0..2000.0).contains(&ms),
+        };
+        if !good {
+            failures.push(format!(
+                "{}: expected {:?}, got `{line}` stderr `{}`",
+                p.name,
+                p.expect,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    eprintln!("{table}");
+    for mut l in listeners {
+        let _ = l.kill();
+    }
+    let _ = rdv.kill();
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
