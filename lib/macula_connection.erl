@@ -81,10 +81,17 @@ accept() ->
 
 -spec accept(timeout()) -> {ok, connection()} | {error, term()}.
 accept(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
-    with_node(fun(Node) ->
-                      macula_nat_async:call(fun(Ref) -> macula_nat_nif:conn_accept(Ref, Node) end,
-                                            Timeout)
-              end);
+    %% Once the node has joined a rendezvous, incoming connections (from
+    %% traversal sessions and unsolicited dials alike) come through it.
+    case macula_nat_coordinator:signal() of
+        {ok, Sig} ->
+            macula_nat_async:call(fun(Ref) -> macula_nat_nif:signal_accept(Ref, Sig) end, Timeout);
+        {error, _} ->
+            with_node(fun(Node) ->
+                              macula_nat_async:call(fun(Ref) -> macula_nat_nif:conn_accept(Ref, Node) end,
+                                                    Timeout)
+                      end)
+    end;
 accept(_) ->
     {error, badarg}.
 

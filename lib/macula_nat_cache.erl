@@ -222,6 +222,9 @@ subscribe(#{detector := undefined} = State) ->
 subscribe(State) ->
     State.
 
+rendezvous_endpoint(#{endpoint := E}) -> E;
+rendezvous_endpoint(E) -> E.
+
 advertise_profile(Profile, #{res := Res, opts := Opts} = State) ->
     Endpoints = case Profile of
                     #{public_ip := Ip, public_port := Port} when is_tuple(Ip), is_integer(Port) ->
@@ -230,8 +233,8 @@ advertise_profile(Profile, #{res := Res, opts := Opts} = State) ->
                         []
                 end,
     Rendezvous = [macula_nat_endpoint:format(Ep)
-                  || E <- maps:get(rendezvous, Opts, []),
-                     {ok, Ep} <- [macula_nat_endpoint:parse(E)]],
+                  || R <- maps:get(rendezvous, Opts, []),
+                     {ok, Ep} <- [macula_nat_endpoint:parse(rendezvous_endpoint(R))]],
     Advert = Profile#{endpoints => Endpoints, rendezvous => Rendezvous},
     Ref = make_ref(),
     case macula_nat_nif:cache_advertise(Ref, Res, Advert) of

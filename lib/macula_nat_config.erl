@@ -67,5 +67,12 @@ valid(dht, {module, M}) -> is_atom(M);
 valid(dht, _) -> false;
 valid(dht_timeout_ms, V) -> is_integer(V) andalso V > 0;
 valid(advertise_ttl_seconds, V) -> is_integer(V) andalso V >= 2;
-valid(rendezvous, V) -> is_list(V) andalso lists:all(fun(E) -> element(1, macula_nat_endpoint:parse(E)) =:= ok end, V);
+valid(rendezvous, V) -> is_list(V) andalso lists:all(fun valid_rendezvous/1, V);
+valid(rendezvous_server, V) -> is_boolean(V);
 valid(_, _) -> true.
+
+%% `Endpoint' (advertised only) or `#{endpoint => E, node_id => Id}' (joined).
+valid_rendezvous(#{endpoint := E, node_id := Id}) ->
+    is_binary(Id) andalso byte_size(Id) =:= 32 andalso valid_rendezvous(E);
+valid_rendezvous(E) ->
+    element(1, macula_nat_endpoint:parse(E)) =:= ok.

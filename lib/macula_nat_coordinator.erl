@@ -1,58 +1,185 @@
-%% @doc Coordinates hole punching between peers. Punching is not built yet
-%% (issue: connections and hole punching): the connection calls answer
-%% `{error, not_implemented}'; `get_pending/0' is real (there is nothing
-%% pending).
+%% @doc Coordinates connections through a rendezvous.
+%%
+%% The server owns this node's signalling channel (a QUIC control connection
+%% to a rendezvous node, kept alive so the NAT mapping stays open) and, when
+%% `rendezvous_server' is set, the rendezvous service itself. Connection
+%% requests run in the calling process, which owns the connection it gets:
+%% the rendezvous exchanges both profiles and candidates, both sides pick
+%% the same strategy from the table (direct, connection reversal, hole
+%% punching with or without port prediction, relay), punch from the node's
+%% one socket at a moment timed by the measured round trips, and QUIC runs
+%% over the winning path.
+%%
+%% Options: `rendezvous' entries of the form
+%% `#{endpoint => <<"ip:port">>, node_id => NodeId}' are joined (the first
+%% one); `rendezvous_server => true' makes this node a rendezvous.
 -module(macula_nat_coordinator).
 -behaviour(gen_server).
 
 -include_lib("kernel/include/logger.hrl").
 
 -export([start_link/1, request_connection/2, request_connection/3,
-         coordinate_punch/3, get_pending/0]).
+         coordinate_punch/3, get_pending/0, join/2, serve_rendezvous/0, rendezvous_peers/0,
+         signal/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
+
+-define(TABLE, macula_nat_coordinator).
+-define(PENDING, macula_nat_coordinator_pending).
+-define(JOIN_RETRY_MS, 2000).
+-define(DEFAULT_TIMEOUT, 10000).
+
+-type method() :: direct | punched | relayed.
 
 -spec start_link(map()) -> {ok, pid()} | {error, term()}.
 start_link(Opts) ->
     gen_server:start_link({local, ?MODULE}, ?MODULE, Opts, []).
 
-%% @doc Options: `timeout', `max_punch_attempts', `allow_relay'.
+%% @doc Connects to `Target' (a NodeId) by the best method for both NATs.
+%% Options: `timeout' (ms, default 10000), `max_punch_attempts',
+%% `allow_relay' (default false), `prefer_direct' (default true). Errors:
+%% `punch_failed', `symmetric_nat' (both sides allocate ports at random and
+%% relay is not allowed), `no_relay', `timeout', `unknown_peer' (not
+%% registered at our rendezvous), `no_rendezvous' (not joined), `badarg'.
 -spec request_connection(binary(), map()) ->
-    {ok, direct | punched | relayed, term()} | {error, term()}.
+    {ok, method(), macula_connection:connection()} | {error, term()}.
 request_connection(Target, Opts) when is_binary(Target), is_map(Opts) ->
-    {error, not_implemented};
+    case signal() of
+        {ok, Sig} ->
+            Timeout = maps:get(timeout, Opts, ?DEFAULT_TIMEOUT),
+            Ref = make_ref(),
+            Started = erlang:monotonic_time(millisecond),
+            ets:insert(?PENDING, {{self(), Ref}, #{target => Target, started_at => Started}}),
+            try
+                macula_nat_async:call(
+                  fun(R) -> macula_nat_nif:signal_connect(R, Sig, Target, Opts#{timeout => Timeout}) end,
+                  Timeout + 2000)
+            after
+                ets:delete(?PENDING, {self(), Ref})
+            end;
+        {error, _} = E ->
+            E
+    end;
 request_connection(_, _) ->
     {error, badarg}.
 
-%% @doc As `request_connection/2', naming the local node explicitly.
+%% @doc As `request_connection/2', naming the local node, which must be
+%% this node (`{error, not_local}' otherwise).
 -spec request_connection(binary(), binary(), map()) ->
-    {ok, direct | punched | relayed, term()} | {error, term()}.
+    {ok, method(), macula_connection:connection()} | {error, term()}.
 request_connection(Local, Target, Opts) when is_binary(Local), is_binary(Target), is_map(Opts) ->
-    {error, not_implemented};
+    case macula:get_node_id() of
+        {ok, Local} -> request_connection(Target, Opts);
+        {ok, _} -> {error, not_local};
+        {error, _} = E -> E
+    end;
 request_connection(_, _, _) ->
     {error, badarg}.
 
-%% @doc Low-level punch coordination; the result is sent as a message.
+%% @doc Starts a punch between this node and the other peer (one of `A'
+%% and `B' must be this node) and answers at once; the result comes as
+%% `{macula_nat_punch, Ref, {ok, Method, Conn}}' (the caller owns `Conn')
+%% or `{macula_nat_punch, Ref, {error, Reason}}'. Punching is forced even
+%% where a direct dial would do. `predicted_ports' is accepted for
+%% compatibility; the ports come from the exchanged profiles.
 -spec coordinate_punch(binary(), binary(), map()) -> {ok, reference()} | {error, term()}.
 coordinate_punch(A, B, Opts) when is_binary(A), is_binary(B), is_map(Opts) ->
-    {error, not_implemented};
+    case macula:get_node_id() of
+        {ok, Me} when A =:= Me; B =:= Me ->
+            Peer = case A of Me -> B; _ -> A end,
+            Caller = self(),
+            Ref = make_ref(),
+            spawn(fun() ->
+                          Result = case request_connection(Peer, Opts#{prefer_direct => false}) of
+                                       {ok, M, Conn} ->
+                                           ok = macula_connection:controlling_process(Conn, Caller),
+                                           {ok, M, Conn};
+                                       Err ->
+                                           Err
+                                   end,
+                          Caller ! {macula_nat_punch, Ref, Result}
+                  end),
+            {ok, Ref};
+        {ok, _} ->
+            {error, not_local};
+        {error, _} = E ->
+            E
+    end;
 coordinate_punch(_, _, _) ->
     {error, badarg}.
 
-%% @doc Punch attempts in flight.
+%% @doc Connection requests in flight on this node.
 -spec get_pending() -> [map()].
 get_pending() ->
-    try
-        gen_server:call(?MODULE, get_pending)
+    try ets:tab2list(?PENDING) of
+        L -> [Info#{pid => Pid} || {{Pid, _}, Info} <- L]
     catch
-        exit:{noproc, _} -> []
+        error:badarg -> []
     end.
 
+%% @doc Joins the rendezvous at `Endpoint' whose node key is `NodeId'
+%% (replacing any current one).
+-spec join(macula_nat_endpoint:endpoint(), binary()) -> ok | {error, term()}.
+join(Endpoint, NodeId) ->
+    call({join, Endpoint, NodeId}, 30000).
+
+%% @doc Makes this node a rendezvous for others (idempotent).
+-spec serve_rendezvous() -> ok | {error, term()}.
+serve_rendezvous() ->
+    call(serve_rendezvous, 5000).
+
+%% @doc Peers registered at this node's rendezvous: `[{NodeId, <<"ip:port">>}]'
+%% (the address is the one the rendezvous observes).
+-spec rendezvous_peers() -> [{binary(), binary()}].
+rendezvous_peers() ->
+    case ets:lookup(?TABLE, rendezvous) of
+        [{rendezvous, Rv}] -> macula_nat_nif:rendezvous_peers(Rv);
+        [] -> []
+    end.
+
+%% The signalling channel, for connection requests and accepts.
+-spec signal() -> {ok, term()} | {error, no_rendezvous}.
+signal() ->
+    try ets:lookup(?TABLE, signal) of
+        [{signal, Sig}] -> {ok, Sig};
+        [] -> {error, no_rendezvous}
+    catch
+        error:badarg -> {error, no_rendezvous}
+    end.
+
+
+call(Request, Timeout) ->
+    try
+        gen_server:call(?MODULE, Request, Timeout)
+    catch
+        exit:{noproc, _} -> {error, not_started};
+        exit:{timeout, _} -> {error, timeout}
+    end.
+
+%% gen_server
+
 -spec init(map()) -> {ok, map()}.
-init(Opts) -> {ok, #{opts => Opts, pending => #{}}}.
+init(Opts) ->
+    ?TABLE = ets:new(?TABLE, [named_table, protected, set, {read_concurrency, true}]),
+    ?PENDING = ets:new(?PENDING, [named_table, public, set]),
+    State = #{opts => Opts, join => undefined, detector => undefined},
+    case maps:get(rendezvous_server, Opts, false) of
+        true -> self() ! serve_rendezvous;
+        false -> ok
+    end,
+    case [R || #{endpoint := _, node_id := _} = R <- maps:get(rendezvous, Opts, [])] of
+        [#{endpoint := E, node_id := Id} | _] -> self() ! {join, E, Id};
+        [] -> ok
+    end,
+    {ok, State}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
-handle_call(get_pending, _From, #{pending := P} = State) ->
-    {reply, maps:values(P), State};
+handle_call({join, Endpoint, NodeId}, _From, State) ->
+    case do_join(Endpoint, NodeId, 25000) of
+        ok -> {reply, ok, State};
+        {error, _} = E -> {reply, E, State}
+    end;
+handle_call(serve_rendezvous, _From, State) ->
+    {reply, serve(), State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -60,4 +187,77 @@ handle_call(_Request, _From, State) ->
 handle_cast(_Msg, State) -> {noreply, State}.
 
 -spec handle_info(term(), map()) -> {noreply, map()}.
-handle_info(_Info, State) -> {noreply, State}.
+handle_info(serve_rendezvous, State) ->
+    case serve() of
+        ok -> ok;
+        {error, R} -> ?LOG_WARNING("rendezvous service not started: ~p", [R])
+    end,
+    {noreply, State};
+handle_info({join, E, Id}, State) ->
+    case do_join(E, Id, 10000) of
+        ok ->
+            {noreply, subscribe(State)};
+        {error, R} ->
+            ?LOG_INFO("joining rendezvous ~p failed (~p); retrying", [E, R]),
+            erlang:send_after(?JOIN_RETRY_MS, self(), {join, E, Id}),
+            {noreply, State}
+    end;
+handle_info({nat_profile_changed, _Old, New}, State) ->
+    case signal() of
+        {ok, Sig} -> macula_nat_nif:signal_set_profile(Sig, New);
+        _ -> ok
+    end,
+    {noreply, State};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+serve() ->
+    case ets:lookup(?TABLE, rendezvous) of
+        [_] -> ok;
+        [] ->
+            {ok, Node} = macula_nat_node:resource(),
+            case macula_nat_nif:rendezvous_serve(Node) of
+                {ok, Rv} ->
+                    ets:insert(?TABLE, {rendezvous, Rv}),
+                    ?LOG_INFO("serving as rendezvous"),
+                    ok;
+                {error, _} = E ->
+                    E
+            end
+    end.
+
+do_join(Endpoint, NodeId, Timeout) ->
+    case macula_nat_endpoint:parse(Endpoint) of
+        {ok, Addr} when is_binary(NodeId), byte_size(NodeId) =:= 32 ->
+            {ok, Node} = macula_nat_node:resource(),
+            Profile = case macula_nat_detector:get_local_profile() of
+                          {ok, P} -> P;
+                          _ -> undefined
+                      end,
+            case macula_nat_async:call(
+                   fun(Ref) -> macula_nat_nif:signal_join(Ref, Node, Addr, NodeId, Profile) end,
+                   Timeout) of
+                {ok, Sig} ->
+                    %% The old signal (if any) is dropped and closes when
+                    %% collected; the new one takes over from here.
+                    ets:insert(?TABLE, {signal, Sig}),
+                    ?LOG_INFO("joined rendezvous ~s", [macula_nat_endpoint:format(Addr)]),
+                    ok;
+                {error, _} = E ->
+                    E
+            end;
+        {ok, _} ->
+            {error, bad_node_id};
+        {error, _} = E ->
+            E
+    end.
+
+subscribe(#{detector := undefined} = State) ->
+    case whereis(macula_nat_detector) of
+        undefined -> State;
+        _ ->
+            _ = macula_nat_detector:subscribe(self()),
+            State#{detector := subscribed}
+    end;
+subscribe(State) ->
+    State.

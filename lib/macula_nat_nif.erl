@@ -13,7 +13,9 @@
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
          cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
          conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
-         port_predict/4]).
+         port_predict/4,
+         rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
+         signal_connect/4, signal_accept/2]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
@@ -24,7 +26,9 @@
        cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
        cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
        conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
-       port_predict/4]).
+       port_predict/4,
+       rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
+       signal_connect/4, signal_accept/2]).
 
 -on_load(load/0).
 
@@ -150,3 +154,22 @@ conn_set_owner(_Conn, _Pid) -> erlang:nif_error(not_loaded).
 -spec port_predict(map(), pos_integer(), undefined | inet:port_number(), non_neg_integer()) ->
     {ok, [inet:port_number()]} | {error, term()}.
 port_predict(_Profile, _Count, _LocalPort, _Seed) -> erlang:nif_error(not_loaded).
+
+-spec rendezvous_serve(resource()) -> {ok, resource()} | {error, term()}.
+rendezvous_serve(_Node) -> erlang:nif_error(not_loaded).
+
+-spec rendezvous_peers(resource()) -> [{binary(), binary()}].
+rendezvous_peers(_Rv) -> erlang:nif_error(not_loaded).
+
+-spec signal_join(reference(), resource(), {inet:ip_address(), inet:port_number()}, binary(),
+                  map() | undefined) -> {ok, pending()} | {error, term()}.
+signal_join(_Ref, _Node, _Addr, _RvId, _Profile) -> erlang:nif_error(not_loaded).
+
+-spec signal_set_profile(resource(), map()) -> ok | {error, term()}.
+signal_set_profile(_Signal, _Profile) -> erlang:nif_error(not_loaded).
+
+-spec signal_connect(reference(), resource(), binary(), map()) -> {ok, pending()} | {error, term()}.
+signal_connect(_Ref, _Signal, _Target, _Opts) -> erlang:nif_error(not_loaded).
+
+-spec signal_accept(reference(), resource()) -> {ok, pending()} | {error, term()}.
+signal_accept(_Ref, _Signal) -> erlang:nif_error(not_loaded).

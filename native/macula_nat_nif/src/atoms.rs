@@ -36,6 +36,7 @@ rustler::atoms! {
     macula_connection, message, unsafe_message, direct, punched, relayed, normal,
     peer_closed, node_closed, reset, failed, peer_id_mismatch, quic, not_owner,
     connection_method, peer, remote_address, rtt_ms,
+    punch_failed, symmetric_nat, no_relay, unknown_peer, no_rendezvous, rejected,
     // node stats keys
     datagrams_in,
     bytes_in,

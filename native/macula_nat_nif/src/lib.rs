@@ -18,6 +18,7 @@ mod owner;
 mod predict_nif;
 mod profile_term;
 mod reply;
+mod traversal_nif;
 
 rustler::init!("macula_nat_nif", load = load);
 

@@ -1,0 +1,231 @@
+//! Rendezvous and signalling resources, and connecting through them.
+//! The signal resource is owned by the coordinator process; connects and
+//! accepts run in the calling process, which owns the connection it gets.
+
+use crate::conn_nif::{adopt, DIRECT, PUNCHED, RELAYED};
+use crate::node_nif::NodeRes;
+use crate::profile_term::decode_peer_info;
+use crate::{atoms, convert, guard, owner, reply};
+use macula_nat_core::connector::{public_profile, SignalConfig};
+use macula_nat_core::{connect, ConnectError, ConnectOpts, Method, Rendezvous, Signal};
+use rustler::types::map::MapIterator;
+use rustler::{Atom, Binary, Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct RendezvousRes {
+    rv: Mutex<Option<Rendezvous>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for RendezvousRes {
+    const IMPLEMENTS_DOWN: bool = true;
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
+        owner::Owned::close(self);
+    }
+}
+
+impl owner::Owned for RendezvousRes {
+    fn close(&self) {
+        if let Ok(mut g) = self.rv.lock() {
+            if let Some(rv) = g.take() {
+                rv.stop();
+            }
+        }
+    }
+}
+
+pub struct SignalRes {
+    signal: Arc<Signal>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for SignalRes {
+    const IMPLEMENTS_DOWN: bool = true;
+    fn down<'a>(&'a self, _env: Env<'a>, _pid: LocalPid, _mon: Monitor) {
+        owner::Owned::close(self);
+    }
+}
+
+impl owner::Owned for SignalRes {
+    fn close(&self) {
+        self.signal.close();
+    }
+}
+
+/// `rendezvous_serve(Node) -> {ok, Rv} | {error, Reason}`, owned by the caller.
+#[rustler::nif]
+fn rendezvous_serve<'a>(env: Env<'a>, node: ResourceArc<NodeRes>) -> Term<'a> {
+    guard::guard(env, || match Rendezvous::serve(node.node.clone()) {
+        Ok(rv) => owner::owned_by_caller(env, RendezvousRes { rv: Mutex::new(Some(rv)) }),
+        Err(e) => (atoms::error(), (atoms::quic(), convert::binary(env, e.kind().as_bytes()))).encode(env),
+    })
+}
+
+/// `rendezvous_peers(Rv) -> [{NodeId, <<"ip:port">>}]`.
+#[rustler::nif]
+fn rendezvous_peers<'a>(env: Env<'a>, rv: ResourceArc<RendezvousRes>) -> Term<'a> {
+    guard::guard(env, || {
+        let peers = rv.rv.lock().ok().and_then(|g| g.as_ref().map(|r| r.peers())).unwrap_or_default();
+        peers
+            .iter()
+            .map(|(id, a)| (convert::binary(env, id), convert::binary(env, a.to_string().as_bytes())).encode(env))
+            .collect::<Vec<Term>>()
+            .encode(env)
+    })
+}
+
+fn node_id(t: Term) -> Option<[u8; 32]> {
+    t.decode::<Binary>().ok().and_then(|b| b.as_slice().try_into().ok())
+}
+
+/// `signal_join(Ref, Node, {Ip, Port}, RvId, Profile | undefined) ->
+/// {ok, Pending}`; replies `{ok, Signal}` (owned by the caller) or
+/// `{error, Reason}`.
+#[rustler::nif]
+fn signal_join<'a>(
+    env: Env<'a>,
+    reference: Term<'a>,
+    node: ResourceArc<NodeRes>,
+    addr: Term<'a>,
+    rv_id: Term<'a>,
+    profile: Term<'a>,
+) -> Term<'a> {
+    guard::guard(env, || {
+        let (Some(addr), Some(rv_id)) = (convert::decode_addr(addr), node_id(rv_id)) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let info = if profile.is_atom() {
+            public_profile()
+        } else {
+            match decode_peer_info(profile, 0) {
+                Ok(i) => i,
+                Err(key) => return (atoms::error(), (atoms::bad_profile(), key)).encode(env),
+            }
+        };
+        let owner_pid = env.pid();
+        let node = node.node.clone();
+        reply::spawn_reply(env, reference, async move {
+            match Signal::join_with(node, addr, rv_id, SignalConfig::new(info)).await {
+                Ok(sig) => {
+                    let res = ResourceArc::new(SignalRes { signal: Arc::new(sig) });
+                    match res.monitor(None, &owner_pid) {
+                        Some(_) => reply::ok_with(res),
+                        None => {
+                            owner::Owned::close(&*res);
+                            connect_error(ConnectError::Closed)
+                        }
+                    }
+                }
+                Err(e) => connect_error(e),
+            }
+        })
+    })
+}
+
+/// `signal_set_profile(Signal, Profile) -> ok | {error, {bad_profile, Key}}`.
+#[rustler::nif]
+fn signal_set_profile<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, profile: Term<'a>) -> Term<'a> {
+    guard::guard(env, || match decode_peer_info(profile, 0) {
+        Ok(i) => {
+            sig.signal.set_profile(i);
+            atoms::ok().encode(env)
+        }
+        Err(key) => (atoms::error(), (atoms::bad_profile(), key)).encode(env),
+    })
+}
+
+fn connect_error(e: ConnectError) -> reply::Encode {
+    reply::encode_with(move |env| {
+        let reason = match &e {
+            ConnectError::PunchFailed => atoms::punch_failed().encode(env),
+            ConnectError::SymmetricNat => atoms::symmetric_nat().encode(env),
+            ConnectError::NoRelay => atoms::no_relay().encode(env),
+            ConnectError::Timeout => atoms::timeout().encode(env),
+            ConnectError::UnknownPeer => atoms::unknown_peer().encode(env),
+            ConnectError::NoRendezvous => atoms::no_rendezvous().encode(env),
+            ConnectError::Closed => atoms::closed().encode(env),
+            ConnectError::Rejected(_) => atoms::rejected().encode(env),
+            ConnectError::Quic(m) => (atoms::quic(), convert::binary(env, m.as_bytes())).encode(env),
+        };
+        (atoms::error(), reason).encode(env)
+    })
+}
+
+fn decode_connect_opts(t: Term) -> Option<ConnectOpts> {
+    let mut o = ConnectOpts::default();
+    for (k, v) in MapIterator::new(t)? {
+        match k.atom_to_string().ok()?.as_str() {
+            "timeout" => o.timeout = Duration::from_millis(convert::decode_int::<u32>(v).filter(|t| *t > 0)? as u64),
+            "max_punch_attempts" | "max_attempts" => {
+                o.max_punch_attempts = convert::decode_int::<u32>(v).filter(|n| *n > 0)?
+            }
+            "allow_relay" | "fallback_relay" => o.allow_relay = v.decode().ok()?,
+            "prefer_direct" => o.prefer_direct = v.decode().ok()?,
+            _ => {}
+        }
+    }
+    Some(o)
+}
+
+fn method_code(m: Method) -> u8 {
+    match m {
+        Method::Direct => DIRECT,
+        Method::Punched => PUNCHED,
+        Method::Relayed => RELAYED,
+    }
+}
+
+fn method_atom(m: Method) -> Atom {
+    match m {
+        Method::Direct => atoms::direct(),
+        Method::Punched => atoms::punched(),
+        Method::Relayed => atoms::relayed(),
+    }
+}
+
+/// `signal_connect(Ref, Signal, TargetId, Opts) -> {ok, Pending}`; replies
+/// `{ok, Method, Conn}` (Conn owned by the caller) or `{error, Reason}`.
+#[rustler::nif]
+fn signal_connect<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<SignalRes>, target: Term<'a>, opts: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        let Some(target) = node_id(target) else {
+            return (atoms::error(), atoms::bad_node_id()).encode(env);
+        };
+        let Some(opts) = decode_connect_opts(opts) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let owner_pid = env.pid();
+        let signal = sig.signal.clone();
+        reply::spawn_reply(env, reference, async move {
+            match connect(&signal, target, opts).await {
+                Ok((conn, method)) => match adopt(conn, method_code(method), owner_pid) {
+                    Some(res) => {
+                        let m = method_atom(method);
+                        reply::encode_with(move |env| (atoms::ok(), m, res).encode(env))
+                    }
+                    None => connect_error(ConnectError::Closed),
+                },
+                Err(e) => connect_error(e),
+            }
+        })
+    })
+}
+
+/// `signal_accept(Ref, Signal) -> {ok, Pending}`; replies `{ok, Conn}`.
+#[rustler::nif]
+fn signal_accept<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<SignalRes>) -> Term<'a> {
+    guard::guard(env, || {
+        let owner_pid = env.pid();
+        let signal = sig.signal.clone();
+        reply::spawn_reply(env, reference, async move {
+            match signal.accept().await {
+                Some(conn) => match adopt(conn, DIRECT, owner_pid) {
+                    Some(res) => reply::ok_with(res),
+                    None => connect_error(ConnectError::Closed),
+                },
+                None => connect_error(ConnectError::Closed),
+            }
+        })
+    })
+}
