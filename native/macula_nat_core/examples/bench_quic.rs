@@ -9,6 +9,11 @@
 //! message size the two run alternately for several rounds; the table shows
 //! the median round. Usage: `bench_quic [seconds_per_run] [rounds] [plain|node]`
 //! (the last argument runs one path only, for profiling).
+//!
+//! One cell, for a driver that interleaves its own runs (bench/connection_throughput.sh):
+//! `bench_quic --mode plain|node --size BYTES --secs S` warms up for 300 ms,
+//! runs one cell and prints one line on stdout:
+//! `cell mode=plain size=65536 msgs=N bytes=B secs=T msgs_per_s=X mib_per_s=Y mib_per_cpu_s=Z`.
 
 use bytes::Bytes;
 use macula_nat_core::{runtime, Connection, Identity, Node, NodeConfig, QuicConfig, QuicEndpoint};
@@ -64,6 +69,9 @@ async fn pair(mode: Mode) -> Pair {
 }
 
 struct Sample {
+    msgs: u64,
+    bytes: u64,
+    secs: f64,
     msgs_per_s: f64,
     mib_per_s: f64,
     /// MiB moved per second of CPU used by the whole process (sender,
@@ -117,7 +125,14 @@ async fn run(mode: Mode, size: usize, dur: Duration) -> Sample {
         }
     }
     let mib = bytes as f64 / (1 << 20) as f64;
-    Sample { msgs_per_s: n as f64 / elapsed, mib_per_s: mib / elapsed, mib_per_cpu_s: mib / cpu }
+    Sample {
+        msgs: n,
+        bytes,
+        secs: elapsed,
+        msgs_per_s: n as f64 / elapsed,
+        mib_per_s: mib / elapsed,
+        mib_per_cpu_s: mib / cpu,
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -125,8 +140,38 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `--mode plain|node --size BYTES --secs S`: one cell, one line.
+fn single_cell(args: &[String]) {
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let mode = match flag("--mode").map(String::as_str) {
+        Some("plain") => Mode::Plain,
+        Some("node") => Mode::Node,
+        other => panic!("--mode plain|node, got {other:?}"),
+    };
+    let size: usize = flag("--size").and_then(|a| a.parse().ok()).expect("--size BYTES");
+    let secs: f64 = flag("--secs").and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let s = runtime::handle().block_on(async {
+        run(mode, 1 << 10, Duration::from_millis(300)).await;
+        run(mode, size, Duration::from_secs_f64(secs)).await
+    });
+    println!(
+        "cell mode={} size={size} msgs={} bytes={} secs={:.6} msgs_per_s={:.1} mib_per_s={:.3} mib_per_cpu_s={:.3}",
+        if mode == Mode::Plain { "plain" } else { "node" },
+        s.msgs,
+        s.bytes,
+        s.secs,
+        s.msgs_per_s,
+        s.mib_per_s,
+        s.mib_per_cpu_s
+    );
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.iter().any(|a| a.starts_with("--")) {
+        return single_cell(&all);
+    }
+    let mut args = all.into_iter();
     let secs: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3.0);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
     let dur = Duration::from_secs_f64(secs);
