@@ -24,13 +24,22 @@
 
 -define(SEND_TIMEOUT, 30000).
 
-%% @doc Sends any term; `ok' once it is in the connection's ordered stream.
+%% @doc Sends any term; `ok' once it is queued, in call order, on the
+%% connection (when more than 4 MiB are queued, once it has reached the
+%% stream). `{error, closed}' after the connection closed.
 -spec send(connection(), term()) -> ok | {error, term()}.
 send(Conn, Term) when is_reference(Conn) ->
     try term_to_binary(Term) of
         Bin ->
-            macula_nat_async:call(fun(Ref) -> macula_nat_nif:conn_send(Ref, Conn, Bin) end,
-                                  ?SEND_TIMEOUT)
+            %% `ok' at once while the connection's queue is short; past
+            %% its high-water mark the NIF answers later, by message.
+            Ref = make_ref(),
+            case macula_nat_nif:conn_send(Ref, Conn, Bin) of
+                ok -> ok;
+                {error, _} = E -> E;
+                {ok, _} = Started ->
+                    macula_nat_async:call(fun(_) -> Started end, Ref, ?SEND_TIMEOUT)
+            end
     catch
         error:badarg -> {error, badarg}
     end;

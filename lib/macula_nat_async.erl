@@ -2,14 +2,19 @@
 %% timeout, without leaving a late reply in the caller's mailbox.
 -module(macula_nat_async).
 
--export([call/2]).
+-export([call/2, call/3]).
 
 %% @doc `Start' is given a fresh reference and must call a NIF that returns
 %% `{ok, Pending}'. On timeout the work is cancelled; a reply already on its
 %% way when the cancel came is still returned, never dropped nor left behind.
 -spec call(fun((reference()) -> {ok, reference()} | {error, term()}), timeout()) -> term().
 call(Start, Timeout) ->
-    Ref = make_ref(),
+    call(Start, make_ref(), Timeout).
+
+%% @doc As `call/2' with the caller's own reference (for NIFs that may
+%% answer at once or by message).
+-spec call(fun((reference()) -> {ok, reference()} | {error, term()}), reference(), timeout()) -> term().
+call(Start, Ref, Timeout) ->
     case Start(Ref) of
         {ok, Pending} ->
             receive
