@@ -1,0 +1,170 @@
+#!/usr/bin/env escript
+%%! -pa _build_lab
+%% The lab part of scripts/demo.sh: two BEAM nodes behind different real NATs
+%% (kernel port-restricted cone: Erlang VM; kernel restricted cone: Elixir VM
+%% when elixir is installed) detect their NAT through a STUN observer, join a
+%% rendezvous on a public host, connect (hole punched) and exchange messages
+%% both ways. Prints each node's NAT profile, the method, the time to connect
+%% and message round trips. The lab is removed at the end, also on failure.
+-mode(compile).
+
+-define(LAB, "demo").
+-define(PORT, 4433).
+-define(ROUNDTRIPS, 20).
+
+main(_) ->
+    case macula_lab:available() of
+        ok -> ok;
+        {skip, Why} -> io:format("lab demo skipped: ~s~n", [Why]), halt(0)
+    end,
+    macula_lab:reap(),
+    Spec = <<"{\"name\":\"demo\",\"observers\":[\"obs\"],\"public\":[\"rv\"],\"sites\":["
+             "{\"name\":\"a\",\"nat\":\"kernel:port_restricted_cone\"},"
+             "{\"name\":\"b\",\"nat\":\"kernel:restricted_cone\"}]}">>,
+    T0 = now_ms(),
+    {ok, _} = macula_lab:up(Spec),
+    Rc = try run(T0)
+         catch C:R:St -> io:format("lab demo FAILED: ~p:~p~n~p~n", [C, R, St]), 1
+         after macula_lab:down(?LAB)
+         end,
+    halt(Rc).
+
+run(T0) ->
+    io:format("~nmacula_nat across real NATs (network-namespace lab)~n"),
+    {ObsIp, ObsAlt} = macula_lab:observer_ips(?LAB, "obs"),
+    ObsBin = filename:join(filename:dirname(macula_lab:bin()), "macula-observer"),
+    ObsPort = macula_lab:spawn_port(?LAB, "obs",
+                                    [ObsBin, "--primary", ObsIp ++ ":3478",
+                                     "--alternate", ObsAlt ++ ":3479"]),
+    receive {ObsPort, {data, {eol, <<"macula-observer", _/binary>>}}} -> ok
+    after 10000 -> error(observer_not_ready)
+    end,
+    Env = #{listen_ip => {0, 0, 0, 0}, listen_port => ?PORT, detection_timeout_ms => 3000},
+    BLang = case os:find_executable("elixir") of false -> erlang; _ -> elixir end,
+    Me = self(),
+    [{ok, Rv}, {ok, A}, {ok, B}] =
+        pmap(fun({H, L, E}) ->
+                     {ok, P} = macula_lab_peer:start(?LAB, H, #{lang => L, env => E, owner => Me}),
+                     {ok, _} = macula_lab_peer:call(P, application, ensure_all_started, [macula_nat]),
+                     {ok, P}
+             end,
+             [{"rv", erlang, Env},
+              {"a", erlang, Env#{observers => [list_to_binary(ObsIp ++ ":3478")]}},
+              {"b", BLang, Env#{observers => [list_to_binary(ObsIp ++ ":3478")]}}]),
+    ok = macula_lab_peer:call(Rv, macula_nat_coordinator, serve_rendezvous, []),
+    {ok, RvId} = macula_lab_peer:call(Rv, macula, get_node_id, []),
+    RvEp = iolist_to_binary([macula_lab:host_addr(?LAB, "rv"), ":", integer_to_list(?PORT)]),
+    io:format("  rendezvous       ~s (public host, Erlang VM)~n", [RvEp]),
+    [{AId, AProf}, {BId, BProf}] =
+        pmap(fun(P) ->
+                     {ok, Prof} = macula_lab_peer:call(P, macula_nat_detector, detect, []),
+                     ok = macula_lab_peer:call(P, macula_nat_coordinator, join, [RvEp, RvId]),
+                     {ok, Id} = macula_lab_peer:call(P, macula, get_node_id, []),
+                     {Id, Prof}
+             end, [A, B]),
+    ok = wait(fun() ->
+                      Reg = [Id || {Id, _} <- macula_lab_peer:call(Rv, macula_nat_coordinator,
+                                                                  rendezvous_peers, [])],
+                      [AId, BId] -- Reg =:= []
+              end, 10000),
+    describe("node a", A, "kernel:port_restricted_cone", AProf, AId),
+    describe("node b", B, "kernel:restricted_cone", BProf, BId),
+
+    %% b accepts in its agent's mailbox (which then owns the connection);
+    %% a connects from its mailbox, timed inside its VM.
+    Acc = spawn_link(fun() ->
+                             Me ! {accepted, self(), macula_lab_peer:call_mailbox(
+                                                       B, macula_connection, accept, [15000], 20000)}
+                     end),
+    timer:sleep(100),
+    {Us, {ok, CA, Method}} = macula_lab_peer:call_mailbox(
+                               A, timer, tc, [macula_nat_connector, connect,
+                                              [AId, BId, #{timeout => 10000}]], 20000),
+    {ok, CB} = receive {accepted, Acc, R} -> R after 20000 -> error(accept_timeout) end,
+    io:format("  connect a -> b   ~s in ~.1f ms~n", [Method, Us / 1000]),
+
+    %% One message each way, delivered to the owners (the mailboxes,
+    %% forwarded here).
+    HelloA = <<"hello from a (Erlang)">>,
+    HelloB = case BLang of elixir -> <<"hello from b (Elixir)">>; erlang -> <<"hello from b (Erlang)">> end,
+    ok = macula_lab_peer:call(A, macula_connection, send, [CA, HelloA]),
+    HelloA = recv_msg(B, CB),
+    ok = macula_lab_peer:call(B, macula_connection, send, [CB, HelloB]),
+    HelloB = recv_msg(A, CA),
+    io:format("  a -> b           ~p~n  b -> a           ~p~n", [HelloA, HelloB]),
+
+    %% Round trips measured inside a's VM: b's connection goes to an echo
+    %% process, a's mailbox sends and waits for each echo.
+    {value, Echo, _} = macula_lab_peer:call(B, erl_eval, exprs, [parse(
+        "spawn(fun() ->
+             receive {go, C} -> ok end,
+             Loop = fun L() ->
+                        receive
+                            {macula_connection, C, {message, T}} ->
+                                ok = macula_connection:send(C, T), L();
+                            {macula_connection, C, {closed, _}} -> ok
+                        after 30000 -> ok
+                        end
+                    end,
+             Loop()
+         end)."), []]),
+    ok = macula_lab_peer:call_mailbox(B, macula_connection, controlling_process, [CB, Echo]),
+    {go, CB} = macula_lab_peer:call(B, erlang, send, [Echo, {go, CB}]),
+    {value, Rtts, _} = macula_lab_peer:call_mailbox(A, erl_eval, exprs, [parse(
+        "[begin
+              T0 = erlang:monotonic_time(microsecond),
+              ok = macula_connection:send(C, {<<\"ping\">>, I, <<0:8000>>}),
+              receive {macula_connection, C, {message, {<<\"ping\">>, I, _}}} ->
+                  erlang:monotonic_time(microsecond) - T0
+              after 5000 -> error(no_echo)
+              end
+          end || I <- lists:seq(1, N)]."), [{'C', CA}, {'N', ?ROUNDTRIPS}]]),
+    S = lists:sort(Rtts),
+    io:format("  round trip a<->b ~b messages (1 kB): min ~.2f ms, median ~.2f ms, max ~.2f ms~n",
+              [length(S), hd(S) / 1000, lists:nth((length(S) + 1) div 2, S) / 1000,
+               lists:last(S) / 1000]),
+    _ = macula_lab_peer:call(A, macula_connection, close, [CA]),
+    [macula_lab_peer:stop(P) || P <- [A, B, Rv]],
+    catch port_close(ObsPort),
+    io:format("  lab              up, 3 VMs, detect, join, connect, messages: ~.1f s~n",
+              [(now_ms() - T0) / 1000]),
+    0.
+
+describe(Label, P, LabNat, Prof, Id) ->
+    #{lang := Lang} = Info = macula_lab_peer:info(P),
+    Vm = case Lang of
+             elixir -> ["Elixir ", maps:get(elixir_version, Info)];
+             erlang -> ["Erlang/OTP ", maps:get(otp_release, Info)]
+         end,
+    #{mapping := M, filtering := F, allocation := Al, public_ip := Ip, public_port := Port} = Prof,
+    io:format("  ~-16s ~s VM, node ~s..., behind ~s~n", [Label, Vm, binary:encode_hex(binary:part(Id, 0, 4)), LabNat]),
+    io:format("  ~-16s detected ~s-~s-~s (mapping-filtering-allocation), public ~s:~b~n",
+              ["", M, F, Al, inet:ntoa(Ip), Port]).
+
+recv_msg(P, C) ->
+    receive {macula_lab_peer, P, {macula_connection, C, {message, T}}} -> T
+    after 5000 -> error({no_message, process_info(self(), messages)})
+    end.
+
+parse(Src) ->
+    {ok, Toks, _} = erl_scan:string(Src),
+    {ok, Exprs} = erl_parse:parse_exprs(Toks),
+    Exprs.
+
+pmap(F, L) ->
+    Me = self(),
+    Refs = [begin
+                R = make_ref(),
+                spawn_link(fun() -> Me ! {R, catch F(X)} end),
+                R
+            end || X <- L],
+    [receive {R, {'EXIT', E}} -> error(E); {R, V} -> V end || R <- Refs].
+
+wait(F, Ms) when Ms =< 0 -> F() orelse timeout;
+wait(F, Ms) ->
+    case F() of
+        true -> ok;
+        false -> timer:sleep(50), wait(F, Ms - 50)
+    end.
+
+now_ms() -> erlang:monotonic_time(millisecond).
