@@ -23,6 +23,8 @@ run bins   cargo build --release -p macula_nat_core --bins -p macula_nat_lab
 run eunit  rebar3 eunit
 run exunit env MIX_ENV=test mix test
 run cargo  cargo test --release --workspace
+# BEAM nodes (Erlang and Elixir) inside the NAT lab connecting pairwise.
+run lab-beam bash test/lab/lab_connect.sh
 
 if ((${#failed[@]})); then
   echo "FAILED suites: ${failed[*]}"
