@@ -31,6 +31,8 @@ defmodule MaculaNat.CacheTest do
              public_ip: {203, 0, 113, 9}, public_port: 50_000}
 
   setup do
+    # Start from a stopped app so the settings below are the ones in force.
+    Application.stop(:macula_nat)
     {:ok, _} = AgentDht.start()
     Application.put_env(:macula_nat, :dht, {:module, AgentDht})
     Application.put_env(:macula_nat, :cache_max_entries, 3)

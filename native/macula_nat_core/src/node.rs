@@ -519,6 +519,12 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, vec![1, 2]);
+        // The counters are bumped after the answer leaves: give the receive
+        // loop a moment to get there.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while b.stats().stun_answered < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         assert_eq!(b.stats().datagrams_in, 3);
         assert_eq!(b.stats().stun_answered, 2);
     }
