@@ -225,7 +225,7 @@ pub struct Detection {
     cfg: DetectConfig,
     local: SocketAddr,
     start: Instant,
-    rng: u64,
+    rng: crate::rng::XorShift,
     probes: Vec<Probe>,
     /// `(socket, dst)` pairs in order of their first transmission: the order
     /// in which the NAT created mappings.
@@ -253,7 +253,7 @@ impl Detection {
             local,
             start: now,
             // xorshift must not start at 0.
-            rng: seed ^ 0x9E37_79B9_7F4A_7C15 | 1,
+            rng: crate::rng::XorShift::seeded(seed),
             probes: Vec::new(),
             first_sends: Vec::new(),
             best_rtt: None,
@@ -434,12 +434,7 @@ impl Detection {
     // ----------------------------------------------------------------------
 
     fn next_u64(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+        self.rng.next()
     }
 
     fn add_probe(

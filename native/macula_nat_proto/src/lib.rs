@@ -16,6 +16,8 @@
 
 // STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
 pub mod stun;
+// Seeded xorshift generator shared by the state machines and tests.
+pub mod rng;
 // NAT behaviour vocabulary: mapping, filtering, allocation, the 27
 // NATCracker types and the detected `NatProfile`.
 pub mod nat;

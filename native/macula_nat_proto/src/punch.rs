@@ -274,7 +274,7 @@ struct Probing {
 pub struct Punch {
     cfg: PunchConfig,
     deadline: Instant,
-    rng: u64,
+    rng: crate::rng::XorShift,
     paths: Vec<Path>,
     /// Paths that may have a send scheduled (a superset, pruned lazily):
     /// birthday probing creates tens of thousands of one-shot paths, and
@@ -319,7 +319,7 @@ impl Punch {
         let mut p = Punch {
             deadline: start + cfg.timeout,
             // xorshift must not start at 0.
-            rng: cfg.seed ^ 0x9E37_79B9_7F4A_7C15 | 1,
+            rng: crate::rng::XorShift::seeded(cfg.seed),
             paths: Vec::new(),
             active: Vec::new(),
             answered: Vec::new(),
@@ -459,12 +459,7 @@ impl Punch {
     // ----------------------------------------------------------------------
 
     fn next_u64(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+        self.rng.next()
     }
 
     fn fresh_tid(&mut self) -> TransactionId {

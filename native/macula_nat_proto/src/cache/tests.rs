@@ -164,13 +164,8 @@ fn matches_a_reference_model_under_random_operations() {
         items: Vec<(u32, u32, Instant)>, // most recent first
     }
     let grace = policy().grace;
-    let mut seed: u64 = 0x9e3779b97f4a7c15;
-    let mut rnd = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
+    let mut gen = crate::rng::XorShift(0x9e3779b97f4a7c15);
+    let mut rnd = move |n: u64| gen.next() % n;
     for cap in [1usize, 2, 3, 8] {
         let t0 = Instant::now();
         let mut now = t0;

@@ -7,17 +7,7 @@ use super::*;
 use crate::nat::NatType;
 use crate::observer::{Observer, ObserverConfig};
 
-pub(crate) struct XorShift(pub u64);
-impl XorShift {
-    pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
+pub(crate) use crate::rng::XorShift;
 
 struct SimMap {
     local: SocketAddr,

@@ -413,18 +413,7 @@ fn error_display_and_reason_labels_are_distinct() {
     assert!(StunError::BadAttributeLength(0x20).to_string().contains("0x0020"));
 }
 
-/// Tiny deterministic PRNG for the randomized decoder test (no deps).
-struct XorShift(u64);
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
+use crate::rng::XorShift;
 
 /// Stand-in for the fuzz target on stable: many random and mutated inputs.
 /// The decoder must never panic, and whatever it accepts must re-encode to
