@@ -13,9 +13,11 @@
 //! profile  = mapping(u8) filtering(u8) allocation(u8) confidence(u8) flags(u8)
 //!            [public addr, if flags & 1] [port_delta i32, if flags & 2]
 //!            detected_at(u64) local_port(u16) n(u8) addr*n (candidates)
-//!            flags & 4: no NAT (public host)
+//!            flags & 4: no NAT (public host); other flag bits are refused
 //!            mapping/filtering: 0 EI, 1 HD, 2 PD; allocation: 0 PP, 1 PC, 2 RD;
 //!            confidence: 0 low, 1 medium, 2 high
+//!            (addr and the profile up to detected_at are macula_nat_proto::wire,
+//!            shared with the signed peer record)
 //!
 //! Hello      0x01 "MNS1" kind(u8)            first message of a connection
 //!                 kind 1: control connection (peer -> rendezvous)
@@ -54,9 +56,9 @@
 //! Unknown message types and truncated messages are decoding errors; a
 //! peer that sends one has its message dropped (the connection stays).
 
-use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
 use macula_nat_proto::record::PeerInfo;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use macula_nat_proto::wire::{self, put_addr, WireError};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 pub type NodeId = [u8; 32];
@@ -201,7 +203,7 @@ impl Msg {
     }
 
     pub fn decode(data: &[u8]) -> Result<Msg, DecodeError> {
-        let mut r = Reader(data);
+        let mut r = Reader(wire::Reader::new(data));
         let t = r.u8()?;
         let m = match t {
             0x01 => {
@@ -243,51 +245,8 @@ fn micros(d: Duration) -> u32 {
     d.as_micros().min(u32::MAX as u128) as u32
 }
 
-fn put_addr(b: &mut Vec<u8>, a: SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(ip) => {
-            b.push(4);
-            b.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            b.push(6);
-            b.extend_from_slice(&ip.octets());
-        }
-    }
-    b.extend_from_slice(&a.port().to_be_bytes());
-}
-
 fn put_profile(b: &mut Vec<u8>, p: &Profile) {
-    let i = &p.info;
-    b.push(match i.mapping {
-        Mapping::Ei => 0,
-        Mapping::Hd => 1,
-        Mapping::Pd => 2,
-    });
-    b.push(match i.filtering {
-        Filtering::Ei => 0,
-        Filtering::Hd => 1,
-        Filtering::Pd => 2,
-    });
-    b.push(match i.allocation {
-        Allocation::Pp => 0,
-        Allocation::Pc => 1,
-        Allocation::Rd => 2,
-    });
-    b.push(match i.confidence {
-        Confidence::Low => 0,
-        Confidence::Medium => 1,
-        Confidence::High => 2,
-    });
-    let flags = (i.public_addr.is_some() as u8) | ((i.port_delta.is_some() as u8) << 1) | ((i.no_nat as u8) << 2);
-    b.push(flags);
-    if let Some(a) = i.public_addr {
-        put_addr(b, a);
-    }
-    if let Some(d) = i.port_delta {
-        b.extend_from_slice(&d.to_be_bytes());
-    }
-    b.extend_from_slice(&i.detected_at.to_be_bytes());
+    wire::put_nat_head(b, &p.info);
     b.extend_from_slice(&p.local_port.to_be_bytes());
     let n = p.candidates.len().min(MAX_CANDIDATES);
     b.push(n as u8);
@@ -296,89 +255,50 @@ fn put_profile(b: &mut Vec<u8>, p: &Profile) {
     }
 }
 
-struct Reader<'a>(&'a [u8]);
+/// The signalling reader: the shared wire reader plus the profile.
+struct Reader<'a>(wire::Reader<'a>);
 
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.0.len() < n {
-            return Err(DecodeError::Truncated);
-        }
-        let (h, t) = self.0.split_at(n);
-        self.0 = t;
-        Ok(h)
+        Ok(self.0.take(n)?)
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        Ok(self.0.u8()?)
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        let mut a = [0u8; 4];
-        a.copy_from_slice(self.take(4)?);
-        Ok(u32::from_be_bytes(a))
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(a))
+        Ok(self.0.u32()?)
     }
     fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+        Ok(self.0.array()?)
     }
     fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
-        let ip = match self.u8()? {
-            4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
-            6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
-            _ => return Err(DecodeError::BadValue),
-        };
-        Ok(SocketAddr::new(ip, self.u16()?))
+        Ok(self.0.addr()?)
     }
     fn profile(&mut self) -> Result<Profile, DecodeError> {
-        let mapping = [Mapping::Ei, Mapping::Hd, Mapping::Pd].get(self.u8()? as usize).copied().ok_or(DecodeError::BadValue)?;
-        let filtering =
-            [Filtering::Ei, Filtering::Hd, Filtering::Pd].get(self.u8()? as usize).copied().ok_or(DecodeError::BadValue)?;
-        let allocation =
-            [Allocation::Pp, Allocation::Pc, Allocation::Rd].get(self.u8()? as usize).copied().ok_or(DecodeError::BadValue)?;
-        let confidence = [Confidence::Low, Confidence::Medium, Confidence::High]
-            .get(self.u8()? as usize)
-            .copied()
-            .ok_or(DecodeError::BadValue)?;
-        let flags = self.u8()?;
-        let public_addr = if flags & 1 != 0 { Some(self.addr()?) } else { None };
-        let port_delta = if flags & 2 != 0 { Some(self.u32()? as i32) } else { None };
-        let detected_at = self.u64()?;
-        let local_port = self.u16()?;
+        let info = self.0.nat_head()?;
+        let local_port = self.0.u16()?;
         let n = self.u8()? as usize;
         if n > MAX_CANDIDATES {
             return Err(DecodeError::BadValue);
         }
         let candidates = (0..n).map(|_| self.addr()).collect::<Result<Vec<_>, _>>()?;
-        Ok(Profile {
-            info: PeerInfo {
-                mapping,
-                filtering,
-                allocation,
-                confidence,
-                public_addr,
-                port_delta,
-                no_nat: flags & 4 != 0,
-                detected_at,
-                endpoints: Vec::new(),
-                rendezvous: Vec::new(),
-            },
-            local_port,
-            candidates,
-        })
+        Ok(Profile { info, local_port, candidates })
+    }
+}
+
+impl From<WireError> for DecodeError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated => DecodeError::Truncated,
+            WireError::BadEnum | WireError::BadAddress => DecodeError::BadValue,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
 
     fn profile() -> Profile {
         Profile {

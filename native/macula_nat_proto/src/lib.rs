@@ -29,6 +29,8 @@ pub mod detect;
 pub mod observations;
 // Signed peer record advertised in the DHT: canonical body, framing, acceptance.
 pub mod record;
+// Byte-level pieces shared by the record and signalling formats.
+pub mod wire;
 // Cache policy: per-entry TTL, stale-while-revalidate, LRU bound.
 pub mod cache;
 // Connection strategy for a pair of NAT types (NATCracker combination table).

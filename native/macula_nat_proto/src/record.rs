@@ -21,7 +21,8 @@
 //! ```
 
 use crate::nat::{Allocation, Confidence, Filtering, Mapping};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use crate::wire::{self, Reader, WireError};
+use std::net::SocketAddr;
 
 pub const MAGIC: [u8; 4] = *b"MNR1";
 /// Domain separation: a node key signature over a record can never be
@@ -31,10 +32,6 @@ pub const SIGNATURE_LEN: usize = 64;
 /// Endpoints and rendezvous contacts kept per record; 16 + 16 IPv6 addresses
 /// still fit BEP 44's 1000-byte limit.
 pub const MAX_ADDRS: usize = 16;
-
-const HAS_PUBLIC: u8 = 1;
-const HAS_DELTA: u8 = 2;
-const NO_NAT: u8 = 4;
 
 /// What the cache holds for a peer and what a record carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,77 +91,29 @@ impl RecordBody {
         b.extend_from_slice(&self.seq.to_be_bytes());
         b.extend_from_slice(&self.issued_at.to_be_bytes());
         b.extend_from_slice(&self.ttl_s.to_be_bytes());
-        b.push(mapping_code(i.mapping));
-        b.push(filtering_code(i.filtering));
-        b.push(allocation_code(i.allocation));
-        b.push(confidence_code(i.confidence));
-        let mut flags = 0;
-        if i.public_addr.is_some() {
-            flags |= HAS_PUBLIC;
-        }
-        if i.port_delta.is_some() {
-            flags |= HAS_DELTA;
-        }
-        if i.no_nat {
-            flags |= NO_NAT;
-        }
-        b.push(flags);
-        if let Some(a) = i.public_addr {
-            put_addr(&mut b, a);
-        }
-        if let Some(d) = i.port_delta {
-            b.extend_from_slice(&d.to_be_bytes());
-        }
-        b.extend_from_slice(&i.detected_at.to_be_bytes());
+        wire::put_nat_head(&mut b, i);
         for list in [&i.endpoints, &i.rendezvous] {
             b.push(list.len() as u8);
             for a in list {
-                put_addr(&mut b, *a);
+                wire::put_addr(&mut b, *a);
             }
         }
         Ok(b)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<RecordBody, RecordError> {
-        let mut r = Reader { b: bytes };
-        let node_id: [u8; 32] = r.take(32)?.try_into().map_err(|_| RecordError::Truncated)?;
+        let mut r = Reader::new(bytes);
+        let node_id: [u8; 32] = r.array()?;
         let seq = r.u64()?;
         let issued_at = r.u64()?;
         let ttl_s = r.u32()?;
-        let mapping = mapping_from(r.u8()?)?;
-        let filtering = filtering_from(r.u8()?)?;
-        let allocation = allocation_from(r.u8()?)?;
-        let confidence = confidence_from(r.u8()?)?;
-        let flags = r.u8()?;
-        if flags & !(HAS_PUBLIC | HAS_DELTA | NO_NAT) != 0 {
-            return Err(RecordError::BadEnum);
-        }
-        let public_addr = if flags & HAS_PUBLIC != 0 { Some(r.addr()?) } else { None };
-        let port_delta = if flags & HAS_DELTA != 0 { Some(r.u32()? as i32) } else { None };
-        let detected_at = r.u64()?;
-        let endpoints = r.addrs()?;
-        let rendezvous = r.addrs()?;
-        if !r.b.is_empty() {
+        let mut info = r.nat_head()?;
+        info.endpoints = addrs(&mut r)?;
+        info.rendezvous = addrs(&mut r)?;
+        if !r.is_empty() {
             return Err(RecordError::TrailingBytes);
         }
-        Ok(RecordBody {
-            node_id,
-            seq,
-            issued_at,
-            ttl_s,
-            info: PeerInfo {
-                mapping,
-                filtering,
-                allocation,
-                confidence,
-                public_addr,
-                port_delta,
-                no_nat: flags & NO_NAT != 0,
-                detected_at,
-                endpoints,
-                rendezvous,
-            },
-        })
+        Ok(RecordBody { node_id, seq, issued_at, ttl_s, info })
     }
 }
 
@@ -240,109 +189,22 @@ pub fn check(body: &RecordBody, asked: &[u8; 32], now_s: u64, last_seq: Option<u
     }
 }
 
-fn put_addr(b: &mut Vec<u8>, a: SocketAddr) {
-    match a.ip() {
-        IpAddr::V4(ip) => {
-            b.push(4);
-            b.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            b.push(6);
-            b.extend_from_slice(&ip.octets());
-        }
+fn addrs(r: &mut Reader) -> Result<Vec<SocketAddr>, RecordError> {
+    let n = r.u8()? as usize;
+    if n > MAX_ADDRS {
+        return Err(RecordError::TooManyAddrs);
     }
-    b.extend_from_slice(&a.port().to_be_bytes());
+    (0..n).map(|_| r.addr().map_err(RecordError::from)).collect()
 }
 
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
-        if self.b.len() < n {
-            return Err(RecordError::Truncated);
+impl From<WireError> for RecordError {
+    fn from(e: WireError) -> Self {
+        match e {
+            WireError::Truncated => RecordError::Truncated,
+            WireError::BadEnum => RecordError::BadEnum,
+            WireError::BadAddress => RecordError::BadAddress,
         }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Ok(h)
     }
-    fn u8(&mut self) -> Result<u8, RecordError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Result<u32, RecordError> {
-        let s = self.take(4)?;
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, RecordError> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_be_bytes(a))
-    }
-    fn addr(&mut self) -> Result<SocketAddr, RecordError> {
-        let ip = match self.u8()? {
-            4 => {
-                let s = self.take(4)?;
-                IpAddr::V4(Ipv4Addr::new(s[0], s[1], s[2], s[3]))
-            }
-            6 => {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(self.take(16)?);
-                IpAddr::V6(Ipv6Addr::from(a))
-            }
-            _ => return Err(RecordError::BadAddress),
-        };
-        let p = self.take(2)?;
-        Ok(SocketAddr::new(ip, u16::from_be_bytes([p[0], p[1]])))
-    }
-    fn addrs(&mut self) -> Result<Vec<SocketAddr>, RecordError> {
-        let n = self.u8()? as usize;
-        if n > MAX_ADDRS {
-            return Err(RecordError::TooManyAddrs);
-        }
-        (0..n).map(|_| self.addr()).collect()
-    }
-}
-
-fn mapping_code(m: Mapping) -> u8 {
-    match m {
-        Mapping::Ei => 0,
-        Mapping::Hd => 1,
-        Mapping::Pd => 2,
-    }
-}
-fn mapping_from(c: u8) -> Result<Mapping, RecordError> {
-    Mapping::ALL.get(c as usize).copied().ok_or(RecordError::BadEnum)
-}
-fn filtering_code(f: Filtering) -> u8 {
-    match f {
-        Filtering::Ei => 0,
-        Filtering::Hd => 1,
-        Filtering::Pd => 2,
-    }
-}
-fn filtering_from(c: u8) -> Result<Filtering, RecordError> {
-    Filtering::ALL.get(c as usize).copied().ok_or(RecordError::BadEnum)
-}
-fn allocation_code(a: Allocation) -> u8 {
-    match a {
-        Allocation::Pp => 0,
-        Allocation::Pc => 1,
-        Allocation::Rd => 2,
-    }
-}
-fn allocation_from(c: u8) -> Result<Allocation, RecordError> {
-    Allocation::ALL.get(c as usize).copied().ok_or(RecordError::BadEnum)
-}
-fn confidence_code(c: Confidence) -> u8 {
-    match c {
-        Confidence::Low => 0,
-        Confidence::Medium => 1,
-        Confidence::High => 2,
-    }
-}
-fn confidence_from(c: u8) -> Result<Confidence, RecordError> {
-    [Confidence::Low, Confidence::Medium, Confidence::High].get(c as usize).copied().ok_or(RecordError::BadEnum)
 }
 
 #[cfg(test)]
