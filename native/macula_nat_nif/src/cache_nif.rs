@@ -169,7 +169,7 @@ fn cache_get<'a>(env: Env<'a>, res: ResourceArc<CacheRes>, id: Binary<'a>) -> Te
 #[rustler::nif]
 fn cache_put<'a>(env: Env<'a>, res: ResourceArc<CacheRes>, id: Term<'a>, profile: Term<'a>, ttl: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
-        let Some(id) = id.decode::<Binary>().ok().and_then(|b| node_id(&b)) else {
+        let Some(id) = convert::decode_node_id(id) else {
             return (atoms::error(), atoms::bad_node_id()).encode(env);
         };
         let Some(ttl) = convert::decode_int::<u32>(ttl).filter(|t| *t > 0) else {
@@ -246,7 +246,7 @@ fn fetch_reason(e: &FetchError) -> Atom {
 #[rustler::nif]
 fn cache_fetch<'a>(env: Env<'a>, reference: Term<'a>, res: ResourceArc<CacheRes>, id: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
-        let Some(id) = id.decode::<Binary>().ok().and_then(|b| node_id(&b)) else {
+        let Some(id) = convert::decode_node_id(id) else {
             return (atoms::error(), atoms::bad_node_id()).encode(env);
         };
         let cache = res.cache.clone();

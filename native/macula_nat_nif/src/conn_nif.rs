@@ -143,7 +143,7 @@ fn conn_open<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, 
         let Some(addr) = convert::decode_addr(addr) else {
             return (atoms::error(), atoms::badarg()).encode(env);
         };
-        let Some(peer) = peer.decode::<Binary>().ok().and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok()) else {
+        let Some(peer) = convert::decode_node_id(peer) else {
             return (atoms::error(), atoms::bad_node_id()).encode(env);
         };
         let owner = env.pid();
@@ -154,10 +154,7 @@ fn conn_open<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, 
                 Err(e) => return quic_error(e.kind()),
             };
             match ep.connect(addr, peer).await {
-                Ok(conn) => match adopt(conn, DIRECT, owner) {
-                    Some(res) => reply::ok_with(res),
-                    None => quic_error("closed"),
-                },
+                Ok(conn) => adopted(conn, DIRECT, owner),
                 Err(e) => quic_error(e.kind()),
             }
         })
@@ -177,14 +174,20 @@ fn conn_accept<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>
                 Err(e) => return quic_error(e.kind()),
             };
             match ep.accept().await {
-                Some(conn) => match adopt(conn, DIRECT, owner) {
-                    Some(res) => reply::ok_with(res),
-                    None => quic_error("closed"),
-                },
+                Some(conn) => adopted(conn, DIRECT, owner),
                 None => quic_error("closed"),
             }
         })
     })
+}
+
+/// `{ok, Conn}` for a connection now owned by `owner`, `{error, closed}`
+/// when the owner is already gone.
+pub fn adopted(conn: Connection, method: u8, owner: LocalPid) -> reply::Encode {
+    match adopt(conn, method, owner) {
+        Some(res) => reply::ok_with(res),
+        None => quic_error("closed"),
+    }
 }
 
 fn quic_error(kind: &'static str) -> reply::Encode {

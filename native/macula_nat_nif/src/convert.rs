@@ -70,6 +70,11 @@ pub fn encode_error<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
     (atoms::error(), reason).encode(env)
 }
 
+/// A NodeId: a 32-byte binary (the ed25519 public key).
+pub fn decode_node_id(term: Term) -> Option<[u8; 32]> {
+    term.decode::<rustler::Binary>().ok().and_then(|b| b.as_slice().try_into().ok())
+}
+
 pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
     let mut bin = rustler::NewBinary::new(env, bytes.len());
     bin.as_mut_slice().copy_from_slice(bytes);

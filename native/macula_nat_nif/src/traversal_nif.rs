@@ -2,14 +2,14 @@
 //! The signal resource is owned by the coordinator process; connects and
 //! accepts run in the calling process, which owns the connection it gets.
 
-use crate::conn_nif::{adopt, DIRECT, PUNCHED, RELAYED};
+use crate::conn_nif::{adopt, adopted, DIRECT, PUNCHED, RELAYED};
 use crate::node_nif::NodeRes;
 use crate::profile_term::decode_peer_info;
 use crate::{atoms, convert, guard, owner, reply};
 use macula_nat_core::connector::{public_profile, SignalConfig};
 use macula_nat_core::{connect, ConnectError, ConnectOpts, Method, Rendezvous, Signal};
 use rustler::types::map::MapIterator;
-use rustler::{Atom, Binary, Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,10 +75,6 @@ fn rendezvous_peers<'a>(env: Env<'a>, rv: ResourceArc<RendezvousRes>) -> Term<'a
     })
 }
 
-fn node_id(t: Term) -> Option<[u8; 32]> {
-    t.decode::<Binary>().ok().and_then(|b| b.as_slice().try_into().ok())
-}
-
 /// `signal_join(Ref, Node, {Ip, Port}, RvId, Profile | undefined) ->
 /// {ok, Pending}`; replies `{ok, Signal}` (owned by the caller) or
 /// `{error, Reason}`.
@@ -92,7 +88,7 @@ fn signal_join<'a>(
     profile: Term<'a>,
 ) -> Term<'a> {
     guard::guard(env, || {
-        let (Some(addr), Some(rv_id)) = (convert::decode_addr(addr), node_id(rv_id)) else {
+        let (Some(addr), Some(rv_id)) = (convert::decode_addr(addr), convert::decode_node_id(rv_id)) else {
             return (atoms::error(), atoms::badarg()).encode(env);
         };
         let info = if profile.is_atom() {
@@ -189,7 +185,7 @@ fn method_atom(m: Method) -> Atom {
 #[rustler::nif]
 fn signal_connect<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<SignalRes>, target: Term<'a>, opts: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
-        let Some(target) = node_id(target) else {
+        let Some(target) = convert::decode_node_id(target) else {
             return (atoms::error(), atoms::bad_node_id()).encode(env);
         };
         let Some(opts) = decode_connect_opts(opts) else {
@@ -220,10 +216,7 @@ fn signal_accept<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<SignalR
         let signal = sig.signal.clone();
         reply::spawn_reply(env, reference, async move {
             match signal.accept().await {
-                Some(conn) => match adopt(conn, DIRECT, owner_pid) {
-                    Some(res) => reply::ok_with(res),
-                    None => connect_error(ConnectError::Closed),
-                },
+                Some(conn) => adopted(conn, DIRECT, owner_pid),
                 None => connect_error(ConnectError::Closed),
             }
         })
