@@ -51,27 +51,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// How a connection was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// One side dialled the other's public address (Direct or
-    /// ConnectionReversal).
-    Direct,
-    /// After hole punching.
-    Punched,
-    /// Through a relay (not implemented yet).
-    Relayed,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Direct => "direct",
-            Method::Punched => "punched",
-            Method::Relayed => "relayed",
-        }
-    }
-}
+pub use crate::quic::Method;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {

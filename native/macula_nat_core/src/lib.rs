@@ -19,6 +19,7 @@ pub mod peer_record;
 pub mod profile_cache;
 pub mod punch_driver;
 pub mod quic;
+pub mod relay;
 pub mod rendezvous;
 pub mod runtime;
 pub mod signal;

@@ -22,6 +22,8 @@
 //! Hello      0x01 "MNS1" kind(u8)            first message of a connection
 //!                 kind 1: control connection (peer -> rendezvous)
 //!                 kind 2: session connection, followed by session(16)
+//!                 kind 3: relay connection (client -> relay; then the
+//!                 relay messages of macula_nat_proto::relay::msg)
 //! Registered 0x02 observed(addr)             rendezvous -> peer, after Hello:
 //!                                            the peer's address as seen by the
 //!                                            rendezvous (its reflexive address)
@@ -93,6 +95,8 @@ pub struct Profile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HelloKind {
     Control,
+    /// A relay client's control connection (see `macula_nat_proto::relay`).
+    Relay,
     Session(SessionId),
 }
 
@@ -143,6 +147,7 @@ impl Msg {
                 b.extend_from_slice(&MAGIC);
                 match k {
                     HelloKind::Control => b.push(1),
+                    HelloKind::Relay => b.push(3),
                     HelloKind::Session(s) => {
                         b.push(2);
                         b.extend_from_slice(s);
@@ -213,6 +218,7 @@ impl Msg {
                 match r.u8()? {
                     1 => Msg::Hello(HelloKind::Control),
                     2 => Msg::Hello(HelloKind::Session(r.array()?)),
+                    3 => Msg::Hello(HelloKind::Relay),
                     _ => return Err(DecodeError::BadValue),
                 }
             }
@@ -326,6 +332,7 @@ mod tests {
         let obs: SocketAddr = "203.0.113.9:1234".parse().unwrap();
         let ms = [
             Msg::Hello(HelloKind::Control),
+            Msg::Hello(HelloKind::Relay),
             Msg::Hello(HelloKind::Session(s)),
             Msg::Registered { observed: obs },
             Msg::Connect { to: id, session: s, flags: FLAG_NO_DIRECT, profile: profile() },

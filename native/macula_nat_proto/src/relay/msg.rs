@@ -18,6 +18,10 @@
 //! Refused  0x28 tag(u32) reason(u8)          relay -> A (reasons below)
 //! Close    0x29 session(u64)                 either peer -> relay
 //! Ended    0x2A session(u64) reason(u8)      relay -> both legs
+//! Ping     0x2B nonce(u32)                   client -> relay, every second:
+//! Pong     0x2C nonce(u32)                   relay -> client  a silent relay
+//!                                            is found in seconds, not at the
+//!                                            QUIC idle timeout
 //! ```
 //!
 //! Unknown types and truncated messages are decoding errors; the receiver
@@ -137,6 +141,8 @@ pub enum RelayMsg {
     Refused { tag: u32, reason: Refusal },
     Close { session: u64 },
     Ended { session: u64, reason: EndReason },
+    Ping { nonce: u32 },
+    Pong { nonce: u32 },
 }
 
 impl RelayMsg {
@@ -188,6 +194,14 @@ impl RelayMsg {
                 b.extend_from_slice(&session.to_be_bytes());
                 b.push(reason.code());
             }
+            RelayMsg::Ping { nonce } => {
+                b.push(0x2B);
+                b.extend_from_slice(&nonce.to_be_bytes());
+            }
+            RelayMsg::Pong { nonce } => {
+                b.push(0x2C);
+                b.extend_from_slice(&nonce.to_be_bytes());
+            }
         }
         b
     }
@@ -219,6 +233,8 @@ impl RelayMsg {
                 let session = r.u64()?;
                 RelayMsg::Ended { session, reason: EndReason::from_code(r.u8()?).ok_or(WireError::BadEnum)? }
             }
+            0x2B => RelayMsg::Ping { nonce: r.u32()? },
+            0x2C => RelayMsg::Pong { nonce: r.u32()? },
             _ => return Err(WireError::BadEnum),
         };
         if !r.is_empty() {

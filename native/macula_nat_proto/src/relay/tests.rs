@@ -22,6 +22,8 @@ fn all_msgs() -> Vec<RelayMsg> {
         RelayMsg::Refused { tag: 10, reason: Refusal::MaxSessions },
         RelayMsg::Close { session: 45 },
         RelayMsg::Ended { session: 46, reason: EndReason::Inactive },
+        RelayMsg::Ping { nonce: 1 },
+        RelayMsg::Pong { nonce: u32::MAX },
     ]
 }
 
@@ -41,7 +43,7 @@ fn every_message_round_trips_and_every_truncation_is_refused() {
 
 #[test]
 fn unknown_types_and_codes_are_refused() {
-    for t in (0u8..=255).filter(|t| !(0x21..=0x2A).contains(t)) {
+    for t in (0u8..=255).filter(|t| !(0x21..=0x2C).contains(t)) {
         assert_eq!(RelayMsg::decode(&[t, 0, 0, 0, 0, 0, 0, 0, 0]), Err(WireError::BadEnum));
     }
     let mut refused = RelayMsg::Refused { tag: 1, reason: Refusal::Declined }.encode();
