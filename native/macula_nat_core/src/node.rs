@@ -227,6 +227,11 @@ impl Node {
         &self.punch
     }
 
+    /// Payload bytes this node sent through relay sessions so far.
+    pub fn relayed_bytes_out(&self) -> u64 {
+        self.relay.tunnelled_out.load(Ordering::Relaxed)
+    }
+
     /// Where relay frames and aliased datagrams go.
     pub(crate) fn relay_plane(&self) -> &Arc<RelayPlane> {
         &self.relay

@@ -75,7 +75,9 @@ impl DatagramTunnel for FrameTunnel {
         FRAME_BUF.with(|b| {
             let mut b = b.borrow_mut();
             frame::encode_into(&mut b, self.session, datagram);
-            node.try_send_to(&b, self.relay);
+            if node.try_send_to(&b, self.relay) {
+                node.relay_plane().tunnelled_out.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+            }
         });
     }
 }

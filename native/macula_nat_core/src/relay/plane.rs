@@ -34,6 +34,9 @@ pub(crate) struct RelayPlane {
     server: RwLock<Option<Arc<dyn FrameForwarder>>>,
     any_alias: AtomicBool,
     aliases: RwLock<HashMap<SocketAddr, SocketAddr>>,
+    /// Payload bytes this node sent into relay sessions (what the relay
+    /// counts for them, for checking its accounting).
+    pub(crate) tunnelled_out: std::sync::atomic::AtomicU64,
 }
 
 impl RelayPlane {

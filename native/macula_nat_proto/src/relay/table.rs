@@ -15,6 +15,11 @@
 //!   flow then oscillates well under it; a short queue lets it settle at
 //!   the limit. The bucket's burst is 50 ms of the rate (at least 4 KiB),
 //!   so over any window of T seconds at most `burst + rate * T` bytes pass.
+//!   Frames of at most [`SMALL_FRAME`] payload bytes (QUIC acknowledgements
+//!   of the other direction) are charged but never delayed or dropped: the
+//!   charge lands on the bulk frames after them, so the byte limit still
+//!   holds, while a saturated direction does not starve the acknowledgements
+//!   of the other (which made the flow collapse under its own queue).
 //! * `session_timeout`: a session with no frame in either direction for
 //!   that long ends ([`EndReason::Inactive`]).
 
@@ -26,6 +31,9 @@ use std::time::{Duration, Instant};
 /// The runtime's handle for one control connection.
 pub type ClientId = u64;
 pub type SessionId = u64;
+
+/// Payload size up to which a frame is charged but never held back.
+pub const SMALL_FRAME: usize = 128;
 
 /// A pending session not accepted within this is dropped.
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -153,9 +161,7 @@ impl TokenBucket {
     /// Takes `len` bytes: `Some(wait)` (zero = now) or `None` when waiting
     /// would exceed `max_wait` (nothing is taken then).
     pub fn take(&mut self, now: Instant, len: usize, max_wait: Duration) -> Option<Duration> {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        self.refill(now);
         let after = self.tokens - len as f64;
         if after >= 0.0 {
             self.tokens = after;
@@ -167,6 +173,18 @@ impl TokenBucket {
         }
         self.tokens = after;
         Some(wait)
+    }
+
+    /// Charges `len` bytes without waiting (the debt delays later frames).
+    pub fn charge(&mut self, now: Instant, len: usize) {
+        self.refill(now);
+        self.tokens -= len as f64;
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
     }
 }
 
@@ -314,6 +332,10 @@ impl RelayTable {
                     Some(to) => {
                         let wait = match s.bucket.as_mut() {
                             None => Some(Duration::ZERO),
+                            Some(b) if len <= SMALL_FRAME => {
+                                b.charge(now, len);
+                                Some(Duration::ZERO)
+                            }
                             Some(b) => b.take(now, len, max_wait),
                         };
                         match wait {

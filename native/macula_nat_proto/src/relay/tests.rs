@@ -321,3 +321,21 @@ fn token_bucket_burst_then_rate() {
     assert_eq!(b.take(t0 + Duration::from_secs(1), 5000, Duration::ZERO), Some(Duration::ZERO));
     assert_eq!(b.take(t0 + Duration::from_secs(1), 1, Duration::ZERO), None);
 }
+
+#[test]
+fn small_frames_pass_at_once_but_are_charged() {
+    let t0 = Instant::now();
+    let mut t = table(Limits { bandwidth_limit: Some(100_000), ..Limits::default() });
+    let s = active(&mut t, t0);
+    let (a, b) = (addr("10.0.0.1:1000"), addr("10.0.0.2:2000"));
+    // Fill the queue from A.
+    while matches!(t.forward(a, s, 1200, t0), Verdict::Forward { .. } | Verdict::Delay { .. }) {}
+    // B's acknowledgements still go through at once...
+    for _ in 0..50 {
+        assert_eq!(t.forward(b, s, SMALL_FRAME, t0), Verdict::Forward { to: a });
+    }
+    // ...and their bytes push A's next frame further out: 50 * 128 bytes =
+    // 64 ms at 100 kB/s, beyond the 100 ms queue that was already full.
+    assert_eq!(t.forward(a, s, 1200, t0 + Duration::from_millis(60)), Verdict::Drop(DropReason::OverLimit));
+    assert!(matches!(t.forward(a, s, 1200, t0 + Duration::from_millis(80)), Verdict::Delay { .. }));
+}
