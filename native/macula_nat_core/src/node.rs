@@ -232,6 +232,12 @@ impl Node {
         self.relay.tunnelled_out.load(Ordering::Relaxed)
     }
 
+    /// The relay (its node key) that a relayed connection's remote address
+    /// leads through right now; `None` for a real address.
+    pub fn relay_of(&self, remote: &SocketAddr) -> Option<NodeId> {
+        self.relay.relay_of(remote)
+    }
+
     /// Where relay frames and aliased datagrams go.
     pub(crate) fn relay_plane(&self) -> &Arc<RelayPlane> {
         &self.relay

@@ -99,6 +99,11 @@ fn symmetric_peers_talk_through_a_relay_that_counts_their_bytes() {
         let (a_id, b_id) = (w.a.node().node_id(), w.b.node().node_id());
         let ev = w.relays[0].next_event().await;
         assert!(matches!(ev, RelayEvent::Started { a, b, .. } if a == a_id && b == b_id), "{ev:?}");
+        // Both ends can tell which relay carries them.
+        let relay_id = w.relays[0].node.node_id();
+        assert_eq!(w.a.node().relay_of(&on_a.remote_address()), Some(relay_id));
+        assert_eq!(w.b.node().relay_of(&on_b.remote_address()), Some(relay_id));
+        assert_eq!(w.a.node().relay_of(&w.relays[0].node.local_addr().unwrap()), None);
         let payload = vec![7u8; 100_000];
         for _ in 0..10 {
             on_a.send(payload.clone()).await.unwrap();
@@ -151,6 +156,13 @@ fn max_sessions_refuses_the_next_session_clearly() {
         // A plain connect just finds no relay available.
         let e = connect_detailed(&w.a, w.b.node().node_id(), relay_opts()).await.unwrap_err();
         assert_eq!(e.kind(), "no_relay", "{e}");
+        // Raising the limit on the running relay makes room at once.
+        let server = w.relays[0].server.as_ref().unwrap();
+        server.set_limits(RelayLimits { max_sessions: 2, ..RelayLimits::default() });
+        assert_eq!(server.limits().max_sessions, 2);
+        let only = ConnectOpts { relay_only: true, ..ConnectOpts::default() };
+        let c = connect_detailed(&w.a, w.b.node().node_id(), only).await.unwrap();
+        assert_eq!(c.method, Method::Relayed);
     });
 }
 

@@ -266,7 +266,7 @@ impl LinkInner {
         let node = self.node.upgrade().ok_or(RelayError::Closed)?;
         let tunnel = Arc::new(FrameTunnel { node: self.node.clone(), relay: self.relay_addr, session });
         node.quic()?.route_via(virt, tunnel);
-        node.relay_plane().set_session(self.relay_addr, session, Some(virt));
+        node.relay_plane().set_session(self.relay_addr, session, Some((virt, self.relay_id)));
         Ok(())
     }
 

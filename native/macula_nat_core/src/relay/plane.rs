@@ -16,6 +16,7 @@
 //! without relays pays one load per datagram.
 
 use macula_nat_proto::relay::frame;
+use macula_nat_proto::relay::msg::NodeId;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -30,7 +31,8 @@ pub(crate) trait FrameForwarder: Send + Sync + 'static {
 #[derive(Default)]
 pub(crate) struct RelayPlane {
     any_session: AtomicBool,
-    sessions: RwLock<HashMap<(SocketAddr, u64), SocketAddr>>,
+    /// (relay address, session) -> (virtual address, relay's node key).
+    sessions: RwLock<HashMap<(SocketAddr, u64), (SocketAddr, NodeId)>>,
     server: RwLock<Option<Arc<dyn FrameForwarder>>>,
     any_alias: AtomicBool,
     aliases: RwLock<HashMap<SocketAddr, SocketAddr>>,
@@ -44,7 +46,7 @@ impl RelayPlane {
     pub(crate) fn on_frame(&self, sock: &UdpSocket, from: SocketAddr, data: &[u8]) -> Option<SocketAddr> {
         if self.any_session.load(Ordering::Acquire) {
             if let Some(s) = frame::session_of(data) {
-                if let Some(v) = self.sessions.read().ok().and_then(|m| m.get(&(from, s)).copied()) {
+                if let Some(v) = self.sessions.read().ok().and_then(|m| m.get(&(from, s)).map(|e| e.0)) {
                     return Some(v);
                 }
             }
@@ -64,7 +66,15 @@ impl RelayPlane {
         self.aliases.read().ok()?.get(from).copied()
     }
 
-    pub(crate) fn set_session(&self, relay: SocketAddr, session: u64, virt: Option<SocketAddr>) {
+    /// The relay whose session carries the virtual address `virt` now.
+    pub(crate) fn relay_of(&self, virt: &SocketAddr) -> Option<NodeId> {
+        if !self.any_session.load(Ordering::Acquire) {
+            return None;
+        }
+        self.sessions.read().ok()?.values().find(|(v, _)| v == virt).map(|(_, id)| *id)
+    }
+
+    pub(crate) fn set_session(&self, relay: SocketAddr, session: u64, virt: Option<(SocketAddr, NodeId)>) {
         let Ok(mut m) = self.sessions.write() else { return };
         match virt {
             Some(v) => m.insert((relay, session), v),

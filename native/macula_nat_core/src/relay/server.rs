@@ -167,6 +167,19 @@ impl RelayServer {
         }
     }
 
+    /// New limits for a running relay (enabling it again with other
+    /// options): `max_sessions` and `session_timeout` apply at once, the
+    /// bandwidth limit to sessions opened from now on. Sessions go on.
+    pub fn set_limits(&self, limits: Limits) {
+        if let Ok(mut t) = self.shared.table.lock() {
+            t.enable(limits);
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.shared.table.lock().map(|t| t.limits().clone()).unwrap_or_default()
+    }
+
     /// Sessions per `max_sessions`, per mille (what the registry advertises).
     pub fn load_permille(&self) -> u16 {
         self.shared.table.lock().map(|t| t.load_permille()).unwrap_or(1000)
