@@ -136,6 +136,16 @@ impl Dispatch {
         }
     }
 
+    /// Stops handing relay clients to `tx`, unless another relay server
+    /// took over since.
+    pub(crate) fn clear_relay_if(&self, tx: &mpsc::UnboundedSender<Connection>) {
+        if let Ok(mut c) = self.relay.lock() {
+            if c.as_ref().is_some_and(|cur| cur.same_channel(tx)) {
+                *c = None;
+            }
+        }
+    }
+
     /// Waits for the session connection the peer dials.
     pub(crate) fn expect_session(&self, s: SessionId) -> oneshot::Receiver<Connection> {
         let (tx, rx) = oneshot::channel();

@@ -256,3 +256,24 @@ fn a_relayed_connection_upgrades_to_punched_without_losing_a_message() {
         assert_eq!(on_a.recv().await.unwrap(), b"after");
     });
 }
+
+/// A relay server started on a node before the previous one stops (its
+/// owner restarted) keeps the node relaying: the old one's stop leaves the
+/// new one's hooks alone.
+#[test]
+fn a_new_relay_server_survives_the_old_one_stopping() {
+    runtime::handle().block_on(async {
+        let mut w = world(symmetric(), symmetric(), 1, RelayLimits::default()).await;
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let second = RelayServer::start(&w.relays[0].node, RelayLimits::default(), tx).unwrap();
+        w.relays[0].server.take().unwrap().stop();
+        // B loses its reservation with the old server and takes one at the new.
+        let relay_id = w.relays[0].node.node_id();
+        wait_until(|| second.stats().reservations == 1 && w.b.reserved_relays().iter().any(|r| r.0 == relay_id), "B reserved again").await;
+        let (on_a, on_b) = connect_relayed(&w, relay_opts()).await;
+        let ev = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+        assert!(matches!(ev, RelayEvent::Started { .. }), "{ev:?}");
+        on_a.send(b"through the new server".to_vec()).await.unwrap();
+        assert_eq!(on_b.recv().await.unwrap(), b"through the new server");
+    });
+}

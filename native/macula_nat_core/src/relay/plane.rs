@@ -102,6 +102,15 @@ impl RelayPlane {
             *s = server;
         }
     }
+
+    /// Removes `server`, unless another one took its place since.
+    pub(crate) fn clear_server_if(&self, server: &Arc<dyn FrameForwarder>) {
+        if let Ok(mut s) = self.server.write() {
+            if s.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, server)) {
+                *s = None;
+            }
+        }
+    }
 }
 
 static NEXT_VIRTUAL: AtomicU32 = AtomicU32::new(1);

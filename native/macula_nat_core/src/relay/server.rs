@@ -66,6 +66,10 @@ struct Shared {
 pub struct RelayServer {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
+    /// Its hooks in the node, removed by `stop` only if still its own (a
+    /// new server may have started on the node before an old one stops,
+    /// e.g. when the owning process was restarted).
+    hooks: (Arc<dyn FrameForwarder>, mpsc::UnboundedSender<Connection>),
 }
 
 impl RelayServer {
@@ -83,8 +87,9 @@ impl RelayServer {
             bytes: AtomicU64::new(0),
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
-        dispatch.set_relay(Some(tx));
-        node.relay_plane().set_server(Some(Arc::new(Forwarder(Arc::downgrade(&shared)))));
+        dispatch.set_relay(Some(tx.clone()));
+        let forwarder: Arc<dyn FrameForwarder> = Arc::new(Forwarder(Arc::downgrade(&shared)));
+        node.relay_plane().set_server(Some(forwarder.clone()));
         let accept = {
             let weak = Arc::downgrade(&shared);
             runtime::spawn(async move {
@@ -109,7 +114,7 @@ impl RelayServer {
                 }
             })
         };
-        Ok(RelayServer { shared, tasks: vec![accept, sweep] })
+        Ok(RelayServer { shared, tasks: vec![accept, sweep], hooks: (forwarder, tx) })
     }
 
     /// Stops relaying: every session ends (peers are told, events fire,
@@ -120,9 +125,9 @@ impl RelayServer {
             t.abort();
         }
         if let Some(node) = self.shared.node.upgrade() {
-            node.relay_plane().set_server(None);
+            node.relay_plane().clear_server_if(&self.hooks.0);
             if let Ok(d) = node.dispatch() {
-                d.set_relay(None);
+                d.clear_relay_if(&self.hooks.1);
             }
         }
         let ended = self.shared.table.lock().map(|mut t| t.disable()).unwrap_or_default();
