@@ -18,7 +18,8 @@
     dht := memory | {mainline, map()} | {module, module()},
     dht_timeout_ms := pos_integer(),
     advertise_ttl_seconds := pos_integer(),
-    rendezvous := [term()]
+    rendezvous := [term()],
+    relays := [#{node_id := binary(), endpoint := term()}]
 }.
 
 -spec defaults() -> opts().
@@ -34,7 +35,8 @@ defaults() ->
       dht => memory,
       dht_timeout_ms => 5000,
       advertise_ttl_seconds => 3600,
-      rendezvous => []}.
+      rendezvous => [],
+      relays => []}.
 
 %% @doc Explicit options win over the application environment, which wins
 %% over the defaults. Unknown keys are kept (children may read them), known
@@ -69,6 +71,7 @@ valid(dht_timeout_ms, V) -> is_integer(V) andalso V > 0;
 valid(advertise_ttl_seconds, V) -> is_integer(V) andalso V >= 2;
 valid(rendezvous, V) -> is_list(V) andalso lists:all(fun valid_rendezvous/1, V);
 valid(rendezvous_server, V) -> is_boolean(V);
+valid(relays, V) -> is_list(V) andalso lists:all(fun valid_relay/1, V);
 valid(_, _) -> true.
 
 %% `Endpoint' (advertised only) or `#{endpoint => E, node_id => Id}' (joined).
@@ -76,3 +79,9 @@ valid_rendezvous(#{endpoint := E, node_id := Id}) ->
     is_binary(Id) andalso byte_size(Id) =:= 32 andalso valid_rendezvous(E);
 valid_rendezvous(E) ->
     element(1, macula_nat_endpoint:parse(E)) =:= ok.
+
+%% `#{node_id => Id, endpoint => E}': a relay to stay reachable through.
+valid_relay(#{node_id := Id, endpoint := E}) ->
+    is_binary(Id) andalso byte_size(Id) =:= 32 andalso element(1, macula_nat_endpoint:parse(E)) =:= ok;
+valid_relay(_) ->
+    false.

@@ -15,7 +15,10 @@
          conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
          port_predict/4,
          rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
-         signal_connect/4, signal_accept/2]).
+         signal_connect/4, signal_accept/2,
+         %% relays
+         relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
+         signal_set_relays/2, signal_reserved_relays/1]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
@@ -28,7 +31,9 @@
        conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
        port_predict/4,
        rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
-       signal_connect/4, signal_accept/2]).
+       signal_connect/4, signal_accept/2,
+       relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
+       signal_set_relays/2, signal_reserved_relays/1]).
 
 -on_load(load/0).
 
@@ -173,3 +178,25 @@ signal_connect(_Ref, _Signal, _Target, _Opts) -> erlang:nif_error(not_loaded).
 
 -spec signal_accept(reference(), resource()) -> {ok, pending()} | {error, term()}.
 signal_accept(_Ref, _Signal) -> erlang:nif_error(not_loaded).
+
+%% Relays. The relay resource is owned by (and sends its session events to)
+%% the process given to relay_enable/3: see native/macula_nat_nif/src/relay_nif.rs.
+
+-spec relay_enable(resource(), map(), pid()) -> {ok, resource()} | {error, term()}.
+relay_enable(_Node, _Limits, _Owner) -> erlang:nif_error(not_loaded).
+
+-spec relay_set_limits(resource(), map()) -> ok | {error, term()}.
+relay_set_limits(_Relay, _Limits) -> erlang:nif_error(not_loaded).
+
+-spec relay_disable(resource()) -> {ok, [map()]}.
+relay_disable(_Relay) -> erlang:nif_error(not_loaded).
+
+-spec relay_stats(resource()) -> {ok, map()} | {error, term()}.
+relay_stats(_Relay) -> erlang:nif_error(not_loaded).
+
+-spec signal_set_relays(resource(), [{binary(), binary() | {inet:ip_address(), inet:port_number()}}]) ->
+    ok | {error, badarg}.
+signal_set_relays(_Signal, _Relays) -> erlang:nif_error(not_loaded).
+
+-spec signal_reserved_relays(resource()) -> [{binary(), binary()}].
+signal_reserved_relays(_Signal) -> erlang:nif_error(not_loaded).

@@ -6,6 +6,7 @@
 %% +-- macula_nat_cache       - NAT profile cache with TTL
 %% +-- macula_nat_detector    - NAT type detection
 %% +-- macula_nat_coordinator - hole punch coordination
+%% +-- macula_relay_node      - relay server (off until enabled)
 %% '''
 %% Each child owns its Rust resources (they are closed when it dies), so a
 %% crash restarts that child alone, from a clean slate.
@@ -37,7 +38,8 @@ start_link(_) ->
 init(Opts) ->
     Flags = #{strategy => one_for_one, intensity => 10, period => 10},
     Children = [child(M, Opts) || M <- [macula_nat_node, macula_nat_cache,
-                                        macula_nat_detector, macula_nat_coordinator]],
+                                        macula_nat_detector, macula_nat_coordinator,
+                                        macula_relay_node]],
     {ok, {Flags, Children}}.
 
 child(Module, Opts) ->
