@@ -18,7 +18,9 @@ relay_test_() ->
                   {timeout, 60, fun() -> max_sessions_and_disable(Ctx) end},
                   {timeout, 90, fun() -> upgrade_to_punched(Ctx) end},
                   {timeout, 60, fun() -> killed_relay_restarts_clean(Ctx) end},
-                  {timeout, 30, fun() -> bad_options(Ctx) end}]
+                  {timeout, 30, fun() -> bad_options(Ctx) end},
+                  %% Last: the rendezvous on this node goes with the socket.
+                  {timeout, 30, fun() -> follows_a_node_restart(Ctx) end}]
      end}.
 
 setup() ->
@@ -172,9 +174,12 @@ upgrade_to_punched(#{a := A, b := B, b_id := BId, me := Me}) ->
     ?debugFmt("method_changed -> punched ~b ms after sending began (right after the relayed connect), at term ~b of ~b",
               [SwitchMs, I, N]),
     ?assert(I > 0 andalso I < N),
-    {InOrder, Changes} = call(B, ?MODULE, holder_seq, [b4, N, 60000]),
+    {InOrder, _} = call(B, ?MODULE, holder_seq, [b4, N, 60000]),
     ?assert(InOrder),
-    ?assertEqual([punched], Changes),
+    %% The responder follows when its QUIC sees the peer's new address.
+    {ok, _} = call(B, ?MODULE, holder_await,
+                   [b4, fun({macula_connection, _, {method_changed, punched}}) -> true; (_) -> false end, 15000]),
+    ?assertMatch({_, [punched]}, call(B, ?MODULE, holder_seq, [b4, N, 1000])),
     ?assertEqual(punched, hinfo(A, a4, connection_method)),
     ?assertEqual(punched, hinfo(B, b4, connection_method)),
     ?assertEqual(undefined, hinfo(A, a4, relay)),
@@ -236,6 +241,24 @@ bad_options(#{a := A, b_id := BId}) ->
     ?assertEqual({error, badarg}, macula_nat_nif:relay_enable(Node, [], self())),
     ?assertEqual(Pid, whereis(macula_relay_node)),
     ?assertEqual({error, disabled}, macula_relay_node:stats()).
+
+%% The relay lives on the node's socket: when macula_nat_node restarts, the
+%% relay comes back on the new socket with the same options.
+follows_a_node_restart(_Ctx) ->
+    ok = macula_relay_node:enable(#{max_sessions => 5}),
+    #{relay := Old} = sys:get_state(macula_relay_node),
+    RelayPid = whereis(macula_relay_node),
+    NodePid = whereis(macula_nat_node),
+    exit(NodePid, kill),
+    ok = wait(fun() -> case sys:get_state(macula_relay_node) of
+                           #{relay := R} when R =/= undefined, R =/= Old -> true;
+                           _ -> false
+                       end
+              end, 10000),
+    ?assertEqual(RelayPid, whereis(macula_relay_node)),
+    ?assertEqual({error, closed}, macula_nat_nif:relay_stats(Old)),
+    ?assertMatch({ok, #{max_sessions := 5, sessions := 0}}, macula_relay_node:stats()),
+    ok = macula_relay_node:disable().
 
 %% helpers (test side)
 
