@@ -316,8 +316,13 @@ subscribe(State) ->
 %% signal after a rejoin starts without any).
 apply_relays(#{relays := Relays} = State) ->
     case signal() of
-        {ok, Sig} -> ok = macula_nat_nif:signal_set_relays(Sig, Relays);
-        {error, _} -> ok
+        {ok, Sig} ->
+            case macula_nat_nif:signal_set_relays(Sig, Relays) of
+                ok -> ok;
+                {error, R} -> ?LOG_WARNING("relays ~p not used: ~p", [Relays, R])
+            end;
+        {error, _} ->
+            ok
     end,
     State.
 
