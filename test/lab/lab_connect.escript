@@ -11,15 +11,17 @@
 %%     (the nodes take part in several pairs).
 %%  2. userspace: pairs of sites behind the lab's userspace NAT engine
 %%     (NATCracker types), chosen to cover every strategy of the table; each
-%%     pair has its own two nodes, so all pairs run at once.
+%%     pair has its own two nodes, so all its pairs run at once, alongside
+%%     phase 1.
 %%
 %% Per pair B accepts, A runs macula_nat_connector:connect/3. The strategy
 %% each pair claims to cover must be the one bench/strategy_table.md gives
 %% for the two DETECTED profiles (so a drift in detection or in the table
-%% fails the pair instead of silently testing something else); outcome/3
+%% fails the pair instead of silently testing something else); outcome/4
 %% maps the strategy to the expected result. On success connect/3's method
-%% and macula_connection:get_info(Conn, connection_method) on both sides
-%% must be the expected method, and a term must go A -> B and B -> A.
+%% and macula_connection:get_info(Conn, connection_method) on A must be the
+%% expected method (B's: responder_methods/1), and a term must go A -> B
+%% and B -> A.
 %% Prints a table, writes it as markdown to the file named by the first
 %% argument, exits 1 on any failure that is not a known gap.
 %% Run by lab_connect.sh.
@@ -29,6 +31,11 @@
 -define(OBS_PORT, 3478).
 -define(OBS_ALT_PORT, 3479).
 -define(CONNECT_TIMEOUT, 10000).
+-define(PAIRS_AT_ONCE, 4).
+%% Detections (and joins) at once: a starved detection misreads or times
+%% out, and a re-detection on the same socket is no cure (the first one's
+%% filter permissions are still open, so filtering looks laxer).
+-define(DETECTIONS_AT_ONCE, 8).
 
 %%% ================================================================
 %%% Expected outcome per strategy. THE place to update when:
@@ -92,6 +99,7 @@ connect_opts() -> #{timeout => ?CONNECT_TIMEOUT}.
 %% method, but dispatch::deliver passes on the bare connection). A's side is
 %% asserted exactly. When fixed, make this [Method].
 responder_methods(Method) -> lists:usort([Method, direct]).
+%%% ================================================ end of expected outcomes
 
 %% Random port behind a mapping that is not endpoint-independent: no
 %% endpoint of it can be predicted (strategy::Aim::Unpredictable).
@@ -143,6 +151,16 @@ kernel_pairs() ->
          #{name => lists:flatten(io_lib:format("~s (~s) -> ~s (~s)", [X, A, Y, B])),
            a => A, b => B, strategy => kernel_strategy(X, Y)}
      end || {I, X} <- lists:enumerate(Ks), {J, Y} <- lists:enumerate(Ks), I =< J].
+
+%% What each kernel kind detects as (lab_detection.rs).
+kernel_profile(H) ->
+    case kernel_kind(H) of
+        full_cone -> "ei-ei-pp";
+        restricted_cone -> "ei-hd-pp";
+        port_restricted_cone -> "ei-pd-pp";
+        symmetric -> "pd-pd-rd";
+        public -> "ei-ei-pp"
+    end.
 
 kernel_nodes() -> lists:append([[A, B] || K <- kinds(), {A, B} <- [hosts(K)]]).
 
@@ -254,7 +272,9 @@ run(Out, Users, T0) ->
     %% messages), which starts its two VMs while ours start. Not linked: an
     %% owner always answers (a crash is a failed row); if this process
     %% dies the escript halts and every VM with it (port EOF).
-    Owners = [spawn(fun() -> user_pair_owner(Me, U, Env) end) || U <- Users],
+    Slots = #{pairs => spawn_link(fun() -> slots(?PAIRS_AT_ONCE, []) end),
+              detect => spawn_link(fun() -> slots(?DETECTIONS_AT_ONCE, []) end)},
+    Owners = [spawn(fun() -> user_pair_owner(Me, Slots, U, Env) end) || U <- Users],
     Nodes = kernel_nodes(),
     Peers = pmap(fun(H) -> {H, start_vm(H, kernel_lang(H), Env, Me)} end, ["rv" | Nodes]),
     P = maps:from_list(Peers),
@@ -262,10 +282,17 @@ run(Out, Users, T0) ->
     ok = macula_lab_peer:call(Rv, macula_nat_coordinator, serve_rendezvous, []),
     {ok, RvId} = macula_lab_peer:call(Rv, macula, get_node_id, []),
     RvEp = iolist_to_binary([macula_lab:host_addr(lab(), "rv"), ":", integer_to_list(?PORT)]),
+    %% Detection waits until every VM is up: booting VMs starve the others'
+    %% STUN exchanges of CPU on a small machine.
+    StartedBy = now_ms() + 120000,
+    [receive {started, O} -> ok after max(0, StartedBy - now_ms()) -> ok end || O <- Owners],
+    io:format("~b VMs up in ~b ms~n", [1 + length(Nodes) + 2 * length(Owners), now_ms() - T1]),
     [O ! {rendezvous, RvEp, RvId} || O <- Owners],
     %% Detect through the observer, then join: the join carries the profile.
-    Info = maps:from_list(pmap(fun(H) -> {H, detect_join(maps:get(H, P), RvEp, RvId)} end, Nodes)),
-    UReady = [receive {ready, O, R} -> R after 120000 -> #{error => not_ready} end || O <- Owners],
+    Info = maps:from_list(pmap(fun(H) -> {H, detect_join(Slots, maps:get(H, P), kernel_profile(H), RvEp, RvId)} end,
+                               Nodes)),
+    ReadyBy = now_ms() + 120000,
+    UReady = [receive {ready, O, R} -> R after max(0, ReadyBy - now_ms()) -> #{} end || O <- Owners],
     UInfo = maps:from_list(lists:append([maps:to_list(I) || #{info := I} <- UReady])),
     Ids = [maps:get(id, I) || I <- maps:values(Info) ++ maps:values(UInfo)],
     ok = wait(fun() ->
@@ -273,22 +300,25 @@ run(Out, Users, T0) ->
                                                                   rendezvous_peers, [])],
                       Ids -- Reg =:= []
               end, 10000),
-    io:format("~b VMs started, detected and joined in ~b ms~n",
+    io:format("~b VMs detected and joined ~b ms after the start~n",
               [1 + length(Nodes) + maps:size(UInfo), now_ms() - T1]),
     [io:format("  ~-5s ~-7s ~-22s profile ~s~n",
                [H, kernel_lang(H), kernel_kind(H), prof(maps:get(profile, maps:get(H, Info)))])
      || H <- Nodes],
+    [io:format("  ~s detected ~b times: ~s~n", [H, length(Vs), lists:join(", ", lists:reverse(Vs))])
+     || {H, #{detections := Vs}} <- maps:to_list(maps:merge(Info, UInfo)), length(Vs) > 1],
     %% The phases share no node: the userspace pairs run while the kernel
     %% pairs go one after the other.
     T2 = now_ms(),
     [O ! go || O <- Owners],
     KRows = [pair(S, Table, P, Info) || S <- kernel_pairs()],
-    io:format("kernel phase: ~b pairs in ~b ms~n", [length(KRows), now_ms() - T2]),
-    T3 = T2,
+    io:format("kernel pairs: ~b in ~b ms~n", [length(KRows), now_ms() - T2]),
+    RowsBy = now_ms() + 60000,
     URows = [receive {row, O, Row} -> Row
-             after 60000 -> failed_row(#{name => N, strategy => S}, owner_timeout)
+             after max(0, RowsBy - now_ms()) -> failed_row(#{name => N, strategy => S}, owner_timeout)
              end || {O, #{name := N, strategy := S}} <- lists:zip(Owners, Users)],
-    io:format("userspace phase (alongside): ~b pairs done ~b ms after the start~n", [length(URows), now_ms() - T3]),
+    io:format("userspace pairs (alongside): ~b, all done ~b ms after the start~n",
+              [length(URows), now_ms() - T2]),
     print_rows("kernel NATs and public hosts", KRows),
     print_rows("userspace NATs", URows),
     Rows = KRows ++ URows,
@@ -306,7 +336,10 @@ run(Out, Users, T0) ->
 
 start_vm(H, Lang, Env, Owner) ->
     E = case H of "rv" -> maps:remove(observers, Env); _ -> Env end,
-    {ok, P} = macula_lab_peer:start(lab(), H, #{lang => Lang, env => E, owner => Owner}),
+    %% No scheduler busy-waiting: 65 VMs share a couple of cores.
+    VmArgs = ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"],
+    {ok, P} = macula_lab_peer:start(lab(), H, #{lang => Lang, env => E, owner => Owner,
+                                                vm_args => VmArgs}),
     %% Elixir's Logger starts at debug; Erlang's logger at notice. Same
     %% level on both, or the Elixir VMs flood the run's output.
     ok = case Lang of
@@ -316,16 +349,44 @@ start_vm(H, Lang, Env, Owner) ->
     {ok, _} = macula_lab_peer:call(P, application, ensure_all_started, [macula_nat]),
     P.
 
-detect_join(Peer, RvEp, RvId) ->
-    {ok, Prof} = macula_lab_peer:call(Peer, macula_nat_detector, detect, []),
-    ok = macula_lab_peer:call(Peer, macula_nat_coordinator, join, [RvEp, RvId]),
-    {ok, Id} = macula_lab_peer:call(Peer, macula, get_node_id, []),
-    #{id => Id, profile => Prof}.
+%% Detects until the verdict is the lab's NAT (at most ?DETECTIONS times):
+%% on a loaded machine a detection can time out, and this test is about
+%% connecting (lab_detection.rs is about detecting). The pair's table check
+%% still sees the profile the node joined with.
+-define(DETECTIONS, 3).
+detect_join(Slots, Peer, Want, RvEp, RvId) ->
+    with_slot(Slots, detect,
+              fun() ->
+                      {Prof, Verdicts} = detect(Peer, Want, []),
+                      ok = join(Peer, RvEp, RvId, 3),
+                      {ok, Id} = macula_lab_peer:call(Peer, macula, get_node_id, []),
+                      #{id => Id, profile => Prof, detections => Verdicts}
+              end).
+
+%% A join gives up after 5 s; dozens of nodes joining one rendezvous VM on
+%% a busy machine can take longer. Joining again replaces the attempt.
+join(Peer, RvEp, RvId, Left) ->
+    case macula_lab_peer:call(Peer, macula_nat_coordinator, join, [RvEp, RvId]) of
+        ok -> ok;
+        _ when Left > 1 -> join(Peer, RvEp, RvId, Left - 1);
+        Error -> Error
+    end.
+
+%% Verdicts: what each attempt gave, last first.
+detect(Peer, Want, Verdicts) ->
+    R = macula_lab_peer:call(Peer, macula_nat_detector, detect,
+                             [#{force => Verdicts =/= [], timeout => 10000}], 15000),
+    V = case R of {ok, Pr} -> flat(prof(Pr)); _ -> flat(io_lib:format("~p", [R])) end,
+    case R of
+        {ok, Prof} when V =:= Want; length(Verdicts) + 1 >= ?DETECTIONS -> {Prof, [V | Verdicts]};
+        _ when length(Verdicts) + 1 >= ?DETECTIONS -> error({detect, lists:reverse([V | Verdicts])});
+        _ -> detect(Peer, Want, [V | Verdicts])
+    end.
 
 %% Owner of one userspace pair: its VMs' messages come here. Always answers
 %% `ready' and `row' (a failed setup is a failed row), so the main process
 %% never waits on a crashed owner for long.
-user_pair_owner(Main, #{a := A, b := B, lang := Lang} = Spec, Env) ->
+user_pair_owner(Main, Slots, #{a := A, b := B, lang := Lang, nat := Nat} = Spec, Env) ->
     Self = self(),
     Setup = try
                 P = maps:from_list(pmap(fun(H) -> {H, start_vm(H, maps:get(H, Lang), Env, Self)} end,
@@ -333,10 +394,12 @@ user_pair_owner(Main, #{a := A, b := B, lang := Lang} = Spec, Env) ->
                 {ok, P}
             catch C:R -> {error, {start, C, R}}
             end,
+    Main ! {started, self()},
     {RvEp, RvId} = receive {rendezvous, E, I} -> {E, I} end,
     Joined = case Setup of
                  {ok, P1} ->
-                     try {ok, P1, maps:from_list(pmap(fun(H) -> {H, detect_join(maps:get(H, P1), RvEp, RvId)} end,
+                     try {ok, P1, maps:from_list(pmap(fun(H) -> {H, detect_join(Slots, maps:get(H, P1), maps:get(H, Nat),
+                                                                                  RvEp, RvId)} end,
                                                       [A, B]))}
                      catch C1:R1 -> {error, {detect_join, C1, R1}}
                      end;
@@ -354,9 +417,12 @@ user_pair_owner(Main, #{a := A, b := B, lang := Lang} = Spec, Env) ->
     end,
     Row = case Joined of
               {ok, Peers, Info1} ->
-                  try pair(Spec, strategy_table(), Peers, Info1)
-                  catch C2:R2:St -> failed_row(Spec, {crash, C2, R2, St})
-                  end;
+                  with_slot(Slots, pairs,
+                            fun() ->
+                                    try pair(Spec, strategy_table(), Peers, Info1)
+                                    catch C2:R2:St -> failed_row(Spec, {crash, C2, R2, St})
+                                    end
+                            end);
               {error, Why} ->
                   failed_row(Spec, Why)
           end,
@@ -365,6 +431,25 @@ user_pair_owner(Main, #{a := A, b := B, lang := Lang} = Spec, Env) ->
         {ok, Peers1, _} -> [macula_lab_peer:stop(Pe) || Pe <- maps:values(Peers1)];
         _ -> ok
     end.
+
+%% At most ?PAIRS_AT_ONCE userspace pairs connect at once: a punch lasts 10 tries of
+%% 20 ms on the lab's short round trips, and dozens of VMs punching and
+%% handshaking together on two cores stall some for longer than that.
+%% (The kernel pairs run beside them, one at a time.)
+slots(Free, [Pid | Queue]) when Free > 0 ->
+    Pid ! {slot, self()},
+    slots(Free - 1, Queue);
+slots(Free, Queue) ->
+    receive
+        {take, Pid} -> slots(Free, Queue ++ [Pid]);
+        {give, _} -> slots(Free + 1, Queue)
+    end.
+
+with_slot(Slots, Kind, F) ->
+    S = maps:get(Kind, Slots),
+    S ! {take, self()},
+    receive {slot, S} -> ok end,
+    try F() after S ! {give, self()} end.
 
 failed_row(#{name := N, strategy := S}, Why) ->
     #{name => N, strategy => S, table => undefined, expect => none, got => Why, ms => 0,
@@ -410,6 +495,7 @@ pair(#{name := Name, a := A, b := B, strategy := Claimed} = Spec, Table, P, Info
                 close_both(Got, AccRes, PA, PB),
                 {false, {table_says, TableS, for_detected, flat(prof(ProfA)), flat(prof(ProfB))}, none};
             {true, {gap, E, _}, E} ->
+                close_both(Got, AccRes, PA, PB),
                 {gap, {known_gap, E, Ms}, none};
             {true, {gap, _, Methods}, {ok, _, _}} ->
                 check({ok, Methods}, Got, AccRes, PA, PB, Name);
@@ -531,31 +617,47 @@ write_md(File, #{kernel := KInfo, user := UInfo, users := Users}, KRows, URows, 
           "its NAT through the observer (`macula_nat_detector:detect/0`), then joins the "
           "rendezvous. Per pair, B runs `macula_connection:accept/1`, A runs "
           "`macula_nat_connector:connect(Local, Target, #{timeout => 10000})`; the method "
-          "connect/3 returns and `macula_connection:get_info(Conn, connection_method)` on both "
-          "ends must be the expected one, and a term goes A -> B and one B -> A. Phase 1 runs "
-          "its pairs one after the other (nodes are shared), phase 2 runs all its pairs at "
-          "once (each pair has its own nodes). `ms` is the wall time of `connect/3` seen from "
-          "the test (includes the test's RPC hop into the lab VM, well under 1 ms).\n\n"
+          "connect/3 returns and `macula_connection:get_info(Conn, connection_method)` on A "
+          "must be the expected one (B's is listed: see the known bug below), and a term goes "
+          "A -> B and one B -> A. Phase 1 runs its pairs one after the other (its nodes take "
+          "part in several pairs); meanwhile phase 2 runs all its pairs at once (each has its "
+          "own two nodes). `ms` is the wall time of `connect/3` seen from the test (includes "
+          "the test's RPC hop into the lab VM, well under 1 ms).\n\n"
           "`strategy` is the one each pair is chosen to cover; the run checks it is the one "
           "`bench/strategy_table.md` gives for the two detected profiles (types there are "
           "MAPPING-ALLOCATION-FILTERING; here mapping-filtering-allocation, as the lab "
-          "writes them).\n\n"
-          "## Nodes\n\n| host | VM | lab NAT | detected profile (mapping-filtering-allocation) |\n|---|---|---|---|\n",
-          [io_lib:format("| ~s | ~s | ~s | ~s |~n",
-                         [H, kernel_lang(H), nat_desc(H), prof(maps:get(profile, maps:get(H, KInfo)))])
+          "writes them). Pairs marked `short` run behind NATs that drop idle bindings after "
+          "8 s and connect once the detector's bindings to the observer have expired.\n\n"
+          "## Nodes\n\n`detections`: the verdicts until one matched the lab's NAT (at most 3; "
+          "on a loaded machine a detection can time out or misread).\n\n"
+          "| host | VM | lab NAT | detected profile (mapping-filtering-allocation) | detections |\n"
+          "|---|---|---|---|---|\n",
+          [io_lib:format("| ~s | ~s | ~s | ~s | ~s |~n",
+                         [H, kernel_lang(H), nat_desc(H), node_prof(H, KInfo), node_detections(H, KInfo)])
            || H <- kernel_nodes()],
-          [io_lib:format("| ~s | ~s | user:~s | ~s |~n",
-                         [H, maps:get(H, Lang), maps:get(H, Nat),
-                          case UInfo of #{H := #{profile := Pr}} -> prof(Pr); _ -> "(not detected)" end])
+          [io_lib:format("| ~s | ~s | user:~s | ~s | ~s |~n",
+                         [H, maps:get(H, Lang), maps:get(H, Nat), node_prof(H, UInfo), node_detections(H, UInfo)])
            || #{a := A, b := B, nat := Nat, lang := Lang} <- Users, H <- [A, B]],
           "\n## Pairs: kernel NATs and public hosts\n\n", pairs_md(KRows),
           "\n## Pairs: userspace NATs\n\n", pairs_md(URows),
-          "\nKnown gaps (reported, not failing the run): birthday probing is chosen but not "
-          "implemented yet (`native/macula_nat_core/src/connector.rs`: "
-          "`Strategy::BirthdayProbing { .. } => Err(ConnectError::PunchFailed)`), so those pairs "
-          "fail at once with `punch_failed`. Relay pairs answer `{error, symmetric_nat}` (neither "
-          "side addressable) or `{error, no_relay}` until relays exist. Both expectations live in "
-          "`outcome/3` of `test/lab/lab_connect.escript`.\n",
+          "\nExpected results come from `outcome/4` in `test/lab/lab_connect.escript`, the "
+          "one place to update when relays or birthday probing land. Known gaps (reported, "
+          "not failing the run):\n\n"
+          "* Birthday probing is chosen but not implemented (`native/macula_nat_core/src/connector.rs`: "
+          "`Strategy::BirthdayProbing { .. } => Err(ConnectError::PunchFailed)`): `punch_failed` at once.\n"
+          "* Relay pairs answer `{error, symmetric_nat}` (neither side addressable) or "
+          "`{error, no_relay}` until relays exist.\n"
+          "* The preserved port is already taken. The table aims at an HD/PD mapping with port "
+          "preservation through the node's local port, which only the socket's first mapping "
+          "keeps; the node has one socket, and detection spent that mapping on the observer. "
+          "Until that binding expires the peer cannot reach the node where it filters by "
+          "address and port (preservation: `punch_failed`) or must dial the preserved port "
+          "(connection reversal towards such a listener: `timeout`). The same NAT pairs "
+          "marked `short` connect.\n"
+          "* B's `get_info(Conn, connection_method)` says `direct` for every accepted "
+          "connection: `native/macula_nat_nif` adopts accepted connections with `DIRECT` "
+          "(`conn_accept`, `signal_accept`); the connector's responder knows the method but "
+          "`dispatch::deliver` passes on the bare connection.\n",
           io_lib:format("~n~b pairs: ~b ok, ~b known gap, ~b failed. Whole run (lab up, ~b VMs, "
                         "detection, joins, both phases; teardown excluded): ~.1f s.~n",
                         [length(Rows), length([R || #{ok := true} = R <- Rows]),
@@ -563,6 +665,12 @@ write_md(File, #{kernel := KInfo, user := UInfo, users := Users}, KRows, URows, 
                          length([R || #{ok := false} = R <- Rows]),
                          1 + length(kernel_nodes()) + 2 * length(Users), Total / 1000])],
     ok = file:write_file(File, Md).
+
+node_prof(H, Info) ->
+    case Info of #{H := #{profile := Pr}} -> prof(Pr); _ -> "(not detected)" end.
+
+node_detections(H, Info) ->
+    case Info of #{H := #{detections := Vs}} -> lists:join(", ", lists:reverse(Vs)); _ -> "-" end.
 
 pairs_md(Rows) ->
     ["| pair (A -> B) | strategy | expected | method (A) | B's get_info | connect ms | result |\n"
