@@ -268,12 +268,12 @@ run(Out, Users, T0) ->
             observers => [Observer]},
     Me = self(),
     T1 = now_ms(),
+    Slots = #{pairs => spawn_link(fun() -> slots(?PAIRS_AT_ONCE, []) end),
+              detect => spawn_link(fun() -> slots(?DETECTIONS_AT_ONCE, []) end)},
     %% Each userspace pair is owned by its own process (it gets its VMs'
     %% messages), which starts its two VMs while ours start. Not linked: an
     %% owner always answers (a crash is a failed row); if this process
     %% dies the escript halts and every VM with it (port EOF).
-    Slots = #{pairs => spawn_link(fun() -> slots(?PAIRS_AT_ONCE, []) end),
-              detect => spawn_link(fun() -> slots(?DETECTIONS_AT_ONCE, []) end)},
     Owners = [spawn(fun() -> user_pair_owner(Me, Slots, U, Env) end) || U <- Users],
     Nodes = kernel_nodes(),
     Peers = pmap(fun(H) -> {H, start_vm(H, kernel_lang(H), Env, Me)} end, ["rv" | Nodes]),
@@ -432,10 +432,11 @@ user_pair_owner(Main, Slots, #{a := A, b := B, lang := Lang, nat := Nat} = Spec,
         _ -> ok
     end.
 
-%% At most ?PAIRS_AT_ONCE userspace pairs connect at once: a punch lasts 10 tries of
-%% 20 ms on the lab's short round trips, and dozens of VMs punching and
-%% handshaking together on two cores stall some for longer than that.
-%% (The kernel pairs run beside them, one at a time.)
+%% A counting semaphore. At most ?PAIRS_AT_ONCE userspace pairs connect at
+%% once: a punch lasts 10 tries of 20 ms on the lab's short round trips,
+%% and dozens of VMs punching and handshaking together on two cores stall
+%% some for longer than that. (The kernel pairs run beside them, one at a
+%% time.)
 slots(Free, [Pid | Queue]) when Free > 0 ->
     Pid ! {slot, self()},
     slots(Free - 1, Queue);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Traversal between BEAM nodes (Erlang and Elixir VMs) across real kernel
-# NATs: every pair of {full_cone, restricted_cone, port_restricted_cone,
-# symmetric, public}, through a rendezvous on a public lab host; see
+# Traversal between BEAM nodes (Erlang and Elixir VMs) across real NATs,
+# through a rendezvous on a public lab host: every pair of the kernel NATs
+# {full_cone, restricted_cone, port_restricted_cone, symmetric} and a public
+# host, and 27 userspace-NAT pairs covering every strategy of the table; see
 # lab_connect.escript. Writes bench/lab_connect_beam.md.
 # Needs root, erlang, elixir, cargo, rebar3.
 # Usage: test/lab/lab_connect.sh
