@@ -39,3 +39,5 @@ pub mod strategy;
 pub mod port_predictor;
 // Sans-IO hole-punch state machine (`Punch`) over STUN with PUNCH-TOKEN.
 pub mod punch;
+// Relay choice: score from latency and load, hysteresis, expiry.
+pub mod relay_select;
