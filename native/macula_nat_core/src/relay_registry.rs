@@ -192,8 +192,11 @@ impl RelayRegistry {
     }
 
     /// Up to `n` usable relays, best first (the current choice, then by
-    /// score).
+    /// score). None once closed: nothing measures them any more.
     pub fn best(&self, n: usize) -> Vec<RelayInfo> {
+        if self.is_closed() {
+            return Vec::new();
+        }
         lock(&self.sel).best(n).into_iter().map(RelayInfo::of).collect()
     }
 
@@ -202,6 +205,9 @@ impl RelayRegistry {
     /// itself. No network wait: a target that is not cached is treated as
     /// naming no contact (a stale entry starts its refresh).
     pub fn find(&self, target: Option<&NodeId>) -> Option<RelayInfo> {
+        if self.is_closed() {
+            return None;
+        }
         let via: Vec<SocketAddr> = match target {
             Some(t) => self.sources().cache.read(t, |found| match found {
                 Lookup::Fresh(e) | Lookup::Stale { value: e, .. } => e.info.rendezvous.clone(),

@@ -278,8 +278,12 @@ fn hysteresis_holds_with_real_measurements() {
 fn close_stops_the_tasks() {
     let (_me, _cache, reg) = client();
     assert_eq!(lock(&reg.tasks).len(), 1);
+    let r = relay(0.0);
+    reg.register(r.id(), r.addr());
+    assert!(wait_until(|| reg.best(5).len() == 1));
     reg.close();
     assert!(reg.is_closed());
+    assert!(reg.best(5).is_empty() && reg.find(None).is_none(), "a closed registry answers nothing");
     assert!(lock(&reg.tasks).is_empty());
     assert!(lock(&reg.follower).is_none());
 }
