@@ -66,6 +66,14 @@ shapes_and_errors(_) ->
         ?assertEqual(ok, macula_relay_registry:subscribe()),
         ?assertEqual(ok, macula_relay_registry:unsubscribe()),
         ?assertEqual(ok, macula_relay_registry:unsubscribe()),
+        %% Subscribers are monitored: a dead one is forgotten.
+        Parent = self(),
+        Sub = spawn(fun() -> Parent ! {self(), macula_relay_registry:subscribe()},
+                             receive stop -> ok end end),
+        receive {Sub, ok} -> ok end,
+        ?assertMatch(#{subs := #{Sub := _}}, sys:get_state(macula_relay_registry)),
+        Sub ! stop,
+        ?assertEqual(ok, wait(fun() -> maps:get(subs, sys:get_state(macula_relay_registry)) =:= #{} end, 2000)),
         %% Options are checked at start.
         ?assertMatch({error, {bad_option, relay_refresh_ms, 0}}, macula_nat_config:resolve(#{relay_refresh_ms => 0})),
         ?assertMatch({error, {bad_option, relays, _}}, macula_nat_config:resolve(#{relays => [x]})),
