@@ -37,6 +37,8 @@ rustler::atoms! {
     peer_closed, node_closed, reset, failed, peer_id_mismatch, quic, not_owner,
     connection_method, peer, remote_address, rtt_ms,
     punch_failed, symmetric_nat, no_relay, unknown_peer, no_rendezvous, rejected,
+    // relay registry
+    macula_relay_registry, relays_changed, node_id, endpoint, latency_ms, load,
     // node stats keys
     datagrams_in,
     bytes_in,

@@ -17,6 +17,7 @@ mod observer_nif;
 mod owner;
 mod predict_nif;
 mod profile_term;
+mod registry_nif;
 mod reply;
 mod traversal_nif;
 
