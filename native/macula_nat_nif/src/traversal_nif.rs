@@ -137,6 +137,11 @@ fn connect_error(e: ConnectError) -> reply::Encode {
             ConnectError::PunchFailed => atoms::punch_failed().encode(env),
             ConnectError::SymmetricNat => atoms::symmetric_nat().encode(env),
             ConnectError::NoRelay => atoms::no_relay().encode(env),
+            // Refusal names are a fixed set in the core, not peer input.
+            ConnectError::RelayRefused(r) => match rustler::Atom::from_str(env, r.name()) {
+                Ok(a) => a.encode(env),
+                Err(_) => atoms::no_relay().encode(env),
+            },
             ConnectError::Timeout => atoms::timeout().encode(env),
             ConnectError::UnknownPeer => atoms::unknown_peer().encode(env),
             ConnectError::NoRendezvous => atoms::no_rendezvous().encode(env),
