@@ -19,7 +19,8 @@
     dht_timeout_ms := pos_integer(),
     advertise_ttl_seconds := pos_integer(),
     rendezvous := [term()],
-    relays := [#{node_id := binary(), endpoint := term()}]
+    relay_refresh_ms := pos_integer(),
+    relays := [#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]
 }.
 
 -spec defaults() -> opts().
@@ -36,6 +37,7 @@ defaults() ->
       dht_timeout_ms => 5000,
       advertise_ttl_seconds => 3600,
       rendezvous => [],
+      relay_refresh_ms => 5000,
       relays => []}.
 
 %% @doc Explicit options win over the application environment, which wins
@@ -71,17 +73,18 @@ valid(dht_timeout_ms, V) -> is_integer(V) andalso V > 0;
 valid(advertise_ttl_seconds, V) -> is_integer(V) andalso V >= 2;
 valid(rendezvous, V) -> is_list(V) andalso lists:all(fun valid_rendezvous/1, V);
 valid(rendezvous_server, V) -> is_boolean(V);
+valid(relay_refresh_ms, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
 valid(relays, V) -> is_list(V) andalso lists:all(fun valid_relay/1, V);
 valid(_, _) -> true.
+
+%% `#{node_id => Id, endpoint => E}': a relay known from the start.
+valid_relay(#{endpoint := E, node_id := Id}) ->
+    is_binary(Id) andalso byte_size(Id) =:= 32 andalso element(1, macula_nat_endpoint:parse(E)) =:= ok;
+valid_relay(_) ->
+    false.
 
 %% `Endpoint' (advertised only) or `#{endpoint => E, node_id => Id}' (joined).
 valid_rendezvous(#{endpoint := E, node_id := Id}) ->
     is_binary(Id) andalso byte_size(Id) =:= 32 andalso valid_rendezvous(E);
 valid_rendezvous(E) ->
     element(1, macula_nat_endpoint:parse(E)) =:= ok.
-
-%% `#{node_id => Id, endpoint => E}': a relay to stay reachable through.
-valid_relay(#{node_id := Id, endpoint := E}) ->
-    is_binary(Id) andalso byte_size(Id) =:= 32 andalso element(1, macula_nat_endpoint:parse(E)) =:= ok;
-valid_relay(_) ->
-    false.

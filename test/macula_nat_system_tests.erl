@@ -5,7 +5,7 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -define(CHILDREN, [macula_nat_node, macula_nat_cache, macula_nat_detector, macula_nat_coordinator,
-                   macula_relay_node]).
+                   macula_relay_registry, macula_relay_node]).
 
 system_test_() ->
     {foreach,
@@ -172,7 +172,8 @@ not_implemented() ->
     ?assertMatch({ok, #{sessions := 0, max_sessions := 100}}, macula_relay_node:stats()),
     ?assertEqual(ok, macula_relay_node:disable()),
     ?assertEqual({error, disabled}, macula_relay_node:stats()),
-    ?assertEqual({error, not_implemented}, macula_relay_registry:find_relay(Id)).
+    %% The registry is built; with no relay known the answer is clear.
+    ?assertEqual({error, no_relay}, macula_relay_registry:find_relay(Id)).
 
 %% Standalone tests (no application needed).
 

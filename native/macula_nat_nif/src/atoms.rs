@@ -43,7 +43,8 @@ rustler::atoms! {
     no_reservation, declined, self_session, bad_request, bad_option, bandwidth_limit,
     session_timeout, max_queue_delay, unlimited, infinity, sessions, reservations, clients,
     frames_forwarded, bytes_forwarded, dropped_over_limit, dropped_not_a_leg, dropped_unknown,
-    load,
+    // relay registry
+    macula_relay_registry, relays_changed, node_id, endpoint, latency_ms, load,
     // node stats keys
     datagrams_in,
     bytes_in,

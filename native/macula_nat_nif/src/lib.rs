@@ -18,6 +18,7 @@ mod owner;
 mod predict_nif;
 mod profile_term;
 mod relay_nif;
+mod registry_nif;
 mod reply;
 mod traversal_nif;
 

@@ -42,3 +42,5 @@ pub mod port_predictor;
 pub mod punch;
 // Relays: control messages, the data frame, reservations/sessions/limits.
 pub mod relay;
+// Relay choice: score from latency and load, hysteresis, expiry.
+pub mod relay_select;
