@@ -15,9 +15,10 @@
 %% one); `rendezvous_server => true' makes this node a rendezvous;
 %% `relays => [#{node_id => NodeId, endpoint => <<"ip:port">>}]' are the
 %% relays this node stays reachable through (best first; see
-%% `set_relays/1'): it keeps a reservation at each and advertises the live
-%% ones to the peers it signals with, so a peer that cannot punch through
-%% to it connects through one of them.
+%% `set_relays/1'), followed by the two best others `macula_relay_registry'
+%% knows (updated when its choice changes): it keeps a reservation at each
+%% and advertises the live ones to the peers it signals with, so a peer
+%% that cannot punch through to it connects through one of them.
 -module(macula_nat_coordinator).
 -behaviour(gen_server).
 
@@ -32,6 +33,9 @@
 -define(PENDING, macula_nat_coordinator_pending).
 -define(JOIN_RETRY_MS, 2000).
 -define(DEFAULT_TIMEOUT, 10000).
+-define(REGISTRY_RETRY_MS, 1000).
+%% Relays taken from the registry on top of the configured ones.
+-define(REGISTRY_RELAYS, 2).
 
 -type method() :: direct | punched | relayed.
 
@@ -156,7 +160,8 @@ rendezvous_peers() ->
 
 %% @doc The relays to stay reachable through, best first, each
 %% `#{node_id => NodeId, endpoint => Endpoint}' (replaces the `relays'
-%% option; kept across rejoins). Errors: `{bad_relay, Entry}'.
+%% option; kept across rejoins; the registry's best two still follow).
+%% Errors: `{bad_relay, Entry}'.
 -spec set_relays([#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]) ->
     ok | {error, term()}.
 set_relays(Relays) when is_list(Relays) ->
@@ -209,7 +214,10 @@ init(Opts) ->
                      ?LOG_WARNING("relays option not used: ~p", [Bad]),
                      []
              end,
-    State = #{opts => Opts, join => undefined, detector => undefined, relays => Relays},
+    %% The registry starts after this process: subscribe once it is up.
+    self() ! registry_subscribe,
+    State = #{opts => Opts, join => undefined, detector => undefined, relays => Relays,
+              registry => undefined, registry_relays => []},
     case maps:get(rendezvous_server, Opts, false) of
         true -> self() ! serve_rendezvous;
         false -> ok
@@ -252,6 +260,13 @@ handle_info({join, E, Id}, State) ->
             erlang:send_after(?JOIN_RETRY_MS, self(), {join, E, Id}),
             {noreply, State}
     end;
+handle_info(registry_subscribe, State) ->
+    {noreply, registry_subscribe(State)};
+handle_info({macula_relay_registry, relays_changed}, State) ->
+    {noreply, apply_relays(registry_relays(State))};
+handle_info({'DOWN', Mon, process, _, _}, #{registry := Mon} = State) ->
+    erlang:send_after(?REGISTRY_RETRY_MS, self(), registry_subscribe),
+    {noreply, State#{registry := undefined}};
 handle_info({nat_profile_changed, _Old, New}, State) ->
     case signal() of
         {ok, Sig} -> macula_nat_nif:signal_set_profile(Sig, New);
@@ -314,7 +329,8 @@ subscribe(State) ->
 
 %% The current signal holds reservations at the wanted relays (a fresh
 %% signal after a rejoin starts without any).
-apply_relays(#{relays := Relays} = State) ->
+apply_relays(#{relays := Configured, registry_relays := FromRegistry} = State) ->
+    Relays = Configured ++ [R || {Id, _} = R <- FromRegistry, not lists:keymember(Id, 1, Configured)],
     case signal() of
         {ok, Sig} ->
             case macula_nat_nif:signal_set_relays(Sig, Relays) of
@@ -342,3 +358,24 @@ parse_relay(#{node_id := <<_:32/binary>> = Id, endpoint := E}) ->
     end;
 parse_relay(_) ->
     error.
+
+registry_subscribe(State) ->
+    Subscribed = try macula_relay_registry:subscribe() catch exit:_ -> {error, not_running} end,
+    case {whereis(macula_relay_registry), Subscribed} of
+        {Pid, ok} when is_pid(Pid) ->
+            apply_relays(registry_relays(State#{registry := erlang:monitor(process, Pid)}));
+        _ ->
+            erlang:send_after(?REGISTRY_RETRY_MS, self(), registry_subscribe),
+            State
+    end.
+
+%% The registry's best relays, this node excepted (a relay node does not
+%% reserve at itself).
+registry_relays(State) ->
+    Me = case macula:get_node_id() of
+             {ok, Id} -> Id;
+             _ -> undefined
+         end,
+    Best = [{Id, Addr} || #{node_id := Id, endpoint := E} <- macula_relay_registry:relays(),
+                          Id =/= Me, {ok, Addr} <- [macula_nat_endpoint:parse(E)]],
+    State#{registry_relays := lists:sublist(Best, ?REGISTRY_RELAYS)}.

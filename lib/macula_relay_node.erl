@@ -25,7 +25,10 @@
 %%     in this server or on the data path; one that crashes is logged.</li>
 %% </ul>
 %% Enabling again applies the new options to the running relay (sessions
-%% go on; a new bandwidth limit applies to new sessions). After a crash of
+%% go on; a new bandwidth limit applies to new sessions). The relay's load
+%% (sessions per `max_sessions') goes to `macula_relay_registry:set_load/1'
+%% whenever a session starts or ends, so a registered relay advertises it;
+%% a disabled relay says 1.0 (full: never chosen). After a crash of
 %% this process, or a restart of the node's socket, the relay comes back
 %% with the options in force; `disable/0' and an orderly stop forget them.
 -module(macula_relay_node).
@@ -156,20 +159,23 @@ init(_Opts) ->
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
 handle_call({enable, Limits, Callbacks}, _From, #{relay := undefined} = State) ->
     case start_relay(Limits, Callbacks, State) of
-        {ok, State1} -> {reply, ok, State1};
+        {ok, State1} -> report_load(State1), {reply, ok, State1};
         {error, _} = E -> {reply, E, State}
     end;
 handle_call({enable, Limits, Callbacks}, _From, #{relay := Relay, callbacks := Cbs} = State) ->
     case macula_nat_nif:relay_set_limits(Relay, Limits) of
         ok ->
             persistent_term:put(?ENABLED, {Limits, Callbacks}),
+            report_load(State),
             {reply, ok, State#{enabled := {Limits, Callbacks}, callbacks := Cbs#{Relay => Callbacks}}};
         {error, _} = E ->
             {reply, E, State}
     end;
 handle_call(disable, _From, State) ->
     forget_enabled(),
-    {reply, ok, (stop_relay(State))#{enabled := undefined}};
+    State1 = stop_relay(State),
+    report_load(State1),
+    {reply, ok, State1#{enabled := undefined}};
 handle_call(stats, _From, #{relay := undefined} = State) ->
     {reply, {error, disabled}, State};
 handle_call(stats, _From, #{relay := Relay} = State) ->
@@ -184,10 +190,12 @@ handle_cast(_Msg, State) -> {noreply, State}.
 handle_info({macula_relay_event, Relay, started, Info}, State) ->
     {Start, _} = callbacks(Relay, State),
     run(on_session_start, Start, Info),
+    report_load(State),
     {noreply, State};
 handle_info({macula_relay_event, Relay, ended, Info}, State) ->
     {_, End} = callbacks(Relay, State),
     run(on_session_end, End, Info),
+    report_load(State),
     {noreply, State};
 handle_info({macula_relay_event, Relay, stopped}, #{callbacks := Cbs} = State) ->
     {noreply, State#{callbacks := maps:remove(Relay, Cbs)}};
@@ -200,6 +208,7 @@ handle_info({'DOWN', Mon, process, _, _}, #{node := Mon} = State) ->
 handle_info(restart_relay, #{relay := undefined, enabled := {Limits, Callbacks}} = State) ->
     case start_relay(Limits, Callbacks, State) of
         {ok, State1} ->
+            report_load(State1),
             {noreply, State1};
         {error, R} ->
             ?LOG_INFO("relay not restarted yet (~p); retrying", [R]),
@@ -252,6 +261,18 @@ stop_relay(#{relay := Relay, node := Mon} = State) ->
 
 forget_enabled() ->
     _ = persistent_term:erase(?ENABLED),
+    ok.
+
+%% The registry advertises this load while this node is registered as a
+%% relay (its call is a NIF read, never a wait on the registry process).
+report_load(#{relay := undefined}) ->
+    _ = macula_relay_registry:set_load(1.0),
+    ok;
+report_load(#{relay := Relay}) ->
+    case macula_nat_nif:relay_stats(Relay) of
+        {ok, #{load := Load}} -> _ = macula_relay_registry:set_load(min(1.0, Load));
+        {error, _} -> ok
+    end,
     ok.
 
 callbacks(Relay, #{callbacks := Cbs}) ->

@@ -18,6 +18,7 @@ relay_test_() ->
                   {timeout, 60, fun() -> max_sessions_and_disable(Ctx) end},
                   {timeout, 90, fun() -> upgrade_to_punched(Ctx) end},
                   {timeout, 60, fun() -> killed_relay_restarts_clean(Ctx) end},
+                  {timeout, 60, fun() -> registry_relays_are_reserved(Ctx) end},
                   {timeout, 30, fun() -> bad_options(Ctx) end},
                   %% Last: the rendezvous on this node goes with the socket.
                   {timeout, 30, fun() -> follows_a_node_restart(Ctx) end}]
@@ -63,6 +64,9 @@ callbacks() ->
 relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me := Me}) ->
     flush(),
     ok = macula_relay_node:enable(callbacks()),
+    %% The relay's load goes to the registry (traced: its advertisement
+    %% needs a DHT, see macula_relay_registry_tests).
+    trace_set_load(true),
     ok = call(A, ?MODULE, set_profile, [symmetric]),
     ok = call(B, ?MODULE, set_profile, [symmetric]),
     wait_reserved(B, Me),
@@ -83,6 +87,7 @@ relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me :
         {relay_start, Start} -> ?assertMatch(#{peer_a := AId, peer_b := BId}, Start)
     after 10000 -> error(no_session_start)
     end,
+    ?assertEqual(ok, receive_load(0.01)),
 
     %% ~1 MB A -> B, acknowledged B -> A.
     Chunk = binary:copy(<<7>>, 50000),
@@ -107,6 +112,8 @@ relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me :
     after 10000 -> error(no_session_end)
     end,
     ok = call(B, ?MODULE, holder_stop, [b1]),
+    ?assertEqual(ok, receive_load(0.0)),
+    trace_set_load(false),
 
     %% The connector falls back to the relay by default.
     ok = call(B, ?MODULE, holder_start, [b2, fun() -> macula_connection:accept(30000) end]),
@@ -211,6 +218,20 @@ killed_relay_restarts_clean(#{a := A, b := B, b_id := BId, me := Me}) ->
     ok = call(B, ?MODULE, holder_stop, [b5]),
     ok = macula_relay_node:disable().
 
+%% A has no `relays' option; once its relay registry knows this node as a
+%% relay, its coordinator reserves there, and stops when it is forgotten.
+registry_relays_are_reserved(#{a := A, me := Me}) ->
+    ok = macula_relay_node:enable(),
+    {ok, {_, Port}} = macula_nat_node:local_addr(),
+    Ep = iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]),
+    ?assertEqual([], call(A, macula_nat_coordinator, reserved_relays, [])),
+    ok = call(A, macula_relay_registry, register, [Me, Ep]),
+    ok = wait(fun() -> [#{node_id => Me, endpoint => Ep}] =:= call(A, macula_nat_coordinator, reserved_relays, [])
+              end, 30000),
+    ok = call(A, macula_relay_registry, unregister, [Me]),
+    ok = wait(fun() -> [] =:= call(A, macula_nat_coordinator, reserved_relays, []) end, 30000),
+    ok = macula_relay_node:disable().
+
 bad_options(#{a := A, b_id := BId}) ->
     ok = macula_relay_node:disable(),
     Pid = whereis(macula_relay_node),
@@ -282,6 +303,15 @@ wait_reserved(Peer, Relay) ->
                                       _ -> false
                                   end
               end, 15000).
+
+trace_set_load(On) ->
+    erlang:trace_pattern({macula_relay_registry, set_load, 1}, On, [global]),
+    erlang:trace(whereis(macula_relay_node), On, [call]).
+
+receive_load(Load) ->
+    receive {trace, _, call, {macula_relay_registry, set_load, [Load]}} -> ok
+    after 10000 -> {no_set_load, Load}
+    end.
 
 %% Callback messages a previous case left behind.
 flush() ->
