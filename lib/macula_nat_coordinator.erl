@@ -330,7 +330,11 @@ subscribe(State) ->
 %% The current signal holds reservations at the wanted relays (a fresh
 %% signal after a rejoin starts without any).
 apply_relays(#{relays := Configured, registry_relays := FromRegistry} = State) ->
-    Relays = Configured ++ [R || {Id, _} = R <- FromRegistry, not lists:keymember(Id, 1, Configured)],
+    %% A node does not reserve at itself (one list of relays may be
+    %% configured on every node, the relays included).
+    Me = own_id(),
+    Relays = [R || {Id, _} = R <- Configured, Id =/= Me] ++
+             [R || {Id, _} = R <- FromRegistry, not lists:keymember(Id, 1, Configured)],
     case signal() of
         {ok, Sig} ->
             case macula_nat_nif:signal_set_relays(Sig, Relays) of
@@ -369,13 +373,15 @@ registry_subscribe(State) ->
             State
     end.
 
-%% The registry's best relays, this node excepted (a relay node does not
-%% reserve at itself).
+%% The registry's best relays, this node excepted.
 registry_relays(State) ->
-    Me = case macula:get_node_id() of
-             {ok, Id} -> Id;
-             _ -> undefined
-         end,
+    Me = own_id(),
     Best = [{Id, Addr} || #{node_id := Id, endpoint := E} <- macula_relay_registry:relays(),
                           Id =/= Me, {ok, Addr} <- [macula_nat_endpoint:parse(E)]],
     State#{registry_relays := lists:sublist(Best, ?REGISTRY_RELAYS)}.
+
+own_id() ->
+    case macula:get_node_id() of
+        {ok, Id} -> Id;
+        _ -> undefined
+    end.
