@@ -38,12 +38,8 @@
 -define(DETECTIONS_AT_ONCE, 8).
 
 %%% ================================================================
-%%% Expected outcome per strategy. THE place to update when:
-%%%  - birthday probing lands (native/macula_nat_core/src/connector.rs
-%%%    answers `Strategy::BirthdayProbing { .. } => Err(PunchFailed)' today):
-%%%    make it {ok, [punched]};
-%%%  - relays land: make relay {ok, [relayed]} (and pass
-%%%    `fallback_relay => true' in connect_opts/0 if relays stay opt-in).
+%%% Expected outcome per strategy (connect/3 falls back to a relay by
+%%% default, and the rendezvous host relays).
 %%% {ok, Methods}: connect must succeed with one of Methods, and messages
 %%% must flow both ways. {error, E}: connect must answer {error, E}.
 %%% {gap, Error, Methods}: known gap: Error is reported without failing the
@@ -55,14 +51,9 @@ outcome(connection_reversal, PA, PB, Ctx) -> held_port_gap(PA, PB, Ctx, {ok, [di
 outcome(simple_punch, _, _, _) -> {ok, [punched]};
 outcome(predict_preservation, PA, PB, Ctx) -> held_port_gap(PA, PB, Ctx, {ok, [punched]}, punch_failed);
 outcome(predict_contiguity, _, _, _) -> {ok, [punched]};
-outcome(birthday_probing, _, _, _) -> {gap, {error, punch_failed}, [punched]};
-%% Without relays the connector refuses relay-only pairs before the go:
-%% symmetric_nat when neither side can be addressed, else no_relay.
-outcome(relay, PA, PB, _) ->
-    case hard(PA) andalso hard(PB) of
-        true -> {error, symmetric_nat};
-        false -> {error, no_relay}
-    end.
+outcome(birthday_probing, _, _, _) -> {ok, [punched]};
+%% The rendezvous host relays too (every node reserves there).
+outcome(relay, _, _, _) -> {ok, [relayed]}.
 
 %% Known gap found by this test: the table aims at a per-destination (HD/PD)
 %% mapping with port preservation through the node's local port, which holds
@@ -80,7 +71,8 @@ outcome(relay, PA, PB, _) ->
 held_port_gap(_, _, #{port_free := true}, Ok, _) -> Ok;
 held_port_gap(PA, PB, _, {ok, Ms} = Ok, Error) ->
     case held_blocks(PA, PB) orelse held_blocks(PB, PA) of
-        true -> {gap, {error, Error}, Ms};
+        %% connect/3 falls back to the relay when the punch fails.
+        true -> {gap, {error, Error}, Ms ++ [relayed]};
         false -> Ok
     end.
 
@@ -92,13 +84,9 @@ held_blocks(_, _) -> false.
 
 connect_opts() -> #{timeout => ?CONNECT_TIMEOUT}.
 
-%% What B's accepted connection may report as `connection_method' when A's
-%% connect/3 answered Method. Known bug: every accepted connection says
-%% `direct' (native/macula_nat_nif adopts accepted connections with DIRECT
-%% in conn_accept and signal_accept: the connector's responder knows the
-%% method, but dispatch::deliver passes on the bare connection). A's side is
-%% asserted exactly. When fixed, make this [Method].
-responder_methods(Method) -> lists:usort([Method, direct]).
+%% What B's accepted connection must report as `connection_method' when A's
+%% connect/3 answered Method: the same.
+responder_methods(Method) -> [Method].
 %%% ================================================ end of expected outcomes
 
 %% Random port behind a mapping that is not endpoint-independent: no
@@ -280,6 +268,7 @@ run(Out, Users, T0) ->
     P = maps:from_list(Peers),
     Rv = maps:get("rv", P),
     ok = macula_lab_peer:call(Rv, macula_nat_coordinator, serve_rendezvous, []),
+    ok = macula_lab_peer:call(Rv, macula_relay_node, enable, []),
     {ok, RvId} = macula_lab_peer:call(Rv, macula, get_node_id, []),
     RvEp = iolist_to_binary([macula_lab:host_addr(lab(), "rv"), ":", integer_to_list(?PORT)]),
     %% Detection waits until every VM is up: booting VMs starve the others'
@@ -359,6 +348,10 @@ detect_join(Slots, Peer, Want, RvEp, RvId) ->
               fun() ->
                       {Prof, Verdicts} = detect(Peer, Want, []),
                       ok = join(Peer, RvEp, RvId, 3),
+                      %% The rendezvous host is also the relay: every node
+                      %% holds a reservation there, so relay pairs connect.
+                      ok = macula_lab_peer:call(Peer, macula_nat_coordinator, set_relays,
+                                                [[#{node_id => RvId, endpoint => RvEp}]]),
                       {ok, Id} = macula_lab_peer:call(Peer, macula, get_node_id, []),
                       #{id => Id, profile => Prof, detections => Verdicts}
               end).
