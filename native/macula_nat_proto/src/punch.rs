@@ -59,7 +59,7 @@
 //! random ports of the hard side's IP (seeded permutation, one attempt
 //! each), starting once the hard side has had time to open its sockets. The
 //! hard side needs nothing special: one target per socket, all aimed at the
-//! easy side's endpoint. Every request (probes included) respects
+//! easy side's endpoint. [`BirthdaySchedule`] configures both sides alike. Every request (probes included) respects
 //! `rate_pps`; answers do not count against it, since each one answers a
 //! request of the peer, which is rate-capped on its side.
 
@@ -70,6 +70,9 @@ use std::time::{Duration, Instant};
 
 use crate::port_predictor::BirthdayPorts;
 use crate::stun::{is_stun, Attribute, Class, Message, PunchToken, TransactionId, METHOD_BINDING};
+
+mod birthday;
+pub use birthday::{BirthdaySchedule, HARD_ATTEMPTS, STANDARD_TARGET};
 
 /// A node's identity (32 bytes).
 pub type NodeId = [u8; 32];
