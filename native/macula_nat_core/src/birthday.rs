@@ -52,7 +52,7 @@ const EARLY_QUIC: usize = 16;
 const RECV_BUF: usize = 2048;
 /// How often the watcher lets go of the connection so that the owner's
 /// dropping its last handle still closes it.
-const WATCH: Duration = Duration::from_secs(1);
+const WATCH: Duration = Duration::from_millis(250);
 
 /// The hard side's extra sockets for one punch.
 pub struct SocketSet {

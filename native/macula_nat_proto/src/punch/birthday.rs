@@ -6,8 +6,9 @@
 //! request per socket to the easy side's single endpoint; each opens a
 //! mapping on its NAT and is dropped by the easy side's filter. The easy side
 //! starts probing once all of those mappings exist: the hard side needs
-//! `sockets / rate` to send them at the rate cap, and the pair RTT covers the
-//! skew between the two starts and the path delay. Probes that arrive before
+//! `sockets / rate` to send them at the rate cap, and the pair RTT plus a
+//! fixed setup margin cover the skew between the two starts (the hard side
+//! opens its sockets after the go) and the path delay. Probes that arrive before
 //! their mapping exists are wasted, so starting earlier would only lower the
 //! hit probability.
 //!
@@ -29,6 +30,10 @@ pub const STANDARD_TARGET: f64 = 0.99;
 pub const HARD_ATTEMPTS: u32 = 2;
 /// Margin after the last probe for its answer and the nomination.
 const TAIL: Duration = Duration::from_secs(1);
+/// The hard side opens its sockets after the go (17-47 ms for ~500 in the
+/// lab), so it starts that much after the easy side; without delay the
+/// pair RTT is far too small to cover that.
+const SETUP: Duration = Duration::from_millis(100);
 
 /// One birthday attempt, as both sides run it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -49,7 +54,7 @@ impl BirthdaySchedule {
     pub fn new(target: f64, limits: &BirthdayLimits, rendezvous_rtt: Duration) -> Option<BirthdaySchedule> {
         let plan = plan_birthday(target, limits)?;
         let gap = Duration::from_secs(1) / limits.rate_pps.max(1);
-        let start_after = gap * plan.sockets + rendezvous_rtt;
+        let start_after = gap * plan.sockets + rendezvous_rtt + SETUP;
         Some(BirthdaySchedule {
             plan,
             rate_pps: limits.rate_pps,
@@ -107,9 +112,10 @@ mod tests {
         assert!(s.plan.probability >= STANDARD_TARGET);
         assert!(s.plan.sockets <= limits.max_sockets);
         assert_eq!(s.rate_pps, limits.rate_pps);
-        // Hard side's first round at the rate cap, then the pair RTT.
+        // Hard side's first round at the rate cap, then the pair RTT and
+        // the setup margin.
         let gap = Duration::from_secs(1) / limits.rate_pps;
-        assert_eq!(s.start_after, gap * s.plan.sockets + Duration::from_millis(100));
+        assert_eq!(s.start_after, gap * s.plan.sockets + Duration::from_millis(100) + SETUP);
         assert_eq!(s.timeout, s.start_after + gap * s.plan.probes + TAIL);
         // Worst case (no hit) still ends well inside a 10 s connect.
         assert!(s.timeout < Duration::from_secs(8), "{:?}", s.timeout);
