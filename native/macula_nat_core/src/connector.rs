@@ -21,7 +21,11 @@
 //!    * `SimplePunch` / `PredictPreservation` / `PredictContiguity`: both
 //!      run the punch machine on their node socket (targets from
 //!      [`targets`]); A then QUIC-connects to the punched address.
-//!    * `BirthdayProbing`: not implemented: `PunchFailed`.
+//!    * `BirthdayProbing { hard }`: the hard side punches from the node
+//!      socket and a few hundred extra sockets ([`crate::birthday`]) towards
+//!      the easy side's endpoint, the easy side probes random ports of the
+//!      hard side's IP; A then QUIC-connects to the punched address, over
+//!      the winning extra socket when the hard side's path is one.
 //!    * `Relay`: with `allow_relay`, through a relay (below); otherwise
 //!      `SymmetricNat` when both sides have unpredictable ports, else
 //!      `NoRelay`.
@@ -57,14 +61,15 @@
 //!   sees its QUIC peer migrate to a real address).
 
 use crate::dispatch::Dispatch;
-use crate::punch_driver;
+use crate::birthday::SocketSet;
+use crate::punch_driver::{self, Punched};
 use crate::relay::{self, RelayLink, RelayPath, RelaySet};
 use crate::quic::QuicError;
 use crate::signal::{self, HelloKind, Msg, NodeId, Profile, SessionId};
 use crate::{runtime, Connection, Node};
 use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
 use macula_nat_proto::port_predictor::wrap_port;
-use macula_nat_proto::punch::{PunchConfig, Role};
+use macula_nat_proto::punch::{BirthdaySchedule, PunchConfig, Role};
 use macula_nat_proto::record::PeerInfo;
 use macula_nat_proto::strategy::{self, Aim, Dialer, PeerNat, Side, Strategy};
 use macula_nat_proto::nat::NatType;
@@ -920,8 +925,79 @@ async fn act(
                 }
             }
         }
-        Strategy::BirthdayProbing { .. } => Err(ConnectError::PunchFailed),
+        Strategy::BirthdayProbing { hard } => {
+            birthday(inner, side, hard, session, peer_id, peer, observed, (wait, pair_rtt), incoming).await
+        }
         // Handled before the go by the callers.
         Strategy::Relay => Err(ConnectError::NoRelay),
     }
+}
+
+/// Birthday probing (see [`crate::birthday`] and
+/// [`macula_nat_proto::punch::BirthdaySchedule`]): the hard side punches from
+/// the node socket plus the schedule's extra sockets towards the easy side's
+/// endpoint; the easy side probes random ports of the hard side's IP from
+/// the node socket. As for the other punches, the initiator dials the
+/// punched address. `max_punch_attempts` does not apply: the schedule fixes
+/// the attempts (one per probe) so that both sides agree without signalling.
+#[allow(clippy::too_many_arguments)]
+async fn birthday(
+    inner: &Arc<Inner>,
+    side: Side,
+    hard: Side,
+    session: SessionId,
+    peer_id: NodeId,
+    peer: &Profile,
+    observed: SocketAddr,
+    (wait, pair_rtt): (Duration, Duration),
+    incoming: tokio::sync::oneshot::Receiver<Connection>,
+) -> Result<(Connection, Method), ConnectError> {
+    let sched = BirthdaySchedule::standard(pair_rtt).ok_or(ConnectError::PunchFailed)?;
+    let reg = punch_driver::register(&inner.node, session);
+    let role = if side == Side::A { Role::Initiator } else { Role::Responder };
+    let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, Vec::new(), pair_rtt);
+    cfg.seed = rand::random();
+    let extra = if side == hard {
+        // The easy side's one endpoint: its reflexive address (EI mapping) or
+        // preserved port, first in `targets`.
+        let easy = targets(peer, observed)[0];
+        let ip = inner.node.local_addr().map_err(|_| ConnectError::Closed)?.ip();
+        // The node socket is one of the schedule's sockets.
+        let set = SocketSet::open(ip, sched.sockets().saturating_sub(1), session);
+        sched.configure_hard(&mut cfg, std::iter::once(0).chain(set.indices()), easy);
+        set
+    } else {
+        sched.configure_easy(&mut cfg, 0, observed.ip());
+        SocketSet::empty()
+    };
+    tokio::time::sleep(wait).await;
+    let punched = punch_driver::run_with(inner.node.clone(), reg, cfg, extra).await;
+    let quic = inner.node.quic()?;
+    // A path on an extra socket carries the QUIC connection from before the
+    // first packet of the handshake until the connection ends.
+    let route = |p: Punched| p.path.map(|path| path.route(&quic, p.success.remote_addr));
+    let (conn, guard) = match side {
+        Side::A => {
+            drop(incoming);
+            let p = punched.map_err(|_| ConnectError::PunchFailed)?;
+            let remote = p.success.remote_addr;
+            let guard = route(p);
+            (dial(inner, remote, peer_id, session).await?, guard)
+        }
+        Side::B => {
+            // As in the other punches, the initiator decides.
+            let guard = match punched {
+                Ok(p) => route(p),
+                Err(e) => {
+                    tracing::debug!("signal: responder birthday punch: {e}");
+                    None
+                }
+            };
+            (incoming.await.map_err(|_| ConnectError::Closed)?, guard)
+        }
+    };
+    if let Some(g) = guard {
+        g.hold_while(&conn);
+    }
+    Ok((conn, Method::Punched))
 }

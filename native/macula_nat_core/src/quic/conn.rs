@@ -166,6 +166,18 @@ fn opening_error(e: impl fmt::Display) -> QuicError {
     QuicError::Handshake(format!("message stream: {e}"))
 }
 
+/// A handle that does not keep the connection open (dropping the last
+/// [`Connection`] still closes it): for state whose lifetime follows the
+/// connection's, such as a birthday punch's path socket.
+#[derive(Clone)]
+pub(crate) struct WeakConnection(std::sync::Weak<Inner>);
+
+impl WeakConnection {
+    pub(crate) fn upgrade(&self) -> Option<Connection> {
+        self.0.upgrade().map(|inner| Connection { inner })
+    }
+}
+
 impl Connection {
     fn new(
         conn: quinn::Connection,
@@ -202,6 +214,10 @@ impl Connection {
     /// Sees every later change of [`Connection::method`].
     pub fn watch_method(&self) -> tokio::sync::watch::Receiver<Method> {
         self.inner.method.subscribe()
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakConnection {
+        WeakConnection(Arc::downgrade(&self.inner))
     }
 
     /// Puts a message back in front of the queue (see `Inner::unread`).
