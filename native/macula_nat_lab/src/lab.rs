@@ -25,6 +25,9 @@ pub enum Role {
     Public,
     Site,
     Router,
+    /// Pass-through engine between a kernel-NAT site's host and its router,
+    /// adding the site's delay/jitter/loss (no netem on this kernel).
+    Hop,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -66,6 +69,11 @@ pub struct SiteInfo {
     pub delay_ms: f64,
     pub jitter_ms: f64,
     pub loss: f64,
+    /// Kernel-NAT site with delay/jitter/loss: the pass-through hop host
+    /// (`<site>-dly`) that adds them; its engine is `engine_pid`, its counters
+    /// `stats_file` (`engine` stays false: `stats` reports the nft counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_hop: Option<String>,
 }
 
 /// JSON description of a running lab (also the state file content).
@@ -172,6 +180,12 @@ impl Addrs {
     }
 }
 
+/// Address of a kernel-NAT site's delay hop on the LAN side of the router
+/// (host `.2`, router `.1`).
+fn hop_addr(gw: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(gw) + 2)
+}
+
 fn site_lan(i: usize) -> Result<(Ipv4Addr, Ipv4Addr, Ipv4Addr)> {
     // 198.18.0.0/15: site i (1-based) gets 198.18.i.0/24, then 198.19.(i-256).0/24
     let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + ((i as u32) << 8);
@@ -269,6 +283,20 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 },
             );
         }
+        let hop = (matches!(s.nat, NatKind::Kernel(_)) && s.has_impairment()).then(|| format!("{}-dly", s.name));
+        if let Some(hop) = &hop {
+            hosts.insert(
+                hop.clone(),
+                HostInfo {
+                    netns: ns_name(lab, hop),
+                    role: Role::Hop,
+                    addrs: vec![hop_addr(gw)],
+                    public_addrs: vec![],
+                    site: Some(s.name.clone()),
+                    gateway: Some(gw),
+                },
+            );
+        }
         let stats_file = lab_dir(lab).join(format!("{}.stats.json", s.name));
         sites.insert(
             s.name.clone(),
@@ -282,10 +310,11 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 wan_addr,
                 engine,
                 engine_pid: None,
-                stats_file: engine.then_some(stats_file),
+                stats_file: (engine || hop.is_some()).then_some(stats_file),
                 delay_ms: s.delay_ms,
                 jitter_ms: s.jitter_ms,
                 loss: s.loss,
+                delay_hop: hop,
             },
         );
     }
@@ -304,6 +333,23 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
         namespaces,
         spec: spec.clone(),
     })
+}
+
+/// Routes a namespace's LAN egress and the WAN ingress for `routed` through
+/// the engine's `tun0` (see the engine module docs).
+fn wire_engine(ns: &str, routed: Ipv4Addr, host_route: Option<Ipv4Addr>) -> Result<()> {
+    let mut l = vec![
+        "link set tun0 up".to_string(),
+        "route add default dev tun0 table 100".into(),
+        format!("route add {routed}/32 dev tun0 table 101"),
+        "rule add iif lan lookup 100 pref 100".into(),
+        "rule add iif wan lookup 101 pref 101".into(),
+    ];
+    if let Some(h) = host_route {
+        l.push(format!("route add {h}/32 dev lan"));
+    }
+    ip_batch(Some(ns), &l)?;
+    sysctls(ns, vec![("net.ipv4.conf.tun0.rp_filter".into(), "0".into())])
 }
 
 fn write_state(info: &LabInfo) -> Result<()> {
@@ -396,7 +442,7 @@ impl Lab {
         destroy_namespaces(&stale)?;
         write_state(&info)?; // first, so a concurrent reap sees an owned lab
         let mut lab = Lab { info, children: vec![], keep: false, down_done: false };
-        let needs_engine = lab.info.sites.values().any(|s| s.engine);
+        let needs_engine = lab.info.sites.values().any(|s| s.engine || s.delay_hop.is_some());
         let bin = if needs_engine { Some(find_engine_bin(&opts.engine_bin)?) } else { None };
         if let Err(e) = lab.build(bin.as_deref()) {
             lab.teardown_now();
@@ -429,6 +475,8 @@ impl Lab {
                         attached.push((name.clone(), "eth0"))
                     }
                 }
+                // behind its site's router
+                Role::Hop => {}
             }
         }
         for (k, (name, ifname)) in attached.iter().enumerate() {
@@ -465,17 +513,26 @@ impl Lab {
             let gw = info.hosts[router].addrs[0];
             let wan = s.wan_addr.unwrap();
             let lan = s.lan.clone().unwrap();
+            let hop_ns = s.delay_hop.as_ref().map(|h| info.hosts[h].netns.clone());
+            // The router's LAN link ends at the host, or at the delay hop.
+            let lan_peer = match &hop_ns {
+                Some(n) => format!("wan netns {n}"),
+                None => format!("eth0 netns {hns}"),
+            };
             ip_batch(
                 Some(&rns),
                 &[
                     "link set lo up".into(),
-                    format!("link add lan type veth peer name eth0 netns {hns}"),
+                    format!("link add lan type veth peer name {lan_peer}"),
                     format!("addr add {gw}/24 dev lan"),
                     format!("addr add {wan}/{INET_PREFIX} dev wan"),
                     "link set lan up".into(),
                     "link set wan up".into(),
                 ],
             )?;
+            if let (Some(hop), Some(hop_ns)) = (&s.delay_hop, &hop_ns) {
+                self.build_delay_hop(bin, sname, s, spec, hop, hop_ns, &hns, gw)?;
+            }
             let mut hl = vec!["link set lo up".to_string(), "link set eth0 up".into()];
             if spec.nat == NatKind::None {
                 // public host address behind a pass-through engine
@@ -528,23 +585,65 @@ impl Lab {
                     let pid = self.start_engine(bin, sname, s, spec, &rns)?;
                     let si = self.info.sites.get_mut(sname).unwrap();
                     si.engine_pid = Some(pid);
-                    let routed = s.public_ip; // P (NAT) or the host's public address
-                    let mut l = vec![
-                        "link set tun0 up".to_string(),
-                        "route add default dev tun0 table 100".into(),
-                        format!("route add {routed}/32 dev tun0 table 101"),
-                        "rule add iif lan lookup 100 pref 100".into(),
-                        "rule add iif wan lookup 101 pref 101".into(),
-                    ];
-                    if spec.nat == NatKind::None {
-                        l.push(format!("route add {}/32 dev lan", s.host_addr));
-                    }
-                    ip_batch(Some(&rns), &l)?;
-                    sysctls(&rns, vec![("net.ipv4.conf.tun0.rp_filter".into(), "0".into())])?;
+                    // P (NAT) or the host's public address
+                    let host_route = (spec.nat == NatKind::None).then_some(s.host_addr);
+                    wire_engine(&rns, s.public_ip, host_route)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// A pass-through engine between a kernel-NAT site's host and its router
+    /// (`host eth0 -- lan [hop] wan -- lan router`), adding the site's
+    /// delay/jitter/loss in both directions. The hop answers ARP for the
+    /// router's address on `lan` and for the host's on `wan` (proxy ARP), so
+    /// host and router keep their plain /24 LAN setup and the router's
+    /// nftables rules see the host's packets exactly as without the hop.
+    #[allow(clippy::too_many_arguments)]
+    fn build_delay_hop(
+        &mut self,
+        bin: Option<&Path>,
+        sname: &str,
+        s: &SiteInfo,
+        spec: &SiteSpec,
+        hop: &str,
+        ns: &str,
+        hns: &str,
+        gw: Ipv4Addr,
+    ) -> Result<()> {
+        let me = self.info.hosts[hop].addrs[0];
+        ip_batch(
+            Some(ns),
+            &[
+                "link set lo up".into(),
+                format!("link add lan type veth peer name eth0 netns {hns}"),
+                format!("addr add {me}/24 dev wan"),
+                "link set lan up".into(),
+                "link set wan up".into(),
+                format!("route add {}/32 dev lan", s.host_addr),
+                format!("route add default via {gw} dev wan"),
+            ],
+        )?;
+        let mut sc: Vec<(String, String)> = vec![
+            ("net.ipv4.ip_forward".into(), "1".into()),
+            ("net.ipv4.conf.all.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.default.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.all.send_redirects".into(), "0".into()),
+            ("net.ipv4.conf.default.send_redirects".into(), "0".into()),
+        ];
+        for dev in ["lan", "wan"] {
+            sc.push((format!("net.ipv4.conf.{dev}.rp_filter"), "0".into()));
+            sc.push((format!("net.ipv4.conf.{dev}.proxy_arp"), "1".into()));
+            sc.push((format!("net.ipv4.neigh.{dev}.proxy_delay"), "0".into()));
+        }
+        sysctls(ns, sc)?;
+        let bin = bin.ok_or_else(|| anyhow!("engine binary needed"))?;
+        // Pass-through keyed on the host's own address: the NAT is behind us.
+        let pass = SiteInfo { public_ip: s.host_addr, lan: None, ..s.clone() };
+        let pid = self.start_engine(bin, sname, &pass, spec, ns)?;
+        self.info.sites.get_mut(sname).unwrap().engine_pid = Some(pid);
+        wire_engine(ns, s.host_addr, None)
     }
 
     fn start_engine(
