@@ -286,7 +286,7 @@ impl Agent {
     fn joined(&self, deadline: Instant) -> Result<String, String> {
         let v = self
             .wait(deadline, |v| matches!(v["event"].as_str(), Some("joined" | "join_failed")))
-            .ok_or_else(|| "join_timeout".to_string())?;
+            .ok_or_else(|| "join_no_answer".to_string())?;
         if v["event"] == "join_failed" {
             return Err(format!("join_{}", v["error"].as_str().unwrap_or("?")));
         }
@@ -368,13 +368,17 @@ struct Sched {
     done: usize,
 }
 
-/// Picks a pair with tries left that is not running, and free sites for it.
+/// Picks a pair that is not running and has free sites, among those with
+/// the most tries left (round robin among equals): pairs whose tries are
+/// slow (timeouts) then keep running from the start instead of piling up
+/// at the end, since one pair's tries run one at a time.
 fn pick(s: &mut Sched, pairs: &[Pair], defs: &[NatDef], site_ix: &BTreeMap<String, usize>, tries: usize) -> Option<(usize, usize, usize)> {
     let n = pairs.len();
+    let mut best: Option<(usize, usize, usize)> = None;
     for k in 0..n {
         let p = (s.next + k) % n;
         let st = &s.pairs[p];
-        if st.running || st.started >= tries {
+        if st.running || st.started >= tries || best.is_some_and(|(q, _, _)| s.pairs[q].started <= st.started) {
             continue;
         }
         let free = |d: usize, not: Option<usize>| {
@@ -382,14 +386,15 @@ fn pick(s: &mut Sched, pairs: &[Pair], defs: &[NatDef], site_ix: &BTreeMap<Strin
         };
         let Some(a) = free(pairs[p].a, None) else { continue };
         let Some(b) = free(pairs[p].b, Some(a)) else { continue };
-        s.busy[a] = true;
-        s.busy[b] = true;
-        s.pairs[p].running = true;
-        s.pairs[p].started += 1;
-        s.next = p + 1;
-        return Some((p, a, b));
+        best = Some((p, a, b));
     }
-    None
+    let (p, a, b) = best?;
+    s.busy[a] = true;
+    s.busy[b] = true;
+    s.pairs[p].running = true;
+    s.pairs[p].started += 1;
+    s.next = p + 1;
+    Some((p, a, b))
 }
 
 fn pct(v: &[f64], p: f64) -> Option<f64> {
@@ -469,9 +474,10 @@ fn main() {
     std::process::exit(run.unwrap_or(1));
 }
 
-fn spawn_agent(lab: &Lab, site: &str, argv: &[String]) -> Agent {
+fn spawn_agent(lab: &Lab, site: &str, argv: &[String], logs: &std::path::Path) -> Agent {
     let (mut cmd, _ns) = lab.command(site, argv).expect("agent command");
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let log = std::fs::File::create(logs.join(format!("{site}.log"))).expect("agent log");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn agent in {site}: {e}"));
     let stdin = child.stdin.take().unwrap();
     let out = child.stdout.take().unwrap();
@@ -495,9 +501,17 @@ fn spawn_agent(lab: &Lab, site: &str, argv: &[String]) -> Agent {
 fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], connect: &str, build_ms: u128) -> i32 {
     let rdv_ip = lab.host_addr("rdv").unwrap();
     let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
-    let mut rdv = lab.spawn("rdv", &[connect, "rendezvous", "--bind", &rdv_addr]).expect("rendezvous");
+    let logs = std::env::temp_dir().join(format!("bench_matrix.{}", std::process::id()));
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let argv: Vec<String> = [connect, "rendezvous", "--bind", &rdv_addr].iter().map(|x| x.to_string()).collect();
+    let (mut cmd, _ns) = lab.command("rdv", &argv).expect("rendezvous command");
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(logs.join("rdv.log")).expect("log"));
+    let mut rdv = cmd.spawn().expect("rendezvous");
+    let mut out = BufReader::new(rdv.stdout.take().unwrap());
     let mut first = String::new();
-    BufReader::new(rdv.stdout.take().unwrap()).read_line(&mut first).expect("rendezvous ready line");
+    out.read_line(&mut first).expect("rendezvous ready line");
+    // Keep the pipe open: a closed stdout would fail its next print.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let rdv_id = serde_json::from_str::<Value>(&first).ok().and_then(|v| v["node_id"].as_str().map(String::from));
     let Some(rdv_id) = rdv_id else {
         eprintln!("bench_matrix: rendezvous did not start: {first:?}");
@@ -514,11 +528,12 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
                 .chain(["--timeout-ms".into(), o.timeout_ms.to_string()])
                 .collect();
             site_ix.insert(s.clone(), agents.len());
-            agents.push(spawn_agent(lab, s, &argv));
+            agents.push(spawn_agent(lab, s, &argv, &logs));
         }
     }
 
     let total = pairs.len() * o.tries;
+    let load_before = loadavg();
     eprintln!(
         "bench_matrix: lab up in {build_ms} ms ({} sites, {} agents); {} pairs x {} tries, {} at once",
         agents.len(),
@@ -604,10 +619,20 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     for a in &agents {
         a.send("quit");
     }
+    // Drops inside the lab itself (engines), next to the figures they could
+    // explain.
+    let mut lab_counters: BTreeMap<String, u64> = BTreeMap::new();
+    for a in &agents {
+        if let Ok(st) = lab.router_stats(&a.site) {
+            for k in ["dropped_other", "write_errors", "dropped_no_binding", "dropped_filtered", "port_collisions", "filtered_packets"] {
+                *lab_counters.entry(k.to_string()).or_default() += st.counters.get(k).copied().unwrap_or(0);
+            }
+        }
+    }
     let _ = rdv.kill();
     let s = sched.0.lock().unwrap();
     let results: Vec<&Vec<TryResult>> = s.pairs.iter().map(|p| &p.results).collect();
-    let md = report(o, defs, pairs, &results, elapsed, build_ms, agents.len());
+    let md = report(o, defs, pairs, &results, elapsed, build_ms, agents.len(), &lab_counters, &load_before);
     match &o.out {
         Some(f) => std::fs::write(f, &md).unwrap_or_else(|e| panic!("write {f}: {e}")),
         None => print!("{md}"),
@@ -629,7 +654,18 @@ struct Row<'a> {
     res: &'a [TryResult],
 }
 
-fn report(o: &Opts, defs: &[NatDef], pairs: &[Pair], results: &[&Vec<TryResult>], elapsed: Duration, build_ms: u128, sites: usize) -> String {
+#[allow(clippy::too_many_arguments)]
+fn report(
+    o: &Opts,
+    defs: &[NatDef],
+    pairs: &[Pair],
+    results: &[&Vec<TryResult>],
+    elapsed: Duration,
+    build_ms: u128,
+    sites: usize,
+    lab_counters: &BTreeMap<String, u64>,
+    load_before: &str,
+) -> String {
     let rows: Vec<Row> = pairs
         .iter()
         .zip(results)
@@ -679,6 +715,15 @@ fn report(o: &Opts, defs: &[NatDef], pairs: &[Pair], results: &[&Vec<TryResult>]
         o.delay_ms,
         2.0 * o.delay_ms,
         o.timeout_ms
+    );
+    let _ = writeln!(
+        w,
+        "Load average (1/5/15 min) before the tries: {load_before}; after: {}. The 2 cores are shared with \
+         other work (other builds and tests), which shows in the slowest tries. NAT counters over the run, all \
+         sites (filtering drops are expected while punching; `dropped_other` and `write_errors` would be \
+         trouble in the lab itself): {}.\n",
+        loadavg(),
+        lab_counters.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     );
 
     // Summary per strategy.
@@ -828,6 +873,10 @@ fn report(o: &Opts, defs: &[NatDef], pairs: &[Pair], results: &[&Vec<TryResult>]
         );
     }
     md
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split(' ').take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
 
 fn date() -> String {
