@@ -24,10 +24,9 @@ pub enum Role {
     Relay,
     Public,
     Site,
+    /// A site's NAT router, or a kernel-NAT site's delay hop (see
+    /// [`SiteInfo::delay_hop`]).
     Router,
-    /// Pass-through engine between a kernel-NAT site's host and its router,
-    /// adding the site's delay/jitter/loss (no netem on this kernel).
-    Hop,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -289,7 +288,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 hop.clone(),
                 HostInfo {
                     netns: ns_name(lab, hop),
-                    role: Role::Hop,
+                    role: Role::Router,
                     addrs: vec![hop_addr(gw)],
                     public_addrs: vec![],
                     site: Some(s.name.clone()),
@@ -469,14 +468,16 @@ impl Lab {
         for (name, h) in &info.hosts {
             match h.role {
                 Role::Observer | Role::Relay | Role::Public => attached.push((name.clone(), "eth0")),
-                Role::Router => attached.push((name.clone(), "wan")),
+                // A delay hop's `wan` goes to its router, not the internet.
+                Role::Router if !info.sites.values().any(|s| s.delay_hop.as_ref() == Some(name)) => {
+                    attached.push((name.clone(), "wan"))
+                }
+                Role::Router => {}
                 Role::Site => {
                     if info.sites[h.site.as_ref().unwrap()].router.is_none() {
                         attached.push((name.clone(), "eth0"))
                     }
                 }
-                // behind its site's router
-                Role::Hop => {}
             }
         }
         for (k, (name, ifname)) in attached.iter().enumerate() {
@@ -927,6 +928,28 @@ pub fn list() -> Vec<LabInfo> {
     v
 }
 
+/// Labs whose state file this version cannot read (a newer or older lab
+/// wrote it) but whose owner is alive: their namespaces are not stale.
+fn unreadable_live_labs() -> Vec<String> {
+    let mut v = vec![];
+    for e in std::fs::read_dir(STATE_DIR).into_iter().flatten().flatten() {
+        let p = e.path();
+        if !p.extension().is_some_and(|x| x == "json") {
+            continue;
+        }
+        let Ok(b) = std::fs::read(&p) else { continue };
+        if serde_json::from_slice::<LabInfo>(&b).is_ok() {
+            continue;
+        }
+        let Ok(j) = serde_json::from_slice::<serde_json::Value>(&b) else { continue };
+        let (Some(lab), Some(pid)) = (j["lab"].as_str(), j["owner_pid"].as_u64()) else { continue };
+        if pid == 0 || netns::proc_alive(pid as u32, j["owner_start"].as_u64()) {
+            v.push(lab.to_string());
+        }
+    }
+    v
+}
+
 /// Remove labs whose owner is gone (or all with `all`), then stale `ml-*` namespaces
 /// not claimed by a live lab. Returns the names of removed labs/namespaces.
 pub fn reap(all: bool) -> Vec<String> {
@@ -946,6 +969,7 @@ pub fn reap(all: bool) -> Vec<String> {
     // state files after listing namespaces sees every lab being built right now.
     if !all {
         live.extend(list().into_iter().filter(owner_alive).map(|i| i.lab));
+        live.extend(unreadable_live_labs());
     }
     let stale: Vec<String> = candidates
         .into_iter()

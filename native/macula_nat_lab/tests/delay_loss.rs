@@ -140,7 +140,7 @@ fn kernel_nat_site_delay_comes_from_the_hop() {
     k.delay_ms = 40.0;
     spec.sites = vec![k];
     let lab = Lab::up(spec).unwrap();
-    assert_eq!(lab.host("kfd-dly").unwrap().role, macula_nat_lab::Role::Hop);
+    assert_eq!(lab.site("kfd").unwrap().delay_hop.as_deref(), Some("kfd-dly"));
     let pub_ip = lab.host_addr("pub").unwrap().to_string();
     let public = lab.site("kfd").unwrap().public_ip.to_string();
     let stream = |from: &str, to: &str, port: u16| {
