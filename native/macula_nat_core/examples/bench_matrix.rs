@@ -48,6 +48,8 @@ const SITES_PER_TYPE: usize = 2;
 const MESSAGE_GRACE: Duration = Duration::from_secs(3);
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// Set with STOP when the run cannot go on (an agent died): exit non-zero.
+static BROKEN: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
@@ -258,7 +260,7 @@ struct Agent {
     public_ip: String,
     stdin: Mutex<ChildStdin>,
     lines: Mutex<Receiver<String>>,
-    _child: Mutex<Child>,
+    child: Mutex<Child>,
 }
 
 impl Agent {
@@ -279,6 +281,15 @@ impl Agent {
                     return Some(v);
                 }
             }
+        }
+    }
+
+    /// Why the agent process is gone, if it is.
+    fn exited(&self) -> Option<String> {
+        match self.child.lock().unwrap().try_wait() {
+            Ok(Some(st)) => Some(st.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(e.to_string()),
         }
     }
 
@@ -494,7 +505,7 @@ fn spawn_agent(lab: &Lab, site: &str, argv: &[String], logs: &std::path::Path) -
         public_ip: lab.site(site).unwrap().public_ip.to_string(),
         stdin: Mutex::new(stdin),
         lines: Mutex::new(rx),
-        _child: Mutex::new(child),
+        child: Mutex::new(child),
     }
 }
 
@@ -576,6 +587,16 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
                     let n = lock.lock().unwrap().pairs[p].started;
                     let tag = format!("p{p}t{n}");
                     let r = run_try(&agents[a], &agents[b], &tag, timeout);
+                    if let Some((site, why)) = [&agents[a], &agents[b]].iter().find_map(|x| x.exited().map(|w| (&x.site, w))) {
+                        // Not a connection failure: the lab broke (e.g. its
+                        // namespaces were removed underneath). Stop loudly.
+                        if !STOP.load(Ordering::SeqCst) {
+                            eprintln!("bench_matrix: the agent in {site} exited ({why}); aborting");
+                            BROKEN.store(true, Ordering::SeqCst);
+                            STOP.store(true, Ordering::SeqCst);
+                        }
+                        return;
+                    }
                     let mut s = lock.lock().unwrap();
                     s.busy[a] = false;
                     s.busy[b] = false;
@@ -599,7 +620,7 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
             .collect();
         while !workers.iter().all(|w| w.is_finished()) {
             if STOP.load(Ordering::SeqCst) {
-                eprintln!("bench_matrix: interrupted, tearing the lab down");
+                eprintln!("bench_matrix: stopped, tearing the lab down");
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -642,7 +663,7 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
 
 fn lab_teardown_and_exit(lab: &Lab) -> ! {
     macula_nat_lab::lab::teardown(&lab.info);
-    std::process::exit(130)
+    std::process::exit(if BROKEN.load(Ordering::SeqCst) { 1 } else { 130 })
 }
 
 /// Pair-level figures.
