@@ -423,13 +423,13 @@ fn ms(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.0}"))
 }
 
-fn counts<'a>(it: impl Iterator<Item = &'a str>) -> String {
-    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
+fn counts<S: AsRef<str>>(it: impl Iterator<Item = S>) -> String {
+    let mut m: BTreeMap<String, usize> = BTreeMap::new();
     for k in it {
-        *m.entry(k).or_default() += 1;
+        *m.entry(k.as_ref().to_string()).or_default() += 1;
     }
-    let mut v: Vec<(&str, usize)> = m.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    let mut v: Vec<(String, usize)> = m.into_iter().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
     v.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
 }
 
@@ -526,6 +526,8 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     let rdv_id = serde_json::from_str::<Value>(&first).ok().and_then(|v| v["node_id"].as_str().map(String::from));
     let Some(rdv_id) = rdv_id else {
         eprintln!("bench_matrix: rendezvous did not start: {first:?}");
+        let _ = rdv.kill();
+        let _ = rdv.wait();
         return 1;
     };
 
@@ -651,6 +653,7 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
         }
     }
     let _ = rdv.kill();
+    let _ = rdv.wait();
     let s = sched.0.lock().unwrap();
     let results: Vec<&Vec<TryResult>> = s.pairs.iter().map(|p| &p.results).collect();
     let md = report(o, defs, pairs, &results, elapsed, build_ms, agents.len(), &lab_counters, &load_before);
@@ -741,8 +744,8 @@ fn report(
         w,
         "Load average (1/5/15 min) before the tries: {load_before}; after: {}. The 2 cores are shared with \
          other work (other builds and tests), which shows in the slowest tries. NAT counters over the run, all \
-         sites (filtering drops are expected while punching; `dropped_other` and `write_errors` would be \
-         trouble in the lab itself): {}.\n",
+         sites (filtering drops are expected while punching, `dropped_other` counts packets the NATs do not \
+         translate such as ICMP and IPv6; `write_errors` would be trouble in the lab itself): {}.\n",
         loadavg(),
         lab_counters.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
     );
@@ -799,16 +802,24 @@ fn report(
         .map(|r| format!("{} x {} ({}/{})", defs[r.pair.a].label, defs[r.pair.b].label, r.ok, r.tries))
         .collect();
     let met = |b: bool| if b { "**met**" } else { "**not met**" };
+    // Failed tries as "strategy: error", to see at a glance what a miss is.
+    let misses = |sel: &[&Row], failed: &dyn Fn(&TryResult) -> bool| {
+        let m = counts(sel.iter().flat_map(|r| {
+            r.res.iter().filter(|t| failed(t)).map(move |t| format!("{}: {}", r.pair.strategy.name(), t.error.as_deref().unwrap_or("slow")))
+        }));
+        if m.is_empty() { "none".to_string() } else { m }
+    };
     let _ = writeln!(
         w,
         "1. Every pair NATCracker counts as traversable connects directly (direct or punched) in 100% of tries: \
          {}. {trav_full} of {} such pairs connected in every try ({trav_ok}/{trav_tries} tries). \
          {} of them are the strategy table's documented deviations to relay (a PD-mapping listener cannot \
          answer from the port the random side dialed, see `strategy.rs`), connected in every try: \
-         {trav_relayed_full}. Other traversable pairs below 100%: {}.",
+         {trav_relayed_full}. Failed tries by strategy: {}. Traversable pairs below 100% besides those deviations: {}.",
         met(!trav.is_empty() && trav_full == trav.len()),
         trav.len(),
         trav_relayed.len(),
+        misses(&trav, &|t| !t.ok),
         if missed.is_empty() { "none".into() } else { missed.join(", ") }
     );
     let rvse: Vec<&Row> = rows.iter().filter(|r| random_vs_eim(nat(r).0, nat(r).1)).collect();
@@ -824,12 +835,13 @@ fn report(
         "2. Random-allocation vs endpoint-independent-mapping pairs connect directly in at least 95% of tries \
          within 10 s: {}. {rvse_ok}/{rvse_tries} tries ({:.1}%) over {} pairs (one side RD allocation, the \
          other EI mapping); of them, where the random side also has a non-EI mapping (its port toward the peer \
-         is unknown): {hard_ok}/{hard_tries} ({:.1}%) over {} pairs.",
+         is unknown): {hard_ok}/{hard_tries} ({:.1}%) over {} pairs. Misses by strategy: {}.",
         met(rvse_tries > 0 && share(rvse_ok, rvse_tries) >= 95.0),
         share(rvse_ok, rvse_tries),
         rvse.len(),
         share(hard_ok, hard_tries),
-        rvse_hard.len()
+        rvse_hard.len(),
+        misses(&rvse, &|t| !(t.ok && t.ttfm_ms.is_some_and(|x| x <= 10_000.0)))
     );
     let direct: Vec<f64> = rows.iter().flat_map(|r| r.ttfm.iter().copied()).collect();
     let med = pct(&direct, 0.5);

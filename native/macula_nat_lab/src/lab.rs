@@ -934,7 +934,7 @@ fn unreadable_live_labs() -> Vec<String> {
     let mut v = vec![];
     for e in std::fs::read_dir(STATE_DIR).into_iter().flatten().flatten() {
         let p = e.path();
-        if !p.extension().is_some_and(|x| x == "json") {
+        if p.extension() != Some(std::ffi::OsStr::new("json")) {
             continue;
         }
         let Ok(b) = std::fs::read(&p) else { continue };
