@@ -657,6 +657,13 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     let s = sched.0.lock().unwrap();
     let results: Vec<&Vec<TryResult>> = s.pairs.iter().map(|p| &p.results).collect();
     let md = report(o, defs, pairs, &results, elapsed, build_ms, agents.len(), &lab_counters, &load_before);
+    // Keep the agents' and the rendezvous' logs only when they have something.
+    let noisy = std::fs::read_dir(&logs).into_iter().flatten().flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0));
+    if noisy {
+        eprintln!("bench_matrix: node logs in {}", logs.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&logs);
+    }
     match &o.out {
         Some(f) => std::fs::write(f, &md).unwrap_or_else(|e| panic!("write {f}: {e}")),
         None => print!("{md}"),
