@@ -24,6 +24,8 @@ pub enum Role {
     Relay,
     Public,
     Site,
+    /// A site's NAT router, or a kernel-NAT site's delay hop (see
+    /// [`SiteInfo::delay_hop`]).
     Router,
 }
 
@@ -66,6 +68,11 @@ pub struct SiteInfo {
     pub delay_ms: f64,
     pub jitter_ms: f64,
     pub loss: f64,
+    /// Kernel-NAT site with delay/jitter/loss: the pass-through hop host
+    /// (`<site>-dly`) that adds them; its engine is `engine_pid`, its counters
+    /// `stats_file` (`engine` stays false: `stats` reports the nft counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_hop: Option<String>,
 }
 
 /// JSON description of a running lab (also the state file content).
@@ -172,6 +179,12 @@ impl Addrs {
     }
 }
 
+/// Address of a kernel-NAT site's delay hop on the LAN side of the router
+/// (host `.2`, router `.1`).
+fn hop_addr(gw: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(gw) + 2)
+}
+
 fn site_lan(i: usize) -> Result<(Ipv4Addr, Ipv4Addr, Ipv4Addr)> {
     // 198.18.0.0/15: site i (1-based) gets 198.18.i.0/24, then 198.19.(i-256).0/24
     let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + ((i as u32) << 8);
@@ -269,6 +282,20 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 },
             );
         }
+        let hop = (matches!(s.nat, NatKind::Kernel(_)) && s.has_impairment()).then(|| format!("{}-dly", s.name));
+        if let Some(hop) = &hop {
+            hosts.insert(
+                hop.clone(),
+                HostInfo {
+                    netns: ns_name(lab, hop),
+                    role: Role::Router,
+                    addrs: vec![hop_addr(gw)],
+                    public_addrs: vec![],
+                    site: Some(s.name.clone()),
+                    gateway: Some(gw),
+                },
+            );
+        }
         let stats_file = lab_dir(lab).join(format!("{}.stats.json", s.name));
         sites.insert(
             s.name.clone(),
@@ -282,10 +309,11 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 wan_addr,
                 engine,
                 engine_pid: None,
-                stats_file: engine.then_some(stats_file),
+                stats_file: (engine || hop.is_some()).then_some(stats_file),
                 delay_ms: s.delay_ms,
                 jitter_ms: s.jitter_ms,
                 loss: s.loss,
+                delay_hop: hop,
             },
         );
     }
@@ -304,6 +332,23 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
         namespaces,
         spec: spec.clone(),
     })
+}
+
+/// Routes a namespace's LAN egress and the WAN ingress for `routed` through
+/// the engine's `tun0` (see the engine module docs).
+fn wire_engine(ns: &str, routed: Ipv4Addr, host_route: Option<Ipv4Addr>) -> Result<()> {
+    let mut l = vec![
+        "link set tun0 up".to_string(),
+        "route add default dev tun0 table 100".into(),
+        format!("route add {routed}/32 dev tun0 table 101"),
+        "rule add iif lan lookup 100 pref 100".into(),
+        "rule add iif wan lookup 101 pref 101".into(),
+    ];
+    if let Some(h) = host_route {
+        l.push(format!("route add {h}/32 dev lan"));
+    }
+    ip_batch(Some(ns), &l)?;
+    sysctls(ns, vec![("net.ipv4.conf.tun0.rp_filter".into(), "0".into())])
 }
 
 fn write_state(info: &LabInfo) -> Result<()> {
@@ -396,7 +441,7 @@ impl Lab {
         destroy_namespaces(&stale)?;
         write_state(&info)?; // first, so a concurrent reap sees an owned lab
         let mut lab = Lab { info, children: vec![], keep: false, down_done: false };
-        let needs_engine = lab.info.sites.values().any(|s| s.engine);
+        let needs_engine = lab.info.sites.values().any(|s| s.engine || s.delay_hop.is_some());
         let bin = if needs_engine { Some(find_engine_bin(&opts.engine_bin)?) } else { None };
         if let Err(e) = lab.build(bin.as_deref()) {
             lab.teardown_now();
@@ -423,7 +468,11 @@ impl Lab {
         for (name, h) in &info.hosts {
             match h.role {
                 Role::Observer | Role::Relay | Role::Public => attached.push((name.clone(), "eth0")),
-                Role::Router => attached.push((name.clone(), "wan")),
+                // A delay hop's `wan` goes to its router, not the internet.
+                Role::Router if !info.sites.values().any(|s| s.delay_hop.as_ref() == Some(name)) => {
+                    attached.push((name.clone(), "wan"))
+                }
+                Role::Router => {}
                 Role::Site => {
                     if info.sites[h.site.as_ref().unwrap()].router.is_none() {
                         attached.push((name.clone(), "eth0"))
@@ -465,17 +514,26 @@ impl Lab {
             let gw = info.hosts[router].addrs[0];
             let wan = s.wan_addr.unwrap();
             let lan = s.lan.clone().unwrap();
+            let hop_ns = s.delay_hop.as_ref().map(|h| info.hosts[h].netns.clone());
+            // The router's LAN link ends at the host, or at the delay hop.
+            let lan_peer = match &hop_ns {
+                Some(n) => format!("wan netns {n}"),
+                None => format!("eth0 netns {hns}"),
+            };
             ip_batch(
                 Some(&rns),
                 &[
                     "link set lo up".into(),
-                    format!("link add lan type veth peer name eth0 netns {hns}"),
+                    format!("link add lan type veth peer name {lan_peer}"),
                     format!("addr add {gw}/24 dev lan"),
                     format!("addr add {wan}/{INET_PREFIX} dev wan"),
                     "link set lan up".into(),
                     "link set wan up".into(),
                 ],
             )?;
+            if let (Some(hop), Some(hop_ns)) = (&s.delay_hop, &hop_ns) {
+                self.build_delay_hop(bin, sname, s, spec, hop, hop_ns, &hns, gw)?;
+            }
             let mut hl = vec!["link set lo up".to_string(), "link set eth0 up".into()];
             if spec.nat == NatKind::None {
                 // public host address behind a pass-through engine
@@ -528,23 +586,65 @@ impl Lab {
                     let pid = self.start_engine(bin, sname, s, spec, &rns)?;
                     let si = self.info.sites.get_mut(sname).unwrap();
                     si.engine_pid = Some(pid);
-                    let routed = s.public_ip; // P (NAT) or the host's public address
-                    let mut l = vec![
-                        "link set tun0 up".to_string(),
-                        "route add default dev tun0 table 100".into(),
-                        format!("route add {routed}/32 dev tun0 table 101"),
-                        "rule add iif lan lookup 100 pref 100".into(),
-                        "rule add iif wan lookup 101 pref 101".into(),
-                    ];
-                    if spec.nat == NatKind::None {
-                        l.push(format!("route add {}/32 dev lan", s.host_addr));
-                    }
-                    ip_batch(Some(&rns), &l)?;
-                    sysctls(&rns, vec![("net.ipv4.conf.tun0.rp_filter".into(), "0".into())])?;
+                    // P (NAT) or the host's public address
+                    let host_route = (spec.nat == NatKind::None).then_some(s.host_addr);
+                    wire_engine(&rns, s.public_ip, host_route)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// A pass-through engine between a kernel-NAT site's host and its router
+    /// (`host eth0 -- lan [hop] wan -- lan router`), adding the site's
+    /// delay/jitter/loss in both directions. The hop answers ARP for the
+    /// router's address on `lan` and for the host's on `wan` (proxy ARP), so
+    /// host and router keep their plain /24 LAN setup and the router's
+    /// nftables rules see the host's packets exactly as without the hop.
+    #[allow(clippy::too_many_arguments)]
+    fn build_delay_hop(
+        &mut self,
+        bin: Option<&Path>,
+        sname: &str,
+        s: &SiteInfo,
+        spec: &SiteSpec,
+        hop: &str,
+        ns: &str,
+        hns: &str,
+        gw: Ipv4Addr,
+    ) -> Result<()> {
+        let me = self.info.hosts[hop].addrs[0];
+        ip_batch(
+            Some(ns),
+            &[
+                "link set lo up".into(),
+                format!("link add lan type veth peer name eth0 netns {hns}"),
+                format!("addr add {me}/24 dev wan"),
+                "link set lan up".into(),
+                "link set wan up".into(),
+                format!("route add {}/32 dev lan", s.host_addr),
+                format!("route add default via {gw} dev wan"),
+            ],
+        )?;
+        let mut sc: Vec<(String, String)> = vec![
+            ("net.ipv4.ip_forward".into(), "1".into()),
+            ("net.ipv4.conf.all.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.default.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.all.send_redirects".into(), "0".into()),
+            ("net.ipv4.conf.default.send_redirects".into(), "0".into()),
+        ];
+        for dev in ["lan", "wan"] {
+            sc.push((format!("net.ipv4.conf.{dev}.rp_filter"), "0".into()));
+            sc.push((format!("net.ipv4.conf.{dev}.proxy_arp"), "1".into()));
+            sc.push((format!("net.ipv4.neigh.{dev}.proxy_delay"), "0".into()));
+        }
+        sysctls(ns, sc)?;
+        let bin = bin.ok_or_else(|| anyhow!("engine binary needed"))?;
+        // Pass-through keyed on the host's own address: the NAT is behind us.
+        let pass = SiteInfo { public_ip: s.host_addr, lan: None, ..s.clone() };
+        let pid = self.start_engine(bin, sname, &pass, spec, ns)?;
+        self.info.sites.get_mut(sname).unwrap().engine_pid = Some(pid);
+        wire_engine(ns, s.host_addr, None)
     }
 
     fn start_engine(
@@ -828,6 +928,28 @@ pub fn list() -> Vec<LabInfo> {
     v
 }
 
+/// Labs whose state file this version cannot read (a newer or older lab
+/// wrote it) but whose owner is alive: their namespaces are not stale.
+fn unreadable_live_labs() -> Vec<String> {
+    let mut v = vec![];
+    for e in std::fs::read_dir(STATE_DIR).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.extension() != Some(std::ffi::OsStr::new("json")) {
+            continue;
+        }
+        let Ok(b) = std::fs::read(&p) else { continue };
+        if serde_json::from_slice::<LabInfo>(&b).is_ok() {
+            continue;
+        }
+        let Ok(j) = serde_json::from_slice::<serde_json::Value>(&b) else { continue };
+        let (Some(lab), Some(pid)) = (j["lab"].as_str(), j["owner_pid"].as_u64()) else { continue };
+        if pid == 0 || netns::proc_alive(pid as u32, j["owner_start"].as_u64()) {
+            v.push(lab.to_string());
+        }
+    }
+    v
+}
+
 /// Remove labs whose owner is gone (or all with `all`), then stale `ml-*` namespaces
 /// not claimed by a live lab. Returns the names of removed labs/namespaces.
 pub fn reap(all: bool) -> Vec<String> {
@@ -847,6 +969,7 @@ pub fn reap(all: bool) -> Vec<String> {
     // state files after listing namespaces sees every lab being built right now.
     if !all {
         live.extend(list().into_iter().filter(owner_alive).map(|i| i.lab));
+        live.extend(unreadable_live_labs());
     }
     let stale: Vec<String> = candidates
         .into_iter()

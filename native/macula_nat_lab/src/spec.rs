@@ -38,7 +38,8 @@ pub struct SiteSpec {
     /// `user:<mapping>-<filtering>-<allocation>[:delta=N]`.
     #[serde(default)]
     pub nat: NatKind,
-    /// One-way delay added in each direction by the userspace engine.
+    /// One-way delay added in each direction by the userspace engine (for
+    /// kernel NATs: by a pass-through engine hop between host and router).
     #[serde(default)]
     pub delay_ms: f64,
     /// Uniform jitter (+/- jitter_ms) on top of delay_ms.
@@ -113,13 +114,8 @@ impl LabSpec {
                 bail!("site {}: delay/jitter must be >= 0", s.name);
             }
             if let NatKind::Kernel(_) = s.nat {
-                if s.has_impairment() {
-                    bail!(
-                        "site {}: delay/jitter/loss need the userspace engine (no netem here); \
-                         use a user:* nat kind",
-                        s.name
-                    );
-                }
+                // Delay/jitter/loss on a kernel NAT come from a pass-through
+                // engine hop in front of it (no netem on this kernel).
                 if s.hairpin {
                     bail!("site {}: hairpin is only implemented by the userspace engine", s.name);
                 }

@@ -124,3 +124,52 @@ fn delay_jitter_and_loss_match_the_setting() {
     assert!(r1.received <= st.packets_out && r1.received * 100 >= st.packets_out * 99, "sink {} vs engine {}", r1.received, st.packets_out);
     lab.down().unwrap();
 }
+
+/// Kernel NATs take their delay from a pass-through engine hop between host
+/// and router: both directions are delayed, and the router's nftables still
+/// translate (the inbound stream only arrives through the full cone's DNAT).
+#[test]
+fn kernel_nat_site_delay_comes_from_the_hop() {
+    if !common::lab_ready(&[]) {
+        return;
+    }
+    const N: u64 = 2_000;
+    let mut spec = LabSpec::new("dlk");
+    spec.public.push("pub".into());
+    let mut k = SiteSpec::new("kfd", "kernel:full_cone").unwrap();
+    k.delay_ms = 40.0;
+    spec.sites = vec![k];
+    let lab = Lab::up(spec).unwrap();
+    assert_eq!(lab.site("kfd").unwrap().delay_hop.as_deref(), Some("kfd-dly"));
+    let pub_ip = lab.host_addr("pub").unwrap().to_string();
+    let public = lab.site("kfd").unwrap().public_ip.to_string();
+    let stream = |from: &str, to: &str, port: u16| {
+        let sink = lab
+            .spawn(
+                if from == "pub" { "kfd" } else { "pub" },
+                &[common::bin(), "probe-sink", "--bind", &format!("0.0.0.0:{port}"), "--count", &N.to_string(), "--idle-ms", "2000", "--max-ms", "20000"],
+            )
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let argv = [common::bin(), "probe-send", "--to", &format!("{to}:{port}"), "--count", &N.to_string(), "--rate", "1000"];
+        let o = lab.exec(from, &argv).unwrap();
+        assert!(o.status.success(), "sender: {}", String::from_utf8_lossy(&o.stderr));
+        report(sink)
+    };
+    let out = stream("kfd", &pub_ip, 9101);
+    // Open the full cone for port 9102 (one packet out from it), then stream in.
+    let o = lab
+        .exec("kfd", &[common::bin(), "probe-send", "--to", &format!("{pub_ip}:9"), "--count", "1", "--bind", "0.0.0.0:9102"])
+        .unwrap();
+    assert!(o.status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let inb = stream("pub", &public, 9102);
+    println!("kernel NAT egress: {out:?}\nkernel NAT ingress: {inb:?}");
+    within("kernel NAT egress one-way delay ms", out.delay_ms_mean, 40.0, 0.10);
+    within("kernel NAT ingress one-way delay ms", inb.delay_ms_mean, 40.0, 0.10);
+    assert!(out.loss < 0.01 && inb.loss < 0.01, "loss {} / {}", out.loss, inb.loss);
+    let st = lab.router_stats("kfd").unwrap();
+    assert_eq!(st.kind, "kernel");
+    assert!(st.packets_out > N && st.packets_in >= inb.received, "nft counters {st:?}");
+    lab.down().unwrap();
+}

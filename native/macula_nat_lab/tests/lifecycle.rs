@@ -197,3 +197,24 @@ fn engine_binding_timeout_and_hairpin() {
     assert_eq!(after.counters["dropped_no_binding"] - before, 3, "{after:?}");
     assert!(after.counters["bindings_expired"] >= 1);
 }
+
+/// A state file this version cannot parse (another version of the lab wrote
+/// it, e.g. a new host role) still protects its live owner's namespaces from
+/// `reap`: only the owner's liveness decides.
+#[test]
+fn reap_spares_a_live_lab_whose_state_file_it_cannot_read() {
+    if !common::lab_ready(&[]) {
+        return;
+    }
+    let lab = Lab::up(spec("lcfuture")).unwrap();
+    let path = macula_nat_lab::lab::state_file("lcfuture");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v["hosts"]["pub"]["role"] = "from_the_future".into();
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert!(macula_nat_lab::lab::read_state("lcfuture").is_err());
+    let removed = macula_nat_lab::reap(false);
+    assert!(!removed.iter().any(|r| r.contains("lcfuture")), "reaped {removed:?}");
+    assert_eq!(lab_namespaces("lcfuture").len(), lab.info.namespaces.len());
+    lab.down().unwrap();
+    assert!(lab_namespaces("lcfuture").is_empty());
+}

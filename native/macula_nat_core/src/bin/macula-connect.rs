@@ -11,6 +11,20 @@
 //!                [--timeout-ms N] [--no-direct] [--allow-relay] [--bind IP:PORT]
 //!     one line: {"ok":true,"method":..,"strategy":..,"connect_ms":..,"echo_ms":..,"node_id":..,"remote":..}
 //!            or {"ok":false,"error":KIND,"message":..,"connect_ms":..,"node_id":..}
+//! macula-connect agent --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
+//!                [--timeout-ms N] [--no-direct] [--allow-relay]
+//!     a long-running node for benchmarks, driven by lines on stdin:
+//!     fresh                 close the current node, open one on a new socket
+//!                           (fresh NAT mappings) and join the rendezvous
+//!         {"event":"joined","node_id":HEX,"observed":"IP:PORT"} | {"event":"join_failed","error":KIND,"message":..}
+//!     connect HEX TRY       connect to HEX, then send the message "TRY"
+//!         {"event":"connected","try":TRY,"t0_ns":..,"method":..,"strategy":..,"connect_ms":..}
+//!         | {"event":"failed","try":TRY,"t0_ns":..,"error":KIND,"message":..,"connect_ms":..}
+//!     and, for the first message of every accepted connection:
+//!         {"event":"message","try":TRY,"t_ns":..,"peer":HEX}
+//!     t0_ns (before the connect call) and t_ns (message received) are
+//!     CLOCK_MONOTONIC, which every network namespace of the host shares, so
+//!     t_ns of B minus t0_ns of A is A's time to first message at B.
 //! ```
 //!
 //! SPEC is this node's NAT type as `none` (public host) or
@@ -21,12 +35,15 @@ use macula_nat_core::connector::{profile_of, public_profile};
 use macula_nat_core::{connect_detailed, runtime, ConnectOpts, Identity, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use macula_nat_proto::record::PeerInfo;
+use macula_nat_core::Connection;
+use std::io::BufRead;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::process::exit;
 use std::time::{Duration, Instant};
 
 fn usage() -> ! {
-    eprintln!("usage: macula-connect rendezvous|listen|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay]");
+    eprintln!("usage: macula-connect rendezvous|listen|agent|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay]");
     exit(2)
 }
 
@@ -79,6 +96,133 @@ fn json_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
+/// CLOCK_MONOTONIC in ns: comparable between processes on one host, unlike
+/// `Instant`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One joined node of the agent; dropping it leaves the rendezvous and
+/// releases the socket.
+struct Joined {
+    node: Arc<Node>,
+    signal: Arc<Signal>,
+    /// Connections kept open until the next `fresh`, so nothing in flight is
+    /// cut off.
+    conns: Arc<Mutex<Vec<Connection>>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        self.acceptor.abort();
+        self.signal.close();
+        self.node.close();
+    }
+}
+
+async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &PeerInfo) -> Option<Joined> {
+    let node = match Node::open(NodeConfig { bind }, Identity::generate()) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("{{\"event\":\"join_failed\",\"error\":\"open\",\"message\":{}}}", json_str(&e.to_string()));
+            return None;
+        }
+    };
+    let signal = match Signal::join_with(node.clone(), rdv, rdv_id, SignalConfig::new(nat.clone())).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            println!("{{\"event\":\"join_failed\",\"error\":\"{}\",\"message\":{}}}", e.kind(), json_str(&e.to_string()));
+            node.close();
+            return None;
+        }
+    };
+    let conns = Arc::new(Mutex::new(Vec::new()));
+    let (sig, held) = (signal.clone(), conns.clone());
+    let acceptor = runtime::spawn(async move {
+        while let Some(c) = sig.accept().await {
+            let held = held.clone();
+            runtime::spawn(async move {
+                if let Some(m) = c.recv().await {
+                    let t = monotonic_ns();
+                    let body = String::from_utf8_lossy(&m).into_owned();
+                    println!("{{\"event\":\"message\",\"try\":{},\"t_ns\":{t},\"peer\":\"{}\"}}", json_str(&body), hex(&c.peer_id()));
+                }
+                if let Ok(mut h) = held.lock() {
+                    h.push(c);
+                }
+            });
+        }
+    });
+    let observed = signal.observed_addr().map(|a| a.to_string()).unwrap_or_default();
+    println!("{{\"event\":\"joined\",\"node_id\":\"{}\",\"observed\":\"{observed}\"}}", hex(&node.node_id()));
+    Some(Joined { node, signal, conns, acceptor })
+}
+
+async fn agent_connect(signal: Arc<Signal>, conns: Arc<Mutex<Vec<Connection>>>, target: [u8; 32], tag: String, opts: ConnectOpts) {
+    let t0 = monotonic_ns();
+    let started = Instant::now();
+    let r = connect_detailed(&signal, target, opts).await;
+    let connect_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match r {
+        Ok(c) => {
+            let sent = c.conn.send(tag.clone().into_bytes()).await;
+            println!(
+                "{{\"event\":\"connected\",\"try\":{},\"t0_ns\":{t0},\"method\":\"{}\",\"strategy\":\"{}\",\"connect_ms\":{connect_ms:.1},\"sent\":{}}}",
+                json_str(&tag),
+                c.method.name(),
+                c.strategy.name(),
+                sent.is_ok()
+            );
+            if let Ok(mut h) = conns.lock() {
+                h.push(c.conn);
+            }
+        }
+        Err(e) => println!(
+            "{{\"event\":\"failed\",\"try\":{},\"t0_ns\":{t0},\"error\":\"{}\",\"message\":{},\"connect_ms\":{connect_ms:.1}}}",
+            json_str(&tag),
+            e.kind(),
+            json_str(&e.to_string())
+        ),
+    }
+}
+
+/// The `agent` mode: commands from stdin (see the module docs).
+async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInfo, opts: ConnectOpts) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    // Blocking stdin on its own thread: the runtime has only two workers.
+    std::thread::spawn(move || {
+        for l in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut current: Option<Joined> = None;
+    while let Some(line) = rx.recv().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["fresh"] => {
+                // Leave before joining again: one node per agent at a time.
+                drop(current.take());
+                current = agent_join(bind, rdv, rdv_id, &nat).await;
+            }
+            ["connect", target, tag] => match (unhex(target), &current) {
+                (Some(t), Some(j)) => {
+                    runtime::spawn(agent_connect(j.signal.clone(), j.conns.clone(), t, tag.to_string(), opts.clone()));
+                }
+                _ => println!("{{\"event\":\"failed\",\"try\":{},\"t0_ns\":0,\"error\":\"bad_command\",\"message\":{},\"connect_ms\":0}}", json_str(tag), json_str(&line)),
+            },
+            ["quit"] => break,
+            _ => eprintln!("macula-connect agent: unknown command {line:?}"),
+        }
+    }
+    drop(current);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| usage());
@@ -107,6 +251,11 @@ fn main() {
                 }
             }
         }
+    }
+    if mode == "agent" {
+        let (Some(rdv), Some(rdv_id)) = (rdv, rdv_id) else { usage() };
+        runtime::handle().block_on(agent(bind, rdv, rdv_id, nat, opts));
+        return;
     }
     let node = Node::open(NodeConfig { bind }, Identity::generate()).unwrap_or_else(|e| {
         eprintln!("macula-connect: {e}");

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Connection matrix benchmark (issue 6): every pair of the 27 NATCracker NAT
+# types (userspace engine) and of the 4 kernel NATs, two sites per type, every
+# site at 25 ms one-way delay, a public rendezvous; per pair N tries of
+# "A connects to B through the rendezvous and sends a message". Reports the
+# strategy, the method, successes, median/p95 time to first message, the
+# failure reasons and the issue's three targets. Needs root. The program is
+# native/macula_nat_core/examples/bench_matrix.rs (nodes are
+# `macula-connect agent`s in the lab hosts).
+#
+# Usage: bench/lab_matrix.sh [options]
+#   --tries N          tries per pair (default 10)
+#   --concurrency K    tries running at once, each on its own two nodes (12)
+#   --delay-ms D       one-way delay of every NAT site, both directions (25)
+#   --timeout-ms T     connect timeout of one try (10000)
+#   --types LIST       only pairs whose two types are both listed
+#   --with LIST        only pairs with at least one listed type
+#                      LIST: comma-separated, NATCracker `EI-PP-PD` or lab
+#                      `ei-pd-pp` notation, `*` for any component (`*-RD-*`),
+#                      kernel NAT names (`symmetric`, ...) or `kernel`
+#   --strategies LIST  only pairs the strategy table gives one of: direct,
+#                      connection_reversal, simple_punch, predict_preservation,
+#                      predict_contiguity, birthday_probing, relay
+#   --no-kernel        only the userspace types
+#   --no-user          only the kernel NATs
+#   --out FILE         where the Markdown report goes. Default: bench/lab_matrix.md
+#                      for a run without filters, stdout otherwise.
+# Examples:
+#   bench/lab_matrix.sh                                   # the full matrix (~10 min)
+#   bench/lab_matrix.sh --strategies birthday_probing --tries 3
+#   bench/lab_matrix.sh --with PD-RD-PD --no-kernel
+# Exit status: non-zero if the lab cannot be built or the run fails; the lab
+# is torn down on exit, Ctrl-C and panics (`target/release/macula-lab reap`
+# clears what a SIGKILL leaves).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+out=""
+filtered=0
+for a in "$@"; do
+  case "$a" in
+    --types|--with|--strategies|--no-kernel|--no-user|--out) filtered=1 ;;
+  esac
+done
+[ "$filtered" = 0 ] && out=bench/lab_matrix.md
+cargo build --release --quiet -p macula_nat_lab -p macula_nat_core --bins
+cargo build --release --quiet -p macula_nat_core --example bench_matrix
+TARGET="${CARGO_TARGET_DIR:-target}"
+cmd="bench/lab_matrix.sh${*:+ $*}"
+if [ -n "$out" ]; then
+  "$TARGET/release/examples/bench_matrix" --command "$cmd" --out "$out" "$@"
+  cat "$out"
+else
+  "$TARGET/release/examples/bench_matrix" --command "$cmd" "$@"
+fi
