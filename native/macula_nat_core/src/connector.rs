@@ -652,7 +652,7 @@ async fn birthday(
     let extra = if side == hard {
         // The easy side's one endpoint: its reflexive address (EI mapping) or
         // preserved port, first in `targets`.
-        let easy = targets(peer, observed)[0];
+        let easy = targets(peer, observed).first().copied().unwrap_or(observed);
         let ip = inner.node.local_addr().map_err(|_| ConnectError::Closed)?.ip();
         // The node socket is one of the schedule's sockets.
         let set = SocketSet::open(ip, sched.sockets().saturating_sub(1), session);
