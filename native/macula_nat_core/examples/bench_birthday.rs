@@ -10,7 +10,8 @@
 //! second after A exited, so sockets left behind by a punch show up.
 //!
 //! Usage (root; build `macula-connect` and `macula-lab` first):
-//! `bench_birthday [runs]` prints a markdown report on stdout.
+//! `bench_birthday [runs]` prints a markdown report on stdout
+//! (`BENCH_CASE=substring` runs only the matching cases).
 
 use macula_nat_lab::{can_run, Lab, LabSpec, RouterStats, SiteSpec, UpOptions};
 use std::io::{BufRead, BufReader};
@@ -88,7 +89,9 @@ fn main() {
     }
     std::env::set_var("MACULA_LAB_BIN", &lab_bin);
     macula_nat_lab::reap(false);
-    let cases = cases();
+    // BENCH_CASE=substring runs only the matching cases.
+    let only = std::env::var("BENCH_CASE").unwrap_or_default();
+    let cases: Vec<Case> = cases().into_iter().filter(|c| c.name.contains(&only)).collect();
     let mut spec = LabSpec::new("bday");
     spec.public.push("rdv".into());
     spec.seed = Some(6);

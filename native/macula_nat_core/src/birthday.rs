@@ -23,6 +23,11 @@
 //! on the node socket. The route and the socket live exactly as long as the
 //! QUIC connection ([`PathGuard::hold_while`]); on failure, or when the
 //! punch is dropped, every socket closes.
+//!
+//! Limits: the route is keyed by the peer's address, so another connection
+//! of this node to that very address would move onto the path too (not
+//! expected: it is the peer's punched endpoint). Traffic on the path is not
+//! in the node's datagram counters.
 
 use crate::quic::conn::WeakConnection;
 use crate::quic::{Connection, DatagramTunnel, QuicEndpoint};

@@ -940,6 +940,11 @@ async fn act(
 /// the node socket. As for the other punches, the initiator dials the
 /// punched address. `max_punch_attempts` does not apply: the schedule fixes
 /// the attempts (one per probe) so that both sides agree without signalling.
+/// The easy side probes from the node socket, which is its one known
+/// endpoint when it has EI mapping; an HD-mapping, port-preserving easy side
+/// (HD-PP-PD) would need a fresh socket whose port it advertises, so against
+/// a PD-mapping hard side it fails (as PredictPreservation does for such
+/// sides).
 #[allow(clippy::too_many_arguments)]
 async fn birthday(
     inner: &Arc<Inner>,
@@ -960,7 +965,7 @@ async fn birthday(
     let extra = if side == hard {
         // The easy side's one endpoint: its reflexive address (EI mapping) or
         // preserved port, first in `targets`.
-        let easy = targets(peer, observed)[0];
+        let easy = targets(peer, observed).first().copied().unwrap_or(observed);
         let ip = inner.node.local_addr().map_err(|_| ConnectError::Closed)?.ip();
         // The node socket is one of the schedule's sockets.
         let set = SocketSet::open(ip, sched.sockets().saturating_sub(1), session);
