@@ -252,6 +252,20 @@ impl Node {
         }
     }
 
+    /// Sends `contents` as datagrams of `segment` bytes (the last may be
+    /// shorter), as one GSO batch where the kernel has GSO, now or not at
+    /// all; how many leading datagrams left. The relay data path's
+    /// `try_send_to` for a whole QUIC batch.
+    pub(crate) fn try_send_segments(&self, contents: &[u8], segment: usize, dst: SocketAddr) -> usize {
+        let Some(sock) = socket::current(&self.socket) else { return 0 };
+        let n = sock.try_send_segments(dst, contents, segment);
+        if n > 0 {
+            self.counters.datagrams_out.fetch_add(n as u64, Ordering::Relaxed);
+            self.counters.bytes_out.fetch_add(contents.len().min(n * segment) as u64, Ordering::Relaxed);
+        }
+        n
+    }
+
     /// The incoming-connection dispatcher, started on first use (it takes
     /// over the QUIC accept queue; see [`crate::dispatch`]).
     pub(crate) fn dispatch(&self) -> Result<Arc<Dispatch>, QuicError> {

@@ -15,7 +15,9 @@
 //!    1 KiB message per second), with the relay process' RSS and CPU from
 //!    /proc. A fresh relay process for each relay.
 //!
-//! Usage: `bench_relay [secs_per_cell] [rounds] [sessions] [window_secs]`.
+//! Usage: `bench_relay [secs_per_cell] [rounds] [sessions] [window_secs]`;
+//! with `BENCH_RELAY_ONLY=direct|relay|turn`, only that path's throughput
+//! cells (for profiling).
 //! Markdown on stdout, every round on stderr. Needs root, coturn and the
 //! `macula-relay` / `macula-lab` binaries next to `examples/`.
 
@@ -449,6 +451,19 @@ fn main() {
     std::thread::sleep(Duration::from_secs(1));
     let paths = [Path::Direct, Path::Relay, Path::Turn];
     let size = 64 << 10;
+    // For profiling: `BENCH_RELAY_ONLY=direct|relay|turn` runs that path's
+    // throughput cells only.
+    if let Ok(only) = std::env::var("BENCH_RELAY_ONLY") {
+        let p = *paths.iter().find(|p| format!("{p:?}").eq_ignore_ascii_case(&only)).expect("direct|relay|turn");
+        eprintln!("relay pid {} turn pid {} bench pid {}", env.relay.as_ref().unwrap().pid(), env.turn.as_ref().unwrap().pid(), std::process::id());
+        runtime::handle().block_on(async {
+            for round in 0..rounds {
+                let c = cell(&env, p, size, Duration::from_secs_f64(secs)).await;
+                eprintln!("round {} {:<24} {:>8.1} MiB/s  bench {:>5.2} CPU-s/GiB  relay {:>5.2} CPU-s/GiB", round + 1, p.name(), c.mib_per_s, c.bench_cpu_per_gib, c.relay_cpu_per_gib);
+            }
+        });
+        return;
+    }
     runtime::handle().block_on(async {
         for p in paths {
             cell(&env, p, 1024, Duration::from_millis(300)).await;

@@ -42,6 +42,8 @@ const POOL_BUFFERS: usize = 8;
 /// buffer and drop that batch's QUIC datagrams, so STUN is never held up
 /// more than this.
 const POOL_WAIT: Duration = Duration::from_millis(20);
+/// Largest GSO batch we hand the kernel (UDP's limit is 65507 bytes).
+const GSO_BYTES: usize = 65_000;
 /// quinn's default `max_udp_payload_size`; GRO batches are at most 64 of these.
 const MAX_UDP_PAYLOAD: usize = 1472;
 
@@ -83,6 +85,32 @@ impl NodeSocket {
     /// datagram counts as lost, which QUIC recovers from.
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
         self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), t))
+    }
+
+    /// Sends `contents` as datagrams of `segment` bytes (the last may be
+    /// shorter) to `dst`, now or not at all: one GSO `sendmsg` per
+    /// `max_gso_segments` where the kernel has GSO, else one `sendto` each.
+    /// Returns how many leading datagrams left. For the relay data path,
+    /// where a datagram per syscall was most of the CPU.
+    pub(crate) fn try_send_segments(&self, dst: SocketAddr, contents: &[u8], segment: usize) -> usize {
+        let segment = segment.max(1);
+        // A UDP datagram (GSO batch included) carries at most 65507 bytes.
+        let per_call = self.state.max_gso_segments().min(GSO_BYTES / segment).max(1);
+        let mut sent = 0;
+        for piece in contents.chunks(segment * per_call) {
+            let n = piece.len().div_ceil(segment);
+            let ok = if n == 1 {
+                self.io.try_send_to(piece, dst).is_ok()
+            } else {
+                let t = Transmit { destination: dst, ecn: None, contents: piece, segment_size: Some(segment), src_ip: None };
+                self.try_send(&t).is_ok()
+            };
+            if !ok {
+                break;
+            }
+            sent += n;
+        }
+        sent
     }
 }
 
@@ -256,6 +284,16 @@ pub trait DatagramTunnel: Send + Sync + fmt::Debug + 'static {
     /// Sends one datagram. Must not block: queue or drop (QUIC treats a
     /// drop as loss and retransmits).
     fn send(&self, dst: SocketAddr, datagram: &[u8]);
+
+    /// Sends a GSO batch: `contents` cut into datagrams of `segment` bytes
+    /// (the last may be shorter). A tunnel that can keep the batch together
+    /// (one syscall for all of it) overrides this; by default each datagram
+    /// goes through [`DatagramTunnel::send`].
+    fn send_batch(&self, dst: SocketAddr, contents: &[u8], segment: usize) {
+        for d in contents.chunks(segment.max(1)) {
+            self.send(dst, d);
+        }
+    }
 }
 
 /// Where QUIC datagrams for a remote address go instead of straight to it.
@@ -332,9 +370,9 @@ impl QuicSocket {
     }
 
     fn send_tunnelled(tunnel: &dyn DatagramTunnel, t: &Transmit<'_>) {
-        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
-        for d in t.contents.chunks(seg) {
-            tunnel.send(t.destination, d);
+        match t.segment_size {
+            Some(seg) if seg < t.contents.len() => tunnel.send_batch(t.destination, t.contents, seg),
+            _ => tunnel.send(t.destination, t.contents),
         }
     }
 }
