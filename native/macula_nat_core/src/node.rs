@@ -427,22 +427,42 @@ async fn recv_loop(
             }
             // One datagram, or a GRO batch that mixes in STUN or relay frames
             // (GRO merges by flow, so a STUN datagram from a QUIC peer's
-            // address can share a batch): each segment on its own.
+            // address can share a batch): each segment on its own, except
+            // that consecutive frames to forward stay together (`run`) and
+            // leave as one GSO batch.
+            let mut run: Option<Range<usize>> = None;
+            let flush = |run: &mut Option<Range<usize>>| {
+                if let Some(r) = run.take() {
+                    relay.forward(&sock, meta.addr, &data[r], stride);
+                }
+            };
             for (k, seg) in data.chunks(stride).enumerate() {
-                let s = start + k * stride;
+                let s = k * stride;
+                if frame::is_frame(seg) {
+                    let Some(virt) = relay.ours(meta.addr, seg) else {
+                        match run.as_mut() {
+                            Some(r) if r.end == s => r.end = s + seg.len(),
+                            _ => {
+                                flush(&mut run);
+                                run = Some(s..s + seg.len());
+                            }
+                        }
+                        continue;
+                    };
+                    let n = seg.len() - frame::HEADER;
+                    let m = RecvMeta { addr: virt, len: n, stride: n, ..*meta };
+                    quic.push((m, start + s + frame::HEADER..start + s + seg.len()));
+                    continue;
+                }
+                flush(&mut run);
                 if stun::is_stun(seg) {
                     on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
-                } else if frame::is_frame(seg) {
-                    if let Some(virt) = relay.on_frame(&sock.io, meta.addr, seg) {
-                        let n = seg.len() - frame::HEADER;
-                        let m = RecvMeta { addr: virt, len: n, stride: n, ..*meta };
-                        quic.push((m, s + frame::HEADER..s + seg.len()));
-                    }
                 } else {
                     let addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
-                    quic.push((RecvMeta { addr, len: seg.len(), stride: seg.len(), ..*meta }, s..s + seg.len()));
+                    quic.push((RecvMeta { addr, len: seg.len(), stride: seg.len(), ..*meta }, start + s..start + s + seg.len()));
                 }
             }
+            flush(&mut run);
         }
         match pooled {
             Some(b) if !quic.is_empty() => {
