@@ -241,8 +241,7 @@ async fn dial(env: &Env, path: Path, a: &End, b: &End) -> Dialled {
             let tc = TurnClient::allocate(sock, server).await.expect("TURN allocation");
             tc.bind(turn::FIRST_CHANNEL, b.real_addr(env)).await.expect("TURN channel");
             let virt = virtual_addr();
-            qa.route_via(virt, tc.tunnel(turn::FIRST_CHANNEL));
-            let pump = runtime::spawn(TurnClient::pump(tc.sock.clone(), server, qa.clone(), virt));
+            let pump = tc.carry(turn::FIRST_CHANNEL, &qa, virt);
             let conn = qa.connect(virt, b_id).await.expect("dial through coturn");
             Dialled { conn, turn: Some((tc, pump)) }
         }

@@ -6,16 +6,20 @@
 //! The client has its own UDP socket, not the node's: ChannelData starts
 //! with 0x40-0x7F, like a QUIC short header, so the node's receive loop
 //! could not tell them apart. QUIC datagrams to the peer go out through
-//! [`TurnTunnel`]; what comes back is unwrapped by [`TurnClient::pump`] and
+//! [`TurnTunnel`] (GSO batches kept whole, as for our relay's frames); what
+//! comes back is unwrapped by the pump of [`TurnClient::carry`] and
 //! injected into the node's QUIC endpoint.
 
 use bytes::Bytes;
 use macula_nat_core::quic::DatagramTunnel;
 use macula_nat_core::QuicEndpoint;
+use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use std::cell::RefCell;
+use std::io::IoSliceMut;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 const COOKIE: u32 = 0x2112_A442;
@@ -154,37 +158,61 @@ impl TurnClient {
         let _ = Self::transact(&self.sock, self.server, REFRESH, &[(A_LIFETIME, 0u32.to_be_bytes().to_vec())]).await;
     }
 
-    /// The tunnel that sends QUIC datagrams on `channel` through the server.
-    pub fn tunnel(&self, channel: u16) -> Arc<TurnTunnel> {
-        Arc::new(TurnTunnel { sock: self.sock.clone(), server: self.server, channel })
+    /// Starts carrying QUIC for `quic` on `channel`: datagrams to `virt`
+    /// go out as ChannelData (GSO batches kept whole), ChannelData from the
+    /// server comes back in as datagrams from `virt`. Returns the pump task.
+    pub fn carry(&self, channel: u16, quic: &QuicEndpoint, virt: SocketAddr) -> tokio::task::JoinHandle<()> {
+        // quinn-udp's socket state: GSO for ChannelData batches, as our
+        // FrameTunnel has. It enables GRO on the socket, so from here on
+        // only `state.recv` reads it (the pump).
+        let state = Arc::new(UdpSocketState::new((&*self.sock).into()).expect("quinn-udp socket state"));
+        quic.route_via(virt, Arc::new(TurnTunnel { sock: self.sock.clone(), state: state.clone(), server: self.server, channel }));
+        macula_nat_core::runtime::spawn(Self::pump(self.sock.clone(), state, self.server, quic.clone(), virt))
     }
 
     /// Hands ChannelData arriving from the server to `quic` as datagrams
     /// from `virt`, until the task is aborted.
-    pub async fn pump(sock: Arc<UdpSocket>, server: SocketAddr, quic: QuicEndpoint, virt: SocketAddr) {
-        let mut buf = vec![0u8; 2048];
-        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
-            if from != server {
+    async fn pump(sock: Arc<UdpSocket>, state: Arc<UdpSocketState>, server: SocketAddr, quic: QuicEndpoint, virt: SocketAddr) {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if sock.readable().await.is_err() {
+                return;
+            }
+            let mut meta = [RecvMeta::default()];
+            let got = sock.try_io(Interest::READABLE, || state.recv((&*sock).into(), &mut [IoSliceMut::new(&mut buf)], &mut meta));
+            if got.is_err() || meta[0].addr != server {
                 continue;
             }
-            if let Some((_, payload)) = channel_data(&buf[..n]) {
-                quic.inject(virt, Bytes::copy_from_slice(payload));
+            let (len, stride) = (meta[0].len, meta[0].stride.max(1));
+            for d in buf[..len].chunks(stride) {
+                if let Some((_, payload)) = channel_data(d) {
+                    quic.inject(virt, Bytes::copy_from_slice(payload));
+                }
             }
         }
     }
 }
 
 /// ChannelData out through the client's socket, as `FrameTunnel` does for
-/// our relay: one datagram, now or dropped (QUIC retransmits).
+/// our relay: now or dropped (QUIC retransmits), a GSO batch in one
+/// `sendmsg`.
 #[derive(Debug)]
 pub struct TurnTunnel {
     sock: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
     server: SocketAddr,
     channel: u16,
 }
 
+impl TurnTunnel {
+    fn transmit(&self, contents: &[u8], segment: Option<usize>) {
+        let t = Transmit { destination: self.server, ecn: None, contents, segment_size: segment, src_ip: None };
+        let _ = self.sock.try_io(Interest::WRITABLE, || self.state.send((&*self.sock).into(), &t));
+    }
+}
+
 thread_local! {
-    static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1500));
+    static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(16 * 1024));
 }
 
 impl DatagramTunnel for TurnTunnel {
@@ -195,7 +223,23 @@ impl DatagramTunnel for TurnTunnel {
             b.extend_from_slice(&self.channel.to_be_bytes());
             b.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
             b.extend_from_slice(datagram);
-            let _ = self.sock.try_send_to(&b, self.server);
+            self.transmit(&b, None);
+        });
+    }
+
+    /// Every datagram but the last is `segment` long, so with the 4-byte
+    /// ChannelData header (a multiple of 4: no padding) the messages are of
+    /// equal size too and go out as one GSO batch.
+    fn send_batch(&self, _dst: SocketAddr, contents: &[u8], segment: usize) {
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            b.clear();
+            for d in contents.chunks(segment) {
+                b.extend_from_slice(&self.channel.to_be_bytes());
+                b.extend_from_slice(&(d.len() as u16).to_be_bytes());
+                b.extend_from_slice(d);
+            }
+            self.transmit(&b, Some(segment + 4));
         });
     }
 }
