@@ -241,15 +241,7 @@ impl Node {
     /// like a congested link; QUIC retransmits). For the relay data path,
     /// which runs inside synchronous hooks.
     pub(crate) fn try_send_to(&self, payload: &[u8], dst: SocketAddr) -> bool {
-        let Ok(sock) = self.socket() else { return false };
-        match sock.try_send_to(payload, dst) {
-            Ok(n) => {
-                self.counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                self.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                true
-            }
-            Err(_) => false,
-        }
+        self.try_send_segments(payload, payload.len(), dst) == 1
     }
 
     /// Sends `contents` as datagrams of `segment` bytes (the last may be

@@ -17,7 +17,8 @@
 //!
 //! Usage: `bench_relay [secs_per_cell] [rounds] [sessions] [window_secs]`;
 //! with `BENCH_RELAY_ONLY=direct|relay|turn`, only that path's throughput
-//! cells (for profiling).
+//! cells, with `BENCH_RELAY_ONLY=sessions` only our relay's sessions (for
+//! profiling).
 //! Markdown on stdout, every round on stderr. Needs root, coturn and the
 //! `macula-relay` / `macula-lab` binaries next to `examples/`.
 
@@ -326,6 +327,9 @@ async fn window(srv: &Server, targets: &[End], secs: f64, ours: bool) -> Window 
     // Let the relay's next stats line (every 500 ms) cover the window.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let dt = t0.elapsed().as_secs_f64();
+    if ours {
+        eprintln!("  relay stats: {}", srv.stats.lock().unwrap());
+    }
     Window {
         rss_mib: rss_kib(srv.pid()) as f64 / 1024.0,
         cpu_pct: 100.0 * (cpu_seconds(Some(srv.pid())) - c0) / dt,
@@ -453,6 +457,15 @@ fn main() {
     // For profiling: `BENCH_RELAY_ONLY=direct|relay|turn` runs that path's
     // throughput cells only.
     if let Ok(only) = std::env::var("BENCH_RELAY_ONLY") {
+        if only == "sessions" {
+            runtime::handle().block_on(async {
+                for _ in 0..rounds {
+                    let r = sessions(&mut env, Path::Relay, n, win).await;
+                    eprintln!("idle {:.0} pkts/s ({:?} frames), light {:.0} pkts/s ({:?} frames)", r.idle.pkts_per_s, r.idle.frames_per_s, r.light.pkts_per_s, r.light.frames_per_s);
+                }
+            });
+            return;
+        }
         let p = *paths.iter().find(|p| format!("{p:?}").eq_ignore_ascii_case(&only)).expect("direct|relay|turn");
         eprintln!("relay pid {} turn pid {} bench pid {}", env.relay.as_ref().unwrap().pid(), env.turn.as_ref().unwrap().pid(), std::process::id());
         runtime::handle().block_on(async {

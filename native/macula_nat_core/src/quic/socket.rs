@@ -89,9 +89,15 @@ impl NodeSocket {
 
     /// Sends `contents` as datagrams of `segment` bytes (the last may be
     /// shorter) to `dst`, now or not at all: one GSO `sendmsg` per
-    /// `max_gso_segments` where the kernel has GSO, else one `sendto` each.
-    /// Returns how many leading datagrams left. For the relay data path,
-    /// where a datagram per syscall was most of the CPU.
+    /// `max_gso_segments` where the kernel has GSO, else one each. Returns
+    /// how many leading datagrams left. For the relay data path, where a
+    /// datagram per syscall was most of the CPU.
+    ///
+    /// Always tries the syscall, unlike tokio's `try_send_to`/`try_io`: once
+    /// those saw a full send buffer they refuse without trying until a task
+    /// awaits writability, and nothing on the relay path awaits, so one
+    /// `EAGAIN` used to drop every relayed datagram until some other QUIC
+    /// send on the socket re-armed it (stalls of up to a ping interval).
     pub(crate) fn try_send_segments(&self, dst: SocketAddr, contents: &[u8], segment: usize) -> usize {
         let segment = segment.max(1);
         // A UDP datagram (GSO batch included) carries at most 65507 bytes.
@@ -99,13 +105,8 @@ impl NodeSocket {
         let mut sent = 0;
         for piece in contents.chunks(segment * per_call) {
             let n = piece.len().div_ceil(segment);
-            let ok = if n == 1 {
-                self.io.try_send_to(piece, dst).is_ok()
-            } else {
-                let t = Transmit { destination: dst, ecn: None, contents: piece, segment_size: Some(segment), src_ip: None };
-                self.try_send(&t).is_ok()
-            };
-            if !ok {
+            let t = Transmit { destination: dst, ecn: None, contents: piece, segment_size: (n > 1).then_some(segment), src_ip: None };
+            if self.state.send((&*self.io).into(), &t).is_err() {
                 break;
             }
             sent += n;
@@ -497,6 +498,36 @@ impl UdpPoller for WritablePoller {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// The relay data path must keep sending after tokio saw a full send
+    /// buffer: nothing on that path awaits writability to re-arm tokio's
+    /// readiness, so its sends go to the kernel whatever tokio believes.
+    #[test]
+    fn segment_sends_go_out_after_tokio_saw_a_full_buffer() {
+        crate::runtime::handle().block_on(async {
+            let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let dst = rx.local_addr().unwrap();
+            let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            std.set_nonblocking(true).unwrap();
+            let sock = NodeSocket::new(UdpSocket::from_std(std).unwrap()).unwrap();
+            sock.io.writable().await.unwrap();
+            // What an EAGAIN leaves behind: tokio's write readiness cleared.
+            let _ = sock.io.try_io(Interest::WRITABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            assert!(sock.io.try_send_to(b"x", dst).is_err(), "tokio now refuses without trying");
+            // Three datagrams of 100, 100 and 50 bytes (one GSO batch where
+            // the kernel has GSO), and a single one.
+            assert_eq!(sock.try_send_segments(dst, &[7u8; 250], 100), 3);
+            assert_eq!(sock.try_send_segments(dst, &[8u8; 40], 40), 1);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            for _ in 0..4 {
+                let n = rx.recv(&mut buf).expect("datagram");
+                got.push((n, buf[0]));
+            }
+            assert_eq!(got, vec![(100, 7), (100, 7), (50, 7), (40, 8)]);
+        });
+    }
 
     #[test]
     fn pool_is_bounded_waits_briefly_and_recycles() {
