@@ -207,7 +207,10 @@ pub struct TurnTunnel {
 impl TurnTunnel {
     fn transmit(&self, contents: &[u8], segment: Option<usize>) {
         let t = Transmit { destination: self.server, ecn: None, contents, segment_size: segment, src_ip: None };
-        let _ = self.sock.try_io(Interest::WRITABLE, || self.state.send((&*self.sock).into(), &t));
+        // Straight to the kernel, as the node's relay sends: tokio's
+        // `try_io` would stop trying after one EAGAIN until someone awaits
+        // writability, and nothing here does.
+        let _ = self.state.send((&*self.sock).into(), &t);
     }
 }
 
