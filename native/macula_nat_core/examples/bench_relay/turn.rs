@@ -37,11 +37,14 @@ const A_ERROR_CODE: u16 = 0x0009;
 /// The first channel number (RFC 8656 §12: 0x4000-0x4FFF).
 pub const FIRST_CHANNEL: u16 = 0x4000;
 
+/// A message's attributes: (type, value).
+type Attrs = Vec<(u16, Vec<u8>)>;
+
 fn attr(out: &mut Vec<u8>, t: u16, v: &[u8]) {
     out.extend_from_slice(&t.to_be_bytes());
     out.extend_from_slice(&(v.len() as u16).to_be_bytes());
     out.extend_from_slice(v);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -69,7 +72,7 @@ fn request(method: u16, txid: [u8; 12], attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
 }
 
 /// `(type, attributes)` of a response with transaction id `txid`.
-fn parse(data: &[u8], txid: &[u8; 12]) -> Option<(u16, Vec<(u16, Vec<u8>)>)> {
+fn parse(data: &[u8], txid: &[u8; 12]) -> Option<(u16, Attrs)> {
     if data.len() < 20 || data[0] & 0xC0 != 0 || data[8..20] != txid[..] {
         return None;
     }
@@ -114,7 +117,7 @@ pub struct TurnClient {
 
 impl TurnClient {
     /// One request/response, retransmitted every 200 ms, 10 times at most.
-    async fn transact(sock: &UdpSocket, server: SocketAddr, method: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Vec<(u16, Vec<u8>)>, String> {
+    async fn transact(sock: &UdpSocket, server: SocketAddr, method: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Attrs, String> {
         let txid: [u8; 12] = rand::random();
         let req = request(method, txid, attrs);
         let mut buf = vec![0u8; 2048];
