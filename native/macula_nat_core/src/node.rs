@@ -247,15 +247,21 @@ impl Node {
     /// like a congested link; QUIC retransmits). For the relay data path,
     /// which runs inside synchronous hooks.
     pub(crate) fn try_send_to(&self, payload: &[u8], dst: SocketAddr) -> bool {
-        let Ok(sock) = self.socket() else { return false };
-        match sock.try_send_to(payload, dst) {
-            Ok(n) => {
-                self.counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
-                self.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                true
-            }
-            Err(_) => false,
+        self.try_send_segments(payload, payload.len(), dst) == 1
+    }
+
+    /// Sends `contents` as datagrams of `segment` bytes (the last may be
+    /// shorter), as one GSO batch where the kernel has GSO, now or not at
+    /// all; how many leading datagrams left. The relay data path's
+    /// `try_send_to` for a whole QUIC batch.
+    pub(crate) fn try_send_segments(&self, contents: &[u8], segment: usize, dst: SocketAddr) -> usize {
+        let Some(sock) = socket::current(&self.socket) else { return 0 };
+        let n = sock.try_send_segments(dst, contents, segment);
+        if n > 0 {
+            self.counters.datagrams_out.fetch_add(n as u64, Ordering::Relaxed);
+            self.counters.bytes_out.fetch_add(contents.len().min(n * segment) as u64, Ordering::Relaxed);
         }
+        n
     }
 
     /// The incoming-connection dispatcher, started on first use (it takes
@@ -419,22 +425,42 @@ async fn recv_loop(
             }
             // One datagram, or a GRO batch that mixes in STUN or relay frames
             // (GRO merges by flow, so a STUN datagram from a QUIC peer's
-            // address can share a batch): each segment on its own.
+            // address can share a batch): each segment on its own, except
+            // that consecutive frames to forward stay together (`run`) and
+            // leave as one GSO batch.
+            let mut run: Option<Range<usize>> = None;
+            let flush = |run: &mut Option<Range<usize>>| {
+                if let Some(r) = run.take() {
+                    relay.forward(&sock, meta.addr, &data[r], stride);
+                }
+            };
             for (k, seg) in data.chunks(stride).enumerate() {
-                let s = start + k * stride;
+                let s = k * stride;
+                if frame::is_frame(seg) {
+                    let Some(virt) = relay.ours(meta.addr, seg) else {
+                        match run.as_mut() {
+                            Some(r) if r.end == s => r.end = s + seg.len(),
+                            _ => {
+                                flush(&mut run);
+                                run = Some(s..s + seg.len());
+                            }
+                        }
+                        continue;
+                    };
+                    let n = seg.len() - frame::HEADER;
+                    let m = RecvMeta { addr: virt, len: n, stride: n, ..*meta };
+                    quic.push((m, start + s + frame::HEADER..start + s + seg.len()));
+                    continue;
+                }
+                flush(&mut run);
                 if stun::is_stun(seg) {
                     on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
-                } else if frame::is_frame(seg) {
-                    if let Some(virt) = relay.on_frame(&sock.io, meta.addr, seg) {
-                        let n = seg.len() - frame::HEADER;
-                        let m = RecvMeta { addr: virt, len: n, stride: n, ..*meta };
-                        quic.push((m, s + frame::HEADER..s + seg.len()));
-                    }
                 } else {
                     let addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
-                    quic.push((RecvMeta { addr, len: seg.len(), stride: seg.len(), ..*meta }, s..s + seg.len()));
+                    quic.push((RecvMeta { addr, len: seg.len(), stride: seg.len(), ..*meta }, start + s..start + s + seg.len()));
                 }
             }
+            flush(&mut run);
         }
         match pooled {
             Some(b) if !quic.is_empty() => {

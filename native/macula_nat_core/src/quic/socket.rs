@@ -42,6 +42,8 @@ const POOL_BUFFERS: usize = 8;
 /// buffer and drop that batch's QUIC datagrams, so STUN is never held up
 /// more than this.
 const POOL_WAIT: Duration = Duration::from_millis(20);
+/// Largest GSO batch we hand the kernel (UDP's limit is 65507 bytes).
+const GSO_BYTES: usize = 65_000;
 /// quinn's default `max_udp_payload_size`; GRO batches are at most 64 of these.
 const MAX_UDP_PAYLOAD: usize = 1472;
 
@@ -83,6 +85,33 @@ impl NodeSocket {
     /// datagram counts as lost, which QUIC recovers from.
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
         self.io.try_io(Interest::WRITABLE, || self.state.send((&*self.io).into(), t))
+    }
+
+    /// Sends `contents` as datagrams of `segment` bytes (the last may be
+    /// shorter) to `dst`, now or not at all: one GSO `sendmsg` per
+    /// `max_gso_segments` where the kernel has GSO, else one each. Returns
+    /// how many leading datagrams left. For the relay data path, where a
+    /// datagram per syscall was most of the CPU.
+    ///
+    /// Always tries the syscall, unlike tokio's `try_send_to`/`try_io`: once
+    /// those saw a full send buffer they refuse without trying until a task
+    /// awaits writability, and nothing on the relay path awaits, so one
+    /// `EAGAIN` used to drop every relayed datagram until some other QUIC
+    /// send on the socket re-armed it (stalls of up to a ping interval).
+    pub(crate) fn try_send_segments(&self, dst: SocketAddr, contents: &[u8], segment: usize) -> usize {
+        let segment = segment.max(1);
+        // A UDP datagram (GSO batch included) carries at most 65507 bytes.
+        let per_call = self.state.max_gso_segments().min(GSO_BYTES / segment).max(1);
+        let mut sent = 0;
+        for piece in contents.chunks(segment * per_call) {
+            let n = piece.len().div_ceil(segment);
+            let t = Transmit { destination: dst, ecn: None, contents: piece, segment_size: (n > 1).then_some(segment), src_ip: None };
+            if self.state.send((&*self.io).into(), &t).is_err() {
+                break;
+            }
+            sent += n;
+        }
+        sent
     }
 }
 
@@ -256,6 +285,16 @@ pub trait DatagramTunnel: Send + Sync + fmt::Debug + 'static {
     /// Sends one datagram. Must not block: queue or drop (QUIC treats a
     /// drop as loss and retransmits).
     fn send(&self, dst: SocketAddr, datagram: &[u8]);
+
+    /// Sends a GSO batch: `contents` cut into datagrams of `segment` bytes
+    /// (the last may be shorter). A tunnel that can keep the batch together
+    /// (one syscall for all of it) overrides this; by default each datagram
+    /// goes through [`DatagramTunnel::send`].
+    fn send_batch(&self, dst: SocketAddr, contents: &[u8], segment: usize) {
+        for d in contents.chunks(segment.max(1)) {
+            self.send(dst, d);
+        }
+    }
 }
 
 /// Where QUIC datagrams for a remote address go instead of straight to it.
@@ -332,9 +371,9 @@ impl QuicSocket {
     }
 
     fn send_tunnelled(tunnel: &dyn DatagramTunnel, t: &Transmit<'_>) {
-        let seg = t.segment_size.unwrap_or(t.contents.len()).max(1);
-        for d in t.contents.chunks(seg) {
-            tunnel.send(t.destination, d);
+        match t.segment_size {
+            Some(seg) if seg < t.contents.len() => tunnel.send_batch(t.destination, t.contents, seg),
+            _ => tunnel.send(t.destination, t.contents),
         }
     }
 }
@@ -459,6 +498,36 @@ impl UdpPoller for WritablePoller {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    /// The relay data path must keep sending after tokio saw a full send
+    /// buffer: nothing on that path awaits writability to re-arm tokio's
+    /// readiness, so its sends go to the kernel whatever tokio believes.
+    #[test]
+    fn segment_sends_go_out_after_tokio_saw_a_full_buffer() {
+        crate::runtime::handle().block_on(async {
+            let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let dst = rx.local_addr().unwrap();
+            let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            std.set_nonblocking(true).unwrap();
+            let sock = NodeSocket::new(UdpSocket::from_std(std).unwrap()).unwrap();
+            sock.io.writable().await.unwrap();
+            // What an EAGAIN leaves behind: tokio's write readiness cleared.
+            let _ = sock.io.try_io(Interest::WRITABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            assert!(sock.io.try_send_to(b"x", dst).is_err(), "tokio now refuses without trying");
+            // Three datagrams of 100, 100 and 50 bytes (one GSO batch where
+            // the kernel has GSO), and a single one.
+            assert_eq!(sock.try_send_segments(dst, &[7u8; 250], 100), 3);
+            assert_eq!(sock.try_send_segments(dst, &[8u8; 40], 40), 1);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 2048];
+            for _ in 0..4 {
+                let n = rx.recv(&mut buf).expect("datagram");
+                got.push((n, buf[0]));
+            }
+            assert_eq!(got, vec![(100, 7), (100, 7), (50, 7), (40, 8)]);
+        });
+    }
 
     #[test]
     fn pool_is_bounded_waits_briefly_and_recycles() {

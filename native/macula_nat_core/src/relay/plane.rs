@@ -21,11 +21,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::net::UdpSocket;
+use crate::quic::socket::NodeSocket;
 
 /// The relay server side of a node: forwards frames it is not the end of.
 pub(crate) trait FrameForwarder: Send + Sync + 'static {
-    fn forward(&self, sock: &UdpSocket, from: SocketAddr, frame: &[u8]);
+    /// `run`: one frame, or consecutive frames of `stride` bytes (the last
+    /// may be shorter) from one GRO batch, all from `from`.
+    fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize);
 }
 
 #[derive(Default)]
@@ -42,20 +44,24 @@ pub(crate) struct RelayPlane {
 }
 
 impl RelayPlane {
-    /// Handles a frame: `Some(virtual)` when its payload is QUIC for us.
-    pub(crate) fn on_frame(&self, sock: &UdpSocket, from: SocketAddr, data: &[u8]) -> Option<SocketAddr> {
-        if self.any_session.load(Ordering::Acquire) {
-            if let Some(s) = frame::session_of(data) {
-                if let Some(v) = self.sessions.read().ok().and_then(|m| m.get(&(from, s)).map(|e| e.0)) {
-                    return Some(v);
-                }
-            }
+    /// `Some(virtual)` when the frame belongs to one of our sessions (its
+    /// payload is QUIC for us); `None`: it is for [`RelayPlane::forward`].
+    pub(crate) fn ours(&self, from: SocketAddr, data: &[u8]) -> Option<SocketAddr> {
+        if !self.any_session.load(Ordering::Acquire) {
+            return None;
         }
+        let s = frame::session_of(data)?;
+        self.sessions.read().ok().and_then(|m| m.get(&(from, s)).map(|e| e.0))
+    }
+
+    /// Hands frames that are not ours to this node's relay server, if it
+    /// runs one (dropped otherwise). Frames from one GRO batch come as one
+    /// run, so the server can send them on as one GSO batch.
+    pub(crate) fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize) {
         let server = self.server.read().ok().and_then(|s| s.clone());
         if let Some(server) = server {
-            server.forward(sock, from, data);
+            server.forward(sock, from, run, stride);
         }
-        None
     }
 
     /// The virtual address to report for a datagram from `from`.

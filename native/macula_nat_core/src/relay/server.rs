@@ -13,17 +13,19 @@
 //! the callbacks run wherever that channel is read, never on the data path.
 
 use crate::node::Node;
+use crate::quic::socket::NodeSocket;
 use crate::quic::{Connection, QuicError};
 use crate::relay::plane::FrameForwarder;
 use crate::runtime;
+use macula_nat_proto::relay::frame;
 use macula_nat_proto::relay::msg::{EndReason, NodeId, RelayMsg, Refusal};
 use macula_nat_proto::relay::table::{ClientId, DropReason, Ended, Limits, RelayTable, SessionId, Verdict};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -227,22 +229,59 @@ impl Shared {
         }
     }
 
-    fn forward(&self, sock: &UdpSocket, from: SocketAddr, frame: &[u8]) {
-        let Some(session) = macula_nat_proto::relay::frame::session_of(frame) else { return };
-        let len = frame.len() - macula_nat_proto::relay::frame::HEADER;
-        let verdict = match self.table.lock() {
-            Ok(mut t) => t.forward(from, session, len, Instant::now()),
-            Err(_) => return,
-        };
-        match verdict {
-            Verdict::Forward { to } => {
-                if sock.try_send_to(frame, to).is_ok() {
-                    self.frames.fetch_add(1, Ordering::Relaxed);
-                    self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+    /// Forwards a run of frames from `from` (one frame, or `stride`-sized
+    /// frames of one GRO batch). The table decides each frame under one
+    /// lock; consecutive frames going to the same leg leave together as one
+    /// GSO batch, straight out of the receive buffer.
+    fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize) {
+        let now = Instant::now();
+        VERDICTS.with(|v| {
+            let mut verdicts = v.borrow_mut();
+            verdicts.clear();
+            {
+                let Ok(mut t) = self.table.lock() else { return };
+                for f in run.chunks(stride) {
+                    let Some(session) = frame::session_of(f) else {
+                        verdicts.push((0, Verdict::Drop(DropReason::UnknownSession)));
+                        continue;
+                    };
+                    verdicts.push((session, t.forward(from, session, f.len() - frame::HEADER, now)));
                 }
             }
-            Verdict::Delay { to, after } => self.shape(session, to, after, frame, len),
-            Verdict::Drop(_) => {}
+            // Frames [first, i) all go to `to`.
+            let mut pending: Option<(usize, SocketAddr)> = None;
+            for (i, &(session, verdict)) in verdicts.iter().enumerate() {
+                if let Verdict::Forward { to } = verdict {
+                    if !matches!(pending, Some((_, p)) if p == to) {
+                        if let Some((first, p)) = pending {
+                            self.send_run(sock, p, run, stride, first..i);
+                        }
+                        pending = Some((i, to));
+                    }
+                    continue;
+                }
+                if let Some((first, p)) = pending.take() {
+                    self.send_run(sock, p, run, stride, first..i);
+                }
+                if let Verdict::Delay { to, after } = verdict {
+                    let f = &run[i * stride..run.len().min((i + 1) * stride)];
+                    self.shape(session, to, after, f, f.len() - frame::HEADER);
+                }
+            }
+            if let Some((first, p)) = pending {
+                self.send_run(sock, p, run, stride, first..verdicts.len());
+            }
+        });
+    }
+
+    /// Sends frames `frames` (indices into `run`) to `to` and counts them.
+    fn send_run(&self, sock: &NodeSocket, to: SocketAddr, run: &[u8], stride: usize, frames: std::ops::Range<usize>) {
+        let bytes = &run[frames.start * stride..run.len().min(frames.end * stride)];
+        let sent = sock.try_send_segments(to, bytes, stride);
+        if sent > 0 {
+            let sent_bytes = bytes.len().min(sent * stride);
+            self.frames.fetch_add(sent as u64, Ordering::Relaxed);
+            self.bytes.fetch_add((sent_bytes - sent * frame::HEADER) as u64, Ordering::Relaxed);
         }
     }
 
@@ -271,12 +310,18 @@ impl Shared {
     }
 }
 
+thread_local! {
+    /// Per-frame verdicts of the run being forwarded (reused: no allocation
+    /// per batch on the receive loop).
+    static VERDICTS: RefCell<Vec<(SessionId, Verdict)>> = const { RefCell::new(Vec::new()) };
+}
+
 struct Forwarder(Weak<Shared>);
 
 impl FrameForwarder for Forwarder {
-    fn forward(&self, sock: &UdpSocket, from: SocketAddr, frame: &[u8]) {
+    fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize) {
         if let Some(s) = self.0.upgrade() {
-            s.forward(sock, from, frame);
+            s.forward(sock, from, run, stride);
         }
     }
 }
