@@ -9,6 +9,10 @@
 %% <li>`{macula_connection, Conn, {unsafe_message, Binary}}' when a term
 %%     would need atoms that do not exist on this node (they are never
 %%     created from peer input);</li>
+%% <li>`{macula_connection, Conn, {method_changed, Method}}' when the path
+%%     changes, e.g. a relayed connection that moved to a punched path
+%%     (`get_info(Conn, connection_method)' says the same from then on;
+%%     no message is lost or reordered by the move);</li>
 %% <li>`{macula_connection, Conn, {closed, Reason}}' once, at the end;
 %%     `Reason' is `normal' (closed here), `{peer_closed, Text}',
 %%     `node_closed', `timeout' (peer silent past the idle timeout),
@@ -47,8 +51,11 @@ send(_, _) ->
     {error, badarg}.
 
 %% @doc One property of the connection: `connection_method' (`direct',
-%% `punched' or `relayed'), `peer' (the peer's NodeId), `remote_address'
-%% (`<<"ip:port">>' of the current path), `rtt_ms', `closed' (boolean).
+%% `punched' or `relayed', now), `peer' (the peer's NodeId),
+%% `remote_address' (`<<"ip:port">>' of the current path; a relayed path
+%% shows a virtual 240.x.y.z address), `rtt_ms', `closed' (boolean),
+%% `relay' (the NodeId of the relay a relayed connection goes through now,
+%% `undefined' when it is not relayed).
 -spec get_info(connection(), atom()) -> term() | {error, term()}.
 get_info(Conn, Key) when is_reference(Conn), is_atom(Key) ->
     case info(Conn) of

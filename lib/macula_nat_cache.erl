@@ -22,7 +22,7 @@
 -include_lib("kernel/include/logger.hrl").
 
 -export([start_link/1, get/1, get_from_dht/1, put/2, put/3, invalidate/1, stats/0,
-         advertise/1]).
+         advertise/1, resource/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -type nat_profile() :: macula_nat_detector:nat_profile().
@@ -102,6 +102,12 @@ advertise(Profile) when is_map(Profile) ->
                end);
 advertise(_) ->
     {error, badarg}.
+
+%% @doc The cache's Rust resource (the profile cache and this node's
+%% advertiser), for the other children of the system.
+-spec resource() -> {ok, macula_nat_nif:resource()} | {error, not_running}.
+resource() ->
+    with_cache(fun(Res, _, _) -> {ok, Res} end).
 
 with_cache(Fun) ->
     case persistent_term:get(?KEY, undefined) of

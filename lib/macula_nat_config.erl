@@ -18,7 +18,9 @@
     dht := memory | {mainline, map()} | {module, module()},
     dht_timeout_ms := pos_integer(),
     advertise_ttl_seconds := pos_integer(),
-    rendezvous := [term()]
+    rendezvous := [term()],
+    relay_refresh_ms := pos_integer(),
+    relays := [#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]
 }.
 
 -spec defaults() -> opts().
@@ -34,7 +36,9 @@ defaults() ->
       dht => memory,
       dht_timeout_ms => 5000,
       advertise_ttl_seconds => 3600,
-      rendezvous => []}.
+      rendezvous => [],
+      relay_refresh_ms => 5000,
+      relays => []}.
 
 %% @doc Explicit options win over the application environment, which wins
 %% over the defaults. Unknown keys are kept (children may read them), known
@@ -69,7 +73,15 @@ valid(dht_timeout_ms, V) -> is_integer(V) andalso V > 0;
 valid(advertise_ttl_seconds, V) -> is_integer(V) andalso V >= 2;
 valid(rendezvous, V) -> is_list(V) andalso lists:all(fun valid_rendezvous/1, V);
 valid(rendezvous_server, V) -> is_boolean(V);
+valid(relay_refresh_ms, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
+valid(relays, V) -> is_list(V) andalso lists:all(fun valid_relay/1, V);
 valid(_, _) -> true.
+
+%% `#{node_id => Id, endpoint => E}': a relay known from the start.
+valid_relay(#{endpoint := E, node_id := Id}) ->
+    is_binary(Id) andalso byte_size(Id) =:= 32 andalso element(1, macula_nat_endpoint:parse(E)) =:= ok;
+valid_relay(_) ->
+    false.
 
 %% `Endpoint' (advertised only) or `#{endpoint => E, node_id => Id}' (joined).
 valid_rendezvous(#{endpoint := E, node_id := Id}) ->

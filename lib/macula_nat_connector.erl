@@ -9,7 +9,12 @@
 
 %% @doc Options: `timeout' (ms, default 10000), `prefer_direct' (default
 %% true; false punches even where a direct dial would do), `fallback_relay'
-%% (default false until relays exist), `max_attempts' (punch attempts).
+%% (default true: when punching is impossible or fails, go through one of
+%% the target's relays; `{error, no_relay}' if it has none that takes the
+%% session), `max_attempts' (punch attempts), and the coordinator's
+%% `relay_only' and `upgrade_interval'. A relayed connection keeps trying
+%% to punch in the background and moves to the punched path when it can
+%% (the owner gets `{macula_connection, Conn, {method_changed, punched}}').
 -spec connect(binary(), map()) -> {ok, connection()} | {error, term()}.
 connect(Target, Opts) when is_binary(Target), is_map(Opts) ->
     case macula_nat_coordinator:request_connection(Target, coordinator_opts(Opts)) of
@@ -34,11 +39,14 @@ connect(_, _, _) ->
 disconnect(Conn) ->
     macula_connection:close(Conn).
 
+%% The guide's quick start lets connect/2 fall back to a relay without
+%% asking, so the connector allows it unless told otherwise.
 coordinator_opts(Opts) ->
     Renames = [{fallback_relay, allow_relay}, {max_attempts, max_punch_attempts}],
-    lists:foldl(fun({From, To}, Acc) ->
-                        case maps:take(From, Acc) of
-                            {V, Rest} -> Rest#{To => V};
-                            error -> Acc
-                        end
-                end, Opts, Renames).
+    Renamed = lists:foldl(fun({From, To}, Acc) ->
+                                  case maps:take(From, Acc) of
+                                      {V, Rest} -> Rest#{To => V};
+                                      error -> Acc
+                                  end
+                          end, Opts, Renames),
+    maps:merge(#{allow_relay => true}, Renamed).

@@ -12,7 +12,13 @@
 %%
 %% Options: `rendezvous' entries of the form
 %% `#{endpoint => <<"ip:port">>, node_id => NodeId}' are joined (the first
-%% one); `rendezvous_server => true' makes this node a rendezvous.
+%% one); `rendezvous_server => true' makes this node a rendezvous;
+%% `relays => [#{node_id => NodeId, endpoint => <<"ip:port">>}]' are the
+%% relays this node stays reachable through (best first; see
+%% `set_relays/1'), followed by the two best others `macula_relay_registry'
+%% knows (updated when its choice changes): it keeps a reservation at each
+%% and advertises the live ones to the peers it signals with, so a peer
+%% that cannot punch through to it connects through one of them.
 -module(macula_nat_coordinator).
 -behaviour(gen_server).
 
@@ -20,13 +26,16 @@
 
 -export([start_link/1, request_connection/2, request_connection/3,
          coordinate_punch/3, get_pending/0, join/2, serve_rendezvous/0, rendezvous_peers/0,
-         signal/0]).
+         signal/0, set_relays/1, reserved_relays/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(TABLE, macula_nat_coordinator).
 -define(PENDING, macula_nat_coordinator_pending).
 -define(JOIN_RETRY_MS, 2000).
 -define(DEFAULT_TIMEOUT, 10000).
+-define(REGISTRY_RETRY_MS, 1000).
+%% Relays taken from the registry on top of the configured ones.
+-define(REGISTRY_RELAYS, 2).
 
 -type method() :: direct | punched | relayed.
 
@@ -36,16 +45,29 @@ start_link(Opts) ->
 
 %% @doc Connects to `Target' (a NodeId) by the best method for both NATs.
 %% Options: `timeout' (ms, default 10000), `max_punch_attempts',
-%% `allow_relay' (default false), `prefer_direct' (default true). Errors:
-%% `punch_failed', `symmetric_nat' (both sides allocate ports at random and
-%% relay is not allowed), `no_relay', `timeout', `unknown_peer' (not
-%% registered at our rendezvous), `no_rendezvous' (not joined), `badarg'.
+%% `allow_relay' (default false: relaying is asked for explicitly here; the
+%% connector's `fallback_relay' defaults to true), `prefer_direct' (default
+%% true), `relay_only' (default false: go through one of the target's relays
+%% whatever the NATs), `upgrade_interval' (ms before a relayed connection
+%% first tries to punch in the background, doubling up to 30 s; default
+%% 2000; `infinity': stay relayed). With `allow_relay', a pair that cannot
+%% punch, or whose punch failed, answers `{ok, relayed, Conn}'; when a punch
+%% later succeeds the connection moves to it without losing or reordering a
+%% message, and the owner gets `{macula_connection, Conn, {method_changed,
+%% punched}}'. Errors: `punch_failed', `symmetric_nat' (both sides allocate
+%% ports at random and relay is not allowed), `no_relay' (a relay was
+%% needed and the target advertises none that takes the session), the
+%% relay's refusal with `relay_only' (`max_sessions', `no_reservation',
+%% `relay_disabled', `declined'), `timeout', `unknown_peer' (not registered
+%% at our rendezvous), `no_rendezvous' (not joined), `{bad_option, Key}',
+%% `bad_node_id', `badarg'.
 -spec request_connection(binary(), map()) ->
     {ok, method(), macula_connection:connection()} | {error, term()}.
 request_connection(Target, Opts) when is_binary(Target), is_map(Opts) ->
-    case signal() of
-        {ok, Sig} ->
-            Timeout = maps:get(timeout, Opts, ?DEFAULT_TIMEOUT),
+    case {signal(), maps:get(timeout, Opts, ?DEFAULT_TIMEOUT)} of
+        {{ok, _}, Timeout} when not is_integer(Timeout); Timeout =< 0 ->
+            {error, {bad_option, timeout}};
+        {{ok, Sig}, Timeout} ->
             Ref = make_ref(),
             Started = erlang:monotonic_time(millisecond),
             ets:insert(?PENDING, {{self(), Ref}, #{target => Target, started_at => Started}}),
@@ -56,7 +78,7 @@ request_connection(Target, Opts) when is_binary(Target), is_map(Opts) ->
             after
                 ets:delete(?PENDING, {self(), Ref})
             end;
-        {error, _} = E ->
+        {{error, _} = E, _} ->
             E
     end;
 request_connection(_, _) ->
@@ -136,6 +158,29 @@ rendezvous_peers() ->
         [] -> []
     end.
 
+%% @doc The relays to stay reachable through, best first, each
+%% `#{node_id => NodeId, endpoint => Endpoint}' (replaces the `relays'
+%% option; kept across rejoins; the registry's best two still follow).
+%% Errors: `{bad_relay, Entry}'.
+-spec set_relays([#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]) ->
+    ok | {error, term()}.
+set_relays(Relays) when is_list(Relays) ->
+    case parse_relays(Relays) of
+        {ok, Parsed} -> call({set_relays, Parsed}, 5000);
+        {error, _} = E -> E
+    end;
+set_relays(_) ->
+    {error, badarg}.
+
+%% @doc The relays this node holds a live reservation at (what it
+%% advertises): `[#{node_id => NodeId, endpoint => <<"ip:port">>}]'.
+-spec reserved_relays() -> [#{node_id := binary(), endpoint := binary()}].
+reserved_relays() ->
+    case signal() of
+        {ok, Sig} -> [#{node_id => Id, endpoint => Ep} || {Id, Ep} <- macula_nat_nif:signal_reserved_relays(Sig)];
+        {error, _} -> []
+    end.
+
 %% The signalling channel, for connection requests and accepts.
 -spec signal() -> {ok, term()} | {error, no_rendezvous}.
 signal() ->
@@ -161,7 +206,18 @@ call(Request, Timeout) ->
 init(Opts) ->
     ?TABLE = ets:new(?TABLE, [named_table, protected, set, {read_concurrency, true}]),
     ?PENDING = ets:new(?PENDING, [named_table, public, set]),
-    State = #{opts => Opts, join => undefined, detector => undefined},
+    %% macula_nat_config has validated the entries; one that does not
+    %% resolve now is skipped rather than stopping the node.
+    Relays = case parse_relays(maps:get(relays, Opts, [])) of
+                 {ok, R} -> R;
+                 {error, Bad} ->
+                     ?LOG_WARNING("relays option not used: ~p", [Bad]),
+                     []
+             end,
+    %% The registry starts after this process: subscribe once it is up.
+    self() ! registry_subscribe,
+    State = #{opts => Opts, join => undefined, detector => undefined, relays => Relays,
+              registry => undefined, registry_relays => []},
     case maps:get(rendezvous_server, Opts, false) of
         true -> self() ! serve_rendezvous;
         false -> ok
@@ -175,9 +231,11 @@ init(Opts) ->
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
 handle_call({join, Endpoint, NodeId}, _From, State) ->
     case do_join(Endpoint, NodeId, 25000) of
-        ok -> {reply, ok, State};
+        ok -> {reply, ok, apply_relays(State)};
         {error, _} = E -> {reply, E, State}
     end;
+handle_call({set_relays, Relays}, _From, State) ->
+    {reply, ok, apply_relays(State#{relays := Relays})};
 handle_call(serve_rendezvous, _From, State) ->
     {reply, serve(), State};
 handle_call(_Request, _From, State) ->
@@ -196,12 +254,19 @@ handle_info(serve_rendezvous, State) ->
 handle_info({join, E, Id}, State) ->
     case do_join(E, Id, 10000) of
         ok ->
-            {noreply, subscribe(State)};
+            {noreply, apply_relays(subscribe(State))};
         {error, R} ->
             ?LOG_INFO("joining rendezvous ~p failed (~p); retrying", [E, R]),
             erlang:send_after(?JOIN_RETRY_MS, self(), {join, E, Id}),
             {noreply, State}
     end;
+handle_info(registry_subscribe, State) ->
+    {noreply, registry_subscribe(State)};
+handle_info({macula_relay_registry, relays_changed}, State) ->
+    {noreply, apply_relays(registry_relays(State))};
+handle_info({'DOWN', Mon, process, _, _}, #{registry := Mon} = State) ->
+    erlang:send_after(?REGISTRY_RETRY_MS, self(), registry_subscribe),
+    {noreply, State#{registry := undefined}};
 handle_info({nat_profile_changed, _Old, New}, State) ->
     case signal() of
         {ok, Sig} -> macula_nat_nif:signal_set_profile(Sig, New);
@@ -261,3 +326,62 @@ subscribe(#{detector := undefined} = State) ->
     end;
 subscribe(State) ->
     State.
+
+%% The current signal holds reservations at the wanted relays (a fresh
+%% signal after a rejoin starts without any).
+apply_relays(#{relays := Configured, registry_relays := FromRegistry} = State) ->
+    %% A node does not reserve at itself (one list of relays may be
+    %% configured on every node, the relays included).
+    Me = own_id(),
+    Relays = [R || {Id, _} = R <- Configured, Id =/= Me] ++
+             [R || {Id, _} = R <- FromRegistry, not lists:keymember(Id, 1, Configured)],
+    case signal() of
+        {ok, Sig} ->
+            case macula_nat_nif:signal_set_relays(Sig, Relays) of
+                ok -> ok;
+                {error, R} -> ?LOG_WARNING("relays ~p not used: ~p", [Relays, R])
+            end;
+        {error, _} ->
+            ok
+    end,
+    State.
+
+parse_relays(Relays) when is_list(Relays) ->
+    Parsed = [parse_relay(R) || R <- Relays],
+    case [R || {R, error} <- lists:zip(Relays, Parsed)] of
+        [] -> {ok, Parsed};
+        [Bad | _] -> {error, {bad_relay, Bad}}
+    end;
+parse_relays(Other) ->
+    {error, {bad_relay, Other}}.
+
+parse_relay(#{node_id := <<_:32/binary>> = Id, endpoint := E}) ->
+    case macula_nat_endpoint:parse(E) of
+        {ok, Addr} -> {Id, Addr};
+        {error, _} -> error
+    end;
+parse_relay(_) ->
+    error.
+
+registry_subscribe(State) ->
+    Subscribed = try macula_relay_registry:subscribe() catch exit:_ -> {error, not_running} end,
+    case {whereis(macula_relay_registry), Subscribed} of
+        {Pid, ok} when is_pid(Pid) ->
+            apply_relays(registry_relays(State#{registry := erlang:monitor(process, Pid)}));
+        _ ->
+            erlang:send_after(?REGISTRY_RETRY_MS, self(), registry_subscribe),
+            State
+    end.
+
+%% The registry's best relays, this node excepted.
+registry_relays(State) ->
+    Me = own_id(),
+    Best = [{Id, Addr} || #{node_id := Id, endpoint := E} <- macula_relay_registry:relays(),
+                          Id =/= Me, {ok, Addr} <- [macula_nat_endpoint:parse(E)]],
+    State#{registry_relays := lists:sublist(Best, ?REGISTRY_RELAYS)}.
+
+own_id() ->
+    case macula:get_node_id() of
+        {ok, Id} -> Id;
+        _ -> undefined
+    end.

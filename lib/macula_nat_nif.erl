@@ -15,7 +15,14 @@
          conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
          port_predict/4,
          rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
-         signal_connect/4, signal_accept/2]).
+         signal_connect/4, signal_accept/2,
+         %% relays
+         relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
+         signal_set_relays/2, signal_reserved_relays/1]).
+%% Relay registry.
+-export([relay_registry_new/3, relay_registry_attach/3, relay_registry_register/3,
+         relay_registry_unregister/2, relay_registry_report_failure/2, relay_registry_set_load/2,
+         relay_registry_find/2, relay_registry_best/2, relay_registry_close/1]).
 
 -nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
        node_close/1, node_send_to/4,
@@ -28,7 +35,12 @@
        conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
        port_predict/4,
        rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
-       signal_connect/4, signal_accept/2]).
+       signal_connect/4, signal_accept/2,
+       relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
+       signal_set_relays/2, signal_reserved_relays/1]).
+-nifs([relay_registry_new/3, relay_registry_attach/3, relay_registry_register/3,
+       relay_registry_unregister/2, relay_registry_report_failure/2, relay_registry_set_load/2,
+       relay_registry_find/2, relay_registry_best/2, relay_registry_close/1]).
 
 -on_load(load/0).
 
@@ -173,3 +185,56 @@ signal_connect(_Ref, _Signal, _Target, _Opts) -> erlang:nif_error(not_loaded).
 
 -spec signal_accept(reference(), resource()) -> {ok, pending()} | {error, term()}.
 signal_accept(_Ref, _Signal) -> erlang:nif_error(not_loaded).
+
+%% Relay registry (macula_relay_registry owns the resource).
+
+-spec relay_registry_new(resource(), resource(), map()) -> {ok, resource()} | {error, term()}.
+relay_registry_new(_Node, _Cache, _Opts) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_attach(resource(), resource(), resource()) -> ok.
+relay_registry_attach(_Registry, _Node, _Cache) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_register(resource(), binary(), {inet:ip_address(), inet:port_number()}) ->
+    ok | {error, bad_node_id | badarg}.
+relay_registry_register(_Registry, _NodeId, _Addr) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_unregister(resource(), binary()) -> ok | {error, bad_node_id}.
+relay_registry_unregister(_Registry, _NodeId) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_report_failure(resource(), binary()) -> ok | {error, bad_node_id}.
+relay_registry_report_failure(_Registry, _NodeId) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_set_load(resource(), number()) -> ok | {error, badarg}.
+relay_registry_set_load(_Registry, _Load) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_find(resource(), binary() | undefined) ->
+    {ok, map()} | {error, no_relay | bad_node_id}.
+relay_registry_find(_Registry, _Target) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_best(resource(), non_neg_integer()) -> [map()] | {error, badarg}.
+relay_registry_best(_Registry, _N) -> erlang:nif_error(not_loaded).
+
+-spec relay_registry_close(resource()) -> ok.
+relay_registry_close(_Registry) -> erlang:nif_error(not_loaded).
+
+%% Relays. The relay resource is owned by (and sends its session events to)
+%% the process given to relay_enable/3: see native/macula_nat_nif/src/relay_nif.rs.
+
+-spec relay_enable(resource(), map(), pid()) -> {ok, resource()} | {error, term()}.
+relay_enable(_Node, _Limits, _Owner) -> erlang:nif_error(not_loaded).
+
+-spec relay_set_limits(resource(), map()) -> ok | {error, term()}.
+relay_set_limits(_Relay, _Limits) -> erlang:nif_error(not_loaded).
+
+-spec relay_disable(resource()) -> {ok, [map()]}.
+relay_disable(_Relay) -> erlang:nif_error(not_loaded).
+
+-spec relay_stats(resource()) -> {ok, map()} | {error, term()}.
+relay_stats(_Relay) -> erlang:nif_error(not_loaded).
+
+-spec signal_set_relays(resource(), [{binary(), binary() | {inet:ip_address(), inet:port_number()}}]) ->
+    ok | {error, badarg}.
+signal_set_relays(_Signal, _Relays) -> erlang:nif_error(not_loaded).
+
+-spec signal_reserved_relays(resource()) -> [{binary(), binary()}].
+signal_reserved_relays(_Signal) -> erlang:nif_error(not_loaded).

@@ -6,6 +6,8 @@
 %% +-- macula_nat_cache       - NAT profile cache with TTL
 %% +-- macula_nat_detector    - NAT type detection
 %% +-- macula_nat_coordinator - hole punch coordination
+%% +-- macula_relay_registry  - known relays, measured and chosen
+%% +-- macula_relay_node      - relay server (off until enabled)
 %% '''
 %% Each child owns its Rust resources (they are closed when it dies), so a
 %% crash restarts that child alone, from a clean slate.
@@ -22,7 +24,9 @@ start_link() ->
 %% @doc Start the NAT system supervisor with given options:
 %% `cache_max_entries' (10000), `cache_ttl_seconds' (300),
 %% `detection_timeout_ms' (2000), `listen_ip', `listen_port', `key_file',
-%% `observers'. Options not given come from the application environment.
+%% `observers', `relay_refresh_ms' (5000), `relays' (`[#{node_id, endpoint}]')
+%% and the rest of `macula_nat_config'. Options not given come from the
+%% application environment.
 -spec start_link(map()) -> {ok, pid()} | {error, term()}.
 start_link(Opts) when is_map(Opts) ->
     case macula_nat_config:resolve(Opts) of
@@ -37,7 +41,8 @@ start_link(_) ->
 init(Opts) ->
     Flags = #{strategy => one_for_one, intensity => 10, period => 10},
     Children = [child(M, Opts) || M <- [macula_nat_node, macula_nat_cache,
-                                        macula_nat_detector, macula_nat_coordinator]],
+                                        macula_nat_detector, macula_nat_coordinator,
+                                        macula_relay_registry, macula_relay_node]],
     {ok, {Flags, Children}}.
 
 child(Module, Opts) ->

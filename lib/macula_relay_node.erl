@@ -1,20 +1,291 @@
-%% @doc Relay server functionality. Not built yet (issue: relays).
+%% @doc Relay server functionality: this node forwards the (end-to-end
+%% encrypted) QUIC packets of peers that cannot reach each other directly.
+%%
+%% Peers make themselves reachable through a relay by holding a reservation
+%% there (`macula_nat_coordinator' option `relays', or `set_relays/1'); a
+%% peer that cannot punch through to one of them opens a session at one of
+%% its relays and talks through it. The forwarding happens in the node's
+%% receive loop in Rust; this process owns the relay (a supervised child
+%% of `macula_nat_system': when it dies the relay stops with it) and turns
+%% session events into the application's callbacks.
+%%
+%% `enable/1' options:
+%% <ul>
+%% <li>`max_sessions' (default 100): sessions beyond it are refused; the
+%%     peer asking through `request_relay/2' gets `{error, max_sessions}';</li>
+%% <li>`bandwidth_limit' (bytes per second per session, both directions
+%%     together, enforced by a token bucket; default `unlimited');</li>
+%% <li>`session_timeout' (ms without a packet in either direction after
+%%     which a session ends; default 1800000);</li>
+%% <li>`on_session_start', `on_session_end': funs of arity 1 called with
+%%     `#{peer_a, peer_b, session}' and `#{peer_a, peer_b, session,
+%%     bytes_transferred, reason}' (`peer_a' opened the session, `peer_b'
+%%     is the peer it reached; `reason': `closed', `inactive', `peer_gone'
+%%     or `relay_disabled'). Each call runs in a process of its own, never
+%%     in this server or on the data path; one that crashes is logged.</li>
+%% </ul>
+%% Enabling again applies the new options to the running relay (sessions
+%% go on; a new bandwidth limit applies to new sessions). The relay's load
+%% (sessions per `max_sessions') goes to `macula_relay_registry:set_load/1'
+%% whenever a session starts or ends, so a registered relay advertises it;
+%% a disabled relay says 1.0 (full: never chosen). After a crash of
+%% this process, or a restart of the node's socket, the relay comes back
+%% with the options in force; `disable/0' and an orderly stop forget them.
 -module(macula_relay_node).
+-behaviour(gen_server).
 
--export([enable/0, enable/1, disable/0, request_relay/2]).
+-include_lib("kernel/include/logger.hrl").
+
+-export([start_link/1, enable/0, enable/1, disable/0, request_relay/2, stats/0]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+
+-export_type([session/0]).
+
+%% A relayed connection to `peer', owned by the caller of request_relay/2.
+-type session() :: #{connection := macula_connection:connection(),
+                     peer := binary(),
+                     relay := binary() | undefined}.
+
+%% The options in force, so a restarted server relays again.
+-define(ENABLED, {?MODULE, enabled}).
+-define(RETRY_MS, 200).
+-define(MAX_SESSIONS, 1000000).
+-define(MAX_BANDWIDTH, 1000000000000).
+-define(MAX_TIMEOUT_MS, 30 * 86400000).
+
+-spec start_link(map()) -> {ok, pid()} | {error, term()}.
+start_link(Opts) ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, Opts, []).
 
 -spec enable() -> ok | {error, term()}.
 enable() -> enable(#{}).
 
-%% @doc Options: `max_sessions', `bandwidth_limit' (bytes/s per session),
-%% `session_timeout' (ms), `on_session_start', `on_session_end'.
+%% @doc Starts relaying for other nodes (or applies new options to the
+%% running relay). Errors: `{bad_option, Key}', `not_started', or why the
+%% node could not relay.
 -spec enable(map()) -> ok | {error, term()}.
-enable(Opts) when is_map(Opts) -> {error, not_implemented};
-enable(_) -> {error, badarg}.
+enable(Opts) when is_map(Opts) ->
+    case check(Opts) of
+        {ok, Limits, Callbacks} -> call({enable, Limits, Callbacks});
+        {error, _} = E -> E
+    end;
+enable(_) ->
+    {error, badarg}.
 
+%% @doc Stops relaying: every session ends (both peers are told, and
+%% `on_session_end' fires for each), reservations are dropped.
 -spec disable() -> ok | {error, term()}.
-disable() -> {error, not_implemented}.
+disable() ->
+    call(disable).
 
--spec request_relay(binary(), map()) -> {ok, term()} | {error, term()}.
-request_relay(Target, Opts) when is_binary(Target), is_map(Opts) -> {error, not_implemented};
-request_relay(_, _) -> {error, badarg}.
+%% @doc A relayed connection to `Target' through one of the relays it is
+%% reachable through (asked through the rendezvous), owned by the caller.
+%% Options are the coordinator's (`timeout', `upgrade_interval': the
+%% connection still moves to a punched path when one opens, unless
+%% `infinity'). Errors: `max_sessions' (the relay is full), `no_relay' (the
+%% target advertises no relay), `no_reservation', `relay_disabled',
+%% `unknown_peer', `no_rendezvous', `timeout', `{bad_option, Key}', `badarg'.
+-spec request_relay(binary(), map()) -> {ok, session()} | {error, term()}.
+request_relay(Target, Opts) when is_binary(Target), is_map(Opts) ->
+    case macula_nat_coordinator:request_connection(Target, Opts#{relay_only => true}) of
+        {ok, _Method, Conn} ->
+            {ok, #{connection => Conn, peer => Target,
+                   relay => macula_connection:get_info(Conn, relay)}};
+        {error, _} = E ->
+            E
+    end;
+request_relay(_, _) ->
+    {error, badarg}.
+
+%% @doc The running relay's counters and limits: `sessions',
+%% `reservations', `clients', `frames_forwarded', `bytes_forwarded',
+%% `dropped_over_limit', `dropped_not_a_leg', `dropped_unknown', `load'
+%% (sessions per `max_sessions', 0.0 .. 1.0), `max_sessions',
+%% `bandwidth_limit', `session_timeout'. `{error, disabled}' when off.
+-spec stats() -> {ok, map()} | {error, term()}.
+stats() ->
+    call(stats).
+
+call(Request) ->
+    try
+        gen_server:call(?MODULE, Request, 10000)
+    catch
+        exit:{noproc, _} -> {error, not_started};
+        exit:{timeout, _} -> {error, timeout}
+    end.
+
+%% Options -> {ok, Limits for the NIF, {OnStart, OnEnd}}.
+check(Opts) ->
+    Defaults = #{max_sessions => 100, bandwidth_limit => unlimited, session_timeout => 1800000,
+                 on_session_start => undefined, on_session_end => undefined},
+    Merged = maps:merge(Defaults, Opts),
+    case [K || {K, V} <- lists:sort(maps:to_list(Merged)), not valid(K, V)] of
+        [] ->
+            {ok, maps:with([max_sessions, bandwidth_limit, session_timeout], Merged),
+             {maps:get(on_session_start, Merged), maps:get(on_session_end, Merged)}};
+        [Bad | _] ->
+            {error, {bad_option, Bad}}
+    end.
+
+valid(max_sessions, V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_SESSIONS;
+valid(bandwidth_limit, unlimited) -> true;
+valid(bandwidth_limit, infinity) -> true;
+valid(bandwidth_limit, V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_BANDWIDTH;
+valid(session_timeout, V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_TIMEOUT_MS;
+valid(on_session_start, F) -> F =:= undefined orelse is_function(F, 1);
+valid(on_session_end, F) -> F =:= undefined orelse is_function(F, 1);
+valid(_, _) -> false.
+
+%% gen_server
+%%
+%% State: `relay' (the running relay resource or undefined), `enabled'
+%% (its {Limits, Callbacks}), `node' (monitor of the node's owner: the
+%% relay lives on its socket), `callbacks' (per relay resource, until its
+%% last event has arrived: a disabled relay still reports its last
+%% sessions' ends, to the callbacks it was enabled with).
+
+-spec init(map()) -> {ok, map()}.
+init(_Opts) ->
+    %% An orderly stop (supervisor shutdown) runs terminate/2, which
+    %% forgets the options; a crash keeps them for the restart.
+    process_flag(trap_exit, true),
+    Enabled = persistent_term:get(?ENABLED, undefined),
+    case Enabled of
+        undefined -> ok;
+        _ -> self() ! restart_relay
+    end,
+    {ok, #{relay => undefined, enabled => Enabled, node => undefined, callbacks => #{}}}.
+
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+handle_call({enable, Limits, Callbacks}, _From, #{relay := undefined} = State) ->
+    case start_relay(Limits, Callbacks, State) of
+        {ok, State1} -> report_load(State1), {reply, ok, State1};
+        {error, _} = E -> {reply, E, State}
+    end;
+handle_call({enable, Limits, Callbacks}, _From, #{relay := Relay, callbacks := Cbs} = State) ->
+    case macula_nat_nif:relay_set_limits(Relay, Limits) of
+        ok ->
+            persistent_term:put(?ENABLED, {Limits, Callbacks}),
+            report_load(State),
+            {reply, ok, State#{enabled := {Limits, Callbacks}, callbacks := Cbs#{Relay => Callbacks}}};
+        {error, _} = E ->
+            {reply, E, State}
+    end;
+handle_call(disable, _From, State) ->
+    forget_enabled(),
+    State1 = stop_relay(State),
+    report_load(State1),
+    {reply, ok, State1#{enabled := undefined}};
+handle_call(stats, _From, #{relay := undefined} = State) ->
+    {reply, {error, disabled}, State};
+handle_call(stats, _From, #{relay := Relay} = State) ->
+    {reply, macula_nat_nif:relay_stats(Relay), State};
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+-spec handle_cast(term(), map()) -> {noreply, map()}.
+handle_cast(_Msg, State) -> {noreply, State}.
+
+-spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info({macula_relay_event, Relay, started, Info}, State) ->
+    {Start, _} = callbacks(Relay, State),
+    run(on_session_start, Start, Info),
+    report_load(State),
+    {noreply, State};
+handle_info({macula_relay_event, Relay, ended, Info}, State) ->
+    {_, End} = callbacks(Relay, State),
+    run(on_session_end, End, Info),
+    report_load(State),
+    {noreply, State};
+handle_info({macula_relay_event, Relay, stopped}, #{callbacks := Cbs} = State) ->
+    {noreply, State#{callbacks := maps:remove(Relay, Cbs)}};
+handle_info({'DOWN', Mon, process, _, _}, #{node := Mon} = State) ->
+    %% The node's socket is gone, and the relay with it: relay again on
+    %% the restarted node.
+    ?LOG_INFO("node restarted; relay follows"),
+    erlang:send_after(?RETRY_MS, self(), restart_relay),
+    {noreply, (stop_relay(State))#{node := undefined}};
+handle_info(restart_relay, #{relay := undefined, enabled := {Limits, Callbacks}} = State) ->
+    case start_relay(Limits, Callbacks, State) of
+        {ok, State1} ->
+            report_load(State1),
+            {noreply, State1};
+        {error, R} ->
+            ?LOG_INFO("relay not restarted yet (~p); retrying", [R]),
+            erlang:send_after(?RETRY_MS, self(), restart_relay),
+            {noreply, State}
+    end;
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+-spec terminate(term(), map()) -> ok.
+terminate(Reason, State) ->
+    case Reason of
+        normal -> forget_enabled();
+        shutdown -> forget_enabled();
+        {shutdown, _} -> forget_enabled();
+        _ -> ok
+    end,
+    _ = stop_relay(State),
+    ok.
+
+start_relay(Limits, Callbacks, #{callbacks := Cbs} = State) ->
+    case {macula_nat_node:resource(), whereis(macula_nat_node)} of
+        {{ok, Node}, NodePid} when is_pid(NodePid) ->
+            case macula_nat_nif:relay_enable(Node, Limits, self()) of
+                {ok, Relay} ->
+                    persistent_term:put(?ENABLED, {Limits, Callbacks}),
+                    ?LOG_INFO("relaying for other nodes: ~p", [Limits]),
+                    {ok, State#{relay := Relay, enabled := {Limits, Callbacks},
+                                node := erlang:monitor(process, NodePid),
+                                callbacks := Cbs#{Relay => Callbacks}}};
+                {error, _} = E ->
+                    E
+            end;
+        {{error, _} = E, _} ->
+            E;
+        {{ok, _}, undefined} ->
+            {error, not_started}
+    end.
+
+stop_relay(#{relay := undefined} = State) ->
+    State;
+stop_relay(#{relay := Relay, node := Mon} = State) ->
+    %% The sessions' `ended' events follow as messages, then `stopped'.
+    {ok, _Ended} = macula_nat_nif:relay_disable(Relay),
+    case Mon of
+        undefined -> ok;
+        _ -> erlang:demonitor(Mon, [flush])
+    end,
+    State#{relay := undefined, node := undefined}.
+
+forget_enabled() ->
+    _ = persistent_term:erase(?ENABLED),
+    ok.
+
+%% The registry advertises this load while this node is registered as a
+%% relay (its call is a NIF read, never a wait on the registry process).
+report_load(#{relay := undefined}) ->
+    _ = macula_relay_registry:set_load(1.0),
+    ok;
+report_load(#{relay := Relay}) ->
+    case macula_nat_nif:relay_stats(Relay) of
+        {ok, #{load := Load}} -> _ = macula_relay_registry:set_load(min(1.0, Load));
+        {error, _} -> ok
+    end,
+    ok.
+
+callbacks(Relay, #{callbacks := Cbs}) ->
+    maps:get(Relay, Cbs, {undefined, undefined}).
+
+run(_Which, undefined, _Info) ->
+    ok;
+run(Which, Fun, Info) ->
+    _ = spawn(fun() ->
+                      try Fun(Info)
+                      catch Class:Reason:Stack ->
+                              ?LOG_WARNING("relay ~p callback failed: ~p:~p~n~p",
+                                           [Which, Class, Reason, Stack])
+                      end
+              end),
+    ok.

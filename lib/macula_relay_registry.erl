@@ -1,17 +1,270 @@
-%% @doc Distributed registry of relay-capable nodes. Not built yet (issue:
-%% relays).
+%% @doc Distributed registry of relay-capable nodes.
+%%
+%% A relay registers itself (`register(MyNodeId, MyEndpoint)'): its signed
+%% record in the DHT then says "I relay", with its load (0.0 .. 1.0, in
+%% steps of 0.05, republished when it moves a step and at half the record's
+%% TTL). Every node learns relays from `register/2' calls for other nodes,
+%% from the `relays' option, and from any relay's record its cache fetches
+%% (e.g. `macula_nat_cache:get_from_dht/1'). Every `relay_refresh_ms' (5000)
+%% it fetches each relay's record again (load; a relay whose record stops
+%% saying "I relay" is dropped) and times it with a STUN Binding request
+%% from the node's own socket; a relay that stops answering is dropped from
+%% the choice after two rounds.
+%%
+%% Choice: score = smoothed RTT (ms) + 20 / (1 - load), lower is better
+%% (an idle relay costs its path plus 20 ms of forwarding; at load 0.9 the
+%% forwarding term is 200 ms); a full relay is never chosen. The current
+%% relay is kept until another scores at least 20% lower in two consecutive
+%% rounds, so nodes do not flap between relays; a current relay that dies
+%% is replaced at once.
+%%
+%% Reads (`find_relay/1', `relays/0') go from the caller to the Rust
+%% registry (one short lock), never through this process and never waiting
+%% on the network.
+%%
+%% For the relay server: `set_load/1' (the advertised load),
+%% `unregister/1' (stop advertising; or forget another relay),
+%% `report_failure/1' (a relay that could not be used is not chosen again
+%% until it answers a probe), `subscribe/0' (`{macula_relay_registry,
+%% relays_changed}' when the chosen relay or the set of usable relays
+%% changes; subscribers are monitored).
+%%
+%% Registrations survive a crash of this process (they are replayed at
+%% restart) but not an orderly stop of the application.
 -module(macula_relay_registry).
+-behaviour(gen_server).
 
--export([register/2, find_relay/1]).
+-include_lib("kernel/include/logger.hrl").
+
+-export([start_link/1, register/2, find_relay/1, relays/0, subscribe/0, unsubscribe/0,
+         unregister/1, set_load/1, report_failure/1]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -type relay_info() :: #{node_id := binary(), endpoint := binary(),
                         latency_ms := non_neg_integer(), load := float()}.
 -export_type([relay_info/0]).
 
--spec register(binary(), binary()) -> ok | {error, term()}.
-register(NodeId, Endpoint) when is_binary(NodeId), is_binary(Endpoint) -> {error, not_implemented};
-register(_, _) -> {error, badarg}.
+-define(KEY, {?MODULE, resource}).
+%% Registrations made through this module, replayed by a restarted server.
+-define(REGISTERED, {?MODULE, registered}).
+-define(REATTACH_MS, 50).
+%% More than any node will ever know of; `relays/0' returns them all.
+-define(ALL, 1000).
 
--spec find_relay(binary()) -> {ok, relay_info()} | {error, term()}.
-find_relay(Target) when is_binary(Target) -> {error, not_implemented};
-find_relay(_) -> {error, badarg}.
+-spec start_link(map()) -> {ok, pid()} | {error, term()}.
+start_link(Opts) ->
+    gen_server:start_link({local, ?MODULE}, ?MODULE, Opts, []).
+
+%% @doc `NodeId' relays at `Endpoint' (`<<"ip:port">>' as
+%% `macula:get_public_endpoint/0' gives it, or `{Ip, Port}'). This node's
+%% own id: advertise this node as a relay. Errors: `bad_node_id' (not a
+%% 32-byte node key), `bad_endpoint', `not_running'.
+-spec register(binary(), binary() | {inet:ip_address(), inet:port_number()}) -> ok | {error, term()}.
+register(NodeId, Endpoint) when is_binary(NodeId) ->
+    case {byte_size(NodeId), macula_nat_endpoint:parse(Endpoint)} of
+        {32, {ok, Addr}} -> call({register, NodeId, Addr});
+        {32, {error, _} = Error} -> Error;
+        _ -> {error, bad_node_id}
+    end;
+register(_, _) ->
+    {error, badarg}.
+
+%% @doc Forgets relay `NodeId'; this node's own id: stop advertising it as
+%% a relay.
+-spec unregister(binary()) -> ok | {error, term()}.
+unregister(<<_:32/binary>> = NodeId) ->
+    call({unregister, NodeId});
+unregister(NodeId) when is_binary(NodeId) ->
+    {error, bad_node_id};
+unregister(_) ->
+    {error, badarg}.
+
+%% @doc The relay to reach `TargetNodeId' through: one that the target's
+%% cached record names as its contact if any is usable, else the best
+%% relay; never the target itself. `latency_ms' is the smoothed round trip
+%% from this node, `load' what the relay advertises.
+-spec find_relay(binary()) -> {ok, relay_info()} | {error, no_relay | bad_node_id | badarg}.
+find_relay(Target) when is_binary(Target) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> {error, no_relay};
+        Res -> macula_nat_nif:relay_registry_find(Res, Target)
+    end;
+find_relay(_) ->
+    {error, badarg}.
+
+%% @doc Every usable relay, best first (the current choice, then by score).
+-spec relays() -> [relay_info()].
+relays() ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> [];
+        Res -> macula_nat_nif:relay_registry_best(Res, ?ALL)
+    end.
+
+%% @doc The calling process gets `{macula_relay_registry, relays_changed}'
+%% whenever the chosen relay or the set of usable relays changes, until it
+%% unsubscribes or dies.
+-spec subscribe() -> ok | {error, not_running}.
+subscribe() ->
+    call({subscribe, self()}).
+
+-spec unsubscribe() -> ok | {error, not_running}.
+unsubscribe() ->
+    call({unsubscribe, self()}).
+
+%% @doc This node's load as a relay, 0.0 (idle) .. 1.0 (full), advertised
+%% while it is registered as one. The relay server calls it.
+-spec set_load(number()) -> ok | {error, badarg | not_running}.
+set_load(Load) when is_number(Load), Load >= 0, Load =< 1 ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> {error, not_running};
+        Res -> macula_nat_nif:relay_registry_set_load(Res, Load)
+    end;
+set_load(_) ->
+    {error, badarg}.
+
+%% @doc Relay `NodeId' could not be used (reservation refused, connection
+%% failed): not chosen again until it answers a probe.
+-spec report_failure(binary()) -> ok | {error, term()}.
+report_failure(NodeId) when is_binary(NodeId) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> {error, not_running};
+        Res -> macula_nat_nif:relay_registry_report_failure(Res, NodeId)
+    end;
+report_failure(_) ->
+    {error, badarg}.
+
+call(Request) ->
+    try
+        gen_server:call(?MODULE, Request)
+    catch
+        exit:{noproc, _} -> {error, not_running};
+        exit:{shutdown, _} -> {error, not_running}
+    end.
+
+%% gen_server
+
+-spec init(map()) -> {ok, map()} | {stop, term()}.
+init(Opts) ->
+    process_flag(trap_exit, true),
+    case sources() of
+        {ok, {NodePid, Node}, {CachePid, Cache}} ->
+            NifOpts = #{refresh_ms => maps:get(relay_refresh_ms, Opts, 5000)},
+            case macula_nat_nif:relay_registry_new(Node, Cache, NifOpts) of
+                {ok, Res} ->
+                    persistent_term:put(?KEY, Res),
+                    State = #{res => Res, subs => #{},
+                              node => {erlang:monitor(process, NodePid), Node},
+                              cache => {erlang:monitor(process, CachePid), Cache}},
+                    replay(Res, maps:get(relays, Opts, [])),
+                    {ok, State};
+                {error, Reason} ->
+                    {stop, {relay_registry_new, Reason}}
+            end;
+        {error, Reason} ->
+            {stop, Reason}
+    end.
+
+%% The node's socket and the cache (its advertiser publishes our record),
+%% with the processes that own them.
+sources() ->
+    case {whereis(macula_nat_node), macula_nat_node:resource(),
+          whereis(macula_nat_cache), macula_nat_cache:resource()} of
+        {NodePid, {ok, Node}, CachePid, {ok, Cache}} when is_pid(NodePid), is_pid(CachePid) ->
+            {ok, {NodePid, Node}, {CachePid, Cache}};
+        _ ->
+            {error, sources_not_running}
+    end.
+
+%% Static relays from the options, then what was registered before a crash.
+replay(Res, Static) ->
+    Configured = [{Id, Addr} || #{node_id := Id, endpoint := E} <- Static,
+                                {ok, Addr} <- [macula_nat_endpoint:parse(E)]],
+    Registered = maps:to_list(persistent_term:get(?REGISTERED, #{})),
+    [ok = macula_nat_nif:relay_registry_register(Res, Id, Addr) || {Id, Addr} <- Configured ++ Registered],
+    ok.
+
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+handle_call({register, NodeId, Addr}, _From, #{res := Res} = State) ->
+    Reply = macula_nat_nif:relay_registry_register(Res, NodeId, Addr),
+    Reply =:= ok andalso remember(fun(M) -> M#{NodeId => Addr} end),
+    {reply, Reply, State};
+handle_call({unregister, NodeId}, _From, #{res := Res} = State) ->
+    Reply = macula_nat_nif:relay_registry_unregister(Res, NodeId),
+    remember(fun(M) -> maps:remove(NodeId, M) end),
+    {reply, Reply, State};
+handle_call({subscribe, Pid}, _From, #{subs := Subs} = State) ->
+    case Subs of
+        #{Pid := _} -> {reply, ok, State};
+        _ -> {reply, ok, State#{subs := Subs#{Pid => erlang:monitor(process, Pid)}}}
+    end;
+handle_call({unsubscribe, Pid}, _From, #{subs := Subs} = State) ->
+    case maps:take(Pid, Subs) of
+        {Mon, Rest} ->
+            erlang:demonitor(Mon, [flush]),
+            {reply, ok, State#{subs := Rest}};
+        error ->
+            {reply, ok, State}
+    end;
+handle_call(_Request, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+remember(Update) ->
+    Old = persistent_term:get(?REGISTERED, #{}),
+    case Update(Old) of
+        Old -> ok;
+        New -> persistent_term:put(?REGISTERED, New)
+    end.
+
+-spec handle_cast(term(), map()) -> {noreply, map()}.
+handle_cast(_Msg, State) ->
+    {noreply, State}.
+
+-spec handle_info(term(), map()) -> {noreply, map()}.
+handle_info({macula_relay_registry, relays_changed} = Msg, #{subs := Subs} = State) ->
+    ?LOG_DEBUG("relays changed: ~p", [relays()]),
+    [Pid ! Msg || Pid <- maps:keys(Subs)],
+    {noreply, State};
+handle_info({'DOWN', Mon, process, _, _}, #{node := {Mon, Old}} = State) ->
+    %% The node or the cache restarted: carry on with the new ones.
+    erlang:send_after(?REATTACH_MS, self(), reattach),
+    {noreply, State#{node := {undefined, Old}}};
+handle_info({'DOWN', Mon, process, _, _}, #{cache := {Mon, Old}} = State) ->
+    erlang:send_after(?REATTACH_MS, self(), reattach),
+    {noreply, State#{cache := {undefined, Old}}};
+handle_info({'DOWN', _Mon, process, Pid, _}, #{subs := Subs} = State) ->
+    {noreply, State#{subs := maps:remove(Pid, Subs)}};
+handle_info(reattach, State) ->
+    {noreply, reattach(State)};
+handle_info(_Info, State) ->
+    {noreply, State}.
+
+%% Waits until both are back with fresh resources (a restarting owner is
+%% registered before its resource is published), then attaches.
+reattach(#{res := Res, node := {NodeMon, OldNode}, cache := {CacheMon, OldCache}} = State) ->
+    case sources() of
+        {ok, {NodePid, Node}, {CachePid, Cache}}
+          when (NodeMon =/= undefined orelse Node =/= OldNode),
+               (CacheMon =/= undefined orelse Cache =/= OldCache) ->
+            ok = macula_nat_nif:relay_registry_attach(Res, Node, Cache),
+            ?LOG_DEBUG("relay registry re-attached to the node and cache"),
+            State#{node := {monitor_again(NodeMon, NodePid), Node},
+                   cache := {monitor_again(CacheMon, CachePid), Cache}};
+        _ ->
+            erlang:send_after(?REATTACH_MS, self(), reattach),
+            State
+    end.
+
+monitor_again(undefined, Pid) -> erlang:monitor(process, Pid);
+monitor_again(Mon, _Pid) -> Mon.
+
+-spec terminate(term(), map()) -> ok.
+terminate(Reason, #{res := Res}) ->
+    macula_nat_nif:relay_registry_close(Res),
+    persistent_term:erase(?KEY),
+    case Reason of
+        normal -> persistent_term:erase(?REGISTERED);
+        shutdown -> persistent_term:erase(?REGISTERED);
+        {shutdown, _} -> persistent_term:erase(?REGISTERED);
+        _ -> ok
+    end,
+    ok.

@@ -4,7 +4,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--define(CHILDREN, [macula_nat_node, macula_nat_cache, macula_nat_detector, macula_nat_coordinator]).
+-define(CHILDREN, [macula_nat_node, macula_nat_cache, macula_nat_detector, macula_nat_coordinator,
+                   macula_relay_registry, macula_relay_node]).
 
 system_test_() ->
     {foreach,
@@ -164,8 +165,15 @@ not_implemented() ->
     %% Connecting needs a rendezvous; without one the answer is clear.
     ?assertEqual({error, no_rendezvous}, macula_nat_connector:connect(Id, #{})),
     ?assertEqual({error, no_rendezvous}, macula_nat_coordinator:request_connection(Id, #{})),
-    ?assertEqual({error, not_implemented}, macula_relay_node:enable()),
-    ?assertEqual({error, not_implemented}, macula_relay_registry:find_relay(Id)).
+    ?assertEqual({error, no_rendezvous}, macula_relay_node:request_relay(Id, #{})),
+    %% The relay is built (test/macula_relay_node_tests.erl); here it only
+    %% switches on and off.
+    ?assertEqual(ok, macula_relay_node:enable()),
+    ?assertMatch({ok, #{sessions := 0, max_sessions := 100}}, macula_relay_node:stats()),
+    ?assertEqual(ok, macula_relay_node:disable()),
+    ?assertEqual({error, disabled}, macula_relay_node:stats()),
+    %% The registry is built; with no relay known the answer is clear.
+    ?assertEqual({error, no_relay}, macula_relay_registry:find_relay(Id)).
 
 %% Standalone tests (no application needed).
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Traversal between BEAM nodes (Erlang and Elixir VMs) across real kernel
-# NATs: every pair of {full_cone, restricted_cone, port_restricted_cone,
-# symmetric, public}, through a rendezvous on a public lab host; see
+# Traversal between BEAM nodes (Erlang and Elixir VMs) across real NATs,
+# through a rendezvous on a public lab host: every pair of the kernel NATs
+# {full_cone, restricted_cone, port_restricted_cone, symmetric} and a public
+# host, and 27 userspace-NAT pairs covering every strategy of the table; see
 # lab_connect.escript. Writes bench/lab_connect_beam.md.
 # Needs root, erlang, elixir, cargo, rebar3.
 # Usage: test/lab/lab_connect.sh
@@ -20,12 +21,22 @@ for i in 1 2 3 4 5 6; do
 done
 rm -f /tmp/lab_connect_compile.$$
 tmp=$(mktemp -d)
+# One lab name per run ([a-z0-9_], at most 16): leftovers are ours only.
+export MACULA_LAB_NAME="lconn$$"
+# The lab belongs to the escript's VM: once that VM is gone, reap removes
+# the lab (namespaces, engines, the lab VMs). Killed, this script stops the
+# VM first so the reap finds its lab ownerless.
 trap 'rm -rf "$tmp"; "$MACULA_LAB_BIN" reap >/dev/null' EXIT
+pid=
+trap '[ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null; wait "$pid"; }; exit 130' INT TERM
 erlc -o "$tmp" macula_lab.erl macula_lab_peer.erl macula_lab_agent.erl
 sed "s|_build_lab|$tmp|" lab_connect.escript > "$tmp/lab_connect.escript"
 rc=0
-escript "$tmp/lab_connect.escript" "$root/bench/lab_connect_beam.md" || rc=$?
-left=$(ip netns list | grep -c 'ml-' || true)
-[ "$left" = 0 ] || { echo "namespaces left: $(ip netns list | grep ml-)"; exit 1; }
+escript "$tmp/lab_connect.escript" "$root/bench/lab_connect_beam.md" &
+pid=$!
+wait "$pid" || rc=$?
+pid=
+left=$(ip netns list | grep -c "^ml-$MACULA_LAB_NAME-" || true)
+[ "$left" = 0 ] || { echo "namespaces left: $(ip netns list | grep "^ml-$MACULA_LAB_NAME-")"; exit 1; }
 [ "$rc" = 0 ] || { echo "lab connect: FAILED"; exit "$rc"; }
 echo "lab connect: ok"

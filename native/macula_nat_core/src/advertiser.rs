@@ -1,18 +1,26 @@
 //! Publishes this node's signed peer record and keeps it alive.
 //!
-//! The record is republished when the profile changes (`publish`) and
-//! before it expires (every half TTL), so a reader never finds only an
+//! The record is republished when the profile changes (`publish`), when
+//! this node's relay advertisement changes (`set_relay`: starts or stops
+//! relaying, or its quantised load moves a step; at most once per
+//! `MIN_GAP`, so a load hovering on a step boundary cannot flood the DHT)
+//! and before it expires (every half TTL), so a reader never finds only an
 //! expired record of a live node.
 
 use crate::dht::{DhtBackend, DhtError};
 use crate::identity::Identity;
 use crate::peer_record;
 use crate::runtime;
-use macula_nat_proto::record::PeerInfo;
+use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
+use macula_nat_proto::record::{PeerInfo, RelayAd};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// Least time between two publications caused by `set_relay`.
+pub const MIN_GAP: Duration = Duration::from_secs(1);
 
 pub struct Advertiser {
     identity: Identity,
@@ -27,7 +35,14 @@ pub struct Advertiser {
 #[derive(Default)]
 struct State {
     info: Option<PeerInfo>,
+    relay: Option<RelayAd>,
+    /// `relay` changed since the last publication.
+    dirty: bool,
+    /// The profile of the last publication, when `info` was not set yet
+    /// (a relay-only record): withdrawing the relay republishes it.
+    last_info: Option<PeerInfo>,
     last_seq: u64,
+    last_publish: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,18 +76,45 @@ impl Advertiser {
         Ok(seq)
     }
 
+    /// Advertises this node as a relay at `addr` with `load_permille`
+    /// (`None`: not a relay). Publishes soon (within `MIN_GAP` of the last
+    /// publication) if that changes the record; never waits.
+    pub fn set_relay(&self, relay: Option<RelayAd>) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.relay == relay {
+                return;
+            }
+            st.relay = relay;
+            st.dirty = true;
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn relay(&self) -> Option<RelayAd> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).relay
+    }
+
     async fn publish_current(&self) -> Result<u64, DhtError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(DhtError::Closed);
         }
         let (seq, record) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(info) = st.info.clone() else { return Ok(st.last_seq) };
+            let info = match (&st.info, st.relay, &st.last_info) {
+                (Some(i), _, _) => i.clone(),
+                (None, Some(r), _) => relay_only_info(r.addr),
+                (None, None, Some(i)) => i.clone(),
+                (None, None, None) => return Ok(st.last_seq),
+            };
+            st.last_info = Some(info.clone());
             let seq = peer_record::next_seq(st.last_seq);
             let ttl_s = self.ttl.as_secs().min(u32::MAX as u64) as u32;
-            let record = peer_record::sign(&self.identity, seq, ttl_s, info)
+            let record = peer_record::sign(&self.identity, seq, ttl_s, info, st.relay)
                 .map_err(|e| DhtError::Backend(format!("record: {e:?}")))?;
             st.last_seq = seq;
+            st.dirty = false;
+            st.last_publish = Some(Instant::now());
             (seq, record)
         };
         self.dht.put(&self.identity, seq, record).await?;
@@ -93,6 +135,25 @@ impl Advertiser {
     }
 }
 
+/// What a relay that has not detected its NAT yet advertises: its relay
+/// endpoint as an endpoint-independent mapping, with low confidence. A
+/// relay must be reachable at that endpoint from anywhere, which is what
+/// EI/EI says; the detected profile replaces it as soon as there is one.
+fn relay_only_info(addr: SocketAddr) -> PeerInfo {
+    PeerInfo {
+        mapping: Mapping::Ei,
+        filtering: Filtering::Ei,
+        allocation: Allocation::Pp,
+        confidence: Confidence::Low,
+        public_addr: Some(addr),
+        port_delta: None,
+        no_nat: false,
+        detected_at: 0,
+        endpoints: vec![addr],
+        rendezvous: Vec::new(),
+    }
+}
+
 fn spawn_refresher(adv: Weak<Advertiser>) {
     runtime::spawn(async move {
         loop {
@@ -109,7 +170,26 @@ fn spawn_refresher(adv: Weak<Advertiser>) {
             if a.closed.load(Ordering::Acquire) {
                 return;
             }
-            if !woke {
+            let (dirty, last) = {
+                let st = a.state.lock().unwrap_or_else(|p| p.into_inner());
+                (st.dirty, st.last_publish)
+            };
+            if woke && dirty {
+                if let Some(at) = last.map(|l| l + MIN_GAP).filter(|at| *at > Instant::now()) {
+                    drop(a);
+                    tokio::time::sleep_until(at.into()).await;
+                    let Some(a) = adv.upgrade() else { return };
+                    // A `publish` in the meantime took the change along.
+                    if !a.state.lock().unwrap_or_else(|p| p.into_inner()).dirty {
+                        continue;
+                    }
+                    if let Err(e) = a.publish_current().await {
+                        tracing::debug!(?e, "relay advertisement not published; next attempt in one period");
+                    }
+                    continue;
+                }
+            }
+            if !woke || dirty {
                 if let Err(e) = a.publish_current().await {
                     tracing::debug!(?e, ?period, "republish failed; next attempt in one period");
                 }
@@ -146,6 +226,7 @@ mod tests {
         let adv = Advertiser::new(id.clone(), Arc::new(MemoryDht), Duration::from_secs(2));
         let reader = ProfileCache::new(CacheConfig::default(), Arc::new(MemoryDht));
         let h = runtime::handle();
+        assert_eq!(adv.stats().published, 0, "nothing to say yet");
         let s1 = h.block_on(adv.publish(info(1))).unwrap();
         assert_eq!(h.block_on(reader.fetch(id.node_id())).unwrap().info, info(1));
         let s2 = h.block_on(adv.publish(info(2))).unwrap();
@@ -159,5 +240,62 @@ mod tests {
         assert!(st.last_seq > s2);
         adv.close();
         assert_eq!(h.block_on(adv.publish(info(3))), Err(DhtError::Closed));
+    }
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use super::*;
+    use crate::dht::memory::MemoryDht;
+    use crate::profile_cache::{CacheConfig, ProfileCache};
+
+    fn ad(load_permille: u16) -> Option<RelayAd> {
+        Some(RelayAd { addr: "203.0.113.7:4433".parse().unwrap(), load_permille })
+    }
+
+    fn wait_published(adv: &Advertiser, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while adv.stats().published < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(adv.stats().published, n);
+    }
+
+    #[test]
+    fn relay_advertisement_is_published_on_change_only_and_withdrawn() {
+        let id = Identity::generate();
+        let adv = Advertiser::new(id.clone(), Arc::new(MemoryDht), Duration::from_secs(3600));
+        let reader = ProfileCache::new(CacheConfig::default(), Arc::new(MemoryDht));
+        let h = runtime::handle();
+        // Before any profile: a relay-only record at once.
+        adv.set_relay(ad(0));
+        wait_published(&adv, 1);
+        let e = h.block_on(reader.fetch(id.node_id())).unwrap();
+        assert_eq!(e.relay, ad(0));
+        assert_eq!((e.info.public_addr, e.info.confidence), (ad(0).map(|r| r.addr), Confidence::Low));
+        // The same advertisement again publishes nothing.
+        adv.set_relay(ad(0));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(adv.stats().published, 1);
+        // A profile arrives: published with the relay advertisement kept.
+        let info = relay_only_info("198.51.100.4:9".parse().unwrap());
+        let before_publish = Instant::now();
+        h.block_on(adv.publish(info.clone())).unwrap();
+        assert_eq!(h.block_on(reader.fetch(id.node_id())).unwrap().relay, ad(0));
+        // Two load steps in quick succession: one publication, not before
+        // MIN_GAP after the last one, with the latest load.
+        adv.set_relay(ad(50));
+        adv.set_relay(ad(100));
+        wait_published(&adv, 3);
+        let e = h.block_on(reader.fetch(id.node_id())).unwrap();
+        assert_eq!((e.relay, &e.info), (ad(100), &info));
+        assert!(before_publish.elapsed() >= MIN_GAP, "rate limit");
+        // Stops relaying: a v1 record again, so readers drop it as a relay.
+        adv.set_relay(None);
+        wait_published(&adv, 4);
+        assert_eq!(h.block_on(reader.fetch(id.node_id())).unwrap().relay, None);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(adv.stats().published, 4);
+        adv.close();
     }
 }

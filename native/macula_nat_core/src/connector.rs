@@ -21,9 +21,16 @@
 //!    * `SimplePunch` / `PredictPreservation` / `PredictContiguity`: both
 //!      run the punch machine on their node socket (targets from
 //!      [`targets`]); A then QUIC-connects to the punched address.
-//!    * `BirthdayProbing`: not implemented: `PunchFailed`.
-//!    * `Relay`: `SymmetricNat` when both sides have unpredictable ports and
-//!      relaying is not allowed, else `NoRelay` (relays are not there yet).
+//!    * `BirthdayProbing { hard }`: the hard side punches from the node
+//!      socket and a few hundred extra sockets ([`crate::birthday`]) towards
+//!      the easy side's endpoint, the easy side probes random ports of the
+//!      hard side's IP; A then QUIC-connects to the punched address, over
+//!      the winning extra socket when the hard side's path is one.
+//!    * `Relay`: with `allow_relay`, through a relay (below); otherwise
+//!      `SymmetricNat` when both sides have unpredictable ports, else
+//!      `NoRelay`.
+//!
+//!    A punch that fails falls back to the relay too when `allow_relay`.
 //! 4. Whoever dials sends `Hello(Session(id))` first; the other side's
 //!    dispatcher hands that connection to the session. The initiator gets it
 //!    from `connect`; on the responder it is queued for [`Signal::accept`]
@@ -31,16 +38,38 @@
 //!    on B receives every connection its peers made to it there.
 //!
 //! Methods reported: `Direct` for Direct and ConnectionReversal (a plain
-//! dial, no punching), `Punched` for the punching strategies.
+//! dial, no punching), `Punched` for the punching strategies, `Relayed`.
+//!
+//! # Relays
+//!
+//! Each node keeps reservations at the relays it is given
+//! ([`Signal::set_relays`], a [`RelaySet`]) and advertises the live ones in
+//! its profile. A relayed connect: the initiator opens a session to the
+//! responder at one of the responder's relays, and dials the responder's
+//! node key through it (the QUIC connection stays end to end; its remote
+//! address is a virtual one that the relay session routes). The initiator
+//! then looks after the connection:
+//! * relay lost (its link dies): the session is opened again at the
+//!   responder's next relay and the virtual address re-routed there; QUIC
+//!   resends what was in flight; the responder's QUIC sees its peer migrate.
+//! * upgrade: every `upgrade_interval` (doubling to 30 s) it runs a punch
+//!   session with the responder (`Connect` with `FLAG_UPGRADE`: both punch,
+//!   nobody dials). On success the virtual address is routed to the punched
+//!   address and that address aliased back to it, so QUIC carries on
+//!   without seeing a change; nothing is lost or reordered (one QUIC
+//!   stream). The method becomes `Punched` on both sides (the responder
+//!   sees its QUIC peer migrate to a real address).
 
 use crate::dispatch::Dispatch;
-use crate::punch_driver;
+use crate::birthday::SocketSet;
+use crate::punch_driver::{self, Punched};
+use crate::relay::{self, RelayLink, RelayPath, RelaySet};
 use crate::quic::QuicError;
 use crate::signal::{self, HelloKind, Msg, NodeId, Profile, SessionId};
 use crate::{runtime, Connection, Node};
 use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
 use macula_nat_proto::port_predictor::wrap_port;
-use macula_nat_proto::punch::{PunchConfig, Role};
+use macula_nat_proto::punch::{BirthdaySchedule, PunchConfig, Role};
 use macula_nat_proto::record::PeerInfo;
 use macula_nat_proto::strategy::{self, Aim, Dialer, PeerNat, Side, Strategy};
 use macula_nat_proto::nat::NatType;
@@ -51,27 +80,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// How a connection was made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// One side dialled the other's public address (Direct or
-    /// ConnectionReversal).
-    Direct,
-    /// After hole punching.
-    Punched,
-    /// Through a relay (not implemented yet).
-    Relayed,
-}
-
-impl Method {
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Direct => "direct",
-            Method::Punched => "punched",
-            Method::Relayed => "relayed",
-        }
-    }
-}
+pub use crate::quic::Method;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -81,6 +90,8 @@ pub enum ConnectError {
     SymmetricNat,
     #[error("a relay is needed but none is available")]
     NoRelay,
+    #[error("the relay refused: {}", .0.name())]
+    RelayRefused(macula_nat_proto::relay::msg::Refusal),
     #[error("timed out")]
     Timeout,
     #[error("peer not registered at the rendezvous")]
@@ -102,6 +113,7 @@ impl ConnectError {
             ConnectError::PunchFailed => "punch_failed",
             ConnectError::SymmetricNat => "symmetric_nat",
             ConnectError::NoRelay => "no_relay",
+            ConnectError::RelayRefused(r) => r.name(),
             ConnectError::Timeout => "timeout",
             ConnectError::UnknownPeer => "unknown_peer",
             ConnectError::Rejected(_) => "rejected",
@@ -128,19 +140,30 @@ pub struct ConnectOpts {
     pub timeout: Duration,
     /// Transmissions per punched path.
     pub max_punch_attempts: u32,
-    /// Whether a relayed connection is acceptable (relays are not
-    /// implemented: with `true` a relay-only pair fails with `NoRelay`
-    /// instead of `SymmetricNat`).
+    /// Whether a relayed connection is acceptable (when punching is
+    /// impossible or fails).
     pub allow_relay: bool,
     /// Use Direct / ConnectionReversal when the table says so (default).
     /// `false` makes the pair punch instead (tests, or a peer that lies
     /// about being reachable).
     pub prefer_direct: bool,
+    /// Go through a relay whatever the NAT types.
+    pub relay_only: bool,
+    /// First wait before a relayed connection tries to upgrade to a punched
+    /// path (then doubling up to 30 s); `None`: stay relayed.
+    pub upgrade_interval: Option<Duration>,
 }
 
 impl Default for ConnectOpts {
     fn default() -> Self {
-        ConnectOpts { timeout: Duration::from_secs(10), max_punch_attempts: 10, allow_relay: false, prefer_direct: true }
+        ConnectOpts {
+            timeout: Duration::from_secs(10),
+            max_punch_attempts: 10,
+            allow_relay: false,
+            prefer_direct: true,
+            relay_only: false,
+            upgrade_interval: Some(Duration::from_secs(2)),
+        }
     }
 }
 
@@ -214,6 +237,10 @@ struct Inner {
     observed: Mutex<Option<SocketAddr>>,
     sessions: Mutex<HashMap<SessionId, SessionTx>>,
     dispatch: Arc<Dispatch>,
+    relays: Arc<RelaySet>,
+    /// Relayed connections where we were the responder, for the upgrade
+    /// (their method changes when the initiator moves them).
+    relayed_in: Mutex<Vec<Connection>>,
 }
 
 /// A node's membership at a rendezvous. Dropping it (or `close`) leaves.
@@ -243,6 +270,7 @@ impl Signal {
         cfg: SignalConfig,
     ) -> Result<Signal, ConnectError> {
         let dispatch = node.dispatch()?;
+        let relays = RelaySet::new(&node);
         let (control, _) = watch::channel(None);
         let inner = Arc::new(Inner {
             node,
@@ -253,6 +281,8 @@ impl Signal {
             observed: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             dispatch,
+            relays,
+            relayed_in: Mutex::new(Vec::new()),
         });
         let conn = register(&inner).await?;
         let task = runtime::spawn(control_loop(Arc::downgrade(&inner), conn));
@@ -287,9 +317,21 @@ impl Signal {
         self.inner.dispatch.accept().await
     }
 
+    /// The relays to hold reservations at, best first (e.g. from the relay
+    /// registry). The live ones are advertised to peers.
+    pub fn set_relays(&self, relays: Vec<(NodeId, SocketAddr)>) {
+        self.inner.relays.set_wanted(relays);
+    }
+
+    /// Relays we hold a live reservation at.
+    pub fn reserved_relays(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.inner.relays.reserved()
+    }
+
     /// Leaves the rendezvous (closes the control connection).
     pub fn close(&self) {
         self.task.abort();
+        self.inner.relays.close();
         if let Some(c) = self.inner.control.borrow().as_ref() {
             c.close("signal closed");
         }
@@ -368,7 +410,7 @@ fn our_profile(inner: &Inner) -> Profile {
     }
     let mut info = cfg.profile;
     info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
-    Profile { info, local_port: local.map_or(0, |l| l.port()), candidates }
+    Profile { info, local_port: local.map_or(0, |l| l.port()), candidates, relays: inner.relays.reserved() }
 }
 
 fn peer_nat(p: &PeerInfo) -> PeerNat {
@@ -412,8 +454,12 @@ pub fn targets(profile: &Profile, observed: SocketAddr) -> Vec<SocketAddr> {
 
 /// The strategy for initiator `a` and responder `b`.
 fn decide(a: &Profile, b: &Profile, flags: u8) -> Strategy {
+    if flags & signal::FLAG_RELAY_ONLY != 0 {
+        return Strategy::Relay;
+    }
     let s = strategy::choose(&peer_nat(&a.info), &peer_nat(&b.info));
-    if flags & signal::FLAG_NO_DIRECT != 0 && matches!(s, Strategy::Direct { .. } | Strategy::ConnectionReversal { .. }) {
+    let no_direct = flags & (signal::FLAG_NO_DIRECT | signal::FLAG_UPGRADE) != 0;
+    if no_direct && matches!(s, Strategy::Direct { .. } | Strategy::ConnectionReversal { .. }) {
         return Strategy::SimplePunch;
     }
     s
@@ -456,7 +502,10 @@ pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts
     let timeout = opts.timeout;
     let r = tokio::time::timeout(timeout, initiate(&signal.inner, target, &opts)).await;
     match r {
-        Ok(Ok((conn, method, strategy))) => Ok(Connected { conn, method, strategy, elapsed: started.elapsed() }),
+        Ok(Ok((conn, method, strategy))) => {
+            conn.set_method(method);
+            Ok(Connected { conn, method, strategy, elapsed: started.elapsed() })
+        }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ConnectError::Timeout),
     }
@@ -467,7 +516,10 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
     let me = our_profile(inner);
-    let flags = if opts.prefer_direct { 0 } else { signal::FLAG_NO_DIRECT };
+    let mut flags = if opts.prefer_direct { 0 } else { signal::FLAG_NO_DIRECT };
+    if opts.relay_only {
+        flags |= signal::FLAG_RELAY_ONLY;
+    }
     ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
     let (peer, observed) = loop {
         match guard.rx.recv().await {
@@ -479,14 +531,15 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
         }
     };
     let strategy = decide(&me, &peer, flags);
-    // Relay-only pairs fail before the go: nothing to wait for.
+    let relay_ok = opts.allow_relay || opts.relay_only;
+    // Relay-only pairs don't wait for the go.
     if strategy.is_relay() {
-        let hard = |p: &Profile| strategy::aim(&peer_nat(&p.info)) == Aim::Unpredictable;
-        return Err(if hard(&me) && hard(&peer) && !opts.allow_relay {
-            ConnectError::SymmetricNat
-        } else {
-            ConnectError::NoRelay
-        });
+        if !relay_ok {
+            let hard = |p: &Profile| strategy::aim(&peer_nat(&p.info)) == Aim::Unpredictable;
+            return Err(if hard(&me) && hard(&peer) { ConnectError::SymmetricNat } else { ConnectError::NoRelay });
+        }
+        let conn = via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?;
+        return Ok((conn, Method::Relayed, strategy));
     }
     let go = loop {
         match guard.rx.recv().await {
@@ -495,9 +548,232 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
             None => return Err(ConnectError::NoRendezvous),
         }
     };
-    let (conn, method) = act(inner, Side::A, strategy, session, target, &peer, observed, go, opts.max_punch_attempts).await?;
+    let r = act(inner, Side::A, strategy, session, target, &peer, observed, go, opts.max_punch_attempts).await;
+    let (conn, method) = match r {
+        Err(ConnectError::PunchFailed) if relay_ok => {
+            // The responder still waits for the session's connection.
+            (via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?, Method::Relayed)
+        }
+        other => other?,
+    };
     drop(guard);
     Ok((conn, method, strategy))
+}
+
+/// A relay's refusal is `NoRelay` for a connect (no relay was available)
+/// and itself for an explicit relay request, which wants to know why.
+fn relay_error(e: ConnectError, opts: &ConnectOpts) -> ConnectError {
+    match e {
+        ConnectError::RelayRefused(_) if !opts.relay_only => ConnectError::NoRelay,
+        other => other,
+    }
+}
+
+/// Connects to `target` through one of its relays, dialling its node key
+/// over the relay session, and starts looking after the connection.
+async fn via_relay(inner: &Arc<Inner>, target: NodeId, session: SessionId, peer: &Profile, opts: &ConnectOpts) -> Result<Connection, ConnectError> {
+    let virt = relay::virtual_addr();
+    let (link, path) = open_relay_path(inner, target, &peer.relays, virt, None).await?;
+    let conn = match dial(inner, virt, target, session).await {
+        Ok(c) => c,
+        Err(e) => {
+            if let Ok(q) = inner.node.quic() {
+                q.clear_route(virt);
+            }
+            link.close_session(path.session);
+            return Err(e);
+        }
+    };
+    conn.set_method(Method::Relayed);
+    runtime::spawn(look_after_relayed(Arc::downgrade(inner), conn.clone(), target, peer.relays.clone(), link, path, opts.clone()));
+    Ok(conn)
+}
+
+/// A session to `target` at the first of `relays` (skipping `except`) that
+/// takes it, routed at `virt`.
+async fn open_relay_path(
+    inner: &Inner,
+    target: NodeId,
+    relays: &[(NodeId, SocketAddr)],
+    virt: SocketAddr,
+    except: Option<NodeId>,
+) -> Result<(RelayLink, RelayPath), ConnectError> {
+    let mut refused = None;
+    for (id, addr) in relays.iter().filter(|(id, _)| Some(*id) != except) {
+        match inner.relays.link_to(*id, *addr).await {
+            Ok(link) => match link.open(target, virt).await {
+                Ok(path) => return Ok((link, path)),
+                Err(e) => {
+                    tracing::debug!("relay {addr}: open failed: {e}");
+                    if let relay::RelayError::Refused(r) = e {
+                        refused = Some(r);
+                    }
+                }
+            },
+            Err(e) => tracing::debug!("relay {addr}: unreachable: {e}"),
+        }
+    }
+    Err(refused.map_or(ConnectError::NoRelay, ConnectError::RelayRefused))
+}
+
+/// Initiator side of a relayed connection, until it closes: moves it to
+/// another relay when its relay dies, and to a punched path when one opens.
+async fn look_after_relayed(
+    weak: std::sync::Weak<Inner>,
+    conn: Connection,
+    target: NodeId,
+    relays: Vec<(NodeId, SocketAddr)>,
+    mut link: RelayLink,
+    mut path: RelayPath,
+    opts: ConnectOpts,
+) {
+    let virt = path.virtual_addr;
+    let cap = Duration::from_secs(30);
+    let mut backoff = opts.upgrade_interval;
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let mut next_try = backoff.map_or_else(far, |d| tokio::time::Instant::now() + d);
+    let punched = loop {
+        tokio::select! {
+            _ = conn.closed() => {
+                link.close_session(path.session);
+                if let Some(inner) = weak.upgrade() {
+                    if let Ok(q) = inner.node.quic() { q.clear_route(virt); }
+                }
+                return;
+            }
+            _ = link.closed() => {
+                let Some(inner) = weak.upgrade() else { return };
+                let dead = path.relay;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                let mut moved = None;
+                while moved.is_none() && tokio::time::Instant::now() < deadline && conn.close_reason().is_none() {
+                    match open_relay_path(&inner, target, &relays, virt, Some(dead)).await {
+                        Ok(lp) => moved = Some(lp),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+                match moved {
+                    Some((l, p)) => {
+                        tracing::debug!("relayed connection moved to relay {}", p.relay_addr);
+                        link = l;
+                        path = p;
+                    }
+                    None => {
+                        tracing::debug!("relayed connection: no other relay; closing");
+                        conn.close("relay lost");
+                        return;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(next_try) => {
+                let Some(inner) = weak.upgrade() else { return };
+                match upgrade_once(&inner, target, &opts).await {
+                    Ok(real) if !inner.node.relay_plane().has_alias(&real) => break (inner, real),
+                    Ok(_) => tracing::debug!("upgrade: punched address already in use by another connection"),
+                    Err(e) => tracing::debug!("upgrade attempt failed: {e}"),
+                }
+                backoff = backoff.map(|b| (b * 2).min(cap));
+                next_try = backoff.map_or_else(far, |d| tokio::time::Instant::now() + d);
+            }
+        }
+    };
+    let (inner, real) = punched;
+    inner.node.relay_plane().set_alias(real, Some(virt));
+    if let Ok(q) = inner.node.quic() {
+        q.route_to(virt, real);
+    }
+    conn.set_method(Method::Punched);
+    tracing::debug!("relayed connection upgraded to the punched path {real}");
+    drop(inner);
+    // The peer may still send through the relay until its QUIC follows.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    link.close_session(path.session);
+    conn.closed().await;
+    if let Some(inner) = weak.upgrade() {
+        inner.node.relay_plane().set_alias(real, None);
+        if let Ok(q) = inner.node.quic() {
+            q.clear_route(virt);
+        }
+    }
+}
+
+/// One upgrade attempt: a punch session with `target` through the
+/// rendezvous; the punched address, or why not.
+async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Result<SocketAddr, ConnectError> {
+    let session: SessionId = rand::random();
+    let mut guard = SessionGuard::new(inner, session);
+    let ctl = control(inner)?;
+    let me = our_profile(inner);
+    let flags = signal::FLAG_UPGRADE;
+    ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
+    let run = async {
+        let (peer, observed) = loop {
+            match guard.rx.recv().await {
+                Some(Msg::Answered { profile, observed, .. }) => break (profile, observed),
+                Some(Msg::Unknown { .. }) => return Err(ConnectError::UnknownPeer),
+                Some(Msg::Reject { reason, .. }) => return Err(ConnectError::Rejected(reason)),
+                Some(_) => continue,
+                None => return Err(ConnectError::NoRendezvous),
+            }
+        };
+        if !upgradable(decide(&me, &peer, flags)) {
+            return Err(ConnectError::PunchFailed);
+        }
+        let go = loop {
+            match guard.rx.recv().await {
+                Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
+                Some(_) => continue,
+                None => return Err(ConnectError::NoRendezvous),
+            }
+        };
+        let ok = run_punch(inner, Side::A, session, target, &peer, observed, go, opts.max_punch_attempts).await?;
+        Ok(ok)
+    };
+    tokio::time::timeout(opts.timeout, run).await.unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// Strategies an upgrade can use: the punching ones on the node socket.
+fn upgradable(s: Strategy) -> bool {
+    matches!(s, Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity)
+}
+
+/// Responder side of an upgrade: punch, then watch our relayed connections
+/// with `from` for the move to a real address.
+async fn respond_upgrade(inner: Arc<Inner>, mut guard: SessionGuard<'_>, from: NodeId, strategy: Strategy, peer: Profile, observed: SocketAddr) {
+    if !upgradable(strategy) {
+        return;
+    }
+    let go = loop {
+        match guard.rx.recv().await {
+            Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
+            Some(_) => continue,
+            None => return,
+        }
+    };
+    let attempts = ConnectOpts::default().max_punch_attempts;
+    if let Err(e) = run_punch(&inner, Side::B, guard.session, from, &peer, observed, go, attempts).await {
+        tracing::debug!("upgrade (responder) punch: {e}");
+    }
+    let conns: Vec<Connection> = inner
+        .relayed_in
+        .lock()
+        .map(|mut v| {
+            v.retain(|c| c.close_reason().is_none());
+            v.iter().filter(|c| c.peer_id() == from).cloned().collect()
+        })
+        .unwrap_or_default();
+    for c in conns {
+        runtime::spawn(async move {
+            // The initiator moves first; our QUIC follows at its next packet.
+            for _ in 0..100 {
+                if !relay::is_virtual(&c.remote_address()) {
+                    c.set_method(Method::Punched);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
 }
 
 /// Responder side of a session, run by the control loop on `Incoming`.
@@ -506,14 +782,24 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     let me = our_profile(&inner);
     let Ok(ctl) = control(&inner) else { return };
     let strategy = decide(&peer, &me, flags);
+    // Before the answer: a relayed dial may follow it closely.
+    let incoming = inner.dispatch.expect_session(session);
     if ctl.send(Msg::Answer { to: from, session, profile: me }.encode()).await.is_err() {
         return;
     }
-    if strategy.is_relay() {
+    if flags & signal::FLAG_UPGRADE != 0 {
+        drop(incoming);
+        respond_upgrade(inner.clone(), guard, from, strategy, peer, observed).await;
         return;
     }
     let timeout = inner.cfg.read().map(|c| c.responder_timeout).unwrap_or(Duration::from_secs(15));
     let run = async {
+        if strategy.is_relay() {
+            // Nothing to do but wait: the initiator dials through a relay
+            // (if it has one of ours).
+            return Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Relayed));
+        }
+        drop(incoming);
         let go = loop {
             match guard.rx.recv().await {
                 Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
@@ -525,6 +811,15 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     };
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok((conn, method))) => {
+            // A failed punch may have been followed by a relayed dial.
+            let method = if relay::is_virtual(&conn.remote_address()) { Method::Relayed } else { method };
+            conn.set_method(method);
+            if method == Method::Relayed {
+                if let Ok(mut v) = inner.relayed_in.lock() {
+                    v.retain(|c| c.close_reason().is_none());
+                    v.push(conn.clone());
+                }
+            }
             tracing::debug!("signal: responder session done ({})", method.name());
             inner.dispatch.deliver(conn);
         }
@@ -539,6 +834,30 @@ async fn dial(inner: &Inner, addr: SocketAddr, peer: NodeId, session: SessionId)
     let conn = inner.node.quic()?.connect(addr, peer).await?;
     conn.send(Msg::Hello(HelloKind::Session(session)).encode()).await?;
     Ok(conn)
+}
+
+/// Runs the punch machine on the node socket after the go's wait: the
+/// punched remote address.
+#[allow(clippy::too_many_arguments)]
+async fn run_punch(
+    inner: &Arc<Inner>,
+    side: Side,
+    session: SessionId,
+    peer_id: NodeId,
+    peer: &Profile,
+    observed: SocketAddr,
+    (wait, pair_rtt): (Duration, Duration),
+    max_attempts: u32,
+) -> Result<SocketAddr, ConnectError> {
+    let reg = punch_driver::register(&inner.node, session);
+    tokio::time::sleep(wait).await;
+    let role = if side == Side::A { Role::Initiator } else { Role::Responder };
+    let tgts = targets(peer, observed).into_iter().map(|a| (0usize, a)).collect();
+    let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, tgts, pair_rtt);
+    cfg.max_attempts = max_attempts.max(1);
+    cfg.seed = rand::random();
+    let ok = punch_driver::run(inner.node.clone(), reg, cfg).await.map_err(|_| ConnectError::PunchFailed)?;
+    Ok(ok.remote_addr)
 }
 
 /// Acts on the go: `side` is our side in `strategy` (A = initiator).
@@ -588,19 +907,12 @@ async fn act(
             }
         }
         Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => {
-            let reg = punch_driver::register(&inner.node, session);
-            tokio::time::sleep(wait).await;
-            let role = if side == Side::A { Role::Initiator } else { Role::Responder };
-            let tgts = targets(peer, observed).into_iter().map(|a| (0usize, a)).collect();
-            let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, tgts, pair_rtt);
-            cfg.max_attempts = max_attempts.max(1);
-            cfg.seed = rand::random();
-            let punched = punch_driver::run(inner.node.clone(), reg, cfg).await;
+            let punched = run_punch(inner, side, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts).await;
             match side {
                 Side::A => {
                     drop(incoming);
-                    let ok = punched.map_err(|_| ConnectError::PunchFailed)?;
-                    Ok((dial(inner, ok.remote_addr, peer_id, session).await?, Method::Punched))
+                    let ok = punched?;
+                    Ok((dial(inner, ok, peer_id, session).await?, Method::Punched))
                 }
                 Side::B => {
                     // The initiator decides: even if our machine saw no
@@ -613,7 +925,79 @@ async fn act(
                 }
             }
         }
-        Strategy::BirthdayProbing { .. } => Err(ConnectError::PunchFailed),
+        Strategy::BirthdayProbing { hard } => {
+            birthday(inner, side, hard, session, peer_id, peer, observed, (wait, pair_rtt), incoming).await
+        }
+        // Handled before the go by the callers.
         Strategy::Relay => Err(ConnectError::NoRelay),
     }
+}
+
+/// Birthday probing (see [`crate::birthday`] and
+/// [`macula_nat_proto::punch::BirthdaySchedule`]): the hard side punches from
+/// the node socket plus the schedule's extra sockets towards the easy side's
+/// endpoint; the easy side probes random ports of the hard side's IP from
+/// the node socket. As for the other punches, the initiator dials the
+/// punched address. `max_punch_attempts` does not apply: the schedule fixes
+/// the attempts (one per probe) so that both sides agree without signalling.
+#[allow(clippy::too_many_arguments)]
+async fn birthday(
+    inner: &Arc<Inner>,
+    side: Side,
+    hard: Side,
+    session: SessionId,
+    peer_id: NodeId,
+    peer: &Profile,
+    observed: SocketAddr,
+    (wait, pair_rtt): (Duration, Duration),
+    incoming: tokio::sync::oneshot::Receiver<Connection>,
+) -> Result<(Connection, Method), ConnectError> {
+    let sched = BirthdaySchedule::standard(pair_rtt).ok_or(ConnectError::PunchFailed)?;
+    let reg = punch_driver::register(&inner.node, session);
+    let role = if side == Side::A { Role::Initiator } else { Role::Responder };
+    let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, Vec::new(), pair_rtt);
+    cfg.seed = rand::random();
+    let extra = if side == hard {
+        // The easy side's one endpoint: its reflexive address (EI mapping) or
+        // preserved port, first in `targets`.
+        let easy = targets(peer, observed)[0];
+        let ip = inner.node.local_addr().map_err(|_| ConnectError::Closed)?.ip();
+        // The node socket is one of the schedule's sockets.
+        let set = SocketSet::open(ip, sched.sockets().saturating_sub(1), session);
+        sched.configure_hard(&mut cfg, std::iter::once(0).chain(set.indices()), easy);
+        set
+    } else {
+        sched.configure_easy(&mut cfg, 0, observed.ip());
+        SocketSet::empty()
+    };
+    tokio::time::sleep(wait).await;
+    let punched = punch_driver::run_with(inner.node.clone(), reg, cfg, extra).await;
+    let quic = inner.node.quic()?;
+    // A path on an extra socket carries the QUIC connection from before the
+    // first packet of the handshake until the connection ends.
+    let route = |p: Punched| p.path.map(|path| path.route(&quic, p.success.remote_addr));
+    let (conn, guard) = match side {
+        Side::A => {
+            drop(incoming);
+            let p = punched.map_err(|_| ConnectError::PunchFailed)?;
+            let remote = p.success.remote_addr;
+            let guard = route(p);
+            (dial(inner, remote, peer_id, session).await?, guard)
+        }
+        Side::B => {
+            // As in the other punches, the initiator decides.
+            let guard = match punched {
+                Ok(p) => route(p),
+                Err(e) => {
+                    tracing::debug!("signal: responder birthday punch: {e}");
+                    None
+                }
+            };
+            (incoming.await.map_err(|_| ConnectError::Closed)?, guard)
+        }
+    };
+    if let Some(g) = guard {
+        g.hold_while(&conn);
+    }
+    Ok((conn, Method::Punched))
 }

@@ -6,6 +6,8 @@
 //!
 //! * `Hello(Control)`: a peer's control connection, for the rendezvous
 //!   running on this node (closed if there is none);
+//! * `Hello(Relay)`: a relay client's connection, for the relay server
+//!   running on this node (closed if there is none);
 //! * `Hello(Session(id))`: the connection of a connect session; handed to
 //!   the session waiting for it (or kept briefly until it registers);
 //! * anything else, or nothing within [`CLASSIFY_TIMEOUT`]: an unsolicited
@@ -32,6 +34,7 @@ const MAX_EARLY: usize = 64;
 
 pub(crate) struct Dispatch {
     control: Mutex<Option<mpsc::UnboundedSender<Connection>>>,
+    relay: Mutex<Option<mpsc::UnboundedSender<Connection>>>,
     sessions: Mutex<HashMap<SessionId, oneshot::Sender<Connection>>>,
     early: Mutex<HashMap<SessionId, (Instant, Connection)>>,
     general_tx: mpsc::Sender<Connection>,
@@ -44,6 +47,7 @@ impl Dispatch {
         let (general_tx, general_rx) = mpsc::channel(quic.config().accept_backlog.max(1));
         let d = std::sync::Arc::new(Dispatch {
             control: Mutex::new(None),
+            relay: Mutex::new(None),
             sessions: Mutex::new(HashMap::new()),
             early: Mutex::new(HashMap::new()),
             general_tx,
@@ -64,23 +68,26 @@ impl Dispatch {
             Err(_) => self.general(conn),
             Ok(None) => {}
             Ok(Some(m)) => match Msg::decode(&m) {
-                Ok(Msg::Hello(HelloKind::Control)) => {
-                    let tx = self.control.lock().ok().and_then(|c| c.clone());
-                    match tx {
-                        Some(tx) => {
-                            if let Err(e) = tx.send(conn) {
-                                e.0.close("no rendezvous here");
-                            }
-                        }
-                        None => conn.close("no rendezvous here"),
-                    }
-                }
+                Ok(Msg::Hello(HelloKind::Control)) => Self::hand_over(&self.control, conn, "no rendezvous here"),
+                Ok(Msg::Hello(HelloKind::Relay)) => Self::hand_over(&self.relay, conn, "no relay here"),
                 Ok(Msg::Hello(HelloKind::Session(s))) => self.session_arrived(s, conn),
                 _ => {
                     conn.unread(m);
                     self.general(conn);
                 }
             },
+        }
+    }
+
+    fn hand_over(to: &Mutex<Option<mpsc::UnboundedSender<Connection>>>, conn: Connection, refusal: &str) {
+        let tx = to.lock().ok().and_then(|c| c.clone());
+        match tx {
+            Some(tx) => {
+                if let Err(e) = tx.send(conn) {
+                    e.0.close(refusal);
+                }
+            }
+            None => conn.close(refusal),
         }
     }
 
@@ -120,6 +127,22 @@ impl Dispatch {
     pub(crate) fn set_control(&self, tx: Option<mpsc::UnboundedSender<Connection>>) {
         if let Ok(mut c) = self.control.lock() {
             *c = tx;
+        }
+    }
+
+    pub(crate) fn set_relay(&self, tx: Option<mpsc::UnboundedSender<Connection>>) {
+        if let Ok(mut c) = self.relay.lock() {
+            *c = tx;
+        }
+    }
+
+    /// Stops handing relay clients to `tx`, unless another relay server
+    /// took over since.
+    pub(crate) fn clear_relay_if(&self, tx: &mpsc::UnboundedSender<Connection>) {
+        if let Ok(mut c) = self.relay.lock() {
+            if c.as_ref().is_some_and(|cur| cur.same_channel(tx)) {
+                *c = None;
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //! types here: the binding crate (`macula_nat_nif`) converts terms.
 
 pub mod advertiser;
+pub mod birthday;
 pub mod connector;
 pub(crate) mod dispatch;
 pub mod detector;
@@ -18,10 +19,13 @@ pub mod observer_server;
 pub mod peer_record;
 pub mod profile_cache;
 pub mod punch_driver;
+pub mod relay_registry;
 pub mod quic;
+pub mod relay;
 pub mod rendezvous;
 pub mod runtime;
 pub mod signal;
+pub mod stun_rtt;
 
 pub use error::Error;
 pub use identity::{Identity, NodeId};

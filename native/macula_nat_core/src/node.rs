@@ -4,6 +4,8 @@
 
 use crate::dispatch::Dispatch;
 use crate::punch_driver::PunchRoutes;
+use crate::relay::plane::RelayPlane;
+use macula_nat_proto::relay::frame;
 use crate::quic::socket::{self, BufPool, Entry, Inbox, NodeSocket, SocketSlot, RECV_BATCH};
 use crate::quic::{QuicConfig, QuicEndpoint, QuicError};
 use crate::{runtime, Error, Identity, NodeId};
@@ -109,6 +111,8 @@ pub struct Node {
     quic: Mutex<Option<QuicEndpoint>>,
     /// Hole-punch sessions: where the receive loop sends punch packets.
     punch: Arc<PunchRoutes>,
+    /// Relay frames and aliases of relayed connections (see `relay::plane`).
+    relay: Arc<RelayPlane>,
     /// Sorts incoming QUIC connections once signalling is used.
     dispatch: Mutex<Option<Arc<Dispatch>>>,
 }
@@ -126,6 +130,7 @@ impl Node {
         let counters = Arc::new(Counters::default());
         let stun_sinks = Arc::new(Mutex::new(StunSinks::default()));
         let punch = Arc::new(PunchRoutes::default());
+        let relay = Arc::new(RelayPlane::default());
         let observer = Observer::new(ObserverConfig {
             primary: local_addr,
             alternate: None,
@@ -140,6 +145,7 @@ impl Node {
             stun_sinks.clone(),
             inbox.clone(),
             punch.clone(),
+            relay.clone(),
         ));
         Ok(Arc::new(Node {
             identity,
@@ -152,6 +158,7 @@ impl Node {
             inbox,
             quic: Mutex::new(None),
             punch,
+            relay,
             dispatch: Mutex::new(None),
         }))
     }
@@ -218,6 +225,37 @@ impl Node {
     /// The hole-punch session registry of this node.
     pub(crate) fn punch_routes(&self) -> &Arc<PunchRoutes> {
         &self.punch
+    }
+
+    /// Payload bytes this node sent through relay sessions so far.
+    pub fn relayed_bytes_out(&self) -> u64 {
+        self.relay.tunnelled_out.load(Ordering::Relaxed)
+    }
+
+    /// The relay (its node key) that a relayed connection's remote address
+    /// leads through right now; `None` for a real address.
+    pub fn relay_of(&self, remote: &SocketAddr) -> Option<NodeId> {
+        self.relay.relay_of(remote)
+    }
+
+    /// Where relay frames and aliased datagrams go.
+    pub(crate) fn relay_plane(&self) -> &Arc<RelayPlane> {
+        &self.relay
+    }
+
+    /// Sends one datagram now or not at all (a full socket buffer drops it,
+    /// like a congested link; QUIC retransmits). For the relay data path,
+    /// which runs inside synchronous hooks.
+    pub(crate) fn try_send_to(&self, payload: &[u8], dst: SocketAddr) -> bool {
+        let Ok(sock) = self.socket() else { return false };
+        match sock.try_send_to(payload, dst) {
+            Ok(n) => {
+                self.counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                self.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// The incoming-connection dispatcher, started on first use (it takes
@@ -313,6 +351,7 @@ async fn recv_loop(
     sinks: Arc<Mutex<StunSinks>>,
     inbox: Arc<Inbox>,
     punch: Arc<PunchRoutes>,
+    relay: Arc<RelayPlane>,
 ) {
     let slot = sock.slot_len();
     // Read into while QUIC is off or its queue is full.
@@ -371,25 +410,29 @@ async fn recv_loop(
             if len == 0 {
                 continue;
             }
-            if len == stride {
-                if stun::is_stun(data) {
-                    on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, data).await;
-                } else {
-                    quic.push((*meta, start..start + len));
-                }
-            } else if !data.chunks(stride).any(stun::is_stun) {
+            let plain = |d: &[u8]| stun::is_stun(d) || frame::is_frame(d);
+            if len != stride && !data.chunks(stride).any(plain) {
                 // The usual GRO case: all QUIC, handed over whole.
-                quic.push((*meta, start..start + len));
-            } else {
-                // GRO merges by flow, so a STUN datagram from a QUIC peer's
-                // address can share a batch; split it.
-                for (k, seg) in data.chunks(stride).enumerate() {
-                    if stun::is_stun(seg) {
-                        on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
-                    } else {
-                        let s = start + k * stride;
-                        quic.push((RecvMeta { len: seg.len(), stride: seg.len(), ..*meta }, s..s + seg.len()));
+                let addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
+                quic.push((RecvMeta { addr, ..*meta }, start..start + len));
+                continue;
+            }
+            // One datagram, or a GRO batch that mixes in STUN or relay frames
+            // (GRO merges by flow, so a STUN datagram from a QUIC peer's
+            // address can share a batch): each segment on its own.
+            for (k, seg) in data.chunks(stride).enumerate() {
+                let s = start + k * stride;
+                if stun::is_stun(seg) {
+                    on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
+                } else if frame::is_frame(seg) {
+                    if let Some(virt) = relay.on_frame(&sock.io, meta.addr, seg) {
+                        let n = seg.len() - frame::HEADER;
+                        let m = RecvMeta { addr: virt, len: n, stride: n, ..*meta };
+                        quic.push((m, s + frame::HEADER..s + seg.len()));
                     }
+                } else {
+                    let addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
+                    quic.push((RecvMeta { addr, len: seg.len(), stride: seg.len(), ..*meta }, s..s + seg.len()));
                 }
             }
         }

@@ -12,12 +12,12 @@ use crate::identity::NodeId;
 use crate::peer_record::{self, Refusal};
 use crate::runtime;
 use macula_nat_proto::cache::{CachePolicy, Lookup, LruTtl, Stats};
-use macula_nat_proto::record::{PeerInfo, Rejection};
+use macula_nat_proto::record::{PeerInfo, Rejection, RelayAd};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Bounds at or above this are split into shards; below it the cache is
 /// one shard and the LRU order is exact. Sharded, the bound is still exact
@@ -57,7 +57,12 @@ impl Default for CacheConfig {
 pub struct Entry {
     pub info: PeerInfo,
     pub seq: Option<u64>,
+    /// The peer's relay advertisement, from its signed record.
+    pub relay: Option<RelayAd>,
 }
+
+/// A record that verified, as the cache took it in.
+pub type RecordSeen = (NodeId, Arc<Entry>);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FetchError {
@@ -102,6 +107,8 @@ pub struct ProfileCache {
     replayed: AtomicU64,
     dht_fetches: AtomicU64,
     refreshes: AtomicU64,
+    /// Followers of verified records (`watch_records`).
+    watchers: Mutex<Vec<mpsc::UnboundedSender<RecordSeen>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -131,6 +138,7 @@ impl ProfileCache {
             replayed: AtomicU64::new(0),
             dht_fetches: AtomicU64::new(0),
             refreshes: AtomicU64::new(0),
+            watchers: Mutex::new(Vec::new()),
         });
         spawn_sweeper(Arc::downgrade(&cache));
         cache
@@ -193,7 +201,16 @@ impl ProfileCache {
     }
 
     pub fn put(&self, id: NodeId, info: PeerInfo, ttl: Duration) {
-        self.insert(id, Arc::new(Entry { info, seq: None }), ttl);
+        self.insert(id, Arc::new(Entry { info, seq: None, relay: None }), ttl);
+    }
+
+    /// Every record fetched from the DHT that verifies and is accepted from
+    /// now on (whoever asked for it), until the receiver is dropped. How
+    /// the relay registry learns of relays it was not told about.
+    pub fn watch_records(&self) -> mpsc::UnboundedReceiver<RecordSeen> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.watchers).push(tx);
+        rx
     }
 
     /// Runs `f` on `id`'s shard and keeps the shared count in step with
@@ -334,8 +351,9 @@ impl ProfileCache {
         // Never cache a record past its own validity.
         let left = Duration::from_secs(body.expires_at().saturating_sub(now_s));
         let ttl = self.cfg.default_ttl.min(left);
-        let entry = Arc::new(Entry { info: body.info, seq: Some(body.seq) });
+        let entry = Arc::new(Entry { info: body.info, seq: Some(body.seq), relay: body.relay });
         self.insert(id, entry.clone(), ttl);
+        lock(&self.watchers).retain(|w| w.send((id, entry.clone())).is_ok());
         Ok(entry)
     }
 
@@ -343,6 +361,8 @@ impl ProfileCache {
     /// working on what is cached (a reader racing a restart is not hurt).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        // Followers see the end of the stream.
+        lock(&self.watchers).clear();
         let waiters: Vec<_> = lock(&self.inflight).drain().collect();
         for (_, ws) in waiters {
             for w in ws {

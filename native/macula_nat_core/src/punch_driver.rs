@@ -1,5 +1,6 @@
 //! Runs a [`Punch`] (the sans-IO hole-punch machine of `macula_nat_proto`)
-//! on the node's socket.
+//! on the node's socket, and for birthday probing's hard side also on extra
+//! sockets ([`crate::birthday`], the one exception to one socket per node).
 //!
 //! Routing: punch packets are STUN Binding requests/responses carrying a
 //! PUNCH-TOKEN. The node's receive loop asks [`PunchRoutes`] first: a STUN
@@ -14,6 +15,7 @@
 //! [`LINGER`] after the machine finished, so the peer, which may finish a
 //! little later, still gets answers.
 
+use crate::birthday::{PathSocket, SocketSet};
 use crate::Node;
 use macula_nat_proto::punch::{self, Punch, PunchConfig, PunchError, PunchSuccess, SessionId};
 use std::collections::HashMap;
@@ -87,17 +89,32 @@ pub fn register(node: &Node, session: SessionId) -> Registration {
     node.punch_routes().register(session)
 }
 
-/// Runs the punch from now on (the caller has already waited for the go).
-/// Only socket 0 (the node socket) is used. After the outcome, a background
+/// Runs the punch from now on (the caller has already waited for the go)
+/// on the node socket alone (socket 0). After the outcome, a background
 /// task keeps the machine answering for [`LINGER`].
-pub async fn run(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig) -> Result<PunchSuccess, PunchError> {
+pub async fn run(node: Arc<Node>, reg: Registration, cfg: PunchConfig) -> Result<PunchSuccess, PunchError> {
+    run_with(node, reg, cfg, SocketSet::empty()).await.map(|p| p.success)
+}
+
+/// A punched path; `path` is set when it runs over one of the extra
+/// sockets, which then must carry QUIC for it (see [`crate::birthday`]).
+pub struct Punched {
+    pub success: PunchSuccess,
+    pub path: Option<PathSocket>,
+}
+
+/// Like [`run`], also over `extra` (socket indices `1..`, birthday probing's
+/// hard side). Once there is an outcome, every extra socket except the
+/// winning one is closed; the lingering machine answers on the node socket
+/// and on the winner while that stays open.
+pub async fn run_with(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig, mut extra: SocketSet) -> Result<Punched, PunchError> {
     // The start delay is the initiator's RTT/2 wait, which the rendezvous
     // "go" timing replaces: start at once.
     let now = Instant::now();
     let t0 = now.checked_sub(cfg.start_delay()).unwrap_or(now);
     let mut p = Punch::new(cfg, t0);
     let result = loop {
-        if let Some(r) = drive(&node, &mut p).await {
+        if let Some(r) = drive(&node, &extra, &mut p).await {
             break r;
         }
         let wake = p.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
@@ -106,19 +123,22 @@ pub async fn run(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig) -> Re
                 Some((from, data)) => { p.handle_datagram(Instant::now(), 0, from, &data); }
                 None => break Err(PunchError::Timeout),
             },
+            (k, from, data) = extra.recv() => { p.handle_datagram(Instant::now(), k, from, &data); }
             _ = tokio::time::sleep_until(wake.into()) => p.handle_timeout(Instant::now()),
         }
     };
+    let path = extra.keep_only(result.as_ref().ok().map(|s| s.socket));
     crate::runtime::spawn(async move {
         let end = tokio::time::Instant::now() + LINGER;
         loop {
-            let _ = drive(&node, &mut p).await;
+            let _ = drive(&node, &extra, &mut p).await;
             let wake = p.poll_timeout().map(tokio::time::Instant::from).unwrap_or(end).min(end);
             tokio::select! {
                 d = reg.rx.recv() => match d {
                     Some((from, data)) => { p.handle_datagram(Instant::now(), 0, from, &data); }
                     None => return,
                 },
+                (k, from, data) = extra.recv() => { p.handle_datagram(Instant::now(), k, from, &data); }
                 _ = tokio::time::sleep_until(wake) => {
                     if tokio::time::Instant::now() >= end { return; }
                     p.handle_timeout(Instant::now());
@@ -126,14 +146,19 @@ pub async fn run(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig) -> Re
             }
         }
     });
-    result
+    result.map(|success| Punched { success, path })
 }
 
 /// Sends what is due; returns the outcome once there is one.
-async fn drive(node: &Node, p: &mut Punch) -> Option<Result<PunchSuccess, PunchError>> {
+async fn drive(node: &Node, extra: &SocketSet, p: &mut Punch) -> Option<Result<PunchSuccess, PunchError>> {
     while let Some(t) = p.poll_transmit(Instant::now()) {
-        if let Err(e) = node.send_to(&t.payload, t.dst).await {
-            tracing::debug!("punch send to {} failed: {e}", t.dst);
+        let sent = if t.socket == 0 {
+            node.send_to(&t.payload, t.dst).await.map_err(|e| e.to_string())
+        } else {
+            extra.send(t.socket, &t.payload, t.dst).await.map_err(|e| e.to_string())
+        };
+        if let Err(e) = sent {
+            tracing::debug!("punch send from socket {} to {} failed: {e}", t.socket, t.dst);
         }
     }
     p.poll_result()

@@ -13,6 +13,7 @@
 //! profile  = mapping(u8) filtering(u8) allocation(u8) confidence(u8) flags(u8)
 //!            [public addr, if flags & 1] [port_delta i32, if flags & 2]
 //!            detected_at(u64) local_port(u16) n(u8) addr*n (candidates)
+//!            m(u8) (node_id addr)*m (relays holding our reservation, m <= 4)
 //!            flags & 4: no NAT (public host); other flag bits are refused
 //!            mapping/filtering: 0 EI, 1 HD, 2 PD; allocation: 0 PP, 1 PC, 2 RD;
 //!            confidence: 0 low, 1 medium, 2 high
@@ -22,12 +23,18 @@
 //! Hello      0x01 "MNS1" kind(u8)            first message of a connection
 //!                 kind 1: control connection (peer -> rendezvous)
 //!                 kind 2: session connection, followed by session(16)
+//!                 kind 3: relay connection (client -> relay; then the
+//!                 relay messages of macula_nat_proto::relay::msg)
 //! Registered 0x02 observed(addr)             rendezvous -> peer, after Hello:
 //!                                            the peer's address as seen by the
 //!                                            rendezvous (its reflexive address)
 //! Connect    0x03 to(node_id) session flags(u8) profile
 //!                                            initiator -> rendezvous
 //!                                            flags & 1: no direct strategies
+//!                                            flags & 2: upgrade: punch for the
+//!                                            relayed connection of this pair
+//!                                            (no new connection is dialled)
+//!                                            flags & 4: relay only
 //! Incoming   0x04 from(node_id) session flags(u8) profile observed(addr)
 //!                                            rendezvous -> responder; observed
 //!                                            = the initiator's address as seen
@@ -67,10 +74,19 @@ pub type SessionId = [u8; 16];
 pub const MAGIC: [u8; 4] = *b"MNS1";
 /// Candidates kept per profile.
 pub const MAX_CANDIDATES: usize = 16;
+/// Relays kept per profile.
+pub const MAX_RELAYS: usize = 4;
 
 /// Connect flag: the initiator asked for no Direct / ConnectionReversal
 /// (`ConnectOpts::prefer_direct == false`): the pair punches instead.
 pub const FLAG_NO_DIRECT: u8 = 1;
+/// Connect flag: an upgrade attempt for the pair's relayed connection:
+/// both sides punch, nobody dials; the initiator moves the connection onto
+/// the punched path.
+pub const FLAG_UPGRADE: u8 = 2;
+/// Connect flag: go through a relay whatever the NAT types
+/// (`macula_relay_node:request_relay/2`).
+pub const FLAG_RELAY_ONLY: u8 = 4;
 
 /// Reject reasons.
 pub mod reject {
@@ -88,11 +104,16 @@ pub struct Profile {
     pub info: PeerInfo,
     pub local_port: u16,
     pub candidates: Vec<SocketAddr>,
+    /// Relays the peer holds a reservation at (it can be reached through
+    /// them), best first.
+    pub relays: Vec<(NodeId, SocketAddr)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HelloKind {
     Control,
+    /// A relay client's control connection (see `macula_nat_proto::relay`).
+    Relay,
     Session(SessionId),
 }
 
@@ -143,6 +164,7 @@ impl Msg {
                 b.extend_from_slice(&MAGIC);
                 match k {
                     HelloKind::Control => b.push(1),
+                    HelloKind::Relay => b.push(3),
                     HelloKind::Session(s) => {
                         b.push(2);
                         b.extend_from_slice(s);
@@ -213,6 +235,7 @@ impl Msg {
                 match r.u8()? {
                     1 => Msg::Hello(HelloKind::Control),
                     2 => Msg::Hello(HelloKind::Session(r.array()?)),
+                    3 => Msg::Hello(HelloKind::Relay),
                     _ => return Err(DecodeError::BadValue),
                 }
             }
@@ -253,6 +276,12 @@ fn put_profile(b: &mut Vec<u8>, p: &Profile) {
     for a in &p.candidates[..n] {
         put_addr(b, *a);
     }
+    let n = p.relays.len().min(MAX_RELAYS);
+    b.push(n as u8);
+    for (id, a) in &p.relays[..n] {
+        b.extend_from_slice(id);
+        put_addr(b, *a);
+    }
 }
 
 /// The signalling reader: the shared wire reader plus the profile.
@@ -282,7 +311,12 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::BadValue);
         }
         let candidates = (0..n).map(|_| self.addr()).collect::<Result<Vec<_>, _>>()?;
-        Ok(Profile { info, local_port, candidates })
+        let n = self.u8()? as usize;
+        if n > MAX_RELAYS {
+            return Err(DecodeError::BadValue);
+        }
+        let relays = (0..n).map(|_| Ok((self.array()?, self.addr()?))).collect::<Result<Vec<_>, DecodeError>>()?;
+        Ok(Profile { info, local_port, candidates, relays })
     }
 }
 
@@ -316,6 +350,7 @@ mod tests {
             },
             local_port: 5555,
             candidates: vec!["198.18.1.2:5555".parse().unwrap(), "[2001:db8::1]:7".parse().unwrap()],
+            relays: vec![([9; 32], "198.51.100.9:4433".parse().unwrap())],
         }
     }
 
@@ -326,6 +361,7 @@ mod tests {
         let obs: SocketAddr = "203.0.113.9:1234".parse().unwrap();
         let ms = [
             Msg::Hello(HelloKind::Control),
+            Msg::Hello(HelloKind::Relay),
             Msg::Hello(HelloKind::Session(s)),
             Msg::Registered { observed: obs },
             Msg::Connect { to: id, session: s, flags: FLAG_NO_DIRECT, profile: profile() },

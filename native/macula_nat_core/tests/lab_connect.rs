@@ -132,6 +132,52 @@ fn pairs() -> Vec<Pair> {
             b: ("ur2", Some("user:pd-pd-rd"), "pd-pd-rd"),
             expect: Ok(("connection_reversal", "direct")),
         },
+        // Birthday probing: a random-allocation side ("hard") against an
+        // endpoint-independent mapping that filters by address and port.
+        Pair {
+            name: "kernel port_restricted -> symmetric",
+            a: ("kprc5", Some("kernel:port_restricted_cone"), "ei-pd-pp"),
+            b: ("ksym5", Some("kernel:symmetric"), "pd-pd-rd"),
+            expect: Ok(("birthday_probing", "punched")),
+        },
+        Pair {
+            name: "kernel symmetric -> port_restricted",
+            a: ("ksym6", Some("kernel:symmetric"), "pd-pd-rd"),
+            b: ("kprc6", Some("kernel:port_restricted_cone"), "ei-pd-pp"),
+            expect: Ok(("birthday_probing", "punched")),
+        },
+        Pair {
+            name: "user ei-pd-pp -> pd-pd-rd",
+            a: ("ub1", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            b: ("ub2", Some("user:pd-pd-rd"), "pd-pd-rd"),
+            expect: Ok(("birthday_probing", "punched")),
+        },
+        Pair {
+            name: "user pd-pd-rd -> ei-pd-pc:2",
+            a: ("ub3", Some("user:pd-pd-rd"), "pd-pd-rd"),
+            b: ("ub4", Some("user:ei-pd-pc:delta=2"), "ei-pd-pc:delta=2"),
+            expect: Ok(("birthday_probing", "punched")),
+        },
+        Pair {
+            name: "user hd-hd-rd -> ei-pd-rd",
+            a: ("ub5", Some("user:hd-hd-rd"), "hd-hd-rd"),
+            b: ("ub6", Some("user:ei-pd-rd"), "ei-pd-rd"),
+            expect: Ok(("birthday_probing", "punched")),
+        },
+        // 25 ms one-way delay on each site (50 ms between the peers).
+        Pair {
+            name: "user ei-pd-pp (25ms) -> pd-ei-rd (25ms)",
+            a: ("ub7", Some("user:ei-pd-pp"), "ei-pd-pp"),
+            b: ("ub8", Some("user:pd-ei-rd"), "pd-ei-rd"),
+            expect: Ok(("birthday_probing", "punched")),
+        },
+        // Port preservation: A aims at B's preserved port.
+        Pair {
+            name: "user ei-hd-pp -> hd-ei-pp",
+            a: ("upp1", Some("user:ei-hd-pp"), "ei-hd-pp"),
+            b: ("upp2", Some("user:hd-ei-pp"), "hd-ei-pp"),
+            expect: Ok(("predict_preservation", "punched")),
+        },
     ]
 }
 
@@ -152,6 +198,7 @@ fn lab_connect_matrix() {
                     site.delay_ms = match host {
                         "ud1" => 40.0,
                         "ud2" => 5.0,
+                        "ub7" | "ub8" => 25.0,
                         _ => 0.0,
                     };
                     spec.sites.push(site);

@@ -37,6 +37,14 @@ rustler::atoms! {
     peer_closed, node_closed, reset, failed, peer_id_mismatch, quic, not_owner,
     connection_method, peer, remote_address, rtt_ms,
     punch_failed, symmetric_nat, no_relay, unknown_peer, no_rendezvous, rejected,
+    // relays
+    method_changed, relay, macula_relay_event, started, ended, stopped, peer_a, peer_b,
+    bytes_transferred, reason, session, inactive, peer_gone, relay_disabled, max_sessions,
+    no_reservation, declined, self_session, bad_request, bad_option, bandwidth_limit,
+    session_timeout, max_queue_delay, unlimited, infinity, sessions, reservations, clients,
+    frames_forwarded, bytes_forwarded, dropped_over_limit, dropped_not_a_leg, dropped_unknown,
+    // relay registry
+    macula_relay_registry, relays_changed, node_id, endpoint, latency_ms, load,
     // node stats keys
     datagrams_in,
     bytes_in,

@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct CacheRes {
-    cache: Arc<ProfileCache>,
-    adv: Arc<Advertiser>,
+    pub(crate) cache: Arc<ProfileCache>,
+    pub(crate) adv: Arc<Advertiser>,
     dht: Arc<dyn DhtBackend>,
     bridge: Option<Arc<ErlangDht>>,
 }

@@ -1,8 +1,10 @@
 //! Connections as resources owned by a process.
 //!
 //! Each connection has one reader task that turns the peer's messages into
-//! `{macula_connection, Conn, {message, Term}}` for the owner, in order, and
-//! ends with `{macula_connection, Conn, {closed, Reason}}`. Sends go through
+//! `{macula_connection, Conn, {message, Term}}` for the owner, in order,
+//! tells it `{macula_connection, Conn, {method_changed, Method}}` when the
+//! path changes (a relayed connection that got punched), and ends with
+//! `{macula_connection, Conn, {closed, Reason}}`. Sends go through
 //! one writer task per connection (a queue), so two `send/2` calls from one
 //! process arrive in the order they were made. The owner is monitored: when
 //! it dies the connection closes.
@@ -13,14 +15,11 @@
 use crate::node_nif::NodeRes;
 use crate::{atoms, convert, guard, reply};
 use macula_nat_core::quic::{CloseReason, Connection};
+use macula_nat_core::{Method, Node};
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, Monitor, OwnedEnv, ResourceArc, Term};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
-
-pub const DIRECT: u8 = 0;
-pub const PUNCHED: u8 = 1;
-pub const RELAYED: u8 = 2;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::{mpsc, oneshot, watch};
 
 type SendJob = (Vec<u8>, Option<oneshot::Sender<Result<(), String>>>);
 
@@ -32,7 +31,8 @@ const HIGH_WATER: usize = 4 << 20;
 
 pub struct ConnRes {
     conn: Connection,
-    method: AtomicU8,
+    /// To tell which relay a relayed connection goes through.
+    node: Weak<Node>,
     owner: Mutex<(LocalPid, Option<Monitor>)>,
     writer: mpsc::UnboundedSender<SendJob>,
     queued: Arc<AtomicUsize>,
@@ -51,11 +51,11 @@ impl rustler::Resource for ConnRes {
     }
 }
 
-fn method_atom(m: u8) -> Atom {
+pub fn method_atom(m: Method) -> Atom {
     match m {
-        PUNCHED => atoms::punched(),
-        RELAYED => atoms::relayed(),
-        _ => atoms::direct(),
+        Method::Direct => atoms::direct(),
+        Method::Punched => atoms::punched(),
+        Method::Relayed => atoms::relayed(),
     }
 }
 
@@ -70,13 +70,16 @@ fn close_reason<'a>(env: Env<'a>, r: &CloseReason) -> Term<'a> {
     }
 }
 
-/// Wraps a fresh connection in a resource owned by `owner`, starts its
-/// reader and writer. Callable from runtime threads.
-pub fn adopt(conn: Connection, method: u8, owner: LocalPid) -> Option<ResourceArc<ConnRes>> {
+/// Wraps a fresh connection of `node` in a resource owned by `owner`,
+/// starts its reader and writer. Its method is the connection's own (set by
+/// the connector). Callable from runtime threads.
+pub fn adopt(conn: Connection, node: &Arc<Node>, owner: LocalPid) -> Option<ResourceArc<ConnRes>> {
     let (tx, rx) = mpsc::unbounded_channel();
+    // Subscribed before anyone can change it, so no change goes unreported.
+    let methods = conn.watch_method();
     let res = ResourceArc::new(ConnRes {
         conn: conn.clone(),
-        method: AtomicU8::new(method),
+        node: Arc::downgrade(node),
         owner: Mutex::new((owner, None)),
         writer: tx,
         queued: Arc::new(AtomicUsize::new(0)),
@@ -90,7 +93,7 @@ pub fn adopt(conn: Connection, method: u8, owner: LocalPid) -> Option<ResourceAr
         o.1 = Some(mon);
     }
     macula_nat_core::runtime::spawn(writer(conn, rx, res.queued.clone()));
-    macula_nat_core::runtime::spawn(reader(res.clone()));
+    macula_nat_core::runtime::spawn(reader(res.clone(), methods));
     Some(res)
 }
 
@@ -110,21 +113,50 @@ async fn writer(conn: Connection, mut rx: mpsc::UnboundedReceiver<SendJob>, queu
     }
 }
 
-async fn reader(res: ResourceArc<ConnRes>) {
+async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>) {
     let mut env = OwnedEnv::new();
-    while let Some(bytes) = res.conn.recv().await {
+    let mut reported = *methods.borrow_and_update();
+    let mut watching = true;
+    loop {
+        // `recv` is cancel-safe (its state lives in the connection), so
+        // losing the race to a method change drops nothing.
+        let event = tokio::select! {
+            biased;
+            m = res.conn.recv() => match m {
+                Some(bytes) => Ok(bytes),
+                None => break,
+            },
+            changed = methods.changed(), if watching => match changed {
+                Ok(()) => Err(*methods.borrow_and_update()),
+                Err(_) => {
+                    watching = false;
+                    continue;
+                }
+            },
+        };
         let owner = match res.owner.lock() {
             Ok(o) => o.0,
             Err(_) => break,
         };
         let r = res.clone();
-        let _ = env.send_and_clear(&owner, move |env| {
-            let payload = match env.binary_to_term(&bytes) {
-                Some((t, n)) if n == bytes.len() => (atoms::message(), t).encode(env),
-                _ => (atoms::unsafe_message(), convert::binary(env, &bytes)).encode(env),
-            };
-            (atoms::macula_connection(), r, payload).encode(env)
-        });
+        match event {
+            Ok(bytes) => {
+                let _ = env.send_and_clear(&owner, move |env| {
+                    let payload = match env.binary_to_term(&bytes) {
+                        Some((t, n)) if n == bytes.len() => (atoms::message(), t).encode(env),
+                        _ => (atoms::unsafe_message(), convert::binary(env, &bytes)).encode(env),
+                    };
+                    (atoms::macula_connection(), r, payload).encode(env)
+                });
+            }
+            Err(m) if m != reported => {
+                reported = m;
+                let _ = env.send_and_clear(&owner, move |env| {
+                    (atoms::macula_connection(), r, (atoms::method_changed(), method_atom(m))).encode(env)
+                });
+            }
+            Err(_) => {}
+        }
     }
     let reason = res.conn.closed().await;
     if let Ok(o) = res.owner.lock().map(|o| o.0) {
@@ -154,7 +186,7 @@ fn conn_open<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, 
                 Err(e) => return quic_error(e.kind()),
             };
             match ep.connect(addr, peer).await {
-                Ok(conn) => adopted(conn, DIRECT, owner),
+                Ok(conn) => adopted(conn, &node, owner),
                 Err(e) => quic_error(e.kind()),
             }
         })
@@ -174,7 +206,7 @@ fn conn_accept<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>
                 Err(e) => return quic_error(e.kind()),
             };
             match ep.accept().await {
-                Some(conn) => adopted(conn, DIRECT, owner),
+                Some(conn) => adopted(conn, &node, owner),
                 None => quic_error("closed"),
             }
         })
@@ -183,8 +215,8 @@ fn conn_accept<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>
 
 /// `{ok, Conn}` for a connection now owned by `owner`, `{error, closed}`
 /// when the owner is already gone.
-pub fn adopted(conn: Connection, method: u8, owner: LocalPid) -> reply::Encode {
-    match adopt(conn, method, owner) {
+pub fn adopted(conn: Connection, node: &Arc<Node>, owner: LocalPid) -> reply::Encode {
+    match adopt(conn, node, owner) {
         Some(res) => reply::ok_with(res),
         None => quic_error("closed"),
     }
@@ -238,20 +270,36 @@ fn conn_send<'a>(env: Env<'a>, reference: Term<'a>, res: ResourceArc<ConnRes>, b
     })
 }
 
-/// `conn_info(Conn) -> #{connection_method, peer, remote_address, rtt_ms, closed}`.
+/// `conn_info(Conn) -> #{connection_method, peer, remote_address, rtt_ms,
+/// closed, relay}`; `relay` is the NodeId of the relay a relayed connection
+/// goes through now, `undefined` otherwise.
 #[rustler::nif]
 fn conn_info<'a>(env: Env<'a>, res: ResourceArc<ConnRes>) -> Term<'a> {
     guard::guard(env, || {
         let c = &res.conn;
-        let remote = c.remote_address().to_string();
-        let keys = [atoms::closed(), atoms::connection_method(), atoms::peer(), atoms::remote_address(), atoms::rtt_ms()]
-            .map(|k| k.encode(env));
+        let method = c.method();
+        let remote_addr = c.remote_address();
+        let remote = remote_addr.to_string();
+        let relay = match (method, res.node.upgrade()) {
+            (Method::Relayed, Some(node)) => node.relay_of(&remote_addr),
+            _ => None,
+        };
+        let keys = [
+            atoms::closed(),
+            atoms::connection_method(),
+            atoms::peer(),
+            atoms::remote_address(),
+            atoms::rtt_ms(),
+            atoms::relay(),
+        ]
+        .map(|k| k.encode(env));
         let vals = [
             c.close_reason().is_some().encode(env),
-            method_atom(res.method.load(Ordering::Acquire)).encode(env),
+            method_atom(method).encode(env),
             convert::binary(env, &c.peer_id()),
             convert::binary(env, remote.as_bytes()),
             (c.rtt().as_micros() as f64 / 1000.0).encode(env),
+            relay.map_or_else(|| atoms::undefined().encode(env), |id| convert::binary(env, &id)),
         ];
         Term::map_from_term_arrays(env, &keys, &vals).unwrap_or_else(|_| atoms::error().encode(env))
     })

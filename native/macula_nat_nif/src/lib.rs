@@ -17,6 +17,8 @@ mod observer_nif;
 mod owner;
 mod predict_nif;
 mod profile_term;
+mod relay_nif;
+mod registry_nif;
 mod reply;
 mod traversal_nif;
 

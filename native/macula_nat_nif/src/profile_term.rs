@@ -44,7 +44,7 @@ pub fn confidence(c: Confidence) -> Atom {
 
 /// `<<"ip:port">>`. IPv4 is written by hand into a stack buffer: the
 /// generic formatter and its String were a third of a cache read.
-fn endpoint<'a>(env: Env<'a>, a: &SocketAddr) -> Term<'a> {
+pub(crate) fn endpoint<'a>(env: Env<'a>, a: &SocketAddr) -> Term<'a> {
     match a {
         SocketAddr::V4(v4) => {
             let mut buf = [0u8; 21];

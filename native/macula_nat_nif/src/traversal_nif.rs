@@ -2,14 +2,15 @@
 //! The signal resource is owned by the coordinator process; connects and
 //! accepts run in the calling process, which owns the connection it gets.
 
-use crate::conn_nif::{adopt, adopted, DIRECT, PUNCHED, RELAYED};
+use crate::conn_nif::{adopt, adopted, method_atom};
 use crate::node_nif::NodeRes;
 use crate::profile_term::decode_peer_info;
+use crate::relay_nif::refusal_atom;
 use crate::{atoms, convert, guard, owner, reply};
 use macula_nat_core::connector::{public_profile, SignalConfig};
-use macula_nat_core::{connect, ConnectError, ConnectOpts, Method, Rendezvous, Signal};
+use macula_nat_core::{connect, ConnectError, ConnectOpts, Rendezvous, Signal};
 use rustler::types::map::MapIterator;
-use rustler::{Atom, Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
+use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -137,6 +138,7 @@ fn connect_error(e: ConnectError) -> reply::Encode {
             ConnectError::PunchFailed => atoms::punch_failed().encode(env),
             ConnectError::SymmetricNat => atoms::symmetric_nat().encode(env),
             ConnectError::NoRelay => atoms::no_relay().encode(env),
+            ConnectError::RelayRefused(r) => refusal_atom(*r).encode(env),
             ConnectError::Timeout => atoms::timeout().encode(env),
             ConnectError::UnknownPeer => atoms::unknown_peer().encode(env),
             ConnectError::NoRendezvous => atoms::no_rendezvous().encode(env),
@@ -148,36 +150,45 @@ fn connect_error(e: ConnectError) -> reply::Encode {
     })
 }
 
-fn decode_connect_opts(t: Term) -> Option<ConnectOpts> {
+/// Longest first wait before a relayed connection tries to upgrade.
+const MAX_UPGRADE_INTERVAL_MS: u32 = 3_600_000;
+
+/// Connect options; `Err(Some(Key))` names the first bad one, `Err(None)`:
+/// not a map. Keys this layer does not know are left to the Erlang side.
+fn decode_connect_opts(t: Term) -> Result<ConnectOpts, Option<Term>> {
     let mut o = ConnectOpts::default();
-    for (k, v) in MapIterator::new(t)? {
-        match k.atom_to_string().ok()?.as_str() {
-            "timeout" => o.timeout = Duration::from_millis(convert::decode_int::<u32>(v).filter(|t| *t > 0)? as u64),
+    let iter = MapIterator::new(t).ok_or(None)?;
+    for (k, v) in iter {
+        let Ok(key) = k.atom_to_string() else { continue };
+        let ok = match key.as_str() {
+            "timeout" => convert::decode_int::<u32>(v)
+                .filter(|t| *t > 0)
+                .map(|t| o.timeout = Duration::from_millis(t as u64))
+                .is_some(),
             "max_punch_attempts" | "max_attempts" => {
-                o.max_punch_attempts = convert::decode_int::<u32>(v).filter(|n| *n > 0)?
+                convert::decode_int::<u32>(v).filter(|n| *n > 0).map(|n| o.max_punch_attempts = n).is_some()
             }
-            "allow_relay" | "fallback_relay" => o.allow_relay = v.decode().ok()?,
-            "prefer_direct" => o.prefer_direct = v.decode().ok()?,
-            _ => {}
+            "allow_relay" | "fallback_relay" => v.decode().map(|b| o.allow_relay = b).is_ok(),
+            "prefer_direct" => v.decode().map(|b| o.prefer_direct = b).is_ok(),
+            "relay_only" => v.decode().map(|b| o.relay_only = b).is_ok(),
+            "upgrade_interval" => {
+                if v.decode::<rustler::Atom>().is_ok_and(|a| a == atoms::infinity()) {
+                    o.upgrade_interval = None;
+                    true
+                } else {
+                    convert::decode_int::<u32>(v)
+                        .filter(|ms| (1..=MAX_UPGRADE_INTERVAL_MS).contains(ms))
+                        .map(|ms| o.upgrade_interval = Some(Duration::from_millis(ms as u64)))
+                        .is_some()
+                }
+            }
+            _ => true,
+        };
+        if !ok {
+            return Err(Some(k));
         }
     }
-    Some(o)
-}
-
-fn method_code(m: Method) -> u8 {
-    match m {
-        Method::Direct => DIRECT,
-        Method::Punched => PUNCHED,
-        Method::Relayed => RELAYED,
-    }
-}
-
-fn method_atom(m: Method) -> Atom {
-    match m {
-        Method::Direct => atoms::direct(),
-        Method::Punched => atoms::punched(),
-        Method::Relayed => atoms::relayed(),
-    }
+    Ok(o)
 }
 
 /// `signal_connect(Ref, Signal, TargetId, Opts) -> {ok, Pending}`; replies
@@ -188,14 +199,16 @@ fn signal_connect<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<Signal
         let Some(target) = convert::decode_node_id(target) else {
             return (atoms::error(), atoms::bad_node_id()).encode(env);
         };
-        let Some(opts) = decode_connect_opts(opts) else {
-            return (atoms::error(), atoms::badarg()).encode(env);
+        let opts = match decode_connect_opts(opts) {
+            Ok(o) => o,
+            Err(None) => return (atoms::error(), atoms::badarg()).encode(env),
+            Err(Some(key)) => return (atoms::error(), (atoms::bad_option(), key)).encode(env),
         };
         let owner_pid = env.pid();
         let signal = sig.signal.clone();
         reply::spawn_reply(env, reference, async move {
             match connect(&signal, target, opts).await {
-                Ok((conn, method)) => match adopt(conn, method_code(method), owner_pid) {
+                Ok((conn, method)) => match adopt(conn, signal.node(), owner_pid) {
                     Some(res) => {
                         let m = method_atom(method);
                         reply::encode_with(move |env| (atoms::ok(), m, res).encode(env))
@@ -216,9 +229,53 @@ fn signal_accept<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<SignalR
         let signal = sig.signal.clone();
         reply::spawn_reply(env, reference, async move {
             match signal.accept().await {
-                Some(conn) => adopted(conn, DIRECT, owner_pid),
+                Some(conn) => adopted(conn, signal.node(), owner_pid),
                 None => connect_error(ConnectError::Closed),
             }
         })
+    })
+}
+
+/// `signal_set_relays(Signal, [{NodeId, Endpoint}]) -> ok | {error, badarg}`:
+/// the relays to hold reservations at, best first; an endpoint is
+/// `<<"ip:port">>` or `{Ip, Port}`.
+#[rustler::nif]
+fn signal_set_relays<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, relays: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        let Ok(relays) = relays.decode::<Vec<(Term, Term)>>() else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let decoded: Option<Vec<_>> = relays
+            .iter()
+            .map(|(id, ep)| Some((convert::decode_node_id(*id)?, decode_endpoint(*ep)?)))
+            .collect();
+        match decoded {
+            Some(r) => {
+                sig.signal.set_relays(r);
+                atoms::ok().encode(env)
+            }
+            None => (atoms::error(), atoms::badarg()).encode(env),
+        }
+    })
+}
+
+fn decode_endpoint(t: Term) -> Option<std::net::SocketAddr> {
+    if let Ok(b) = t.decode::<rustler::Binary>() {
+        return std::str::from_utf8(b.as_slice()).ok()?.parse().ok().filter(|a: &std::net::SocketAddr| a.port() != 0);
+    }
+    convert::decode_addr(t).filter(|a| a.port() != 0)
+}
+
+/// `signal_reserved_relays(Signal) -> [{NodeId, <<"ip:port">>}]`: the
+/// relays this node holds a live reservation at (and advertises).
+#[rustler::nif]
+fn signal_reserved_relays<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>) -> Term<'a> {
+    guard::guard(env, || {
+        sig.signal
+            .reserved_relays()
+            .iter()
+            .map(|(id, a)| (convert::binary(env, id), convert::binary(env, a.to_string().as_bytes())).encode(env))
+            .collect::<Vec<Term>>()
+            .encode(env)
     })
 }

@@ -12,7 +12,8 @@
 //!
 //! Connecting two peers is split as: [`strategy`] (which technique, from
 //! both NAT types) -> [`port_predictor`] (which ports to aim at, birthday
-//! numbers) -> [`punch`] (the state machine that punches the paths).
+//! numbers) -> [`punch`] (the state machine that punches the paths), and
+//! [`relay`] when no path can be punched.
 
 // STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
 pub mod stun;
@@ -39,3 +40,7 @@ pub mod strategy;
 pub mod port_predictor;
 // Sans-IO hole-punch state machine (`Punch`) over STUN with PUNCH-TOKEN.
 pub mod punch;
+// Relays: control messages, the data frame, reservations/sessions/limits.
+pub mod relay;
+// Relay choice: score from latency and load, hysteresis, expiry.
+pub mod relay_select;

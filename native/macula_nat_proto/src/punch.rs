@@ -59,7 +59,7 @@
 //! random ports of the hard side's IP (seeded permutation, one attempt
 //! each), starting once the hard side has had time to open its sockets. The
 //! hard side needs nothing special: one target per socket, all aimed at the
-//! easy side's endpoint. Every request (probes included) respects
+//! easy side's endpoint. [`BirthdaySchedule`] configures both sides alike. Every request (probes included) respects
 //! `rate_pps`; answers do not count against it, since each one answers a
 //! request of the peer, which is rate-capped on its side.
 
@@ -70,6 +70,9 @@ use std::time::{Duration, Instant};
 
 use crate::port_predictor::BirthdayPorts;
 use crate::stun::{is_stun, Attribute, Class, Message, PunchToken, TransactionId, METHOD_BINDING};
+
+mod birthday;
+pub use birthday::{BirthdaySchedule, HARD_ATTEMPTS, STANDARD_TARGET};
 
 /// A node's identity (32 bytes).
 pub type NodeId = [u8; 32];
@@ -564,9 +567,21 @@ impl Punch {
         p.next_send = (p.attempts_left > 0).then(|| now + retry);
         let payload = Message::binding_request(tid).with(Attribute::PunchToken(tok)).with_fingerprint().encode();
         let t = Transmit { socket: p.socket, dst: p.remote, payload };
-        self.next_allowed = Some(now + self.gap);
+        self.pace(now);
         self.stats.requests_sent += 1;
         t
+    }
+
+    /// Books the next request slot after a request sent at `now`. Slots
+    /// follow a grid `gap` apart rather than `gap` after each send: a runtime
+    /// timer that wakes a little late (1 ms ticks, a busy core) would
+    /// otherwise lose that lateness on every request (measured in the lab:
+    /// 130-160 of 200 requests per second). At most one gap of lateness is
+    /// made up, so no one-second window holds more than `rate_pps + 1`.
+    fn pace(&mut self, now: Instant) {
+        let floor = now.checked_sub(self.gap).unwrap_or(now);
+        let base = self.next_allowed.map_or(now, |t| t.max(floor));
+        self.next_allowed = Some(base + self.gap);
     }
 
     fn send_nomination(&mut self, now: Instant) -> Option<Transmit> {
@@ -579,11 +594,11 @@ impl Punch {
         let tok = self.token(PunchToken::NOMINATE);
         let tid = self.fresh_tid();
         self.by_tid.insert(tid, (w, now));
-        let p = &self.paths[w];
+        let (socket, dst) = (self.paths[w].socket, self.paths[w].remote);
         let payload = Message::binding_request(tid).with(Attribute::PunchToken(tok)).with_fingerprint().encode();
-        self.next_allowed = Some(now + self.gap);
+        self.pace(now);
         self.stats.requests_sent += 1;
-        Some(Transmit { socket: p.socket, dst: p.remote, payload })
+        Some(Transmit { socket, dst, payload })
     }
 
     fn on_request(&mut self, now: Instant, socket: usize, from: SocketAddr, msg: &Message, tok: PunchToken) {

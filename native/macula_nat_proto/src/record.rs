@@ -12,22 +12,36 @@
 //!
 //! Layout (all integers big-endian):
 //! ```text
-//! record  = MAGIC(4) body_len(u16) body signature(64)
-//! body    = node_id(32) seq(u64) issued_at(u64) ttl_s(u32)
+//! record  = magic(4) body_len(u16) body signature(64)
+//! magic   = "MNR1" (body v1) | "MNR2" (body v2)
+//! body v1 = node_id(32) seq(u64) issued_at(u64) ttl_s(u32)
 //!           mapping(u8) filtering(u8) allocation(u8) confidence(u8) flags(u8)
 //!           [public addr, if flags & HAS_PUBLIC] [port_delta i32, if flags & HAS_DELTA]
 //!           detected_at(u64) n(u8) addr*n m(u8) addr*m
+//! body v2 = body v1 ext(u8) [load_permille(u16) addr, if ext & RELAYS]
+//!           ext & RELAYS (1): "I relay", at `addr`, this loaded (0..=1000);
+//!           other ext bits, ext = 0 and load > 1000 are refused
 //! addr    = family(u8: 4 | 6) ip(4 | 16) port(u16)
 //! ```
+//!
+//! Versions: a record is written as v1 whenever it carries nothing v1
+//! cannot say (no relay advertisement), so every body has exactly one
+//! encoding and nodes that only know v1 keep reading non-relay records.
+//! Each version has its own signing context, so a signature over a v2 body
+//! can never be passed off as one over a v1 body or the reverse.
 
 use crate::nat::{Allocation, Confidence, Filtering, Mapping};
 use crate::wire::{self, Reader, WireError};
 use std::net::SocketAddr;
 
 pub const MAGIC: [u8; 4] = *b"MNR1";
+pub const MAGIC_V2: [u8; 4] = *b"MNR2";
 /// Domain separation: a node key signature over a record can never be
 /// replayed as a signature over anything else the key signs.
 pub const SIGNING_CONTEXT: &[u8] = b"macula-nat peer record v1\0";
+pub const SIGNING_CONTEXT_V2: &[u8] = b"macula-nat peer record v2\0";
+/// `ext` bit of a v2 body: the node serves as a relay.
+const RELAYS: u8 = 1;
 pub const SIGNATURE_LEN: usize = 64;
 /// Endpoints and rendezvous contacts kept per record; 16 + 16 IPv6 addresses
 /// still fit BEP 44's 1000-byte limit.
@@ -51,6 +65,38 @@ pub struct PeerInfo {
     pub rendezvous: Vec<SocketAddr>,
 }
 
+/// Body layout, named by the record's magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    fn magic(self) -> [u8; 4] {
+        match self {
+            Version::V1 => MAGIC,
+            Version::V2 => MAGIC_V2,
+        }
+    }
+
+    fn signing_context(self) -> &'static [u8] {
+        match self {
+            Version::V1 => SIGNING_CONTEXT,
+            Version::V2 => SIGNING_CONTEXT_V2,
+        }
+    }
+}
+
+/// A relay's advertisement of itself (record v2): where it relays and how
+/// loaded it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayAd {
+    pub addr: SocketAddr,
+    /// 0 (idle) ..= 1000 (full).
+    pub load_permille: u16,
+}
+
 /// The signed part of a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordBody {
@@ -62,6 +108,8 @@ pub struct RecordBody {
     /// Seconds after `issued_at` when the record stops being valid.
     pub ttl_s: u32,
     pub info: PeerInfo,
+    /// Present when the node serves as a relay (makes the body v2).
+    pub relay: Option<RelayAd>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +120,8 @@ pub enum RecordError {
     BadEnum,
     BadAddress,
     TooManyAddrs,
+    /// A relay load above 1000 per mille.
+    BadLoad,
 }
 
 impl RecordBody {
@@ -79,12 +129,24 @@ impl RecordBody {
         self.issued_at.saturating_add(self.ttl_s as u64)
     }
 
-    /// The body bytes as they appear on the wire (what gets signed, after
-    /// `SIGNING_CONTEXT`).
+    /// The layout this body is written in: the oldest that can say it.
+    pub fn version(&self) -> Version {
+        if self.relay.is_some() {
+            Version::V2
+        } else {
+            Version::V1
+        }
+    }
+
+    /// The body bytes as they appear on the wire, in `self.version()`'s
+    /// layout (what gets signed, after that version's signing context).
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         let i = &self.info;
         if i.endpoints.len() > MAX_ADDRS || i.rendezvous.len() > MAX_ADDRS {
             return Err(RecordError::TooManyAddrs);
+        }
+        if self.relay.is_some_and(|r| r.load_permille > 1000) {
+            return Err(RecordError::BadLoad);
         }
         let mut b = Vec::with_capacity(128);
         b.extend_from_slice(&self.node_id);
@@ -98,10 +160,16 @@ impl RecordBody {
                 wire::put_addr(&mut b, *a);
             }
         }
+        if let Some(relay) = self.relay {
+            b.push(RELAYS);
+            b.extend_from_slice(&relay.load_permille.to_be_bytes());
+            wire::put_addr(&mut b, relay.addr);
+        }
         Ok(b)
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<RecordBody, RecordError> {
+    /// Decodes a body written in `version`'s layout.
+    pub fn decode(version: Version, bytes: &[u8]) -> Result<RecordBody, RecordError> {
         let mut r = Reader::new(bytes);
         let node_id: [u8; 32] = r.array()?;
         let seq = r.u64()?;
@@ -110,39 +178,60 @@ impl RecordBody {
         let mut info = r.nat_head()?;
         info.endpoints = addrs(&mut r)?;
         info.rendezvous = addrs(&mut r)?;
+        let relay = match version {
+            Version::V1 => None,
+            Version::V2 => Some(relay_ad(&mut r)?),
+        };
         if !r.is_empty() {
             return Err(RecordError::TrailingBytes);
         }
-        Ok(RecordBody { node_id, seq, issued_at, ttl_s, info })
+        Ok(RecordBody { node_id, seq, issued_at, ttl_s, info, relay })
     }
 }
 
-/// What the node key signs for a body.
-pub fn signing_input(body: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(SIGNING_CONTEXT.len() + body.len());
-    m.extend_from_slice(SIGNING_CONTEXT);
+/// The v2 extension. A v2 body always says something v1 cannot (see the
+/// module doc), so `ext` must have the relay bit and nothing else.
+fn relay_ad(r: &mut Reader) -> Result<RelayAd, RecordError> {
+    if r.u8()? != RELAYS {
+        return Err(RecordError::BadEnum);
+    }
+    let load_permille = r.u16()?;
+    if load_permille > 1000 {
+        return Err(RecordError::BadLoad);
+    }
+    Ok(RelayAd { load_permille, addr: r.addr()? })
+}
+
+/// What the node key signs for a body of `version`.
+pub fn signing_input(version: Version, body: &[u8]) -> Vec<u8> {
+    let ctx = version.signing_context();
+    let mut m = Vec::with_capacity(ctx.len() + body.len());
+    m.extend_from_slice(ctx);
     m.extend_from_slice(body);
     m
 }
 
-/// Frames an encoded body and its signature into a record.
-pub fn frame(body: &[u8], signature: &[u8; SIGNATURE_LEN]) -> Vec<u8> {
+/// Frames an encoded body of `version` and its signature into a record.
+pub fn frame(version: Version, body: &[u8], signature: &[u8; SIGNATURE_LEN]) -> Vec<u8> {
     let mut out = Vec::with_capacity(6 + body.len() + SIGNATURE_LEN);
-    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&version.magic());
     out.extend_from_slice(&(body.len() as u16).to_be_bytes());
     out.extend_from_slice(body);
     out.extend_from_slice(signature);
     out
 }
 
-/// Splits a record into (body bytes, signature) without trusting either.
-pub fn unframe(record: &[u8]) -> Result<(&[u8], [u8; SIGNATURE_LEN]), RecordError> {
+/// Splits a record into (version, body bytes, signature) without trusting
+/// any of them.
+pub fn unframe(record: &[u8]) -> Result<(Version, &[u8], [u8; SIGNATURE_LEN]), RecordError> {
     if record.len() < 6 {
         return Err(RecordError::Truncated);
     }
-    if record[..4] != MAGIC {
-        return Err(RecordError::BadMagic);
-    }
+    let version = match &record[..4] {
+        m if m == MAGIC => Version::V1,
+        m if m == MAGIC_V2 => Version::V2,
+        _ => return Err(RecordError::BadMagic),
+    };
     let len = u16::from_be_bytes([record[4], record[5]]) as usize;
     let rest = &record[6..];
     if rest.len() < len + SIGNATURE_LEN {
@@ -152,7 +241,7 @@ pub fn unframe(record: &[u8]) -> Result<(&[u8], [u8; SIGNATURE_LEN]), RecordErro
         return Err(RecordError::TrailingBytes);
     }
     let sig: [u8; SIGNATURE_LEN] = rest[len..].try_into().map_err(|_| RecordError::Truncated)?;
-    Ok((&rest[..len], sig))
+    Ok((version, &rest[..len], sig))
 }
 
 /// Why a fetched record is not accepted, after its signature verified.

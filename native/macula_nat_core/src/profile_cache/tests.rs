@@ -64,7 +64,7 @@ fn block<F: std::future::Future>(f: F) -> F::Output {
 }
 
 fn publish(dht: &Arc<SlowDht>, id: &Identity, seq: u64, port: u16) {
-    let rec = peer_record::sign(id, seq, 3600, info(port)).unwrap();
+    let rec = peer_record::sign(id, seq, 3600, info(port), None).unwrap();
     lock(&dht.values).insert(id.node_id(), rec);
 }
 
@@ -135,7 +135,7 @@ fn forged_records_are_refused_counted_and_not_cached() {
     let victim = Identity::generate();
     let attacker = Identity::generate();
     // The attacker's own valid record served under the victim's key.
-    let rec = peer_record::sign(&attacker, 1, 3600, info(6666)).unwrap();
+    let rec = peer_record::sign(&attacker, 1, 3600, info(6666), None).unwrap();
     lock(&dht.values).insert(victim.node_id(), rec);
     assert_eq!(block(cache.get_or_fetch(victim.node_id())), Err(FetchError::Forged));
     // Garbage too.

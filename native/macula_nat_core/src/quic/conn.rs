@@ -96,6 +96,30 @@ struct Inner {
     /// A message read by the node's connection dispatcher to classify the
     /// connection and handed back: `recv` returns it first.
     unread: std::sync::Mutex<Option<Vec<u8>>>,
+    /// How the connection's packets travel now (a relayed connection that
+    /// gets punched changes it).
+    method: tokio::sync::watch::Sender<Method>,
+}
+
+/// How a connection's packets travel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Dialled straight to the peer's public address (no punching).
+    Direct,
+    /// Over a path opened by hole punching.
+    Punched,
+    /// Through a relay that forwards the (end-to-end encrypted) packets.
+    Relayed,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Direct => "direct",
+            Method::Punched => "punched",
+            Method::Relayed => "relayed",
+        }
+    }
 }
 
 struct Sender {
@@ -142,6 +166,18 @@ fn opening_error(e: impl fmt::Display) -> QuicError {
     QuicError::Handshake(format!("message stream: {e}"))
 }
 
+/// A handle that does not keep the connection open (dropping the last
+/// [`Connection`] still closes it): for state whose lifetime follows the
+/// connection's, such as a birthday punch's path socket.
+#[derive(Clone)]
+pub(crate) struct WeakConnection(std::sync::Weak<Inner>);
+
+impl WeakConnection {
+    pub(crate) fn upgrade(&self) -> Option<Connection> {
+        self.0.upgrade().map(|inner| Connection { inner })
+    }
+}
+
 impl Connection {
     fn new(
         conn: quinn::Connection,
@@ -160,8 +196,28 @@ impl Connection {
                 local_reason: OnceLock::new(),
                 endpoint_closing,
                 unread: std::sync::Mutex::new(None),
+                method: tokio::sync::watch::Sender::new(Method::Direct),
             }),
         }
+    }
+
+    /// How the connection's packets travel now.
+    pub fn method(&self) -> Method {
+        *self.inner.method.borrow()
+    }
+
+    /// Records a change of path (the connector does this).
+    pub fn set_method(&self, m: Method) {
+        self.inner.method.send_if_modified(|cur| std::mem::replace(cur, m) != m);
+    }
+
+    /// Sees every later change of [`Connection::method`].
+    pub fn watch_method(&self) -> tokio::sync::watch::Receiver<Method> {
+        self.inner.method.subscribe()
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakConnection {
+        WeakConnection(Arc::downgrade(&self.inner))
     }
 
     /// Puts a message back in front of the queue (see `Inner::unread`).

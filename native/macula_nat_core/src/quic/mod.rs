@@ -24,7 +24,7 @@ pub mod conn;
 pub mod socket;
 pub mod tls;
 
-pub use conn::{codes, CloseReason, Connection};
+pub use conn::{codes, CloseReason, Connection, Method};
 pub use socket::DatagramTunnel;
 pub use tls::{PeerIdMismatch, ALPN};
 
@@ -320,7 +320,14 @@ impl QuicEndpoint {
     /// `tunnel` instead of the socket. Datagrams coming back through the
     /// tunnel enter with [`QuicEndpoint::inject`].
     pub fn route_via(&self, remote: SocketAddr, tunnel: Arc<dyn DatagramTunnel>) {
-        self.shared.routes.set(remote, Some(tunnel));
+        self.shared.routes.set(remote, Some(socket::Route::Tunnel(tunnel)));
+    }
+
+    /// From now on QUIC datagrams for `remote` go to `real` on the node
+    /// socket (QUIC still sees `remote`; the node rewrites what arrives from
+    /// `real`, see `Node::alias`).
+    pub fn route_to(&self, remote: SocketAddr, real: SocketAddr) {
+        self.shared.routes.set(remote, Some(socket::Route::Via(real)));
     }
 
     /// Back to the raw socket for `remote`.

@@ -258,25 +258,36 @@ pub trait DatagramTunnel: Send + Sync + fmt::Debug + 'static {
     fn send(&self, dst: SocketAddr, datagram: &[u8]);
 }
 
-/// Remote address → tunnel. Consulted on every QUIC send, so the common
+/// Where QUIC datagrams for a remote address go instead of straight to it.
+#[derive(Clone, Debug)]
+pub(crate) enum Route {
+    /// Through a tunnel (a relay session, a birthday-probing socket).
+    Tunnel(Arc<dyn DatagramTunnel>),
+    /// To another real address on the node socket: a relayed connection
+    /// whose remote is a virtual address and that now has a punched path.
+    /// QUIC keeps the address it knows; GSO batches stay whole.
+    Via(SocketAddr),
+}
+
+/// Remote address → route. Consulted on every QUIC send, so the common
 /// case (no routes) costs one atomic load.
 #[derive(Default)]
 pub(crate) struct Routes {
     any: AtomicBool,
-    map: RwLock<HashMap<SocketAddr, Arc<dyn DatagramTunnel>>>,
+    map: RwLock<HashMap<SocketAddr, Route>>,
 }
 
 impl Routes {
-    pub(crate) fn set(&self, remote: SocketAddr, tunnel: Option<Arc<dyn DatagramTunnel>>) {
+    pub(crate) fn set(&self, remote: SocketAddr, route: Option<Route>) {
         let Ok(mut map) = self.map.write() else { return };
-        match tunnel {
-            Some(t) => map.insert(remote, t),
+        match route {
+            Some(r) => map.insert(remote, r),
             None => map.remove(&remote),
         };
         self.any.store(!map.is_empty(), Ordering::Release);
     }
 
-    fn get(&self, remote: &SocketAddr) -> Option<Arc<dyn DatagramTunnel>> {
+    fn get(&self, remote: &SocketAddr) -> Option<Route> {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
@@ -346,10 +357,15 @@ impl AsyncUdpSocket for QuicSocket {
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
-        if let Some(tunnel) = self.routes.get(&t.destination) {
-            Self::send_tunnelled(tunnel.as_ref(), t);
-            return Ok(());
-        }
+        let via = match self.routes.get(&t.destination) {
+            None => None,
+            Some(Route::Tunnel(tunnel)) => {
+                Self::send_tunnelled(tunnel.as_ref(), t);
+                return Ok(());
+            }
+            Some(Route::Via(real)) => Some(Transmit { destination: real, ..*t }),
+        };
+        let t = via.as_ref().unwrap_or(t);
         // Node closed: the datagram is lost as on a dead link; the endpoint
         // is being closed anyway.
         let Some(sock) = current(&self.slot) else { return Ok(()) };

@@ -10,7 +10,7 @@ use std::collections::BinaryHeap;
 use super::*;
 use crate::detect::sim::{SimNat, XorShift};
 use crate::nat::{Filtering, NatType};
-use crate::port_predictor::{contiguity_window, plan_birthday, BirthdayLimits};
+use crate::port_predictor::{contiguity_window, BirthdayLimits};
 use crate::strategy::{aim, Aim, Dialer, PeerNat, Side, Strategy};
 
 /// Where both hosts registered (the rendezvous); nothing answers there.
@@ -261,10 +261,8 @@ pub(super) fn plan(strategy: Strategy, peers: [PeerNat; 2], rtt: Duration, seed:
     };
 
     let mut targets: [Vec<(usize, SocketAddr)>; 2] = [Vec::new(), Vec::new()];
-    let mut birthday: [Option<BirthdayProbe>; 2] = [None, None];
-    let mut max_attempts = [10, 10];
-    let mut timeout: Option<Duration> = None;
-    let limits = birthday_limits();
+    // Birthday: (hard side, its sockets, the easy side's endpoint, schedule).
+    let mut birthday: Option<(usize, Vec<usize>, BirthdaySchedule)> = None;
     match strategy {
         Strategy::Direct { dialer } => {
             let d = if dialer == Dialer::B { 1 } else { 0 };
@@ -283,34 +281,20 @@ pub(super) fn plan(strategy: Strategy, peers: [PeerNat; 2], rtt: Duration, seed:
         }
         Strategy::BirthdayProbing { hard } => {
             let h = if hard == Side::B { 1 } else { 0 };
-            let e = 1 - h;
-            let bp = plan_birthday(target, &limits).expect("birthday plan within limits");
-            let fresh: Vec<usize> = (0..bp.sockets).map(|i| hosts[h].add_socket(20_000 + i as u16)).collect();
-            targets[h] = cross(&fresh, &[cands[e][0]]);
-            max_attempts[h] = 2;
-            let gap = Duration::from_secs(1) / limits.rate_pps;
-            let start_after = gap * bp.sockets + rtt;
-            birthday[e] = Some(BirthdayProbe {
-                socket: sockets[e][0],
-                peer_ip: hosts[h].public_ip(),
-                probes: bp.probes,
-                start_after,
-            });
-            timeout = Some(start_after + gap * bp.probes + Duration::from_secs(1));
+            let sched = BirthdaySchedule::new(target, &birthday_limits(), rtt).expect("birthday plan within limits");
+            let fresh: Vec<usize> = (0..sched.plan.sockets).map(|i| hosts[h].add_socket(20_000 + i as u16)).collect();
+            birthday = Some((h, fresh, sched));
         }
     }
     let ids = [(ID_A, ID_B), (ID_B, ID_A)];
     let roles = [Role::Initiator, Role::Responder];
     let cfgs = [0, 1].map(|x| {
         let mut c = PunchConfig::new(roles[x], ids[x].0, ids[x].1, session(seed), targets[x].clone(), rtt);
-        c.max_attempts = max_attempts[x];
-        c.birthday = birthday[x];
         c.seed = seed.wrapping_mul(31).wrapping_add(x as u64);
-        if birthday.iter().any(Option::is_some) {
-            c.rate_pps = limits.rate_pps;
-        }
-        if let Some(t) = timeout {
-            c.timeout = t;
+        match &birthday {
+            Some((h, fresh, sched)) if *h == x => sched.configure_hard(&mut c, fresh.iter().copied(), cands[1 - x][0]),
+            Some((h, _, sched)) => sched.configure_easy(&mut c, sockets[x][0], hosts[*h].public_ip()),
+            None => {}
         }
         c
     });

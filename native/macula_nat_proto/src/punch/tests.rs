@@ -184,6 +184,33 @@ fn rate_cap_spaces_requests_but_not_answers() {
     assert!(p.poll_transmit(t0 + Duration::from_millis(10)).is_some());
 }
 
+/// A driver whose timer always wakes late (here 1.7 ms, like tokio's 1 ms
+/// ticks on a busy core) still gets the full rate, and never more than the
+/// cap in any second.
+#[test]
+fn late_wakeups_do_not_lower_the_rate() {
+    let t0 = Instant::now();
+    let targets: Vec<_> = (0..2000).map(|i| (0, SocketAddr::new(IpAddr::from([198, 18, 0, 1]), 2000 + i))).collect();
+    let mut c = cfg(Role::Responder, targets);
+    c.rate_pps = 200;
+    c.max_attempts = 1;
+    c.timeout = Duration::from_secs(60);
+    let mut p = Punch::new(c, t0);
+    let late = Duration::from_micros(1700);
+    let mut now = t0;
+    let mut sent = Vec::new();
+    while now < t0 + Duration::from_secs(5) {
+        while let Some(t) = p.poll_transmit(now) {
+            assert_eq!(decode(&t).0.class, Class::Request);
+            sent.push(Sent { host: 0, at: now - t0, request: true });
+        }
+        now = p.poll_timeout().unwrap().max(now) + late;
+    }
+    let per_s = sent.len() as f64 / 5.0;
+    assert!((195.0..=201.0).contains(&per_s), "{per_s} requests per second");
+    assert!(max_requests_per_second(&sent, 0) <= 201);
+}
+
 #[test]
 fn birthday_probes_are_distinct_ports_of_the_peer_ip_after_the_delay() {
     let t0 = Instant::now();

@@ -22,14 +22,19 @@ fn sample() -> RecordBody {
             endpoints: vec![addr("203.0.113.5:4433"), addr("[2001:db8::1]:9")],
             rendezvous: vec![addr("198.51.100.1:3478")],
         },
+        relay: None,
     }
+}
+
+fn relay_sample() -> RecordBody {
+    RecordBody { relay: Some(RelayAd { addr: addr("203.0.113.5:4433"), load_permille: 350 }), ..sample() }
 }
 
 #[test]
 fn body_roundtrips() {
     let b = sample();
     let bytes = b.encode().unwrap();
-    assert_eq!(RecordBody::decode(&bytes).unwrap(), b);
+    assert_eq!(RecordBody::decode(Version::V1, &bytes).unwrap(), b);
 }
 
 #[test]
@@ -41,7 +46,7 @@ fn minimal_body_roundtrips() {
     b.info.endpoints.clear();
     b.info.rendezvous.clear();
     let bytes = b.encode().unwrap();
-    assert_eq!(RecordBody::decode(&bytes).unwrap(), b);
+    assert_eq!(RecordBody::decode(Version::V1, &bytes).unwrap(), b);
 }
 
 #[test]
@@ -55,7 +60,7 @@ fn every_enum_value_roundtrips() {
                     b.info.filtering = f;
                     b.info.allocation = a;
                     b.info.confidence = c;
-                    assert_eq!(RecordBody::decode(&b.encode().unwrap()).unwrap(), b);
+                    assert_eq!(RecordBody::decode(Version::V1, &b.encode().unwrap()).unwrap(), b);
                 }
             }
         }
@@ -69,8 +74,12 @@ fn largest_record_fits_bep44() {
     b.info.endpoints = vec![addr("[2001:db8::1]:1"); MAX_ADDRS];
     b.info.rendezvous = vec![addr("[2001:db8::2]:2"); MAX_ADDRS];
     let body = b.encode().unwrap();
-    let rec = frame(&body, &[0; 64]);
+    let rec = frame(Version::V1, &body, &[0; 64]);
     assert!(rec.len() <= 1000, "{} bytes", rec.len());
+    b.relay = Some(RelayAd { addr: addr("[2001:db8::3]:3"), load_permille: 1000 });
+    let body = b.encode().unwrap();
+    let rec = frame(Version::V2, &body, &[0; 64]);
+    assert!(rec.len() <= 1000, "v2: {} bytes", rec.len());
 }
 
 #[test]
@@ -85,14 +94,15 @@ fn too_many_addrs_refused_both_ways() {
     let mut bytes = ok.encode().unwrap();
     let n = bytes.len();
     bytes[n - 2] = (MAX_ADDRS + 1) as u8;
-    assert_eq!(RecordBody::decode(&bytes), Err(RecordError::TooManyAddrs));
+    assert_eq!(RecordBody::decode(Version::V1, &bytes), Err(RecordError::TooManyAddrs));
 }
 
 #[test]
 fn frame_unframe() {
     let body = sample().encode().unwrap();
-    let rec = frame(&body, &[9; 64]);
-    let (b, s) = unframe(&rec).unwrap();
+    let rec = frame(Version::V1, &body, &[9; 64]);
+    let (v, b, s) = unframe(&rec).unwrap();
+    assert_eq!(v, Version::V1);
     assert_eq!(b, &body[..]);
     assert_eq!(s, [9; 64]);
     assert_eq!(unframe(&rec[..rec.len() - 1]), Err(RecordError::Truncated));
@@ -107,26 +117,32 @@ fn frame_unframe() {
 
 #[test]
 fn every_truncation_is_an_error_never_a_panic() {
-    let body = sample().encode().unwrap();
-    for n in 0..body.len() {
-        assert!(RecordBody::decode(&body[..n]).is_err(), "prefix {n}");
+    for b in [sample(), relay_sample()] {
+        let (v, body) = (b.version(), b.encode().unwrap());
+        for n in 0..body.len() {
+            assert!(RecordBody::decode(v, &body[..n]).is_err(), "{v:?} prefix {n}");
+        }
+        let mut longer = body.clone();
+        longer.push(1);
+        assert_eq!(RecordBody::decode(v, &longer), Err(RecordError::TrailingBytes));
     }
-    let mut longer = body.clone();
-    longer.push(1);
-    assert_eq!(RecordBody::decode(&longer), Err(RecordError::TrailingBytes));
 }
 
 #[test]
 fn every_single_byte_corruption_is_safe() {
     // Decoding arbitrary corruptions must never panic; when it succeeds the
-    // result must re-encode to the same bytes (canonical form).
-    let body = sample().encode().unwrap();
-    for i in 0..body.len() {
-        for v in [0u8, 1, 2, 3, 4, 6, 7, 0x80, 0xff] {
-            let mut c = body.clone();
-            c[i] = v;
-            if let Ok(d) = RecordBody::decode(&c) {
-                assert_eq!(d.encode().unwrap(), c, "byte {i} = {v}");
+    // result must re-encode to the same bytes (canonical form) in the
+    // same version.
+    for b in [sample(), relay_sample()] {
+        let (ver, body) = (b.version(), b.encode().unwrap());
+        for i in 0..body.len() {
+            for v in [0u8, 1, 2, 3, 4, 6, 7, 0x80, 0xff] {
+                let mut c = body.clone();
+                c[i] = v;
+                if let Ok(d) = RecordBody::decode(ver, &c) {
+                    assert_eq!(d.version(), ver, "byte {i} = {v}");
+                    assert_eq!(d.encode().unwrap(), c, "byte {i} = {v}");
+                }
             }
         }
     }
@@ -135,9 +151,14 @@ fn every_single_byte_corruption_is_safe() {
 #[test]
 fn signing_input_is_domain_separated() {
     let body = sample().encode().unwrap();
-    let m = signing_input(&body);
+    let m = signing_input(Version::V1, &body);
     assert!(m.starts_with(SIGNING_CONTEXT));
     assert_eq!(&m[SIGNING_CONTEXT.len()..], &body[..]);
+    // The versions sign different messages for the same bytes.
+    let m2 = signing_input(Version::V2, &body);
+    assert!(m2.starts_with(SIGNING_CONTEXT_V2));
+    assert_ne!(m, m2);
+    assert_eq!(SIGNING_CONTEXT.len(), SIGNING_CONTEXT_V2.len());
 }
 
 #[test]
@@ -152,4 +173,62 @@ fn acceptance_rule() {
     assert_eq!(check(&b, &[7; 32], now, Some(b.seq + 1)), Err(Rejection::Replayed));
     // The same record again is not a replay (a refresh may fetch it twice).
     assert_eq!(check(&b, &[7; 32], now, Some(b.seq)), Ok(()));
+}
+
+#[test]
+fn a_relay_advertisement_makes_the_body_v2_and_roundtrips() {
+    let b = relay_sample();
+    assert_eq!(b.version(), Version::V2);
+    assert_eq!(sample().version(), Version::V1);
+    let bytes = b.encode().unwrap();
+    assert_eq!(RecordBody::decode(Version::V2, &bytes).unwrap(), b);
+    // v2 = the v1 body of the same fields plus the extension: a node that
+    // stops relaying goes back to exactly the v1 bytes.
+    let v1 = sample().encode().unwrap();
+    let mut ext = vec![1, 0x01, 0x5e];
+    ext.extend_from_slice(&[4, 203, 0, 113, 5, 0x11, 0x51]);
+    assert_eq!(bytes, [v1.clone(), ext].concat());
+    // Read in the wrong layout, neither is accepted.
+    assert_eq!(RecordBody::decode(Version::V1, &bytes), Err(RecordError::TrailingBytes));
+    assert_eq!(RecordBody::decode(Version::V2, &v1), Err(RecordError::Truncated));
+    for load in [0, 1000] {
+        let mut b = relay_sample();
+        b.relay.as_mut().unwrap().load_permille = load;
+        b.relay.as_mut().unwrap().addr = addr("[2001:db8::7]:1");
+        assert_eq!(RecordBody::decode(Version::V2, &b.encode().unwrap()).unwrap(), b);
+    }
+}
+
+#[test]
+fn relay_extension_is_canonical() {
+    let mut b = relay_sample();
+    b.relay.as_mut().unwrap().load_permille = 1001;
+    assert_eq!(b.encode(), Err(RecordError::BadLoad));
+    let good = relay_sample().encode().unwrap();
+    let ext_at = sample().encode().unwrap().len();
+    // ext must be exactly the relay bit: 0 would be a v2 body saying nothing
+    // more than v1 (a second encoding), other bits are undefined.
+    for ext in [0u8, 2, 3, 0x80, 0xff] {
+        let mut c = good.clone();
+        c[ext_at] = ext;
+        assert_eq!(RecordBody::decode(Version::V2, &c), Err(RecordError::BadEnum), "ext {ext}");
+    }
+    let mut c = good.clone();
+    c[ext_at + 1..ext_at + 3].copy_from_slice(&1001u16.to_be_bytes());
+    assert_eq!(RecordBody::decode(Version::V2, &c), Err(RecordError::BadLoad));
+    let mut c = good.clone();
+    c[ext_at + 3] = 5;
+    assert_eq!(RecordBody::decode(Version::V2, &c), Err(RecordError::BadAddress));
+}
+
+#[test]
+fn v2_frames_under_its_own_magic() {
+    let body = relay_sample().encode().unwrap();
+    let rec = frame(Version::V2, &body, &[3; 64]);
+    assert_eq!(&rec[..4], b"MNR2");
+    let (v, b, s) = unframe(&rec).unwrap();
+    assert_eq!((v, b, s), (Version::V2, &body[..], [3; 64]));
+    let mut other = rec.clone();
+    other[3] = b'3';
+    assert_eq!(unframe(&other), Err(RecordError::BadMagic));
 }

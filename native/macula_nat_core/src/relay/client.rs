@@ -1,0 +1,532 @@
+//! The relay client: a node's control connection to one relay (a
+//! [`RelayLink`]) and the set of relays a node keeps ([`RelaySet`]).
+//!
+//! A session's QUIC packets reach QUIC through a *virtual* remote address
+//! (`plane::virtual_addr`): the link routes QUIC datagrams for it into
+//! frames to the relay ([`FrameTunnel`]) and the receive loop hands the
+//! session's frames back to QUIC as coming from it. Moving the connection
+//! (another relay, a punched path) re-points the route; QUIC's own loss
+//! recovery resends whatever was in flight, so nothing is lost.
+//!
+//! Sessions the link *accepted* (we are the target) are owned by the link:
+//! their routes go when the relay ends the session or the link dies. Routes
+//! of sessions we *opened* belong to the caller, who may move them.
+
+use crate::node::Node;
+use crate::quic::{Connection, DatagramTunnel, QuicError};
+use crate::relay::plane::virtual_addr;
+use crate::runtime;
+use crate::signal::{HelloKind, Msg};
+use macula_nat_proto::relay::frame;
+use macula_nat_proto::relay::msg::{NodeId, RelayMsg, Refusal};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// Ping period on a link, and how long without an answer means dead.
+const PING_EVERY: Duration = Duration::from_millis(500);
+const SILENT_LIMIT: Duration = Duration::from_millis(2500);
+/// Bound on connecting + the first status, and on an `Open`.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("relay refused: {}", .0.name())]
+    Refused(Refusal),
+    #[error("relay connection closed")]
+    Closed,
+    #[error("relay timed out")]
+    Timeout,
+    #[error("quic: {0}")]
+    Quic(#[from] QuicError),
+}
+
+impl RelayError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RelayError::Refused(r) => r.name(),
+            RelayError::Closed => "closed",
+            RelayError::Timeout => "timeout",
+            RelayError::Quic(_) => "quic",
+        }
+    }
+}
+
+/// Carries one session's QUIC datagrams to the relay as frames.
+#[derive(Debug)]
+pub struct FrameTunnel {
+    node: Weak<Node>,
+    relay: SocketAddr,
+    session: u64,
+}
+
+thread_local! {
+    static FRAME_BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1500));
+}
+
+impl DatagramTunnel for FrameTunnel {
+    fn send(&self, _dst: SocketAddr, datagram: &[u8]) {
+        let Some(node) = self.node.upgrade() else { return };
+        FRAME_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            frame::encode_into(&mut b, self.session, datagram);
+            if node.try_send_to(&b, self.relay) {
+                node.relay_plane().tunnelled_out.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+/// A session opened through a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayPath {
+    pub relay: NodeId,
+    pub relay_addr: SocketAddr,
+    pub session: u64,
+    /// The address QUIC uses for the peer.
+    pub virtual_addr: SocketAddr,
+}
+
+struct LinkInner {
+    node: Weak<Node>,
+    relay_id: NodeId,
+    relay_addr: SocketAddr,
+    conn: Connection,
+    reserved: AtomicBool,
+    load: AtomicU16,
+    observed: Mutex<Option<SocketAddr>>,
+    /// Bumped on every Status, so `reserve` can wait for the next one.
+    status: watch::Sender<u64>,
+    pending: Mutex<HashMap<u32, oneshot::Sender<Result<u64, Refusal>>>>,
+    next_tag: AtomicU32,
+    /// Sessions we accepted: session -> virtual address.
+    accepted: Mutex<HashMap<u64, SocketAddr>>,
+    /// Sessions we opened (routes owned by the opener).
+    opened: Mutex<HashMap<u64, SocketAddr>>,
+    last_pong: Mutex<Instant>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A control connection to one relay. Cheap to clone.
+#[derive(Clone)]
+pub struct RelayLink {
+    inner: Arc<LinkInner>,
+}
+
+impl std::fmt::Debug for RelayLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayLink").field("relay", &self.inner.relay_addr).finish_non_exhaustive()
+    }
+}
+
+impl RelayLink {
+    /// Connects to the relay at `relay_addr` whose node key is `relay_id`.
+    pub async fn connect(node: &Arc<Node>, relay_addr: SocketAddr, relay_id: NodeId) -> Result<RelayLink, RelayError> {
+        let go = async {
+            let conn = node.quic()?.connect(relay_addr, relay_id).await?;
+            conn.send(Msg::Hello(HelloKind::Relay).encode()).await?;
+            Ok::<_, RelayError>(conn)
+        };
+        let conn = tokio::time::timeout(LINK_TIMEOUT, go).await.map_err(|_| RelayError::Timeout)??;
+        let (status, mut status_rx) = watch::channel(0u64);
+        let link = RelayLink {
+            inner: Arc::new(LinkInner {
+                node: Arc::downgrade(node),
+                relay_id,
+                relay_addr,
+                conn,
+                reserved: AtomicBool::new(false),
+                load: AtomicU16::new(0),
+                observed: Mutex::new(None),
+                status,
+                pending: Mutex::new(HashMap::new()),
+                next_tag: AtomicU32::new(1),
+                accepted: Mutex::new(HashMap::new()),
+                opened: Mutex::new(HashMap::new()),
+                last_pong: Mutex::new(Instant::now()),
+                tasks: Mutex::new(Vec::new()),
+            }),
+        };
+        let recv = runtime::spawn(recv_loop(Arc::downgrade(&link.inner), link.inner.conn.clone()));
+        let ping = runtime::spawn(ping_loop(Arc::downgrade(&link.inner)));
+        if let Ok(mut t) = link.inner.tasks.lock() {
+            t.extend([recv, ping]);
+        }
+        match tokio::time::timeout(LINK_TIMEOUT, status_rx.changed()).await {
+            Ok(Ok(())) => Ok(link),
+            Ok(Err(_)) => Err(RelayError::Closed),
+            Err(_) => {
+                link.close();
+                Err(RelayError::Timeout)
+            }
+        }
+    }
+
+    pub fn relay_id(&self) -> NodeId {
+        self.inner.relay_id
+    }
+
+    pub fn relay_addr(&self) -> SocketAddr {
+        self.inner.relay_addr
+    }
+
+    pub fn is_reserved(&self) -> bool {
+        self.inner.reserved.load(Ordering::Acquire)
+    }
+
+    /// The relay's load when it last said (per mille of its max sessions).
+    pub fn load_permille(&self) -> u16 {
+        self.inner.load.load(Ordering::Relaxed)
+    }
+
+    /// Our address as the relay sees it.
+    pub fn observed(&self) -> Option<SocketAddr> {
+        *self.inner.observed.lock().ok()?
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.inner.conn.close_reason().is_none()
+    }
+
+    /// Resolves when the link is dead (closed, or the relay went silent).
+    pub async fn closed(&self) {
+        self.inner.conn.closed().await;
+    }
+
+    pub fn close(&self) {
+        self.inner.conn.close("relay link closed");
+    }
+
+    /// Makes this node reachable through the relay.
+    pub async fn reserve(&self) -> Result<(), RelayError> {
+        let mut rx = self.inner.status.subscribe();
+        rx.borrow_and_update();
+        self.inner.conn.send(RelayMsg::Reserve.encode()).await.map_err(|_| RelayError::Closed)?;
+        match tokio::time::timeout(LINK_TIMEOUT, rx.changed()).await {
+            Ok(Ok(())) if self.is_reserved() => Ok(()),
+            Ok(Ok(())) => Err(RelayError::Refused(Refusal::Disabled)),
+            Ok(Err(_)) => Err(RelayError::Closed),
+            Err(_) => Err(RelayError::Timeout),
+        }
+    }
+
+    /// Opens a session to `to` whose QUIC datagrams use `virt` (a fresh
+    /// [`virtual_addr`] for a new connection, or the connection's current
+    /// one to move it here). The route for `virt` now leads here.
+    pub async fn open(&self, to: NodeId, virt: SocketAddr) -> Result<RelayPath, RelayError> {
+        let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut p) = self.inner.pending.lock() {
+            p.insert(tag, tx);
+        }
+        let sent = self.inner.conn.send(RelayMsg::Open { to, tag }.encode()).await;
+        let r = match sent {
+            Err(_) => Err(RelayError::Closed),
+            Ok(()) => match tokio::time::timeout(LINK_TIMEOUT, rx).await {
+                Ok(Ok(Ok(session))) => Ok(session),
+                Ok(Ok(Err(refusal))) => Err(RelayError::Refused(refusal)),
+                Ok(Err(_)) => Err(RelayError::Closed),
+                Err(_) => Err(RelayError::Timeout),
+            },
+        };
+        if let Ok(mut p) = self.inner.pending.lock() {
+            p.remove(&tag);
+        }
+        let session = r?;
+        self.inner.install(session, virt)?;
+        if let Ok(mut o) = self.inner.opened.lock() {
+            o.insert(session, virt);
+        }
+        Ok(RelayPath { relay: self.inner.relay_id, relay_addr: self.inner.relay_addr, session, virtual_addr: virt })
+    }
+
+    /// Ends a session we opened (the relay tells the peer). The caller has
+    /// already moved or dropped the route.
+    pub fn close_session(&self, session: u64) {
+        if let Ok(mut o) = self.inner.opened.lock() {
+            o.remove(&session);
+        }
+        if let Some(node) = self.inner.node.upgrade() {
+            node.relay_plane().set_session(self.inner.relay_addr, session, None);
+        }
+        let conn = self.inner.conn.clone();
+        runtime::spawn(async move {
+            let _ = conn.send(RelayMsg::Close { session }.encode()).await;
+        });
+    }
+}
+
+impl LinkInner {
+    fn install(&self, session: u64, virt: SocketAddr) -> Result<(), RelayError> {
+        let node = self.node.upgrade().ok_or(RelayError::Closed)?;
+        let tunnel = Arc::new(FrameTunnel { node: self.node.clone(), relay: self.relay_addr, session });
+        node.quic()?.route_via(virt, tunnel);
+        node.relay_plane().set_session(self.relay_addr, session, Some((virt, self.relay_id)));
+        Ok(())
+    }
+
+    /// Forgets an accepted session and its route.
+    fn drop_accepted(&self, session: u64) {
+        let virt = self.accepted.lock().ok().and_then(|mut a| a.remove(&session));
+        if let (Some(node), Some(v)) = (self.node.upgrade(), virt) {
+            node.relay_plane().set_session(self.relay_addr, session, None);
+            if let Ok(q) = node.quic() {
+                q.clear_route(v);
+            }
+        }
+    }
+
+    fn on_closed(&self) {
+        let accepted: Vec<u64> = self.accepted.lock().map(|a| a.keys().copied().collect()).unwrap_or_default();
+        for s in accepted {
+            self.drop_accepted(s);
+        }
+        let opened: Vec<u64> = self.opened.lock().map(|mut o| o.drain().map(|(s, _)| s).collect()).unwrap_or_default();
+        if let Some(node) = self.node.upgrade() {
+            for s in opened {
+                node.relay_plane().set_session(self.relay_addr, s, None);
+            }
+        }
+        if let Ok(mut p) = self.pending.lock() {
+            p.clear();
+        }
+    }
+}
+
+async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
+    while let Some(bytes) = conn.recv().await {
+        let Some(link) = weak.upgrade() else { return };
+        let m = match RelayMsg::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("relay link: bad message: {e:?}");
+                continue;
+            }
+        };
+        match m {
+            RelayMsg::Status { observed, reserved, load_permille } => {
+                if let Ok(mut o) = link.observed.lock() {
+                    *o = Some(observed);
+                }
+                link.reserved.store(reserved, Ordering::Release);
+                link.load.store(load_permille, Ordering::Relaxed);
+                link.status.send_modify(|n| *n += 1);
+            }
+            RelayMsg::Opened { tag, session, .. } => {
+                if let Some(tx) = link.pending.lock().ok().and_then(|mut p| p.remove(&tag)) {
+                    let _ = tx.send(Ok(session));
+                }
+            }
+            RelayMsg::Refused { tag, reason } => {
+                if let Some(tx) = link.pending.lock().ok().and_then(|mut p| p.remove(&tag)) {
+                    let _ = tx.send(Err(reason));
+                }
+            }
+            RelayMsg::Incoming { session, .. } => {
+                // The reservation is the consent: accept while we hold it.
+                let reply = if link.reserved.load(Ordering::Acquire) {
+                    let virt = virtual_addr();
+                    match link.install(session, virt) {
+                        Ok(()) => {
+                            if let Ok(mut a) = link.accepted.lock() {
+                                a.insert(session, virt);
+                            }
+                            RelayMsg::Accept { session }
+                        }
+                        Err(_) => RelayMsg::Decline { session },
+                    }
+                } else {
+                    RelayMsg::Decline { session }
+                };
+                let _ = conn.send(reply.encode()).await;
+            }
+            RelayMsg::Ended { session, .. } => {
+                link.drop_accepted(session);
+                if let Ok(mut o) = link.opened.lock() {
+                    o.remove(&session);
+                }
+                if let Some(node) = link.node.upgrade() {
+                    node.relay_plane().set_session(link.relay_addr, session, None);
+                }
+            }
+            RelayMsg::Pong { .. } => {
+                if let Ok(mut t) = link.last_pong.lock() {
+                    *t = Instant::now();
+                }
+            }
+            other => tracing::debug!("relay link: unexpected {other:?}"),
+        }
+    }
+    if let Some(link) = weak.upgrade() {
+        link.on_closed();
+    }
+}
+
+async fn ping_loop(weak: Weak<LinkInner>) {
+    let mut nonce = 0u32;
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        let Some(link) = weak.upgrade() else { return };
+        if link.conn.close_reason().is_some() {
+            return;
+        }
+        let silent = link.last_pong.lock().map(|t| t.elapsed()).unwrap_or_default();
+        if silent > SILENT_LIMIT {
+            tracing::debug!("relay {} silent for {silent:?}: link closed", link.relay_addr);
+            link.conn.close("relay silent");
+            return;
+        }
+        nonce = nonce.wrapping_add(1);
+        let conn = link.conn.clone();
+        drop(link);
+        let _ = conn.send(RelayMsg::Ping { nonce }.encode()).await;
+    }
+}
+
+impl Drop for LinkInner {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.tasks.lock() {
+            for t in t.drain(..) {
+                t.abort();
+            }
+        }
+        self.conn.close("relay link dropped");
+        self.on_closed();
+    }
+}
+
+/// The relays a node keeps: reserved links to the relays it wants to be
+/// reachable through (re-established when they die), plus unreserved links
+/// it opened to reach peers through their relays.
+pub struct RelaySet {
+    node: Weak<Node>,
+    links: Mutex<HashMap<NodeId, RelayLink>>,
+    wanted: Mutex<Vec<(NodeId, SocketAddr)>>,
+    connecting: Mutex<std::collections::HashSet<NodeId>>,
+    changed: watch::Sender<u64>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RelaySet {
+    pub fn new(node: &Arc<Node>) -> Arc<RelaySet> {
+        let set = Arc::new(RelaySet {
+            node: Arc::downgrade(node),
+            links: Mutex::new(HashMap::new()),
+            wanted: Mutex::new(Vec::new()),
+            connecting: Mutex::new(Default::default()),
+            changed: watch::Sender::new(0),
+            task: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&set);
+        let task = runtime::spawn(async move {
+            loop {
+                let Some(set) = weak.upgrade() else { return };
+                set.maintain();
+                drop(set);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        if let Ok(mut t) = set.task.lock() {
+            *t = Some(task);
+        }
+        set
+    }
+
+    /// The relays to stay reserved at (best first).
+    pub fn set_wanted(self: &Arc<Self>, relays: Vec<(NodeId, SocketAddr)>) {
+        if let Ok(mut w) = self.wanted.lock() {
+            *w = relays;
+        }
+        self.maintain();
+    }
+
+    /// Relays we hold a live reservation at, in the wanted order: what the
+    /// node advertises as "reachable through".
+    pub fn reserved(&self) -> Vec<(NodeId, SocketAddr)> {
+        let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
+        let links = self.links.lock().map(|l| l.clone()).unwrap_or_default();
+        wanted
+            .into_iter()
+            .filter(|(id, _)| links.get(id).is_some_and(|l| l.is_alive() && l.is_reserved()))
+            .collect()
+    }
+
+    /// Fires when reservations change.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// A live link to the relay (existing, or a new unreserved one).
+    pub async fn link_to(&self, id: NodeId, addr: SocketAddr) -> Result<RelayLink, RelayError> {
+        if let Some(l) = self.links.lock().ok().and_then(|l| l.get(&id).cloned()).filter(|l| l.is_alive()) {
+            return Ok(l);
+        }
+        let node = self.node.upgrade().ok_or(RelayError::Closed)?;
+        let link = RelayLink::connect(&node, addr, id).await?;
+        if let Ok(mut l) = self.links.lock() {
+            l.insert(id, link.clone());
+        }
+        Ok(link)
+    }
+
+    /// Reconnects and reserves wanted relays whose link is missing or dead;
+    /// forgets dead links.
+    fn maintain(self: &Arc<Self>) {
+        let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
+        if let Ok(mut l) = self.links.lock() {
+            let before = l.len();
+            l.retain(|_, link| link.is_alive());
+            if l.len() != before {
+                self.changed.send_modify(|n| *n += 1);
+            }
+        }
+        for (id, addr) in wanted {
+            let ok = self.links.lock().ok().and_then(|l| l.get(&id).map(|l| l.is_reserved())).unwrap_or(false);
+            if ok {
+                continue;
+            }
+            if !self.connecting.lock().map(|mut c| c.insert(id)).unwrap_or(false) {
+                continue;
+            }
+            let weak = Arc::downgrade(self);
+            runtime::spawn(async move {
+                let Some(set) = weak.upgrade() else { return };
+                let r = async {
+                    let link = set.link_to(id, addr).await?;
+                    link.reserve().await?;
+                    Ok::<_, RelayError>(())
+                }
+                .await;
+                if let Err(e) = r {
+                    tracing::debug!("relay {addr}: reservation failed: {e}");
+                } else {
+                    set.changed.send_modify(|n| *n += 1);
+                }
+                if let Ok(mut c) = set.connecting.lock() {
+                    c.remove(&id);
+                };
+            });
+        }
+    }
+
+    pub fn close(&self) {
+        if let Some(t) = self.task.lock().ok().and_then(|mut t| t.take()) {
+            t.abort();
+        }
+        let links: Vec<RelayLink> = self.links.lock().map(|mut l| l.drain().map(|(_, v)| v).collect()).unwrap_or_default();
+        for l in links {
+            l.close();
+        }
+    }
+}
+
+impl Drop for RelaySet {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,361 @@
+//! The relay server: a node that forwards other nodes' QUIC packets.
+//!
+//! Control: clients connect with `Hello(Relay)` (the node's dispatcher
+//! hands those connections here), are told their observed address, may
+//! reserve, open sessions to reserved nodes and accept sessions opened to
+//! them (message formats: `macula_nat_proto::relay::msg`). Data: frames
+//! arrive on the node socket and are forwarded from the receive loop itself
+//! (no task switch per packet), or handed to the session's shaper task when
+//! the bandwidth limit says "later". Decisions are the sans-IO
+//! `RelayTable`'s; this module only does the IO and the timers.
+//!
+//! Events (session start/end, with byte counts) go to an unbounded channel:
+//! the callbacks run wherever that channel is read, never on the data path.
+
+use crate::node::Node;
+use crate::quic::{Connection, QuicError};
+use crate::relay::plane::FrameForwarder;
+use crate::runtime;
+use macula_nat_proto::relay::msg::{EndReason, NodeId, RelayMsg, Refusal};
+use macula_nat_proto::relay::table::{ClientId, DropReason, Ended, Limits, RelayTable, SessionId, Verdict};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// What the owner hears about sessions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelayEvent {
+    Started { session: SessionId, a: NodeId, b: NodeId },
+    Ended { session: SessionId, a: NodeId, b: NodeId, bytes: u64, reason: EndReason },
+}
+
+/// Frames waiting in a session's shaper, beyond which new ones are dropped.
+const SHAPER_QUEUE: usize = 4096;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    pub sessions: usize,
+    pub reservations: usize,
+    pub clients: usize,
+    pub frames_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub dropped_over_limit: u64,
+    pub dropped_not_a_leg: u64,
+    pub dropped_unknown: u64,
+}
+
+struct Shared {
+    node: Weak<Node>,
+    table: Mutex<RelayTable>,
+    /// Each client's connection and its writer queue (one writer task per
+    /// client keeps its messages in order).
+    clients: Mutex<HashMap<ClientId, (Connection, mpsc::UnboundedSender<Vec<u8>>)>>,
+    shapers: Mutex<HashMap<SessionId, mpsc::Sender<(tokio::time::Instant, SocketAddr, Vec<u8>)>>>,
+    events: mpsc::UnboundedSender<RelayEvent>,
+    next_client: AtomicU64,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A running relay on a node. Dropping it stops relaying like [`RelayServer::stop`].
+pub struct RelayServer {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Its hooks in the node, removed by `stop` only if still its own (a
+    /// new server may have started on the node before an old one stops,
+    /// e.g. when the owning process was restarted).
+    hooks: (Arc<dyn FrameForwarder>, mpsc::UnboundedSender<Connection>),
+}
+
+impl RelayServer {
+    /// Starts relaying on `node` with `limits`; events go to `events`.
+    pub fn start(node: &Arc<Node>, limits: Limits, events: mpsc::UnboundedSender<RelayEvent>) -> Result<RelayServer, QuicError> {
+        let dispatch = node.dispatch()?;
+        let shared = Arc::new(Shared {
+            node: Arc::downgrade(node),
+            table: Mutex::new(RelayTable::new(limits.clone())),
+            clients: Mutex::new(HashMap::new()),
+            shapers: Mutex::new(HashMap::new()),
+            events,
+            next_client: AtomicU64::new(1),
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        dispatch.set_relay(Some(tx.clone()));
+        let forwarder: Arc<dyn FrameForwarder> = Arc::new(Forwarder(Arc::downgrade(&shared)));
+        node.relay_plane().set_server(Some(forwarder.clone()));
+        let accept = {
+            let weak = Arc::downgrade(&shared);
+            runtime::spawn(async move {
+                while let Some(conn) = rx.recv().await {
+                    let Some(s) = weak.upgrade() else { return };
+                    runtime::spawn(client_loop(s, conn));
+                }
+            })
+        };
+        let sweep = {
+            let weak = Arc::downgrade(&shared);
+            let every = (limits.session_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+            runtime::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let Some(s) = weak.upgrade() else { return };
+                    let ended = s.table.lock().map(|mut t| t.sweep(Instant::now())).unwrap_or_default();
+                    for e in ended {
+                        s.announce_end(e);
+                    }
+                }
+            })
+        };
+        Ok(RelayServer { shared, tasks: vec![accept, sweep], hooks: (forwarder, tx) })
+    }
+
+    /// Stops relaying: every session ends (peers are told, events fire,
+    /// returned too), reservations are dropped, control connections are
+    /// closed shortly after so the `Ended` messages reach the peers.
+    pub fn stop(&mut self) -> Vec<Ended> {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(node) = self.shared.node.upgrade() {
+            node.relay_plane().clear_server_if(&self.hooks.0);
+            if let Ok(d) = node.dispatch() {
+                d.clear_relay_if(&self.hooks.1);
+            }
+        }
+        let ended = self.shared.table.lock().map(|mut t| t.disable()).unwrap_or_default();
+        for e in &ended {
+            self.shared.announce_end(e.clone());
+        }
+        let clients: Vec<Connection> = self.shared.clients.lock().map(|mut c| c.drain().map(|(_, v)| v.0).collect()).unwrap_or_default();
+        runtime::spawn(async move {
+            // Let the Ended messages leave before the close overtakes them.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for c in clients {
+                c.close("relay disabled");
+            }
+        });
+        ended
+    }
+
+    pub fn stats(&self) -> RelayStats {
+        let (sessions, reservations, over, leg, unknown) = self
+            .shared
+            .table
+            .lock()
+            .map(|t| {
+                (
+                    t.sessions(),
+                    t.reservations(),
+                    t.dropped(DropReason::OverLimit),
+                    t.dropped(DropReason::NotALeg),
+                    t.dropped(DropReason::UnknownSession),
+                )
+            })
+            .unwrap_or_default();
+        RelayStats {
+            sessions,
+            reservations,
+            clients: self.shared.clients.lock().map(|c| c.len()).unwrap_or(0),
+            frames_forwarded: self.shared.frames.load(Ordering::Relaxed),
+            bytes_forwarded: self.shared.bytes.load(Ordering::Relaxed),
+            dropped_over_limit: over,
+            dropped_not_a_leg: leg,
+            dropped_unknown: unknown,
+        }
+    }
+
+    /// New limits for a running relay (enabling it again with other
+    /// options): `max_sessions` and `session_timeout` apply at once, the
+    /// bandwidth limit to sessions opened from now on. Sessions go on.
+    pub fn set_limits(&self, limits: Limits) {
+        if let Ok(mut t) = self.shared.table.lock() {
+            t.enable(limits);
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.shared.table.lock().map(|t| t.limits().clone()).unwrap_or_default()
+    }
+
+    /// Sessions per `max_sessions`, per mille (what the registry advertises).
+    pub fn load_permille(&self) -> u16 {
+        self.shared.table.lock().map(|t| t.load_permille()).unwrap_or(1000)
+    }
+}
+
+impl Drop for RelayServer {
+    fn drop(&mut self) {
+        if !self.tasks.is_empty() {
+            self.stop();
+        }
+    }
+}
+
+impl Shared {
+    fn send(&self, client: ClientId, m: RelayMsg) {
+        if let Some(tx) = self.clients.lock().ok().and_then(|c| c.get(&client).map(|c| c.1.clone())) {
+            let _ = tx.send(m.encode());
+        }
+    }
+
+    fn status(&self, client: ClientId, observed: SocketAddr, reserved: bool) {
+        let load = self.table.lock().map(|t| t.load_permille()).unwrap_or(1000);
+        self.send(client, RelayMsg::Status { observed, reserved, load_permille: load });
+    }
+
+    /// Tells the legs and the owner that a session ended.
+    fn announce_end(&self, e: Ended) {
+        if let Ok(mut s) = self.shapers.lock() {
+            s.remove(&e.session);
+        }
+        if e.was_active {
+            let _ = self.events.send(RelayEvent::Ended { session: e.session, a: e.a, b: e.b, bytes: e.bytes, reason: e.reason });
+            for c in [e.a_client, e.b_client] {
+                self.send(c, RelayMsg::Ended { session: e.session, reason: e.reason });
+            }
+        } else {
+            let reason = if e.reason == EndReason::Disabled { Refusal::Disabled } else { Refusal::Declined };
+            self.send(e.a_client, RelayMsg::Refused { tag: e.tag, reason });
+        }
+    }
+
+    fn forward(&self, sock: &UdpSocket, from: SocketAddr, frame: &[u8]) {
+        let Some(session) = macula_nat_proto::relay::frame::session_of(frame) else { return };
+        let len = frame.len() - macula_nat_proto::relay::frame::HEADER;
+        let verdict = match self.table.lock() {
+            Ok(mut t) => t.forward(from, session, len, Instant::now()),
+            Err(_) => return,
+        };
+        match verdict {
+            Verdict::Forward { to } => {
+                if sock.try_send_to(frame, to).is_ok() {
+                    self.frames.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                }
+            }
+            Verdict::Delay { to, after } => self.shape(session, to, after, frame, len),
+            Verdict::Drop(_) => {}
+        }
+    }
+
+    /// Queues a frame in its session's shaper (a task per shaped session,
+    /// started on its first delayed frame): frames leave in order at their
+    /// due times.
+    fn shape(&self, session: SessionId, to: SocketAddr, after: Duration, frame: &[u8], len: usize) {
+        let due = tokio::time::Instant::now() + after;
+        let Ok(mut shapers) = self.shapers.lock() else { return };
+        let tx = shapers.entry(session).or_insert_with(|| {
+            let (tx, mut rx) = mpsc::channel::<(tokio::time::Instant, SocketAddr, Vec<u8>)>(SHAPER_QUEUE);
+            let node = self.node.clone();
+            runtime::spawn(async move {
+                while let Some((due, to, f)) = rx.recv().await {
+                    tokio::time::sleep_until(due).await;
+                    let Some(n) = node.upgrade() else { return };
+                    n.try_send_to(&f, to);
+                }
+            });
+            tx
+        });
+        if tx.try_send((due, to, frame.to_vec())).is_ok() {
+            self.frames.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+struct Forwarder(Weak<Shared>);
+
+impl FrameForwarder for Forwarder {
+    fn forward(&self, sock: &UdpSocket, from: SocketAddr, frame: &[u8]) {
+        if let Some(s) = self.0.upgrade() {
+            s.forward(sock, from, frame);
+        }
+    }
+}
+
+/// One client's control connection, until it closes.
+async fn client_loop(shared: Arc<Shared>, conn: Connection) {
+    let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
+    let observed = conn.remote_address();
+    let node_id = conn.peer_id();
+    if let Ok(mut t) = shared.table.lock() {
+        t.connect(id, node_id, observed);
+    }
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = {
+        let conn = conn.clone();
+        runtime::spawn(async move {
+            while let Some(m) = wrx.recv().await {
+                if conn.send(m).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    if let Ok(mut c) = shared.clients.lock() {
+        c.insert(id, (conn.clone(), wtx));
+    }
+    shared.status(id, observed, false);
+    while let Some(bytes) = conn.recv().await {
+        let m = match RelayMsg::decode(&bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("relay: bad message from a client: {e:?}");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        match m {
+            RelayMsg::Reserve => {
+                let ok = shared.table.lock().map(|mut t| t.reserve(id)).unwrap_or(false);
+                shared.status(id, observed, ok);
+            }
+            RelayMsg::Open { to, tag } => {
+                let session: SessionId = rand::random();
+                let r = shared.table.lock().map(|mut t| t.open(id, &to, session, tag, now));
+                match r {
+                    Ok(Ok(p)) => shared.send(p.b_client, RelayMsg::Incoming { session: p.session, from: node_id }),
+                    Ok(Err(reason)) => shared.send(id, RelayMsg::Refused { tag, reason }),
+                    Err(_) => shared.send(id, RelayMsg::Refused { tag, reason: Refusal::BadRequest }),
+                }
+            }
+            RelayMsg::Accept { session } => {
+                let started = shared.table.lock().ok().and_then(|mut t| t.accept(id, session, now));
+                if let Some(s) = started {
+                    let _ = shared.events.send(RelayEvent::Started { session, a: s.a, b: s.b });
+                    shared.send(s.a_client, RelayMsg::Opened { tag: s.tag, session, peer: s.b });
+                }
+            }
+            RelayMsg::Decline { session } => {
+                let r = shared.table.lock().ok().and_then(|mut t| t.decline(id, session));
+                if let Some((a, tag)) = r {
+                    shared.send(a, RelayMsg::Refused { tag, reason: Refusal::Declined });
+                }
+            }
+            RelayMsg::Close { session } => {
+                let e = shared.table.lock().ok().and_then(|mut t| t.close(id, session));
+                if let Some(e) = e {
+                    shared.announce_end(e);
+                }
+            }
+            RelayMsg::Ping { nonce } => shared.send(id, RelayMsg::Pong { nonce }),
+            other => tracing::debug!("relay: unexpected message from a client: {other:?}"),
+        }
+    }
+    let ended = shared.table.lock().map(|mut t| t.disconnect(id)).unwrap_or_default();
+    if let Ok(mut c) = shared.clients.lock() {
+        c.remove(&id);
+    }
+    for e in ended {
+        shared.announce_end(e);
+    }
+    writer.abort();
+}
