@@ -19,6 +19,8 @@ pub(crate) struct Agent {
     pub(crate) stdin: Mutex<ChildStdin>,
     pub(crate) lines: Mutex<Receiver<String>>,
     pub(crate) child: Mutex<Child>,
+    /// Whether each fresh node must hold a relay reservation.
+    pub(crate) reserves: bool,
 }
 
 impl Agent {
@@ -64,6 +66,9 @@ impl Agent {
         let observed = v["observed"].as_str().unwrap_or("");
         if !observed.starts_with(&format!("{}:", self.public_ip)) {
             panic!("{}: rendezvous observed {observed}, expected the NAT's public IP {}", self.site, self.public_ip);
+        }
+        if self.reserves && v["relays"].as_u64().unwrap_or(0) == 0 {
+            return Err("no_reservation".into());
         }
         Ok(v["node_id"].as_str().unwrap_or("").to_string())
     }
@@ -123,7 +128,7 @@ pub(crate) fn run_try(a: &Agent, b: &Agent, tag: &str, timeout: Duration) -> Try
     TryResult { ok: true, ttfm_ms: Some(t1.saturating_sub(t0) as f64 / 1e6), ..base }
 }
 
-pub(crate) fn spawn_agent(lab: &Lab, site: &str, argv: &[String], logs: &std::path::Path) -> Agent {
+pub(crate) fn spawn_agent(lab: &Lab, site: &str, argv: &[String], logs: &std::path::Path, reserves: bool) -> Agent {
     let (mut cmd, _ns) = lab.command(site, argv).expect("agent command");
     let log = std::fs::File::create(logs.join(format!("{site}.log"))).expect("agent log");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
@@ -144,5 +149,6 @@ pub(crate) fn spawn_agent(lab: &Lab, site: &str, argv: &[String], logs: &std::pa
         stdin: Mutex::new(stdin),
         lines: Mutex::new(rx),
         child: Mutex::new(child),
+        reserves,
     }
 }

@@ -19,7 +19,7 @@
 //! ```text
 //! bench_matrix [--tries N] [--concurrency K] [--delay-ms D] [--timeout-ms T]
 //!              [--types LIST] [--with LIST] [--strategies LIST] [--no-kernel] [--no-user]
-//!              [--out FILE] [--command TEXT]
+//!              [--no-relay] [--out FILE] [--command TEXT]
 //! ```
 //! LIST is comma-separated. Types are NATCracker `EI-PP-PD` or lab `ei-pd-pp`
 //! notation (`*` matches any component, e.g. `*-RD-*`) or kernel names
@@ -27,7 +27,9 @@
 //! or `kernel` for all four). `--types`: both sides must match; `--with`:
 //! at least one side. Strategies are the table's names (`direct`,
 //! `connection_reversal`, `simple_punch`, `predict_preservation`,
-//! `predict_contiguity`, `birthday_probing`, `relay`).
+//! `predict_contiguity`, `birthday_probing`, `relay`). The rendezvous host
+//! also relays; every node reserves there and may fall back to it
+//! (`--no-relay`: no relay in the lab, relay pairs fail at once).
 
 mod agent;
 mod pairs;
@@ -66,6 +68,7 @@ pub(crate) struct Opts {
     pub(crate) with: Option<Vec<String>>,
     pub(crate) strategies: Option<Vec<String>>,
     pub(crate) kernel: bool,
+    pub(crate) relay: bool,
     pub(crate) user: bool,
     pub(crate) out: Option<String>,
     pub(crate) command: String,
@@ -74,7 +77,7 @@ pub(crate) struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: bench_matrix [--tries N] [--concurrency K] [--delay-ms D] [--timeout-ms T] [--types LIST] \
-         [--with LIST] [--strategies LIST] [--no-kernel] [--no-user] [--out FILE] [--command TEXT]"
+         [--with LIST] [--strategies LIST] [--no-kernel] [--no-user] [--no-relay] [--out FILE] [--command TEXT]"
     );
     std::process::exit(2)
 }
@@ -89,6 +92,7 @@ fn parse_opts() -> Opts {
         with: None,
         strategies: None,
         kernel: true,
+        relay: true,
         user: true,
         out: None,
         command: "bench_matrix".into(),
@@ -98,6 +102,7 @@ fn parse_opts() -> Opts {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-kernel" => o.kernel = false,
+            "--no-relay" => o.relay = false,
             "--no-user" => o.user = false,
             _ => {
                 let v = args.next().unwrap_or_else(|| usage());
@@ -147,7 +152,8 @@ fn main() {
     }
     // Only the types some selected pair uses get sites.
     let used: Vec<bool> = (0..defs.len()).map(|i| pairs.iter().any(|p| p.a == i || p.b == i)).collect();
-    let mut spec = LabSpec::new("matrix");
+    // Per process, so two runs (e.g. two engineers' subsets) do not collide.
+    let mut spec = LabSpec::new(&format!("mx{}", std::process::id()));
     spec.public.push("rdv".into());
     spec.seed = Some(6);
     for d in defs.iter().zip(&used).filter(|(_, u)| **u).map(|(d, _)| d) {
@@ -177,7 +183,10 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
     let logs = std::env::temp_dir().join(format!("bench_matrix.{}", std::process::id()));
     std::fs::create_dir_all(&logs).expect("log dir");
-    let argv: Vec<String> = [connect, "rendezvous", "--bind", &rdv_addr].iter().map(|x| x.to_string()).collect();
+    let mut argv: Vec<String> = [connect, "rendezvous", "--bind", &rdv_addr].iter().map(|x| x.to_string()).collect();
+    if o.relay {
+        argv.push("--serve-relay".into());
+    }
     let (mut cmd, _ns) = lab.command("rdv", &argv).expect("rendezvous command");
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(logs.join("rdv.log")).expect("log"));
     let mut rdv = cmd.spawn().expect("rendezvous");
@@ -198,13 +207,17 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     let mut site_ix = BTreeMap::new();
     for (d, _) in defs.iter().zip(used).filter(|(_, u)| **u) {
         for s in &d.sites {
-            let argv: Vec<String> = [connect, "agent", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", &d.nat_arg]
+            let mut argv: Vec<String> = [connect, "agent", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", &d.nat_arg]
                 .iter()
                 .map(|x| x.to_string())
                 .chain(["--timeout-ms".into(), o.timeout_ms.to_string()])
                 .collect();
+            if o.relay {
+                // As macula_nat_connector: reserve at the relay, fall back to it.
+                argv.extend(["--relay".into(), rdv_addr.clone(), "--relay-id".into(), rdv_id.clone(), "--allow-relay".into()]);
+            }
             site_ix.insert(s.clone(), agents.len());
-            agents.push(spawn_agent(lab, s, &argv, &logs));
+            agents.push(spawn_agent(lab, s, &argv, &logs, o.relay));
         }
     }
 
