@@ -5,7 +5,7 @@
 # "A connects to B through the rendezvous and sends a message". Reports the
 # strategy, the method, successes, median/p95 time to first message, the
 # failure reasons and the three targets. Needs root. The program is
-# native/macula_nat_core/examples/bench_matrix.rs (nodes are
+# native/macula_nat_core/examples/bench_matrix/ (nodes are
 # `macula-connect agent`s in the lab hosts).
 #
 # Usage: bench/lab_matrix.sh [options]

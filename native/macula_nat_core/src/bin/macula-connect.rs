@@ -2,8 +2,8 @@
 //! tests (inside lab hosts) and for operators. Prints JSON lines.
 //!
 //! ```text
-//! macula-connect rendezvous [--bind IP:PORT]
-//!     {"event":"ready","node_id":HEX,"addr":"IP:PORT"}
+//! macula-connect rendezvous [--bind IP:PORT] [--serve-relay]
+//!     {"event":"ready","node_id":HEX,"addr":"IP:PORT"}      --serve-relay: it relays too
 //! macula-connect listen --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
 //!     {"event":"joined","node_id":HEX,"observed":"IP:PORT"}
 //!     {"event":"accepted","peer":HEX,"remote":"IP:PORT"}   per connection; echoes its messages
@@ -27,6 +27,11 @@
 //!     t_ns of B minus t0_ns of A is A's time to first message at B.
 //! ```
 //!
+//! `--relay IP:PORT --relay-id HEX` (listen, connect, agent): hold a
+//! reservation at that relay (waited for, up to 5 s, before "joined" / the
+//! connect), so peers that cannot punch can reach this node relayed; with
+//! `--allow-relay` this node's connects fall back to a relay too.
+//!
 //! SPEC is this node's NAT type as `none` (public host) or
 //! `MAPPING-FILTERING-ALLOCATION[:delta=N]` with each in ei|hd|pd / pp|pc|rd,
 //! e.g. `ei-pd-pp` or `pd-pd-pc:delta=2` (no detection is run).
@@ -35,6 +40,7 @@ use macula_nat_core::connector::{profile_of, public_profile};
 use macula_nat_core::{connect_detailed, runtime, ConnectOpts, Identity, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use macula_nat_proto::record::PeerInfo;
+use macula_nat_core::relay::{RelayLimits, RelayServer};
 use macula_nat_core::Connection;
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -43,7 +49,7 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 fn usage() -> ! {
-    eprintln!("usage: macula-connect rendezvous|listen|agent|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay]");
+    eprintln!("usage: macula-connect rendezvous|listen|agent|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay] [--relay IP:PORT --relay-id HEX] [--serve-relay]");
     exit(2)
 }
 
@@ -124,7 +130,21 @@ impl Drop for Joined {
     }
 }
 
-async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &PeerInfo) -> Option<Joined> {
+/// A relay to reserve at: (node id, address).
+type RelayAt = Option<([u8; 32], SocketAddr)>;
+
+/// Asks for a reservation at `relay` and waits (bounded) until it holds.
+async fn reserve(signal: &Signal, relay: RelayAt) -> usize {
+    let Some((id, addr)) = relay else { return 0 };
+    signal.set_relays(vec![(id, addr)]);
+    let until = Instant::now() + Duration::from_secs(5);
+    while signal.reserved_relays().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal.reserved_relays().len()
+}
+
+async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &PeerInfo, relay: RelayAt) -> Option<Joined> {
     let node = match Node::open(NodeConfig { bind }, Identity::generate()) {
         Ok(n) => n,
         Err(e) => {
@@ -157,8 +177,9 @@ async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &P
             });
         }
     });
+    let relays = reserve(&signal, relay).await;
     let observed = signal.observed_addr().map(|a| a.to_string()).unwrap_or_default();
-    println!("{{\"event\":\"joined\",\"node_id\":\"{}\",\"observed\":\"{observed}\"}}", hex(&node.node_id()));
+    println!("{{\"event\":\"joined\",\"node_id\":\"{}\",\"observed\":\"{observed}\",\"relays\":{relays}}}", hex(&node.node_id()));
     Some(Joined { node, signal, conns, acceptor })
 }
 
@@ -191,7 +212,7 @@ async fn agent_connect(signal: Arc<Signal>, conns: Arc<Mutex<Vec<Connection>>>, 
 }
 
 /// The `agent` mode: commands from stdin (see the module docs).
-async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInfo, opts: ConnectOpts) {
+async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInfo, relay: RelayAt, opts: ConnectOpts) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     // Blocking stdin on its own thread: the runtime has only two workers.
     std::thread::spawn(move || {
@@ -208,7 +229,7 @@ async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInf
             ["fresh"] => {
                 // Leave before joining again: one node per agent at a time.
                 drop(current.take());
-                current = agent_join(bind, rdv, rdv_id, &nat).await;
+                current = agent_join(bind, rdv, rdv_id, &nat, relay).await;
             }
             ["connect", target, tag] => match (unhex(target), &current) {
                 (Some(t), Some(j)) => {
@@ -235,10 +256,12 @@ fn main() {
     let mut rdv_id = None;
     let mut nat = public_profile();
     let mut opts = ConnectOpts::default();
+    let (mut relay_addr, mut relay_id, mut serve_relay) = (None, None, false);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-direct" => opts.prefer_direct = false,
             "--allow-relay" => opts.allow_relay = true,
+            "--serve-relay" => serve_relay = true,
             _ => {
                 let v = args.next().unwrap_or_else(|| usage());
                 match a.as_str() {
@@ -247,14 +270,21 @@ fn main() {
                     "--rendezvous-id" => rdv_id = Some(unhex(&v).unwrap_or_else(|| usage())),
                     "--nat" => nat = parse_nat(&v).unwrap_or_else(|| usage()),
                     "--timeout-ms" => opts.timeout = Duration::from_millis(v.parse().unwrap_or_else(|_| usage())),
+                    "--relay" => relay_addr = Some(v.parse().unwrap_or_else(|_| usage())),
+                    "--relay-id" => relay_id = Some(unhex(&v).unwrap_or_else(|| usage())),
                     _ => usage(),
                 }
             }
         }
     }
+    let relay: RelayAt = match (relay_id, relay_addr) {
+        (Some(id), Some(addr)) => Some((id, addr)),
+        (None, None) => None,
+        _ => usage(),
+    };
     if mode == "agent" {
         let (Some(rdv), Some(rdv_id)) = (rdv, rdv_id) else { usage() };
-        runtime::handle().block_on(agent(bind, rdv, rdv_id, nat, opts));
+        runtime::handle().block_on(agent(bind, rdv, rdv_id, nat, relay, opts));
         return;
     }
     let node = Node::open(NodeConfig { bind }, Identity::generate()).unwrap_or_else(|e| {
@@ -268,6 +298,14 @@ fn main() {
                 eprintln!("macula-connect: {e}");
                 exit(1)
             });
+            // Session events are not reported: kept unread (two per session).
+            let (events, _unread) = tokio::sync::mpsc::unbounded_channel();
+            let _relay = serve_relay.then(|| {
+                RelayServer::start(&node, RelayLimits::default(), events).unwrap_or_else(|e| {
+                    eprintln!("macula-connect: relay: {e}");
+                    exit(1)
+                })
+            });
             println!("{{\"event\":\"ready\",\"node_id\":\"{id}\",\"addr\":\"{}\"}}", node.local_addr().unwrap());
             std::future::pending::<()>().await;
         }
@@ -279,6 +317,7 @@ fn main() {
                 exit(3)
             }
         };
+        reserve(&signal, relay).await;
         let observed = signal.observed_addr().map(|a| a.to_string()).unwrap_or_default();
         match (mode.as_str(), target) {
             ("listen", _) => {
