@@ -482,6 +482,32 @@ impl<'a> SessionGuard<'a> {
     }
 }
 
+impl SessionGuard<'_> {
+    /// The responder's answer: its profile and observed address.
+    async fn answer(&mut self) -> Result<(Profile, SocketAddr), ConnectError> {
+        loop {
+            match self.rx.recv().await {
+                Some(Msg::Answered { profile, observed, .. }) => return Ok((profile, observed)),
+                Some(Msg::Unknown { .. }) => return Err(ConnectError::UnknownPeer),
+                Some(Msg::Reject { reason, .. }) => return Err(ConnectError::Rejected(reason)),
+                Some(_) => continue,
+                None => return Err(ConnectError::NoRendezvous),
+            }
+        }
+    }
+
+    /// The go: the wait before starting, and the pair's round trip.
+    async fn go(&mut self) -> Result<(Duration, Duration), ConnectError> {
+        loop {
+            match self.rx.recv().await {
+                Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => return Ok((wait, own_rtt + peer_rtt)),
+                Some(_) => continue,
+                None => return Err(ConnectError::NoRendezvous),
+            }
+        }
+    }
+}
+
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
         if let Ok(mut m) = self.inner.sessions.lock() {
@@ -521,15 +547,7 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
         flags |= signal::FLAG_RELAY_ONLY;
     }
     ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
-    let (peer, observed) = loop {
-        match guard.rx.recv().await {
-            Some(Msg::Answered { profile, observed, .. }) => break (profile, observed),
-            Some(Msg::Unknown { .. }) => return Err(ConnectError::UnknownPeer),
-            Some(Msg::Reject { reason, .. }) => return Err(ConnectError::Rejected(reason)),
-            Some(_) => continue,
-            None => return Err(ConnectError::NoRendezvous),
-        }
-    };
+    let (peer, observed) = guard.answer().await?;
     let strategy = decide(&me, &peer, flags);
     let relay_ok = opts.allow_relay || opts.relay_only;
     // Relay-only pairs don't wait for the go.
@@ -541,13 +559,7 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
         let conn = via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?;
         return Ok((conn, Method::Relayed, strategy));
     }
-    let go = loop {
-        match guard.rx.recv().await {
-            Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
-            Some(_) => continue,
-            None => return Err(ConnectError::NoRendezvous),
-        }
-    };
+    let go = guard.go().await?;
     let r = act(inner, Side::A, strategy, session, target, &peer, observed, go, opts.max_punch_attempts).await;
     let (conn, method) = match r {
         Err(ConnectError::PunchFailed) if relay_ok => {
@@ -707,25 +719,11 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
     let flags = signal::FLAG_UPGRADE;
     ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
     let run = async {
-        let (peer, observed) = loop {
-            match guard.rx.recv().await {
-                Some(Msg::Answered { profile, observed, .. }) => break (profile, observed),
-                Some(Msg::Unknown { .. }) => return Err(ConnectError::UnknownPeer),
-                Some(Msg::Reject { reason, .. }) => return Err(ConnectError::Rejected(reason)),
-                Some(_) => continue,
-                None => return Err(ConnectError::NoRendezvous),
-            }
-        };
+        let (peer, observed) = guard.answer().await?;
         if !upgradable(decide(&me, &peer, flags)) {
             return Err(ConnectError::PunchFailed);
         }
-        let go = loop {
-            match guard.rx.recv().await {
-                Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
-                Some(_) => continue,
-                None => return Err(ConnectError::NoRendezvous),
-            }
-        };
+        let go = guard.go().await?;
         let ok = run_punch(inner, Side::A, session, target, &peer, observed, go, opts.max_punch_attempts).await?;
         Ok(ok)
     };
@@ -743,13 +741,7 @@ async fn respond_upgrade(inner: Arc<Inner>, mut guard: SessionGuard<'_>, from: N
     if !upgradable(strategy) {
         return;
     }
-    let go = loop {
-        match guard.rx.recv().await {
-            Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
-            Some(_) => continue,
-            None => return,
-        }
-    };
+    let Ok(go) = guard.go().await else { return };
     let attempts = ConnectOpts::default().max_punch_attempts;
     if let Err(e) = run_punch(&inner, Side::B, guard.session, from, &peer, observed, go, attempts).await {
         tracing::debug!("upgrade (responder) punch: {e}");
@@ -800,13 +792,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
             return Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Relayed));
         }
         drop(incoming);
-        let go = loop {
-            match guard.rx.recv().await {
-                Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => break (wait, own_rtt + peer_rtt),
-                Some(_) => continue,
-                None => return Err(ConnectError::NoRendezvous),
-            }
-        };
+        let go = guard.go().await?;
         act(&inner, Side::B, strategy, session, from, &peer, observed, go, ConnectOpts::default().max_punch_attempts).await
     };
     match tokio::time::timeout(timeout, run).await {
