@@ -4,7 +4,10 @@
 %% Not for direct use: call the documented modules.
 -module(macula_nat_nif).
 
--export([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
+%% One list for both attributes: the VM needs every NIF exported and
+%% declared, and two hand-kept copies drift.
+-define(NIFS,
+        [node_open/1, node_id/1, node_local_addr/1, node_stats/1,
          node_close/1, node_send_to/4,
          cancel/1, runtime_ping/1, runtime_tasks/0,
          debug_panic/1, debug_panic_async/1,
@@ -18,29 +21,14 @@
          signal_connect/4, signal_accept/2,
          %% relays
          relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
-         signal_set_relays/2, signal_reserved_relays/1]).
-%% Relay registry.
--export([relay_registry_new/3, relay_registry_attach/3, relay_registry_register/3,
+         signal_set_relays/2, signal_reserved_relays/1,
+         %% relay registry
+         relay_registry_new/3, relay_registry_attach/3, relay_registry_register/3,
          relay_registry_unregister/2, relay_registry_report_failure/2, relay_registry_set_load/2,
          relay_registry_find/2, relay_registry_best/2, relay_registry_close/1]).
 
--nifs([node_open/1, node_id/1, node_local_addr/1, node_stats/1,
-       node_close/1, node_send_to/4,
-       cancel/1, runtime_ping/1, runtime_tasks/0,
-       debug_panic/1, debug_panic_async/1,
-       observer_start/2, observer_stop/1, observer_info/1,
-       detect_start/4, observations_new/3, observations_add/3,
-       cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
-       cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
-       conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
-       port_predict/4,
-       rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
-       signal_connect/4, signal_accept/2,
-       relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
-       signal_set_relays/2, signal_reserved_relays/1]).
--nifs([relay_registry_new/3, relay_registry_attach/3, relay_registry_register/3,
-       relay_registry_unregister/2, relay_registry_report_failure/2, relay_registry_set_load/2,
-       relay_registry_find/2, relay_registry_best/2, relay_registry_close/1]).
+-export(?NIFS).
+-nifs(?NIFS).
 
 -on_load(load/0).
 

@@ -312,6 +312,20 @@ fn exact_single_endpoint(p: &PeerNat) -> bool {
     }
 }
 
+/// Random allocation behind a non-EI mapping: the port such a NAT gives
+/// towards a new peer cannot be known in advance.
+pub fn is_hard(t: NatType) -> bool {
+    t.mapping != Mapping::Ei && t.allocation == Allocation::Rd
+}
+
+/// Our reading of NATCracker's result (see the module docs): a pair is
+/// untraversable iff one side is hard and the other is hard too or filters
+/// by port. Benchmarks and tests measure the table against it.
+pub fn natcracker_traversable(a: NatType, b: NatType) -> bool {
+    let blocked = |x: NatType, y: NatType| is_hard(x) && (is_hard(y) || y.filtering == Filtering::Pd);
+    !(blocked(a, b) || blocked(b, a))
+}
+
 /// The strategy for peers `a` and `b`. Pure and total;
 /// `choose(b, a) == choose(a, b).mirror()`.
 pub fn choose(a: &PeerNat, b: &PeerNat) -> Strategy {

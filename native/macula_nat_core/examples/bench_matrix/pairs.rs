@@ -86,20 +86,7 @@ pub(crate) fn matches(pat: &str, d: &NatDef) -> bool {
     [m, a, f].iter().zip(&own).all(|(want, have)| *want == "*" || want == have)
 }
 
-/// Random allocation behind a non-EI mapping: the port towards a new peer
-/// cannot be known in advance.
-pub(crate) fn hard(t: NatType) -> bool {
-    t.mapping != Mapping::Ei && t.allocation == Allocation::Rd
-}
-
-/// NATCracker's traversability as the strategy table reads it (the same
-/// rule as `natcracker_traversable` in `macula_nat_proto`'s strategy tests):
-/// untraversable iff one side is hard and the other is hard too or filters
-/// by port.
-pub(crate) fn natcracker_traversable(a: NatType, b: NatType) -> bool {
-    let blocked = |x: NatType, y: NatType| hard(x) && (hard(y) || y.filtering == Filtering::Pd);
-    !(blocked(a, b) || blocked(b, a))
-}
+pub(crate) use macula_nat_proto::strategy::{is_hard as hard, natcracker_traversable};
 
 /// The second target: one side allocates ports at random, the other
 /// has an endpoint-independent mapping.

@@ -1,4 +1,5 @@
 use super::*;
+use super::is_hard as hard;
 use std::collections::HashMap;
 
 fn types() -> Vec<NatType> {
@@ -38,16 +39,6 @@ fn unordered_pairs() -> Vec<(NatType, NatType)> {
 
 /// Random allocation behind a non-EI mapping: the port towards a new peer
 /// cannot be known in advance.
-fn hard(t: NatType) -> bool {
-    t.mapping != Mapping::Ei && t.allocation == Allocation::Rd
-}
-
-/// Our reading of NATCracker's result (see the module docs): untraversable
-/// iff one side is hard and the other is hard too or filters by port.
-fn natcracker_traversable(a: NatType, b: NatType) -> bool {
-    let blocked = |x: NatType, y: NatType| hard(x) && (hard(y) || y.filtering == Filtering::Pd);
-    !(blocked(a, b) || blocked(b, a))
-}
 
 /// The documented deviations towards relay: a hard side against a
 /// PD-mapping, PP/PC, non-port-filtering listener, when the hard side has
