@@ -5,6 +5,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-import(macula_nat_test_support, [wait/2]).
+
 conn_test_() ->
     {setup, fun setup/0, fun cleanup/1,
      fun(Ctx) ->
@@ -97,9 +99,3 @@ handover_and_errors(#{b := B, b_id := BId, b_ep := BEp}) ->
     ?assertEqual({error, bad_endpoint}, macula_connection:open(<<"nowhere">>, BId)),
     ?assertEqual({error, timeout}, macula_connection:accept(50)).
 
-wait(F, Ms) when Ms =< 0 -> F();
-wait(F, Ms) ->
-    case F() of
-        true -> ok;
-        _ -> timer:sleep(20), wait(F, Ms - 20)
-    end.

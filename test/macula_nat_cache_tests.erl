@@ -6,6 +6,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-import(macula_nat_test_support, [wait/2]).
+
 -define(P, #{mapping => ei, filtering => pd, allocation => pp, confidence => high,
              public_ip => {203, 0, 113, 5}, public_port => 4433, detected_at => 1700000000}).
 
@@ -193,9 +195,3 @@ host_dht_errors(_) ->
         ?assertEqual({error, not_found}, macula_nat_cache:get_from_dht(id(8)))
     end.
 
-wait(F, Ms) when Ms =< 0 -> F() orelse timeout;
-wait(F, Ms) ->
-    case F() of
-        true -> ok;
-        false -> timer:sleep(20), wait(F, Ms - 20)
-    end.

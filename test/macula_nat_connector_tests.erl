@@ -5,6 +5,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-import(macula_nat_test_support, [wait/2]).
+
 connector_test_() ->
     {setup, fun setup/0, fun cleanup/1,
      fun(Ctx) -> [{timeout, 60, fun() -> through_rendezvous(Ctx) end},
@@ -87,9 +89,3 @@ errors(#{me := Me}) ->
     ?assertEqual({error, badarg}, macula_nat_connector:connect(not_binary, #{})),
     ?assertEqual({error, badarg}, macula_hole_punch:punch([], #{})).
 
-wait(F, Ms) when Ms =< 0 -> F() orelse timeout;
-wait(F, Ms) ->
-    case F() of
-        true -> ok;
-        false -> timer:sleep(20), wait(F, Ms - 20)
-    end.

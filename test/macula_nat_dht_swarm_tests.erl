@@ -14,17 +14,9 @@ swarm_test_() ->
     {setup, fun start_swarm/0, fun stop_swarm/1,
      fun(Swarm) -> {timeout, 120, fun() -> a_publishes_b_fetches(Swarm) end} end}.
 
-root() ->
-    root(filename:dirname(code:which(?MODULE))).
-root("/") -> error(repo_root_not_found);
-root(Dir) ->
-    case filelib:is_regular(filename:join(Dir, "Cargo.toml")) of
-        true -> Dir;
-        false -> root(filename:dirname(Dir))
-    end.
 
 start_swarm() ->
-    Bin = filename:join([root(), "target", "release", "macula-dht-swarm"]),
+    Bin = filename:join([macula_nat_test_support:repo_root(), "target", "release", "macula-dht-swarm"]),
     %% scripts/test.sh builds it; a missing binary is a failure, not a skip.
     true = filelib:is_regular(Bin),
     Port = open_port({spawn_executable, Bin}, [{args, ["20"]}, {line, 65536}, binary, exit_status]),

@@ -8,6 +8,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-import(macula_nat_test_support, [wait/2]).
+
 %% Run inside the peers.
 -export([holder_start/2, holder_get/2, holder_do/2, holder_do/3, holder_await/3, holder_stop/1,
          holder_seq/3, send_seq/2, set_profile/1]).
@@ -332,12 +334,6 @@ conn({ok, C}) when is_reference(C) -> C.
 
 now_ms() -> erlang:monotonic_time(millisecond).
 
-wait(F, Ms) when Ms =< 0 -> F() orelse timeout;
-wait(F, Ms) ->
-    case F() of
-        true -> ok;
-        false -> timer:sleep(50), wait(F, Ms - 50)
-    end.
 
 %% helpers (peer side)
 

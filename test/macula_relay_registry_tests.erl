@@ -7,6 +7,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
+-import(macula_nat_test_support, [wait/2]).
+
 -define(REFRESH_MS, 200).
 
 
@@ -172,17 +174,9 @@ swarm_test_() ->
     {setup, fun start_swarm/0, fun stop_swarm/1,
      fun(Swarm) -> {timeout, 180, fun() -> relay_found_through_the_dht(Swarm) end} end}.
 
-root() ->
-    root(filename:dirname(code:which(?MODULE))).
-root("/") -> error(repo_root_not_found);
-root(Dir) ->
-    case filelib:is_regular(filename:join(Dir, "Cargo.toml")) of
-        true -> Dir;
-        false -> root(filename:dirname(Dir))
-    end.
 
 start_swarm() ->
-    Bin = filename:join([root(), "target", "release", "macula-dht-swarm"]),
+    Bin = filename:join([macula_nat_test_support:repo_root(), "target", "release", "macula-dht-swarm"]),
     %% scripts/test.sh builds it; a missing binary is a failure, not a skip.
     true = filelib:is_regular(Bin),
     Port = open_port({spawn_executable, Bin}, [{args, ["20"]}, {line, 65536}, binary, exit_status]),
@@ -241,16 +235,6 @@ load_of(Target) ->
         _ -> undefined
     end.
 
-wait(F, Ms) when Ms =< 0 ->
-    case F() of
-        true -> ok;
-        false -> timeout
-    end;
-wait(F, Ms) ->
-    case F() of
-        true -> ok;
-        false -> timer:sleep(20), wait(F, Ms - 20)
-    end.
 
 wait_restarted(Name, Old) ->
     case whereis(Name) of

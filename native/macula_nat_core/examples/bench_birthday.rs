@@ -13,6 +13,8 @@
 //! `bench_birthday [runs]` prints a markdown report on stdout
 //! (`BENCH_CASE=substring` runs only the matching cases).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
 use macula_nat_lab::{can_run, Lab, LabSpec, RouterStats, SiteSpec, UpOptions};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -44,15 +46,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn field(line: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\":");
-    let rest = &line[line.find(&pat)? + pat.len()..];
-    if let Some(s) = rest.strip_prefix('"') {
-        Some(s[..s.find('"')?].to_string())
-    } else {
-        Some(rest[..rest.find([',', '}']).unwrap_or(rest.len())].to_string())
-    }
-}
+use common::field;
 
 fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");

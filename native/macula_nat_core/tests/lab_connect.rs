@@ -5,7 +5,8 @@
 //! relay-only pair fails fast. Profiles are given (`--nat`), not detected:
 //! this test is about connecting, `lab_detection` covers detection.
 
-use macula_nat_lab::{can_run, Lab, LabSpec, SiteSpec, UpOptions};
+mod common;
+use macula_nat_lab::{Lab, LabSpec, SiteSpec, UpOptions};
 use std::io::{BufRead, BufReader};
 use std::process::Child;
 use std::sync::mpsc;
@@ -14,29 +15,10 @@ use std::time::Duration;
 const RDV_PORT: u16 = 4433;
 
 fn ready() -> bool {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED: lab tests need root, ip, nft and /dev/net/tun: {why}");
-        return false;
-    }
-    let lab_bin = std::path::Path::new(env!("CARGO_BIN_EXE_macula-connect")).with_file_name("macula-lab");
-    if !lab_bin.exists() {
-        panic!("{} missing: build it (cargo build --release -p macula_nat_lab) or run `cargo test --workspace`", lab_bin.display());
-    }
-    std::env::set_var("MACULA_LAB_BIN", lab_bin);
-    macula_nat_lab::reap(false);
-    true
+    common::ready(env!("CARGO_BIN_EXE_macula-connect"))
 }
 
-/// The value of `"key":` in a one-line JSON object (strings unquoted).
-fn field(line: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\":");
-    let rest = &line[line.find(&pat)? + pat.len()..];
-    if let Some(s) = rest.strip_prefix('"') {
-        Some(s[..s.find('"')?].to_string())
-    } else {
-        Some(rest[..rest.find([',', '}']).unwrap_or(rest.len())].to_string())
-    }
-}
+use common::field;
 
 /// Lines of a child's stdout, readable with a timeout.
 fn lines(child: &mut Child) -> mpsc::Receiver<String> {

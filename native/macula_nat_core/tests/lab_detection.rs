@@ -4,7 +4,8 @@
 //! with two IPs. Then the 27 userspace types and no-NAT again with 5% loss
 //! on every link. Every verdict must equal the configured type.
 
-use macula_nat_lab::{can_run, Lab, LabSpec, SiteSpec, UpOptions};
+mod common;
+use macula_nat_lab::{Lab, LabSpec, SiteSpec, UpOptions};
 use std::collections::HashMap;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -13,17 +14,7 @@ const OBS_PORT: u16 = 3478;
 const OBS_ALT_PORT: u16 = 3479;
 
 fn ready() -> bool {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED: lab tests need root, ip, nft and /dev/net/tun: {why}");
-        return false;
-    }
-    let lab_bin = std::path::Path::new(env!("CARGO_BIN_EXE_macula-detect")).with_file_name("macula-lab");
-    if !lab_bin.exists() {
-        panic!("{} missing: run with `cargo test --workspace` so the lab engine is built", lab_bin.display());
-    }
-    std::env::set_var("MACULA_LAB_BIN", lab_bin);
-    macula_nat_lab::reap(false);
-    true
+    common::ready(env!("CARGO_BIN_EXE_macula-detect"))
 }
 
 /// (site name, nat spec, expected "mapping filtering allocation")

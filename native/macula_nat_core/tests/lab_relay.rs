@@ -13,10 +13,11 @@
 //! whose direct path opens up moves to it with 10,000 sequenced messages
 //! arriving once and in order.
 
+mod common;
 use macula_nat_core::connector::profile_of;
 use macula_nat_core::relay::{self, RelayError, RelayLink};
 use macula_nat_core::{connect_detailed, runtime, Connection, ConnectOpts, Identity, Method, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
-use macula_nat_lab::{can_run, Lab, LabSpec, SiteSpec};
+use macula_nat_lab::{Lab, LabSpec, SiteSpec};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use macula_nat_proto::record::PeerInfo;
 use macula_nat_proto::relay::msg::Refusal;
@@ -34,17 +35,7 @@ const RELAY_PORT: u16 = 4500;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn ready() -> bool {
-    if let Err(why) = can_run() {
-        eprintln!("SKIPPED: lab tests need root, ip, nft and /dev/net/tun: {why}");
-        return false;
-    }
-    let lab_bin = std::path::Path::new(env!("CARGO_BIN_EXE_macula-relay")).with_file_name("macula-lab");
-    if !lab_bin.exists() {
-        panic!("{} missing: build it (cargo build --release -p macula_nat_lab) or run `cargo test --workspace`", lab_bin.display());
-    }
-    std::env::set_var("MACULA_LAB_BIN", lab_bin);
-    macula_nat_lab::reap(false);
-    true
+    common::ready(env!("CARGO_BIN_EXE_macula-relay"))
 }
 
 fn symmetric() -> PeerInfo {
@@ -55,16 +46,7 @@ fn port_restricted() -> PeerInfo {
     profile_of(NatType { mapping: Mapping::Ei, filtering: Filtering::Pd, allocation: Allocation::Pp }, None, false)
 }
 
-/// The value of `"key":` in a one-line JSON object (strings unquoted).
-fn field(line: &str, key: &str) -> Option<String> {
-    let pat = format!("\"{key}\":");
-    let rest = &line[line.find(&pat)? + pat.len()..];
-    if let Some(s) = rest.strip_prefix('"') {
-        Some(s[..s.find('"')?].to_string())
-    } else {
-        Some(rest[..rest.find([',', '}']).unwrap_or(rest.len())].to_string())
-    }
-}
+use common::field;
 
 fn num(line: &str, key: &str) -> u64 {
     field(line, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no number {key} in {line}"))

@@ -36,6 +36,9 @@ pub enum RelayEvent {
     Ended { session: SessionId, a: NodeId, b: NodeId, bytes: u64, reason: EndReason },
 }
 
+/// A frame in a shaper queue: when it is due, where to, the frame.
+type Shaped = (tokio::time::Instant, SocketAddr, Vec<u8>);
+
 /// Frames waiting in a session's shaper, beyond which new ones are dropped.
 const SHAPER_QUEUE: usize = 4096;
 
@@ -57,7 +60,7 @@ struct Shared {
     /// Each client's connection and its writer queue (one writer task per
     /// client keeps its messages in order).
     clients: Mutex<HashMap<ClientId, (Connection, mpsc::UnboundedSender<Vec<u8>>)>>,
-    shapers: Mutex<HashMap<SessionId, mpsc::Sender<(tokio::time::Instant, SocketAddr, Vec<u8>)>>>,
+    shapers: Mutex<HashMap<SessionId, mpsc::Sender<Shaped>>>,
     events: mpsc::UnboundedSender<RelayEvent>,
     next_client: AtomicU64,
     frames: AtomicU64,
@@ -292,7 +295,7 @@ impl Shared {
         let due = tokio::time::Instant::now() + after;
         let Ok(mut shapers) = self.shapers.lock() else { return };
         let tx = shapers.entry(session).or_insert_with(|| {
-            let (tx, mut rx) = mpsc::channel::<(tokio::time::Instant, SocketAddr, Vec<u8>)>(SHAPER_QUEUE);
+            let (tx, mut rx) = mpsc::channel::<Shaped>(SHAPER_QUEUE);
             let node = self.node.clone();
             runtime::spawn(async move {
                 while let Some((due, to, f)) = rx.recv().await {

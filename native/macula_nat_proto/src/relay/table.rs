@@ -363,20 +363,17 @@ impl RelayTable {
     /// Ends inactive sessions and forgets pending ones never accepted.
     pub fn sweep(&mut self, now: Instant) -> Vec<Ended> {
         let timeout = self.limits.session_timeout;
-        let due: Vec<(SessionId, EndReason)> = self
+        // Active: idle since the last frame; pending: since the open.
+        let due: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter_map(|(id, s)| {
-                if s.active && now.saturating_duration_since(s.last) >= timeout {
-                    Some((*id, EndReason::Inactive))
-                } else if !s.active && now.saturating_duration_since(s.since) >= PENDING_TIMEOUT {
-                    Some((*id, EndReason::Inactive))
-                } else {
-                    None
-                }
+            .filter(|(_, s)| {
+                let (since, limit) = if s.active { (s.last, timeout) } else { (s.since, PENDING_TIMEOUT) };
+                now.saturating_duration_since(since) >= limit
             })
+            .map(|(id, _)| *id)
             .collect();
-        due.into_iter().filter_map(|(id, r)| self.end(id, r)).collect()
+        due.into_iter().filter_map(|id| self.end(id, EndReason::Inactive)).collect()
     }
 
     /// Refuses new sessions and reservations, ends every session and drops

@@ -37,9 +37,6 @@ fn unordered_pairs() -> Vec<(NatType, NatType)> {
     v
 }
 
-/// Random allocation behind a non-EI mapping: the port towards a new peer
-/// cannot be known in advance.
-
 /// The documented deviations towards relay: a hard side against a
 /// PD-mapping, PP/PC, non-port-filtering listener, when the hard side has
 /// PD mapping (or, for PP, filters by port).
