@@ -416,11 +416,13 @@ async fn recv_loop(
             if len == 0 {
                 continue;
             }
+            // A relayed connection moved to a punched path still knows its
+            // peer by the virtual address (see `relay::plane`).
+            let quic_addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
             let plain = |d: &[u8]| stun::is_stun(d) || frame::is_frame(d);
             if len != stride && !data.chunks(stride).any(plain) {
                 // The usual GRO case: all QUIC, handed over whole.
-                let addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
-                quic.push((RecvMeta { addr, ..*meta }, start..start + len));
+                quic.push((RecvMeta { addr: quic_addr, ..*meta }, start..start + len));
                 continue;
             }
             // One datagram, or a GRO batch that mixes in STUN or relay frames
@@ -456,8 +458,7 @@ async fn recv_loop(
                 if stun::is_stun(seg) {
                     on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
                 } else {
-                    let addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
-                    quic.push((RecvMeta { addr, len: seg.len(), stride: seg.len(), ..*meta }, start + s..start + s + seg.len()));
+                    quic.push((RecvMeta { addr: quic_addr, len: seg.len(), stride: seg.len(), ..*meta }, start + s..start + s + seg.len()));
                 }
             }
             flush(&mut run);
