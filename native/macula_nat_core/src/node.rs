@@ -87,6 +87,8 @@ pub struct NodeStats {
     /// Non-STUN datagrams dropped before reaching QUIC (endpoint not keeping
     /// up). Datagrams arriving while QUIC is not running are not counted.
     pub quic_dropped: u64,
+    /// Payload bytes this node put into relay sessions (what relays count).
+    pub relayed_bytes_out: u64,
 }
 
 pub struct Node {
@@ -303,6 +305,7 @@ impl Node {
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             stun_answered: c.stun_answered.load(Ordering::Relaxed),
             stun_dropped: c.stun_dropped.load(Ordering::Relaxed),
+            relayed_bytes_out: self.relay.tunnelled_out.load(Ordering::Relaxed),
             quic_dropped: self.inbox.dropped(),
         }
     }

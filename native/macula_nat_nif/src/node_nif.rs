@@ -103,6 +103,7 @@ fn node_stats<'a>(env: Env<'a>, res: ResourceArc<NodeRes>) -> Term<'a> {
             (atoms::bytes_out(), s.bytes_out),
             (atoms::stun_answered(), s.stun_answered),
             (atoms::stun_dropped(), s.stun_dropped),
+            (atoms::relayed_bytes_out(), s.relayed_bytes_out),
         ];
         let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
         let vals: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
