@@ -586,7 +586,7 @@ fn relay_error(e: ConnectError, opts: &ConnectOpts) -> ConnectError {
 async fn via_relay(inner: &Arc<Inner>, target: NodeId, session: SessionId, peer: &Profile, opts: &ConnectOpts) -> Result<Connection, ConnectError> {
     let virt = relay::virtual_addr();
     let (link, path) = open_relay_path(inner, target, &peer.relays, virt, None).await?;
-    let conn = match dial(inner, virt, target, session).await {
+    let conn = match dial(inner, virt, target, session, None).await {
         Ok(c) => c,
         Err(e) => {
             if let Ok(q) = inner.node.quic() {
@@ -792,7 +792,14 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
             return Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Relayed));
         }
         drop(incoming);
-        let go = guard.go().await?;
+        let go = if matches!(strategy, Strategy::Direct { dialer: Dialer::B }) {
+            // Nothing to time: dial now rather than a rendezvous round trip
+            // later; the initiator takes the connection when its answer has
+            // come (the dispatcher holds it until then).
+            (Duration::ZERO, ctl.rtt() * 2)
+        } else {
+            guard.go().await?
+        };
         act(&inner, Side::B, strategy, session, from, &peer, observed, go, ConnectOpts::default().max_punch_attempts).await
     };
     match tokio::time::timeout(timeout, run).await {
@@ -815,12 +822,79 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     drop(guard);
 }
 
-/// Dials `addr` for `session` and announces the session.
-async fn dial(inner: &Inner, addr: SocketAddr, peer: NodeId, session: SessionId) -> Result<Connection, ConnectError> {
-    let conn = inner.node.quic()?.connect(addr, peer).await?;
+/// Dials `addr` for `session` and announces the session. `rtt`: the
+/// expected round trip, when known (see [`crate::quic::QuicEndpoint::connect_rtt`]).
+async fn dial(inner: &Inner, addr: SocketAddr, peer: NodeId, session: SessionId, rtt: Option<Duration>) -> Result<Connection, ConnectError> {
+    let conn = inner.node.quic()?.connect_rtt(addr, peer, rtt).await?;
+    announce(conn, session).await
+}
+
+/// The first message of a session connection, which hands it to the
+/// session on the other side. Only the connection that is kept says it: a
+/// losing one of two racing dials is dropped unannounced.
+async fn announce(conn: Connection, session: SessionId) -> Result<Connection, ConnectError> {
     conn.send(Msg::Hello(HelloKind::Session(session)).encode()).await?;
     Ok(conn)
 }
+
+/// Initiator of a punch: punches, and dials the most likely target at the
+/// same moment instead of after the punch. When that prediction holds, the
+/// peer's filter is open by the time the QUIC Initial arrives (the peer
+/// started punching towards us at the go), so the connection is up one
+/// round trip after the go instead of two. When the punch confirms the
+/// same target first (the early Initial was dropped), a fresh dial races
+/// the early one; when it confirms another target, that one is dialled.
+/// A punch that fails ends the connect (a relay may take over) even if the
+/// early dial is still waiting.
+#[allow(clippy::too_many_arguments)]
+async fn punch_and_dial(
+    inner: &Arc<Inner>,
+    session: SessionId,
+    peer_id: NodeId,
+    peer: &Profile,
+    observed: SocketAddr,
+    (wait, pair_rtt): (Duration, Duration),
+    max_attempts: u32,
+) -> Result<Connection, ConnectError> {
+    let quic = inner.node.quic()?;
+    let first = targets(peer, observed)[0];
+    let rtt = Some(pair_rtt);
+    let punch = run_punch(inner, Side::A, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts);
+    let early = async {
+        tokio::time::sleep(wait + EARLY_DIAL_LAG).await;
+        quic.connect_rtt(first, peer_id, rtt).await
+    };
+    tokio::pin!(punch, early);
+    let mut early_live = true;
+    let conn = loop {
+        tokio::select! {
+            r = &mut early, if early_live => match r {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::debug!("connect: early dial to {first}: {e}");
+                    early_live = false;
+                }
+            },
+            r = &mut punch => {
+                let addr = r?;
+                if addr != first || !early_live {
+                    break quic.connect_rtt(addr, peer_id, rtt).await?;
+                }
+                let fresh = quic.connect_rtt(addr, peer_id, rtt);
+                tokio::pin!(fresh);
+                break tokio::select! {
+                    r = &mut early => match r { Ok(c) => c, Err(_) => fresh.await? },
+                    r = &mut fresh => match r { Ok(c) => c, Err(_) => early.await? },
+                };
+            }
+        }
+    };
+    announce(conn, session).await
+}
+
+/// The early dial leaves just after the punch's first packets, which open
+/// our own filter towards the peer first.
+const EARLY_DIAL_LAG: Duration = Duration::from_millis(2);
 
 /// Runs the punch machine on the node socket after the go's wait: the
 /// punched remote address.
@@ -871,7 +945,7 @@ async fn act(
             };
             if us {
                 drop(incoming);
-                Ok((dial(inner, observed, peer_id, session).await?, Method::Direct))
+                Ok((dial(inner, observed, peer_id, session, Some(pair_rtt)).await?, Method::Direct))
             } else {
                 Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct))
             }
@@ -883,7 +957,7 @@ async fn act(
                 // Let the listener's opening packets leave first.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let to = targets(peer, observed)[0];
-                Ok((dial(inner, to, peer_id, session).await?, Method::Direct))
+                Ok((dial(inner, to, peer_id, session, Some(pair_rtt)).await?, Method::Direct))
             } else {
                 let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
                 for _ in 0..3 {
@@ -892,25 +966,30 @@ async fn act(
                 Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct))
             }
         }
-        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => {
-            let punched = run_punch(inner, side, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts).await;
-            match side {
-                Side::A => {
-                    drop(incoming);
-                    let ok = punched?;
-                    Ok((dial(inner, ok, peer_id, session).await?, Method::Punched))
-                }
-                Side::B => {
-                    // The initiator decides: even if our machine saw no
-                    // nomination, its dial may still come (bounded by the
-                    // responder timeout).
-                    if let Err(e) = punched {
-                        tracing::debug!("signal: responder punch: {e}");
-                    }
-                    Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Punched))
-                }
+        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => match side {
+            Side::A => {
+                drop(incoming);
+                let go = (wait, pair_rtt);
+                Ok((punch_and_dial(inner, session, peer_id, peer, observed, go, max_attempts).await?, Method::Punched))
             }
-        }
+            Side::B => {
+                // The initiator decides: its dial may come before our
+                // machine saw a nomination (it dials early), or even if it
+                // never sees one (bounded by the responder timeout).
+                let punch = run_punch(inner, side, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts);
+                tokio::pin!(punch, incoming);
+                let conn = tokio::select! {
+                    c = &mut incoming => c,
+                    r = &mut punch => {
+                        if let Err(e) = r {
+                            tracing::debug!("signal: responder punch: {e}");
+                        }
+                        incoming.await
+                    }
+                };
+                Ok((conn.map_err(|_| ConnectError::Closed)?, Method::Punched))
+            }
+        },
         Strategy::BirthdayProbing { hard } => {
             birthday(inner, side, hard, session, peer_id, peer, observed, (wait, pair_rtt), incoming).await
         }
@@ -973,7 +1052,7 @@ async fn birthday(
             let p = punched.map_err(|_| ConnectError::PunchFailed)?;
             let remote = p.success.remote_addr;
             let guard = route(p);
-            (dial(inner, remote, peer_id, session).await?, guard)
+            (dial(inner, remote, peer_id, session, Some(pair_rtt)).await?, guard)
         }
         Side::B => {
             // As in the other punches, the initiator decides.

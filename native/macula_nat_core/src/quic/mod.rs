@@ -101,6 +101,12 @@ fn internal(e: impl std::fmt::Display) -> QuicError {
     QuicError::Internal(e.to_string())
 }
 
+/// Bounds on a caller's round-trip estimate for a dial: below 10 ms a
+/// loopback estimate would make quinn resend before a far peer could
+/// answer; above quinn's own default the estimate gains nothing.
+const MIN_INITIAL_RTT: Duration = Duration::from_millis(10);
+const MAX_INITIAL_RTT: Duration = Duration::from_millis(333);
+
 /// Connection settings. The defaults keep NAT mappings alive (keep-alive
 /// well under the usual 30 s UDP mapping timeout) and allow bulk transfer
 /// without tuning.
@@ -278,6 +284,16 @@ impl QuicEndpoint {
     /// Dials `addr` and succeeds only if the node there proves it holds the
     /// key `expected_peer`, and accepts us in return.
     pub async fn connect(&self, addr: SocketAddr, expected_peer: NodeId) -> Result<Connection, QuicError> {
+        self.connect_rtt(addr, expected_peer, None).await
+    }
+
+    /// [`QuicEndpoint::connect`] with an estimate of the round trip to
+    /// `addr` (e.g. measured through a rendezvous). quinn otherwise assumes
+    /// 333 ms until its first sample, so a lost first packet, which is
+    /// common while a hole is still being punched, would be resent only
+    /// after about a second; with the estimate it is resent after about
+    /// three round trips.
+    pub async fn connect_rtt(&self, addr: SocketAddr, expected_peer: NodeId, rtt: Option<Duration>) -> Result<Connection, QuicError> {
         let s = &self.shared;
         if s.closing.load(Ordering::Acquire) {
             return Err(QuicError::Closed);
@@ -285,7 +301,16 @@ impl QuicEndpoint {
         let seen = tls::SeenPeer::default();
         let client_tls = tls::client_config(&s.cert, expected_peer, seen.clone()).map_err(internal)?;
         let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).map_err(internal)?));
-        client.transport_config(s.transport.clone());
+        match rtt {
+            Some(rtt) => {
+                let mut t = s.cfg.transport()?;
+                t.initial_rtt(rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT));
+                client.transport_config(Arc::new(t));
+            }
+            None => {
+                client.transport_config(s.transport.clone());
+            }
+        }
         let connecting = s.endpoint.connect_with(client, addr, tls::SERVER_NAME).map_err(|e| match e {
             ConnectError::EndpointStopping => QuicError::Closed,
             ConnectError::InvalidRemoteAddress(a) => QuicError::InvalidAddress(a),
