@@ -24,6 +24,20 @@
 //! QUIC connection ([`PathGuard::hold_while`]); on failure, or when the
 //! punch is dropped, every socket closes.
 //!
+//! # The second exception: a fresh socket for a preserved port
+//!
+//! A NAT with HD or PD mapping and port preservation (PP) keeps the local
+//! port only for a socket's *first* mapping; the node socket spent that on
+//! the observers and the rendezvous, so its mapping towards a new peer gets
+//! some other port. Such a side can be predicted only through a socket
+//! opened for the session ([`SocketSet::open`] with one socket), whose port
+//! it advertises in its profile and whose first packet goes to the peer
+//! (see `connector`). The session's punch, or the connection-reversal
+//! listener's opening packets, leave from that socket and it carries the
+//! QUIC connection exactly like a birthday winner. The reversal listener has
+//! no punch to tell it the peer's address: [`PathSocket::route_first`] takes
+//! it from the first QUIC datagram that arrives.
+//!
 //! Limits: the route is keyed by the peer's address, so another connection
 //! of this node to that very address would move onto the path too (not
 //! expected: it is the peer's punched endpoint). Traffic on the path is not
@@ -96,6 +110,12 @@ impl SocketSet {
             socks.push(Some(Extra { io, sink, task }));
         }
         SocketSet { socks, kept: None, rx }
+    }
+
+    /// The local port of machine socket `index` (>= 1), if open.
+    pub fn port(&self, index: usize) -> Option<u16> {
+        let e = self.socks.get(index.checked_sub(1)?)?.as_ref()?;
+        e.io.local_addr().ok().map(|a| a.port())
     }
 
     /// Machine socket indices of the open extra sockets.
@@ -194,6 +214,8 @@ async fn receive(index: usize, io: Arc<UdpSocket>, tx: mpsc::Sender<Received>, s
 #[derive(Default)]
 struct QuicSink {
     state: Mutex<SinkState>,
+    /// A datagram was queued while not yet the path.
+    arrived: tokio::sync::Notify,
 }
 
 enum SinkState {
@@ -213,7 +235,10 @@ impl QuicSink {
     fn offer(&self, from: SocketAddr, data: &[u8]) {
         let Ok(mut s) = self.state.lock() else { return };
         match &mut *s {
-            SinkState::Early(q) if q.len() < EARLY_QUIC => q.push_back((from, Bytes::copy_from_slice(data))),
+            SinkState::Early(q) if q.len() < EARLY_QUIC => {
+                q.push_back((from, Bytes::copy_from_slice(data)));
+                self.arrived.notify_one();
+            }
             SinkState::Early(_) => {}
             // Only the peer: nothing else should reach QUIC through here.
             SinkState::Path { quic, remote } if *remote == from => {
@@ -231,6 +256,14 @@ impl QuicSink {
             }
         }
         *s = SinkState::Path { quic, remote };
+    }
+
+    /// The sender of the oldest datagram queued before this became a path.
+    fn first_sender(&self) -> Option<SocketAddr> {
+        match &*self.state.lock().ok()? {
+            SinkState::Early(q) => q.front().map(|(from, _)| *from),
+            SinkState::Path { .. } => None,
+        }
     }
 
     fn detach(&self) {
@@ -268,6 +301,23 @@ impl PathSocket {
     /// Local address (for logs and tests).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.extra.io.local_addr().ok()
+    }
+
+    /// Waits for the first QUIC datagram to arrive on this socket and makes
+    /// the socket `quic`'s path to its sender (a connection-reversal
+    /// listener learns the dialer's port that way). A stranger's datagram
+    /// arriving first would take the path; the port is fresh and lives for
+    /// one session, and the QUIC handshake still authenticates the peer.
+    pub async fn route_first(self, quic: &QuicEndpoint) -> PathGuard {
+        let sink = self.extra.sink.clone();
+        let from = loop {
+            let notified = sink.arrived.notified();
+            if let Some(from) = sink.first_sender() {
+                break from;
+            }
+            notified.await;
+        };
+        self.route(quic, from)
     }
 
     /// Makes this socket `quic`'s path to `remote`, in both directions,
@@ -455,9 +505,42 @@ mod tests {
                 let qa = qa.clone();
                 async move { qa.accept().await }
             });
-            cb2.await.expect("direct dial after the route was cleared");
+            // Held until accepted: the acceptor reads the dialler's first
+            // byte, which a dialler dropped at once may never send.
+            let _cb2 = cb2.await.expect("direct dial after the route was cleared");
             assert!(accepted.await.unwrap().is_some());
             assert!(b.stats().datagrams_out > 0);
+        });
+    }
+
+    /// A connection-reversal listener's fresh socket: nothing says in
+    /// advance where the dialer comes from; the first QUIC datagram does,
+    /// and the path carries the connection both ways from then on.
+    #[test]
+    fn route_first_follows_the_first_dialer() {
+        let (a, b) = (node(), node());
+        runtime::handle().block_on(async {
+            let (qa, qb) = (a.quic().unwrap(), b.quic().unwrap());
+            let mut set = SocketSet::open("127.0.0.1".parse().unwrap(), 1, session());
+            let port = set.port(1).expect("fresh port");
+            let path = set.keep_only(Some(1)).unwrap();
+            let path_addr = path.local_addr().unwrap();
+            assert_eq!(path_addr.port(), port);
+            let routed = tokio::spawn({
+                let qb = qb.clone();
+                async move { path.route_first(&qb).await }
+            });
+            let accepted = tokio::spawn(async move { qb.accept().await });
+            let ca = qa.connect(path_addr, b.node_id()).await.expect("handshake over the followed path");
+            let guard = routed.await.unwrap();
+            let cb = accepted.await.unwrap().expect("accepted");
+            guard.hold_while(&cb);
+            assert_eq!(cb.remote_address(), a.local_addr().unwrap());
+            ca.send(b"ping".to_vec()).await.unwrap();
+            assert_eq!(cb.recv().await.as_deref(), Some(&b"ping"[..]));
+            cb.send(b"pong".to_vec()).await.unwrap();
+            assert_eq!(ca.recv().await.as_deref(), Some(&b"pong"[..]));
+            assert_eq!(b.stats().datagrams_out, 0, "B's node socket carried QUIC");
         });
     }
 

@@ -61,7 +61,7 @@
 //!   sees its QUIC peer migrate to a real address).
 
 use crate::dispatch::Dispatch;
-use crate::birthday::SocketSet;
+use crate::birthday::{PathGuard, SocketSet};
 use crate::punch_driver::{self, Punched};
 use crate::relay::{self, RelayLink, RelayPath, RelaySet};
 use crate::quic::QuicError;
@@ -401,7 +401,9 @@ fn control(inner: &Inner) -> Result<Connection, ConnectError> {
     inner.control.borrow().clone().ok_or(ConnectError::NoRendezvous)
 }
 
-fn our_profile(inner: &Inner) -> Profile {
+/// `fresh`: the session's fresh socket, whose port peers aim at instead of
+/// the node socket's (see [`fresh_socket`]).
+fn our_profile(inner: &Inner, fresh: Option<&SocketSet>) -> Profile {
     let cfg = inner.cfg.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
     let local = inner.node.local_addr().ok();
     let mut candidates = cfg.candidates.clone();
@@ -410,7 +412,8 @@ fn our_profile(inner: &Inner) -> Profile {
     }
     let mut info = cfg.profile;
     info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
-    Profile { info, local_port: local.map_or(0, |l| l.port()), candidates, relays: inner.relays.reserved() }
+    let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
+    Profile { info, local_port, candidates, relays: inner.relays.reserved() }
 }
 
 fn peer_nat(p: &PeerInfo) -> PeerNat {
@@ -541,7 +544,8 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
-    let me = our_profile(inner);
+    let fresh = fresh_socket(inner, session);
+    let me = our_profile(inner, fresh.as_ref());
     let mut flags = if opts.prefer_direct { 0 } else { signal::FLAG_NO_DIRECT };
     if opts.relay_only {
         flags |= signal::FLAG_RELAY_ONLY;
@@ -549,6 +553,7 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
     let (peer, observed) = guard.answer().await?;
     let strategy = decide(&me, &peer, flags);
+    let fresh = fresh.filter(|_| aimed_at_preserved_port(strategy, Side::A));
     let relay_ok = opts.allow_relay || opts.relay_only;
     // Relay-only pairs don't wait for the go.
     if strategy.is_relay() {
@@ -560,7 +565,7 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
         return Ok((conn, Method::Relayed, strategy));
     }
     let go = guard.go().await?;
-    let r = act(inner, Side::A, strategy, session, target, &peer, observed, go, opts.max_punch_attempts).await;
+    let r = act(inner, Side::A, strategy, session, target, &peer, observed, go, opts.max_punch_attempts, fresh).await;
     let (conn, method) = match r {
         Err(ConnectError::PunchFailed) if relay_ok => {
             // The responder still waits for the session's connection.
@@ -715,7 +720,7 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
-    let me = our_profile(inner);
+    let me = our_profile(inner, None);
     let flags = signal::FLAG_UPGRADE;
     ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
     let run = async {
@@ -771,15 +776,20 @@ async fn respond_upgrade(inner: Arc<Inner>, mut guard: SessionGuard<'_>, from: N
 /// Responder side of a session, run by the control loop on `Incoming`.
 async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8, peer: Profile, observed: SocketAddr) {
     let mut guard = SessionGuard::new(&inner, session);
-    let me = our_profile(&inner);
     let Ok(ctl) = control(&inner) else { return };
+    let mut me = our_profile(&inner, None);
     let strategy = decide(&peer, &me, flags);
+    let upgrade = flags & signal::FLAG_UPGRADE != 0;
+    let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, session) } else { None };
+    if fresh.is_some() {
+        me = our_profile(&inner, fresh.as_ref());
+    }
     // Before the answer: a relayed dial may follow it closely.
     let incoming = inner.dispatch.expect_session(session);
     if ctl.send(Msg::Answer { to: from, session, profile: me }.encode()).await.is_err() {
         return;
     }
-    if flags & signal::FLAG_UPGRADE != 0 {
+    if upgrade {
         drop(incoming);
         respond_upgrade(inner.clone(), guard, from, strategy, peer, observed).await;
         return;
@@ -800,7 +810,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
         } else {
             guard.go().await?
         };
-        act(&inner, Side::B, strategy, session, from, &peer, observed, go, ConnectOpts::default().max_punch_attempts).await
+        act(&inner, Side::B, strategy, session, from, &peer, observed, go, ConnectOpts::default().max_punch_attempts, fresh).await
     };
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok((conn, method))) => {
@@ -906,18 +916,71 @@ async fn run_punch(
     peer_id: NodeId,
     peer: &Profile,
     observed: SocketAddr,
-    (wait, pair_rtt): (Duration, Duration),
+    go: (Duration, Duration),
     max_attempts: u32,
 ) -> Result<SocketAddr, ConnectError> {
+    let p = run_punch_from(inner, side, session, peer_id, peer, observed, go, max_attempts, SocketSet::empty()).await?;
+    Ok(p.success.remote_addr)
+}
+
+/// Like [`run_punch`], from the session's fresh socket when `fresh` holds
+/// one (then the punched path is that socket, to carry QUIC).
+#[allow(clippy::too_many_arguments)]
+async fn run_punch_from(
+    inner: &Arc<Inner>,
+    side: Side,
+    session: SessionId,
+    peer_id: NodeId,
+    peer: &Profile,
+    observed: SocketAddr,
+    (wait, pair_rtt): (Duration, Duration),
+    max_attempts: u32,
+    fresh: SocketSet,
+) -> Result<Punched, ConnectError> {
     let reg = punch_driver::register(&inner.node, session);
     tokio::time::sleep(wait).await;
     let role = if side == Side::A { Role::Initiator } else { Role::Responder };
-    let tgts = targets(peer, observed).into_iter().map(|a| (0usize, a)).collect();
+    let socket = fresh.indices().next().unwrap_or(0);
+    let tgts = targets(peer, observed).into_iter().map(|a| (socket, a)).collect();
     let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, tgts, pair_rtt);
     cfg.max_attempts = max_attempts.max(1);
     cfg.seed = rand::random();
-    let ok = punch_driver::run(inner.node.clone(), reg, cfg).await.map_err(|_| ConnectError::PunchFailed)?;
-    Ok(ok.remote_addr)
+    punch_driver::run_with(inner.node.clone(), reg, cfg, fresh).await.map_err(|_| ConnectError::PunchFailed)
+}
+
+/// The punch's path socket, if it won on one, made the QUIC path to the
+/// punched address.
+fn route_punched(inner: &Inner, p: Punched) -> Result<(SocketAddr, Option<PathGuard>), ConnectError> {
+    let remote = p.success.remote_addr;
+    let quic = inner.node.quic()?;
+    Ok((remote, p.path.map(|path| path.route(&quic, remote))))
+}
+
+/// Whether a side with `info` can be predicted only through a fresh socket
+/// (HD/PD mapping with port preservation: see [`crate::birthday`]).
+fn needs_fresh_socket(info: &PeerInfo) -> bool {
+    strategy::aim(&peer_nat(info)) == Aim::Preserved
+}
+
+/// Whether `side` is addressed at its preserved port in `strategy`.
+fn aimed_at_preserved_port(strategy: Strategy, side: Side) -> bool {
+    match strategy {
+        Strategy::PredictPreservation | Strategy::PredictContiguity => true,
+        Strategy::ConnectionReversal { dialer } => dialer != side,
+        Strategy::BirthdayProbing { hard } => hard != side,
+        Strategy::Direct { .. } | Strategy::SimplePunch | Strategy::Relay => false,
+    }
+}
+
+/// The session's fresh socket, when our profile needs one.
+fn fresh_socket(inner: &Inner, session: SessionId) -> Option<SocketSet> {
+    let preserved = inner.cfg.read().is_ok_and(|c| needs_fresh_socket(&c.profile));
+    if !preserved {
+        return None;
+    }
+    let ip = inner.node.local_addr().ok()?.ip();
+    let set = SocketSet::open(ip, 1, session);
+    (!set.is_empty()).then_some(set)
 }
 
 /// Acts on the go: `side` is our side in `strategy` (A = initiator).
@@ -932,6 +995,7 @@ async fn act(
     observed: SocketAddr,
     (wait, pair_rtt): (Duration, Duration),
     max_attempts: u32,
+    fresh: Option<SocketSet>,
 ) -> Result<(Connection, Method), ConnectError> {
     // Register for the session connection before anything can arrive.
     let incoming = inner.dispatch.expect_session(session);
@@ -960,11 +1024,55 @@ async fn act(
                 Ok((dial(inner, to, peer_id, session, Some(pair_rtt)).await?, Method::Direct))
             } else {
                 let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
+                let Some(mut fresh) = fresh else {
+                    for _ in 0..3 {
+                        let _ = inner.node.send_to(&open, observed).await;
+                    }
+                    return Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct));
+                };
+                // Our preserved port is the fresh socket's: open from there,
+                // and let it carry QUIC to whichever port the dialer's
+                // connection comes from.
                 for _ in 0..3 {
-                    let _ = inner.node.send_to(&open, observed).await;
+                    let _ = fresh.send(1, &open, observed).await;
                 }
-                Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct))
+                let path = fresh.keep_only(Some(1)).ok_or(ConnectError::Closed)?;
+                let quic = inner.node.quic()?;
+                let guard = path.route_first(&quic).await;
+                let conn = incoming.await.map_err(|_| ConnectError::Closed)?;
+                guard.hold_while(&conn);
+                Ok((conn, Method::Direct))
             }
+        }
+        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity if fresh.is_some() => {
+            // From our fresh socket: no early dial (the dial must leave
+            // through the socket, which becomes the path with the punch).
+            let fresh = fresh.unwrap_or_else(SocketSet::empty);
+            let go = (wait, pair_rtt);
+            let punched = run_punch_from(inner, side, session, peer_id, peer, observed, go, max_attempts, fresh).await;
+            let conn = match side {
+                Side::A => {
+                    drop(incoming);
+                    let (remote, guard) = route_punched(inner, punched?)?;
+                    let conn = dial(inner, remote, peer_id, session, Some(pair_rtt)).await?;
+                    (conn, guard)
+                }
+                Side::B => {
+                    let guard = match punched {
+                        Ok(p) => route_punched(inner, p)?.1,
+                        Err(e) => {
+                            tracing::debug!("signal: responder punch: {e}");
+                            None
+                        }
+                    };
+                    (incoming.await.map_err(|_| ConnectError::Closed)?, guard)
+                }
+            };
+            let (conn, guard) = conn;
+            if let Some(g) = guard {
+                g.hold_while(&conn);
+            }
+            Ok((conn, Method::Punched))
         }
         Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => match side {
             Side::A => {
@@ -991,7 +1099,7 @@ async fn act(
             }
         },
         Strategy::BirthdayProbing { hard } => {
-            birthday(inner, side, hard, session, peer_id, peer, observed, (wait, pair_rtt), incoming).await
+            birthday(inner, side, hard, session, peer_id, peer, observed, (wait, pair_rtt), incoming, fresh).await
         }
         // Handled before the go by the callers.
         Strategy::Relay => Err(ConnectError::NoRelay),
@@ -1021,6 +1129,7 @@ async fn birthday(
     observed: SocketAddr,
     (wait, pair_rtt): (Duration, Duration),
     incoming: tokio::sync::oneshot::Receiver<Connection>,
+    fresh: Option<SocketSet>,
 ) -> Result<(Connection, Method), ConnectError> {
     let sched = BirthdaySchedule::standard(pair_rtt).ok_or(ConnectError::PunchFailed)?;
     let reg = punch_driver::register(&inner.node, session);
@@ -1037,8 +1146,10 @@ async fn birthday(
         sched.configure_hard(&mut cfg, std::iter::once(0).chain(set.indices()), easy);
         set
     } else {
-        sched.configure_easy(&mut cfg, 0, observed.ip());
-        SocketSet::empty()
+        // An easy side with a preserved port probes from its fresh socket.
+        let set = fresh.unwrap_or_else(SocketSet::empty);
+        sched.configure_easy(&mut cfg, set.indices().next().unwrap_or(0), observed.ip());
+        set
     };
     tokio::time::sleep(wait).await;
     let punched = punch_driver::run_with(inner.node.clone(), reg, cfg, extra).await;
