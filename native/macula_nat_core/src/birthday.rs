@@ -353,13 +353,20 @@ impl PathGuard {
     /// any reason or its last handle is dropped, plus a short grace for its
     /// CONNECTION_CLOSE to leave through the path.
     pub fn hold_while(self, conn: &Connection) {
-        let weak = conn.downgrade();
-        runtime::spawn(async move {
-            let rtt = watch(&weak).await;
-            tokio::time::sleep(close_grace(rtt)).await;
-            drop(self);
-        });
+        after_close(conn, move || drop(self));
     }
+}
+
+/// Runs `f` once `conn` has closed for any reason or its last handle is
+/// gone, plus a short grace for its CONNECTION_CLOSE to leave: for state
+/// whose lifetime follows the connection's (a path socket, an alias).
+pub(crate) fn after_close(conn: &Connection, f: impl FnOnce() + Send + 'static) {
+    let weak = conn.downgrade();
+    runtime::spawn(async move {
+        let rtt = watch(&weak).await;
+        tokio::time::sleep(close_grace(rtt)).await;
+        f();
+    });
 }
 
 /// Waits until the connection is closed or gone; its last RTT if known.

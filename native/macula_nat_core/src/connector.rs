@@ -902,6 +902,53 @@ async fn punch_and_dial(
     announce(conn, session).await
 }
 
+/// How long a plain dial (direct, connection reversal) may take before the
+/// connect falls back to a relay: the handshake needs one round trip, and a
+/// lost first Initial is resent after about three (see `connect_rtt`).
+fn dial_bound(pair_rtt: Duration) -> Duration {
+    (pair_rtt * 10).max(Duration::from_secs(2))
+}
+
+/// A dial bounded by [`dial_bound`]; a dial that times out is a failed
+/// punch, so that `allow_relay` can take over.
+async fn dial_bounded(inner: &Inner, addr: SocketAddr, peer: NodeId, session: SessionId, pair_rtt: Duration) -> Result<Connection, ConnectError> {
+    match tokio::time::timeout(dial_bound(pair_rtt), dial(inner, addr, peer, session, Some(pair_rtt))).await {
+        Ok(Err(ConnectError::Timeout)) | Err(_) => Err(ConnectError::PunchFailed),
+        Ok(r) => r,
+    }
+}
+
+/// The plain dialler's result. An initiator whose dial failed returns the
+/// error (it may relay); a responder whose dial failed still waits for the
+/// session's connection, which the initiator may then open through a relay.
+async fn plain_dial_outcome(
+    side: Side,
+    dialled: Result<Connection, ConnectError>,
+    incoming: tokio::sync::oneshot::Receiver<Connection>,
+) -> Result<(Connection, Method), ConnectError> {
+    match (dialled, side) {
+        (Ok(c), _) => Ok((c, Method::Direct)),
+        (Err(e), Side::A) => Err(e),
+        (Err(e), Side::B) => {
+            tracing::debug!("signal: responder dial failed ({e}); waiting for a relayed connection");
+            Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Relayed))
+        }
+    }
+}
+
+/// The plain listener's wait for the other side's dial. The initiator
+/// gives up after [`dial_bound`] (and a little, for the dial to arrive) so
+/// that it can relay; a responder waits as long as the session lives.
+async fn listen_bounded(side: Side, incoming: tokio::sync::oneshot::Receiver<Connection>, pair_rtt: Duration) -> Result<Connection, ConnectError> {
+    match side {
+        Side::A => match tokio::time::timeout(dial_bound(pair_rtt) + pair_rtt, incoming).await {
+            Ok(r) => r.map_err(|_| ConnectError::Closed),
+            Err(_) => Err(ConnectError::PunchFailed),
+        },
+        Side::B => incoming.await.map_err(|_| ConnectError::Closed),
+    }
+}
+
 /// The early dial leaves just after the punch's first packets, which open
 /// our own filter towards the peer first.
 const EARLY_DIAL_LAG: Duration = Duration::from_millis(2);
@@ -1008,27 +1055,47 @@ async fn act(
                 Dialer::B => side == Side::B,
             };
             if us {
-                drop(incoming);
-                Ok((dial(inner, observed, peer_id, session, Some(pair_rtt)).await?, Method::Direct))
+                let dialled = dial_bounded(inner, observed, peer_id, session, pair_rtt).await;
+                plain_dial_outcome(side, dialled, incoming).await
             } else {
-                Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct))
+                Ok((listen_bounded(side, incoming, pair_rtt).await?, Method::Direct))
             }
         }
         Strategy::ConnectionReversal { dialer } => {
             tokio::time::sleep(wait).await;
             if dialer_is_us(dialer) {
-                drop(incoming);
                 // Let the listener's opening packets leave first.
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                let to = targets(peer, observed)[0];
-                Ok((dial(inner, to, peer_id, session, Some(pair_rtt)).await?, Method::Direct))
+                let tg = targets(peer, observed);
+                let to = tg[0];
+                // A listener with PD mapping answers from a new mapping: its
+                // next port when contiguous, which our filter must admit
+                // (we send to its window from the socket that dials), or
+                // any port when preserved (our filter admits its IP). Its
+                // answer becomes an alias of the dialled address.
+                let follow = peer.info.mapping == Mapping::Pd && inner.node.relay_plane().expect_follow(to);
+                if follow && matches!(strategy::aim(&peer_nat(&peer.info)), Aim::Contiguous(_)) {
+                    let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
+                    for t in tg.iter().skip(1).filter(|t| t.ip() == to.ip()) {
+                        let _ = inner.node.send_to(&open, *t).await;
+                    }
+                }
+                let dialled = dial_bounded(inner, to, peer_id, session, pair_rtt).await;
+                if follow {
+                    let plane = inner.node.relay_plane().clone();
+                    match &dialled {
+                        Ok(c) => crate::birthday::after_close(c, move || plane.end_follow(to)),
+                        Err(_) => plane.end_follow(to),
+                    }
+                }
+                plain_dial_outcome(side, dialled, incoming).await
             } else {
                 let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
                 let Some(mut fresh) = fresh else {
                     for _ in 0..3 {
                         let _ = inner.node.send_to(&open, observed).await;
                     }
-                    return Ok((incoming.await.map_err(|_| ConnectError::Closed)?, Method::Direct));
+                    return Ok((listen_bounded(side, incoming, pair_rtt).await?, Method::Direct));
                 };
                 // Our preserved port is the fresh socket's: open from there,
                 // and let it carry QUIC to whichever port the dialer's
@@ -1038,10 +1105,24 @@ async fn act(
                 }
                 let path = fresh.keep_only(Some(1)).ok_or(ConnectError::Closed)?;
                 let quic = inner.node.quic()?;
-                let guard = path.route_first(&quic).await;
-                let conn = incoming.await.map_err(|_| ConnectError::Closed)?;
-                guard.hold_while(&conn);
-                Ok((conn, Method::Direct))
+                let route = path.route_first(&quic);
+                tokio::pin!(route, incoming);
+                let wait = async {
+                    tokio::select! {
+                        guard = &mut route => {
+                            let conn = (&mut incoming).await.map_err(|_| ConnectError::Closed)?;
+                            guard.hold_while(&conn);
+                            Ok((conn, Method::Direct))
+                        }
+                        // Not through the path: the initiator's relayed
+                        // connection after its dial failed.
+                        c = &mut incoming => Ok((c.map_err(|_| ConnectError::Closed)?, Method::Relayed)),
+                    }
+                };
+                match side {
+                    Side::A => tokio::time::timeout(dial_bound(pair_rtt) + pair_rtt, wait).await.unwrap_or(Err(ConnectError::PunchFailed)),
+                    Side::B => wait.await,
+                }
             }
         }
         Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity if fresh.is_some() => {

@@ -421,8 +421,12 @@ async fn recv_loop(
             }
             // A relayed connection moved to a punched path still knows its
             // peer by the virtual address (see `relay::plane`).
-            let quic_addr = relay.alias_of(&meta.addr).unwrap_or(meta.addr);
             let plain = |d: &[u8]| stun::is_stun(d) || frame::is_frame(d);
+            let quic_addr = match relay.alias_of(&meta.addr) {
+                Some(a) => a,
+                None if !plain(&data[..stride]) => relay.follow(&meta.addr).unwrap_or(meta.addr),
+                None => meta.addr,
+            };
             if len != stride && !data.chunks(stride).any(plain) {
                 // The usual GRO case: all QUIC, handed over whole.
                 quic.push((RecvMeta { addr: quic_addr, ..*meta }, start..start + len));

@@ -12,6 +12,15 @@
 //!   packets from an address it does not know; this way it never sees the
 //!   change).
 //!
+//! * Follows: a connection-reversal dialer towards a listener with PD
+//!   mapping dials the listener's predicted port, but the listener's
+//!   answer leaves through a new mapping, from another port of the same IP.
+//!   The dialer registers the dialled address ([`RelayPlane::expect_follow`]);
+//!   the first QUIC datagram from that IP and another port becomes an alias
+//!   of it. The dialer keeps sending to the dialled port (the listener's
+//!   filter admits it there), so the path has a different public port in
+//!   each direction and QUIC never sees it.
+//!
 //! Every lookup is behind an atomic "anything at all" flag, so a node
 //! without relays pays one load per datagram.
 
@@ -38,6 +47,9 @@ pub(crate) struct RelayPlane {
     server: RwLock<Option<Arc<dyn FrameForwarder>>>,
     any_alias: AtomicBool,
     aliases: RwLock<HashMap<SocketAddr, SocketAddr>>,
+    any_follow: AtomicBool,
+    /// Listener IP -> (dialled address, the port it answered from once seen).
+    follows: RwLock<HashMap<IpAddr, (SocketAddr, Option<SocketAddr>)>>,
     /// Payload bytes this node sent into relay sessions (what the relay
     /// counts for them, for checking its accounting).
     pub(crate) tunnelled_out: std::sync::atomic::AtomicU64,
@@ -70,6 +82,52 @@ impl RelayPlane {
             return None;
         }
         self.aliases.read().ok()?.get(from).copied()
+    }
+
+    /// For a QUIC datagram from `from` without an alias: when a follow waits
+    /// for `from`'s IP and `from` is not the dialled address itself, `from`
+    /// becomes an alias of the dialled address, which is returned.
+    pub(crate) fn follow(&self, from: &SocketAddr) -> Option<SocketAddr> {
+        if !self.any_follow.load(Ordering::Acquire) {
+            return None;
+        }
+        let (target, seen) = *self.follows.read().ok()?.get(&from.ip())?;
+        if target == *from || seen.is_some() {
+            return None;
+        }
+        let mut m = self.follows.write().ok()?;
+        let e = m.get_mut(&from.ip()).filter(|e| e.0 == target && e.1.is_none())?;
+        e.1 = Some(*from);
+        drop(m);
+        self.set_alias(*from, Some(target));
+        Some(target)
+    }
+
+    /// Starts a follow for a dial to `target` (see the module docs); `false`
+    /// if one for that IP is already running.
+    pub(crate) fn expect_follow(&self, target: SocketAddr) -> bool {
+        let Ok(mut m) = self.follows.write() else { return false };
+        if m.contains_key(&target.ip()) {
+            return false;
+        }
+        m.insert(target.ip(), (target, None));
+        self.any_follow.store(true, Ordering::Release);
+        true
+    }
+
+    /// Ends the follow for `target` and the alias it made.
+    pub(crate) fn end_follow(&self, target: SocketAddr) {
+        let Ok(mut m) = self.follows.write() else { return };
+        let seen = match m.get(&target.ip()) {
+            Some((t, seen)) if *t == target => *seen,
+            _ => return,
+        };
+        m.remove(&target.ip());
+        self.any_follow.store(!m.is_empty(), Ordering::Release);
+        drop(m);
+        if let Some(real) = seen {
+            self.set_alias(real, None);
+        }
     }
 
     /// The relay whose session carries the virtual address `virt` now.
