@@ -57,13 +57,15 @@
 //!      sent one packet towards the hard side's IP (filtering EI or HD): the
 //!      rendezvous asks the listener to open its filter and the hard side to
 //!      dial; the listener learns the hard side's port from that packet.
-//!      The listener's answer must leave from the port the hard side dialed,
-//!      which holds if its mapping toward the hard side's IP is a single one
-//!      (EI mapping, or HD mapping). With PD mapping the answer leaves from a
-//!      new mapping; that still converges when the hard side has HD mapping
-//!      (one public port towards the listener's IP, so it can follow the
-//!      listener's new port) and either sprayed the listener's contiguity
-//!      window (PC) or filters by IP only (PP).
+//!      With EI or HD mapping the listener answers from the port the hard
+//!      side dialed. With PD mapping the answer leaves from a new mapping,
+//!      from another port of the same IP: the hard side takes it as the
+//!      answer of the port it dialed (the runtime aliases it, so QUIC sees
+//!      one address) and keeps sending to the dialed port, which the
+//!      listener's filter admits. That needs the hard side's filter to admit
+//!      the new port: it filters by IP only, or it has HD mapping and has
+//!      sprayed the listener's contiguity window (PC) from its one port
+//!      towards the listener's IP.
 //!    * **BirthdayProbing** when the listener filters by IP *and port* but
 //!      has one exactly known endpoint towards the hard side's IP (EI
 //!      mapping, or HD mapping with PP on a fresh socket): the hard side
@@ -87,14 +89,17 @@
 //!   restricted itself to deterministic prediction; probing random ports is
 //!   a later technique (used in production by, e.g., Tailscale). It costs
 //!   hundreds of packets and succeeds only with a chosen probability.
-//! * **Relay instead of prediction** (14 pairs NATCracker calls traversable):
-//!   a hard side against a PD-*mapping* listener with PP or PC allocation
-//!   that does not filter by port, when the hard side has PD mapping (or,
-//!   for PP, when the hard side filters by port). The listener cannot
-//!   answer from the port the hard side dialed (its answer creates a fresh
-//!   mapping), so the only channel has different public ports in each
-//!   direction, or none at all under the strict PP that detection measures.
-//!   That is not a QUIC connection, so we relay.
+//! * **Relay instead of prediction** (6 pairs NATCracker calls traversable):
+//!   a hard side that filters by port against a PD-*mapping* listener with
+//!   PP or PC allocation that does not filter by port, when for PC the hard
+//!   side also has PD mapping (PD-RD-PD against PD-PC-EI/HD; PD-RD-PD and
+//!   HD-RD-PD against PD-PP-EI/HD). The listener cannot answer from the port
+//!   the hard side dialed (its answer creates a fresh mapping), and the hard
+//!   side's filter only admits the port it sent to from the dialing mapping;
+//!   it cannot send to the new port from that mapping (PD mapping) or
+//!   cannot know it (PP: random). No packet of the answer gets in, so we
+//!   relay. (With a hard side that filters by IP only, the answer gets in
+//!   and the runtime follows it: those pairs are connection reversals.)
 //!
 //! Five pairs we relay although they would punch: two hard sides where
 //! neither filters by port, at least one has HD mapping and at least one
@@ -373,10 +378,10 @@ fn one_sided(easy: &PeerNat, hard: &PeerNat, hard_side: Side) -> Strategy {
     if e.filtering != Filtering::Pd {
         let converges = match (e.mapping, aim(easy)) {
             (Mapping::Ei, _) | (Mapping::Hd, _) => true,
-            // PD mapping: the answer leaves from a fresh mapping; see the
-            // module docs for why these two cases still meet.
-            (Mapping::Pd, Aim::Contiguous(_)) => hard.nat.mapping == Mapping::Hd,
-            (Mapping::Pd, _) => hard.nat.mapping == Mapping::Hd && hard.nat.filtering != Filtering::Pd,
+            // PD mapping: the answer leaves from a fresh mapping, which the
+            // hard side must admit (see the module docs).
+            (Mapping::Pd, Aim::Contiguous(_)) => hard.nat.mapping == Mapping::Hd || hard.nat.filtering != Filtering::Pd,
+            (Mapping::Pd, _) => hard.nat.filtering != Filtering::Pd,
         };
         if converges {
             return Strategy::ConnectionReversal { dialer: hard_side };

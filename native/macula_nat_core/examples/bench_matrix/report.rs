@@ -197,12 +197,15 @@ pub(crate) fn report(
         w,
         "1. Every pair NATCracker counts as traversable connects directly (direct or punched) in 100% of tries: \
          {}. {trav_full} of {} such pairs connected in every try ({trav_ok}/{trav_tries} tries). \
-         {} of them are the strategy table's documented deviations to relay (a PD-mapping listener cannot \
-         answer from the port the random side dialed, see `strategy.rs`), connected in every try: \
-         {trav_relayed_full}. Missed tries by strategy: {}. Traversable pairs below 100% besides those deviations: {}.",
+         {} of them are the strategy table's documented deviations to relay (a port-filtering random side \
+         against a PD-mapping listener: no packet of the listener's answer can get in, see `strategy.rs`), \
+         connected in every try: {trav_relayed_full}; the other {}: {} of them connected directly in every try. \
+         Missed tries by strategy: {}. Traversable pairs below 100% besides those deviations: {}.",
         met(!trav.is_empty() && trav_full == trav.len()),
         trav.len(),
         trav_relayed.len(),
+        trav.len() - trav_relayed.len(),
+        trav_full - trav_relayed_full,
         misses(&trav, &|t| !is_direct(t)),
         if missed.is_empty() { "none".into() } else { missed.join(", ") }
     );
