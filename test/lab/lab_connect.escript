@@ -47,9 +47,13 @@
 %%% ================================================================
 outcome(direct, _, _, _) -> {ok, [direct]};
 %% The hard (random-port) side dials after the other opened its filter.
-outcome(connection_reversal, PA, PB, Ctx) -> held_port_gap(PA, PB, Ctx, {ok, [direct]}, timeout);
+%% A preserved-port listener opens from a fresh socket; a PD-mapping one
+%% answers from a new port, which the dialer follows.
+outcome(connection_reversal, _, _, _) -> {ok, [direct]};
 outcome(simple_punch, _, _, _) -> {ok, [punched]};
-outcome(predict_preservation, PA, PB, Ctx) -> held_port_gap(PA, PB, Ctx, {ok, [punched]}, punch_failed);
+%% Preserved-port sides punch from a fresh socket (the node socket's first
+%% mapping went to the observers and the rendezvous).
+outcome(predict_preservation, _, _, _) -> {ok, [punched]};
 outcome(predict_contiguity, _, _, _) -> {ok, [punched]};
 %% Birthday probing succeeds with p = 0.99 by design (the schedule's target);
 %% a miss falls back to the relay. bench/lab_matrix.md measures the rate.
@@ -57,32 +61,6 @@ outcome(birthday_probing, _, _, _) -> {ok, [punched, relayed]};
 %% The rendezvous host relays too (every node reserves there).
 outcome(relay, _, _, _) -> {ok, [relayed]}.
 
-%% Known gap found by this test: the table aims at a per-destination (HD/PD)
-%% mapping with port preservation through the node's local port, which holds
-%% for a socket's FIRST mapping only (see strategy.rs). The node has one
-%% socket, and detection already spent that mapping on the observer: until
-%% that binding expires, every new mapping gets a random port. The peer
-%% still gets in where it filters by address at most (it learns the real
-%% port from the first packet: peer-reflexive), not where it filters by
-%% address and port (preservation: {error, punch_failed} after the punch)
-%% nor where it must dial the preserved port (connection reversal towards
-%% such a listener: {error, timeout}). Pairs run with `port_free' (a short
-%% binding timeout on their NATs, connecting after the observer's binding
-%% expired) must work. When the connector stops relying on the preserved
-%% port of a used socket, drop this.
-held_port_gap(_, _, #{port_free := true}, Ok, _) -> Ok;
-held_port_gap(PA, PB, _, {ok, Ms} = Ok, Error) ->
-    case held_blocks(PA, PB) orelse held_blocks(PB, PA) of
-        %% connect/3 falls back to the relay when the punch fails.
-        true -> {gap, {error, Error}, Ms ++ [relayed]};
-        false -> Ok
-    end.
-
-%% X is aimed at by its preserved port and Y cannot do without it: Y filters
-%% by address and port, or Y is the random-port side that must dial X.
-held_blocks(#{no_nat := false, mapping := M, allocation := pp}, Y) when M =/= ei ->
-    maps:get(filtering, Y) =:= pd orelse hard(Y);
-held_blocks(_, _) -> false.
 
 connect_opts() -> #{timeout => ?CONNECT_TIMEOUT}.
 
@@ -90,12 +68,6 @@ connect_opts() -> #{timeout => ?CONNECT_TIMEOUT}.
 %% connect/3 answered Method: the same.
 responder_methods(Method) -> [Method].
 %%% ================================================ end of expected outcomes
-
-%% Random port behind a mapping that is not endpoint-independent: no
-%% endpoint of it can be predicted (strategy::Aim::Unpredictable).
-hard(#{no_nat := true}) -> false;
-hard(#{mapping := M, allocation := rd}) -> M =/= ei;
-hard(_) -> false.
 
 %% Lab name: lab_connect.sh makes it unique per run, so concurrent runs
 %% (and its check for leftover namespaces) never meet.
@@ -164,7 +136,7 @@ kernel_kind(H) ->
 %% MAPPING-ALLOCATION-FILTERING); PC types with a port delta other than 1.
 %% At least 3 pairs per strategy, Erlang and Elixir VMs on both roles.
 %% `short': both NATs drop idle bindings after ?SHORT_BINDING_S and the pair
-%% connects once the detector's observer bindings are gone (held_port_gap/4).
+%% connects once the detector's observer bindings are gone.
 -define(SHORT_BINDING_S, 8).
 user_pairs() ->
     [%% one side accepts unsolicited packets (EI-EI): the other dials it
@@ -177,6 +149,9 @@ user_pairs() ->
      {"pd-hd-rd", "ei-hd-pc:delta=2", connection_reversal, erlang, erlang},
      {"hd-hd-rd", "hd-hd-pp", connection_reversal, erlang, erlang},
      {"hd-hd-rd", "hd-hd-pp", connection_reversal, erlang, erlang, short},
+     %% PD-mapping listeners answer from a new port, which the dialer follows
+     {"pd-ei-rd", "pd-hd-pc:delta=2", connection_reversal, erlang, elixir},
+     {"pd-hd-pp", "pd-hd-rd", connection_reversal, erlang, erlang},
      %% both EI mappings behind filters
      {"ei-hd-pp", "ei-pd-rd", simple_punch, erlang, erlang},
      {"ei-pd-pc:delta=2", "ei-pd-pp", simple_punch, erlang, elixir},
