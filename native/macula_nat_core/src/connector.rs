@@ -364,8 +364,8 @@ async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connection) {
         while let Some(bytes) = conn.recv().await {
             let Some(inner) = weak.upgrade() else { return };
             match Msg::decode(&bytes) {
-                Ok(Msg::Incoming { from, session, flags, profile, observed }) => {
-                    runtime::spawn(respond(inner, from, session, flags, profile, observed));
+                Ok(Msg::Incoming { from, session, flags, attempts, profile, observed }) => {
+                    runtime::spawn(respond(inner, from, session, flags, attempts, profile, observed));
                 }
                 Ok(m) => {
                     let Some(s) = m.session() else { continue };
@@ -550,7 +550,8 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     if opts.relay_only {
         flags |= signal::FLAG_RELAY_ONLY;
     }
-    ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
+    let attempts = wire_attempts(opts.max_punch_attempts);
+    ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
     let (peer, observed) = guard.answer().await?;
     let strategy = decide(&me, &peer, flags);
     let fresh = fresh.filter(|_| aimed_at_preserved_port(strategy, Side::A));
@@ -722,7 +723,8 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
     let ctl = control(inner)?;
     let me = our_profile(inner, None);
     let flags = signal::FLAG_UPGRADE;
-    ctl.send(Msg::Connect { to: target, session, flags, profile: me.clone() }.encode()).await?;
+    let attempts = wire_attempts(opts.max_punch_attempts);
+    ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
     let run = async {
         let (peer, observed) = guard.answer().await?;
         if !upgradable(decide(&me, &peer, flags)) {
@@ -742,12 +744,19 @@ fn upgradable(s: Strategy) -> bool {
 
 /// Responder side of an upgrade: punch, then watch our relayed connections
 /// with `from` for the move to a real address.
-async fn respond_upgrade(inner: Arc<Inner>, mut guard: SessionGuard<'_>, from: NodeId, strategy: Strategy, peer: Profile, observed: SocketAddr) {
+async fn respond_upgrade(
+    inner: Arc<Inner>,
+    mut guard: SessionGuard<'_>,
+    from: NodeId,
+    strategy: Strategy,
+    peer: Profile,
+    observed: SocketAddr,
+    attempts: u32,
+) {
     if !upgradable(strategy) {
         return;
     }
     let Ok(go) = guard.go().await else { return };
-    let attempts = ConnectOpts::default().max_punch_attempts;
     if let Err(e) = run_punch(&inner, Side::B, guard.session, from, &peer, observed, go, attempts).await {
         tracing::debug!("upgrade (responder) punch: {e}");
     }
@@ -774,7 +783,22 @@ async fn respond_upgrade(inner: Arc<Inner>, mut guard: SessionGuard<'_>, from: N
 }
 
 /// Responder side of a session, run by the control loop on `Incoming`.
-async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8, peer: Profile, observed: SocketAddr) {
+/// The initiator's `max_punch_attempts` as `Connect` carries it (0: the
+/// responder's default).
+fn wire_attempts(n: u32) -> u8 {
+    n.clamp(1, u8::MAX as u32) as u8
+}
+
+/// The punch transmissions per path a responder uses: the initiator's.
+fn responder_attempts(attempts: u8) -> u32 {
+    match attempts {
+        0 => ConnectOpts::default().max_punch_attempts,
+        n => n as u32,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8, attempts: u8, peer: Profile, observed: SocketAddr) {
     let mut guard = SessionGuard::new(&inner, session);
     let Ok(ctl) = control(&inner) else { return };
     let mut me = our_profile(&inner, None);
@@ -791,7 +815,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     }
     if upgrade {
         drop(incoming);
-        respond_upgrade(inner.clone(), guard, from, strategy, peer, observed).await;
+        respond_upgrade(inner.clone(), guard, from, strategy, peer, observed, responder_attempts(attempts)).await;
         return;
     }
     let timeout = inner.cfg.read().map(|c| c.responder_timeout).unwrap_or(Duration::from_secs(15));
@@ -810,7 +834,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
         } else {
             guard.go().await?
         };
-        act(&inner, Side::B, strategy, session, from, &peer, observed, go, ConnectOpts::default().max_punch_attempts, fresh).await
+        act(&inner, Side::B, strategy, session, from, &peer, observed, go, responder_attempts(attempts), fresh).await
     };
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok((conn, method))) => {

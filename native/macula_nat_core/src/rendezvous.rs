@@ -136,7 +136,7 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
             }
         }
         match m {
-            Msg::Connect { to, session, flags, profile } => match lookup(&state, &to) {
+            Msg::Connect { to, session, flags, attempts, profile } => match lookup(&state, &to) {
                 None => send(&conn, &Msg::Unknown { session }).await,
                 Some((b, _)) => {
                     if let Ok(mut s) = state.lock() {
@@ -144,7 +144,7 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
                         s.pending.retain(|_, (_, _, t)| now.duration_since(*t) < PENDING_TTL);
                         s.pending.insert(session, (me, to, now));
                     }
-                    send(&b, &Msg::Incoming { from: me, session, flags, profile, observed }).await;
+                    send(&b, &Msg::Incoming { from: me, session, flags, attempts, profile, observed }).await;
                 }
             },
             Msg::Answer { to, session, profile } => {

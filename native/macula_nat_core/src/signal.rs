@@ -28,14 +28,17 @@
 //! Registered 0x02 observed(addr)             rendezvous -> peer, after Hello:
 //!                                            the peer's address as seen by the
 //!                                            rendezvous (its reflexive address)
-//! Connect    0x03 to(node_id) session flags(u8) profile
+//! Connect    0x03 to(node_id) session flags(u8) attempts(u8) profile
 //!                                            initiator -> rendezvous
 //!                                            flags & 1: no direct strategies
 //!                                            flags & 2: upgrade: punch for the
 //!                                            relayed connection of this pair
 //!                                            (no new connection is dialled)
 //!                                            flags & 4: relay only
-//! Incoming   0x04 from(node_id) session flags(u8) profile observed(addr)
+//!                                            attempts: punch transmissions
+//!                                            per path for both sides
+//!                                            (0: the responder's default)
+//! Incoming   0x04 from(node_id) session flags(u8) attempts(u8) profile observed(addr)
 //!                                            rendezvous -> responder; observed
 //!                                            = the initiator's address as seen
 //!                                            by the rendezvous
@@ -121,8 +124,8 @@ pub enum HelloKind {
 pub enum Msg {
     Hello(HelloKind),
     Registered { observed: SocketAddr },
-    Connect { to: NodeId, session: SessionId, flags: u8, profile: Profile },
-    Incoming { from: NodeId, session: SessionId, flags: u8, profile: Profile, observed: SocketAddr },
+    Connect { to: NodeId, session: SessionId, flags: u8, attempts: u8, profile: Profile },
+    Incoming { from: NodeId, session: SessionId, flags: u8, attempts: u8, profile: Profile, observed: SocketAddr },
     Answer { to: NodeId, session: SessionId, profile: Profile },
     Answered { from: NodeId, session: SessionId, profile: Profile, observed: SocketAddr },
     Go { session: SessionId, wait: Duration, own_rtt: Duration, peer_rtt: Duration },
@@ -175,18 +178,20 @@ impl Msg {
                 b.push(0x02);
                 put_addr(&mut b, *observed);
             }
-            Msg::Connect { to, session, flags, profile } => {
+            Msg::Connect { to, session, flags, attempts, profile } => {
                 b.push(0x03);
                 b.extend_from_slice(to);
                 b.extend_from_slice(session);
                 b.push(*flags);
+                b.push(*attempts);
                 put_profile(&mut b, profile);
             }
-            Msg::Incoming { from, session, flags, profile, observed } => {
+            Msg::Incoming { from, session, flags, attempts, profile, observed } => {
                 b.push(0x04);
                 b.extend_from_slice(from);
                 b.extend_from_slice(session);
                 b.push(*flags);
+                b.push(*attempts);
                 put_profile(&mut b, profile);
                 put_addr(&mut b, *observed);
             }
@@ -240,11 +245,12 @@ impl Msg {
                 }
             }
             0x02 => Msg::Registered { observed: r.addr()? },
-            0x03 => Msg::Connect { to: r.array()?, session: r.array()?, flags: r.u8()?, profile: r.profile()? },
+            0x03 => Msg::Connect { to: r.array()?, session: r.array()?, flags: r.u8()?, attempts: r.u8()?, profile: r.profile()? },
             0x04 => Msg::Incoming {
                 from: r.array()?,
                 session: r.array()?,
                 flags: r.u8()?,
+                attempts: r.u8()?,
                 profile: r.profile()?,
                 observed: r.addr()?,
             },
@@ -364,8 +370,8 @@ mod tests {
             Msg::Hello(HelloKind::Relay),
             Msg::Hello(HelloKind::Session(s)),
             Msg::Registered { observed: obs },
-            Msg::Connect { to: id, session: s, flags: FLAG_NO_DIRECT, profile: profile() },
-            Msg::Incoming { from: id, session: s, flags: 0, profile: profile(), observed: obs },
+            Msg::Connect { to: id, session: s, flags: FLAG_NO_DIRECT, attempts: 25, profile: profile() },
+            Msg::Incoming { from: id, session: s, flags: 0, attempts: 0, profile: profile(), observed: obs },
             Msg::Answer { to: id, session: s, profile: profile() },
             Msg::Answered { from: id, session: s, profile: profile(), observed: obs },
             Msg::Go {
