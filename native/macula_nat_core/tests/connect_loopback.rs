@@ -90,6 +90,36 @@ fn connection_reversal_on_loopback() {
     });
 }
 
+/// A side whose NAT preserves ports only for a socket's first mapping
+/// (HD/PD mapping + PP) is aimed at through a fresh socket per connect: the
+/// QUIC connection runs on that socket, not on the node socket.
+#[test]
+fn preserved_ports_connect_from_a_fresh_socket() {
+    runtime::handle().block_on(async {
+        let cases = [
+            // both preserved: both punch from fresh sockets
+            (nat(Mapping::Hd, Filtering::Pd, Allocation::Pp), nat(Mapping::Pd, Filtering::Hd, Allocation::Pp), "predict_preservation", Method::Punched, true),
+            // hard A dials B's preserved port; B opened its filter from it
+            (nat(Mapping::Hd, Filtering::Hd, Allocation::Rd), nat(Mapping::Hd, Filtering::Ei, Allocation::Pp), "connection_reversal", Method::Direct, false),
+        ];
+        for (pa, pb, strategy, method, a_fresh) in cases {
+            let s = setup(pa, pb).await;
+            let b_id = s.b.node().node_id();
+            let c = tokio::time::timeout(Duration::from_secs(15), connect_detailed(&s.a, b_id, ConnectOpts::default())).await.unwrap().unwrap();
+            assert_eq!((c.method, c.strategy.name()), (method, strategy));
+            let on_b = tokio::time::timeout(Duration::from_secs(5), s.b.accept()).await.unwrap().unwrap();
+            let (a_node, b_node) = (s.a.node().local_addr().unwrap(), s.b.node().local_addr().unwrap());
+            assert_ne!(c.conn.remote_address(), b_node, "{strategy}: B answered from its node socket");
+            assert_eq!(c.conn.remote_address().ip(), b_node.ip());
+            assert_eq!(on_b.remote_address() != a_node, a_fresh, "{strategy}: A's socket");
+            c.conn.send(b"ping".to_vec()).await.unwrap();
+            assert_eq!(on_b.recv().await.unwrap(), b"ping");
+            on_b.send(b"pong".to_vec()).await.unwrap();
+            assert_eq!(c.conn.recv().await.unwrap(), b"pong");
+        }
+    });
+}
+
 #[test]
 fn errors_are_fast_and_typed() {
     runtime::handle().block_on(async {

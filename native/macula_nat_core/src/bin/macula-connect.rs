@@ -166,10 +166,15 @@ async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &P
         while let Some(c) = sig.accept().await {
             let held = held.clone();
             runtime::spawn(async move {
-                if let Some(m) = c.recv().await {
-                    let t = monotonic_ns();
-                    let body = String::from_utf8_lossy(&m).into_owned();
-                    println!("{{\"event\":\"message\",\"try\":{},\"t_ns\":{t},\"peer\":\"{}\"}}", json_str(&body), hex(&c.peer_id()));
+                match c.recv().await {
+                    Some(m) => {
+                        let t = monotonic_ns();
+                        let body = String::from_utf8_lossy(&m).into_owned();
+                        println!("{{\"event\":\"message\",\"try\":{},\"t_ns\":{t},\"peer\":\"{}\"}}", json_str(&body), hex(&c.peer_id()));
+                    }
+                    // Says why an accepted connection never brought its
+                    // message (the benchmark counts it as no_message).
+                    None => eprintln!("accepted connection from {} ended before a message: {:?}", hex(&c.peer_id()), c.close_reason()),
                 }
                 if let Ok(mut h) = held.lock() {
                     h.push(c);
