@@ -76,7 +76,7 @@ const WATCH: Duration = Duration::from_millis(250);
 /// The hard side's extra sockets for one punch.
 pub struct SocketSet {
     /// Socket `k` of the machine is `socks[k - 1]`; `None` once closed.
-    socks: Vec<Option<Extra>>,
+    socks: Vec<Option<Arc<Extra>>>,
     /// The winner after [`SocketSet::keep_only`], still usable for sending
     /// while the machine lingers, without keeping it open.
     kept: Option<(usize, Weak<UdpSocket>)>,
@@ -107,7 +107,7 @@ impl SocketSet {
             };
             let sink = Arc::new(QuicSink::default());
             let task = runtime::spawn(receive(i + 1, io.clone(), tx.clone(), session, sink.clone()));
-            socks.push(Some(Extra { io, sink, task }));
+            socks.push(Some(Arc::new(Extra { io, sink, task })));
         }
         SocketSet { socks, kept: None, rx }
     }
@@ -116,6 +116,13 @@ impl SocketSet {
     pub fn port(&self, index: usize) -> Option<u16> {
         let e = self.socks.get(index.checked_sub(1)?)?.as_ref()?;
         e.io.local_addr().ok().map(|a| a.port())
+    }
+
+    /// Socket `index` (>= 1) as a path while the set still punches on it:
+    /// the socket stays open as long as either holds it.
+    pub fn share(&self, index: usize) -> Option<PathSocket> {
+        let extra = self.socks.get(index.checked_sub(1)?)?.clone()?;
+        Some(PathSocket { index, extra })
     }
 
     /// Machine socket indices of the open extra sockets.
@@ -289,7 +296,7 @@ impl DatagramTunnel for SocketTunnel {
 /// The extra socket that won the punch, not yet carrying QUIC.
 pub struct PathSocket {
     index: usize,
-    extra: Extra,
+    extra: Arc<Extra>,
 }
 
 impl PathSocket {
@@ -334,7 +341,7 @@ impl PathSocket {
 pub struct PathGuard {
     quic: QuicEndpoint,
     remote: SocketAddr,
-    extra: Option<Extra>,
+    extra: Option<Arc<Extra>>,
 }
 
 impl Drop for PathGuard {

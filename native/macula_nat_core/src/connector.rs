@@ -879,7 +879,10 @@ async fn announce(conn: Connection, session: SessionId) -> Result<Connection, Co
 /// same target first (the early Initial was dropped), a fresh dial races
 /// the early one; when it confirms another target, that one is dialled.
 /// A punch that fails ends the connect (a relay may take over) even if the
-/// early dial is still waiting.
+/// early dial is still waiting. From a fresh socket (`fresh` holds one),
+/// the most likely target is routed through it from the start, so the
+/// early dial leaves from there; the returned guard keeps the path socket
+/// for the connection.
 #[allow(clippy::too_many_arguments)]
 async fn punch_and_dial(
     inner: &Arc<Inner>,
@@ -889,41 +892,49 @@ async fn punch_and_dial(
     observed: SocketAddr,
     (wait, pair_rtt): (Duration, Duration),
     max_attempts: u32,
-) -> Result<Connection, ConnectError> {
+    fresh: SocketSet,
+) -> Result<(Connection, Option<PathGuard>), ConnectError> {
     let quic = inner.node.quic()?;
     let first = targets(peer, observed)[0];
     let rtt = Some(pair_rtt);
-    let punch = run_punch(inner, Side::A, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts);
+    let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
+    let punch = run_punch_from(inner, Side::A, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts, fresh);
     let early = async {
         tokio::time::sleep(wait + EARLY_DIAL_LAG).await;
         quic.connect_rtt(first, peer_id, rtt).await
     };
     tokio::pin!(punch, early);
     let mut early_live = true;
-    let conn = loop {
+    let (conn, guard) = loop {
         tokio::select! {
             r = &mut early, if early_live => match r {
-                Ok(c) => break c,
+                Ok(c) => break (c, early_path.take()),
                 Err(e) => {
                     tracing::debug!("connect: early dial to {first}: {e}");
                     early_live = false;
                 }
             },
             r = &mut punch => {
-                let addr = r?;
-                if addr != first || !early_live {
-                    break quic.connect_rtt(addr, peer_id, rtt).await?;
+                let p = r?;
+                let addr = p.success.remote_addr;
+                if addr == first && early_live {
+                    let again = quic.connect_rtt(addr, peer_id, rtt);
+                    tokio::pin!(again);
+                    let c = tokio::select! {
+                        r = &mut early => match r { Ok(c) => c, Err(_) => again.await? },
+                        r = &mut again => match r { Ok(c) => c, Err(_) => early.await? },
+                    };
+                    break (c, early_path.take());
                 }
-                let fresh = quic.connect_rtt(addr, peer_id, rtt);
-                tokio::pin!(fresh);
-                break tokio::select! {
-                    r = &mut early => match r { Ok(c) => c, Err(_) => fresh.await? },
-                    r = &mut fresh => match r { Ok(c) => c, Err(_) => early.await? },
-                };
+                // Another target, or the early dial failed: the punched path
+                // (the early route goes first: one socket, one route).
+                drop(early_path.take());
+                let (addr, guard) = route_punched(inner, p)?;
+                break (quic.connect_rtt(addr, peer_id, rtt).await?, guard);
             }
         }
     };
-    announce(conn, session).await
+    Ok((announce(conn, session).await?, guard))
 }
 
 /// How long a plain dial (direct, connection reversal) may take before the
@@ -1149,60 +1160,49 @@ async fn act(
                 }
             }
         }
-        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity if fresh.is_some() => {
-            // From our fresh socket: no early dial (the dial must leave
-            // through the socket, which becomes the path with the punch).
+        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => {
             let fresh = fresh.unwrap_or_else(SocketSet::empty);
             let go = (wait, pair_rtt);
-            let punched = run_punch_from(inner, side, session, peer_id, peer, observed, go, max_attempts, fresh).await;
-            let conn = match side {
+            let (conn, guard) = match side {
                 Side::A => {
                     drop(incoming);
-                    let (remote, guard) = route_punched(inner, punched?)?;
-                    let conn = dial(inner, remote, peer_id, session, Some(pair_rtt)).await?;
-                    (conn, guard)
+                    punch_and_dial(inner, session, peer_id, peer, observed, go, max_attempts, fresh).await?
                 }
                 Side::B => {
-                    let guard = match punched {
-                        Ok(p) => route_punched(inner, p)?.1,
-                        Err(e) => {
-                            tracing::debug!("signal: responder punch: {e}");
-                            None
+                    // The initiator decides: its dial may come before our
+                    // machine saw a nomination (it dials early), or even if
+                    // it never sees one (bounded by the responder timeout).
+                    let quic = inner.node.quic()?;
+                    let first = targets(peer, observed)[0];
+                    // From a fresh socket: take the initiator's early dial
+                    // in from where we expect it, before our punch decides.
+                    let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
+                    let punch = run_punch_from(inner, side, session, peer_id, peer, observed, go, max_attempts, fresh);
+                    tokio::pin!(punch, incoming);
+                    tokio::select! {
+                        c = &mut incoming => (c.map_err(|_| ConnectError::Closed)?, early_path.take()),
+                        r = &mut punch => {
+                            let guard = match r {
+                                Ok(p) if p.success.remote_addr != first && p.path.is_some() => {
+                                    drop(early_path.take());
+                                    route_punched(inner, p)?.1
+                                }
+                                Ok(_) => early_path.take(),
+                                Err(e) => {
+                                    tracing::debug!("signal: responder punch: {e}");
+                                    early_path.take()
+                                }
+                            };
+                            ((&mut incoming).await.map_err(|_| ConnectError::Closed)?, guard)
                         }
-                    };
-                    (incoming.await.map_err(|_| ConnectError::Closed)?, guard)
+                    }
                 }
             };
-            let (conn, guard) = conn;
             if let Some(g) = guard {
                 g.hold_while(&conn);
             }
             Ok((conn, Method::Punched))
         }
-        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => match side {
-            Side::A => {
-                drop(incoming);
-                let go = (wait, pair_rtt);
-                Ok((punch_and_dial(inner, session, peer_id, peer, observed, go, max_attempts).await?, Method::Punched))
-            }
-            Side::B => {
-                // The initiator decides: its dial may come before our
-                // machine saw a nomination (it dials early), or even if it
-                // never sees one (bounded by the responder timeout).
-                let punch = run_punch(inner, side, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts);
-                tokio::pin!(punch, incoming);
-                let conn = tokio::select! {
-                    c = &mut incoming => c,
-                    r = &mut punch => {
-                        if let Err(e) = r {
-                            tracing::debug!("signal: responder punch: {e}");
-                        }
-                        incoming.await
-                    }
-                };
-                Ok((conn.map_err(|_| ConnectError::Closed)?, Method::Punched))
-            }
-        },
         Strategy::BirthdayProbing { hard } => {
             birthday(inner, side, hard, session, peer_id, peer, observed, (wait, pair_rtt), incoming, fresh).await
         }
