@@ -570,7 +570,10 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     let (conn, method) = match r {
         Err(ConnectError::PunchFailed) if relay_ok => {
             // The responder still waits for the session's connection.
-            (via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?, Method::Relayed)
+            let conn = via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?;
+            drop(guard);
+            refuse_late(inner, session);
+            return Ok((conn, Method::Relayed, strategy));
         }
         other => other?,
     };
@@ -849,12 +852,61 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
             }
             tracing::debug!("signal: responder session done ({})", method.name());
             inner.dispatch.deliver(conn);
+            if method != Method::Relayed {
+                drop(guard);
+                deliver_late(inner, session, timeout);
+                return;
+            }
         }
         Ok(Err(e)) => tracing::debug!("signal: responder session failed: {e}"),
         Err(_) => tracing::debug!("signal: responder session timed out"),
     }
     drop(guard);
 }
+
+/// The initiator gave up on a plain dial or listen and relayed, while the
+/// responder's direct connection of the session may still arrive late (a
+/// slow dial on a loaded host): it is closed rather than left open unused,
+/// so the responder's application sees it end. A responder keeps listening
+/// for the session ([`deliver_late`]) and gets the relayed one.
+fn refuse_late(inner: &Arc<Inner>, session: SessionId) {
+    let late = inner.dispatch.expect_session(session);
+    let dispatch = Arc::downgrade(&inner.dispatch);
+    runtime::spawn(async move {
+        if let Ok(Ok(c)) = tokio::time::timeout(LATE_WINDOW, late).await {
+            c.close("superseded by a relayed connection");
+        }
+        if let Some(d) = dispatch.upgrade() {
+            d.forget_session(&session);
+        }
+    });
+}
+
+/// A responder whose session ended with a direct connection (its own dial,
+/// or the initiator's) still takes a relayed connection of the session for
+/// a while: the initiator may have given up on that direct path just before
+/// it opened, and relayed instead. Without this the relayed connection, and
+/// what the initiator sends on it, would be lost.
+fn deliver_late(inner: Arc<Inner>, session: SessionId, timeout: Duration) {
+    let late = inner.dispatch.expect_session(session);
+    let dispatch = Arc::downgrade(&inner.dispatch);
+    drop(inner);
+    runtime::spawn(async move {
+        if let Ok(Ok(c)) = tokio::time::timeout(timeout.min(LATE_WINDOW), late).await {
+            if let Some(d) = dispatch.upgrade() {
+                c.set_method(if relay::is_virtual(&c.remote_address()) { Method::Relayed } else { Method::Direct });
+                d.deliver(c);
+            }
+        }
+        if let Some(d) = dispatch.upgrade() {
+            d.forget_session(&session);
+        }
+    });
+}
+
+/// How long a session's late connection is still taken (see
+/// [`deliver_late`], [`refuse_late`]): longer than a relayed dial takes.
+const LATE_WINDOW: Duration = Duration::from_secs(15);
 
 /// Dials `addr` for `session` and announces the session. `rtt`: the
 /// expected round trip, when known (see [`crate::quic::QuicEndpoint::connect_rtt`]).
