@@ -870,16 +870,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
 /// so the responder's application sees it end. A responder keeps listening
 /// for the session ([`deliver_late`]) and gets the relayed one.
 fn refuse_late(inner: &Arc<Inner>, session: SessionId) {
-    let late = inner.dispatch.expect_session(session);
-    let dispatch = Arc::downgrade(&inner.dispatch);
-    runtime::spawn(async move {
-        if let Ok(Ok(c)) = tokio::time::timeout(LATE_WINDOW, late).await {
-            c.close("superseded by a relayed connection");
-        }
-        if let Some(d) = dispatch.upgrade() {
-            d.forget_session(&session);
-        }
-    });
+    on_late(inner, session, LATE_WINDOW, |_, c| c.close("superseded by a relayed connection"));
 }
 
 /// A responder whose session ended with a direct connection (its own dial,
@@ -888,19 +879,24 @@ fn refuse_late(inner: &Arc<Inner>, session: SessionId) {
 /// it opened, and relayed instead. Without this the relayed connection, and
 /// what the initiator sends on it, would be lost.
 fn deliver_late(inner: Arc<Inner>, session: SessionId, timeout: Duration) {
+    on_late(&inner, session, timeout.min(LATE_WINDOW), |d, c| {
+        c.set_method(if relay::is_virtual(&c.remote_address()) { Method::Relayed } else { Method::Direct });
+        d.deliver(c);
+    });
+}
+
+/// Waits up to `window` for another connection of a finished `session`
+/// and hands it to `f`; then stops taking the session's connections.
+fn on_late(inner: &Inner, session: SessionId, window: Duration, f: impl FnOnce(&Dispatch, Connection) + Send + 'static) {
     let late = inner.dispatch.expect_session(session);
     let dispatch = Arc::downgrade(&inner.dispatch);
-    drop(inner);
     runtime::spawn(async move {
-        if let Ok(Ok(c)) = tokio::time::timeout(timeout.min(LATE_WINDOW), late).await {
-            if let Some(d) = dispatch.upgrade() {
-                c.set_method(if relay::is_virtual(&c.remote_address()) { Method::Relayed } else { Method::Direct });
-                d.deliver(c);
-            }
+        let got = tokio::time::timeout(window, late).await;
+        let Some(d) = dispatch.upgrade() else { return };
+        if let Ok(Ok(c)) = got {
+            f(&d, c);
         }
-        if let Some(d) = dispatch.upgrade() {
-            d.forget_session(&session);
-        }
+        d.forget_session(&session);
     });
 }
 
@@ -1310,22 +1306,18 @@ async fn birthday(
     };
     tokio::time::sleep(wait).await;
     let punched = punch_driver::run_with(inner.node.clone(), reg, cfg, extra).await;
-    let quic = inner.node.quic()?;
     // A path on an extra socket carries the QUIC connection from before the
     // first packet of the handshake until the connection ends.
-    let route = |p: Punched| p.path.map(|path| path.route(&quic, p.success.remote_addr));
     let (conn, guard) = match side {
         Side::A => {
             drop(incoming);
-            let p = punched.map_err(|_| ConnectError::PunchFailed)?;
-            let remote = p.success.remote_addr;
-            let guard = route(p);
+            let (remote, guard) = route_punched(inner, punched.map_err(|_| ConnectError::PunchFailed)?)?;
             (dial(inner, remote, peer_id, session, Some(pair_rtt)).await?, guard)
         }
         Side::B => {
             // As in the other punches, the initiator decides.
             let guard = match punched {
-                Ok(p) => route(p),
+                Ok(p) => route_punched(inner, p)?.1,
                 Err(e) => {
                     tracing::debug!("signal: responder birthday punch: {e}");
                     None

@@ -424,7 +424,7 @@ async fn recv_loop(
             let plain = |d: &[u8]| stun::is_stun(d) || frame::is_frame(d);
             let quic_addr = match relay.alias_of(&meta.addr) {
                 Some(a) => a,
-                None if !plain(&data[..stride]) => relay.follow(&meta.addr).unwrap_or(meta.addr),
+                None if relay.following() && !plain(&data[..stride]) => relay.follow(&meta.addr).unwrap_or(meta.addr),
                 None => meta.addr,
             };
             if len != stride && !data.chunks(stride).any(plain) {

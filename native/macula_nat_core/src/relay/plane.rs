@@ -88,9 +88,6 @@ impl RelayPlane {
     /// for `from`'s IP and `from` is not the dialled address itself, `from`
     /// becomes an alias of the dialled address, which is returned.
     pub(crate) fn follow(&self, from: &SocketAddr) -> Option<SocketAddr> {
-        if !self.any_follow.load(Ordering::Acquire) {
-            return None;
-        }
         let (target, seen) = *self.follows.read().ok()?.get(&from.ip())?;
         if target == *from || seen.is_some() {
             return None;
@@ -101,6 +98,11 @@ impl RelayPlane {
         drop(m);
         self.set_alias(*from, Some(target));
         Some(target)
+    }
+
+    /// Whether any follow waits (one load: the receive loop asks first).
+    pub(crate) fn following(&self) -> bool {
+        self.any_follow.load(Ordering::Acquire)
     }
 
     /// Starts a follow for a dial to `target` (see the module docs); `false`
