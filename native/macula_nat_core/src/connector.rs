@@ -468,6 +468,28 @@ fn decide(a: &Profile, b: &Profile, flags: u8) -> Strategy {
     s
 }
 
+/// What both sides of a session know once the answer and the go are in:
+/// who and where the peer is, when to start and the pair's round trip.
+#[derive(Clone, Copy)]
+struct Meeting<'a> {
+    session: SessionId,
+    peer_id: NodeId,
+    peer: &'a Profile,
+    /// The peer's address as the rendezvous saw it.
+    observed: SocketAddr,
+    /// The go's wait before starting.
+    wait: Duration,
+    pair_rtt: Duration,
+    /// Punch transmissions per path.
+    max_attempts: u32,
+}
+
+impl<'a> Meeting<'a> {
+    fn new(session: SessionId, peer_id: NodeId, peer: &'a Profile, observed: SocketAddr, (wait, pair_rtt): (Duration, Duration), max_attempts: u32) -> Self {
+        Meeting { session, peer_id, peer, observed, wait, pair_rtt, max_attempts }
+    }
+}
+
 /// Registers a session's signalling channel; unregisters on drop.
 struct SessionGuard<'a> {
     inner: &'a Inner,
@@ -566,7 +588,8 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
         return Ok((conn, Method::Relayed, strategy));
     }
     let go = guard.go().await?;
-    let r = act(inner, Side::A, strategy, session, target, &peer, observed, go, opts.max_punch_attempts, fresh).await;
+    let m = Meeting::new(session, target, &peer, observed, go, opts.max_punch_attempts);
+    let r = act(inner, Side::A, strategy, m, fresh).await;
     let (conn, method) = match r {
         Err(ConnectError::PunchFailed) if relay_ok => {
             // The responder still waits for the session's connection.
@@ -734,7 +757,7 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
             return Err(ConnectError::PunchFailed);
         }
         let go = guard.go().await?;
-        let ok = run_punch(inner, Side::A, session, target, &peer, observed, go, opts.max_punch_attempts).await?;
+        let ok = run_punch(inner, Side::A, Meeting::new(session, target, &peer, observed, go, opts.max_punch_attempts)).await?;
         Ok(ok)
     };
     tokio::time::timeout(opts.timeout, run).await.unwrap_or(Err(ConnectError::Timeout))
@@ -760,7 +783,7 @@ async fn respond_upgrade(
         return;
     }
     let Ok(go) = guard.go().await else { return };
-    if let Err(e) = run_punch(&inner, Side::B, guard.session, from, &peer, observed, go, attempts).await {
+    if let Err(e) = run_punch(&inner, Side::B, Meeting::new(guard.session, from, &peer, observed, go, attempts)).await {
         tracing::debug!("upgrade (responder) punch: {e}");
     }
     let conns: Vec<Connection> = inner
@@ -837,7 +860,8 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
         } else {
             guard.go().await?
         };
-        act(&inner, Side::B, strategy, session, from, &peer, observed, go, responder_attempts(attempts), fresh).await
+        let m = Meeting::new(session, from, &peer, observed, go, responder_attempts(attempts));
+        act(&inner, Side::B, strategy, m, fresh).await
     };
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok((conn, method))) => {
@@ -931,24 +955,15 @@ async fn announce(conn: Connection, session: SessionId) -> Result<Connection, Co
 /// the most likely target is routed through it from the start, so the
 /// early dial leaves from there; the returned guard keeps the path socket
 /// for the connection.
-#[allow(clippy::too_many_arguments)]
-async fn punch_and_dial(
-    inner: &Arc<Inner>,
-    session: SessionId,
-    peer_id: NodeId,
-    peer: &Profile,
-    observed: SocketAddr,
-    (wait, pair_rtt): (Duration, Duration),
-    max_attempts: u32,
-    fresh: SocketSet,
-) -> Result<(Connection, Option<PathGuard>), ConnectError> {
+async fn punch_and_dial(inner: &Arc<Inner>, m: Meeting<'_>, fresh: SocketSet) -> Result<(Connection, Option<PathGuard>), ConnectError> {
+    let Meeting { session, peer_id, peer, observed, pair_rtt, .. } = m;
     let quic = inner.node.quic()?;
     let first = targets(peer, observed)[0];
     let rtt = Some(pair_rtt);
     let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
-    let punch = run_punch_from(inner, Side::A, session, peer_id, peer, observed, (wait, pair_rtt), max_attempts, fresh);
+    let punch = run_punch_from(inner, Side::A, m, fresh);
     let early = async {
-        tokio::time::sleep(wait + EARLY_DIAL_LAG).await;
+        tokio::time::sleep(m.wait + EARLY_DIAL_LAG).await;
         quic.connect_rtt(first, peer_id, rtt).await
     };
     tokio::pin!(punch, early);
@@ -1038,35 +1053,15 @@ const EARLY_DIAL_LAG: Duration = Duration::from_millis(2);
 
 /// Runs the punch machine on the node socket after the go's wait: the
 /// punched remote address.
-#[allow(clippy::too_many_arguments)]
-async fn run_punch(
-    inner: &Arc<Inner>,
-    side: Side,
-    session: SessionId,
-    peer_id: NodeId,
-    peer: &Profile,
-    observed: SocketAddr,
-    go: (Duration, Duration),
-    max_attempts: u32,
-) -> Result<SocketAddr, ConnectError> {
-    let p = run_punch_from(inner, side, session, peer_id, peer, observed, go, max_attempts, SocketSet::empty()).await?;
+async fn run_punch(inner: &Arc<Inner>, side: Side, m: Meeting<'_>) -> Result<SocketAddr, ConnectError> {
+    let p = run_punch_from(inner, side, m, SocketSet::empty()).await?;
     Ok(p.success.remote_addr)
 }
 
 /// Like [`run_punch`], from the session's fresh socket when `fresh` holds
 /// one (then the punched path is that socket, to carry QUIC).
-#[allow(clippy::too_many_arguments)]
-async fn run_punch_from(
-    inner: &Arc<Inner>,
-    side: Side,
-    session: SessionId,
-    peer_id: NodeId,
-    peer: &Profile,
-    observed: SocketAddr,
-    (wait, pair_rtt): (Duration, Duration),
-    max_attempts: u32,
-    fresh: SocketSet,
-) -> Result<Punched, ConnectError> {
+async fn run_punch_from(inner: &Arc<Inner>, side: Side, m: Meeting<'_>, fresh: SocketSet) -> Result<Punched, ConnectError> {
+    let Meeting { session, peer_id, peer, observed, wait, pair_rtt, max_attempts } = m;
     let reg = punch_driver::register(&inner.node, session);
     tokio::time::sleep(wait).await;
     let role = if side == Side::A { Role::Initiator } else { Role::Responder };
@@ -1114,19 +1109,8 @@ fn fresh_socket(inner: &Inner, session: SessionId) -> Option<SocketSet> {
 }
 
 /// Acts on the go: `side` is our side in `strategy` (A = initiator).
-#[allow(clippy::too_many_arguments)]
-async fn act(
-    inner: &Arc<Inner>,
-    side: Side,
-    strategy: Strategy,
-    session: SessionId,
-    peer_id: NodeId,
-    peer: &Profile,
-    observed: SocketAddr,
-    (wait, pair_rtt): (Duration, Duration),
-    max_attempts: u32,
-    fresh: Option<SocketSet>,
-) -> Result<(Connection, Method), ConnectError> {
+async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>, fresh: Option<SocketSet>) -> Result<(Connection, Method), ConnectError> {
+    let Meeting { session, peer_id, peer, observed, wait, pair_rtt, .. } = m;
     // Register for the session connection before anything can arrive.
     let incoming = inner.dispatch.expect_session(session);
     let dialer_is_us = |d: Side| d == side;
@@ -1210,11 +1194,10 @@ async fn act(
         }
         Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => {
             let fresh = fresh.unwrap_or_else(SocketSet::empty);
-            let go = (wait, pair_rtt);
             let (conn, guard) = match side {
                 Side::A => {
                     drop(incoming);
-                    punch_and_dial(inner, session, peer_id, peer, observed, go, max_attempts, fresh).await?
+                    punch_and_dial(inner, m, fresh).await?
                 }
                 Side::B => {
                     // The initiator decides: its dial may come before our
@@ -1225,7 +1208,7 @@ async fn act(
                     // From a fresh socket: take the initiator's early dial
                     // in from where we expect it, before our punch decides.
                     let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
-                    let punch = run_punch_from(inner, side, session, peer_id, peer, observed, go, max_attempts, fresh);
+                    let punch = run_punch_from(inner, side, m, fresh);
                     tokio::pin!(punch, incoming);
                     tokio::select! {
                         c = &mut incoming => (c.map_err(|_| ConnectError::Closed)?, early_path.take()),
@@ -1252,7 +1235,7 @@ async fn act(
             Ok((conn, Method::Punched))
         }
         Strategy::BirthdayProbing { hard } => {
-            birthday(inner, side, hard, session, peer_id, peer, observed, (wait, pair_rtt), incoming, fresh).await
+            birthday(inner, side, hard, m, incoming, fresh).await
         }
         // Handled before the go by the callers.
         Strategy::Relay => Err(ConnectError::NoRelay),
@@ -1271,19 +1254,15 @@ async fn act(
 /// (HD-PP-PD) would need a fresh socket whose port it advertises, so against
 /// a PD-mapping hard side it fails (as PredictPreservation does for such
 /// sides).
-#[allow(clippy::too_many_arguments)]
 async fn birthday(
     inner: &Arc<Inner>,
     side: Side,
     hard: Side,
-    session: SessionId,
-    peer_id: NodeId,
-    peer: &Profile,
-    observed: SocketAddr,
-    (wait, pair_rtt): (Duration, Duration),
+    m: Meeting<'_>,
     incoming: tokio::sync::oneshot::Receiver<Connection>,
     fresh: Option<SocketSet>,
 ) -> Result<(Connection, Method), ConnectError> {
+    let Meeting { session, peer_id, peer, observed, wait, pair_rtt, .. } = m;
     let sched = BirthdaySchedule::standard(pair_rtt).ok_or(ConnectError::PunchFailed)?;
     let reg = punch_driver::register(&inner.node, session);
     let role = if side == Side::A { Role::Initiator } else { Role::Responder };
