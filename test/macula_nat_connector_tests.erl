@@ -14,12 +14,7 @@ connector_test_() ->
      end}.
 
 setup() ->
-    application:set_env(macula_nat, listen_ip, {127, 0, 0, 1}),
-    {ok, _} = application:ensure_all_started(macula_nat),
-    ok = macula_nat_coordinator:serve_rendezvous(),
-    {ok, Me} = macula:get_node_id(),
-    {ok, {_, Port}} = macula_nat_node:local_addr(),
-    Rv = iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]),
+    {Me, Rv} = macula_nat_test_support:serve_loopback_rendezvous(),
     {ok, B, _} = peer:start_link(#{connection => standard_io, args => ["-pa" | code:get_path()]}),
     ok = peer:call(B, application, set_env, [macula_nat, listen_ip, {127, 0, 0, 1}]),
     ok = peer:call(B, application, set_env, [macula_nat, rendezvous, [#{endpoint => Rv, node_id => Me}]]),

@@ -1,7 +1,7 @@
 %% @doc Helpers shared by the EUnit modules (not a test module itself).
 -module(macula_nat_test_support).
 
--export([wait/2, repo_root/0]).
+-export([wait/2, repo_root/0, serve_loopback_rendezvous/0]).
 
 %% @doc Polls `F' every 20 ms until it returns `true' (`ok') or `Ms' run
 %% out (`timeout', after one last look).
@@ -16,6 +16,17 @@ wait(F, Ms) ->
         true -> ok;
         _ -> timer:sleep(20), wait(F, Ms - 20)
     end.
+
+%% @doc Starts macula_nat on 127.0.0.1 in this VM and makes it a rendezvous:
+%% {NodeId, <<"127.0.0.1:Port">>} to join it with.
+-spec serve_loopback_rendezvous() -> {binary(), binary()}.
+serve_loopback_rendezvous() ->
+    application:set_env(macula_nat, listen_ip, {127, 0, 0, 1}),
+    {ok, _} = application:ensure_all_started(macula_nat),
+    ok = macula_nat_coordinator:serve_rendezvous(),
+    {ok, Me} = macula:get_node_id(),
+    {ok, {_, Port}} = macula_nat_node:local_addr(),
+    {Me, iolist_to_binary(["127.0.0.1:", integer_to_list(Port)])}.
 
 %% @doc The repository root (where Cargo.toml is), for the Rust binaries
 %% the tests drive.

@@ -27,12 +27,7 @@ relay_test_() ->
      end}.
 
 setup() ->
-    application:set_env(macula_nat, listen_ip, {127, 0, 0, 1}),
-    {ok, _} = application:ensure_all_started(macula_nat),
-    ok = macula_nat_coordinator:serve_rendezvous(),
-    {ok, Me} = macula:get_node_id(),
-    {ok, {_, Port}} = macula_nat_node:local_addr(),
-    Ep = iolist_to_binary(["127.0.0.1:", integer_to_list(Port)]),
+    {Me, Ep} = macula_nat_test_support:serve_loopback_rendezvous(),
     Rv = [#{endpoint => Ep, node_id => Me}],
     A = start_peer([{rendezvous, Rv}]),
     %% The relay runs on this node's socket too.
