@@ -440,6 +440,7 @@ impl Lab {
             .collect();
         destroy_namespaces(&stale)?;
         write_state(&info)?; // first, so a concurrent reap sees an owned lab
+        netns::neighbour_room(info.sites.len());
         let mut lab = Lab { info, children: vec![], keep: false, down_done: false };
         let needs_engine = lab.info.sites.values().any(|s| s.engine || s.delay_hop.is_some());
         let bin = if needs_engine { Some(find_engine_bin(&opts.engine_bin)?) } else { None };

@@ -95,6 +95,25 @@ pub fn sysctls(ns: &str, kv: Vec<(String, String)>) -> Result<()> {
     })
 }
 
+/// Makes room in the kernel's ARP table for a lab of `sites` sites. The
+/// table and its limits (`gc_thresh1..3`, only writable in the initial
+/// namespace) are shared by every namespace: a big lab's routers see each
+/// other on the internet bridge (about `sites`^2 entries), and past
+/// `gc_thresh3` (1024 by default) the kernel evicts live entries and
+/// refuses new ones ("neighbor table overflow"), dropping packets between
+/// routers for seconds at a time. Limits are only raised, never lowered;
+/// best effort (a lab still works, less reliably, without it).
+pub fn neighbour_room(sites: usize) {
+    let want = (sites * sites * 4).max(1024) as u64;
+    for (k, v) in [("gc_thresh1", want / 4), ("gc_thresh2", want / 2), ("gc_thresh3", want)] {
+        let p = format!("/proc/sys/net/ipv4/neigh/default/{k}");
+        let cur = std::fs::read_to_string(&p).ok().and_then(|c| c.trim().parse::<u64>().ok()).unwrap_or(0);
+        if cur < v {
+            let _ = std::fs::write(&p, v.to_string());
+        }
+    }
+}
+
 /// Inode of a named namespace, if it exists.
 pub fn ns_inode(ns: &str) -> Option<u64> {
     std::fs::metadata(Path::new(NETNS_DIR).join(ns)).ok().map(|m| m.ino())
