@@ -554,6 +554,7 @@ pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts
     let r = tokio::time::timeout(timeout, initiate(&signal.inner, target, &opts)).await;
     match r {
         Ok(Ok((conn, method, strategy))) => {
+            tracing::debug!("signal: connected to {} ({}, {})", conn.remote_address(), method.name(), strategy.name());
             conn.set_method(method);
             Ok(Connected { conn, method, strategy, elapsed: started.elapsed() })
         }
@@ -576,6 +577,7 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
     let (peer, observed) = guard.answer().await?;
     let strategy = decide(&me, &peer, flags);
+    tracing::debug!("signal: session {:02x?} initiator strategy {}", &session[..4], strategy.name());
     let fresh = fresh.filter(|_| aimed_at_preserved_port(strategy, Side::A));
     let relay_ok = opts.allow_relay || opts.relay_only;
     // Relay-only pairs don't wait for the go.
@@ -829,6 +831,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     let Ok(ctl) = control(&inner) else { return };
     let mut me = our_profile(&inner, None);
     let strategy = decide(&peer, &me, flags);
+    tracing::debug!("signal: session {:02x?} responder strategy {}", &session[..4], strategy.name());
     let upgrade = flags & signal::FLAG_UPGRADE != 0;
     let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, session) } else { None };
     if fresh.is_some() {
@@ -874,7 +877,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
                     v.push(conn.clone());
                 }
             }
-            tracing::debug!("signal: responder session done ({})", method.name());
+            tracing::debug!("signal: session {:02x?} responder done ({}) from {}", &session[..4], method.name(), conn.remote_address());
             inner.dispatch.deliver(conn);
             if method != Method::Relayed {
                 drop(guard);
@@ -882,8 +885,8 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
                 return;
             }
         }
-        Ok(Err(e)) => tracing::debug!("signal: responder session failed: {e}"),
-        Err(_) => tracing::debug!("signal: responder session timed out"),
+        Ok(Err(e)) => tracing::debug!("signal: session {:02x?} responder failed: {e}", &session[..4]),
+        Err(_) => tracing::debug!("signal: session {:02x?} responder timed out", &session[..4]),
     }
     drop(guard);
 }

@@ -100,6 +100,7 @@ impl Dispatch {
             },
             None => conn,
         };
+        tracing::debug!("dispatch: session {:02x?} connection from {} kept until its session waits", &s[..4], conn.remote_address());
         if let Ok(mut e) = self.early.lock() {
             let now = Instant::now();
             e.retain(|_, (t, _)| now.duration_since(*t) < EARLY_TTL);

@@ -25,6 +25,7 @@ pub mod relay;
 pub mod rendezvous;
 pub mod runtime;
 pub mod signal;
+pub mod stderr_trace;
 pub mod stun_rtt;
 
 pub use error::Error;

@@ -174,7 +174,7 @@ async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &P
                     }
                     // Says why an accepted connection never brought its
                     // message (the benchmark counts it as no_message).
-                    None => eprintln!("accepted connection from {} ended before a message: {:?}", hex(&c.peer_id()), c.close_reason()),
+                    None => eprintln!("accepted connection from {} ended before a message: {:?} ({})", hex(&c.peer_id()), c.close_reason(), c.stats_line()),
                 }
                 if let Ok(mut h) = held.lock() {
                     h.push(c);
@@ -250,6 +250,7 @@ async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInf
 }
 
 fn main() {
+    macula_nat_core::stderr_trace::init_from_env();
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| usage());
     let mut target = None;

@@ -289,6 +289,24 @@ impl Connection {
         self.inner.conn.rtt()
     }
 
+    /// Transport counters in one line, for diagnostics: UDP datagrams and
+    /// bytes each way, packets lost, congestion window, RTT.
+    pub fn stats_line(&self) -> String {
+        let s = self.inner.conn.stats();
+        format!(
+            "remote {} rtt {:?} udp_tx {}/{}B udp_rx {}/{}B lost {} cwnd {} sent_pkts {}",
+            self.remote_address(),
+            s.path.rtt,
+            s.udp_tx.datagrams,
+            s.udp_tx.bytes,
+            s.udp_rx.datagrams,
+            s.udp_rx.bytes,
+            s.path.lost_packets,
+            s.path.cwnd,
+            s.path.sent_packets
+        )
+    }
+
     /// The largest message `send` accepts and `recv` will take.
     pub fn max_frame(&self) -> usize {
         self.inner.max_frame
