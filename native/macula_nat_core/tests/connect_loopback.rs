@@ -134,7 +134,10 @@ fn errors_are_fast_and_typed() {
         assert_eq!(e.kind(), "no_relay");
         let e = connect_detailed(&s.a, [1u8; 32], ConnectOpts::default()).await.unwrap_err();
         assert_eq!(e.kind(), "unknown_peer");
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+        // Fast means: none of the three waited for the 10 s connect
+        // timeout. Any bound below it proves that; 5 s leaves room for a
+        // loaded CI host (they take milliseconds on a quiet one).
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     });
 }
 
