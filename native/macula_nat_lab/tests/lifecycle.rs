@@ -218,3 +218,21 @@ fn reap_spares_a_live_lab_whose_state_file_it_cannot_read() {
     lab.down().unwrap();
     assert!(lab_namespaces("lcfuture").is_empty());
 }
+
+/// The kernel's ARP table is shared by all namespaces; a big lab must not
+/// overflow it (see `netns::neighbour_room`). Limits are raised to fit and
+/// never lowered.
+#[test]
+fn neighbour_table_has_room_for_the_lab() {
+    let read = |k: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/default/{k}")).unwrap().trim().parse().unwrap()
+    };
+    let before = read("gc_thresh3");
+    netns::neighbour_room(70);
+    assert!(read("gc_thresh3") >= 4 * 70 * 70, "gc_thresh3 {}", read("gc_thresh3"));
+    assert!(read("gc_thresh2") >= 2 * 70 * 70);
+    assert!(read("gc_thresh1") >= 70 * 70);
+    // A smaller lab afterwards leaves the higher limits alone.
+    netns::neighbour_room(2);
+    assert!(read("gc_thresh3") >= before.max(4 * 70 * 70));
+}
