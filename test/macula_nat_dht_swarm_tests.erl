@@ -16,16 +16,7 @@ swarm_test_() ->
 
 
 start_swarm() ->
-    Bin = filename:join([macula_nat_test_support:repo_root(), "target", "release", "macula-dht-swarm"]),
-    %% scripts/test.sh builds it; a missing binary is a failure, not a skip.
-    true = filelib:is_regular(Bin),
-    Port = open_port({spawn_executable, Bin}, [{args, ["20"]}, {line, 65536}, binary, exit_status]),
-    receive
-        {Port, {data, {eol, <<"bootstrap ", Boot/binary>>}}} ->
-            #{port => Port, bootstrap => binary:split(Boot, <<",">>, [global])}
-    after 30000 ->
-        error(swarm_not_ready)
-    end.
+    macula_nat_test_support:start_dht_swarm().
 
 stop_swarm(#{port := Port}) ->
     %% Closing stdin ends the swarm.

@@ -1,7 +1,7 @@
 %% @doc Helpers shared by the EUnit modules (not a test module itself).
 -module(macula_nat_test_support).
 
--export([wait/2, repo_root/0, serve_loopback_rendezvous/0]).
+-export([wait/2, repo_root/0, serve_loopback_rendezvous/0, start_dht_swarm/0]).
 
 %% @doc Polls `F' every 20 ms until it returns `true' (`ok') or `Ms' run
 %% out (`timeout', after one last look).
@@ -27,6 +27,22 @@ serve_loopback_rendezvous() ->
     {ok, Me} = macula:get_node_id(),
     {ok, {_, Port}} = macula_nat_node:local_addr(),
     {Me, iolist_to_binary(["127.0.0.1:", integer_to_list(Port)])}.
+
+%% @doc Starts a private mainline DHT swarm of 20 nodes on loopback
+%% (`macula-dht-swarm'; closing the port ends it): the port and the
+%% swarm's bootstrap addresses.
+-spec start_dht_swarm() -> #{port := port(), bootstrap := [binary()]}.
+start_dht_swarm() ->
+    Bin = filename:join([repo_root(), "target", "release", "macula-dht-swarm"]),
+    %% scripts/test.sh builds it; a missing binary is a failure, not a skip.
+    true = filelib:is_regular(Bin),
+    Port = open_port({spawn_executable, Bin}, [{args, ["20"]}, {line, 65536}, binary, exit_status]),
+    receive
+        {Port, {data, {eol, <<"bootstrap ", Boot/binary>>}}} ->
+            #{port => Port, bootstrap => binary:split(Boot, <<",">>, [global])}
+    after 30000 ->
+        error(swarm_not_ready)
+    end.
 
 %% @doc The repository root (where Cargo.toml is), for the Rust binaries
 %% the tests drive.

@@ -184,20 +184,11 @@ swarm_test_() ->
 
 
 start_swarm() ->
-    Bin = filename:join([macula_nat_test_support:repo_root(), "target", "release", "macula-dht-swarm"]),
-    %% scripts/test.sh builds it; a missing binary is a failure, not a skip.
-    true = filelib:is_regular(Bin),
-    Port = open_port({spawn_executable, Bin}, [{args, ["20"]}, {line, 65536}, binary, exit_status]),
+    #{port := Port, bootstrap := Boot} = macula_nat_test_support:start_dht_swarm(),
     {ok, Obs} = macula_nat_observer:start(#{primary => {{127, 0, 0, 1}, 0},
                                             alternate => {{127, 0, 0, 2}, 0}}),
     #{primary := Primary} = macula_nat_observer:info(Obs),
-    receive
-        {Port, {data, {eol, <<"bootstrap ", Boot/binary>>}}} ->
-            #{port => Port, obs => Obs, observer => Primary,
-              dht => {mainline, #{bootstrap => binary:split(Boot, <<",">>, [global])}}}
-    after 30000 ->
-        error(swarm_not_ready)
-    end.
+    #{port => Port, obs => Obs, observer => Primary, dht => {mainline, #{bootstrap => Boot}}}.
 
 stop_swarm(#{port := Port, obs := Obs}) ->
     catch port_close(Port),
