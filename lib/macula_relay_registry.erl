@@ -85,20 +85,14 @@ unregister(_) ->
 %% from this node, `load' what the relay advertises.
 -spec find_relay(binary()) -> {ok, relay_info()} | {error, no_relay | bad_node_id | badarg}.
 find_relay(Target) when is_binary(Target) ->
-    case persistent_term:get(?KEY, undefined) of
-        undefined -> {error, no_relay};
-        Res -> macula_nat_nif:relay_registry_find(Res, Target)
-    end;
+    with_registry(fun(Res) -> macula_nat_nif:relay_registry_find(Res, Target) end, {error, no_relay});
 find_relay(_) ->
     {error, badarg}.
 
 %% @doc Every usable relay, best first (the current choice, then by score).
 -spec relays() -> [relay_info()].
 relays() ->
-    case persistent_term:get(?KEY, undefined) of
-        undefined -> [];
-        Res -> macula_nat_nif:relay_registry_best(Res, ?ALL)
-    end.
+    with_registry(fun(Res) -> macula_nat_nif:relay_registry_best(Res, ?ALL) end, []).
 
 %% @doc The calling process gets `{macula_relay_registry, relays_changed}'
 %% whenever the chosen relay or the set of usable relays changes, until it
@@ -115,10 +109,7 @@ unsubscribe() ->
 %% while it is registered as one. The relay server calls it.
 -spec set_load(number()) -> ok | {error, badarg | not_running}.
 set_load(Load) when is_number(Load), Load >= 0, Load =< 1 ->
-    case persistent_term:get(?KEY, undefined) of
-        undefined -> {error, not_running};
-        Res -> macula_nat_nif:relay_registry_set_load(Res, Load)
-    end;
+    with_registry(fun(Res) -> macula_nat_nif:relay_registry_set_load(Res, Load) end, {error, not_running});
 set_load(_) ->
     {error, badarg}.
 
@@ -126,12 +117,17 @@ set_load(_) ->
 %% failed): not chosen again until it answers a probe.
 -spec report_failure(binary()) -> ok | {error, term()}.
 report_failure(NodeId) when is_binary(NodeId) ->
-    case persistent_term:get(?KEY, undefined) of
-        undefined -> {error, not_running};
-        Res -> macula_nat_nif:relay_registry_report_failure(Res, NodeId)
-    end;
+    with_registry(fun(Res) -> macula_nat_nif:relay_registry_report_failure(Res, NodeId) end, {error, not_running});
 report_failure(_) ->
     {error, badarg}.
+
+%% The running registry's resource (kept in a persistent term so that reads
+%% skip the server process) given to `F'; `IfNotRunning' otherwise.
+with_registry(F, IfNotRunning) ->
+    case persistent_term:get(?KEY, undefined) of
+        undefined -> IfNotRunning;
+        Res -> F(Res)
+    end.
 
 call(Request) ->
     try
