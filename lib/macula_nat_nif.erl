@@ -139,7 +139,7 @@ conn_open(_Ref, _Node, _Addr, _PeerId) -> erlang:nif_error(not_loaded).
 -spec conn_accept(reference(), resource()) -> {ok, pending()} | {error, term()}.
 conn_accept(_Ref, _Node) -> erlang:nif_error(not_loaded).
 
--spec conn_send(reference(), resource(), binary()) -> {ok, pending()} | {error, term()}.
+-spec conn_send(reference(), resource(), binary()) -> ok | {ok, pending()} | {error, term()}.
 conn_send(_Ref, _Conn, _Bin) -> erlang:nif_error(not_loaded).
 
 -spec conn_info(resource()) -> map().

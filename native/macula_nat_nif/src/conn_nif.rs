@@ -234,8 +234,10 @@ fn quic_error(kind: &'static str) -> reply::Encode {
     })
 }
 
-/// `conn_send(Ref, Conn, Binary) -> {ok, Pending}`; replies `ok` once the
-/// message is in the connection's stream, in call order.
+/// `conn_send(Ref, Conn, Binary) -> ok | {ok, Pending} | {error, _}`: `ok`
+/// at once while the connection's queue is short, else `{ok, Pending}` and
+/// a reply `ok` once the message is in the connection's stream, in call
+/// order.
 #[rustler::nif]
 fn conn_send<'a>(env: Env<'a>, reference: Term<'a>, res: ResourceArc<ConnRes>, bin: Binary<'a>) -> Term<'a> {
     guard::guard(env, || {
