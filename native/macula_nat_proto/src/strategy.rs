@@ -63,9 +63,14 @@
 //!      answer of the port it dialed (the runtime aliases it, so QUIC sees
 //!      one address) and keeps sending to the dialed port, which the
 //!      listener's filter admits. That needs the hard side's filter to admit
-//!      the new port: it filters by IP only, or it has HD mapping and has
-//!      sprayed the listener's contiguity window (PC) from its one port
-//!      towards the listener's IP.
+//!      the new port: it filters by IP only, or it has HD mapping (one port
+//!      towards the listener's IP) and has sent to the new port in advance
+//!      from that port. The new port is known in advance: the listener's
+//!      contiguity window (PC), or (PP) the preserved port of a second
+//!      fresh socket, the *answer socket*, which the listener advertises
+//!      next to the one the hard side dials and whose first packet is the
+//!      answer (the "split path": the listener learns the hard side's port
+//!      on the dialled socket and answers from the other).
 //!    * **BirthdayProbing** when the listener filters by IP *and port* but
 //!      has one exactly known endpoint towards the hard side's IP (EI
 //!      mapping, or HD mapping with PP on a fresh socket): the hard side
@@ -89,17 +94,21 @@
 //!   restricted itself to deterministic prediction; probing random ports is
 //!   a later technique (used in production by, e.g., Tailscale). It costs
 //!   hundreds of packets and succeeds only with a chosen probability.
-//! * **Relay instead of prediction** (6 pairs NATCracker calls traversable):
-//!   a hard side that filters by port against a PD-*mapping* listener with
-//!   PP or PC allocation that does not filter by port, when for PC the hard
-//!   side also has PD mapping (PD-RD-PD against PD-PC-EI/HD; PD-RD-PD and
-//!   HD-RD-PD against PD-PP-EI/HD). The listener cannot answer from the port
-//!   the hard side dialed (its answer creates a fresh mapping), and the hard
-//!   side's filter only admits the port it sent to from the dialing mapping;
-//!   it cannot send to the new port from that mapping (PD mapping) or
-//!   cannot know it (PP: random). No packet of the answer gets in, so we
-//!   relay. (With a hard side that filters by IP only, the answer gets in
-//!   and the runtime follows it: those pairs are connection reversals.)
+//! * **Relay instead of prediction** (4 pairs NATCracker calls traversable):
+//!   a hard side with PD mapping that filters by port against a PD-*mapping*
+//!   listener with PP or PC allocation that does not filter by port
+//!   (PD-RD-PD against PD-PP-EI/HD and PD-PC-EI/HD). The listener cannot
+//!   answer from the port the hard side dialed (its answer creates a fresh
+//!   mapping), and the hard side's filter only admits the port it sent to
+//!   from the dialing mapping; with PD mapping each packet it sends to
+//!   another port of the listener leaves from yet another mapping. The
+//!   listener in turn cannot send first to the hard side's dialing port
+//!   (random, learned only from the dial). No packet of the answer gets in
+//!   (short of a two-dimensional birthday search), so we relay. With an
+//!   HD-mapping hard side the answer port is announced and opened in
+//!   advance (the split path above), and with a hard side that filters by
+//!   IP only the answer gets in anyway: those pairs are connection
+//!   reversals.
 //!
 //! Five pairs we relay although they would punch: two hard sides where
 //! neither filters by port, at least one has HD mapping and at least one
@@ -378,10 +387,10 @@ fn one_sided(easy: &PeerNat, hard: &PeerNat, hard_side: Side) -> Strategy {
     if e.filtering != Filtering::Pd {
         let converges = match (e.mapping, aim(easy)) {
             (Mapping::Ei, _) | (Mapping::Hd, _) => true,
-            // PD mapping: the answer leaves from a fresh mapping, which the
-            // hard side must admit (see the module docs).
-            (Mapping::Pd, Aim::Contiguous(_)) => hard.nat.mapping == Mapping::Hd || hard.nat.filtering != Filtering::Pd,
-            (Mapping::Pd, _) => hard.nat.filtering != Filtering::Pd,
+            // PD mapping: the answer leaves from a fresh mapping, whose port
+            // the hard side must know in advance to admit it through a
+            // port filter (see the module docs).
+            (Mapping::Pd, _) => hard.nat.mapping == Mapping::Hd || hard.nat.filtering != Filtering::Pd,
         };
         if converges {
             return Strategy::ConnectionReversal { dialer: hard_side };

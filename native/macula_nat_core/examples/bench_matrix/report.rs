@@ -197,7 +197,7 @@ pub(crate) fn report(
         w,
         "1. Every pair NATCracker counts as traversable connects directly (direct or punched) in 100% of tries: \
          {}. {trav_full} of {} such pairs connected in every try ({trav_ok}/{trav_tries} tries). \
-         {} of them are the strategy table's documented deviations to relay (a port-filtering random side \
+         {} of them are the strategy table's documented deviations to relay (a random side with PD mapping and port filtering \
          against a PD-mapping listener: no packet of the listener's answer can get in, see `strategy.rs`), \
          connected in every try: {trav_relayed_full}; the other {}: {} of them connected directly in every try. \
          Missed tries by strategy: {}. Traversable pairs below 100% besides those deviations: {}.",
