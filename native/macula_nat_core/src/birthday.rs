@@ -36,7 +36,11 @@
 //! listener's opening packets, leave from that socket and it carries the
 //! QUIC connection exactly like a birthday winner. The reversal listener has
 //! no punch to tell it the peer's address: [`PathSocket::route_first`] takes
-//! it from the first QUIC datagram that arrives.
+//! it from the first QUIC datagram that arrives. A listener with PD mapping
+//! opens a second one, the answer socket: its answer to the dialer's port
+//! would leave the dialed socket through a new mapping with an unknown port,
+//! so QUIC answers from the answer socket instead, whose first mapping keeps
+//! its (advertised) port, and receives on both ("split path").
 //!
 //! Limits: the route is keyed by the peer's address, so another connection
 //! of this node to that very address would move onto the path too (not
@@ -158,6 +162,13 @@ impl SocketSet {
             Some(d) => d,
             None => std::future::pending().await,
         }
+    }
+
+    /// Takes socket `index` (>= 1) out of the set, leaving the others open;
+    /// dropping the result closes it.
+    pub(crate) fn take(&mut self, index: usize) -> Option<PathSocket> {
+        let extra = self.socks.get_mut(index.checked_sub(1)?)?.take()?;
+        Some(PathSocket { index, extra })
     }
 
     /// Closes every extra socket but `winner` (a machine index; 0 or `None`
@@ -315,7 +326,12 @@ impl PathSocket {
     /// listener learns the dialer's port that way). A stranger's datagram
     /// arriving first would take the path; the port is fresh and lives for
     /// one session, and the QUIC handshake still authenticates the peer.
-    pub async fn route_first(self, quic: &QuicEndpoint) -> PathGuard {
+    ///
+    /// With `answer`, QUIC sends from that socket instead and receives on
+    /// both (the split path of a PD-mapping listener, see `strategy`): the
+    /// dialer reaches this socket, the answer socket's first mapping goes to
+    /// the dialer and keeps its preserved port, which the dialer expects.
+    pub async fn route_first(self, quic: &QuicEndpoint, answer: Option<PathSocket>) -> PathGuard {
         let sink = self.extra.sink.clone();
         let from = loop {
             let notified = sink.arrived.notified();
@@ -324,15 +340,25 @@ impl PathSocket {
             }
             notified.await;
         };
-        self.route(quic, from)
+        self.route_with(quic, from, answer)
     }
 
     /// Makes this socket `quic`'s path to `remote`, in both directions,
     /// until the guard is dropped.
     pub fn route(self, quic: &QuicEndpoint, remote: SocketAddr) -> PathGuard {
-        quic.route_via(remote, Arc::new(SocketTunnel { io: self.extra.io.clone() }));
-        self.extra.sink.attach(quic.clone(), remote);
-        PathGuard { quic: quic.clone(), remote, extra: Some(self.extra) }
+        self.route_with(quic, remote, None)
+    }
+
+    /// Like [`PathSocket::route`]; with `answer`, QUIC's datagrams to
+    /// `remote` leave from `answer` and both sockets take `remote`'s in.
+    fn route_with(self, quic: &QuicEndpoint, remote: SocketAddr, answer: Option<PathSocket>) -> PathGuard {
+        let out = answer.as_ref().map_or(&self.extra, |a| &a.extra).io.clone();
+        quic.route_via(remote, Arc::new(SocketTunnel { io: out }));
+        let extras: Vec<Arc<Extra>> = std::iter::once(self.extra).chain(answer.map(|a| a.extra)).collect();
+        for e in &extras {
+            e.sink.attach(quic.clone(), remote);
+        }
+        PathGuard { quic: quic.clone(), remote, extras }
     }
 }
 
@@ -341,13 +367,14 @@ impl PathSocket {
 pub struct PathGuard {
     quic: QuicEndpoint,
     remote: SocketAddr,
-    extra: Option<Arc<Extra>>,
+    /// The receiving socket, and the answer socket of a split path.
+    extras: Vec<Arc<Extra>>,
 }
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
         self.quic.clear_route(self.remote);
-        if let Some(e) = self.extra.take() {
+        for e in self.extras.drain(..) {
             // Breaks the sink's hold on the endpoint even if the task is
             // mid-poll when aborted.
             e.sink.detach();
@@ -542,7 +569,7 @@ mod tests {
             assert_eq!(path_addr.port(), port);
             let routed = tokio::spawn({
                 let qb = qb.clone();
-                async move { path.route_first(&qb).await }
+                async move { path.route_first(&qb, None).await }
             });
             let accepted = tokio::spawn(async move { qb.accept().await });
             let ca = qa.connect(path_addr, b.node_id()).await.expect("handshake over the followed path");
@@ -555,6 +582,49 @@ mod tests {
             cb.send(b"pong".to_vec()).await.unwrap();
             assert_eq!(ca.recv().await.as_deref(), Some(&b"pong"[..]));
             assert_eq!(b.stats().datagrams_out, 0, "B's node socket carried QUIC");
+        });
+    }
+
+    /// The split path: the dialer reaches the listener's dialed socket, the
+    /// listener's QUIC answers from its answer socket, the dialer follows
+    /// that port as an alias of the dialed one (as it does for a PD-mapping
+    /// listener) and keeps sending to the dialed socket. Both ends carry
+    /// messages; B's node socket carries nothing; the guard holds both
+    /// sockets until the connection ends.
+    #[test]
+    fn split_path_answers_from_the_answer_socket() {
+        let (a, b) = (node(), node());
+        runtime::handle().block_on(async {
+            let (qa, qb) = (a.quic().unwrap(), b.quic().unwrap());
+            let mut set = SocketSet::open("127.0.0.1".parse().unwrap(), 2, session());
+            let answer = set.take(2).expect("answer socket");
+            let answer_addr = answer.local_addr().unwrap();
+            let path = set.keep_only(Some(1)).unwrap();
+            let path_addr = path.local_addr().unwrap();
+            assert!(a.relay_plane().expect_follow(path_addr));
+            let routed = tokio::spawn({
+                let qb = qb.clone();
+                async move { path.route_first(&qb, Some(answer)).await }
+            });
+            let accepted = tokio::spawn(async move { qb.accept().await });
+            let ca = qa.connect(path_addr, b.node_id()).await.expect("handshake over the split path");
+            let guard = routed.await.unwrap();
+            let cb = accepted.await.unwrap().expect("accepted");
+            guard.hold_while(&cb);
+            assert_eq!(ca.remote_address(), path_addr, "the dialer's QUIC sees the dialed address");
+            assert!(a.relay_plane().has_alias(&answer_addr), "the answer came from the answer socket");
+            assert_eq!(cb.remote_address(), a.local_addr().unwrap());
+            for i in 0..3u8 {
+                ca.send(vec![i; 2000]).await.unwrap();
+                assert_eq!(cb.recv().await, Some(vec![i; 2000]));
+                cb.send(vec![i; 3000]).await.unwrap();
+                assert_eq!(ca.recv().await, Some(vec![i; 3000]));
+            }
+            assert_eq!(b.stats().datagrams_out, 0, "B's node socket carried QUIC");
+            drop(cb);
+            ca.close("done");
+            assert!(released(path_addr).await && released(answer_addr).await, "split path outlived its connection");
+            a.relay_plane().end_follow(path_addr);
         });
     }
 

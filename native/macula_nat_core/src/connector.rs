@@ -413,7 +413,8 @@ fn our_profile(inner: &Inner, fresh: Option<&SocketSet>) -> Profile {
     let mut info = cfg.profile;
     info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
-    Profile { info, local_port, candidates, relays: inner.relays.reserved() }
+    let answer_port = fresh.and_then(|f| f.port(ANSWER_SOCKET)).unwrap_or(0);
+    Profile { info, local_port, answer_port, candidates, relays: inner.relays.reserved() }
 }
 
 fn peer_nat(p: &PeerInfo) -> PeerNat {
@@ -567,7 +568,7 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
-    let fresh = fresh_socket(inner, session);
+    let mut fresh = fresh_socket(inner, session, true);
     let me = our_profile(inner, fresh.as_ref());
     let mut flags = if opts.prefer_direct { 0 } else { signal::FLAG_NO_DIRECT };
     if opts.relay_only {
@@ -578,6 +579,10 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
     let (peer, observed) = guard.answer().await?;
     let strategy = decide(&me, &peer, flags);
     tracing::debug!("signal: session {:02x?} initiator strategy {}", &session[..4], strategy.name());
+    if !matches!(strategy, Strategy::ConnectionReversal { dialer: Side::B }) {
+        // Not listening: no answer socket.
+        drop(fresh.as_mut().and_then(|f| f.take(ANSWER_SOCKET)));
+    }
     let fresh = fresh.filter(|_| aimed_at_preserved_port(strategy, Side::A));
     let relay_ok = opts.allow_relay || opts.relay_only;
     // Relay-only pairs don't wait for the go.
@@ -833,7 +838,8 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     let strategy = decide(&peer, &me, flags);
     tracing::debug!("signal: session {:02x?} responder strategy {}", &session[..4], strategy.name());
     let upgrade = flags & signal::FLAG_UPGRADE != 0;
-    let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, session) } else { None };
+    let listening = matches!(strategy, Strategy::ConnectionReversal { dialer: Side::A });
+    let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, session, listening) } else { None };
     if fresh.is_some() {
         me = our_profile(&inner, fresh.as_ref());
     }
@@ -1103,15 +1109,37 @@ fn aimed_at_preserved_port(strategy: Strategy, side: Side) -> bool {
     }
 }
 
-/// The session's fresh socket, when our profile needs one.
-fn fresh_socket(inner: &Inner, session: SessionId) -> Option<SocketSet> {
-    let preserved = inner.cfg.read().is_ok_and(|c| needs_fresh_socket(&c.profile));
+/// The fresh set's socket a PD-mapping listener answers a connection
+/// reversal from (the split path, see `strategy`); socket 1 is the one
+/// peers aim at.
+const ANSWER_SOCKET: usize = 2;
+
+/// The session's fresh socket, when our profile needs one, plus the answer
+/// socket when we may listen in a connection reversal (`may_listen`) with
+/// PD mapping.
+fn fresh_socket(inner: &Inner, session: SessionId, may_listen: bool) -> Option<SocketSet> {
+    let (preserved, pd) = inner
+        .cfg
+        .read()
+        .map(|c| (needs_fresh_socket(&c.profile), c.profile.mapping == Mapping::Pd))
+        .unwrap_or((false, false));
     if !preserved {
         return None;
     }
     let ip = inner.node.local_addr().ok()?.ip();
-    let set = SocketSet::open(ip, 1, session);
+    let set = SocketSet::open(ip, if pd && may_listen { ANSWER_SOCKET } else { 1 }, session);
     (!set.is_empty()).then_some(set)
+}
+
+/// Where the answer of a PD-mapping listener we dial may come from, so that
+/// our filter admits it: its contiguity window (PC) or its answer socket
+/// (PP). `tg` are its targets, `to` the one we dial.
+fn answer_ports(peer: &Profile, tg: &[SocketAddr], to: SocketAddr) -> Vec<SocketAddr> {
+    match strategy::aim(&peer_nat(&peer.info)) {
+        Aim::Contiguous(_) => tg.iter().skip(1).filter(|t| t.ip() == to.ip()).copied().collect(),
+        Aim::Preserved if peer.answer_port != 0 => vec![SocketAddr::new(to.ip(), peer.answer_port)],
+        _ => Vec::new(),
+    }
 }
 
 /// Acts on the go: `side` is our side in `strategy` (A = initiator).
@@ -1142,14 +1170,17 @@ async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>,
                 let tg = targets(peer, observed);
                 let to = tg[0];
                 // A listener with PD mapping answers from a new mapping: its
-                // next port when contiguous, which our filter must admit
-                // (we send to its window from the socket that dials), or
-                // any port when preserved (our filter admits its IP). Its
-                // answer becomes an alias of the dialled address.
+                // next port when contiguous, the answer socket's preserved
+                // port when it has one, any port otherwise (our filter
+                // admits its IP). Our filter must admit it: we send there
+                // first from the socket that dials (twice: a lost opening
+                // packet would cost the pair its direct path). Its answer
+                // becomes an alias of the dialled address.
                 let follow = peer.info.mapping == Mapping::Pd && inner.node.relay_plane().expect_follow(to);
-                if follow && matches!(strategy::aim(&peer_nat(&peer.info)), Aim::Contiguous(_)) {
+                if follow {
                     let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
-                    for t in tg.iter().skip(1).filter(|t| t.ip() == to.ip()) {
+                    let ports = answer_ports(peer, &tg, to);
+                    for t in ports.iter().chain(&ports) {
                         let _ = inner.node.send_to(&open, *t).await;
                     }
                 }
@@ -1172,13 +1203,16 @@ async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>,
                 };
                 // Our preserved port is the fresh socket's: open from there,
                 // and let it carry QUIC to whichever port the dialer's
-                // connection comes from.
+                // connection comes from; with PD mapping answer from the
+                // answer socket (its first packet: the answer keeps its
+                // advertised port).
                 for _ in 0..3 {
                     let _ = fresh.send(1, &open, observed).await;
                 }
+                let answer = fresh.take(ANSWER_SOCKET);
                 let path = fresh.keep_only(Some(1)).ok_or(ConnectError::Closed)?;
                 let quic = inner.node.quic()?;
-                let route = path.route_first(&quic);
+                let route = path.route_first(&quic, answer);
                 tokio::pin!(route, incoming);
                 let wait = async {
                     tokio::select! {

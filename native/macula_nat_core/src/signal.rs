@@ -12,11 +12,16 @@
 //! session  = 16 random bytes, chosen by the initiator
 //! profile  = mapping(u8) filtering(u8) allocation(u8) confidence(u8) flags(u8)
 //!            [public addr, if flags & 1] [port_delta i32, if flags & 2]
-//!            detected_at(u64) local_port(u16) n(u8) addr*n (candidates)
+//!            detected_at(u64) local_port(u16) answer_port(u16) n(u8) addr*n (candidates)
 //!            m(u8) (node_id addr)*m (relays holding our reservation, m <= 4)
 //!            flags & 4: no NAT (public host); other flag bits are refused
 //!            mapping/filtering: 0 EI, 1 HD, 2 PD; allocation: 0 PP, 1 PC, 2 RD;
 //!            confidence: 0 low, 1 medium, 2 high
+//!            local_port: the port to aim at when the NAT preserves ports
+//!            (the session's fresh socket, else the node socket);
+//!            answer_port: a PD-mapping, port-preserving side's second fresh
+//!            socket, from which it answers a connection-reversal dial (the
+//!            dialer opens its filter for it first); 0: none
 //!            (addr and the profile up to detected_at are macula_nat_proto::wire,
 //!            shared with the signed peer record)
 //!
@@ -106,6 +111,9 @@ pub mod reject {
 pub struct Profile {
     pub info: PeerInfo,
     pub local_port: u16,
+    /// The session's answer socket's port (0: none): see the module docs
+    /// and `strategy`'s split path.
+    pub answer_port: u16,
     pub candidates: Vec<SocketAddr>,
     /// Relays the peer holds a reservation at (it can be reached through
     /// them), best first.
@@ -277,6 +285,7 @@ fn micros(d: Duration) -> u32 {
 fn put_profile(b: &mut Vec<u8>, p: &Profile) {
     wire::put_nat_head(b, &p.info);
     b.extend_from_slice(&p.local_port.to_be_bytes());
+    b.extend_from_slice(&p.answer_port.to_be_bytes());
     let n = p.candidates.len().min(MAX_CANDIDATES);
     b.push(n as u8);
     for a in &p.candidates[..n] {
@@ -312,6 +321,7 @@ impl<'a> Reader<'a> {
     fn profile(&mut self) -> Result<Profile, DecodeError> {
         let info = self.0.nat_head()?;
         let local_port = self.0.u16()?;
+        let answer_port = self.0.u16()?;
         let n = self.u8()? as usize;
         if n > MAX_CANDIDATES {
             return Err(DecodeError::BadValue);
@@ -322,7 +332,7 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::BadValue);
         }
         let relays = (0..n).map(|_| Ok((self.array()?, self.addr()?))).collect::<Result<Vec<_>, DecodeError>>()?;
-        Ok(Profile { info, local_port, candidates, relays })
+        Ok(Profile { info, local_port, answer_port, candidates, relays })
     }
 }
 
@@ -355,6 +365,7 @@ mod tests {
                 rendezvous: Vec::new(),
             },
             local_port: 5555,
+            answer_port: 5556,
             candidates: vec!["198.18.1.2:5555".parse().unwrap(), "[2001:db8::1]:7".parse().unwrap()],
             relays: vec![([9; 32], "198.51.100.9:4433".parse().unwrap())],
         }
