@@ -152,6 +152,10 @@ user_pairs() ->
      %% PD-mapping listeners answer from a new port, which the dialer follows
      {"pd-ei-rd", "pd-hd-pc:delta=2", connection_reversal, erlang, elixir},
      {"pd-hd-pp", "pd-hd-rd", connection_reversal, erlang, erlang},
+     %% ... from an announced answer socket, to a port-filtering dialer
+     %% (the split path), whichever side initiates
+     {"pd-hd-pp", "hd-pd-rd", connection_reversal, elixir, erlang},
+     {"hd-pd-rd", "pd-ei-pp", connection_reversal, erlang, erlang},
      %% both EI mappings behind filters
      {"ei-hd-pp", "ei-pd-rd", simple_punch, erlang, erlang},
      {"ei-pd-pc:delta=2", "ei-pd-pp", simple_punch, erlang, elixir},
