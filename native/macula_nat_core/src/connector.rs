@@ -30,7 +30,10 @@
 //!      `SymmetricNat` when both sides have unpredictable ports, else
 //!      `NoRelay`.
 //!
-//!    A punch that fails falls back to the relay too when `allow_relay`.
+//!    A punch that fails falls back to the relay too when `allow_relay`;
+//!    a failed prediction (preservation, contiguity, connection reversal)
+//!    first gets one more session, predicted afresh, when that and a relay
+//!    still fit in the connect's timeout ([`may_retry`]).
 //! 4. Whoever dials sends `Hello(Session(id))` first; the other side's
 //!    dispatcher hands that connection to the session. The initiator gets it
 //!    from `connect`; on the responder it is queued for [`Signal::accept`]
@@ -564,7 +567,35 @@ pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts
     }
 }
 
+/// One connect, in one session; a prediction that failed by chance gets
+/// one more session (see [`may_retry`]) before the relay.
 async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Result<(Connection, Method, Strategy), ConnectError> {
+    let started = Instant::now();
+    if let Some(done) = initiate_once(inner, target, opts, Some(started)).await? {
+        return Ok(done);
+    }
+    tracing::debug!("signal: prediction failed after {:?}; once more in a new session", started.elapsed());
+    initiate_once(inner, target, opts, None).await?.ok_or(ConnectError::PunchFailed)
+}
+
+/// Whether a failed `strategy`, `elapsed` into a connect of `timeout`, gets
+/// a second session: a prediction can miss by chance (a preserved port
+/// already taken on the NAT, a contiguous port taken by another host
+/// between observation and punch) and a new session predicts afresh, from a
+/// new fresh socket. Only when a second try as long as the first and a
+/// relay after it still fit in the timeout; birthday probing already
+/// retries within its schedule, a plain direct dial has nothing to predict.
+fn may_retry(strategy: Strategy, elapsed: Duration, timeout: Duration) -> bool {
+    let predicted = matches!(strategy, Strategy::PredictPreservation | Strategy::PredictContiguity | Strategy::ConnectionReversal { .. });
+    predicted && elapsed * 2 + RELAY_BUDGET <= timeout
+}
+
+/// Time kept for a relayed connection after a failed second session.
+const RELAY_BUDGET: Duration = Duration::from_secs(1);
+
+/// `retry`: the connect's start while a second session is still allowed;
+/// `Ok(None)`: try again in a new session.
+async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, retry: Option<Instant>) -> Result<Option<(Connection, Method, Strategy)>, ConnectError> {
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
@@ -592,23 +623,28 @@ async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Res
             return Err(if hard(&me) && hard(&peer) { ConnectError::SymmetricNat } else { ConnectError::NoRelay });
         }
         let conn = via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?;
-        return Ok((conn, Method::Relayed, strategy));
+        return Ok(Some((conn, Method::Relayed, strategy)));
     }
     let go = guard.go().await?;
     let m = Meeting::new(session, target, &peer, observed, go, opts.max_punch_attempts);
     let r = act(inner, Side::A, strategy, m, fresh).await;
     let (conn, method) = match r {
+        Err(ConnectError::PunchFailed) if retry.is_some_and(|t0| may_retry(strategy, t0.elapsed(), opts.timeout)) => {
+            drop(guard);
+            refuse_late(inner, session);
+            return Ok(None);
+        }
         Err(ConnectError::PunchFailed) if relay_ok => {
             // The responder still waits for the session's connection.
             let conn = via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?;
             drop(guard);
             refuse_late(inner, session);
-            return Ok((conn, Method::Relayed, strategy));
+            return Ok(Some((conn, Method::Relayed, strategy)));
         }
         other => other?,
     };
     drop(guard);
-    Ok((conn, method, strategy))
+    Ok(Some((conn, method, strategy)))
 }
 
 /// A relay's refusal is `NoRelay` for a connect (no relay was available)
@@ -1349,4 +1385,31 @@ async fn birthday(
         g.hold_while(&conn);
     }
     Ok((conn, Method::Punched))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_session_only_for_predictions_that_fit_the_timeout() {
+        let t = Duration::from_secs(10);
+        let punch_timeout = Duration::from_millis(2300);
+        assert!(may_retry(Strategy::PredictContiguity, punch_timeout, t));
+        assert!(may_retry(Strategy::PredictPreservation, punch_timeout, t));
+        assert!(may_retry(Strategy::ConnectionReversal { dialer: Side::A }, punch_timeout, t));
+        // A reversal whose plain-dial bound (4 s) ran out just fits twice
+        // plus a relay into 10 s; a slower one only into a longer timeout.
+        let cr = Strategy::ConnectionReversal { dialer: Side::B };
+        assert!(may_retry(cr, Duration::from_millis(4300), t));
+        assert!(!may_retry(cr, Duration::from_millis(4600), t));
+        assert!(may_retry(cr, Duration::from_millis(4600), Duration::from_secs(15)));
+        // The edge: exactly twice plus the relay budget fits.
+        assert!(may_retry(Strategy::PredictContiguity, (t - RELAY_BUDGET) / 2, t));
+        assert!(!may_retry(Strategy::PredictContiguity, (t - RELAY_BUDGET) / 2 + Duration::from_millis(1), t));
+        // Nothing predicted: a new session would not do better.
+        for s in [Strategy::Direct { dialer: Dialer::A }, Strategy::SimplePunch, Strategy::BirthdayProbing { hard: Side::A }, Strategy::Relay] {
+            assert!(!may_retry(s, Duration::ZERO, t), "{s}");
+        }
+    }
 }
