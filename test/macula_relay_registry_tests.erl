@@ -136,7 +136,9 @@ registrations_survive_restarts(_) ->
     end}.
 
 registering_itself(_) ->
-    fun() ->
+    %% Its own timeout: the waits below may take up to 15 s in total
+    %% (EUnit's default of 5 s per test cancelled the suite once).
+    {timeout, 30, fun() ->
         %% As the guide's relay does (the endpoint here from the socket: no
         %% detection ran). This node advertises itself; it is never its own
         %% relay.
@@ -154,12 +156,14 @@ registering_itself(_) ->
                         _ -> false
                     end
                 end,
-        ?assertEqual(ok, wait(Fresh, 5000)),
+        T0 = erlang:monotonic_time(millisecond),
+        ?assertEqual(ok, wait(Fresh, 15000)),
+        ?debugFmt("own relay record in the DHT after ~b ms", [erlang:monotonic_time(millisecond) - T0]),
         ?assertMatch({ok, #{public_ip := Ip, public_port := Port, confidence := low}},
                      macula_nat_cache:get_from_dht(Me)),
         ?assertEqual([], macula_relay_registry:relays()),
         ?assertEqual({error, no_relay}, macula_relay_registry:find_relay(<<9:256>>))
-    end.
+    end}.
 
 %% Static relays from the options.
 configured_test_() ->
