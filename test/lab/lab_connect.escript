@@ -34,8 +34,10 @@
 -define(PAIRS_AT_ONCE, 4).
 %% Detections (and joins) at once: a starved detection misreads or times
 %% out, and a re-detection on the same socket is no cure (the first one's
-%% filter permissions are still open, so filtering looks laxer).
--define(DETECTIONS_AT_ONCE, 8).
+%% filter permissions are still open, so filtering looks laxer). 8 at once
+%% (73 VMs starting on 2 cores) lost all of a node's RFC 5780 tests II-IV
+%% in one full scripts/test.sh run: 5 misread mappings, 3 failed pairs.
+-define(DETECTIONS_AT_ONCE, 4).
 
 %%% ================================================================
 %%% Expected outcome per strategy (connect/3 falls back to a relay by
