@@ -211,7 +211,20 @@ fn lab_connect_matrix() {
             continue;
         };
         let argv = [bin, "connect", &b_id, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", p.a.2, "--timeout-ms", "8000"];
-        let out = lab.exec_timeout(p.a.0, &argv, Duration::from_secs(15)).expect("connect");
+        // Birthday probing hits with p = 0.99 by design (the schedule's
+        // target; 808 of 810 tries in bench/lab_matrix.md), and this lab has
+        // no relay to catch a miss, so a miss gets one more try: a broken
+        // birthday punch still fails both, a chance miss (1 in ~100) no
+        // longer fails the suite.
+        let tries = if matches!(p.expect, Ok(("birthday_probing", _))) { 2 } else { 1 };
+        let mut out = lab.exec_timeout(p.a.0, &argv, Duration::from_secs(15)).expect("connect");
+        for _ in 1..tries {
+            if field(String::from_utf8_lossy(&out.stdout).trim(), "ok").as_deref() == Some("true") {
+                break;
+            }
+            eprintln!("{}: birthday miss, one more try: {}", p.name, String::from_utf8_lossy(&out.stdout).trim());
+            out = lab.exec_timeout(p.a.0, &argv, Duration::from_secs(15)).expect("connect");
+        }
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let got_ok = field(&line, "ok").as_deref() == Some("true");
         let ms: f64 = field(&line, "connect_ms").and_then(|v| v.parse().ok()).unwrap_or(-1.0);
