@@ -46,8 +46,8 @@ detect() ->
 %% `observers' (list of `{Ip, Port}', `<<"host:port">>' or `"host:port"';
 %% default: the system's `observers' option). Concurrent callers share one
 %% detection. Errors: `detection_timeout', `no_observers', `bad_endpoint'.
-%% A forced re-detection on the same observers soon after the last one may
-%% read filtering too laxly (the last run opened the filter; see README).
+%% A re-detection on the same socket does not count answers the last run's
+%% sends may have let through the filter (see README).
 -spec detect(map()) -> {ok, nat_profile()} | {error, term()}.
 detect(Opts) when is_map(Opts) ->
     Force = maps:get(force, Opts, false),

@@ -117,6 +117,8 @@ pub struct Node {
     relay: Arc<RelayPlane>,
     /// Sorts incoming QUIC connections once signalling is used.
     dispatch: Mutex<Option<Arc<Dispatch>>>,
+    /// What earlier detections on this socket opened (see `detector`).
+    detect_memory: Mutex<crate::detector::DetectMemory>,
 }
 
 impl Node {
@@ -162,6 +164,7 @@ impl Node {
             punch,
             relay,
             dispatch: Mutex::new(None),
+            detect_memory: Mutex::new(Default::default()),
         }))
     }
 
@@ -171,6 +174,10 @@ impl Node {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    pub(crate) fn detect_memory(&self) -> &Mutex<crate::detector::DetectMemory> {
+        &self.detect_memory
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {

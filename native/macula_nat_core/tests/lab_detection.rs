@@ -65,11 +65,12 @@ enum Server {
     Coturn,
 }
 
-fn run_matrix(lab_name: &str, loss: f64, include_kernel: bool) {
-    run_matrix_against(lab_name, loss, include_kernel, Server::Ours)
+fn run_matrix(lab_name: &str, loss: f64, include_kernel: bool, repeat: u32) {
+    run_matrix_against(lab_name, loss, include_kernel, Server::Ours, repeat)
 }
 
-fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: Server) {
+/// `repeat` detections per site on the same socket; every one must be right.
+fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: Server, repeat: u32) {
     let kinds: Vec<_> = kinds().into_iter().filter(|(_, nat, _)| include_kernel || !nat.starts_with("kernel:")).collect();
     let mut spec = LabSpec::new(lab_name);
     spec.observers.push("obs".into());
@@ -103,7 +104,7 @@ fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: S
     let children: Vec<_> = kinds
         .iter()
         .map(|(name, _, _)| {
-            let argv: Vec<String> = [detect, "--observer", &format!("{ip1}:{OBS_PORT}"), "--timeout-ms", "5000"]
+            let argv: Vec<String> = [detect, "--observer", &format!("{ip1}:{OBS_PORT}"), "--timeout-ms", "5000", "--repeat", &repeat.to_string()]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
@@ -117,7 +118,13 @@ fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: S
     let mut table = String::new();
     for ((name, nat, expected), child) in kinds.iter().zip(children) {
         let out = child.wait_with_output().unwrap();
-        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let lines: Vec<&str> = stdout.lines().collect();
+        if lines.len() != repeat as usize {
+            failures.push(format!("{nat}: {} verdicts for {repeat} detections: `{stdout}`", lines.len()));
+        }
+        for (run, line) in lines.into_iter().enumerate() {
+        let line = line.trim().to_string();
         let v = Verdict::parse(&line);
         let site = lab.site(name).unwrap();
         let public_ip = site.public_ip.to_string();
@@ -134,9 +141,10 @@ fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: S
         if nat == "none" {
             ok &= v.get("no_nat") == "true";
         }
-        table.push_str(&format!("{nat:32} expected {expected:9} got {:9} delta={:2} public={public:22} ms={}\n", v.triple(), v.get("delta"), v.get("ms")));
+        table.push_str(&format!("{nat:32} #{run} expected {expected:9} got {:9} delta={:2} public={public:22} ms={}\n", v.triple(), v.get("delta"), v.get("ms")));
         if !ok {
-            failures.push(format!("{nat}: expected {expected} (public {public_ip}), got `{line}` stderr `{}`", String::from_utf8_lossy(&out.stderr).trim()));
+            failures.push(format!("{nat} #{run}: expected {expected} (public {public_ip}), got `{line}` stderr `{}`", String::from_utf8_lossy(&out.stderr).trim()));
+        }
         }
     }
     eprintln!("lab {lab_name} (loss {loss}): {} sites in {:?}\n{table}", kinds.len(), started.elapsed());
@@ -151,7 +159,9 @@ fn detection_matches_every_nat_type() {
     if !ready() {
         return;
     }
-    run_matrix("detall", 0.0, true);
+    // Twice on each socket: the second run must see through the filter
+    // permissions the first one's tests II-IV left open.
+    run_matrix("detall", 0.0, true, 2);
 }
 
 #[test]
@@ -159,7 +169,7 @@ fn detection_matches_every_nat_type_with_5pct_loss() {
     if !ready() {
         return;
     }
-    run_matrix("detloss", 0.05, false);
+    run_matrix("detloss", 0.05, false, 1);
 }
 
 /// Our detector against coturn's RFC 5780 server: same verdicts.
@@ -171,7 +181,7 @@ fn detection_against_coturn_turnserver() {
     if macula_nat_lab::which("turnserver").is_none() {
         panic!("turnserver (coturn) missing: scripts/setup.sh installs it");
     }
-    run_matrix_against("detcoturn", 0.0, true, Server::Coturn);
+    run_matrix_against("detcoturn", 0.0, true, Server::Coturn, 1);
 }
 
 /// coturn's RFC 5780 client against our observer: it reports the configured

@@ -39,6 +39,12 @@
 //!   RFC 5780 observers both run concurrently (about 2 RTT, bounded by the
 //!   filtering wait); with one, tests II-IV wait until filtering is decided
 //!   (immediately if ip+port change is answered, else after the wait).
+//! * Across detections on one socket the runtime passes what earlier runs
+//!   sent to ([`DetectConfig::opened`]): a filter permission those left
+//!   could explain an answer, so such answers are not evidence (silence
+//!   still is), the verdict may be only a conservative bound
+//!   ([`Detection::filtering_measured`]), and mappings they created are
+//!   left out of the allocation series.
 //! * "No answer" to a filtering test is decided after
 //!   `max(3 * best RTT, min_wait)` with retransmissions every quarter of it.
 //!   Probes that are expected to answer use RFC 8489 retransmission (RTO
@@ -127,6 +133,13 @@ pub struct DetectConfig {
     pub min_wait: Duration,
     /// Number of extra probe sockets requested for allocation detection.
     pub allocation_probes: usize,
+    /// Destinations the primary socket sent to before this detection,
+    /// recently enough that the NAT may still hold filter permissions for
+    /// them: typically an earlier detection's tests II-IV (see
+    /// [`Detection::primary_destinations`]). Such a permission lets a
+    /// filtering test's answer through whatever the NAT's filtering, so an
+    /// answer it could explain is not counted as evidence.
+    pub opened: Vec<SocketAddr>,
 }
 
 impl Default for DetectConfig {
@@ -138,6 +151,7 @@ impl Default for DetectConfig {
             max_transmits: 7,
             min_wait: Duration::from_millis(200),
             allocation_probes: 3,
+            opened: Vec::new(),
         }
     }
 }
@@ -236,6 +250,9 @@ pub struct Detection {
     filt_tried: Vec<usize>,
     /// `Some(None)` = filtering cannot be measured with these observers.
     filtering: Option<Option<Filtering>>,
+    /// The strictest filtering consistent with the evidence of a filtering
+    /// run that `cfg.opened` made ambiguous; used if no clean run follows.
+    filt_bound: Option<Filtering>,
     map: Option<MapRun>,
     slots: Vec<Slot>,
     result: Option<Result<NatProfile, DetectError>>,
@@ -261,6 +278,7 @@ impl Detection {
             filt: None,
             filt_tried: Vec::new(),
             filtering: None,
+            filt_bound: None,
             map: None,
             result: None,
             finished: false,
@@ -501,6 +519,35 @@ impl Detection {
         matches!(self.obs(i), Obs::Alive { other: Some(_), .. })
     }
 
+    /// Whether an answer to filtering test II (from the alternate IP and
+    /// port) and to test III (from the primary IP, alternate port) would
+    /// prove anything, given the permissions `cfg.opened` may have left:
+    /// any earlier send to the alternate IP admits II through an
+    /// address-dependent filter, and one to the primary IP's alternate port
+    /// (test IV) admits III through a port-dependent one.
+    fn filt_evidence(&self, run: FiltRun) -> (bool, bool) {
+        let Obs::Alive { other: Some(alt), .. } = self.obs(run.obs) else { return (true, true) };
+        let primary = self.cfg.observers[run.obs];
+        let opened = &self.cfg.opened;
+        (!opened.iter().any(|o| o.ip() == alt.ip()), !opened.contains(&SocketAddr::new(primary.ip(), alt.port())))
+    }
+
+    /// Whether the filtering verdict rests on clean evidence; `false` when
+    /// it is only a conservative bound (earlier permissions, see
+    /// [`DetectConfig::opened`]) or unknown.
+    pub fn filtering_measured(&self) -> bool {
+        matches!(self.filtering, Some(Some(_))) && self.filt_bound.is_none()
+    }
+
+    /// Every destination the primary socket sent to in this detection, for
+    /// the next one's [`DetectConfig::opened`].
+    pub fn primary_destinations(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self.first_sends.iter().filter(|(s, _)| *s == SocketId::Primary).map(|&(_, d)| d).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
     fn preferred_alive(&self) -> Option<usize> {
         (0..self.test_i.len()).find(|&i| matches!(self.obs(i), Obs::Alive { .. }))
     }
@@ -548,8 +595,10 @@ impl Detection {
         if let Some(run) = self.filt {
             let a = self.probes[run.ipport].state;
             let b = self.probes[run.port].state;
-            if matches!(a, State::Answered(_)) {
+            let (ii_counts, iii_counts) = self.filt_evidence(run);
+            if matches!(a, State::Answered(_)) && ii_counts {
                 self.filtering = Some(Some(Filtering::Ei));
+                self.filt_bound = None;
                 self.cancel(run.ipport);
                 self.cancel(run.port);
                 return;
@@ -565,11 +614,28 @@ impl Detection {
                 self.filt = None;
             } else if let (true, Some(s)) = (self.capable(run.obs), self.settle()) {
                 if now >= run.started + s {
-                    let f = if matches!(b, State::Answered(_)) { Filtering::Hd } else { Filtering::Pd };
-                    self.filtering = Some(Some(f));
                     self.cancel(run.ipport);
                     self.cancel(run.port);
-                    return;
+                    // An earlier permission can only let more through, so
+                    // silence is evidence even when answers are not.
+                    let ii = matches!(a, State::Answered(_));
+                    let iii = matches!(b, State::Answered(_));
+                    match (ii, iii, iii_counts) {
+                        (_, false, _) => self.filtering = Some(Some(Filtering::Pd)),
+                        (false, true, true) => self.filtering = Some(Some(Filtering::Hd)),
+                        // Ambiguous: EI or HD, or anything but EI, or
+                        // anything. Another observer may settle it.
+                        (ii, true, iii_counts) => {
+                            let bound = if ii && iii_counts { Filtering::Hd } else { Filtering::Pd };
+                            self.filt_bound.get_or_insert(bound);
+                            self.filt_tried.push(run.obs);
+                            self.filt = None;
+                        }
+                    }
+                    if self.filtering.is_some() {
+                        self.filt_bound = None;
+                        return;
+                    }
                 }
             }
         }
@@ -584,7 +650,7 @@ impl Detection {
                 Some(c) => self.start_filtering(c, now),
                 None => {
                     if (0..self.test_i.len()).all(|i| self.obs(i) != Obs::Pending) {
-                        self.filtering = Some(None);
+                        self.filtering = Some(self.filt_bound);
                     }
                 }
             }
@@ -717,6 +783,9 @@ impl Detection {
             // Observers disagree about an "endpoint-independent" mapping.
             lower(Confidence::Medium);
         }
+        if self.filt_bound.is_some() {
+            lower(Confidence::Medium);
+        }
         let filtering = match self.filtering {
             Some(Some(f)) => f,
             _ => {
@@ -807,14 +876,20 @@ impl Detection {
                 keys.push(k);
             }
         }
-        // (rank in creation order, socket, public port)
-        let mut series: Vec<(usize, SocketId, u16)> = Vec::new();
-        for (rank, k) in keys.iter().enumerate() {
-            let port = self.probes.iter().find_map(|p| match p.state {
+        // A mapping an earlier detection created (`cfg.opened`) is reused,
+        // not allocated now: it says nothing about the order of this run's
+        // allocations, though a preserved first port still shows.
+        let stale = |k: &Key| k.0 == SocketId::Primary && self.cfg.opened.iter().any(|&o| key(SocketId::Primary, o) == *k);
+        let port_of = |k: &Key| {
+            self.probes.iter().find_map(|p| match p.state {
                 State::Answered(a) if key(p.socket, p.dst) == *k => Some(a.mapped.port()),
                 _ => None,
-            });
-            if let Some(port) = port {
+            })
+        };
+        // (rank among this run's fresh mappings, socket, public port)
+        let mut series: Vec<(usize, SocketId, u16)> = Vec::new();
+        for (rank, k) in keys.iter().filter(|k| !stale(k)).enumerate() {
+            if let Some(port) = port_of(k) {
                 series.push((rank, k.0, port));
             }
         }
@@ -823,13 +898,13 @@ impl Detection {
         // first mapping was never answered tells nothing either way.
         let mut checks = Vec::new();
         let mut seen: Vec<SocketId> = Vec::new();
-        for (rank, k) in keys.iter().enumerate() {
+        for k in &keys {
             if seen.contains(&k.0) {
                 continue;
             }
             seen.push(k.0);
-            if let Some(&(_, s, port)) = series.iter().find(|e| e.0 == rank) {
-                checks.push(self.local_port(s) == Some(port));
+            if let Some(port) = port_of(k) {
+                checks.push(self.local_port(k.0) == Some(port));
             }
         }
         if !checks.is_empty() && checks.iter().all(|&c| c) {

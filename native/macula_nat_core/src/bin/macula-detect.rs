@@ -2,7 +2,10 @@
 //! one line of `key=value` pairs. Used by the lab tests and benchmarks (run
 //! inside a lab host) and handy for operators.
 //!
-//! macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT]
+//! macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N]
+//!
+//! `--repeat N` detects N times on the same socket, a line each (a
+//! re-detection must not be fooled by what the first one opened).
 
 use macula_nat_core::detector::{detect, DetectFailure};
 use macula_nat_core::{runtime, Identity, Node, NodeConfig};
@@ -12,7 +15,7 @@ use std::process::exit;
 use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT]");
+    eprintln!("usage: macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N]");
     exit(2)
 }
 
@@ -20,6 +23,7 @@ fn main() {
     let mut observers: Vec<SocketAddr> = Vec::new();
     let mut timeout_ms = 5000u64;
     let mut bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let mut repeat = 1u32;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_else(|| usage());
@@ -27,6 +31,7 @@ fn main() {
             "--observer" => observers.push(v.parse().unwrap_or_else(|_| usage())),
             "--timeout-ms" => timeout_ms = v.parse().unwrap_or_else(|_| usage()),
             "--bind" => bind = v.parse().unwrap_or_else(|_| usage()),
+            "--repeat" => repeat = v.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -35,7 +40,13 @@ fn main() {
         exit(1)
     });
     let cfg = DetectConfig { observers, timeout: Duration::from_millis(timeout_ms), ..DetectConfig::default() };
-    match runtime::handle().block_on(detect(node, cfg)) {
+    for _ in 0..repeat.max(1) {
+        run_once(&node, &cfg);
+    }
+}
+
+fn run_once(node: &std::sync::Arc<Node>, cfg: &DetectConfig) {
+    match runtime::handle().block_on(detect(node.clone(), cfg.clone())) {
         Ok(d) => {
             let p = &d.profile;
             println!(

@@ -428,3 +428,70 @@ fn deadline_with_live_observers_gives_a_partial_verdict_not_an_error() {
     assert_eq!(p.public_addr.ip(), nat.public_ip);
     assert!(p.confidence < Confidence::High);
 }
+
+/// Two detections on the same socket and NAT, the second `opened` with the
+/// first's primary destinations when `tell` is set.
+fn detect_twice(ty: NatType, observers: fn() -> Vec<crate::observer::Observer>, seed: u64, tell: bool) -> (NatProfile, NatProfile, bool) {
+    let nat = SimNat::new(Some(ty), 1, seed);
+    let mut world = World::new(nat, observers(), 25, 0, seed);
+    let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
+    let t0 = Instant::now();
+    let mut first = Detection::new(world.config(), local, t0, seed);
+    let one = world.run(&mut first, &probe_locals(seed), t0).result.expect("first verdict");
+    let mut cfg = world.config();
+    if tell {
+        cfg.opened = first.primary_destinations();
+    }
+    let t1 = t0 + Duration::from_secs(5);
+    let mut second = Detection::new(cfg, local, t1, seed + 1);
+    let two = world.run(&mut second, &probe_locals(seed + 1), t1).result.expect("second verdict");
+    (one, two, second.filtering_measured())
+}
+
+#[test]
+fn a_second_detection_on_one_socket_is_fooled_unless_told_what_was_opened() {
+    // Without `opened`, the first run's tests II-IV leave permissions that
+    // make some filtering NATs look laxer the second time.
+    let fooled: Vec<NatType> = NatType::all()
+        .filter(|&ty| {
+            let (_, two, _) = detect_twice(ty, one_observer, 41, false);
+            two.filtering < ty.filtering // laxer: Filtering orders EI < HD < PD
+        })
+        .collect();
+    assert!(!fooled.is_empty(), "the model should reproduce the contamination");
+    // Told, it never reads laxer than the truth; where it cannot measure,
+    // it says so and lowers its confidence.
+    let mut unmeasured = 0;
+    for ty in NatType::all() {
+        let (one, two, measured) = detect_twice(ty, one_observer, 41, true);
+        assert_eq!(one.filtering, ty.filtering, "{ty}: first run");
+        assert!(two.filtering >= ty.filtering, "{ty}: second run read {:?}", two.filtering);
+        assert_eq!((two.mapping, two.allocation), (ty.mapping, ty.allocation), "{ty}");
+        if measured {
+            assert_eq!(two.filtering, ty.filtering, "{ty}: measured means right");
+        } else {
+            unmeasured += 1;
+            assert!(two.confidence <= Confidence::Medium, "{ty}: {:?}", two.confidence);
+        }
+    }
+    // Silence is evidence even then (a permission only lets more in): only
+    // a port-dependent filter in front of a per-destination mapping keeps
+    // test III silent, as test IV went out on another mapping. Everything
+    // else the second run sees is explicable by the first run's sends.
+    assert_eq!(unmeasured, 24);
+    for ty in NatType::all().filter(|t| t.filtering == Filtering::Pd && t.mapping == Mapping::Pd) {
+        assert!(detect_twice(ty, one_observer, 41, true).2, "{ty}: silence is evidence");
+    }
+}
+
+#[test]
+fn with_two_observers_the_filtering_observer_stays_clean() {
+    // Tests II-IV go to observer 0 only, so observer 1's alternate address
+    // is never opened and every re-detection measures filtering again.
+    for ty in NatType::all() {
+        let (one, two, measured) = detect_twice(ty, two_observers, 43, true);
+        assert_eq!(one.filtering, ty.filtering, "{ty}");
+        assert!(measured, "{ty}");
+        assert_eq!((two.mapping, two.filtering, two.allocation), (ty.mapping, ty.filtering, ty.allocation), "{ty}");
+    }
+}
