@@ -152,14 +152,17 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
             break r;
         }
         let deadline = d.poll_timeout().unwrap_or_else(|| now + Duration::from_millis(50));
+        // Answers first: after a stall (a starved runtime thread), an answer
+        // already in hand must not lose to the timer that gives its probe up.
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline.into()) => d.handle_timeout(Instant::now()),
+            biased;
             Some((from, data)) = subscription.rx.recv() => {
                 d.handle_datagram(SocketId::Primary, from, &data, Instant::now());
             }
             Some((n, from, data)) = probe_rx.recv() => {
                 d.handle_datagram(SocketId::Probe(n), from, &data, Instant::now());
             }
+            _ = tokio::time::sleep_until(deadline.into()) => d.handle_timeout(Instant::now()),
         }
     };
     // Sent is sent, whatever the verdict: remember it even on failure.

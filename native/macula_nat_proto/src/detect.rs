@@ -48,7 +48,11 @@
 //! * "No answer" to a filtering test is decided after
 //!   `max(3 * best RTT, min_wait)` with retransmissions every quarter of it.
 //!   Probes that are expected to answer use RFC 8489 retransmission (RTO
-//!   doubling, at most `max_transmits`) and are given up after twice that.
+//!   doubling, at most `max_transmits`) and are given up after twice that;
+//!   tests II-IV and the allocation probes four times that while none of
+//!   their group has answered, since without them the verdict is a guess.
+//!   Silence to a filtering test counts only once the observer has
+//!   answered a plain request sent during the wait (a stalled observer).
 //! * All mapping and filtering probes leave from [`SocketId::Primary`]: the
 //!   socket that will later punch and carry QUIC is the one measured.
 //!   Probe sockets only measure the allocation policy across fresh mappings.
@@ -115,6 +119,12 @@ impl fmt::Display for DetectError {
 
 impl std::error::Error for DetectError {}
 
+/// How many times the usual answer wait tests II-IV (and the allocation
+/// probes) get while none of them has answered. Under load (a starved
+/// observer or runtime) all can miss the usual wait; four times it costs a
+/// broken alternate address about 1.2 s more at the 200 ms floor.
+const PATIENCE: u32 = 4;
+
 /// Detection parameters.
 #[derive(Clone, Debug)]
 pub struct DetectConfig {
@@ -164,6 +174,9 @@ enum Kind {
     MapIV,
     FiltIpPort,
     FiltPort,
+    /// A plain request to the filtering observer during the filtering wait:
+    /// its answer shows the observer (and the path) were answering then.
+    FiltControl,
     Alloc { slot: usize, obs: usize },
 }
 
@@ -201,6 +214,7 @@ struct Probe {
     sends: u32,
     rto: Duration,
     state: State,
+    answered_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -355,7 +369,8 @@ impl Detection {
             p.first_sent = Some(now);
         }
         p.sends += 1;
-        p.next_send = if p.sends >= max {
+        p.next_send = if p.sends >= max || p.kind == Kind::FiltControl {
+            // Each control is sent once: its own send time is what counts.
             None
         } else if p.kind.is_filter() {
             Some(now + interval)
@@ -386,6 +401,10 @@ impl Detection {
             return false;
         };
         let p = &self.probes[idx];
+        if p.state == State::GaveUp && p.kind.is_filter() && matches!(classify(p, &msg, from), State::Answered(_)) {
+            self.late_filter_answer(idx);
+            return true;
+        }
         if p.state != State::Pending {
             return true; // duplicate or late answer: ours, but nothing new
         }
@@ -399,6 +418,7 @@ impl Detection {
         let p = &mut self.probes[idx];
         p.state = state;
         p.next_send = None;
+        p.answered_at = Some(now);
         self.advance(now);
         true
     }
@@ -415,18 +435,18 @@ impl Detection {
             if let Some(n) = p.next_send {
                 consider(n);
             }
-            if let (false, Some(w), Some(s)) = (p.kind.is_filter(), self.answer_wait(), p.first_sent) {
-                consider(s + w);
+        }
+        for i in 0..self.probes.len() {
+            if let Some(g) = self.give_up_at(i) {
+                consider(g);
             }
         }
+        if let Some(c) = self.filter_control_timer() {
+            consider(c);
+        }
         if let Some(s) = self.settle() {
-            if self.filtering.is_none() {
-                // Only a capable observer's silence is decided by this
-                // deadline; a pending one is resolved by its test I timer.
-                if let Some(run) = self.filt.filter(|r| self.capable(r.obs)) {
-                    consider(run.started + s);
-                }
-            }
+            // A capable observer's silence is decided on the control timer
+            // (above); a pending one is resolved by its test I timer.
             if self.slots.iter().any(|sl| sl.local.is_none() && !sl.abandoned) {
                 consider(self.start + s);
             }
@@ -481,6 +501,7 @@ impl Detection {
             sends: 0,
             rto: self.cfg.rto,
             state: State::Pending,
+            answered_at: None,
         });
         self.probes.len() - 1
     }
@@ -503,6 +524,84 @@ impl Detection {
         self.settle().map(|s| s * 2)
     }
 
+    /// When a pending request that should be answered is given up (filter
+    /// tests are decided by their silence instead). Without any answer to
+    /// tests II-IV the mapping would be a guess (PD), and without any to the
+    /// allocation probes the allocation (RD), so each group gets
+    /// [`PATIENCE`] times longer before that guess; once one of a group has
+    /// answered, the others get the usual wait or a settle time after it.
+    fn give_up_at(&self, i: usize) -> Option<Instant> {
+        let p = &self.probes[i];
+        if p.state != State::Pending || p.kind.is_filter() {
+            return None;
+        }
+        let w = self.answer_wait()?;
+        let sent = p.first_sent?;
+        let group = |k: Kind| match k {
+            Kind::MapII | Kind::MapIII | Kind::MapIV => 1,
+            Kind::Alloc { .. } => 2,
+            _ => 0,
+        };
+        let g = group(p.kind);
+        if g == 0 {
+            return Some(sent + w);
+        }
+        let first = self.probes.iter().filter(|q| group(q.kind) == g).filter_map(|q| q.answered_at).min();
+        Some(match first {
+            None => sent + w * PATIENCE,
+            // The others of a late burst come within the settle time.
+            Some(at) => (sent + w).max(at + self.settle()?),
+        })
+    }
+
+    /// Silence to the filtering tests means something only if the observer
+    /// was answering at the time: a stalled observer, NAT or runtime holds
+    /// answers past any fixed wait (seen with 73 VMs starting on 2 cores).
+    /// So from a quarter of the wait on (the second round of filter tests),
+    /// a plain request goes to the same observer every filter interval, and
+    /// silence is decided only once one of those has been answered for a
+    /// quarter of the wait (the changed-address answers leave the observer
+    /// with it). On a live path this costs nothing: with the wait at 3 RTT
+    /// or more, that is 5/6 of it at the latest.
+    fn observer_answered_lately(&self, run: FiltRun, settle: Duration, now: Instant) -> bool {
+        let dst = self.cfg.observers[run.obs];
+        self.probes.iter().any(|p| {
+            p.kind == Kind::FiltControl
+                && p.dst == dst
+                && p.first_sent.is_some_and(|t| t >= run.started + settle / 4)
+                && p.answered_at.is_some_and(|a| now >= a + settle / 4)
+        })
+    }
+
+    /// Next control request of [`Detection::observer_answered_lately`], if due.
+    fn send_filter_control(&mut self, run: FiltRun, settle: Duration, now: Instant) {
+        let dst = self.cfg.observers[run.obs];
+        if now < run.started + settle / 4 {
+            return;
+        }
+        let interval = self.filter_interval();
+        let last = self.probes.iter().filter(|p| p.kind == Kind::FiltControl && p.dst == dst).map(|p| p.first_sent.unwrap_or(now)).max();
+        if last.is_none_or(|l| l < run.started + settle / 4 || now >= l + interval) {
+            self.add_probe(Kind::FiltControl, SocketId::Primary, dst, None, now);
+        }
+    }
+
+    /// When [`Detection::send_filter_control`] and the silence decision
+    /// want to look again.
+    fn filter_control_timer(&self) -> Option<Instant> {
+        let run = self.filt.filter(|r| self.filtering.is_none() && self.capable(r.obs))?;
+        let s = self.settle()?;
+        let dst = self.cfg.observers[run.obs];
+        let start = run.started + s / 4;
+        let controls = || self.probes.iter().filter(move |p| p.kind == Kind::FiltControl && p.dst == dst);
+        let next_send = match controls().filter_map(|p| p.first_sent).filter(|t| *t >= start).max() {
+            Some(l) => l + self.filter_interval(),
+            None => start,
+        };
+        let heard = controls().filter(|p| p.first_sent.is_some_and(|t| t >= start)).filter_map(|p| p.answered_at).min().map(|a| (a + s / 4).max(run.started + s));
+        Some(heard.map_or(next_send, |h| h.min(next_send)))
+    }
+
     fn filter_interval(&self) -> Duration {
         (self.settle().unwrap_or(self.cfg.min_wait) / 4).max(Duration::from_millis(10))
     }
@@ -521,15 +620,45 @@ impl Detection {
 
     /// Whether an answer to filtering test II (from the alternate IP and
     /// port) and to test III (from the primary IP, alternate port) would
-    /// prove anything, given the permissions `cfg.opened` may have left:
+    /// prove anything, given the permissions earlier sends may have left:
     /// any earlier send to the alternate IP admits II through an
     /// address-dependent filter, and one to the primary IP's alternate port
     /// (test IV) admits III through a port-dependent one.
+    /// This run's own earlier sends count too: they matter for an answer
+    /// that arrives after tests II-IV went to the same observer.
     fn filt_evidence(&self, run: FiltRun) -> (bool, bool) {
         let Obs::Alive { other: Some(alt), .. } = self.obs(run.obs) else { return (true, true) };
-        let primary = self.cfg.observers[run.obs];
-        let opened = &self.cfg.opened;
-        (!opened.iter().any(|o| o.ip() == alt.ip()), !opened.contains(&SocketAddr::new(primary.ip(), alt.port())))
+        let crossed = SocketAddr::new(self.cfg.observers[run.obs].ip(), alt.port());
+        let ours = self.first_sends.iter().filter(|(s, _)| *s == SocketId::Primary).map(|&(_, d)| d);
+        let mut sent = self.cfg.opened.iter().copied().chain(ours);
+        let (mut ii, mut iii) = (true, true);
+        for d in &mut sent {
+            ii &= d.ip() != alt.ip();
+            iii &= d != crossed;
+        }
+        (ii, iii)
+    }
+
+    /// A filtering verdict from silence is provisional: an answer that got
+    /// through the filter, however late, proves it lets that source in (a
+    /// stalled observer or runtime can hold answers past the wait). While
+    /// the detection runs, such an answer makes the verdict laxer.
+    fn late_filter_answer(&mut self, idx: usize) {
+        let Some(run) = self.filt.filter(|r| r.ipport == idx || r.port == idx) else { return };
+        let (ii_counts, iii_counts) = self.filt_evidence(run);
+        let laxer = if idx == run.ipport && ii_counts {
+            Filtering::Ei
+        } else if idx == run.port && iii_counts {
+            Filtering::Hd
+        } else {
+            return;
+        };
+        if let Some(Some(f)) = self.filtering {
+            if laxer < f {
+                self.filtering = Some(Some(laxer));
+                self.filt_bound = None;
+            }
+        }
     }
 
     /// Whether the filtering verdict rests on clean evidence; `false` when
@@ -567,12 +696,9 @@ impl Detection {
             self.finish();
             return;
         }
-        if let Some(w) = self.answer_wait() {
-            for i in 0..self.probes.len() {
-                let p = &self.probes[i];
-                if p.state == State::Pending && !p.kind.is_filter() && p.first_sent.is_some_and(|s| now >= s + w) {
-                    self.cancel(i);
-                }
+        for i in 0..self.probes.len() {
+            if self.give_up_at(i).is_some_and(|t| now >= t) {
+                self.cancel(i);
             }
         }
         let n = self.test_i.len();
@@ -613,7 +739,8 @@ impl Detection {
                 self.filt_tried.push(run.obs);
                 self.filt = None;
             } else if let (true, Some(s)) = (self.capable(run.obs), self.settle()) {
-                if now >= run.started + s {
+                self.send_filter_control(run, s, now);
+                if now >= run.started + s && self.observer_answered_lately(run, s, now) {
                     self.cancel(run.ipport);
                     self.cancel(run.port);
                     // An earlier permission can only let more through, so

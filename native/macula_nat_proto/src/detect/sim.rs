@@ -122,6 +122,13 @@ pub(super) struct World {
     pub loss_permille: u64,
     /// Observers that drop everything (dead).
     pub dead: Vec<usize>,
+    /// Extra delay of answers an observer sends from its other addresses
+    /// (tests II-IV, and the filtering tests' changed-address answers): a
+    /// stalled observer socket or path.
+    pub slow_alternate: Duration,
+    /// Requests reaching an observer's primary address in `[from, until)`
+    /// are answered at `until`: a starved observer process.
+    pub stall: Option<(Instant, Instant)>,
     rng: XorShift,
     queue: Vec<(Instant, u64, Packet)>,
     seq: u64,
@@ -159,6 +166,8 @@ impl World {
             one_way: Duration::from_millis(one_way_ms),
             loss_permille,
             dead: Vec::new(),
+            slow_alternate: Duration::ZERO,
+            stall: None,
             rng: XorShift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1),
             queue: Vec::new(),
             seq: 0,
@@ -255,9 +264,15 @@ impl World {
                 if self.dead.contains(&i) {
                     return;
                 }
+                let primary = self.observers[i].config().primary;
                 if let Some(reply) = self.observers[i].handle_datagram(dst, src, &payload) {
+                    let mut at = now + if reply.from == primary { Duration::ZERO } else { self.slow_alternate };
+                    if let Some((from, until)) = self.stall.filter(|&(f, u)| dst == primary && now >= f && now < u) {
+                        debug_assert!(from <= now);
+                        at = at.max(until);
+                    }
                     if !self.lost() {
-                        self.push(now + self.one_way, Packet::Down { src: reply.from, dst: reply.to, payload: reply.payload });
+                        self.push(at + self.one_way, Packet::Down { src: reply.from, dst: reply.to, payload: reply.payload });
                     }
                 }
             }
