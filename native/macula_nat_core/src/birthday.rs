@@ -500,6 +500,22 @@ mod tests {
         crate::Node::open(crate::NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, crate::Identity::generate()).unwrap()
     }
 
+    /// A dials B at `path_addr`, where B listens with `route_first` on
+    /// `path` (and `answer`); B's guard is held while B's connection lives.
+    async fn dial_routed(a: &crate::Node, b: &crate::Node, path: PathSocket, answer: Option<PathSocket>, path_addr: SocketAddr) -> (Connection, Connection) {
+        let (qa, qb) = (a.quic().unwrap(), b.quic().unwrap());
+        let routed = tokio::spawn({
+            let qb = qb.clone();
+            async move { path.route_first(&qb, answer).await }
+        });
+        let accepted = tokio::spawn(async move { qb.accept().await });
+        let ca = qa.connect(path_addr, b.node_id()).await.expect("handshake over the routed path");
+        let guard = routed.await.unwrap();
+        let cb = accepted.await.unwrap().expect("accepted");
+        guard.hold_while(&cb);
+        (ca, cb)
+    }
+
     /// Waits (bounded) until `addr` can be bound again: the socket closed.
     async fn released(addr: SocketAddr) -> bool {
         for _ in 0..100 {
@@ -561,21 +577,12 @@ mod tests {
     fn route_first_follows_the_first_dialer() {
         let (a, b) = (node(), node());
         runtime::handle().block_on(async {
-            let (qa, qb) = (a.quic().unwrap(), b.quic().unwrap());
             let mut set = SocketSet::open("127.0.0.1".parse().unwrap(), 1, session());
             let port = set.port(1).expect("fresh port");
             let path = set.keep_only(Some(1)).unwrap();
             let path_addr = path.local_addr().unwrap();
             assert_eq!(path_addr.port(), port);
-            let routed = tokio::spawn({
-                let qb = qb.clone();
-                async move { path.route_first(&qb, None).await }
-            });
-            let accepted = tokio::spawn(async move { qb.accept().await });
-            let ca = qa.connect(path_addr, b.node_id()).await.expect("handshake over the followed path");
-            let guard = routed.await.unwrap();
-            let cb = accepted.await.unwrap().expect("accepted");
-            guard.hold_while(&cb);
+            let (ca, cb) = dial_routed(&a, &b, path, None, path_addr).await;
             assert_eq!(cb.remote_address(), a.local_addr().unwrap());
             ca.send(b"ping".to_vec()).await.unwrap();
             assert_eq!(cb.recv().await.as_deref(), Some(&b"ping"[..]));
@@ -595,22 +602,13 @@ mod tests {
     fn split_path_answers_from_the_answer_socket() {
         let (a, b) = (node(), node());
         runtime::handle().block_on(async {
-            let (qa, qb) = (a.quic().unwrap(), b.quic().unwrap());
             let mut set = SocketSet::open("127.0.0.1".parse().unwrap(), 2, session());
             let answer = set.take(2).expect("answer socket");
             let answer_addr = answer.local_addr().unwrap();
             let path = set.keep_only(Some(1)).unwrap();
             let path_addr = path.local_addr().unwrap();
             assert!(a.relay_plane().expect_follow(path_addr));
-            let routed = tokio::spawn({
-                let qb = qb.clone();
-                async move { path.route_first(&qb, Some(answer)).await }
-            });
-            let accepted = tokio::spawn(async move { qb.accept().await });
-            let ca = qa.connect(path_addr, b.node_id()).await.expect("handshake over the split path");
-            let guard = routed.await.unwrap();
-            let cb = accepted.await.unwrap().expect("accepted");
-            guard.hold_while(&cb);
+            let (ca, cb) = dial_routed(&a, &b, path, Some(answer), path_addr).await;
             assert_eq!(ca.remote_address(), path_addr, "the dialer's QUIC sees the dialed address");
             assert!(a.relay_plane().has_alias(&answer_addr), "the answer came from the answer socket");
             assert_eq!(cb.remote_address(), a.local_addr().unwrap());

@@ -118,7 +118,7 @@ pub struct Node {
     /// Sorts incoming QUIC connections once signalling is used.
     dispatch: Mutex<Option<Arc<Dispatch>>>,
     /// What earlier detections on this socket opened (see `detector`).
-    detect_memory: Mutex<crate::detector::DetectMemory>,
+    detect_memory: Mutex<macula_nat_proto::detect::DetectMemory>,
 }
 
 impl Node {
@@ -176,7 +176,7 @@ impl Node {
         &self.identity
     }
 
-    pub(crate) fn detect_memory(&self) -> &Mutex<crate::detector::DetectMemory> {
+    pub(crate) fn detect_memory(&self) -> &Mutex<macula_nat_proto::detect::DetectMemory> {
         &self.detect_memory
     }
 

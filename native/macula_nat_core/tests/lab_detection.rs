@@ -123,28 +123,28 @@ fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: S
         if lines.len() != repeat as usize {
             failures.push(format!("{nat}: {} verdicts for {repeat} detections: `{stdout}`", lines.len()));
         }
-        for (run, line) in lines.into_iter().enumerate() {
-        let line = line.trim().to_string();
-        let v = Verdict::parse(&line);
         let site = lab.site(name).unwrap();
         let public_ip = site.public_ip.to_string();
-        let local_port = v.get("local").rsplit(':').next().unwrap_or("").to_string();
-        let public = v.get("public").to_string();
-        let mut ok = v.triple() == *expected && public.starts_with(&format!("{public_ip}:"));
-        if expected.ends_with("pp") {
-            // Port preservation: the observer saw our own port.
-            ok &= public.ends_with(&format!(":{local_port}"));
-        }
-        if nat.contains("pc") {
-            ok &= v.get("delta") == "2";
-        }
-        if nat == "none" {
-            ok &= v.get("no_nat") == "true";
-        }
-        table.push_str(&format!("{nat:32} #{run} expected {expected:9} got {:9} delta={:2} public={public:22} ms={}\n", v.triple(), v.get("delta"), v.get("ms")));
-        if !ok {
-            failures.push(format!("{nat} #{run}: expected {expected} (public {public_ip}), got `{line}` stderr `{}`", String::from_utf8_lossy(&out.stderr).trim()));
-        }
+        for (run, line) in lines.into_iter().enumerate() {
+            let line = line.trim().to_string();
+            let v = Verdict::parse(&line);
+            let local_port = v.get("local").rsplit(':').next().unwrap_or("").to_string();
+            let public = v.get("public").to_string();
+            let mut ok = v.triple() == *expected && public.starts_with(&format!("{public_ip}:"));
+            if expected.ends_with("pp") {
+                // Port preservation: the observer saw our own port.
+                ok &= public.ends_with(&format!(":{local_port}"));
+            }
+            if nat.contains("pc") {
+                ok &= v.get("delta") == "2";
+            }
+            if nat == "none" {
+                ok &= v.get("no_nat") == "true";
+            }
+            table.push_str(&format!("{nat:32} #{run} expected {expected:9} got {:9} delta={:2} public={public:22} ms={}\n", v.triple(), v.get("delta"), v.get("ms")));
+            if !ok {
+                failures.push(format!("{nat} #{run}: expected {expected} (public {public_ip}), got `{line}` stderr `{}`", String::from_utf8_lossy(&out.stderr).trim()));
+            }
         }
     }
     eprintln!("lab {lab_name} (loss {loss}): {} sites in {:?}\n{table}", kinds.len(), started.elapsed());

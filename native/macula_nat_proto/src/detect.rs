@@ -436,8 +436,9 @@ impl Detection {
                 consider(n);
             }
         }
+        let firsts = self.first_answers();
         for i in 0..self.probes.len() {
-            if let Some(g) = self.give_up_at(i) {
+            if let Some(g) = self.give_up_at(i, &firsts) {
                 consider(g);
             }
         }
@@ -530,28 +531,34 @@ impl Detection {
     /// allocation probes the allocation (RD), so each group gets
     /// [`PATIENCE`] times longer before that guess; once one of a group has
     /// answered, the others get the usual wait or a settle time after it.
-    fn give_up_at(&self, i: usize) -> Option<Instant> {
+    fn give_up_at(&self, i: usize, firsts: &[Option<Instant>; 3]) -> Option<Instant> {
         let p = &self.probes[i];
         if p.state != State::Pending || p.kind.is_filter() {
             return None;
         }
         let w = self.answer_wait()?;
         let sent = p.first_sent?;
-        let group = |k: Kind| match k {
-            Kind::MapII | Kind::MapIII | Kind::MapIV => 1,
-            Kind::Alloc { .. } => 2,
-            _ => 0,
-        };
-        let g = group(p.kind);
+        let g = patience_group(p.kind);
         if g == 0 {
             return Some(sent + w);
         }
-        let first = self.probes.iter().filter(|q| group(q.kind) == g).filter_map(|q| q.answered_at).min();
-        Some(match first {
+        Some(match firsts[g] {
             None => sent + w * PATIENCE,
             // The others of a late burst come within the settle time.
             Some(at) => (sent + w).max(at + self.settle()?),
         })
+    }
+
+    /// When each [`patience_group`] was first answered.
+    fn first_answers(&self) -> [Option<Instant>; 3] {
+        let mut firsts: [Option<Instant>; 3] = [None; 3];
+        for p in &self.probes {
+            if let Some(a) = p.answered_at {
+                let f = &mut firsts[patience_group(p.kind)];
+                *f = Some(f.map_or(a, |x| x.min(a)));
+            }
+        }
+        firsts
     }
 
     /// Silence to the filtering tests means something only if the observer
@@ -564,24 +571,35 @@ impl Detection {
     /// with it). On a live path this costs nothing: with the wait at 3 RTT
     /// or more, that is 5/6 of it at the latest.
     fn observer_answered_lately(&self, run: FiltRun, settle: Duration, now: Instant) -> bool {
-        let dst = self.cfg.observers[run.obs];
-        self.probes.iter().any(|p| {
-            p.kind == Kind::FiltControl
-                && p.dst == dst
-                && p.first_sent.is_some_and(|t| t >= run.started + settle / 4)
-                && p.answered_at.is_some_and(|a| now >= a + settle / 4)
-        })
+        self.observer_heard(run).is_some_and(|a| now >= a + settle / 4)
     }
 
-    /// Next control request of [`Detection::observer_answered_lately`], if due.
-    fn send_filter_control(&mut self, run: FiltRun, settle: Duration, now: Instant) {
+    /// The control requests of a filtering run. All were sent a quarter
+    /// into its wait or later: the wait only shrinks (with the best RTT).
+    fn filter_controls(&self, run: FiltRun) -> impl Iterator<Item = &Probe> + '_ {
         let dst = self.cfg.observers[run.obs];
-        if now < run.started + settle / 4 {
-            return;
+        self.probes.iter().filter(move |p| p.kind == Kind::FiltControl && p.dst == dst)
+    }
+
+    /// When the observer first answered a control request.
+    fn observer_heard(&self, run: FiltRun) -> Option<Instant> {
+        self.filter_controls(run).filter_map(|p| p.answered_at).min()
+    }
+
+    /// When the next control request is due; `None` while one is queued.
+    fn next_filter_control(&self, run: FiltRun, settle: Duration) -> Option<Instant> {
+        let mut last = None;
+        for p in self.filter_controls(run) {
+            last = last.max(Some(p.first_sent?));
         }
-        let interval = self.filter_interval();
-        let last = self.probes.iter().filter(|p| p.kind == Kind::FiltControl && p.dst == dst).map(|p| p.first_sent.unwrap_or(now)).max();
-        if last.is_none_or(|l| l < run.started + settle / 4 || now >= l + interval) {
+        Some(last.map_or(run.started + settle / 4, |l| l + self.filter_interval()))
+    }
+
+    /// Queues the next control request of
+    /// [`Detection::observer_answered_lately`] if it is due.
+    fn send_filter_control(&mut self, run: FiltRun, settle: Duration, now: Instant) {
+        if self.next_filter_control(run, settle).is_some_and(|t| now >= t) {
+            let dst = self.cfg.observers[run.obs];
             self.add_probe(Kind::FiltControl, SocketId::Primary, dst, None, now);
         }
     }
@@ -591,15 +609,8 @@ impl Detection {
     fn filter_control_timer(&self) -> Option<Instant> {
         let run = self.filt.filter(|r| self.filtering.is_none() && self.capable(r.obs))?;
         let s = self.settle()?;
-        let dst = self.cfg.observers[run.obs];
-        let start = run.started + s / 4;
-        let controls = || self.probes.iter().filter(move |p| p.kind == Kind::FiltControl && p.dst == dst);
-        let next_send = match controls().filter_map(|p| p.first_sent).filter(|t| *t >= start).max() {
-            Some(l) => l + self.filter_interval(),
-            None => start,
-        };
-        let heard = controls().filter(|p| p.first_sent.is_some_and(|t| t >= start)).filter_map(|p| p.answered_at).min().map(|a| (a + s / 4).max(run.started + s));
-        Some(heard.map_or(next_send, |h| h.min(next_send)))
+        let heard = self.observer_heard(run).map(|a| (a + s / 4).max(run.started + s));
+        [heard, self.next_filter_control(run, s)].into_iter().flatten().min()
     }
 
     fn filter_interval(&self) -> Duration {
@@ -696,8 +707,9 @@ impl Detection {
             self.finish();
             return;
         }
+        let firsts = self.first_answers();
         for i in 0..self.probes.len() {
-            if self.give_up_at(i).is_some_and(|t| now >= t) {
+            if self.give_up_at(i, &firsts).is_some_and(|t| now >= t) {
                 self.cancel(i);
             }
         }
@@ -1067,6 +1079,16 @@ impl Detection {
     }
 }
 
+/// Requests that wait [`PATIENCE`] times longer while none of their group
+/// has answered: 1 tests II-IV, 2 the allocation probes; 0 the others.
+fn patience_group(k: Kind) -> usize {
+    match k {
+        Kind::MapII | Kind::MapIII | Kind::MapIV => 1,
+        Kind::Alloc { .. } => 2,
+        _ => 0,
+    }
+}
+
 /// Decide what a response means for the probe it answers.
 fn classify(p: &Probe, msg: &Message, from: SocketAddr) -> State {
     if msg.class == Class::ErrorResponse {
@@ -1093,6 +1115,9 @@ fn classify(p: &Probe, msg: &Message, from: SocketAddr) -> State {
 }
 
 // Visible to the crate's tests: punch tests put two of its NATs face to face.
+mod memory;
+pub use memory::DetectMemory;
+
 #[cfg(test)]
 pub(crate) mod sim;
 #[cfg(test)]

@@ -28,11 +28,15 @@ struct Case {
 fn run_case(c: Case) -> (Run, SimNat) {
     let nat = SimNat::new(c.ty, c.delta, c.seed);
     let mut world = World::new(nat, c.observers, c.one_way_ms, c.loss_permille, c.seed);
-    let t0 = Instant::now();
-    let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
-    let mut det = Detection::new(world.config(), local, t0, c.seed);
-    let run = world.run(&mut det, &probe_locals(c.seed), t0);
+    let run = detect_in(&mut world, c.seed, Instant::now());
     (run, world.nat)
+}
+
+/// One detection from the primary socket in `world`, starting at `t0`.
+fn detect_in(world: &mut World, seed: u64, t0: Instant) -> Run {
+    let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
+    let mut det = Detection::new(world.config(), local, t0, seed);
+    world.run(&mut det, &probe_locals(seed), t0)
 }
 
 /// What the profile should say for a NAT type, and whether it does.
@@ -496,15 +500,17 @@ fn with_two_observers_the_filtering_observer_stays_clean() {
     }
 }
 
-fn with_slow_alternate(ty: NatType, observers: fn() -> Vec<crate::observer::Observer>, stall: Duration, seed: u64) -> (Run, SimNat) {
-    let nat = SimNat::new(Some(ty), 2, seed);
-    let mut world = World::new(nat, observers(), 10, 0, seed);
-    world.slow_alternate = stall;
+/// A detection (delta 2, 10 ms one way) in a world `slow` makes slow.
+fn slowed(ty: NatType, observers: fn() -> Vec<crate::observer::Observer>, seed: u64, slow: impl FnOnce(&mut World, Instant)) -> (Run, SimNat) {
+    let mut world = World::new(SimNat::new(Some(ty), 2, seed), observers(), 10, 0, seed);
     let t0 = Instant::now();
-    let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
-    let mut det = Detection::new(world.config(), local, t0, seed);
-    let run = world.run(&mut det, &probe_locals(seed), t0);
+    slow(&mut world, t0);
+    let run = detect_in(&mut world, seed, t0);
     (run, world.nat)
+}
+
+fn with_slow_alternate(ty: NatType, observers: fn() -> Vec<crate::observer::Observer>, stall: Duration, seed: u64) -> (Run, SimNat) {
+    slowed(ty, observers, seed, |w, _| w.slow_alternate = stall)
 }
 
 #[test]
@@ -531,15 +537,14 @@ fn an_observer_stalled_past_the_waits_still_gets_the_mapping_right() {
 
 #[test]
 fn an_unreachable_alternate_costs_the_patience_then_a_conservative_guess() {
-    for ty in [NatType { mapping: Mapping::Ei, allocation: Allocation::Pp, filtering: Filtering::Pd }] {
-        let (run, _) = with_slow_alternate(ty, one_observer, Duration::from_secs(60), 6);
-        let p = run.result.expect("verdict");
-        assert_eq!((p.mapping, p.confidence), (Mapping::Pd, Confidence::Medium), "{ty}");
-        // Filtering wait (200 ms) + 4 x the 400 ms answer wait, and a
-        // round trip or two: well inside the 2 s default deadline.
-        assert!(run.elapsed < Duration::from_millis(1900), "{ty}: {:?}", run.elapsed);
-        assert!(run.elapsed > Duration::from_millis(1600), "{ty}: {:?}", run.elapsed);
-    }
+    let ty = NatType { mapping: Mapping::Ei, allocation: Allocation::Pp, filtering: Filtering::Pd };
+    let (run, _) = with_slow_alternate(ty, one_observer, Duration::from_secs(60), 6);
+    let p = run.result.expect("verdict");
+    assert_eq!((p.mapping, p.confidence), (Mapping::Pd, Confidence::Medium), "{ty}");
+    // Filtering wait (200 ms) + 4 x the 400 ms answer wait, and a
+    // round trip or two: well inside the 2 s default deadline.
+    assert!(run.elapsed < Duration::from_millis(1900), "{ty}: {:?}", run.elapsed);
+    assert!(run.elapsed > Duration::from_millis(1600), "{ty}: {:?}", run.elapsed);
 }
 
 #[test]
@@ -549,16 +554,11 @@ fn silence_from_a_stalled_observer_is_not_read_as_filtering() {
     // Silence then used to read as port-dependent filtering (seen in the
     // BEAM lab under start-up load, and kept by later re-detections).
     for ty in NatType::all() {
-        let seed = 8;
-        let nat = SimNat::new(Some(ty), 2, seed);
-        let mut world = World::new(nat, one_observer(), 10, 0, seed);
-        let t0 = Instant::now();
-        world.slow_alternate = Duration::from_millis(790);
-        world.stall = Some((t0 + Duration::from_millis(15), t0 + Duration::from_millis(800)));
-        let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
-        let mut det = Detection::new(world.config(), local, t0, seed);
-        let run = world.run(&mut det, &probe_locals(seed), t0);
-        check(ty, 2, &run.result.expect("verdict"), &world.nat).unwrap();
+        let (run, nat) = slowed(ty, one_observer, 8, |w, t0| {
+            w.slow_alternate = Duration::from_millis(790);
+            w.stall = Some((t0 + Duration::from_millis(15), t0 + Duration::from_millis(800)));
+        });
+        check(ty, 2, &run.result.expect("verdict"), &nat).unwrap();
         assert!(run.elapsed < Duration::from_millis(2000), "{ty}: {:?}", run.elapsed);
     }
 }
