@@ -43,7 +43,7 @@ detects_open_internet(#{primary := P}) ->
 cached_unless_forced(#{obs := Obs, primary := P}) ->
     fun() ->
         {ok, First} = macula_nat_detector:detect(#{observers => [P]}),
-        #{answered := A1} = macula_nat_observer:info(Obs),
+        A1 = settled_answered(Obs),
         ?assertEqual({ok, First}, macula_nat_detector:detect(#{observers => [P]})),
         ?assertEqual({ok, First}, macula_nat_detector:detect()),
         #{answered := A1} = macula_nat_observer:info(Obs),
@@ -170,6 +170,17 @@ start_liar(Port) ->
     end),
     receive {liar_port, Pid, LPort} -> put({liar, Pid}, LPort) end,
     Pid.
+
+%% The observer's answer count once it stops moving: a retransmission sent
+%% just before the verdict may still be answered after detect/1 returned
+%% (seen once on a loaded machine), which is not a detection.
+settled_answered(Obs) ->
+    #{answered := A} = macula_nat_observer:info(Obs),
+    timer:sleep(200),
+    case macula_nat_observer:info(Obs) of
+        #{answered := A} -> A;
+        _ -> settled_answered(Obs)
+    end.
 
 liar_addr(Pid) -> {{127, 0, 0, 1}, get({liar, Pid})}.
 
