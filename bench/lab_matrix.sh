@@ -29,6 +29,9 @@
 #   bench/lab_matrix.sh                                   # the full matrix (~10 min)
 #   bench/lab_matrix.sh --strategies birthday_probing --tries 3
 #   bench/lab_matrix.sh --with PD-RD-PD --no-kernel
+# Diagnostics: MACULA_TRACE=debug keeps every node's log (its punch
+# failures say where they aimed and what they heard); MACULA_LAB_TRACE=1
+# also keeps every NAT's mapping log (see macula_nat_lab::engine).
 # Exit status: non-zero if the lab cannot be built or the run fails; the lab
 # is torn down on exit, Ctrl-C and panics (`target/release/macula-lab reap`
 # clears what a SIGKILL leaves).

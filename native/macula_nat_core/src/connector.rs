@@ -63,6 +63,7 @@
 //!   stream). The method becomes `Punched` on both sides (the responder
 //!   sees its QUIC peer migrate to a real address).
 
+use crate::alloc_probe::{AllocTracker, Spent};
 use crate::dispatch::Dispatch;
 use crate::birthday::{PathGuard, SocketSet};
 use crate::punch_driver::{self, Punched};
@@ -71,7 +72,7 @@ use crate::quic::QuicError;
 use crate::signal::{self, HelloKind, Msg, NodeId, Profile, SessionId};
 use crate::{runtime, Connection, Node};
 use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
-use macula_nat_proto::port_predictor::wrap_port;
+use macula_nat_proto::port_predictor::contiguity_window;
 use macula_nat_proto::punch::{BirthdaySchedule, PunchConfig, Role};
 use macula_nat_proto::record::PeerInfo;
 use macula_nat_proto::strategy::{self, Aim, Dialer, PeerNat, Side, Strategy};
@@ -241,6 +242,8 @@ struct Inner {
     sessions: Mutex<HashMap<SessionId, SessionTx>>,
     dispatch: Arc<Dispatch>,
     relays: Arc<RelaySet>,
+    /// Where our NAT's port counter is, when it allocates contiguously.
+    alloc: Arc<AllocTracker>,
     /// Relayed connections where we were the responder, for the upgrade
     /// (their method changes when the initiator moves them).
     relayed_in: Mutex<Vec<Connection>>,
@@ -275,6 +278,7 @@ impl Signal {
         let dispatch = node.dispatch()?;
         let relays = RelaySet::new(&node);
         let (control, _) = watch::channel(None);
+        let alloc = AllocTracker::new(&node, rendezvous_addr);
         let inner = Arc::new(Inner {
             node,
             rendezvous: rendezvous_addr,
@@ -285,9 +289,14 @@ impl Signal {
             sessions: Mutex::new(HashMap::new()),
             dispatch,
             relays,
+            alloc,
             relayed_in: Mutex::new(Vec::new()),
         });
         let conn = register(&inner).await?;
+        if contiguous(&inner) {
+            // Measured now, ready for the first session.
+            inner.alloc.clone().refresh(public_ip(&inner), conn.rtt());
+        }
         let task = runtime::spawn(control_loop(Arc::downgrade(&inner), conn));
         Ok(Signal { inner, task })
     }
@@ -404,9 +413,33 @@ fn control(inner: &Inner) -> Result<Connection, ConnectError> {
     inner.control.borrow().clone().ok_or(ConnectError::NoRendezvous)
 }
 
+/// Whether peers predict our ports by contiguity.
+fn contiguous(inner: &Inner) -> bool {
+    let info = inner.cfg.read().map(|c| c.profile.clone()).unwrap_or_else(|p| p.into_inner().profile.clone());
+    matches!(strategy::aim(&peer_nat(&info)), Aim::Contiguous(_))
+}
+
+fn public_ip(inner: &Inner) -> Option<std::net::IpAddr> {
+    inner.observed.lock().ok().and_then(|o| *o).map(|a| a.ip())
+}
+
+/// For a session about to make mappings: our NAT's latest allocation when
+/// peers predict our ports by contiguity (0 otherwise, or when it could
+/// not be measured), and the hold that measures it again after the
+/// session. See [`crate::alloc_probe`].
+async fn session_base(inner: &Arc<Inner>) -> (u16, Option<Spent>) {
+    if !contiguous(inner) {
+        return (0, None);
+    }
+    let rtt = control(inner).map(|c| c.rtt()).unwrap_or(Duration::from_millis(100));
+    let (base, spent) = inner.alloc.take(public_ip(inner), rtt).await;
+    (base, Some(spent))
+}
+
 /// `fresh`: the session's fresh socket, whose port peers aim at instead of
-/// the node socket's (see [`fresh_socket`]).
-fn our_profile(inner: &Inner, fresh: Option<&SocketSet>) -> Profile {
+/// the node socket's (see [`fresh_socket`]); `alloc_base`: see
+/// [`session_base`].
+fn our_profile(inner: &Inner, fresh: Option<&SocketSet>, alloc_base: u16) -> Profile {
     let cfg = inner.cfg.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
     let local = inner.node.local_addr().ok();
     let mut candidates = cfg.candidates.clone();
@@ -417,7 +450,7 @@ fn our_profile(inner: &Inner, fresh: Option<&SocketSet>) -> Profile {
     info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
     let answer_port = fresh.and_then(|f| f.port(ANSWER_SOCKET)).unwrap_or(0);
-    Profile { info, local_port, answer_port, candidates, relays: inner.relays.reserved() }
+    Profile { info, local_port, answer_port, alloc_base, candidates, relays: inner.relays.reserved() }
 }
 
 fn peer_nat(p: &PeerInfo) -> PeerNat {
@@ -429,10 +462,11 @@ fn peer_nat(p: &PeerInfo) -> PeerNat {
 }
 
 /// Ports to try beyond the last observed one for a contiguous allocator.
-const CONTIGUITY_WINDOW: i64 = 8;
+const CONTIGUITY_WINDOW: usize = 8;
 
 /// Where to aim at a peer with `profile`, seen by the rendezvous at
-/// `observed`: most likely first.
+/// `observed`: most likely first. A contiguous peer is aimed past its
+/// measured latest allocation when it sent one, else past `observed`.
 pub fn targets(profile: &Profile, observed: SocketAddr) -> Vec<SocketAddr> {
     let mut v = Vec::new();
     let ip = observed.ip();
@@ -443,9 +477,8 @@ pub fn targets(profile: &Profile, observed: SocketAddr) -> Vec<SocketAddr> {
             v.push(observed);
         }
         Aim::Contiguous(d) => {
-            for k in 1..=CONTIGUITY_WINDOW {
-                v.push(SocketAddr::new(ip, wrap_port(observed.port() as i64 + k * d as i64)));
-            }
+            let base = if profile.alloc_base != 0 { profile.alloc_base } else { observed.port() };
+            v.extend(contiguity_window(base, d, CONTIGUITY_WINDOW).into_iter().map(|p| SocketAddr::new(ip, p)));
             v.push(observed);
         }
         Aim::Unpredictable => v.push(observed),
@@ -600,7 +633,8 @@ async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, r
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
     let mut fresh = fresh_socket(inner, session, true);
-    let me = our_profile(inner, fresh.as_ref());
+    let (base, _spent) = session_base(inner).await;
+    let me = our_profile(inner, fresh.as_ref(), base);
     let mut flags = if opts.prefer_direct { 0 } else { signal::FLAG_NO_DIRECT };
     if opts.relay_only {
         flags |= signal::FLAG_RELAY_ONLY;
@@ -790,7 +824,8 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
-    let me = our_profile(inner, None);
+    let (base, _spent) = session_base(inner).await;
+    let me = our_profile(inner, None, base);
     let flags = signal::FLAG_UPGRADE;
     let attempts = wire_attempts(opts.max_punch_attempts);
     ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
@@ -870,14 +905,15 @@ fn responder_attempts(attempts: u8) -> u32 {
 async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8, attempts: u8, peer: Profile, observed: SocketAddr) {
     let mut guard = SessionGuard::new(&inner, session);
     let Ok(ctl) = control(&inner) else { return };
-    let mut me = our_profile(&inner, None);
+    let (base, _spent) = session_base(&inner).await;
+    let mut me = our_profile(&inner, None, base);
     let strategy = decide(&peer, &me, flags);
     tracing::debug!("signal: session {:02x?} responder strategy {}", &session[..4], strategy.name());
     let upgrade = flags & signal::FLAG_UPGRADE != 0;
     let listening = matches!(strategy, Strategy::ConnectionReversal { dialer: Side::A });
     let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, session, listening) } else { None };
     if fresh.is_some() {
-        me = our_profile(&inner, fresh.as_ref());
+        me = our_profile(&inner, fresh.as_ref(), base);
     }
     // Before the answer: a relayed dial may follow it closely.
     let incoming = inner.dispatch.expect_session(session);
@@ -1390,6 +1426,39 @@ async fn birthday(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn contiguous_peer(alloc_base: u16) -> Profile {
+        let info = PeerInfo {
+            mapping: Mapping::Pd,
+            filtering: Filtering::Pd,
+            allocation: Allocation::Pc,
+            confidence: Confidence::High,
+            public_addr: None,
+            port_delta: Some(2),
+            no_nat: false,
+            detected_at: 0,
+            endpoints: Vec::new(),
+            rendezvous: Vec::new(),
+        };
+        Profile { info, local_port: 5000, answer_port: 0, alloc_base, candidates: Vec::new(), relays: Vec::new() }
+    }
+
+    #[test]
+    fn a_contiguous_peer_is_aimed_past_its_latest_allocation() {
+        let observed: SocketAddr = "203.0.113.9:20910".parse().unwrap();
+        let at = |p: u16| SocketAddr::new(observed.ip(), p);
+        // Measured for the session: past it, the observed address last.
+        let t = targets(&contiguous_peer(20944), observed);
+        let want: Vec<_> = (1..=CONTIGUITY_WINDOW as u16).map(|k| at(20944 + 2 * k)).chain([observed]).collect();
+        assert_eq!(t, want);
+        // Not measured: past the observed mapping.
+        let t = targets(&contiguous_peer(0), observed);
+        assert_eq!(t[0], at(20912));
+        assert_eq!(t.len(), CONTIGUITY_WINDOW + 1);
+        // The window wraps at the top of the port range.
+        let t = targets(&contiguous_peer(65534), observed);
+        assert_eq!(&t[..2], &[at(1024), at(1026)]);
+    }
 
     #[test]
     fn a_second_session_only_for_predictions_that_fit_the_timeout() {

@@ -7,6 +7,7 @@
 //! types here: the binding crate (`macula_nat_nif`) converts terms.
 
 pub mod advertiser;
+pub mod alloc_probe;
 pub mod birthday;
 pub mod connector;
 pub(crate) mod dispatch;

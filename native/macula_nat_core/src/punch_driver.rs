@@ -112,7 +112,9 @@ pub async fn run_with(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig, 
     // "go" timing replaces: start at once.
     let now = Instant::now();
     let t0 = now.checked_sub(cfg.start_delay()).unwrap_or(now);
+    let targets: Vec<SocketAddr> = cfg.targets.iter().map(|t| t.1).collect();
     let mut p = Punch::new(cfg, t0);
+    let mut heard = Heard::default();
     let result = loop {
         if let Some(r) = drive(&node, &extra, &mut p).await {
             break r;
@@ -120,13 +122,16 @@ pub async fn run_with(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig, 
         let wake = p.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_millis(50));
         tokio::select! {
             d = reg.rx.recv() => match d {
-                Some((from, data)) => { p.handle_datagram(Instant::now(), 0, from, &data); }
+                Some((from, data)) => { heard.note(from); p.handle_datagram(Instant::now(), 0, from, &data); }
                 None => break Err(PunchError::Timeout),
             },
-            (k, from, data) = extra.recv() => { p.handle_datagram(Instant::now(), k, from, &data); }
+            (k, from, data) = extra.recv() => { heard.note(from); p.handle_datagram(Instant::now(), k, from, &data); }
             _ = tokio::time::sleep_until(wake.into()) => p.handle_timeout(Instant::now()),
         }
     };
+    if let Err(e) = &result {
+        tracing::debug!("punch failed ({e}): aimed at {targets:?}, heard from {:?}", heard.0);
+    }
     let path = extra.keep_only(result.as_ref().ok().map(|s| s.socket));
     crate::runtime::spawn(async move {
         let end = tokio::time::Instant::now() + LINGER;
@@ -147,6 +152,21 @@ pub async fn run_with(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig, 
         }
     });
     result.map(|success| Punched { success, path })
+}
+
+/// Where a session's punch packets came from, for the failure diagnostic
+/// (bounded: a birthday hard side hears at most a few addresses).
+#[derive(Default)]
+struct Heard(Vec<(SocketAddr, u32)>);
+
+impl Heard {
+    fn note(&mut self, from: SocketAddr) {
+        if let Some((_, n)) = self.0.iter_mut().find(|(a, _)| *a == from) {
+            *n += 1;
+        } else if self.0.len() < 16 {
+            self.0.push((from, 1));
+        }
+    }
 }
 
 /// Sends what is due; returns the outcome once there is one.

@@ -12,7 +12,8 @@
 //! session  = 16 random bytes, chosen by the initiator
 //! profile  = mapping(u8) filtering(u8) allocation(u8) confidence(u8) flags(u8)
 //!            [public addr, if flags & 1] [port_delta i32, if flags & 2]
-//!            detected_at(u64) local_port(u16) answer_port(u16) n(u8) addr*n (candidates)
+//!            detected_at(u64) local_port(u16) answer_port(u16) alloc_base(u16)
+//!            n(u8) addr*n (candidates)
 //!            m(u8) (node_id addr)*m (relays holding our reservation, m <= 4)
 //!            flags & 4: no NAT (public host); other flag bits are refused
 //!            mapping/filtering: 0 EI, 1 HD, 2 PD; allocation: 0 PP, 1 PC, 2 RD;
@@ -22,6 +23,9 @@
 //!            answer_port: a PD-mapping, port-preserving side's second fresh
 //!            socket, from which it answers a connection-reversal dial (the
 //!            dialer opens its filter for it first); 0: none
+//!            alloc_base: a port-contiguous side's latest NAT allocation,
+//!            measured for this session (see `alloc_probe`): peers aim one
+//!            delta past it; 0: not measured, aim past the observed address
 //!            (addr and the profile up to detected_at are macula_nat_proto::wire,
 //!            shared with the signed peer record)
 //!
@@ -114,6 +118,9 @@ pub struct Profile {
     /// The session's answer socket's port (0: none): see the module docs
     /// and `strategy`'s split path.
     pub answer_port: u16,
+    /// A port-contiguous side's latest NAT allocation (0: not measured):
+    /// see the module docs.
+    pub alloc_base: u16,
     pub candidates: Vec<SocketAddr>,
     /// Relays the peer holds a reservation at (it can be reached through
     /// them), best first.
@@ -286,6 +293,7 @@ fn put_profile(b: &mut Vec<u8>, p: &Profile) {
     wire::put_nat_head(b, &p.info);
     b.extend_from_slice(&p.local_port.to_be_bytes());
     b.extend_from_slice(&p.answer_port.to_be_bytes());
+    b.extend_from_slice(&p.alloc_base.to_be_bytes());
     let n = p.candidates.len().min(MAX_CANDIDATES);
     b.push(n as u8);
     for a in &p.candidates[..n] {
@@ -322,6 +330,7 @@ impl<'a> Reader<'a> {
         let info = self.0.nat_head()?;
         let local_port = self.0.u16()?;
         let answer_port = self.0.u16()?;
+        let alloc_base = self.0.u16()?;
         let n = self.u8()? as usize;
         if n > MAX_CANDIDATES {
             return Err(DecodeError::BadValue);
@@ -332,7 +341,7 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::BadValue);
         }
         let relays = (0..n).map(|_| Ok((self.array()?, self.addr()?))).collect::<Result<Vec<_>, DecodeError>>()?;
-        Ok(Profile { info, local_port, answer_port, candidates, relays })
+        Ok(Profile { info, local_port, answer_port, alloc_base, candidates, relays })
     }
 }
 
@@ -366,6 +375,7 @@ mod tests {
             },
             local_port: 5555,
             answer_port: 5556,
+            alloc_base: 20911,
             candidates: vec!["198.18.1.2:5555".parse().unwrap(), "[2001:db8::1]:7".parse().unwrap()],
             relays: vec![([9; 32], "198.51.100.9:4433".parse().unwrap())],
         }

@@ -261,3 +261,61 @@ fn lab_connect_matrix() {
     let _ = rdv.kill();
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A long-lived node behind a port-contiguous NAT with PD mapping makes a
+/// new mapping for every peer endpoint it punches to, so its NAT's counter
+/// runs ahead of the mapping the rendezvous saw at join. Every connect must
+/// still be predicted: the node measures its NAT's latest allocation for
+/// each session (`alloc_probe`). Aiming past the join-time mapping instead
+/// exhausts the window within a few connects (this lab has no relay: such
+/// a connect fails).
+#[test]
+fn a_long_lived_contiguous_node_stays_predictable() {
+    if !ready() {
+        return;
+    }
+    let mut spec = LabSpec::new("conpc");
+    spec.public.push("rdv".into());
+    spec.seed = Some(12);
+    spec.sites.push(SiteSpec::new("pcl", "user:pd-pd-pc").unwrap());
+    spec.sites.push(SiteSpec::new("prc", "user:ei-pd-pp").unwrap());
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    let rdv_ip = lab.host_addr("rdv").unwrap();
+    let mut rdv = lab.spawn("rdv", &[bin, "rendezvous", "--bind", &format!("{rdv_ip}:{RDV_PORT}")]).expect("rendezvous");
+    let line = lines(&mut rdv).recv_timeout(Duration::from_secs(5)).expect("rendezvous ready");
+    let rdv_id = field(&line, "node_id").expect("rendezvous id");
+    let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
+    let mut listener = lab
+        .spawn("pcl", &[bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "pd-pd-pc:delta=1"])
+        .expect("listener");
+    // Kept: the listener prints a line per connection it accepts.
+    let said = lines(&mut listener);
+    let joined = said.recv_timeout(Duration::from_secs(8)).expect("listener joined");
+    let b_id = field(&joined, "node_id").expect("listener id");
+    let argv = [bin, "connect", &b_id, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-pd-pp", "--timeout-ms", "8000"];
+    let mut failures = Vec::new();
+    const CONNECTS: usize = 12;
+    for i in 0..CONNECTS {
+        // A new node each time: a new peer endpoint for the listener's NAT.
+        let out = lab.exec_timeout("prc", &argv, Duration::from_secs(15)).expect("connect");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let good = field(&line, "ok").as_deref() == Some("true")
+            && field(&line, "strategy").as_deref() == Some("predict_contiguity")
+            && field(&line, "method").as_deref() == Some("punched");
+        if !good {
+            failures.push(format!("connect {i}: `{line}`"));
+        }
+        eprintln!("connect {i}: {} {} ms", field(&line, "method").unwrap_or_default(), field(&line, "connect_ms").unwrap_or_default());
+    }
+    let _ = listener.kill();
+    let _ = rdv.kill();
+    if !failures.is_empty() {
+        let mut err = String::new();
+        if let Some(mut e) = listener.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        failures.push(format!("listener stderr: {err}"));
+    }
+    assert!(failures.is_empty(), "{} of {CONNECTS} connects failed:\n{}", failures.len() - 1, failures.join("\n"));
+}

@@ -6,6 +6,11 @@
 //! (`iif wan lookup 101`, table 101 `<public>/32 dev tun0`) into tun0.
 //! The engine rewrites packets and writes them back to tun0; the kernel then
 //! forwards them with the main table (LAN subnet via `lan`, internet via `wan`).
+//!
+//! With `MACULA_LAB_TRACE` set, each engine writes every mapping it makes
+//! (internal endpoint, public port, remote) to its log, and the lab keeps
+//! its directory (`/run/macula-lab/<lab>/<site>.engine.log`) at teardown:
+//! how a prediction went wrong is then there to read.
 
 use crate::spec::{Alloc, Dep, UserNat};
 use anyhow::{bail, Context, Result};
@@ -243,6 +248,12 @@ pub struct Nat {
 const PORT_MIN: u16 = 1024;
 const PORT_MAX: u16 = 65535;
 
+/// See the module docs.
+pub fn trace_mappings() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("MACULA_LAB_TRACE").is_some())
+}
+
 impl Nat {
     pub fn new(cfg: UserNat, public_ip: Ipv4Addr, timeout: Duration, seed: u64) -> Nat {
         let mut rng = Rng::new(seed.wrapping_add(0x5eed));
@@ -338,6 +349,9 @@ impl Nat {
                     self.remove(p, st);
                 }
                 let p = self.allocate(int.1, now, st)?;
+                if trace_mappings() {
+                    eprintln!("{now:?} map {}:{} -> {p} for {}:{}", int.0, int.1, remote.0, remote.1);
+                }
                 self.by_key.insert(key, p);
                 self.by_port.insert(
                     p,

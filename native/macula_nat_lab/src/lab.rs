@@ -891,7 +891,11 @@ pub fn teardown(info: &LabInfo) {
         }
     }
     let _ = destroy_namespaces(&names);
-    let _ = std::fs::remove_dir_all(lab_dir(&info.lab));
+    if crate::engine::trace_mappings() {
+        eprintln!("lab {}: engine logs kept in {} (MACULA_LAB_TRACE)", info.lab, lab_dir(&info.lab).display());
+    } else {
+        let _ = std::fs::remove_dir_all(lab_dir(&info.lab));
+    }
     let _ = std::fs::remove_file(&info.state_file);
 }
 

@@ -39,6 +39,9 @@ use std::time::Duration;
 
 use crate::nat::{Allocation, Mapping, NatProfile};
 
+mod alloc_base;
+pub use alloc_base::{AllocBase, ProbeToken};
+
 /// Lowest port a NAT allocates.
 pub const PORT_MIN: u16 = 1024;
 /// Highest port.

@@ -1,0 +1,165 @@
+//! Measures where our NAT's port counter is: one STUN Binding request from a
+//! throwaway socket (a new internal endpoint, so the NAT makes a new
+//! mapping, the latest one) to a STUN server, usually the rendezvous (every
+//! node answers STUN). A port-contiguous side advertises the answer so its
+//! peer aims one step past it; see
+//! `macula_nat_proto::port_predictor::AllocBase` for why and when.
+//!
+//! Not an exception to one socket per node: the throwaway socket carries no
+//! traffic of ours; it measures the NAT's counter, which every internal
+//! endpoint shares, not a path.
+
+use crate::{runtime, Node};
+use macula_nat_proto::port_predictor::AllocBase;
+use macula_nat_proto::stun::{Class, Message};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+/// How long a measurement stays usable while no session of ours allocates
+/// (other hosts behind the NAT move the counter too). An idle node's first
+/// session after that measures again, one round trip to the server.
+pub const BASE_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// The allocation base of one node socket behind a port-contiguous NAT:
+/// measured at join and after each session in the background, taken by the
+/// next session (measured inline when stale).
+pub struct AllocTracker {
+    node: Weak<Node>,
+    server: SocketAddr,
+    base: Mutex<AllocBase>,
+}
+
+/// A session's hold on the base: when dropped (the session's mappings are
+/// made), the base is measured again in the background.
+pub struct Spent(Arc<AllocTracker>, Option<IpAddr>, Duration);
+
+impl Drop for Spent {
+    fn drop(&mut self) {
+        self.0.clone().refresh(self.1, self.2);
+    }
+}
+
+impl AllocTracker {
+    /// Measures against `server` (a STUN server reached from `node`'s socket
+    /// IP; the rendezvous).
+    pub fn new(node: &Arc<Node>, server: SocketAddr) -> Arc<AllocTracker> {
+        Arc::new(AllocTracker { node: Arc::downgrade(node), server, base: Mutex::new(AllocBase::new(BASE_MAX_AGE)) })
+    }
+
+    /// Measures in the background; a session that allocates meanwhile
+    /// voids the measurement. `public_ip`, `rtt`: as for [`Self::take`].
+    pub fn refresh(self: Arc<Self>, public_ip: Option<IpAddr>, rtt: Duration) {
+        let Some(token) = self.base.lock().ok().map(|b| b.probe_started()) else { return };
+        runtime::spawn(async move {
+            if let Some(p) = self.measure(public_ip, rtt).await {
+                if let Ok(mut b) = self.base.lock() {
+                    b.probed(token, p.port(), std::time::Instant::now());
+                }
+            }
+        });
+    }
+
+    /// The base for a session about to make mappings from the node socket,
+    /// whose public IP is `public_ip`: the fresh measurement or a new one;
+    /// 0 when the server does not answer or answers for another IP (then
+    /// peers aim past the observed address). Hold the [`Spent`] for the
+    /// session.
+    pub async fn take(self: &Arc<Self>, public_ip: Option<IpAddr>, rtt: Duration) -> (u16, Spent) {
+        let fresh = self.base.lock().ok().and_then(|b| b.fresh(std::time::Instant::now()));
+        let port = match fresh {
+            Some(p) => Some(p),
+            None => self.measure(public_ip, rtt).await.map(|a| a.port()),
+        };
+        if let Ok(mut b) = self.base.lock() {
+            b.used();
+        }
+        (port.unwrap_or(0), Spent(self.clone(), public_ip, rtt))
+    }
+
+    /// A new mapping's address, if it is on our public IP (another IP:
+    /// the NAT pools addresses and the counter says nothing about ours).
+    async fn measure(&self, public_ip: Option<IpAddr>, rtt: Duration) -> Option<SocketAddr> {
+        let ip = self.node.upgrade()?.local_addr().ok()?.ip();
+        latest_mapping(ip, self.server, rtt).await.filter(|a| Some(a.ip()) == public_ip)
+    }
+}
+
+/// The public address of a fresh mapping made towards `server` from
+/// `local_ip`, or `None` if the server did not answer in time. `rtt`: the
+/// round trip to the server as far as it is known; the request is sent
+/// three times within a wait of four round trips (at least 150 ms, at most
+/// 1 s).
+pub async fn latest_mapping(local_ip: IpAddr, server: SocketAddr, rtt: Duration) -> Option<SocketAddr> {
+    let sock = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await.ok()?;
+    let txid: [u8; 12] = rand::random();
+    let req = Message::binding_request(txid).encode();
+    let wait = (rtt * 4).clamp(Duration::from_millis(150), Duration::from_secs(1));
+    let start = Instant::now();
+    let deadline = start + wait;
+    let mut resend = [start + wait / 3, start + wait * 2 / 3].into_iter();
+    let mut next = Some(start);
+    let mut buf = [0u8; 1500];
+    loop {
+        if next.is_some_and(|t| t <= Instant::now()) {
+            // A failed send is a lost request: the resends and the deadline
+            // deal with it.
+            let _ = sock.send_to(&req, server).await;
+            next = resend.next();
+        }
+        let wake = next.map_or(deadline, |t| t.min(deadline));
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                if from != server {
+                    continue;
+                }
+                let Ok(msg) = Message::decode(&buf[..n]) else { continue };
+                if msg.class == Class::SuccessResponse && msg.transaction_id == txid {
+                    return msg.mapped_address();
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{runtime, Identity, Node, NodeConfig};
+
+    #[test]
+    fn a_node_tells_the_mapping_of_a_new_socket() {
+        let server = Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).unwrap();
+        let at = server.local_addr().unwrap();
+        let got = runtime::handle().block_on(latest_mapping("127.0.0.1".parse().unwrap(), at, Duration::from_millis(1)));
+        let got = got.expect("the node answers");
+        // No NAT on loopback: the mapping is the throwaway socket itself,
+        // which is neither the server's nor a fixed port.
+        assert_eq!(got.ip(), at.ip());
+        assert_ne!(got.port(), at.port());
+    }
+
+    #[test]
+    fn a_silent_server_gives_none_within_the_wait() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = silent.local_addr().unwrap();
+        let t0 = std::time::Instant::now();
+        let got = runtime::handle().block_on(latest_mapping("127.0.0.1".parse().unwrap(), at, Duration::from_millis(1)));
+        assert_eq!(got, None);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(1), "{took:?}");
+        // It was asked three times.
+        silent.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 100];
+        let asked = std::iter::from_fn(|| silent.recv_from(&mut buf).ok()).count();
+        assert_eq!(asked, 3);
+    }
+}
