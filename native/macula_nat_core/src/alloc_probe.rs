@@ -1,16 +1,20 @@
-//! Measures where our NAT's port counter is: one STUN Binding request from a
+//! Measures where our NAT's port counter is: a STUN Binding request from a
 //! throwaway socket (a new internal endpoint, so the NAT makes a new
 //! mapping, the latest one) to a STUN server, usually the rendezvous (every
 //! node answers STUN). A port-contiguous side advertises the answer so its
 //! peer aims one step past it; see
-//! `macula_nat_proto::port_predictor::AllocBase` for why and when.
+//! `macula_nat_proto::port_predictor::AllocBase` for why and when. Two
+//! sockets ask at once: one may sit on a recycled local port whose old
+//! mapping the NAT still holds (1-2 % of sockets in the lab matrix, where
+//! a host churns through hundreds of sockets a minute); the latest of
+//! their answers and the node's observed port counts.
 //!
 //! Not an exception to one socket per node: the throwaway socket carries no
 //! traffic of ours; it measures the NAT's counter, which every internal
 //! endpoint shares, not a path.
 
 use crate::{runtime, Node};
-use macula_nat_proto::port_predictor::AllocBase;
+use macula_nat_proto::port_predictor::{latest_allocation, AllocBase};
 use macula_nat_proto::stun::{Class, Message};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
@@ -32,9 +36,18 @@ pub struct AllocTracker {
     base: Mutex<AllocBase>,
 }
 
+/// What a measurement is checked against: the node socket's reflexive
+/// address at the rendezvous (a past allocation of the same NAT, on the
+/// public IP that counts) and the NAT's port delta.
+#[derive(Clone, Copy, Debug)]
+pub struct Basis {
+    pub observed: SocketAddr,
+    pub delta: i32,
+}
+
 /// A session's hold on the base: when dropped (the session's mappings are
 /// made), the base is measured again in the background.
-pub struct Spent(Arc<AllocTracker>, Option<IpAddr>, Duration);
+pub struct Spent(Arc<AllocTracker>, Basis, Duration);
 
 impl Drop for Spent {
     fn drop(&mut self) {
@@ -50,40 +63,43 @@ impl AllocTracker {
     }
 
     /// Measures in the background; a session that allocates meanwhile
-    /// voids the measurement. `public_ip`, `rtt`: as for [`Self::take`].
-    pub fn refresh(self: Arc<Self>, public_ip: Option<IpAddr>, rtt: Duration) {
+    /// voids the measurement. `basis`, `rtt`: as for [`Self::take`].
+    pub fn refresh(self: Arc<Self>, basis: Basis, rtt: Duration) {
         let Some(token) = self.base.lock().ok().map(|b| b.probe_started()) else { return };
         runtime::spawn(async move {
-            if let Some(p) = self.measure(public_ip, rtt).await {
-                if let Ok(mut b) = self.base.lock() {
-                    b.probed(token, p.port(), std::time::Instant::now());
-                }
+            let p = self.measure(basis, rtt).await;
+            if let Ok(mut b) = self.base.lock() {
+                b.probed(token, p, std::time::Instant::now());
             }
         });
     }
 
-    /// The base for a session about to make mappings from the node socket,
-    /// whose public IP is `public_ip`: the fresh measurement or a new one;
-    /// 0 when the server does not answer or answers for another IP (then
-    /// peers aim past the observed address). Hold the [`Spent`] for the
-    /// session.
-    pub async fn take(self: &Arc<Self>, public_ip: Option<IpAddr>, rtt: Duration) -> (u16, Spent) {
+    /// The base for a session about to make mappings from the node socket:
+    /// the fresh measurement or a new one, which is never behind `basis`'s
+    /// observed port (what peers aim past without a measurement). `rtt`:
+    /// to the server, as far as known. Hold the [`Spent`] for the session.
+    pub async fn take(self: &Arc<Self>, basis: Basis, rtt: Duration) -> (u16, Spent) {
         let fresh = self.base.lock().ok().and_then(|b| b.fresh(std::time::Instant::now()));
         let port = match fresh {
-            Some(p) => Some(p),
-            None => self.measure(public_ip, rtt).await.map(|a| a.port()),
+            Some(p) => p,
+            None => self.measure(basis, rtt).await,
         };
         if let Ok(mut b) = self.base.lock() {
             b.used();
         }
-        (port.unwrap_or(0), Spent(self.clone(), public_ip, rtt))
+        (port, Spent(self.clone(), basis, rtt))
     }
 
-    /// A new mapping's address, if it is on our public IP (another IP:
-    /// the NAT pools addresses and the counter says nothing about ours).
-    async fn measure(&self, public_ip: Option<IpAddr>, rtt: Duration) -> Option<SocketAddr> {
-        let ip = self.node.upgrade()?.local_addr().ok()?.ip();
-        latest_mapping(ip, self.server, rtt).await.filter(|a| Some(a.ip()) == public_ip)
+    /// The latest of two new mappings and the observed one. Answers for
+    /// another IP do not count (a NAT that pools addresses: its counter
+    /// for that IP says nothing about ours).
+    async fn measure(&self, basis: Basis, rtt: Duration) -> u16 {
+        let Some(ip) = self.node.upgrade().and_then(|n| n.local_addr().ok()).map(|a| a.ip()) else {
+            return basis.observed.port();
+        };
+        let (a, b) = tokio::join!(latest_mapping(ip, self.server, rtt), latest_mapping(ip, self.server, rtt));
+        let ours = [a, b].into_iter().flatten().filter(|m| m.ip() == basis.observed.ip()).map(|m| m.port());
+        latest_allocation(basis.delta, std::iter::once(basis.observed.port()).chain(ours)).unwrap_or(basis.observed.port())
     }
 }
 

@@ -63,7 +63,7 @@
 //!   stream). The method becomes `Punched` on both sides (the responder
 //!   sees its QUIC peer migrate to a real address).
 
-use crate::alloc_probe::{AllocTracker, Spent};
+use crate::alloc_probe::{AllocTracker, Basis, Spent};
 use crate::dispatch::Dispatch;
 use crate::birthday::{PathGuard, SocketSet};
 use crate::punch_driver::{self, Punched};
@@ -293,9 +293,9 @@ impl Signal {
             relayed_in: Mutex::new(Vec::new()),
         });
         let conn = register(&inner).await?;
-        if contiguous(&inner) {
+        if let Some(basis) = contiguity_basis(&inner) {
             // Measured now, ready for the first session.
-            inner.alloc.clone().refresh(public_ip(&inner), conn.rtt());
+            inner.alloc.clone().refresh(basis, conn.rtt());
         }
         let task = runtime::spawn(control_loop(Arc::downgrade(&inner), conn));
         Ok(Signal { inner, task })
@@ -413,14 +413,13 @@ fn control(inner: &Inner) -> Result<Connection, ConnectError> {
     inner.control.borrow().clone().ok_or(ConnectError::NoRendezvous)
 }
 
-/// Whether peers predict our ports by contiguity.
-fn contiguous(inner: &Inner) -> bool {
+/// When peers predict our ports by contiguity: what our NAT's latest
+/// allocation is measured against (see [`crate::alloc_probe`]).
+fn contiguity_basis(inner: &Inner) -> Option<Basis> {
     let info = inner.cfg.read().map(|c| c.profile.clone()).unwrap_or_else(|p| p.into_inner().profile.clone());
-    matches!(strategy::aim(&peer_nat(&info)), Aim::Contiguous(_))
-}
-
-fn public_ip(inner: &Inner) -> Option<std::net::IpAddr> {
-    inner.observed.lock().ok().and_then(|o| *o).map(|a| a.ip())
+    let Aim::Contiguous(delta) = strategy::aim(&peer_nat(&info)) else { return None };
+    let observed = inner.observed.lock().ok().and_then(|o| *o)?;
+    Some(Basis { observed, delta })
 }
 
 /// For a session about to make mappings: our NAT's latest allocation when
@@ -428,11 +427,9 @@ fn public_ip(inner: &Inner) -> Option<std::net::IpAddr> {
 /// not be measured), and the hold that measures it again after the
 /// session. See [`crate::alloc_probe`].
 async fn session_base(inner: &Arc<Inner>) -> (u16, Option<Spent>) {
-    if !contiguous(inner) {
-        return (0, None);
-    }
+    let Some(basis) = contiguity_basis(inner) else { return (0, None) };
     let rtt = control(inner).map(|c| c.rtt()).unwrap_or(Duration::from_millis(100));
-    let (base, spent) = inner.alloc.take(public_ip(inner), rtt).await;
+    let (base, spent) = inner.alloc.take(basis, rtt).await;
     (base, Some(spent))
 }
 

@@ -40,7 +40,7 @@ use std::time::Duration;
 use crate::nat::{Allocation, Mapping, NatProfile};
 
 mod alloc_base;
-pub use alloc_base::{AllocBase, ProbeToken};
+pub use alloc_base::{latest_allocation, AllocBase, ProbeToken};
 
 /// Lowest port a NAT allocates.
 pub const PORT_MIN: u16 = 1024;

@@ -66,9 +66,31 @@ impl AllocBase {
     }
 }
 
+/// Of ports a contiguous allocator with `delta` handed out (any order, all
+/// within half the port range of each other, which a NAT's mapping
+/// lifetime guarantees), the one handed out last.
+pub fn latest_allocation(delta: i32, ports: impl IntoIterator<Item = u16>) -> Option<u16> {
+    let dir = delta.signum();
+    ports.into_iter().reduce(|best, p| if super::port_distance(best, p) * dir > 0 { p } else { best })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_allocation_is_furthest_along_the_delta() {
+        assert_eq!(latest_allocation(1, []), None);
+        assert_eq!(latest_allocation(1, [31497]), Some(31497));
+        // A recycled socket's old mapping (30960) loses to the fresh one.
+        assert_eq!(latest_allocation(1, [31497, 30960, 31499]), Some(31499));
+        assert_eq!(latest_allocation(1, [30960, 31499, 31497]), Some(31499));
+        // Counting down.
+        assert_eq!(latest_allocation(-2, [5000, 4990, 5010]), Some(4990));
+        // Across the wrap at the top of the range: 1030 came after 65530.
+        assert_eq!(latest_allocation(1, [65530, 1030, 65000]), Some(1030));
+        assert_eq!(latest_allocation(-1, [1030, 65530]), Some(65530));
+    }
 
     const AGE: Duration = Duration::from_secs(30);
 
