@@ -601,11 +601,11 @@ pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts
 /// one more session (see [`may_retry`]) before the relay.
 async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Result<(Connection, Method, Strategy), ConnectError> {
     let started = Instant::now();
-    if let Some(done) = initiate_once(inner, target, opts, Some(started)).await? {
+    if let Some(done) = initiate_once(inner, target, opts, Attempt::First { started }).await? {
         return Ok(done);
     }
     tracing::debug!("signal: prediction failed after {:?}; once more in a new session", started.elapsed());
-    initiate_once(inner, target, opts, None).await?.ok_or(ConnectError::PunchFailed)
+    initiate_once(inner, target, opts, Attempt::Second).await?.ok_or(ConnectError::PunchFailed)
 }
 
 /// Whether a failed `strategy`, `elapsed` into a connect of `timeout`, gets
@@ -623,9 +623,18 @@ fn may_retry(strategy: Strategy, elapsed: Duration, timeout: Duration) -> bool {
 /// Time kept for a relayed connection after a failed second session.
 const RELAY_BUDGET: Duration = Duration::from_secs(1);
 
-/// `retry`: the connect's start while a second session is still allowed;
-/// `Ok(None)`: try again in a new session.
-async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, retry: Option<Instant>) -> Result<Option<(Connection, Method, Strategy)>, ConnectError> {
+/// Which session of a connect [`initiate_once`] runs.
+#[derive(Clone, Copy)]
+enum Attempt {
+    /// The first, of a connect that started at `started`: a failed
+    /// prediction may get a second session.
+    First { started: Instant },
+    /// The second: a failure goes to the relay (or is the answer).
+    Second,
+}
+
+/// `Ok(None)`: try again in a new session (only after [`Attempt::First`]).
+async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, attempt: Attempt) -> Result<Option<(Connection, Method, Strategy)>, ConnectError> {
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
@@ -660,7 +669,7 @@ async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, r
     let m = Meeting::new(session, target, &peer, observed, go, opts.max_punch_attempts);
     let r = act(inner, Side::A, strategy, m, fresh).await;
     let (conn, method) = match r {
-        Err(ConnectError::PunchFailed) if retry.is_some_and(|t0| may_retry(strategy, t0.elapsed(), opts.timeout)) => {
+        Err(ConnectError::PunchFailed) if matches!(attempt, Attempt::First { started } if may_retry(strategy, started.elapsed(), opts.timeout)) => {
             drop(guard);
             refuse_late(inner, session);
             return Ok(None);

@@ -34,6 +34,17 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Starts the rendezvous on the lab's public host `rdv`: the process, its
+/// address and its node id.
+fn rendezvous(lab: &Lab) -> (Child, String, String) {
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    let rdv_ip = lab.host_addr("rdv").unwrap();
+    let mut rdv = lab.spawn("rdv", &[bin, "rendezvous", "--bind", &format!("{rdv_ip}:{RDV_PORT}")]).expect("rendezvous");
+    let line = lines(&mut rdv).recv_timeout(Duration::from_secs(5)).expect("rendezvous ready");
+    let rdv_id = field(&line, "node_id").expect("rendezvous id");
+    (rdv, format!("{rdv_ip}:{RDV_PORT}"), rdv_id)
+}
+
 struct Pair {
     name: &'static str,
     /// (host, lab nat spec or None for a public host, --nat for the node)
@@ -191,11 +202,7 @@ fn lab_connect_matrix() {
     }
     let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
     let bin = env!("CARGO_BIN_EXE_macula-connect");
-    let rdv_ip = lab.host_addr("rdv").unwrap();
-    let mut rdv = lab.spawn("rdv", &[bin, "rendezvous", "--bind", &format!("{rdv_ip}:{RDV_PORT}")]).expect("rendezvous");
-    let line = lines(&mut rdv).recv_timeout(Duration::from_secs(5)).expect("rendezvous ready");
-    let rdv_id = field(&line, "node_id").expect("rendezvous id");
-    let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
+    let (mut rdv, rdv_addr, rdv_id) = rendezvous(&lab);
 
     let mut failures = Vec::new();
     let mut table = String::from("| pair | strategy | method | connect ms | A observed | A's remote |\n|---|---|---|---|---|---|\n");
@@ -281,11 +288,7 @@ fn a_long_lived_contiguous_node_stays_predictable() {
     spec.sites.push(SiteSpec::new("prc", "user:ei-pd-pp").unwrap());
     let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
     let bin = env!("CARGO_BIN_EXE_macula-connect");
-    let rdv_ip = lab.host_addr("rdv").unwrap();
-    let mut rdv = lab.spawn("rdv", &[bin, "rendezvous", "--bind", &format!("{rdv_ip}:{RDV_PORT}")]).expect("rendezvous");
-    let line = lines(&mut rdv).recv_timeout(Duration::from_secs(5)).expect("rendezvous ready");
-    let rdv_id = field(&line, "node_id").expect("rendezvous id");
-    let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
+    let (mut rdv, rdv_addr, rdv_id) = rendezvous(&lab);
     let mut listener = lab
         .spawn("pcl", &[bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "pd-pd-pc:delta=1"])
         .expect("listener");
