@@ -184,7 +184,7 @@ impl SocketSet {
 }
 
 fn bind(ip: IpAddr) -> std::io::Result<UdpSocket> {
-    let s = std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?;
+    let s = crate::local_ports::bind_fresh(ip)?;
     s.set_nonblocking(true)?;
     UdpSocket::from_std(s)
 }
@@ -200,6 +200,9 @@ struct Extra {
 impl Drop for Extra {
     fn drop(&mut self) {
         self.task.abort();
+        if let Ok(a) = self.io.local_addr() {
+            crate::local_ports::released(a.port());
+        }
     }
 }
 

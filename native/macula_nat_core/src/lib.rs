@@ -15,6 +15,7 @@ pub mod detector;
 pub mod dht;
 pub mod error;
 pub mod identity;
+pub mod local_ports;
 pub mod node;
 pub mod observer_server;
 pub mod peer_record;

@@ -125,7 +125,11 @@ impl Node {
     /// Binds the socket and starts its receive loop. Binding is a quick
     /// syscall, so this may run on a BEAM scheduler.
     pub fn open(config: NodeConfig, identity: Identity) -> Result<Arc<Node>, Error> {
-        let std_sock = std::net::UdpSocket::bind(config.bind)?;
+        // Port 0: not one of ours that a NAT may still map (`local_ports`).
+        let std_sock = match config.bind.port() {
+            0 => crate::local_ports::bind_fresh(config.bind.ip())?,
+            _ => std::net::UdpSocket::bind(config.bind)?,
+        };
         std_sock.set_nonblocking(true)?;
         let local_addr = std_sock.local_addr()?;
         let _guard = runtime::handle().enter();
@@ -331,10 +335,12 @@ impl Node {
         }
         let quic = self.quic.lock().ok().and_then(|mut q| q.take());
         let slot = self.socket.clone();
+        let port = self.local_addr.port();
         let release = move || {
             if let Ok(mut s) = slot.write() {
                 s.take();
             }
+            crate::local_ports::released(port);
         };
         match quic {
             None => release(),
