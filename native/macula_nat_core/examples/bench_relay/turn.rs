@@ -13,91 +13,18 @@
 use bytes::Bytes;
 use macula_nat_core::quic::DatagramTunnel;
 use macula_nat_core::QuicEndpoint;
+use macula_nat_proto::stun::{Attribute, Class, Message, METHOD_ALLOCATE, METHOD_CHANNEL_BIND, METHOD_REFRESH};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use std::cell::RefCell;
 use std::io::IoSliceMut;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-const COOKIE: u32 = 0x2112_A442;
-const ALLOCATE: u16 = 0x003;
-const REFRESH: u16 = 0x004;
-const CHANNEL_BIND: u16 = 0x009;
-const SUCCESS: u16 = 0x100;
-const ERROR: u16 = 0x110;
-const A_CHANNEL_NUMBER: u16 = 0x000C;
-const A_LIFETIME: u16 = 0x000D;
-const A_XOR_PEER: u16 = 0x0012;
-const A_XOR_RELAYED: u16 = 0x0016;
-const A_TRANSPORT: u16 = 0x0019;
-const A_ERROR_CODE: u16 = 0x0009;
 /// The first channel number (RFC 8656 §12: 0x4000-0x4FFF).
 pub const FIRST_CHANNEL: u16 = 0x4000;
-
-/// A message's attributes: (type, value).
-type Attrs = Vec<(u16, Vec<u8>)>;
-
-fn attr(out: &mut Vec<u8>, t: u16, v: &[u8]) {
-    out.extend_from_slice(&t.to_be_bytes());
-    out.extend_from_slice(&(v.len() as u16).to_be_bytes());
-    out.extend_from_slice(v);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-}
-
-fn xor_addr(a: SocketAddr) -> Vec<u8> {
-    let IpAddr::V4(ip) = a.ip() else { panic!("IPv4 only") };
-    let mut v = vec![0, 1];
-    v.extend_from_slice(&(a.port() ^ (COOKIE >> 16) as u16).to_be_bytes());
-    v.extend_from_slice(&(u32::from(ip) ^ COOKIE).to_be_bytes());
-    v
-}
-
-fn request(method: u16, txid: [u8; 12], attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&method.to_be_bytes());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&COOKIE.to_be_bytes());
-    out.extend_from_slice(&txid);
-    for (t, v) in attrs {
-        attr(&mut out, *t, v);
-    }
-    let len = (out.len() - 20) as u16;
-    out[2..4].copy_from_slice(&len.to_be_bytes());
-    out
-}
-
-/// `(type, attributes)` of a response with transaction id `txid`.
-fn parse(data: &[u8], txid: &[u8; 12]) -> Option<(u16, Attrs)> {
-    if data.len() < 20 || data[0] & 0xC0 != 0 || data[8..20] != txid[..] {
-        return None;
-    }
-    let t = u16::from_be_bytes([data[0], data[1]]);
-    let len = u16::from_be_bytes([data[2], data[3]]) as usize;
-    let body = data.get(20..20 + len)?;
-    let mut attrs = Vec::new();
-    let mut i = 0;
-    while i + 4 <= body.len() {
-        let at = u16::from_be_bytes([body[i], body[i + 1]]);
-        let al = u16::from_be_bytes([body[i + 2], body[i + 3]]) as usize;
-        attrs.push((at, body.get(i + 4..i + 4 + al)?.to_vec()));
-        i += 4 + al.div_ceil(4) * 4;
-    }
-    Some((t, attrs))
-}
-
-fn unxor_addr(v: &[u8]) -> Option<SocketAddr> {
-    if v.len() < 8 || v[1] != 1 {
-        return None;
-    }
-    let port = u16::from_be_bytes([v[2], v[3]]) ^ (COOKIE >> 16) as u16;
-    let ip = u32::from_be_bytes([v[4], v[5], v[6], v[7]]) ^ COOKIE;
-    Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), port))
-}
 
 /// A ChannelData message's channel and payload.
 pub fn channel_data(d: &[u8]) -> Option<(u16, &[u8])> {
@@ -116,25 +43,29 @@ pub struct TurnClient {
 }
 
 impl TurnClient {
-    /// One request/response, retransmitted every 200 ms, 10 times at most.
-    async fn transact(sock: &UdpSocket, server: SocketAddr, method: u16, attrs: &[(u16, Vec<u8>)]) -> Result<Attrs, String> {
+    /// One request/response, retransmitted every 200 ms, 10 times at most:
+    /// the success response.
+    async fn transact(sock: &UdpSocket, server: SocketAddr, method: u16, attrs: Vec<Attribute>) -> Result<Message, String> {
         let txid: [u8; 12] = rand::random();
-        let req = request(method, txid, attrs);
+        let mut req = Message::new(Class::Request, method, txid);
+        req.attributes = attrs;
+        let req = req.encode();
         let mut buf = vec![0u8; 2048];
         for _ in 0..10 {
             sock.send_to(&req, server).await.map_err(|e| e.to_string())?;
             let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
             while let Ok(Ok((n, from))) = tokio::time::timeout_at(deadline, sock.recv_from(&mut buf)).await {
-                let Some((t, a)) = parse(&buf[..n], &txid).filter(|_| from == server) else { continue };
-                if t == method | SUCCESS {
-                    return Ok(a);
+                let Ok(m) = Message::decode(&buf[..n]) else { continue };
+                if from != server || m.transaction_id != txid || m.method != method {
+                    continue;
                 }
-                if t == method | ERROR {
-                    let why = a.iter().find(|(t, _)| *t == A_ERROR_CODE).map(|(_, v)| {
-                        let code = v.get(2).map_or(0, |c| *c as u16 * 100) + v.get(3).map_or(0, |n| *n as u16);
-                        format!("{code} {}", String::from_utf8_lossy(v.get(4..).unwrap_or_default()))
-                    });
-                    return Err(format!("TURN error {}", why.unwrap_or_default()));
+                match m.class {
+                    Class::SuccessResponse => return Ok(m),
+                    Class::ErrorResponse => {
+                        let (code, why) = m.error_code().unwrap_or((0, ""));
+                        return Err(format!("TURN error {code} {why}"));
+                    }
+                    _ => {}
                 }
             }
         }
@@ -143,22 +74,21 @@ impl TurnClient {
 
     /// Allocates a UDP relay address on `server` from `sock`.
     pub async fn allocate(sock: UdpSocket, server: SocketAddr) -> Result<TurnClient, String> {
-        let a = Self::transact(&sock, server, ALLOCATE, &[(A_TRANSPORT, vec![17, 0, 0, 0])]).await?;
-        let relayed = a.iter().find(|(t, _)| *t == A_XOR_RELAYED).and_then(|(_, v)| unxor_addr(v)).ok_or("no XOR-RELAYED-ADDRESS")?;
+        let a = Self::transact(&sock, server, METHOD_ALLOCATE, vec![Attribute::RequestedTransport(17)]).await?;
+        let relayed = a.relayed_address().ok_or("no XOR-RELAYED-ADDRESS")?;
         Ok(TurnClient { sock: Arc::new(sock), server, relayed })
     }
 
     /// Binds `channel` to `peer` (and so permits the peer's IP).
     pub async fn bind(&self, channel: u16, peer: SocketAddr) -> Result<(), String> {
-        let mut ch = channel.to_be_bytes().to_vec();
-        ch.extend_from_slice(&[0, 0]);
-        Self::transact(&self.sock, self.server, CHANNEL_BIND, &[(A_CHANNEL_NUMBER, ch), (A_XOR_PEER, xor_addr(peer))]).await.map(|_| ())
+        let attrs = vec![Attribute::ChannelNumber(channel), Attribute::XorPeerAddress(peer)];
+        Self::transact(&self.sock, self.server, METHOD_CHANNEL_BIND, attrs).await.map(|_| ())
     }
 
     /// Releases the allocation (Refresh with lifetime 0). Only while no
     /// pump reads the socket.
     pub async fn release(&self) {
-        let _ = Self::transact(&self.sock, self.server, REFRESH, &[(A_LIFETIME, 0u32.to_be_bytes().to_vec())]).await;
+        let _ = Self::transact(&self.sock, self.server, METHOD_REFRESH, vec![Attribute::Lifetime(0)]).await;
     }
 
     /// Starts carrying QUIC for `quic` on `channel`: datagrams to `virt`

@@ -161,6 +161,16 @@ fn every_attribute() -> Vec<Attribute> {
         Attribute::Username(b"user".to_vec()),
         Attribute::PunchToken(PunchToken { session: [0; 16], sender: [0; 32], flags: 0 }),
         Attribute::PunchToken(PunchToken { session: [0xAB; 16], sender: [7; 32], flags: PunchToken::NOMINATE }),
+        Attribute::ChannelNumber(0x4000),
+        Attribute::ChannelNumber(0x4FFF),
+        Attribute::Lifetime(0),
+        Attribute::Lifetime(600),
+        Attribute::Lifetime(u32::MAX),
+        Attribute::XorPeerAddress(v4()),
+        Attribute::XorPeerAddress(v6()),
+        Attribute::XorRelayedAddress(v4()),
+        Attribute::XorRelayedAddress(v6()),
+        Attribute::RequestedTransport(17),
     ]
 }
 
@@ -522,5 +532,47 @@ fn punch_token_wire_format_and_errors() {
         raw.extend_from_slice(&(len as u16).to_be_bytes());
         raw.resize(4 + ((len + 3) & !3), 0);
         assert_eq!(Message::decode(&raw_msg(&raw)), Err(StunError::BadAttributeLength(attr::PUNCH_TOKEN)), "len {len}");
+    }
+}
+
+/// RFC 8656 §18: the TURN attributes' values on the wire, checked by hand
+/// against the RFC's layouts (what coturn reads and writes).
+#[test]
+fn turn_attributes_have_the_rfc_layout() {
+    let tid = TID;
+    let m = Message::new(Class::Request, METHOD_CHANNEL_BIND, tid)
+        .with(Attribute::ChannelNumber(0x4001))
+        .with(Attribute::XorPeerAddress("192.0.2.1:32853".parse().unwrap()))
+        .with(Attribute::Lifetime(0))
+        .with(Attribute::RequestedTransport(17));
+    let b = m.encode();
+    // ChannelBind request: method 0x009, class request.
+    assert_eq!(&b[0..2], &[0x00, 0x09]);
+    let body = &b[HEADER_LEN..];
+    // CHANNEL-NUMBER: number, then RFFU zeros.
+    assert_eq!(&body[0..8], &[0x00, 0x0C, 0x00, 0x04, 0x40, 0x01, 0x00, 0x00]);
+    // XOR-PEER-ADDRESS: family 1, port ^ 0x2112, address ^ cookie.
+    let port = 32853u16 ^ 0x2112;
+    let ip = u32::from_be_bytes([192, 0, 2, 1]) ^ MAGIC_COOKIE;
+    let mut want = vec![0x00, 0x12, 0x00, 0x08, 0x00, 0x01];
+    want.extend_from_slice(&port.to_be_bytes());
+    want.extend_from_slice(&ip.to_be_bytes());
+    assert_eq!(&body[8..20], &want[..]);
+    // LIFETIME: seconds, 32 bits.
+    assert_eq!(&body[20..28], &[0x00, 0x0D, 0x00, 0x04, 0, 0, 0, 0]);
+    // REQUESTED-TRANSPORT: protocol, then RFFU.
+    assert_eq!(&body[28..36], &[0x00, 0x19, 0x00, 0x04, 17, 0, 0, 0]);
+    // An Allocate answer's relayed address is found.
+    let ok = Message::new(Class::SuccessResponse, METHOD_ALLOCATE, tid).with(Attribute::XorRelayedAddress(v4()));
+    assert_eq!(Message::decode(&ok.encode()).unwrap().relayed_address(), Some(v4()));
+    // Wrong lengths are refused, not guessed at.
+    for (t, len) in [(attr::CHANNEL_NUMBER, 2usize), (attr::LIFETIME, 8), (attr::REQUESTED_TRANSPORT, 1)] {
+        let mut raw = Message::binding_request(tid).encode();
+        raw.extend_from_slice(&t.to_be_bytes());
+        raw.extend_from_slice(&(len as u16).to_be_bytes());
+        raw.resize(raw.len() + ((len + 3) & !3), 0);
+        let l = (raw.len() - HEADER_LEN) as u16;
+        raw[2..4].copy_from_slice(&l.to_be_bytes());
+        assert_eq!(Message::decode(&raw), Err(StunError::BadAttributeLength(t)), "{t:#06x}");
     }
 }
