@@ -179,6 +179,10 @@ user_pairs() ->
      {"ei-pd-pp", "hd-pd-rd", birthday_probing, erlang, erlang},
      {"pd-ei-rd", "ei-pd-rd", birthday_probing, erlang, erlang},
      {"hd-pd-pp", "pd-hd-rd", birthday_probing, erlang, erlang},
+     %% two random sides, one filtering endpoint-independently (beyond
+     %% NATCracker): the other dials its rendezvous mapping and follows
+     {"hd-hd-rd", "pd-ei-rd", connection_reversal, elixir, erlang},
+     {"pd-ei-rd", "hd-ei-rd", connection_reversal, erlang, erlang},
      %% nothing addressable on one side or both
      {"pd-pd-rd", "hd-hd-rd", relay, erlang, erlang},
      {"hd-pd-pc:delta=2", "pd-hd-rd", relay, erlang, erlang},

@@ -1250,11 +1250,13 @@ async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>,
                 // A listener with PD mapping answers from a new mapping: its
                 // next port when contiguous, the answer socket's preserved
                 // port when it has one, any port otherwise (our filter
-                // admits its IP). Our filter must admit it: we send there
-                // first from the socket that dials (twice: a lost opening
-                // packet would cost the pair its direct path). Its answer
-                // becomes an alias of the dialled address.
-                let follow = peer.info.mapping == Mapping::Pd && inner.node.relay_plane().expect_follow(to);
+                // admits its IP). So does a random one (we dial its
+                // rendezvous mapping). Our filter must admit it: we send
+                // there first from the socket that dials (twice: a lost
+                // opening packet would cost the pair its direct path). Its
+                // answer becomes an alias of the dialled address.
+                let answers_elsewhere = peer.info.mapping == Mapping::Pd || strategy::aim(&peer_nat(&peer.info)) == Aim::Unpredictable;
+                let follow = answers_elsewhere && inner.node.relay_plane().expect_follow(to);
                 if follow {
                     let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
                     let ports = answer_ports(peer, &tg, to);

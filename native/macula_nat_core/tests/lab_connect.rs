@@ -157,6 +157,14 @@ fn pairs() -> Vec<Pair> {
             b: ("ub6", Some("user:ei-pd-rd"), "ei-pd-rd"),
             expect: Ok(("birthday_probing", "punched")),
         },
+        // Two random sides, B filtering endpoint-independently: A dials B's
+        // rendezvous mapping and follows B's answer from a new port.
+        Pair {
+            name: "user pd-hd-rd -> hd-ei-rd",
+            a: ("urr1", Some("user:pd-hd-rd"), "pd-hd-rd"),
+            b: ("urr2", Some("user:hd-ei-rd"), "hd-ei-rd"),
+            expect: Ok(("connection_reversal", "direct")),
+        },
         // 25 ms one-way delay on each site (50 ms between the peers).
         Pair {
             name: "user ei-pd-pp (25ms) -> pd-ei-rd (25ms)",

@@ -78,7 +78,10 @@
 //!      random ports of the hard side's IP until one hits (see
 //!      [`crate::port_predictor`] for the numbers).
 //!    * otherwise **Relay**.
-//! 4. Both sides unaddressable: **Relay**.
+//! 4. Both sides unaddressable (random ports behind HD/PD mapping):
+//!    **ConnectionReversal** when neither filters by port and the listener
+//!    filters endpoint-independently (seven pairs, see "Beyond NATCracker"
+//!    below); otherwise **Relay**.
 //!
 //! # Deviations from NATCracker
 //!
@@ -110,19 +113,21 @@
 //!   IP only the answer gets in anyway: those pairs are connection
 //!   reversals.
 //!
-//! Five pairs we relay although they would punch: two hard sides where
-//! neither filters by port, at least one has HD mapping and at least one
-//! filters endpoint-independently (HD-RD-EI with HD-RD-EI, HD-RD-HD,
-//! PD-RD-EI and PD-RD-HD; HD-RD-HD with PD-RD-EI). The first packet gets in
-//! through the EI-filtering side's rendezvous mapping, the answer leaves
-//! from a new port, and the HD-mapping side, having a single port towards
-//! the other's IP, lets the other follow to it; the punch simulation
-//! confirms a symmetric path. NATCracker lists every RD-vs-RD pair as
-//! relay-only and so do we for now: the path starts from the rendezvous
-//! mapping of a random NAT, whose filtering detection measured once, and
-//! adopting it is a one-line change once the runtime shows it holds. A test
-//! (`relay_cells_do_not_punch_in_simulation_except_five_known_ones`) pins
-//! that every other relay cell fails in simulation.
+//! * **Beyond NATCracker, two random sides** (7 pairs NATCracker calls
+//!   relay-only): neither filters by port and the listener filters
+//!   endpoint-independently (HD-RD-EI or PD-RD-EI listening; HD-RD-EI,
+//!   HD-RD-HD, PD-RD-EI or PD-RD-HD dialing). The dialer dials the
+//!   listener's rendezvous mapping, which admits it (EI filtering), and
+//!   keeps sending there from one mapping; the listener answers from a new
+//!   mapping of its own (towards the dialer's mapping, so always the same
+//!   one), which the dialer's filter admits (it filters by IP and sent to
+//!   that IP) and takes as the dialed port's (the runtime's alias, as for a
+//!   PD listener above). When either could listen, the HD-mapping side
+//!   dials (else the first in type order); between two sides of the same
+//!   type A does (the only cells
+//!   whose strategy is not the mirror of the other order's). A
+//!   simulation test (`relay_cells_do_not_connect_in_simulation`) pins that
+//!   every remaining relay cell fails every way a runtime could try.
 
 use std::fmt::{self, Write as _};
 
@@ -359,7 +364,22 @@ pub fn choose(a: &PeerNat, b: &PeerNat) -> Strategy {
         },
         (true, false) => one_sided(b, a, Side::A),
         (false, true) => one_sided(a, b, Side::B),
-        (true, true) => Strategy::Relay,
+        (true, true) => both_hard(a, b),
+    }
+}
+
+/// Two unaddressable sides (see the module docs: beyond NATCracker). When
+/// either could listen, the HD-mapping side dials, else the first in type
+/// order (a choice by type, so the table is the same from both ends), and
+/// between equal types A.
+fn both_hard(a: &PeerNat, b: &PeerNat) -> Strategy {
+    let meets = |dialer: &PeerNat, listener: &PeerNat| dialer.nat.filtering != Filtering::Pd && listener.nat.filtering == Filtering::Ei;
+    let order = |p: &PeerNat| (p.nat.mapping != Mapping::Hd, p.nat.to_string());
+    match (meets(a, b), meets(b, a)) {
+        (true, true) if order(b) < order(a) => Strategy::ConnectionReversal { dialer: Side::B },
+        (true, _) => Strategy::ConnectionReversal { dialer: Side::A },
+        (false, true) => Strategy::ConnectionReversal { dialer: Side::B },
+        (false, false) => Strategy::Relay,
     }
 }
 

@@ -62,6 +62,11 @@ fn choose_is_symmetric_on_every_ordered_pair() {
     let p = peers();
     for a in &p {
         for b in &p {
+            if a == b {
+                // Nothing tells two equal sides apart: the initiator (A)
+                // dials when one must (see the module docs).
+                continue;
+            }
             assert_eq!(choose(b, a), choose(a, b).mirror(), "{a:?} vs {b:?}");
         }
     }
@@ -97,8 +102,8 @@ fn every_natcracker_traversable_pair_gets_a_non_relay_strategy_except_documented
 }
 
 #[test]
-fn pairs_natcracker_relays_are_relayed_or_birthday_probed() {
-    let mut birthday = 0;
+fn pairs_natcracker_relays_are_relayed_birthday_probed_or_reversed() {
+    let (mut birthday, mut reversal) = (0, 0);
     for (a, b) in unordered_pairs() {
         if natcracker_traversable(a, b) {
             continue;
@@ -106,17 +111,29 @@ fn pairs_natcracker_relays_are_relayed_or_birthday_probed() {
         match choose(&PeerNat::behind(a), &PeerNat::behind(b)) {
             Strategy::Relay => {}
             Strategy::BirthdayProbing { .. } => birthday += 1,
+            Strategy::ConnectionReversal { .. } if hard(a) && hard(b) => reversal += 1,
             s => panic!("{a} vs {b}: NATCracker says relay, we say {s}"),
         }
     }
     assert_eq!(birthday, 24, "the module docs promise 24 birthday pairs");
+    assert_eq!(reversal, 7, "the module docs promise 7 random-random reversals");
 }
 
 #[test]
-fn rd_vs_rd_with_non_ei_mapping_is_always_relay() {
+fn rd_vs_rd_with_non_ei_mapping_is_a_reversal_towards_an_ei_filter_or_relay() {
+    let listens = |l: NatType, d: NatType| l.filtering == Filtering::Ei && d.filtering != Filtering::Pd;
     for a in types().into_iter().filter(|t| hard(*t)) {
         for b in types().into_iter().filter(|t| hard(*t)) {
-            assert_eq!(choose(&PeerNat::behind(a), &PeerNat::behind(b)), Strategy::Relay, "{a} vs {b}");
+            let order = |t: NatType| (t.mapping != Mapping::Hd, t.to_string());
+            let hd_b_dials = listens(a, b) && order(b) < order(a);
+            let want = if listens(b, a) && !hd_b_dials {
+                Strategy::ConnectionReversal { dialer: Side::A }
+            } else if listens(a, b) {
+                Strategy::ConnectionReversal { dialer: Side::B }
+            } else {
+                Strategy::Relay
+            };
+            assert_eq!(choose(&PeerNat::behind(a), &PeerNat::behind(b)), want, "{a} vs {b}");
         }
     }
 }
@@ -185,7 +202,15 @@ fn representative_cells() {
     assert_eq!(pick("HD-PP-PD", "HD-RD-EI"), Strategy::BirthdayProbing { hard: Side::B });
     // relay
     assert_eq!(pick("PD-RD-PD", "PD-RD-PD"), Strategy::Relay);
-    assert_eq!(pick("HD-RD-EI", "PD-RD-EI"), Strategy::Relay);
+    // Two random sides: beyond NATCracker when one can listen (EI filter)
+    // and the other does not filter by port.
+    assert_eq!(pick("HD-RD-EI", "PD-RD-EI"), Strategy::ConnectionReversal { dialer: Side::A });
+    assert_eq!(pick("PD-RD-EI", "HD-RD-EI"), Strategy::ConnectionReversal { dialer: Side::B });
+    assert_eq!(pick("PD-RD-HD", "HD-RD-EI"), Strategy::ConnectionReversal { dialer: Side::A });
+    assert_eq!(pick("HD-RD-EI", "PD-RD-HD"), Strategy::ConnectionReversal { dialer: Side::B });
+    assert_eq!(pick("PD-RD-EI", "PD-RD-EI"), Strategy::ConnectionReversal { dialer: Side::A });
+    assert_eq!(pick("HD-RD-HD", "HD-RD-HD"), Strategy::Relay);
+    assert_eq!(pick("PD-RD-PD", "HD-RD-EI"), Strategy::Relay);
     assert_eq!(pick("PD-PC-PD", "PD-RD-EI"), Strategy::Relay);
     assert_eq!(pick("HD-PC-PD", "HD-RD-HD"), Strategy::Relay);
     assert_eq!(pick("PD-PP-HD", "PD-RD-PD"), Strategy::Relay);
