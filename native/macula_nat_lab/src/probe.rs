@@ -47,6 +47,7 @@ pub struct SinkReport {
     pub delay_ms_mean: f64,
     pub delay_ms_min: f64,
     pub delay_ms_p50: f64,
+    pub delay_ms_p99: f64,
     pub delay_ms_max: f64,
     pub delay_ms_stddev: f64,
 }
@@ -102,6 +103,7 @@ pub fn sink(bind: SocketAddr, expected: u64, idle_ms: u64, max_ms: u64) -> Resul
         delay_ms_mean: mean,
         delay_ms_min: delays.first().copied().unwrap_or(0.0),
         delay_ms_p50: delays.get(delays.len() / 2).copied().unwrap_or(0.0),
+        delay_ms_p99: delays.get(delays.len() * 99 / 100).copied().unwrap_or(0.0),
         delay_ms_max: delays.last().copied().unwrap_or(0.0),
         delay_ms_stddev: var.sqrt(),
     })
