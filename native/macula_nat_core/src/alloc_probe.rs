@@ -103,17 +103,6 @@ impl AllocTracker {
     }
 }
 
-/// A throwaway socket, recorded as closed when dropped.
-struct Released(UdpSocket);
-
-impl Drop for Released {
-    fn drop(&mut self) {
-        if let Ok(a) = self.0.local_addr() {
-            crate::local_ports::released(a.port());
-        }
-    }
-}
-
 /// The public address of a fresh mapping made towards `server` from
 /// `local_ip`, or `None` if the server did not answer in time. `rtt`: the
 /// round trip to the server as far as it is known; the request is sent
@@ -121,9 +110,9 @@ impl Drop for Released {
 /// 1 s).
 pub async fn latest_mapping(local_ip: IpAddr, server: SocketAddr, rtt: Duration) -> Option<SocketAddr> {
     let sock = crate::local_ports::bind_fresh(local_ip).ok()?;
+    let _lease = crate::local_ports::Lease::of(sock.local_addr().ok()?.port());
     sock.set_nonblocking(true).ok()?;
-    let sock = Released(UdpSocket::from_std(sock).ok()?);
-    let sock = &sock.0;
+    let sock = UdpSocket::from_std(sock).ok()?;
     let txid: [u8; 12] = rand::random();
     let req = Message::binding_request(txid).encode();
     let wait = (rtt * 4).clamp(Duration::from_millis(150), Duration::from_secs(1));

@@ -47,6 +47,7 @@
 //! expected: it is the peer's punched endpoint). Traffic on the path is not
 //! in the node's datagram counters.
 
+use crate::local_ports::Lease;
 use crate::quic::conn::WeakConnection;
 use crate::quic::{Connection, DatagramTunnel, QuicEndpoint};
 use crate::runtime;
@@ -102,8 +103,8 @@ impl SocketSet {
         let _rt = runtime::handle().enter();
         let mut socks = Vec::with_capacity(n);
         for i in 0..n {
-            let io = match bind(ip) {
-                Ok(io) => Arc::new(io),
+            let (io, lease) = match bind(ip) {
+                Ok((io, lease)) => (Arc::new(io), lease),
                 Err(e) => {
                     tracing::debug!("birthday: opened {i} of {n} sockets: {e}");
                     break;
@@ -111,7 +112,7 @@ impl SocketSet {
             };
             let sink = Arc::new(QuicSink::default());
             let task = runtime::spawn(receive(i + 1, io.clone(), tx.clone(), session, sink.clone()));
-            socks.push(Some(Arc::new(Extra { io, sink, task })));
+            socks.push(Some(Arc::new(Extra { io, sink, task, _lease: lease })));
         }
         SocketSet { socks, kept: None, rx }
     }
@@ -183,10 +184,11 @@ impl SocketSet {
     }
 }
 
-fn bind(ip: IpAddr) -> std::io::Result<UdpSocket> {
+fn bind(ip: IpAddr) -> std::io::Result<(UdpSocket, Lease)> {
     let s = crate::local_ports::bind_fresh(ip)?;
+    let lease = Lease::of(s.local_addr()?.port());
     s.set_nonblocking(true)?;
-    UdpSocket::from_std(s)
+    Ok((UdpSocket::from_std(s)?, lease))
 }
 
 /// One extra socket and its receive loop (stopped on drop, which closes
@@ -195,14 +197,12 @@ struct Extra {
     io: Arc<UdpSocket>,
     sink: Arc<QuicSink>,
     task: JoinHandle<()>,
+    _lease: Lease,
 }
 
 impl Drop for Extra {
     fn drop(&mut self) {
         self.task.abort();
-        if let Ok(a) = self.io.local_addr() {
-            crate::local_ports::released(a.port());
-        }
     }
 }
 

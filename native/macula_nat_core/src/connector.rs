@@ -1257,8 +1257,7 @@ async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>,
                 // there first from the socket that dials (twice: a lost
                 // opening packet would cost the pair its direct path). Its
                 // answer becomes an alias of the dialled address.
-                let answers_elsewhere = peer.info.mapping == Mapping::Pd || strategy::aim(&peer_nat(&peer.info)) == Aim::Unpredictable;
-                let follow = answers_elsewhere && inner.node.relay_plane().expect_follow(to);
+                let follow = strategy::answers_from_new_port(&peer_nat(&peer.info)) && inner.node.relay_plane().expect_follow(to);
                 if follow {
                     let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
                     let ports = answer_ports(peer, &tg, to);

@@ -27,23 +27,49 @@ pub const GUARD: Duration = Duration::from_secs(300);
 /// range has ~28 000 ports; a busy node closes a few hundred in `GUARD`).
 const TRIES: usize = 16;
 
-static CLOSED: Lazy<Mutex<HashMap<u16, Instant>>> = Lazy::new(Default::default);
+#[derive(Default)]
+struct Closed {
+    at: HashMap<u16, Instant>,
+    /// Size at which expired entries are dropped next: twice what the last
+    /// pass kept (at least 4096), so a birthday hard side closing hundreds
+    /// of sockets does not scan the map on every close.
+    prune_at: usize,
+}
+
+static CLOSED: Lazy<Mutex<Closed>> = Lazy::new(Default::default);
 
 /// Records that a socket on local `port` is closing.
 pub fn released(port: u16) {
     if port == 0 {
         return;
     }
-    let Ok(mut m) = CLOSED.lock() else { return };
+    let Ok(mut c) = CLOSED.lock() else { return };
     let now = Instant::now();
-    if m.len() >= 4096 {
-        m.retain(|_, at| now.duration_since(*at) < GUARD);
+    if c.at.len() >= c.prune_at.max(4096) {
+        c.at.retain(|_, at| now.duration_since(*at) < GUARD);
+        c.prune_at = c.at.len() * 2;
     }
-    m.insert(port, now);
+    c.at.insert(port, now);
 }
 
 fn recently_closed(port: u16) -> bool {
-    CLOSED.lock().map(|m| m.get(&port).is_some_and(|at| at.elapsed() < GUARD)).unwrap_or(false)
+    CLOSED.lock().map(|c| c.at.get(&port).is_some_and(|at| at.elapsed() < GUARD)).unwrap_or(false)
+}
+
+/// Records its socket's port as closed when dropped: kept next to a socket
+/// from [`bind_fresh`] (or any socket whose port should count).
+pub struct Lease(u16);
+
+impl Lease {
+    pub fn of(port: u16) -> Lease {
+        Lease(port)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        released(self.0);
+    }
 }
 
 /// A UDP socket on `ip` and a kernel-chosen port this process has not
@@ -87,7 +113,7 @@ mod tests {
         // Ports below the ephemeral range: no other test binds them.
         released(7);
         assert!(recently_closed(7));
-        CLOSED.lock().unwrap().insert(8, Instant::now() - GUARD - Duration::from_millis(1));
+        CLOSED.lock().unwrap().at.insert(8, Instant::now() - GUARD - Duration::from_millis(1));
         assert!(!recently_closed(8));
         assert!(!recently_closed(9));
         released(0);

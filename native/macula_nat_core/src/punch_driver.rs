@@ -112,9 +112,11 @@ pub async fn run_with(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig, 
     // "go" timing replaces: start at once.
     let now = Instant::now();
     let t0 = now.checked_sub(cfg.start_delay()).unwrap_or(now);
-    let targets: Vec<SocketAddr> = cfg.targets.iter().map(|t| t.1).collect();
+    // The failure diagnostic costs nothing unless it will be shown.
+    let diagnose = tracing::enabled!(tracing::Level::DEBUG);
+    let targets: Vec<SocketAddr> = if diagnose { cfg.targets.iter().map(|t| t.1).collect() } else { Vec::new() };
     let mut p = Punch::new(cfg, t0);
-    let mut heard = Heard::default();
+    let mut heard = Heard { on: diagnose, from: Vec::new() };
     let result = loop {
         if let Some(r) = drive(&node, &extra, &mut p).await {
             break r;
@@ -129,8 +131,8 @@ pub async fn run_with(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig, 
             _ = tokio::time::sleep_until(wake.into()) => p.handle_timeout(Instant::now()),
         }
     };
-    if let Err(e) = &result {
-        tracing::debug!("punch failed ({e}): aimed at {targets:?}, heard from {:?}", heard.0);
+    if let (Err(e), true) = (&result, diagnose) {
+        tracing::debug!("punch failed ({e}): aimed at {targets:?}, heard from {:?}", heard.from);
     }
     let path = extra.keep_only(result.as_ref().ok().map(|s| s.socket));
     crate::runtime::spawn(async move {
@@ -156,15 +158,20 @@ pub async fn run_with(node: Arc<Node>, mut reg: Registration, cfg: PunchConfig, 
 
 /// Where a session's punch packets came from, for the failure diagnostic
 /// (bounded: a birthday hard side hears at most a few addresses).
-#[derive(Default)]
-struct Heard(Vec<(SocketAddr, u32)>);
+struct Heard {
+    on: bool,
+    from: Vec<(SocketAddr, u32)>,
+}
 
 impl Heard {
     fn note(&mut self, from: SocketAddr) {
-        if let Some((_, n)) = self.0.iter_mut().find(|(a, _)| *a == from) {
+        if !self.on {
+            return;
+        }
+        if let Some((_, n)) = self.from.iter_mut().find(|(a, _)| *a == from) {
             *n += 1;
-        } else if self.0.len() < 16 {
-            self.0.push((from, 1));
+        } else if self.from.len() < 16 {
+            self.from.push((from, 1));
         }
     }
 }

@@ -640,8 +640,7 @@ impl Detection {
     fn filt_evidence(&self, run: FiltRun) -> (bool, bool) {
         let Obs::Alive { other: Some(alt), .. } = self.obs(run.obs) else { return (true, true) };
         let crossed = SocketAddr::new(self.cfg.observers[run.obs].ip(), alt.port());
-        let ours = self.first_sends.iter().filter(|(s, _)| *s == SocketId::Primary).map(|&(_, d)| d);
-        let mut sent = self.cfg.opened.iter().copied().chain(ours);
+        let mut sent = self.cfg.opened.iter().copied().chain(self.primary_sends());
         let (mut ii, mut iii) = (true, true);
         for d in &mut sent {
             ii &= d.ip() != alt.ip();
@@ -679,10 +678,15 @@ impl Detection {
         matches!(self.filtering, Some(Some(_))) && self.filt_bound.is_none()
     }
 
+    /// Where the primary socket sent in this detection (repeats included).
+    fn primary_sends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.first_sends.iter().filter(|(s, _)| *s == SocketId::Primary).map(|&(_, d)| d)
+    }
+
     /// Every destination the primary socket sent to in this detection, for
     /// the next one's [`DetectConfig::opened`].
     pub fn primary_destinations(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> = self.first_sends.iter().filter(|(s, _)| *s == SocketId::Primary).map(|&(_, d)| d).collect();
+        let mut v: Vec<SocketAddr> = self.primary_sends().collect();
         v.sort();
         v.dedup();
         v

@@ -301,6 +301,14 @@ pub enum Aim {
     Unpredictable,
 }
 
+/// Whether a connection-reversal listener `p` answers the dial from
+/// another port than the one dialed, which the dialer then follows: with PD
+/// mapping its answer leaves from a new mapping, and a random one is dialed
+/// at its rendezvous mapping (see the module docs).
+pub fn answers_from_new_port(p: &PeerNat) -> bool {
+    !p.public && (p.nat.mapping == Mapping::Pd || aim(p) == Aim::Unpredictable)
+}
+
 /// How the other side can address `p` (see the module docs).
 pub fn aim(p: &PeerNat) -> Aim {
     if p.public || p.nat.mapping == Mapping::Ei {

@@ -441,7 +441,7 @@ fn reversal_connects(dialer: &PeerNat, listener: &PeerNat) -> bool {
     let (mut h, mut l) = (Host::new(0, dialer, 11), Host::new(1, listener, 12));
     let (h_refl, l_refl) = (h.register(), l.register());
     let preserved = aim(listener) == Aim::Preserved;
-    let follow = reversal_follows(listener);
+    let follow = crate::strategy::answers_from_new_port(listener);
     let l_sock = if preserved { l.add_socket(40_000) } else { 0 };
     let l_answer = if preserved && follow { l.add_socket(40_010) } else { l_sock };
     l.nat.outbound(l.locals[l_sock], h_refl);
@@ -469,14 +469,6 @@ fn reversal_connects(dialer: &PeerNat, listener: &PeerNat) -> bool {
         let from_ok = if follow { answer.ip() == l_ip } else { answer == target };
         from_ok && h.nat.inbound(answer, h_pub) == Some(h.locals[0])
     })
-}
-
-/// Whether a reversal dialer takes the listener's answer from another port
-/// as the dialed one's (the runtime's `follow`): a PD-mapping listener
-/// answers from a new mapping, and so does a random one, whose dialed port
-/// is its rendezvous mapping.
-fn reversal_follows(listener: &PeerNat) -> bool {
-    !listener.public && (listener.nat.mapping == crate::nat::Mapping::Pd || aim(listener) == Aim::Unpredictable)
 }
 
 /// Every pair the strategy table does not relay really punches through the
