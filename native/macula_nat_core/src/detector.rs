@@ -1,7 +1,9 @@
 //! Runs a sans-IO [`Detection`] on the node's own UDP socket: every mapping
-//! and filtering probe leaves from the socket that will later punch and
-//! carry QUIC. Extra probe sockets are opened only to learn the allocation
-//! policy from fresh mappings, and closed when detection ends.
+//! probe leaves from the socket that will later punch and carry QUIC. Extra
+//! sockets, opened per detection and closed when it ends, learn the
+//! allocation policy from fresh mappings, and one (the filter socket) runs
+//! the filtering tests, so that no changed-address answer ever reaches the
+//! NAT at the node socket's public port (see `DetectConfig::filter_socket`).
 
 use crate::{Error, Node};
 use macula_nat_proto::detect::{DetectConfig, DetectError, Detection, SocketId};
@@ -66,27 +68,44 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
     let primary = node.socket()?;
     let seed: u64 = rand::random();
     cfg.opened.extend(node.detect_memory().lock().unwrap_or_else(|p| p.into_inner()).opened(Instant::now()));
+    let filter_socket = cfg.filter_socket;
     let mut d = Detection::new(cfg, local, Instant::now(), seed);
 
-    // Probe sockets, each forwarding what it receives into one channel.
-    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(usize, SocketAddr, Vec<u8>)>();
+    // Probe sockets and the filter socket, each forwarding what it
+    // receives into one channel. Answers only: a few per request.
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(SocketId, SocketAddr, Vec<u8>)>();
     let mut probes: Vec<Arc<UdpSocket>> = Vec::new();
     let mut readers = Vec::new();
-    for n in 0..d.probe_sockets_needed() {
-        let sock = Arc::new(UdpSocket::bind(SocketAddr::new(bound.ip(), 0)).await?);
-        let port = sock.local_addr()?.port();
-        d.set_probe_local_addr(n, SocketAddr::new(local.ip(), port));
-        let (s, tx) = (sock.clone(), probe_tx.clone());
-        readers.push(tokio::spawn(async move {
-            let mut buf = vec![0u8; 2048];
-            while let Ok((len, from)) = s.recv_from(&mut buf).await {
-                if tx.send((n, from, buf[..len].to_vec())).is_err() {
-                    return;
+    let open = |id: SocketId| {
+        let tx = probe_tx.clone();
+        async move {
+            let sock = Arc::new(UdpSocket::bind(SocketAddr::new(bound.ip(), 0)).await?);
+            let s = sock.clone();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 2048];
+                while let Ok((len, from)) = s.recv_from(&mut buf).await {
+                    if tx.send((id, from, buf[..len].to_vec())).is_err() {
+                        return;
+                    }
                 }
-            }
-        }));
+            });
+            Ok::<_, std::io::Error>((sock, reader))
+        }
+    };
+    for n in 0..d.probe_sockets_needed() {
+        let (sock, reader) = open(SocketId::Probe(n)).await?;
+        d.set_probe_local_addr(n, SocketAddr::new(local.ip(), sock.local_addr()?.port()));
+        readers.push(reader);
         probes.push(sock);
     }
+    let filter = if filter_socket {
+        let (sock, reader) = open(SocketId::Filter).await?;
+        d.set_filter_local_addr(SocketAddr::new(local.ip(), sock.local_addr()?.port()));
+        readers.push(reader);
+        Some(sock)
+    } else {
+        None
+    };
     let _abort_readers = AbortOnDrop(readers);
 
     let result = loop {
@@ -95,6 +114,10 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
             let sock = match t.socket {
                 SocketId::Primary => &primary,
                 SocketId::Probe(n) => match probes.get(n) {
+                    Some(s) => s,
+                    None => continue,
+                },
+                SocketId::Filter => match &filter {
                     Some(s) => s,
                     None => continue,
                 },
@@ -114,8 +137,8 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
             Some((from, data)) = subscription.rx.recv() => {
                 d.handle_datagram(SocketId::Primary, from, &data, Instant::now());
             }
-            Some((n, from, data)) = probe_rx.recv() => {
-                d.handle_datagram(SocketId::Probe(n), from, &data, Instant::now());
+            Some((id, from, data)) = probe_rx.recv() => {
+                d.handle_datagram(id, from, &data, Instant::now());
             }
             _ = tokio::time::sleep_until(deadline.into()) => d.handle_timeout(Instant::now()),
         }

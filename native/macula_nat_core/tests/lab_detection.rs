@@ -231,3 +231,147 @@ fn coturn_client_against_our_observer() {
     drop(lab);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Sites of the real-world check: the four kernel NATs as the lab always
+/// built them (input chain drops unsolicited inbound) and as plain routers
+/// (masquerade only, input accepts: refused packets leave conntrack
+/// entries), and every userspace type behind a plain router.
+fn real_world_kinds() -> Vec<(String, String, bool, String)> {
+    let mut v = Vec::new();
+    for (short, k, want) in [
+        ("fc", "full_cone", "ei ei pp"),
+        ("rc", "restricted_cone", "ei hd pp"),
+        ("prc", "port_restricted_cone", "ei pd pp"),
+        ("sym", "symmetric", "pd pd rd"),
+    ] {
+        v.push((format!("k{short}"), format!("kernel:{k}"), false, want.to_string()));
+        v.push((format!("p{short}"), format!("kernel:{k}"), true, want.to_string()));
+    }
+    for (name, nat, want) in kinds().into_iter().filter(|(_, n, _)| n.starts_with("user:")) {
+        v.push((format!("p{name}"), nat, true, want));
+    }
+    v
+}
+
+/// For every lab NAT, coturn's `turnutils_natdiscovery -m -f` and our
+/// detector (a first detection and a forced re-detection on the same
+/// socket) run on the same path, against coturn's `turnserver` and against
+/// `macula-observer`: mapping and filtering must agree with coturn's client
+/// and with the configuration, the allocation must be the configured one,
+/// and the first detection is sure of it. On the plain routers the old
+/// single-socket schedule must show the conntrack artefact (not `high`),
+/// so the lab really models what fooled it.
+#[test]
+fn real_world_routers_agree_with_coturn_natdiscovery() {
+    if !ready() {
+        return;
+    }
+    for tool in ["turnserver", "turnutils_natdiscovery"] {
+        if macula_nat_lab::which(tool).is_none() {
+            panic!("{tool} (coturn) missing: scripts/setup.sh installs it");
+        }
+    }
+    let kinds = real_world_kinds();
+    let mut spec = LabSpec::new("detreal");
+    spec.observers.push("obs".into());
+    spec.observers.push("cot".into());
+    spec.seed = Some(17);
+    for (name, nat, plain, _) in &kinds {
+        let mut s = SiteSpec::new(name, nat).unwrap();
+        s.plain_router = *plain;
+        spec.sites.push(s);
+    }
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let [o1, o2] = lab.info.observers["obs"];
+    let [c1, c2] = lab.info.observers["cot"];
+    let observer = env!("CARGO_BIN_EXE_macula-observer");
+    let mut ours = lab
+        .spawn("obs", &[observer, "--primary", &format!("{o1}:{OBS_PORT}"), "--alternate", &format!("{o2}:{OBS_ALT_PORT}")])
+        .unwrap();
+    let mut coturn = lab
+        .spawn(
+            "cot",
+            &["turnserver", "-L", &c1.to_string(), "-L", &c2.to_string(), "--no-auth", "--no-tls", "--no-dtls", "--no-cli", "-n", "--log-file", "stdout"],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let detect = env!("CARGO_BIN_EXE_macula-detect");
+    // One shell per site: each step on its own sockets, one after another.
+    let script = |server: std::net::Ipv4Addr| {
+        format!(
+            "echo '@@ natdiscovery'; turnutils_natdiscovery -m -f -p {OBS_PORT} {server}; \
+             echo '@@ ours'; {detect} --observer {server}:{OBS_PORT} --timeout-ms 5000 --repeat 2; "
+        )
+    };
+    let started = Instant::now();
+    let children: Vec<_> = kinds
+        .iter()
+        .map(|(name, _, _, _)| {
+            let sh = format!(
+                "{} {} echo '@@ single'; {detect} --observer {o1}:{OBS_PORT} --timeout-ms 5000 --filter-socket off",
+                script(c1),
+                script(o1)
+            );
+            lab.spawn(name, &["sh", "-c", &sh]).unwrap()
+        })
+        .collect();
+    let mut failures = Vec::new();
+    let mut table = String::from("| site | nat | plain router | expected | server | natdiscovery | ours, first | ours, again | single socket |\n|---|---|---|---|---|---|---|---|---|\n");
+    for ((name, nat, plain, expected), child) in kinds.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        // Sections in order: coturn's client and ours against coturn, then
+        // against our observer, then the single-socket run.
+        let sections: Vec<&str> = text.split("@@ ").skip(1).collect();
+        if sections.len() != 5 {
+            failures.push(format!("{name}: incomplete output `{text}` stderr `{}`", String::from_utf8_lossy(&out.stderr)));
+            continue;
+        }
+        let want_mf: String = expected.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        let single = Verdict::parse(sections[4].lines().nth(1).unwrap_or(""));
+        for (server, pair) in [("coturn", &sections[0..2]), ("ours", &sections[2..4])] {
+            let nd = pair[0].to_lowercase();
+            let verdict = |what| macula_nat_lab::natdiscovery::behaviour(&nd, what).unwrap_or("?");
+            let nd_mf = format!("{} {}", verdict("mapping"), verdict("filtering"));
+            let runs: Vec<Verdict> = pair[1].lines().skip(1).map(Verdict::parse).collect();
+            let cell = |v: Option<&Verdict>| v.map_or("-".to_string(), |v| format!("{} ({})", v.triple(), v.get("confidence")));
+            table.push_str(&format!(
+                "| {name} | {nat} | {plain} | {expected} | {server} | {nd_mf} | {} | {} | {} |\n",
+                cell(runs.first()),
+                cell(runs.get(1)),
+                if server == "ours" { cell(Some(&single)) } else { String::new() }
+            ));
+            if nd_mf != want_mf {
+                failures.push(format!("{name} ({nat}, plain {plain}) via {server}: natdiscovery says {nd_mf}, configured {want_mf}"));
+            }
+            if runs.len() != 2 {
+                failures.push(format!("{name} via {server}: {} verdicts: `{}`", runs.len(), pair[1]));
+                continue;
+            }
+            for (i, v) in runs.iter().enumerate() {
+                let mf = format!("{} {}", v.get("mapping"), v.get("filtering"));
+                if mf != nd_mf || v.triple() != *expected {
+                    failures.push(format!("{name} ({nat}, plain {plain}) via {server} run {i}: ours {} vs natdiscovery {nd_mf}, configured {expected}", v.triple()));
+                }
+            }
+            if runs[0].get("confidence") != "high" {
+                failures.push(format!("{name} via {server}: first detection {} confidence", runs[0].get("confidence")));
+            }
+        }
+        // Filtered EI mappings behind a plain router are where the artefact
+        // shows: a single-socket detection cannot be sure of them.
+        if *plain && expected.starts_with("ei") && !expected.starts_with("ei ei") && single.get("confidence") == "high" {
+            failures.push(format!("{name} ({nat}): the single-socket schedule was not disturbed (`{}`); does the lab model a plain router?", sections[4].trim()));
+        }
+    }
+    eprintln!("real-world detection, {} sites in {:?}\n{table}", kinds.len(), started.elapsed());
+    if let Ok(path) = std::env::var("MACULA_DETECT_REPORT") {
+        let _ = std::fs::write(path, &table);
+    }
+    for c in [&mut ours, &mut coturn] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(lab);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

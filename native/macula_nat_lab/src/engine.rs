@@ -37,6 +37,9 @@ pub struct EngineConfig {
     pub loss: f64,
     pub binding_timeout_s: u64,
     pub hairpin: bool,
+    /// Model a plain router's conntrack (see `SiteSpec::plain_router`).
+    #[serde(default)]
+    pub plain_router: bool,
     pub seed: u64,
     pub stats_file: PathBuf,
     pub ready_file: PathBuf,
@@ -243,6 +246,11 @@ pub struct Nat {
     by_port: HashMap<u16, Binding>,
     last_pc: u16,
     rng: Rng,
+    /// Plain router: inbound packets refused at a public port, by (public
+    /// port, remote), with when (Linux keeps such unreplied entries for
+    /// its UDP timeout).
+    pub conntrack: bool,
+    refused: HashMap<(u16, Ep), Instant>,
 }
 
 const PORT_MIN: u16 = 1024;
@@ -266,6 +274,26 @@ impl Nat {
             by_port: HashMap::new(),
             last_pc,
             rng,
+            conntrack: false,
+            refused: HashMap::new(),
+        }
+    }
+
+    /// Plain router: `remote` was refused at `port` lately, and so holds the
+    /// tuple (public port, remote) in conntrack.
+    fn clashes(&self, port: u16, remote: Ep, now: Instant) -> bool {
+        self.conntrack
+            && self.refused.get(&(port, remote)).is_some_and(|t| now.duration_since(*t) <= self.timeout)
+            && !self.by_port.get(&port).is_some_and(|b| b.perm_ep.contains_key(&remote))
+    }
+
+    fn refuse(&mut self, port: u16, remote: Ep, now: Instant) {
+        if self.conntrack {
+            if self.refused.len() >= 65536 {
+                let timeout = self.timeout;
+                self.refused.retain(|_, t| now.duration_since(*t) <= timeout);
+            }
+            self.refused.insert((port, remote), now);
         }
     }
 
@@ -341,7 +369,21 @@ impl Nat {
 
     /// Outbound translation: returns the public port.
     pub fn outbound(&mut self, int: Ep, remote: Ep, now: Instant, st: &mut EngineStats) -> Option<u16> {
-        let key = self.key(int, remote);
+        let mut key = self.key(int, remote);
+        // Plain router: a connection to this exact remote that had to leave
+        // from another port (below) keeps it.
+        let exact = MapKey { int, rip: Some(remote.0), rport: Some(remote.1) };
+        if self.conntrack && key != exact && self.by_key.contains_key(&exact) {
+            key = exact;
+        }
+        if let Some(p) = self.by_key.get(&key).copied() {
+            if self.clashes(p, remote, now) {
+                // Linux: the reply tuple (remote -> public:p) is taken by the
+                // refused entry, so this connection gets another port.
+                key = exact;
+                st.port_collisions += 1;
+            }
+        }
         let port = match self.by_key.get(&key).copied() {
             Some(p) if self.by_port.get(&p).is_some_and(|b| self.live(b, now)) => p,
             other => {
@@ -370,8 +412,12 @@ impl Nat {
 
     /// Inbound: Ok(internal endpoint) or Err(true = filtered, false = no binding).
     pub fn inbound(&mut self, port: u16, remote: Ep, now: Instant) -> std::result::Result<Ep, bool> {
-        let Some(b) = self.by_port.get(&port) else { return Err(false) };
+        let Some(b) = self.by_port.get(&port) else {
+            self.refuse(port, remote, now);
+            return Err(false);
+        };
         if !self.live(b, now) {
+            self.refuse(port, remote, now);
             return Err(false);
         }
         let fresh = |t: &Instant| now.duration_since(*t) <= self.timeout;
@@ -383,6 +429,7 @@ impl Nat {
         if ok {
             Ok(b.key.int)
         } else {
+            self.refuse(port, remote, now);
             Err(true)
         }
     }
@@ -442,12 +489,11 @@ impl Engine {
         let nat = match &cfg.nat {
             None => None,
             Some(s) => match s.parse::<crate::spec::NatKind>()? {
-                crate::spec::NatKind::User(u) => Some(Nat::new(
-                    u,
-                    cfg.public_ip,
-                    Duration::from_secs(cfg.binding_timeout_s),
-                    cfg.seed,
-                )),
+                crate::spec::NatKind::User(u) => {
+                    let mut nat = Nat::new(u, cfg.public_ip, Duration::from_secs(cfg.binding_timeout_s), cfg.seed);
+                    nat.conntrack = cfg.plain_router;
+                    Some(nat)
+                }
                 other => bail!("engine cannot run nat kind {other}"),
             },
         };

@@ -371,6 +371,10 @@ fn owner_alive(info: &LabInfo) -> bool {
 
 fn kernel_ruleset(k: KernelNat, s: &SiteSpec, lan: &str, public: Ipv4Addr, host: Ipv4Addr) -> String {
     let t = s.binding_timeout();
+    // A plain router counts unsolicited inbound but lets it reach its input
+    // hook's end, where conntrack confirms the entry (and the stack answers
+    // port unreachable): what masquerade-only routers do.
+    let input_verdict = if s.plain_router { "" } else { "drop" };
     let (pre, fwd_out, masq) = match k {
         KernelNat::FullCone => (
             format!("iifname \"wan\" ip daddr {public} udp dport @mapped dnat to {host}"),
@@ -410,7 +414,7 @@ fn kernel_ruleset(k: KernelNat, s: &SiteSpec, lan: &str, public: Ipv4Addr, host:
   }}
   chain input_f {{
     type filter hook input priority filter; policy accept;
-    iifname "wan" meta l4proto udp ct state new counter name filtered drop
+    iifname "wan" meta l4proto udp ct state new counter name filtered {input_verdict}
   }}
 }}
 "#
@@ -682,6 +686,7 @@ impl Lab {
             loss: spec.loss,
             binding_timeout_s: spec.binding_timeout(),
             hairpin: spec.hairpin,
+            plain_router: spec.plain_router,
             seed,
             stats_file: s.stats_file.clone().unwrap(),
             ready_file: ready.clone(),

@@ -54,6 +54,15 @@ pub struct SiteSpec {
     /// Hairpinning (userspace engine only).
     #[serde(default)]
     pub hairpin: bool,
+    /// A plain router: masquerade/snat and no rule on its input chain (DIY
+    /// routers, Docker hosts, VPSs whose INPUT policy is accept). An
+    /// unsolicited inbound packet it refuses still leaves a confirmed
+    /// conntrack entry (remote -> public port), so a later outbound packet
+    /// from that public port to that remote leaves from another port.
+    /// Kernel NATs: the input chain's drop rule is left out. Userspace
+    /// engine: the same conntrack behaviour is modelled.
+    #[serde(default)]
+    pub plain_router: bool,
 }
 
 impl SiteSpec {
@@ -66,6 +75,7 @@ impl SiteSpec {
             loss: 0.0,
             binding_timeout_s: None,
             hairpin: false,
+            plain_router: false,
         })
     }
     pub fn has_impairment(&self) -> bool {

@@ -21,9 +21,9 @@
 //! # Schedule (why it is fast and why it is correct)
 //!
 //! * t=0: Binding (test I) from the primary socket to every observer, and
-//!   the two filtering tests (CHANGE-REQUEST ip+port, port only) to the
-//!   designated *filtering observer* (observer 1 if there are two or more,
-//!   else observer 0).
+//!   the two filtering tests (CHANGE-REQUEST ip+port, port only) from the
+//!   filter socket (see below) to the designated *filtering observer*
+//!   (observer 1 if there are two or more, else observer 0).
 //! * t=1 RTT (first test I answer): one Binding from each probe socket to a
 //!   live observer (not earlier: a fresh socket's first mapping is the only
 //!   one that shows port preservation, it must not go to a dead observer),
@@ -31,14 +31,22 @@
 //!   the crossed primary-IP/alternate-port address, which both corroborates
 //!   the mapping verdict and adds a fresh mapping to the allocation series)
 //!   to the *mapping observer*.
-//! * Filtering tests must not be contaminated: once the primary socket has
+//! * Mapping and filtering tests must not meet on one socket: once it has
 //!   sent to the alternate IP (test II) or the alternate IP:port (test III)
 //!   of an observer, that observer's changed-address answers pass an
-//!   address-dependent filter. So mapping tests II-IV never go to the
-//!   observer used for filtering while filtering is undecided. With two
-//!   RFC 5780 observers both run concurrently (about 2 RTT, bounded by the
-//!   filtering wait); with one, tests II-IV wait until filtering is decided
-//!   (immediately if ip+port change is answered, else after the wait).
+//!   address-dependent filter; and a changed-address answer that the NAT
+//!   refuses can still leave conntrack state on a plain Linux router (no
+//!   rule on its input chain) that makes a later test towards the same
+//!   address leave from another public port. So by default the filtering
+//!   tests run on a fresh socket of their own ([`DetectConfig::filter_socket`])
+//!   concurrently with tests II-IV (about 2 RTT, bounded by the filtering
+//!   wait). Without it, tests II-IV never go to the observer used for
+//!   filtering while filtering is undecided: with two observers both still
+//!   run concurrently; with one, tests II-IV wait until filtering is decided.
+//! * A mapping seen at one public address from two remote IPs is endpoint
+//!   independent even if a third destination saw another port: no HD or PD
+//!   NAT does that, a conntrack clash on a Linux router does; such a verdict
+//!   has medium confidence.
 //! * Across detections on one socket the runtime passes what earlier runs
 //!   sent to ([`DetectConfig::opened`]): a filter permission those left
 //!   could explain an answer, so such answers are not evidence (silence
@@ -53,9 +61,10 @@
 //!   their group has answered, since without them the verdict is a guess.
 //!   Silence to a filtering test counts only once the observer has
 //!   answered a plain request sent during the wait (a stalled observer).
-//! * All mapping and filtering probes leave from [`SocketId::Primary`]: the
-//!   socket that will later punch and carry QUIC is the one measured.
-//!   Probe sockets only measure the allocation policy across fresh mappings.
+//! * All mapping probes leave from [`SocketId::Primary`]: the socket that
+//!   will later punch and carry QUIC is the one measured. Probe sockets only
+//!   measure the allocation policy across fresh mappings, the filter socket
+//!   only the NAT's filtering.
 //!
 //! # Allocation
 //!
@@ -89,6 +98,9 @@ pub enum SocketId {
     /// Extra ephemeral socket `n` (0-based), see
     /// [`Detection::probe_sockets_needed`].
     Probe(usize),
+    /// A fresh socket that carries only the filtering tests (and their
+    /// control requests), see [`DetectConfig::filter_socket`].
+    Filter,
 }
 
 /// A datagram the runtime must send.
@@ -150,6 +162,21 @@ pub struct DetectConfig {
     /// filtering test's answer through whatever the NAT's filtering, so an
     /// answer it could explain is not counted as evidence.
     pub opened: Vec<SocketAddr>,
+    /// Run the filtering tests from a fresh socket of their own
+    /// ([`SocketId::Filter`], opened by the runtime for this detection)
+    /// instead of the primary one. On a single socket no order of the tests
+    /// is clean: filtering first, a refused changed-address answer makes a
+    /// plain Linux router (no rule on its input chain) confirm an inbound
+    /// conntrack entry for (alternate address -> public port), so test III
+    /// towards that alternate address leaves from another public port and an
+    /// endpoint-independent mapping reads as per-destination; mapping first,
+    /// tests II-IV open the filter the filtering tests measure. On its own
+    /// socket the filter only ever sent to the observer's primary address,
+    /// exactly the permission the tests assume, and the primary socket never
+    /// receives an answer it did not ask for. Filtering is a property of the
+    /// NAT, not of one mapping, so measuring it on a sibling mapping is the
+    /// same measurement. Default `true`.
+    pub filter_socket: bool,
 }
 
 impl Default for DetectConfig {
@@ -162,6 +189,7 @@ impl Default for DetectConfig {
             min_wait: Duration::from_millis(200),
             allocation_probes: 3,
             opened: Vec::new(),
+            filter_socket: true,
         }
     }
 }
@@ -269,6 +297,8 @@ pub struct Detection {
     filt_bound: Option<Filtering>,
     map: Option<MapRun>,
     slots: Vec<Slot>,
+    /// Local address of the filter socket, if the runtime told it.
+    filter_local: Option<SocketAddr>,
     result: Option<Result<NatProfile, DetectError>>,
     finished: bool,
 }
@@ -294,6 +324,7 @@ impl Detection {
             filtering: None,
             filt_bound: None,
             map: None,
+            filter_local: None,
             result: None,
             finished: false,
         };
@@ -341,6 +372,13 @@ impl Detection {
             let start = self.start;
             self.add_alloc_probe(n, obs, start);
         }
+    }
+
+    /// Tell the local address of the filter socket
+    /// ([`DetectConfig::filter_socket`]); its first mapping then also shows
+    /// whether the NAT preserves ports.
+    pub fn set_filter_local_addr(&mut self, addr: SocketAddr) {
+        self.filter_local = Some(addr);
     }
 
     fn add_alloc_probe(&mut self, slot: usize, obs: usize, now: Instant) {
@@ -600,7 +638,8 @@ impl Detection {
     fn send_filter_control(&mut self, run: FiltRun, settle: Duration, now: Instant) {
         if self.next_filter_control(run, settle).is_some_and(|t| now >= t) {
             let dst = self.cfg.observers[run.obs];
-            self.add_probe(Kind::FiltControl, SocketId::Primary, dst, None, now);
+            let sock = self.filter_sock();
+            self.add_probe(Kind::FiltControl, sock, dst, None, now);
         }
     }
 
@@ -640,7 +679,12 @@ impl Detection {
     fn filt_evidence(&self, run: FiltRun) -> (bool, bool) {
         let Obs::Alive { other: Some(alt), .. } = self.obs(run.obs) else { return (true, true) };
         let crossed = SocketAddr::new(self.cfg.observers[run.obs].ip(), alt.port());
-        let mut sent = self.cfg.opened.iter().copied().chain(self.primary_sends());
+        // Only the filter tests' own socket matters; earlier detections'
+        // sends only ever left from the primary one.
+        let sock = self.filter_sock();
+        let opened = if sock == SocketId::Primary { &self.cfg.opened[..] } else { &[] };
+        let own = self.first_sends.iter().filter(move |(s, _)| *s == sock).map(|&(_, d)| d);
+        let mut sent = opened.iter().copied().chain(own);
         let (mut ii, mut iii) = (true, true);
         for d in &mut sent {
             ii &= d.ip() != alt.ip();
@@ -692,14 +736,24 @@ impl Detection {
         v
     }
 
+    /// The socket the filtering tests leave from.
+    fn filter_sock(&self) -> SocketId {
+        if self.cfg.filter_socket {
+            SocketId::Filter
+        } else {
+            SocketId::Primary
+        }
+    }
+
     fn preferred_alive(&self) -> Option<usize> {
         (0..self.test_i.len()).find(|&i| matches!(self.obs(i), Obs::Alive { .. }))
     }
 
     fn start_filtering(&mut self, obs: usize, now: Instant) {
         let dst = self.cfg.observers[obs];
-        let ipport = self.add_probe(Kind::FiltIpPort, SocketId::Primary, dst, Some((true, true)), now);
-        let port = self.add_probe(Kind::FiltPort, SocketId::Primary, dst, Some((false, true)), now);
+        let sock = self.filter_sock();
+        let ipport = self.add_probe(Kind::FiltIpPort, sock, dst, Some((true, true)), now);
+        let port = self.add_probe(Kind::FiltPort, sock, dst, Some((false, true)), now);
         self.filt = Some(FiltRun { obs, ipport, port, started: now });
     }
 
@@ -784,8 +838,10 @@ impl Detection {
         }
         if self.filt.is_none() {
             let map_obs = self.map.map(|m| m.obs);
+            // On its own socket filtering may share the mapping observer.
+            let shared = self.cfg.filter_socket;
             let cands: Vec<usize> = (0..self.test_i.len())
-                .filter(|&i| self.capable(i) && !self.filt_tried.contains(&i) && map_obs != Some(i))
+                .filter(|&i| self.capable(i) && !self.filt_tried.contains(&i) && (shared || map_obs != Some(i)))
                 .collect();
             // Leave the first capable observer to the mapping tests if we can.
             let pick = if map_obs.is_none() && cands.len() >= 2 { Some(cands[1]) } else { cands.first().copied() };
@@ -805,7 +861,9 @@ impl Detection {
             return;
         }
         let cands: Vec<usize> = (0..self.test_i.len()).filter(|&i| self.capable(i)).collect();
-        let choice = if self.filtering.is_some() {
+        // On its own socket the filtering run cannot be contaminated by the
+        // mapping tests, nor contaminate them: both start at once.
+        let choice = if self.filtering.is_some() || self.cfg.filter_socket {
             cands.first().copied()
         } else {
             match self.filt {
@@ -970,6 +1028,7 @@ impl Detection {
         let mut same_ip_pair = false;
         let mut cross_ip_differs = false;
         let mut cross_ip_pair = false;
+        let mut cross_ip_equal = false;
         for (i, a) in known.iter().enumerate() {
             for b in &known[i + 1..] {
                 if a.0.ip() == b.0.ip() {
@@ -978,12 +1037,23 @@ impl Detection {
                 } else {
                     cross_ip_pair = true;
                     cross_ip_differs |= a.1 != b.1;
+                    cross_ip_equal |= a.1 == b.1;
                 }
             }
         }
         let all_four = known.len() == 4;
         let c = |sure: bool| if sure && all_four { Confidence::High } else { Confidence::Medium };
-        if same_ip_differs {
+        if cross_ip_equal && (same_ip_differs || cross_ip_differs) {
+            // No clean NAT does this: HD and PD mappings never carry one
+            // public address to two remote IPs. An endpoint-independent
+            // mapping that had to leave from another port towards one
+            // destination does: a Linux router that confirmed an inbound
+            // conntrack entry for (that destination -> public port) from a
+            // packet it refused, or another host's connection holding the
+            // tuple (port overloading). Punching reuses the mapping towards
+            // new peers, so it is EI, but not beyond doubt.
+            Some((Mapping::Ei, Confidence::Medium))
+        } else if same_ip_differs {
             Some((Mapping::Pd, c(true)))
         } else if cross_ip_differs {
             // Not EI; HD only if a same-IP pair showed reuse, else assume PD.
@@ -999,6 +1069,7 @@ impl Detection {
         match s {
             SocketId::Primary => Some(self.local.port()),
             SocketId::Probe(n) => self.slots.get(n).and_then(|sl| sl.local).map(|a| a.port()),
+            SocketId::Filter => self.filter_local.map(|a| a.port()),
         }
     }
 
@@ -1046,8 +1117,10 @@ impl Detection {
                 continue;
             }
             seen.push(k.0);
-            if let Some(port) = port_of(k) {
-                checks.push(self.local_port(k.0) == Some(port));
+            // The filter socket's mapping counts for the series above, and
+            // here only if the runtime told its local port.
+            if let (Some(port), Some(local)) = (port_of(k), self.local_port(k.0)) {
+                checks.push(local == port);
             }
         }
         if !checks.is_empty() && checks.iter().all(|&c| c) {

@@ -2,8 +2,10 @@
 //! one line of `key=value` pairs. Used by the lab tests and benchmarks (run
 //! inside a lab host) and handy for operators.
 //!
-//! macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N]
+//! macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N] [--filter-socket on|off]
 //!
+//! `--filter-socket off` runs the filtering tests on the node socket too
+//! (the schedule that plain Linux routers fool; for comparisons).
 //! `--repeat N` detects N times on the same socket, a line each (a
 //! re-detection must not be fooled by what the first one opened).
 
@@ -15,7 +17,7 @@ use std::process::exit;
 use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N]");
+    eprintln!("usage: macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N] [--filter-socket on|off]");
     exit(2)
 }
 
@@ -24,6 +26,7 @@ fn main() {
     let mut timeout_ms = 5000u64;
     let mut bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
     let mut repeat = 1u32;
+    let mut filter_socket = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args.next().unwrap_or_else(|| usage());
@@ -32,6 +35,7 @@ fn main() {
             "--timeout-ms" => timeout_ms = v.parse().unwrap_or_else(|_| usage()),
             "--bind" => bind = v.parse().unwrap_or_else(|_| usage()),
             "--repeat" => repeat = v.parse().unwrap_or_else(|_| usage()),
+            "--filter-socket" => filter_socket = v == "on",
             _ => usage(),
         }
     }
@@ -39,7 +43,7 @@ fn main() {
         eprintln!("macula-detect: {e}");
         exit(1)
     });
-    let cfg = DetectConfig { observers, timeout: Duration::from_millis(timeout_ms), ..DetectConfig::default() };
+    let cfg = DetectConfig { observers, timeout: Duration::from_millis(timeout_ms), filter_socket, ..DetectConfig::default() };
     for _ in 0..repeat.max(1) {
         run_once(&node, &cfg);
     }

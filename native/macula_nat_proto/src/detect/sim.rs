@@ -23,6 +23,12 @@ pub(crate) struct SimNat {
     pub firewall: Filtering,
     pub public_ip: IpAddr,
     pub delta: i32,
+    /// A plain Linux router (no rule on its input chain): a packet it
+    /// refuses still leaves a confirmed conntrack entry (remote -> public
+    /// port), and a later outbound packet from that public port to that
+    /// remote clashes with it and leaves from another port.
+    pub conntrack: bool,
+    refused: Vec<(SocketAddr, SocketAddr)>,
     next_port: i32,
     rng: XorShift,
     maps: Vec<SimMap>,
@@ -37,6 +43,8 @@ impl SimNat {
             firewall: Filtering::Ei,
             public_ip: "203.0.113.1".parse().unwrap(),
             delta,
+            conntrack: false,
+            refused: Vec::new(),
             next_port,
             rng,
             maps: Vec::new(),
@@ -71,9 +79,20 @@ impl SimNat {
             Mapping::Hd => (Some(dst.ip()), None),
             Mapping::Pd => (Some(dst.ip()), Some(dst.port())),
         };
-        if let Some(m) = self.maps.iter_mut().find(|m| m.local == local && m.key == key) {
+        let exact = (Some(dst.ip()), Some(dst.port()));
+        if let Some(m) = self.maps.iter_mut().find(|m| m.local == local && m.key == exact) {
             m.contacted.push(dst);
             return m.public;
+        }
+        if let Some(m) = self.maps.iter_mut().find(|m| m.local == local && m.key == key) {
+            let clash = self.conntrack && !m.contacted.contains(&dst) && self.refused.contains(&(dst, m.public));
+            if !clash {
+                m.contacted.push(dst);
+                return m.public;
+            }
+            let public = SocketAddr::new(self.public_ip, self.random_port());
+            self.maps.push(SimMap { local, key: exact, public, contacted: vec![dst] });
+            return public;
         }
         let port = match ty.allocation {
             // Preserve the local port if free, else fall back to random.
@@ -95,15 +114,20 @@ impl SimNat {
 
     /// Translate an inbound packet; returns the local destination if the
     /// mapping exists and its filter lets `from` in.
-    pub fn inbound(&self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+    pub fn inbound(&mut self, from: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
         let filtering = self.ty.map_or(self.firewall, |t| t.filtering);
-        let m = self.maps.iter().find(|m| m.public == to)?;
-        let ok = match filtering {
-            Filtering::Ei => true,
-            Filtering::Hd => m.contacted.iter().any(|c| c.ip() == from.ip()),
-            Filtering::Pd => m.contacted.contains(&from),
-        };
-        ok.then_some(m.local)
+        let local = self.maps.iter().find(|m| m.public == to).and_then(|m| {
+            let ok = match filtering {
+                Filtering::Ei => true,
+                Filtering::Hd => m.contacted.iter().any(|c| c.ip() == from.ip()),
+                Filtering::Pd => m.contacted.contains(&from),
+            };
+            ok.then_some(m.local)
+        });
+        if local.is_none() && self.conntrack && self.ty.is_some() && !self.refused.contains(&(from, to)) {
+            self.refused.push((from, to));
+        }
+        local
     }
 }
 
@@ -129,6 +153,9 @@ pub(super) struct World {
     /// Requests reaching an observer's primary address in `[from, until)`
     /// are answered at `until`: a starved observer process.
     pub stall: Option<(Instant, Instant)>,
+    /// Local address of the detection's filter socket (a new one per run
+    /// in reality: change it between runs to model that).
+    pub filter_local: SocketAddr,
     rng: XorShift,
     queue: Vec<(Instant, u64, Packet)>,
     seq: u64,
@@ -168,6 +195,7 @@ impl World {
             dead: Vec::new(),
             slow_alternate: Duration::ZERO,
             stall: None,
+            filter_local: "10.0.0.2:6001".parse().unwrap(),
             rng: XorShift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1),
             queue: Vec::new(),
             seq: 0,
@@ -206,12 +234,16 @@ impl World {
     /// runtime could not open them).
     pub fn run(&mut self, det: &mut Detection, probe_locals: &[SocketAddr], t0: Instant) -> Run {
         let primary: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
+        let filter = self.filter_local;
+        det.set_filter_local_addr(filter);
         for (n, a) in probe_locals.iter().enumerate().take(det.probe_sockets_needed()) {
             det.set_probe_local_addr(n, *a);
         }
         let socket_of = |local: SocketAddr| -> Option<SocketId> {
             if local == primary {
                 Some(SocketId::Primary)
+            } else if local == filter {
+                Some(SocketId::Filter)
             } else {
                 probe_locals.iter().position(|a| *a == local).map(SocketId::Probe)
             }
@@ -225,6 +257,7 @@ impl World {
                 let local = match t.socket {
                     SocketId::Primary => primary,
                     SocketId::Probe(n) => probe_locals[n],
+                    SocketId::Filter => filter,
                 };
                 let src = self.nat.outbound(local, t.dst);
                 if !self.lost() {

@@ -145,7 +145,7 @@ impl Net {
 
     fn deliver(&mut self, m: &mut [Punch; 2], seq: u64, now: Instant) {
         let Some(p) = self.pkts.get_mut(seq as usize).and_then(Option::take) else { return };
-        let host = &self.hosts[p.to];
+        let host = &mut self.hosts[p.to];
         let Some(local) = host.nat.inbound(p.src, p.dst) else { return };
         let Some(socket) = host.locals.iter().position(|l| *l == local) else { return };
         m[p.to].handle_datagram(now, socket, p.src, &p.payload);
