@@ -30,14 +30,25 @@ fn main() {
     let observer = bin_dir.join("macula-observer").to_string_lossy().to_string();
     macula_nat_lab::reap(false);
 
-    let types = ["ei-ei-pp", "ei-pd-pp", "pd-pd-rd"];
+    // (label, expected verdict, lab NAT, plain router). Plain routers
+    // (masquerade, no input rule) are where a single-socket schedule was
+    // fooled; they are measured with the same schedule as the rest.
+    let types = [
+        ("ei-ei-pp", "ei-ei-pp", "user:ei-ei-pp", false),
+        ("ei-pd-pp", "ei-pd-pp", "user:ei-pd-pp", false),
+        ("pd-pd-rd", "pd-pd-rd", "user:pd-pd-rd", false),
+        ("ei-pd-rd, plain router", "ei-pd-rd", "user:ei-pd-rd", true),
+        ("kernel port-restricted, plain router", "ei-pd-pp", "kernel:port_restricted_cone", true),
+    ];
+    let site_name = |delay: u32, i: usize| format!("d{delay}t{i}");
     let mut spec = LabSpec::new("benchdet");
     spec.observers.push("obs".into());
     spec.seed = Some(11);
     for delay in [0.0, 50.0] {
-        for t in types {
-            let mut s = SiteSpec::new(&format!("d{}{}", delay as u32, t.replace('-', "")), &format!("user:{t}")).unwrap();
+        for (i, (_, _, nat, plain)) in types.iter().enumerate() {
+            let mut s = SiteSpec::new(&site_name(delay as u32, i), nat).unwrap();
             s.delay_ms = delay;
+            s.plain_router = *plain;
             spec.sites.push(s);
         }
     }
@@ -59,9 +70,9 @@ fn main() {
     println!("| site NAT | one-way delay | client | server | verdict (expected) | p50 ms | p95 ms | max ms | internal p50/p95 ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for delay in [0u32, 50] {
-        for t in types {
-            let site = format!("d{delay}{}", t.replace('-', ""));
-            let expected = t.to_string();
+        for (i, (t, expected, _, _)) in types.iter().enumerate() {
+            let site = site_name(delay, i);
+            let expected = expected.to_string();
             let servers = [("turnserver", format!("{ip1}:3478")), ("macula-observer", format!("{ip1}:4478"))];
             for (server, addr) in &servers {
                 let mut ours_ms = Vec::new();
