@@ -330,3 +330,60 @@ fn a_long_lived_contiguous_node_stays_predictable() {
     }
     assert!(failures.is_empty(), "{} of {CONNECTS} connects failed:\n{}", failures.len() - 1, failures.join("\n"));
 }
+
+/// Nodes idle for 3 minutes behind NATs that forget a UDP binding after
+/// 30 s of silence (a userspace port-restricted cone and a kernel one that
+/// is a plain router) are still reachable by a new connect: their control
+/// connections' keep-alives (every 5 s) hold their mappings at the
+/// rendezvous open, and a connect punches a fresh path.
+#[test]
+fn idle_nodes_behind_30s_nats_stay_reachable() {
+    if !ready() {
+        return;
+    }
+    const IDLE: Duration = Duration::from_secs(180);
+    let mut spec = LabSpec::new("conidle");
+    spec.public.push("rdv".into());
+    spec.seed = Some(13);
+    for (name, nat, plain) in [("uidle", "user:ei-pd-pp", false), ("kidle", "kernel:port_restricted_cone", true)] {
+        let mut s = SiteSpec::new(name, nat).unwrap();
+        s.binding_timeout_s = Some(30);
+        s.plain_router = plain;
+        spec.sites.push(s);
+    }
+    spec.sites.push(SiteSpec::new("dialer", "user:ei-pd-pp").unwrap());
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    let (mut rdv, rdv_addr, rdv_id) = rendezvous(&lab);
+    let mut listeners = Vec::new();
+    for site in ["uidle", "kidle"] {
+        let mut l = lab
+            .spawn(site, &[bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-pd-pp"])
+            .expect("listener");
+        let said = lines(&mut l);
+        let joined = said.recv_timeout(Duration::from_secs(8)).expect("listener joined");
+        listeners.push((site, l, said, field(&joined, "node_id").expect("listener id")));
+    }
+    std::thread::sleep(IDLE);
+    let mut failures = Vec::new();
+    for (site, _, said, id) in &listeners {
+        let argv = [bin, "connect", id, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-pd-pp", "--timeout-ms", "8000"];
+        let out = lab.exec_timeout("dialer", &argv, Duration::from_secs(15)).expect("connect");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!("{site} after {IDLE:?} idle: {line}");
+        if field(&line, "ok").as_deref() != Some("true") || field(&line, "method").as_deref() != Some("punched") {
+            failures.push(format!("{site}: `{line}`"));
+        }
+        if said.recv_timeout(Duration::from_secs(5)).is_err() {
+            failures.push(format!("{site}: the listener saw no connection"));
+        }
+    }
+    // The NAT did forget idle bindings meanwhile (the userspace one counts).
+    let st = lab.router_stats("uidle").expect("stats");
+    eprintln!("uidle router counters: {:?}", st.counters);
+    for (_, mut l, _, _) in listeners {
+        let _ = l.kill();
+    }
+    let _ = rdv.kill();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
