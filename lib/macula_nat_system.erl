@@ -1,16 +1,22 @@
-%% @doc NAT traversal system supervisor (one_for_one).
+%% @doc NAT traversal system supervisor (rest_for_one).
 %%
 %% ```
 %% macula_nat_system
 %% +-- macula_nat_node        - node identity and the one UDP socket
-%% +-- macula_nat_cache       - NAT profile cache with TTL
+%% +-- macula_nat_cache       - NAT profile cache with TTL, own advertisement
 %% +-- macula_nat_detector    - NAT type detection
-%% +-- macula_nat_coordinator - hole punch coordination
+%% +-- macula_nat_coordinator - rendezvous join, hole punch coordination
 %% +-- macula_relay_registry  - known relays, measured and chosen
 %% +-- macula_relay_node      - relay server (off until enabled)
 %% '''
-%% Each child owns its Rust resources (they are closed when it dies), so a
-%% crash restarts that child alone, from a clean slate.
+%% Each child owns its Rust resources (they are closed when it dies) and
+%% builds on what the children before it own, the node's socket first of
+%% all. So a child that dies restarts together with every child after it
+%% (`rest_for_one'), each from a clean slate and from its options: after a
+%% restart of the node the profile is detected and advertised again, the
+%% rendezvous joined again and the relays reserved again. What a child
+%% keeps for its own restarts (the relay's options, relays registered by
+%% hand) lasts until this supervisor starts afresh.
 -module(macula_nat_system).
 -behaviour(supervisor).
 
@@ -39,7 +45,10 @@ start_link(_) ->
 %% @doc Initialize the supervisor with child specifications.
 -spec init(map()) -> {ok, {supervisor:sup_flags(), [supervisor:child_spec()]}}.
 init(Opts) ->
-    Flags = #{strategy => one_for_one, intensity => 10, period => 10},
+    %% A system that starts (not a child that restarts) starts from nothing.
+    ok = macula_relay_node:forget(),
+    ok = macula_relay_registry:forget(),
+    Flags = #{strategy => rest_for_one, intensity => 10, period => 10},
     Children = [child(M, Opts) || M <- [macula_nat_node, macula_nat_cache,
                                         macula_nat_detector, macula_nat_coordinator,
                                         macula_relay_registry, macula_relay_node]],

@@ -29,14 +29,16 @@
 %% (sessions per `max_sessions') goes to `macula_relay_registry:set_load/1'
 %% whenever a session starts or ends, so a registered relay advertises it;
 %% a disabled relay says 1.0 (full: never chosen). After a crash of
-%% this process, or a restart of the node's socket, the relay comes back
-%% with the options in force; `disable/0' and an orderly stop forget them.
+%% this process, or a restart of the node's socket (which restarts this
+%% process too: `macula_nat_system' is `rest_for_one'), the relay comes
+%% back with the options in force; `disable/0' forgets them, and so does
+%% a fresh start of the system.
 -module(macula_relay_node).
 -behaviour(gen_server).
 
 -include_lib("kernel/include/logger.hrl").
 
--export([start_link/1, enable/0, enable/1, disable/0, request_relay/2, stats/0]).
+-export([start_link/1, enable/0, enable/1, disable/0, request_relay/2, stats/0, forget/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -export_type([session/0]).
@@ -136,25 +138,33 @@ valid(on_session_start, F) -> F =:= undefined orelse is_function(F, 1);
 valid(on_session_end, F) -> F =:= undefined orelse is_function(F, 1);
 valid(_, _) -> false.
 
+%% @private Forgets the options a restarted server would relay with
+%% (`macula_nat_system' calls it when it starts).
+-spec forget() -> ok.
+forget() ->
+    forget_enabled().
+
 %% gen_server
 %%
 %% State: `relay' (the running relay resource or undefined), `enabled'
-%% (its {Limits, Callbacks}), `node' (monitor of the node's owner: the
-%% relay lives on its socket), `callbacks' (per relay resource, until its
+%% (its {Limits, Callbacks}), `callbacks' (per relay resource, until its
 %% last event has arrived: a disabled relay still reports its last
-%% sessions' ends, to the callbacks it was enabled with).
+%% sessions' ends, to the callbacks it was enabled with). The relay lives
+%% on the node's socket; when the node restarts, the supervisor restarts
+%% this server after it.
 
 -spec init(map()) -> {ok, map()}.
 init(_Opts) ->
-    %% An orderly stop (supervisor shutdown) runs terminate/2, which
-    %% forgets the options; a crash keeps them for the restart.
+    %% Trapping exits, a stop by the supervisor ends the sessions
+    %% (terminate/2). The options stay for the restart: the supervisor
+    %% stops this server the same way when it restarts it after the node.
     process_flag(trap_exit, true),
     Enabled = persistent_term:get(?ENABLED, undefined),
     case Enabled of
         undefined -> ok;
         _ -> self() ! restart_relay
     end,
-    {ok, #{relay => undefined, enabled => Enabled, node => undefined, callbacks => #{}}}.
+    {ok, #{relay => undefined, enabled => Enabled, callbacks => #{}}}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
 handle_call({enable, Limits, Callbacks}, _From, #{relay := undefined} = State) ->
@@ -199,12 +209,6 @@ handle_info({macula_relay_event, Relay, ended, Info}, State) ->
     {noreply, State};
 handle_info({macula_relay_event, Relay, stopped}, #{callbacks := Cbs} = State) ->
     {noreply, State#{callbacks := maps:remove(Relay, Cbs)}};
-handle_info({'DOWN', Mon, process, _, _}, #{node := Mon} = State) ->
-    %% The node's socket is gone, and the relay with it: relay again on
-    %% the restarted node.
-    ?LOG_INFO("node restarted; relay follows"),
-    erlang:send_after(?RETRY_MS, self(), restart_relay),
-    {noreply, (stop_relay(State))#{node := undefined}};
 handle_info(restart_relay, #{relay := undefined, enabled := {Limits, Callbacks}} = State) ->
     case start_relay(Limits, Callbacks, State) of
         {ok, State1} ->
@@ -219,45 +223,32 @@ handle_info(_Info, State) ->
     {noreply, State}.
 
 -spec terminate(term(), map()) -> ok.
-terminate(Reason, State) ->
-    case Reason of
-        normal -> forget_enabled();
-        shutdown -> forget_enabled();
-        {shutdown, _} -> forget_enabled();
-        _ -> ok
-    end,
+terminate(_Reason, State) ->
     _ = stop_relay(State),
     ok.
 
 start_relay(Limits, Callbacks, #{callbacks := Cbs} = State) ->
-    case {macula_nat_node:resource(), whereis(macula_nat_node)} of
-        {{ok, Node}, NodePid} when is_pid(NodePid) ->
+    case macula_nat_node:resource() of
+        {ok, Node} ->
             case macula_nat_nif:relay_enable(Node, Limits, self()) of
                 {ok, Relay} ->
                     persistent_term:put(?ENABLED, {Limits, Callbacks}),
                     ?LOG_INFO("relaying for other nodes: ~p", [Limits]),
                     {ok, State#{relay := Relay, enabled := {Limits, Callbacks},
-                                node := erlang:monitor(process, NodePid),
                                 callbacks := Cbs#{Relay => Callbacks}}};
                 {error, _} = E ->
                     E
             end;
-        {{error, _} = E, _} ->
-            E;
-        {{ok, _}, undefined} ->
-            {error, not_started}
+        {error, _} = E ->
+            E
     end.
 
 stop_relay(#{relay := undefined} = State) ->
     State;
-stop_relay(#{relay := Relay, node := Mon} = State) ->
+stop_relay(#{relay := Relay} = State) ->
     %% The sessions' `ended' events follow as messages, then `stopped'.
     {ok, _Ended} = macula_nat_nif:relay_disable(Relay),
-    case Mon of
-        undefined -> ok;
-        _ -> erlang:demonitor(Mon, [flush])
-    end,
-    State#{relay := undefined, node := undefined}.
+    State#{relay := undefined}.
 
 forget_enabled() ->
     _ = persistent_term:erase(?ENABLED),

@@ -29,15 +29,17 @@
 %% relays_changed}' when the chosen relay or the set of usable relays
 %% changes; subscribers are monitored).
 %%
-%% Registrations survive a crash of this process (they are replayed at
-%% restart) but not an orderly stop of the application.
+%% Registrations survive a restart of this process (they are replayed:
+%% after a crash, or after the node or cache it is built on restarted,
+%% which restarts it too: `macula_nat_system' is `rest_for_one') but not a
+%% fresh start of the system.
 -module(macula_relay_registry).
 -behaviour(gen_server).
 
 -include_lib("kernel/include/logger.hrl").
 
 -export([start_link/1, register/2, find_relay/1, relays/0, subscribe/0, unsubscribe/0,
-         unregister/1, set_load/1, report_failure/1]).
+         unregister/1, set_load/1, report_failure/1, forget/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -type relay_info() :: #{node_id := binary(), endpoint := binary(),
@@ -47,7 +49,6 @@
 -define(KEY, {?MODULE, resource}).
 %% Registrations made through this module, replayed by a restarted server.
 -define(REGISTERED, {?MODULE, registered}).
--define(REATTACH_MS, 50).
 %% More than any node will ever know of; `relays/0' returns them all.
 -define(ALL, 1000).
 
@@ -121,6 +122,13 @@ report_failure(NodeId) when is_binary(NodeId) ->
 report_failure(_) ->
     {error, badarg}.
 
+%% @private Forgets the registrations a restarted server would replay
+%% (`macula_nat_system' calls it when it starts).
+-spec forget() -> ok.
+forget() ->
+    _ = persistent_term:erase(?REGISTERED),
+    ok.
+
 %% The running registry's resource (kept in a persistent term so that reads
 %% skip the server process) given to `F'; `IfNotRunning' otherwise.
 with_registry(F, IfNotRunning) ->
@@ -142,33 +150,23 @@ call(Request) ->
 -spec init(map()) -> {ok, map()} | {stop, term()}.
 init(Opts) ->
     process_flag(trap_exit, true),
-    case sources() of
-        {ok, {NodePid, Node}, {CachePid, Cache}} ->
+    %% Built on the node's socket and the cache (its advertiser publishes
+    %% our record); when either restarts, the supervisor restarts this
+    %% server after them.
+    case {macula_nat_node:resource(), macula_nat_cache:resource()} of
+        {{ok, Node}, {ok, Cache}} ->
             NifOpts = #{refresh_ms => maps:get(relay_refresh_ms, Opts, 5000)},
             case macula_nat_nif:relay_registry_new(Node, Cache, NifOpts) of
                 {ok, Res} ->
                     persistent_term:put(?KEY, Res),
-                    State = #{res => Res, subs => #{},
-                              node => {erlang:monitor(process, NodePid), Node},
-                              cache => {erlang:monitor(process, CachePid), Cache}},
+                    State = #{res => Res, subs => #{}},
                     replay(Res, maps:get(relays, Opts, [])),
                     {ok, State};
                 {error, Reason} ->
                     {stop, {relay_registry_new, Reason}}
             end;
-        {error, Reason} ->
-            {stop, Reason}
-    end.
-
-%% The node's socket and the cache (its advertiser publishes our record),
-%% with the processes that own them.
-sources() ->
-    case {whereis(macula_nat_node), macula_nat_node:resource(),
-          whereis(macula_nat_cache), macula_nat_cache:resource()} of
-        {NodePid, {ok, Node}, CachePid, {ok, Cache}} when is_pid(NodePid), is_pid(CachePid) ->
-            {ok, {NodePid, Node}, {CachePid, Cache}};
         _ ->
-            {error, sources_not_running}
+            {stop, sources_not_running}
     end.
 
 %% Static relays from the options, then what was registered before a crash.
@@ -220,47 +218,15 @@ handle_info({macula_relay_registry, relays_changed} = Msg, #{subs := Subs} = Sta
     ?LOG_DEBUG("relays changed: ~p", [relays()]),
     [Pid ! Msg || Pid <- maps:keys(Subs)],
     {noreply, State};
-handle_info({'DOWN', Mon, process, _, _}, #{node := {Mon, Old}} = State) ->
-    %% The node or the cache restarted: carry on with the new ones.
-    erlang:send_after(?REATTACH_MS, self(), reattach),
-    {noreply, State#{node := {undefined, Old}}};
-handle_info({'DOWN', Mon, process, _, _}, #{cache := {Mon, Old}} = State) ->
-    erlang:send_after(?REATTACH_MS, self(), reattach),
-    {noreply, State#{cache := {undefined, Old}}};
 handle_info({'DOWN', _Mon, process, Pid, _}, #{subs := Subs} = State) ->
     {noreply, State#{subs := maps:remove(Pid, Subs)}};
-handle_info(reattach, State) ->
-    {noreply, reattach(State)};
 handle_info(_Info, State) ->
     {noreply, State}.
 
-%% Waits until both are back with fresh resources (a restarting owner is
-%% registered before its resource is published), then attaches.
-reattach(#{res := Res, node := {NodeMon, OldNode}, cache := {CacheMon, OldCache}} = State) ->
-    case sources() of
-        {ok, {NodePid, Node}, {CachePid, Cache}}
-          when (NodeMon =/= undefined orelse Node =/= OldNode),
-               (CacheMon =/= undefined orelse Cache =/= OldCache) ->
-            ok = macula_nat_nif:relay_registry_attach(Res, Node, Cache),
-            ?LOG_DEBUG("relay registry re-attached to the node and cache"),
-            State#{node := {monitor_again(NodeMon, NodePid), Node},
-                   cache := {monitor_again(CacheMon, CachePid), Cache}};
-        _ ->
-            erlang:send_after(?REATTACH_MS, self(), reattach),
-            State
-    end.
-
-monitor_again(undefined, Pid) -> erlang:monitor(process, Pid);
-monitor_again(Mon, _Pid) -> Mon.
-
+%% The registrations stay for the restart (a `rest_for_one' restart after
+%% the node or the cache is a shutdown too).
 -spec terminate(term(), map()) -> ok.
-terminate(Reason, #{res := Res}) ->
+terminate(_Reason, #{res := Res}) ->
     macula_nat_nif:relay_registry_close(Res),
     persistent_term:erase(?KEY),
-    case Reason of
-        normal -> persistent_term:erase(?REGISTERED);
-        shutdown -> persistent_term:erase(?REGISTERED);
-        {shutdown, _} -> persistent_term:erase(?REGISTERED);
-        _ -> ok
-    end,
     ok.

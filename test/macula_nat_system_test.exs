@@ -17,17 +17,19 @@ defmodule MaculaNat.SystemTest do
     assert {:ok, ^id} = :macula.get_node_id()
   end
 
-  test "the supervisor is one_for_one: killing the detector leaves the rest" do
+  test "the supervisor is rest_for_one: killing the detector restarts the children after it" do
     children = fn ->
       for {id, pid, _, _} <- Supervisor.which_children(:macula_nat_system), into: %{}, do: {id, pid}
     end
 
     before = children.()
+    kept = [:macula_nat_node, :macula_nat_cache]
+    restarted = [:macula_nat_detector, :macula_nat_coordinator, :macula_relay_registry, :macula_relay_node]
     Process.exit(before[:macula_nat_detector], :kill)
-    wait_restarted(:macula_nat_detector, before[:macula_nat_detector])
+    for id <- restarted, do: wait_restarted(id, before[id])
     after_kill = children.()
-    assert Map.delete(before, :macula_nat_detector) == Map.delete(after_kill, :macula_nat_detector)
-    assert after_kill[:macula_nat_detector] != before[:macula_nat_detector]
+    assert Map.take(before, kept) == Map.take(after_kill, kept)
+    for id <- restarted, do: assert(after_kill[id] != before[id])
   end
 
   test "profile and endpoint before detection" do
