@@ -172,7 +172,8 @@ handle_info({kill_worker, Pid}, State) ->
     {noreply, State};
 handle_info(subscribe, State) ->
     {noreply, subscribe(State)};
-handle_info({nat_profile_changed, _Old, New}, State) ->
+%% Every detection is reported; the first and the changes are advertised.
+handle_info({macula_nat_detector, profile, New, true}, State) ->
     {noreply, advertise_profile(New, State)};
 handle_info({'DOWN', Mon, process, _, _}, #{detector := Mon} = State) ->
     %% The detector restarted: subscribe to the new one.
@@ -212,13 +213,12 @@ subscribe(#{detector := undefined} = State) ->
             State;
         Pid ->
             Mon = erlang:monitor(process, Pid),
-            case macula_nat_detector:subscribe(self()) of
+            %% Following, not subscribing: subscribers hear of changes
+            %% only, and the first detection (usually after this) must be
+            %% advertised too. The current profile, if any, comes at once.
+            case macula_nat_detector:follow(self()) of
                 ok ->
-                    State1 = State#{detector := Mon},
-                    case macula_nat_detector:get_local_profile() of
-                        {ok, Profile} -> advertise_profile(Profile, State1);
-                        {error, _} -> State1
-                    end;
+                    State#{detector := Mon};
                 {error, _} ->
                     %% Lost a race with a detector restart; the 'DOWN'
                     %% of this monitor brings us back here.

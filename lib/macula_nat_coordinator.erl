@@ -61,28 +61,67 @@ start_link(Opts) ->
 %% `relay_disabled', `declined'), `timeout', `unknown_peer' (not registered
 %% at our rendezvous), `no_rendezvous' (not joined), `{bad_option, Key}',
 %% `bad_node_id', `badarg'.
+%%
+%% Right after the node started, the configured rendezvous may not be
+%% joined yet and the first NAT detection may still run: the request waits
+%% for both, within its `timeout' (the profile this node signals is the one
+%% detected, read when the request is sent; see `macula_nat_detector').
 -spec request_connection(binary(), map()) ->
     {ok, method(), macula_connection:connection()} | {error, term()}.
 request_connection(Target, Opts) when is_binary(Target), is_map(Opts) ->
-    case {signal(), maps:get(timeout, Opts, ?DEFAULT_TIMEOUT)} of
-        {{ok, _}, Timeout} when not is_integer(Timeout); Timeout =< 0 ->
+    Started = erlang:monotonic_time(millisecond),
+    case {signal(), joining(), maps:get(timeout, Opts, ?DEFAULT_TIMEOUT)} of
+        {{error, _} = E, false, _} ->
+            E;
+        {_, _, Timeout} when not is_integer(Timeout); Timeout =< 0 ->
             {error, {bad_option, timeout}};
-        {{ok, Sig}, Timeout} ->
+        {_, _, Timeout} ->
             Ref = make_ref(),
-            Started = erlang:monotonic_time(millisecond),
             ets:insert(?PENDING, {{self(), Ref}, #{target => Target, started_at => Started}}),
             try
-                macula_nat_async:call(
-                  fun(R) -> macula_nat_nif:signal_connect(R, Sig, Target, Opts#{timeout => Timeout}) end,
-                  Timeout + 2000)
+                case await_signal(Timeout) of
+                    {ok, Sig} ->
+                        Left = Timeout - (erlang:monotonic_time(millisecond) - Started),
+                        connect(Sig, Target, Opts, Left);
+                    {error, _} = E ->
+                        E
+                end
             after
                 ets:delete(?PENDING, {self(), Ref})
-            end;
-        {{error, _} = E, _} ->
-            E
+            end
     end;
 request_connection(_, _) ->
     {error, badarg}.
+
+connect(_Sig, _Target, _Opts, Left) when Left =< 0 ->
+    {error, timeout};
+connect(Sig, Target, Opts, Left) ->
+    macula_nat_async:call(
+      fun(R) -> macula_nat_nif:signal_connect(R, Sig, Target, Opts#{timeout => Left}) end,
+      Left + 2000).
+
+%% The signal, waiting (at most `Timeout' ms) for the configured
+%% rendezvous' first join when it is still under way.
+await_signal(Timeout) ->
+    case signal() of
+        {ok, _} = Ok ->
+            Ok;
+        {error, _} = E ->
+            case joining() of
+                true ->
+                    try gen_server:call(?MODULE, await_signal, Timeout)
+                    catch exit:_ -> E
+                    end;
+                false ->
+                    E
+            end
+    end.
+
+%% Whether the configured rendezvous is still being joined for the first time.
+joining() ->
+    try ets:member(?TABLE, joining)
+    catch error:badarg -> false
+    end.
 
 %% @doc As `request_connection/2', naming the local node, which must be
 %% this node (`{error, not_local}' otherwise).
@@ -216,23 +255,32 @@ init(Opts) ->
              end,
     %% The registry starts after this process: subscribe once it is up.
     self() ! registry_subscribe,
-    State = #{opts => Opts, join => undefined, detector => undefined, relays => Relays,
-              registry => undefined, registry_relays => []},
+    State = #{opts => Opts, join => undefined, relays => Relays,
+              registry => undefined, registry_relays => [], signal_waiters => []},
     case maps:get(rendezvous_server, Opts, false) of
         true -> self() ! serve_rendezvous;
         false -> ok
     end,
     case [R || #{endpoint := _, node_id := _} = R <- maps:get(rendezvous, Opts, [])] of
-        [#{endpoint := E, node_id := Id} | _] -> self() ! {join, E, Id};
+        [#{endpoint := E, node_id := Id} | _] ->
+            %% Connection requests until the first join wait for it.
+            ets:insert(?TABLE, {joining, true}),
+            join_after_detection(E, Id, Opts);
         [] -> ok
     end,
     {ok, State}.
 
--spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()} | {noreply, map()}.
 handle_call({join, Endpoint, NodeId}, _From, State) ->
     case do_join(Endpoint, NodeId, 25000) of
-        ok -> {reply, ok, apply_relays(State)};
+        ok -> {reply, ok, apply_relays(joined(State))};
         {error, _} = E -> {reply, E, State}
+    end;
+handle_call(await_signal, From, #{signal_waiters := Ws} = State) ->
+    case {signal(), joining()} of
+        {{ok, _} = Ok, _} -> {reply, Ok, State};
+        {E, false} -> {reply, E, State};
+        {_, true} -> {noreply, State#{signal_waiters := [From | Ws]}}
     end;
 handle_call({set_relays, Relays}, _From, State) ->
     {reply, ok, apply_relays(State#{relays := Relays})};
@@ -254,7 +302,7 @@ handle_info(serve_rendezvous, State) ->
 handle_info({join, E, Id}, State) ->
     case do_join(E, Id, 10000) of
         ok ->
-            {noreply, apply_relays(subscribe(State))};
+            {noreply, apply_relays(joined(State))};
         {error, R} ->
             ?LOG_INFO("joining rendezvous ~p failed (~p); retrying", [E, R]),
             erlang:send_after(?JOIN_RETRY_MS, self(), {join, E, Id}),
@@ -267,14 +315,31 @@ handle_info({macula_relay_registry, relays_changed}, State) ->
 handle_info({'DOWN', Mon, process, _, _}, #{registry := Mon} = State) ->
     erlang:send_after(?REGISTRY_RETRY_MS, self(), registry_subscribe),
     {noreply, State#{registry := undefined}};
-handle_info({nat_profile_changed, _Old, New}, State) ->
-    case signal() of
-        {ok, Sig} -> macula_nat_nif:signal_set_profile(Sig, New);
-        _ -> ok
-    end,
-    {noreply, State};
 handle_info(_Info, State) ->
     {noreply, State}.
+
+%% The configured rendezvous is joined once the first detection has
+%% reported (or failed, or its time is up): the node socket's first
+%% mappings belong to the detector, because a NAT that preserves ports
+%% does so only for a socket's first mapping, and a join that dialled the
+%% rendezvous first made detection read such a NAT as random (seen in the
+%% lab). What the node signals does not depend on this order (it reads the
+%% current profile when it signals).
+join_after_detection(E, Id, Opts) ->
+    Self = self(),
+    case maps:get(observers, Opts, []) of
+        [] ->
+            Self ! {join, E, Id};
+        _ ->
+            Wait = maps:get(detection_timeout_ms, Opts, 2000) + 1000,
+            _ = spawn(fun() ->
+                              %% Joins the detection under way (or takes its
+                              %% result); the outcome does not matter here.
+                              _ = macula_nat_detector:detect(#{timeout => Wait}),
+                              Self ! {join, E, Id}
+                      end),
+            ok
+    end.
 
 serve() ->
     case ets:lookup(?TABLE, rendezvous) of
@@ -295,6 +360,10 @@ do_join(Endpoint, NodeId, Timeout) ->
     case macula_nat_endpoint:parse(Endpoint) of
         {ok, Addr} when is_binary(NodeId), byte_size(NodeId) =:= 32 ->
             {ok, Node} = macula_nat_node:resource(),
+            %% Only the fallback: what this node signals is read from the
+            %% node when it signals, where every detection publishes its
+            %% profile (macula_nat_detector); this one serves while no
+            %% detection has published (none configured, or all failed).
             Profile = case macula_nat_detector:get_local_profile() of
                           {ok, P} -> P;
                           _ -> undefined
@@ -317,15 +386,12 @@ do_join(Endpoint, NodeId, Timeout) ->
             E
     end.
 
-subscribe(#{detector := undefined} = State) ->
-    case whereis(macula_nat_detector) of
-        undefined -> State;
-        _ ->
-            _ = macula_nat_detector:subscribe(self()),
-            State#{detector := subscribed}
-    end;
-subscribe(State) ->
-    State.
+%% Joined: requests that waited for the first join go on.
+joined(#{signal_waiters := Ws} = State) ->
+    ets:delete(?TABLE, joining),
+    Sig = signal(),
+    [gen_server:reply(W, Sig) || W <- Ws],
+    State#{signal_waiters := []}.
 
 %% The current signal holds reservations at the wanted relays (a fresh
 %% signal after a rejoin starts without any).

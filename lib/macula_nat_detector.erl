@@ -4,13 +4,24 @@
 %% The current profile lives in a protected ETS table so that
 %% `get_local_profile/0' never waits on this process. Subscribers are
 %% monitored and forgotten when they die.
+%%
+%% Every profile stored (first detection, periodic, forced, network change,
+%% an address moved by peers' observations) is also published on the node
+%% (`macula_nat_nif:node_set_profile/2'), where signalling reads it each
+%% time it tells a peer or the rendezvous about this node; while the first
+%% detection runs, the node is told to expect one
+%% (`node_expect_profile/2'), so a connect or an answer issued meanwhile
+%% waits for it instead of signalling a guess. Followers (`follow/1',
+%% internal) get `{macula_nat_detector, profile, Profile, Changed}' after
+%% every stored profile, the first included.
 -module(macula_nat_detector).
 -behaviour(gen_server).
 
 -include_lib("kernel/include/logger.hrl").
 
 -export([start_link/1, detect/0, detect/1, get_local_profile/0,
-         add_observation/2, add_observation/3, refresh/0, subscribe/1, unsubscribe/1]).
+         add_observation/2, add_observation/3, refresh/0, subscribe/1, unsubscribe/1,
+         follow/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -export_type([nat_profile/0]).
@@ -32,6 +43,9 @@
 %% How often the interface list is compared, to notice network changes.
 -define(NETCHECK_MS, 5000).
 -define(DEFAULT_REFRESH_MS, 300000).
+%% How long past its timeout a detection may take to report, for those
+%% waiting for the first profile.
+-define(REPORT_MARGIN_MS, 1000).
 
 -spec start_link(map()) -> {ok, pid()} | {error, term()}.
 start_link(Opts) ->
@@ -138,6 +152,17 @@ unsubscribe(Pid) when is_pid(Pid) ->
 unsubscribe(_) ->
     {error, badarg}.
 
+%% @private Internal (the profile cache's advertisement): `Pid' receives
+%% `{macula_nat_detector, profile, Profile, Changed}' after every stored
+%% profile, the first one included (`Changed' is true for the first and
+%% for a change as `subscribe/1' reports it), and at once the current one
+%% if there is one. Monitored.
+-spec follow(pid()) -> ok | {error, term()}.
+follow(Pid) when is_pid(Pid) ->
+    call({follow, Pid});
+follow(_) ->
+    {error, badarg}.
+
 call(Request) ->
     try
         gen_server:call(?MODULE, Request)
@@ -162,12 +187,15 @@ init(Opts) ->
               observations => Observations,
               observers => Configured,
               subscribers => #{},
+              followers => #{},
               inflight => undefined,
               ifaddrs => ifaddrs()},
     case Configured of
         [] -> ok;
         _ ->
-            %% Auto-detect at start, then keep the profile fresh.
+            %% Auto-detect at start, then keep the profile fresh. From now
+            %% on signalling waits for that first profile.
+            expect_profile(maps:get(detection_timeout_ms, Opts, 2000)),
             self() ! {background_detect, start},
             erlang:send_after(?NETCHECK_MS, self(), netcheck)
     end,
@@ -185,6 +213,16 @@ handle_call({subscribe, Pid}, _From, #{subscribers := Subs} = State) ->
             ?LOG_DEBUG("subscriber ~p added", [Pid]),
             {reply, ok, State#{subscribers := Subs#{Pid => Mon}}}
     end;
+handle_call({follow, Pid}, _From, #{followers := Fs} = State) ->
+    Fs1 = case maps:is_key(Pid, Fs) of
+              true -> Fs;
+              false -> Fs#{Pid => erlang:monitor(process, Pid)}
+          end,
+    case get_local_profile() of
+        {ok, P} -> Pid ! {macula_nat_detector, profile, P, true};
+        {error, _} -> ok
+    end,
+    {reply, ok, State#{followers := Fs1}};
 handle_call({unsubscribe, Pid}, _From, #{subscribers := Subs} = State) ->
     case maps:take(Pid, Subs) of
         {Mon, Rest} ->
@@ -227,13 +265,16 @@ handle_info({macula_nat_reply, Ref, Result}, #{inflight := #{ref := Ref, waiters
                      store(Profile, State1);
                  {error, Reason} ->
                      ?LOG_DEBUG("detection failed: ~p", [Reason]),
+                     %% Nobody waits any longer for a first profile from
+                     %% this run (a known one stays).
+                     publish_on_node(undefined),
                      State1
              end,
     [gen_server:reply(From, Result) || {caller, From} <- Waiters],
     {noreply, State2};
-handle_info({'DOWN', _Mon, process, Pid, _Reason}, #{subscribers := Subs} = State) ->
+handle_info({'DOWN', _Mon, process, Pid, _Reason}, #{subscribers := Subs, followers := Fs} = State) ->
     ?LOG_DEBUG("subscriber ~p gone", [Pid]),
-    {noreply, State#{subscribers := maps:remove(Pid, Subs)}};
+    {noreply, State#{subscribers := maps:remove(Pid, Subs), followers := maps:remove(Pid, Fs)}};
 handle_info(_Info, State) ->
     {noreply, State}.
 
@@ -289,6 +330,8 @@ start_detection(Observers0, Timeout, Waiter, #{observers := Configured} = State)
             Ref = make_ref(),
             case macula_nat_nif:detect_start(Ref, Node, Observers, Timeout) of
                 {ok, Pending} ->
+                    %% Only matters while no profile is known yet.
+                    expect_profile(Timeout),
                     ?LOG_DEBUG("detecting with observers ~p", [Observers]),
                     {noreply, State#{inflight := #{ref => Ref, pending => Pending, waiters => [Waiter]}}};
                 {error, _} = Error ->
@@ -296,20 +339,46 @@ start_detection(Observers0, Timeout, Waiter, #{observers := Configured} = State)
             end
     end.
 
-store(Profile, #{subscribers := Subs} = State) ->
+store(Profile, #{subscribers := Subs, followers := Fs} = State) ->
     Old = case ets:lookup(?TABLE, profile) of
               [{profile, P}] -> P;
               [] -> undefined
           end,
     true = ets:insert(?TABLE, {profile, Profile}),
-    case Old =/= undefined andalso changed(Old, Profile) of
+    %% What peers and the rendezvous are told from now on.
+    publish_on_node(Profile),
+    Changed = Old =/= undefined andalso changed(Old, Profile),
+    case Changed of
         true ->
             ?LOG_INFO("NAT profile changed: ~p -> ~p", [summary(Old), summary(Profile)]),
             [Pid ! {nat_profile_changed, Old, Profile} || Pid <- maps:keys(Subs)];
         false ->
             ok
     end,
+    [Pid ! {macula_nat_detector, profile, Profile, Changed orelse Old =:= undefined}
+     || Pid <- maps:keys(Fs)],
     State.
+
+%% The node's profile slot (native/macula_nat_core/src/local_profile.rs),
+%% which signalling reads.
+publish_on_node(Profile) ->
+    case macula_nat_node:resource() of
+        {ok, Node} ->
+            case macula_nat_nif:node_set_profile(Node, Profile) of
+                ok -> ok;
+                {error, R} -> ?LOG_WARNING("profile not published for signalling: ~p", [R])
+            end;
+        {error, _} ->
+            ok
+    end.
+
+%% A detection started: until it reports (or its time is up), a node that
+%% has no profile yet makes signalling wait for it.
+expect_profile(TimeoutMs) ->
+    case macula_nat_node:resource() of
+        {ok, Node} -> _ = macula_nat_nif:node_expect_profile(Node, TimeoutMs + ?REPORT_MARGIN_MS), ok;
+        {error, _} -> ok
+    end.
 
 %% What a peer's strategy depends on; timestamps and confidence are not a
 %% change of the NAT.

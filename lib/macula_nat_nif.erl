@@ -8,7 +8,7 @@
 %% declared, and two hand-kept copies drift.
 -define(NIFS,
         [node_open/1, node_id/1, node_local_addr/1, node_stats/1,
-         node_close/1, node_send_to/4,
+         node_close/1, node_send_to/4, node_set_profile/2, node_expect_profile/2,
          cancel/1, runtime_ping/1, runtime_tasks/0,
          debug_panic/1, debug_panic_async/1,
          observer_start/2, observer_stop/1, observer_info/1,
@@ -63,6 +63,16 @@ node_stats(_Node) -> erlang:nif_error(not_loaded).
 
 -spec node_close(resource()) -> ok.
 node_close(_Node) -> erlang:nif_error(not_loaded).
+
+%% The node's own profile as signalling reads it: a detection's result, or
+%% `undefined' when the detection under way ended without one.
+-spec node_set_profile(resource(), map() | undefined) -> ok | {error, term()}.
+node_set_profile(_Node, _Profile) -> erlang:nif_error(not_loaded).
+
+%% A detection started that reports within `WithinMs': until then (or its
+%% result), signalling waits for the node's first profile.
+-spec node_expect_profile(resource(), non_neg_integer()) -> ok | {error, badarg}.
+node_expect_profile(_Node, _WithinMs) -> erlang:nif_error(not_loaded).
 
 -spec node_send_to(reference(), resource(), {inet:ip_address(), inet:port_number()}, binary()) ->
     {ok, pending()} | {error, term()}.

@@ -2,8 +2,10 @@
 # Traversal between BEAM nodes (Erlang and Elixir VMs) across real NATs,
 # through a rendezvous on a public lab host: every pair of the kernel NATs
 # {full_cone, restricted_cone, port_restricted_cone, symmetric} and a public
-# host, and 27 userspace-NAT pairs covering every strategy of the table; see
-# lab_connect.escript. Writes bench/lab_connect_beam.md.
+# host, 33 userspace-NAT pairs covering every strategy of the table, and 3
+# kernel pairs connecting right after start; every node configured through
+# the application environment only. See lab_connect.escript. Writes
+# bench/lab_connect_beam.md.
 # Needs root, erlang, elixir, cargo, rebar3.
 # Usage: test/lab/lab_connect.sh
 set -euo pipefail

@@ -28,7 +28,7 @@
 %% message it receives that is not protocol traffic is forwarded to the test.
 %% On EOF of fd 3 (test VM gone, port closed) the VM halts at once.
 -module(macula_lab_agent).
--export([main/0, mailbox/0]).
+-export([main/0, mailbox/0, start_connect/2]).
 
 %% @doc Entry point (`erl -s macula_lab_agent main', Elixir
 %% `-e ":macula_lab_agent.main()" --no-halt'). Returns at once so the boot
@@ -42,6 +42,25 @@ main() ->
 %% wants to send notifications to the test.
 -spec mailbox() -> pid() | undefined.
 mailbox() -> whereis(?MODULE).
+
+%% @doc For the lab test of a connect issued at start: starts macula_nat
+%% (configured through the application environment) and at once, with
+%% nothing in between, connects to `Target' with `macula_nat_connector:connect/3'.
+%% Says whether this node had joined its rendezvous and detected its NAT
+%% when it connected, and how long start and connect took (ms). Run it in
+%% the mailbox (the connection belongs to the caller).
+-spec start_connect(binary(), map()) -> map().
+start_connect(Target, Opts) ->
+    T0 = erlang:monotonic_time(millisecond),
+    {ok, _} = application:ensure_all_started(macula_nat),
+    T1 = erlang:monotonic_time(millisecond),
+    Joined = element(1, macula_nat_coordinator:signal()) =:= ok,
+    Detected = element(1, macula_nat_detector:get_local_profile()) =:= ok,
+    {ok, Me} = macula:get_node_id(),
+    R = macula_nat_connector:connect(Me, Target, Opts),
+    T2 = erlang:monotonic_time(millisecond),
+    #{connect => R, joined_before => Joined, detected_before => Detected,
+      start_ms => T1 - T0, connect_ms => T2 - T0}.
 
 init() ->
     register(?MODULE, self()),

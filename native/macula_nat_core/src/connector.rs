@@ -9,6 +9,11 @@
 //! 2. [`connect`] (side A, the initiator) sends `Connect` with its profile;
 //!    B's signal receives `Incoming` and answers automatically with its own
 //!    profile; the rendezvous relays `Answered` to A and sends `Go` to both.
+//!    "Its profile" is read when the message is sent: the node's last
+//!    detected one ([`crate::local_profile`], published by every detection),
+//!    else the signal's configured one. While the node's first detection is
+//!    under way, a connect waits for it (within its timeout) and so does a
+//!    responder before it answers (at most `responder_profile_wait`).
 //! 3. Both compute `strategy::choose(A, B)` from the two profiles (the
 //!    same inputs on both sides, so the same answer) and act on `Go`, after
 //!    the wait it carries:
@@ -65,6 +70,7 @@
 
 use crate::alloc_probe::{AllocTracker, Basis, Spent};
 use crate::dispatch::Dispatch;
+use crate::local_profile::ProfileState;
 use crate::birthday::{PathGuard, SocketSet};
 use crate::punch_driver::{self, Punched};
 use crate::relay::{self, RelayLink, RelayPath, RelaySet};
@@ -183,8 +189,10 @@ pub struct Connected {
 /// Signalling settings.
 #[derive(Clone, Debug)]
 pub struct SignalConfig {
-    /// This node's NAT profile (from detection). `public_addr` is ignored:
-    /// the rendezvous' observation is used.
+    /// This node's NAT profile while its node has none published
+    /// ([`Node::local_profile`]: detections publish there, and a published
+    /// profile wins). `public_addr` is ignored: the rendezvous'
+    /// observation is used.
     pub profile: PeerInfo,
     /// Extra candidate addresses to advertise (e.g. LAN addresses).
     pub candidates: Vec<SocketAddr>,
@@ -194,6 +202,9 @@ pub struct SignalConfig {
     pub reconnect_backoff: Duration,
     /// How long a responder waits for the session to complete.
     pub responder_timeout: Duration,
+    /// How long a responder waits for this node's first detection before
+    /// it answers (the detection's own deadline usually ends it sooner).
+    pub responder_profile_wait: Duration,
 }
 
 impl SignalConfig {
@@ -204,6 +215,7 @@ impl SignalConfig {
             join_timeout: Duration::from_secs(5),
             reconnect_backoff: Duration::from_millis(250),
             responder_timeout: Duration::from_secs(15),
+            responder_profile_wait: Duration::from_secs(5),
         }
     }
 }
@@ -253,6 +265,8 @@ struct Inner {
 pub struct Signal {
     inner: Arc<Inner>,
     task: JoinHandle<()>,
+    /// Follows the node's published profile (see [`follow_profile`]).
+    follow: JoinHandle<()>,
 }
 
 impl Drop for Signal {
@@ -292,13 +306,17 @@ impl Signal {
             alloc,
             relayed_in: Mutex::new(Vec::new()),
         });
+        // Watched from before the registration: a detection that finishes
+        // while we register is followed too.
+        let profiles = inner.node.local_profile().subscribe();
         let conn = register(&inner).await?;
-        if let Some(basis) = contiguity_basis(&inner) {
+        if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
             // Measured now, ready for the first session.
             inner.alloc.clone().refresh(basis, conn.rtt());
         }
         let task = runtime::spawn(control_loop(Arc::downgrade(&inner), conn));
-        Ok(Signal { inner, task })
+        let follow = runtime::spawn(follow_profile(Arc::downgrade(&inner), profiles));
+        Ok(Signal { inner, task, follow })
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -315,8 +333,9 @@ impl Signal {
         self.inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none())
     }
 
-    /// Replaces the profile advertised from now on (e.g. after a new
-    /// detection).
+    /// Replaces the configured profile: the one advertised while the node
+    /// has none published (a node whose detections publish to
+    /// [`Node::local_profile`] needs no call here).
     pub fn set_profile(&self, profile: PeerInfo) {
         if let Ok(mut c) = self.inner.cfg.write() {
             c.profile = profile;
@@ -343,6 +362,7 @@ impl Signal {
     /// Leaves the rendezvous (closes the control connection).
     pub fn close(&self) {
         self.task.abort();
+        self.follow.abort();
         self.inner.relays.close();
         if let Some(c) = self.inner.control.borrow().as_ref() {
             c.close("signal closed");
@@ -379,6 +399,17 @@ async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connection) {
                 Ok(Msg::Incoming { from, session, flags, attempts, profile, observed }) => {
                     runtime::spawn(respond(inner, from, session, flags, attempts, profile, observed));
                 }
+                Ok(Msg::Registered { observed }) => {
+                    // The answer to a registration refresh (see
+                    // `follow_profile`): where the rendezvous sees us now.
+                    let moved = inner.observed.lock().ok().map(|mut o| o.replace(observed) != Some(observed)).unwrap_or(false);
+                    if moved {
+                        tracing::debug!("signal: the rendezvous now sees us at {observed}");
+                    }
+                    if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
+                        inner.alloc.clone().refresh(basis, conn.rtt());
+                    }
+                }
                 Ok(m) => {
                     let Some(s) = m.session() else { continue };
                     let tx = inner.sessions.lock().ok().and_then(|m| m.get(&s).cloned());
@@ -413,11 +444,56 @@ fn control(inner: &Inner) -> Result<Connection, ConnectError> {
     inner.control.borrow().clone().ok_or(ConnectError::NoRendezvous)
 }
 
+/// Follows the node's published profile for as long as the signal lives:
+/// after every detection (first, periodic, forced, network change) the
+/// registration is refreshed. The rendezvous keeps no profile of ours, only
+/// the control connection and the address it sees it at (profile and
+/// candidates travel in each session's `Connect` / `Answer`, read when
+/// sent), so a refresh is a repeated `Hello(Control)`: the rendezvous
+/// answers `Registered` with the address it sees now, which becomes our
+/// reflexive address (and, behind a contiguous allocator, the basis of the
+/// next measurement of its counter).
+async fn follow_profile(weak: std::sync::Weak<Inner>, mut profiles: watch::Receiver<ProfileState>) {
+    while profiles.changed().await.is_ok() {
+        if !matches!(*profiles.borrow_and_update(), ProfileState::Known(_)) {
+            continue;
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        if let Ok(ctl) = control(&inner) {
+            if let Err(e) = ctl.send(Msg::Hello(HelloKind::Control).encode()).await {
+                tracing::debug!("signal: registration refresh failed: {e}");
+            }
+        }
+    }
+}
+
+/// This node's NAT profile now: the one its detections published on the
+/// node, else the signal's configured one.
+fn current_info(inner: &Inner) -> PeerInfo {
+    inner
+        .node
+        .local_profile()
+        .get()
+        .unwrap_or_else(|| inner.cfg.read().map(|c| c.profile.clone()).unwrap_or_else(|p| p.into_inner().profile.clone()))
+}
+
+/// Waits (at most `max`) for the node's first detection when one is under
+/// way, so that a session started right after the node did signals the
+/// detected profile rather than the configured guess.
+async fn settled_info(inner: &Inner, max: Duration) -> PeerInfo {
+    let t0 = Instant::now();
+    let pending = matches!(inner.node.local_profile().state(), ProfileState::Pending { .. });
+    let info = inner.node.local_profile().settled(max).await;
+    if pending {
+        tracing::debug!("signal: waited {:?} for the first detection ({})", t0.elapsed(), if info.is_some() { "detected" } else { "none" });
+    }
+    current_info(inner)
+}
+
 /// When peers predict our ports by contiguity: what our NAT's latest
 /// allocation is measured against (see [`crate::alloc_probe`]).
-fn contiguity_basis(inner: &Inner) -> Option<Basis> {
-    let info = inner.cfg.read().map(|c| c.profile.clone()).unwrap_or_else(|p| p.into_inner().profile.clone());
-    let Aim::Contiguous(delta) = strategy::aim(&peer_nat(&info)) else { return None };
+fn contiguity_basis(inner: &Inner, info: &PeerInfo) -> Option<Basis> {
+    let Aim::Contiguous(delta) = strategy::aim(&peer_nat(info)) else { return None };
     let observed = inner.observed.lock().ok().and_then(|o| *o)?;
     Some(Basis { observed, delta })
 }
@@ -426,24 +502,25 @@ fn contiguity_basis(inner: &Inner) -> Option<Basis> {
 /// peers predict our ports by contiguity (0 otherwise, or when it could
 /// not be measured), and the hold that measures it again after the
 /// session. See [`crate::alloc_probe`].
-async fn session_base(inner: &Arc<Inner>) -> (u16, Option<Spent>) {
-    let Some(basis) = contiguity_basis(inner) else { return (0, None) };
+async fn session_base(inner: &Arc<Inner>, info: &PeerInfo) -> (u16, Option<Spent>) {
+    let Some(basis) = contiguity_basis(inner, info) else { return (0, None) };
     let rtt = control(inner).map(|c| c.rtt()).unwrap_or(Duration::from_millis(100));
     let (base, spent) = inner.alloc.take(basis, rtt).await;
     (base, Some(spent))
 }
 
-/// `fresh`: the session's fresh socket, whose port peers aim at instead of
-/// the node socket's (see [`fresh_socket`]); `alloc_base`: see
-/// [`session_base`].
-fn our_profile(inner: &Inner, fresh: Option<&SocketSet>, alloc_base: u16) -> Profile {
-    let cfg = inner.cfg.read().map(|c| c.clone()).unwrap_or_else(|p| p.into_inner().clone());
+/// What we tell a peer in a session: `info` is our NAT profile as the
+/// session read it once ([`current_info`]); `fresh`: the session's fresh
+/// socket, whose port peers aim at instead of the node socket's (see
+/// [`fresh_socket`]); `alloc_base`: see [`session_base`]. Candidates,
+/// reflexive address and relays are read now.
+fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketSet>, alloc_base: u16) -> Profile {
+    let mut candidates = inner.cfg.read().map(|c| c.candidates.clone()).unwrap_or_default();
     let local = inner.node.local_addr().ok();
-    let mut candidates = cfg.candidates.clone();
     if let Some(l) = local.filter(|l| !l.ip().is_unspecified()) {
         candidates.push(l);
     }
-    let mut info = cfg.profile;
+    let mut info = info.clone();
     info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
     let answer_port = fresh.and_then(|f| f.port(ANSWER_SOCKET)).unwrap_or(0);
@@ -601,6 +678,9 @@ pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts
 /// one more session (see [`may_retry`]) before the relay.
 async fn initiate(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Result<(Connection, Method, Strategy), ConnectError> {
     let started = Instant::now();
+    // A connect right after the node started: its first detection may
+    // still be under way (bounded by the connect's timeout, around us).
+    settled_info(inner, opts.timeout).await;
     if let Some(done) = initiate_once(inner, target, opts, Attempt::First { started }).await? {
         return Ok(done);
     }
@@ -638,9 +718,10 @@ async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, a
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
-    let mut fresh = fresh_socket(inner, session, true);
-    let (base, _spent) = session_base(inner).await;
-    let me = our_profile(inner, fresh.as_ref(), base);
+    let info = current_info(inner);
+    let mut fresh = fresh_socket(inner, &info, session, true);
+    let (base, _spent) = session_base(inner, &info).await;
+    let me = our_profile(inner, &info, fresh.as_ref(), base);
     let mut flags = if opts.prefer_direct { 0 } else { signal::FLAG_NO_DIRECT };
     if opts.relay_only {
         flags |= signal::FLAG_RELAY_ONLY;
@@ -830,8 +911,9 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
     let session: SessionId = rand::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
-    let (base, _spent) = session_base(inner).await;
-    let me = our_profile(inner, None, base);
+    let info = current_info(inner);
+    let (base, _spent) = session_base(inner, &info).await;
+    let me = our_profile(inner, &info, None, base);
     let flags = signal::FLAG_UPGRADE;
     let attempts = wire_attempts(opts.max_punch_attempts);
     ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
@@ -910,16 +992,20 @@ fn responder_attempts(attempts: u8) -> u32 {
 #[allow(clippy::too_many_arguments)]
 async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8, attempts: u8, peer: Profile, observed: SocketAddr) {
     let mut guard = SessionGuard::new(&inner, session);
+    // Asked before our first detection finished: answer with its result
+    // (bounded; the initiator's connect timeout runs meanwhile).
+    let wait = inner.cfg.read().map(|c| c.responder_profile_wait).unwrap_or(Duration::from_secs(5));
+    let info = settled_info(&inner, wait).await;
     let Ok(ctl) = control(&inner) else { return };
-    let (base, _spent) = session_base(&inner).await;
-    let mut me = our_profile(&inner, None, base);
+    let (base, _spent) = session_base(&inner, &info).await;
+    let mut me = our_profile(&inner, &info, None, base);
     let strategy = decide(&peer, &me, flags);
     tracing::debug!("signal: session {:02x?} responder strategy {}", &session[..4], strategy.name());
     let upgrade = flags & signal::FLAG_UPGRADE != 0;
     let listening = matches!(strategy, Strategy::ConnectionReversal { dialer: Side::A });
-    let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, session, listening) } else { None };
+    let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, &info, session, listening) } else { None };
     if fresh.is_some() {
-        me = our_profile(&inner, fresh.as_ref(), base);
+        me = our_profile(&inner, &info, fresh.as_ref(), base);
     }
     // Before the answer: a relayed dial may follow it closely.
     let incoming = inner.dispatch.expect_session(session);
@@ -1197,12 +1283,8 @@ const ANSWER_SOCKET: usize = 2;
 /// The session's fresh socket, when our profile needs one, plus the answer
 /// socket when we may listen in a connection reversal (`may_listen`) with
 /// PD mapping.
-fn fresh_socket(inner: &Inner, session: SessionId, may_listen: bool) -> Option<SocketSet> {
-    let (preserved, pd) = inner
-        .cfg
-        .read()
-        .map(|c| (needs_fresh_socket(&c.profile), c.profile.mapping == Mapping::Pd))
-        .unwrap_or((false, false));
+fn fresh_socket(inner: &Inner, info: &PeerInfo, session: SessionId, may_listen: bool) -> Option<SocketSet> {
+    let (preserved, pd) = (needs_fresh_socket(info), info.mapping == Mapping::Pd);
     if !preserved {
         return None;
     }

@@ -16,6 +16,7 @@ pub mod dht;
 pub mod error;
 pub mod identity;
 pub mod local_ports;
+pub mod local_profile;
 pub mod node;
 pub mod observer_server;
 pub mod peer_record;

@@ -3,6 +3,7 @@
 //! so it must never be swapped for another while the node lives.
 
 use crate::dispatch::Dispatch;
+use crate::local_profile::LocalProfile;
 use crate::punch_driver::PunchRoutes;
 use crate::relay::plane::RelayPlane;
 use macula_nat_proto::relay::frame;
@@ -119,6 +120,8 @@ pub struct Node {
     dispatch: Mutex<Option<Arc<Dispatch>>>,
     /// What earlier detections on this socket opened (see `detector`).
     detect_memory: Mutex<macula_nat_proto::detect::DetectMemory>,
+    /// This node's profile as detection publishes it, for signalling.
+    profile: LocalProfile,
 }
 
 impl Node {
@@ -169,6 +172,7 @@ impl Node {
             relay,
             dispatch: Mutex::new(None),
             detect_memory: Mutex::new(Default::default()),
+            profile: LocalProfile::default(),
         }))
     }
 
@@ -178,6 +182,12 @@ impl Node {
 
     pub fn identity(&self) -> &Identity {
         &self.identity
+    }
+
+    /// This node's NAT profile as its detections publish it (see
+    /// [`crate::local_profile`]); signalling reads it when it signals.
+    pub fn local_profile(&self) -> &LocalProfile {
+        &self.profile
     }
 
     pub(crate) fn detect_memory(&self) -> &Mutex<macula_nat_proto::detect::DetectMemory> {

@@ -17,9 +17,16 @@
 //!
 //! A newer control connection of the same NodeId replaces the older one
 //! (a peer that reconnected after losing its mapping).
+//!
+//! What a registration holds is the control connection and the address the
+//! peer is seen at (refreshed from the connection at every message it
+//! sends); no profile or candidates: those travel in every `Connect` and
+//! `Answer`. A peer refreshes its registration after each detection by
+//! sending `Hello(Control)` again on the same connection, and gets
+//! `Registered` with the address seen now.
 
 use crate::quic::QuicError;
-use crate::signal::{Msg, NodeId, SessionId};
+use crate::signal::{HelloKind, Msg, NodeId, SessionId};
 use crate::{runtime, Connection, Node};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -162,6 +169,10 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
                 let (ga, gb) = (go(ra, rb), go(rb, ra));
                 tokio::join!(send(&a, &ga), send(&conn, &gb));
             }
+            // A registered peer refreshing its registration (after a new
+            // detection): where we see it now. Nothing else of it is kept
+            // here; profiles travel in each session's messages.
+            Msg::Hello(HelloKind::Control) => send(&conn, &Msg::Registered { observed }).await,
             Msg::Reject { peer, session, reason } => {
                 if let Ok(mut s) = state.lock() {
                     s.pending.remove(&session);

@@ -36,7 +36,11 @@
 //!                 relay messages of macula_nat_proto::relay::msg)
 //! Registered 0x02 observed(addr)             rendezvous -> peer, after Hello:
 //!                                            the peer's address as seen by the
-//!                                            rendezvous (its reflexive address)
+//!                                            rendezvous (its reflexive address);
+//!                                            a peer sends Hello(Control) again
+//!                                            on its control connection after
+//!                                            each NAT detection and gets a
+//!                                            fresh Registered
 //! Connect    0x03 to(node_id) session flags(u8) attempts(u8) profile
 //!                                            initiator -> rendezvous
 //!                                            flags & 1: no direct strategies

@@ -187,3 +187,61 @@ fn signal_rejoins_a_restarted_rendezvous() {
         assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
     });
 }
+
+/// What a node signals is its node's published profile (every detection
+/// publishes there), read when it signals: a connect and an answer issued
+/// while the first detection runs wait for it, later detections replace it
+/// without a rejoin, and the rendezvous answers a registration refresh.
+#[test]
+fn signalled_profile_follows_the_nodes_detections() {
+    runtime::handle().block_on(async {
+        // Both joined with the configured public guess, before detecting.
+        let s = setup(public_profile(), public_profile()).await;
+        let hard = nat(Mapping::Pd, Filtering::Pd, Allocation::Rd);
+        let restricted = nat(Mapping::Ei, Filtering::Hd, Allocation::Pp);
+        let (a_slot, b_slot) = (s.a.node().clone(), s.b.node().clone());
+        a_slot.local_profile().expect(Duration::from_secs(5));
+        b_slot.local_profile().expect(Duration::from_secs(5));
+        // The detections report 300 ms after the connect was issued.
+        let (ha, hb) = (hard.clone(), restricted.clone());
+        let (na, nb) = (a_slot.clone(), b_slot.clone());
+        let reporter = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            na.local_profile().publish(ha);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            nb.local_profile().publish(hb);
+        });
+        let t0 = std::time::Instant::now();
+        // A hard, B restricted: connection reversal (a public guess on
+        // either side would have made it a plain direct dial).
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "connection_reversal".into()));
+        assert!(t0.elapsed() >= Duration::from_millis(390), "did not wait for both detections: {:?}", t0.elapsed());
+        reporter.await.unwrap();
+        // A later detection (B now port-restricted, A public) is signalled
+        // from the next session on, on the same membership.
+        a_slot.local_profile().publish(public_profile());
+        b_slot.local_profile().publish(nat(Mapping::Ei, Filtering::Pd, Allocation::Pp));
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
+        b_slot.local_profile().publish(nat(Mapping::Ei, Filtering::Pd, Allocation::Pp));
+        a_slot.local_profile().publish(nat(Mapping::Ei, Filtering::Hd, Allocation::Pp));
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Punched, "simple_punch".into()));
+        // A detection that fails before any profile is known releases a
+        // waiting connect at once, with the configured profile.
+        let s = setup(public_profile(), public_profile()).await;
+        s.a.node().local_profile().expect(Duration::from_secs(30));
+        let na = s.a.node().clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            na.local_profile().unavailable();
+        });
+        let t0 = std::time::Instant::now();
+        assert_eq!(exchange(&s, ConnectOpts::default()).await, (Method::Direct, "direct".into()));
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        // The registration refresh after a detection is answered (the
+        // observed address stays the loopback one).
+        s.b.node().local_profile().publish(public_profile());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(s.b.observed_addr(), Some(s.b.node().local_addr().unwrap()));
+        assert!(s.b.is_connected());
+    });
+}

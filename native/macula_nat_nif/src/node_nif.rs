@@ -142,3 +142,38 @@ fn node_send_to<'a>(
         })
     })
 }
+
+/// `node_set_profile(Node, Profile | undefined) -> ok | {error, {bad_profile, Key}}`:
+/// publishes a detection's result as the node's profile, which signalling
+/// reads when it signals; `undefined`: the detection under way ended
+/// without one (a known profile stays).
+#[rustler::nif]
+fn node_set_profile<'a>(env: Env<'a>, res: ResourceArc<NodeRes>, profile: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        if profile.is_atom() {
+            res.node.local_profile().unavailable();
+            return atoms::ok().encode(env);
+        }
+        match crate::profile_term::decode_peer_info(profile, 0) {
+            Ok(info) => {
+                res.node.local_profile().publish(info);
+                atoms::ok().encode(env)
+            }
+            Err(key) => (atoms::error(), (atoms::bad_profile(), key)).encode(env),
+        }
+    })
+}
+
+/// `node_expect_profile(Node, WithinMs) -> ok | {error, badarg}`: a
+/// detection started that reports within `WithinMs`; while the node has no
+/// profile yet, signalling waits for it.
+#[rustler::nif]
+fn node_expect_profile<'a>(env: Env<'a>, res: ResourceArc<NodeRes>, within_ms: Term<'a>) -> Term<'a> {
+    guard::guard(env, || match convert::decode_int::<u32>(within_ms) {
+        Some(ms) => {
+            res.node.local_profile().expect(std::time::Duration::from_millis(ms as u64));
+            atoms::ok().encode(env)
+        }
+        None => (atoms::error(), atoms::badarg()).encode(env),
+    })
+}
