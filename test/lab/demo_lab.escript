@@ -42,23 +42,24 @@ run(T0) ->
     Env = #{listen_ip => {0, 0, 0, 0}, listen_port => ?PORT, detection_timeout_ms => 3000},
     BLang = case os:find_executable("elixir") of false -> erlang; _ -> elixir end,
     Me = self(),
-    [{ok, Rv}, {ok, A}, {ok, B}] =
-        pmap(fun({H, L, E}) ->
-                     {ok, P} = macula_lab_peer:start(?LAB, H, #{lang => L, env => E, owner => Me}),
-                     {ok, _} = macula_lab_peer:call(P, application, ensure_all_started, [macula_nat]),
-                     {ok, P}
-             end,
-             [{"rv", erlang, Env},
-              {"a", erlang, Env#{observers => [list_to_binary(ObsIp ++ ":3478")]}},
-              {"b", BLang, Env#{observers => [list_to_binary(ObsIp ++ ":3478")]}}]),
-    ok = macula_lab_peer:call(Rv, macula_nat_coordinator, serve_rendezvous, []),
+    Start = fun({H, L, E}) ->
+                    {ok, P} = macula_lab_peer:start(?LAB, H, #{lang => L, env => E, owner => Me}),
+                    {ok, _} = macula_lab_peer:call(P, application, ensure_all_started, [macula_nat]),
+                    {ok, P}
+            end,
+    %% Every node is configured as a user would: the application
+    %% environment only (the rendezvous first, its node id goes into the
+    %% others' `rendezvous' option).
+    {ok, Rv} = Start({"rv", erlang, Env#{rendezvous_server => true}}),
     {ok, RvId} = macula_lab_peer:call(Rv, macula, get_node_id, []),
     RvEp = iolist_to_binary([macula_lab:host_addr(?LAB, "rv"), ":", integer_to_list(?PORT)]),
     io:format("  rendezvous       ~s (public host, Erlang VM)~n", [RvEp]),
+    Site = Env#{observers => [list_to_binary(ObsIp ++ ":3478")],
+                rendezvous => [#{endpoint => RvEp, node_id => RvId}]},
+    [{ok, A}, {ok, B}] = pmap(Start, [{"a", erlang, Site}, {"b", BLang, Site}]),
     [{AId, AProf}, {BId, BProf}] =
         pmap(fun(P) ->
                      {ok, Prof} = macula_lab_peer:call(P, macula_nat_detector, detect, []),
-                     ok = macula_lab_peer:call(P, macula_nat_coordinator, join, [RvEp, RvId]),
                      {ok, Id} = macula_lab_peer:call(P, macula, get_node_id, []),
                      {Id, Prof}
              end, [A, B]),
