@@ -23,7 +23,7 @@
          relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
          signal_set_relays/2, signal_reserved_relays/1,
          %% relay registry
-         relay_registry_new/3, relay_registry_attach/3, relay_registry_register/3,
+         relay_registry_new/3, relay_registry_register/3,
          relay_registry_unregister/2, relay_registry_report_failure/2, relay_registry_set_load/2,
          relay_registry_find/2, relay_registry_best/2, relay_registry_close/1]).
 
@@ -175,6 +175,8 @@ rendezvous_peers(_Rv) -> erlang:nif_error(not_loaded).
                   map() | undefined) -> {ok, pending()} | {error, term()}.
 signal_join(_Ref, _Node, _Addr, _RvId, _Profile) -> erlang:nif_error(not_loaded).
 
+%% Sets the signal's configured profile, which it advertises only while
+%% the node has no detected one (tests give profiles by hand with it).
 -spec signal_set_profile(resource(), map()) -> ok | {error, term()}.
 signal_set_profile(_Signal, _Profile) -> erlang:nif_error(not_loaded).
 
@@ -188,9 +190,6 @@ signal_accept(_Ref, _Signal) -> erlang:nif_error(not_loaded).
 
 -spec relay_registry_new(resource(), resource(), map()) -> {ok, resource()} | {error, term()}.
 relay_registry_new(_Node, _Cache, _Opts) -> erlang:nif_error(not_loaded).
-
--spec relay_registry_attach(resource(), resource(), resource()) -> ok.
-relay_registry_attach(_Registry, _Node, _Cache) -> erlang:nif_error(not_loaded).
 
 -spec relay_registry_register(resource(), binary(), {inet:ip_address(), inet:port_number()}) ->
     ok | {error, bad_node_id | badarg}.

@@ -39,18 +39,11 @@ setup() ->
     {Me, Ep} = macula_nat_test_support:serve_loopback_rendezvous(),
     ok = macula_relay_node:enable(),
     Rv = [#{endpoint => Ep, node_id => Me}],
-    B = start_peer([{rendezvous, Rv}, {observers, [Primary]}, {relays, [#{node_id => Me, endpoint => Ep}]}]),
-    A = start_peer([{rendezvous, Rv}]),
+    B = macula_nat_test_support:start_peer([{rendezvous, Rv}, {observers, [Primary]}, {relays, [#{node_id => Me, endpoint => Ep}]}]),
+    A = macula_nat_test_support:start_peer([{rendezvous, Rv}]),
     {ok, BId} = call(B, macula, get_node_id, []),
     ok = call(B, ?MODULE, echo_start, []),
     #{a => A, b => B, b_id => BId, me => Me, obs => Obs}.
-
-start_peer(Env) ->
-    {ok, P, _} = peer:start_link(#{connection => standard_io, args => ["-pa" | code:get_path()]}),
-    ok = peer:call(P, application, set_env, [macula_nat, listen_ip, {127, 0, 0, 1}]),
-    [ok = peer:call(P, application, set_env, [macula_nat, K, V]) || {K, V} <- Env],
-    {ok, _} = peer:call(P, application, ensure_all_started, [macula_nat]),
-    P.
 
 cleanup(#{a := A, b := B, obs := Obs}) ->
     peer:stop(A),

@@ -1,7 +1,7 @@
 %% @doc Helpers shared by the EUnit modules (not a test module itself).
 -module(macula_nat_test_support).
 
--export([wait/2, repo_root/0, serve_loopback_rendezvous/0, start_dht_swarm/0]).
+-export([wait/2, repo_root/0, serve_loopback_rendezvous/0, start_dht_swarm/0, start_peer/1]).
 
 %% @doc Polls `F' every 20 ms until it returns `true' (`ok') or `Ms' run
 %% out (`timeout', after one last look).
@@ -27,6 +27,17 @@ serve_loopback_rendezvous() ->
     {ok, Me} = macula:get_node_id(),
     {ok, {_, Port}} = macula_nat_node:local_addr(),
     {Me, iolist_to_binary(["127.0.0.1:", integer_to_list(Port)])}.
+
+%% @doc Starts a peer VM with this code path whose macula_nat is
+%% configured as a user would: the application environment only (`Env',
+%% on 127.0.0.1), then started.
+-spec start_peer([{atom(), term()}]) -> pid().
+start_peer(Env) ->
+    {ok, P, _} = peer:start_link(#{connection => standard_io, args => ["-pa" | code:get_path()]}),
+    ok = peer:call(P, application, set_env, [macula_nat, listen_ip, {127, 0, 0, 1}]),
+    [ok = peer:call(P, application, set_env, [macula_nat, K, V]) || {K, V} <- Env],
+    {ok, _} = peer:call(P, application, ensure_all_started, [macula_nat]),
+    P.
 
 %% @doc Starts a private mainline DHT swarm of 20 nodes on loopback
 %% (`macula-dht-swarm'; closing the port ends it): the port and the

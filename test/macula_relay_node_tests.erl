@@ -29,21 +29,14 @@ relay_test_() ->
 setup() ->
     {Me, Ep} = macula_nat_test_support:serve_loopback_rendezvous(),
     Rv = [#{endpoint => Ep, node_id => Me}],
-    A = start_peer([{rendezvous, Rv}]),
+    A = macula_nat_test_support:start_peer([{rendezvous, Rv}]),
     %% The relay runs on this node's socket too.
-    B = start_peer([{rendezvous, Rv}, {relays, [#{node_id => Me, endpoint => Ep}]}]),
+    B = macula_nat_test_support:start_peer([{rendezvous, Rv}, {relays, [#{node_id => Me, endpoint => Ep}]}]),
     {ok, AId} = peer:call(A, macula, get_node_id, []),
     {ok, BId} = peer:call(B, macula, get_node_id, []),
     ok = wait(fun() -> lists:keymember(AId, 1, macula_nat_coordinator:rendezvous_peers()) andalso
                            lists:keymember(BId, 1, macula_nat_coordinator:rendezvous_peers()) end, 15000),
     #{a => A, b => B, a_id => AId, b_id => BId, me => Me}.
-
-start_peer(Env) ->
-    {ok, P, _} = peer:start_link(#{connection => standard_io, args => ["-pa" | code:get_path()]}),
-    ok = peer:call(P, application, set_env, [macula_nat, listen_ip, {127, 0, 0, 1}]),
-    [ok = peer:call(P, application, set_env, [macula_nat, K, V]) || {K, V} <- Env],
-    {ok, _} = peer:call(P, application, ensure_all_started, [macula_nat]),
-    P.
 
 cleanup(#{a := A, b := B}) ->
     peer:stop(A),

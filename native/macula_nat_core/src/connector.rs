@@ -335,7 +335,8 @@ impl Signal {
 
     /// Replaces the configured profile: the one advertised while the node
     /// has none published (a node whose detections publish to
-    /// [`Node::local_profile`] needs no call here).
+    /// [`Node::local_profile`] needs no call here; tests use it to give a
+    /// profile by hand to a node that detects none).
     pub fn set_profile(&self, profile: PeerInfo) {
         if let Ok(mut c) = self.inner.cfg.write() {
             c.profile = profile;

@@ -65,6 +65,25 @@ enum Server {
     Coturn,
 }
 
+/// An RFC 5780 server on the lab's observer host `host` (its two IPs, ports
+/// 3478/3479).
+fn start_server(lab: &Lab, host: &str, server: Server) -> Child {
+    let [ip1, ip2] = lab.info.observers[host];
+    let observer = env!("CARGO_BIN_EXE_macula-observer");
+    match server {
+        Server::Ours => lab.spawn(
+            host,
+            &[observer, "--primary", &format!("{ip1}:{OBS_PORT}"), "--alternate", &format!("{ip2}:{OBS_ALT_PORT}")],
+        ),
+        // coturn listens on 3478 and uses 3479 as its alternate port.
+        Server::Coturn => lab.spawn(
+            host,
+            &["turnserver", "-L", &ip1.to_string(), "-L", &ip2.to_string(), "--no-auth", "--no-tls", "--no-dtls", "--no-cli", "-n", "--log-file", "stdout"],
+        ),
+    }
+    .expect("observer")
+}
+
 fn run_matrix(lab_name: &str, loss: f64, include_kernel: bool, repeat: u32) {
     run_matrix_against(lab_name, loss, include_kernel, Server::Ours, repeat)
 }
@@ -83,20 +102,8 @@ fn run_matrix_against(lab_name: &str, loss: f64, include_kernel: bool, server: S
         spec.sites.push(s);
     }
     let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
-    let [ip1, ip2] = lab.info.observers["obs"];
-    let observer = env!("CARGO_BIN_EXE_macula-observer");
-    let mut obs: Child = match server {
-        Server::Ours => lab.spawn(
-            "obs",
-            &[observer, "--primary", &format!("{ip1}:{OBS_PORT}"), "--alternate", &format!("{ip2}:{OBS_ALT_PORT}")],
-        ),
-        // coturn listens on 3478 and uses 3479 as its alternate port.
-        Server::Coturn => lab.spawn(
-            "obs",
-            &["turnserver", "-L", &ip1.to_string(), "-L", &ip2.to_string(), "--no-auth", "--no-tls", "--no-dtls", "--no-cli", "-n", "--log-file", "stdout"],
-        ),
-    }
-    .expect("observer");
+    let ip1 = lab.info.observers["obs"][0];
+    let mut obs = start_server(&lab, "obs", server);
     std::thread::sleep(Duration::from_millis(if server == Server::Coturn { 1500 } else { 200 }));
 
     let detect = env!("CARGO_BIN_EXE_macula-detect");
@@ -202,11 +209,8 @@ fn coturn_client_against_our_observer() {
         spec.sites.push(SiteSpec::new(name, nat).unwrap());
     }
     let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
-    let [ip1, ip2] = lab.info.observers["obs"];
-    let observer = env!("CARGO_BIN_EXE_macula-observer");
-    let mut obs = lab
-        .spawn("obs", &[observer, "--primary", &format!("{ip1}:{OBS_PORT}"), "--alternate", &format!("{ip2}:{OBS_ALT_PORT}")])
-        .unwrap();
+    let ip1 = lab.info.observers["obs"][0];
+    let mut obs = start_server(&lab, "obs", Server::Ours);
     std::thread::sleep(Duration::from_millis(200));
     let children: Vec<_> = kinds
         .iter()
@@ -282,18 +286,10 @@ fn real_world_routers_agree_with_coturn_natdiscovery() {
         spec.sites.push(s);
     }
     let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
-    let [o1, o2] = lab.info.observers["obs"];
-    let [c1, c2] = lab.info.observers["cot"];
-    let observer = env!("CARGO_BIN_EXE_macula-observer");
-    let mut ours = lab
-        .spawn("obs", &[observer, "--primary", &format!("{o1}:{OBS_PORT}"), "--alternate", &format!("{o2}:{OBS_ALT_PORT}")])
-        .unwrap();
-    let mut coturn = lab
-        .spawn(
-            "cot",
-            &["turnserver", "-L", &c1.to_string(), "-L", &c2.to_string(), "--no-auth", "--no-tls", "--no-dtls", "--no-cli", "-n", "--log-file", "stdout"],
-        )
-        .unwrap();
+    let o1 = lab.info.observers["obs"][0];
+    let c1 = lab.info.observers["cot"][0];
+    let mut ours = start_server(&lab, "obs", Server::Ours);
+    let mut coturn = start_server(&lab, "cot", Server::Coturn);
     std::thread::sleep(Duration::from_millis(1500));
     let detect = env!("CARGO_BIN_EXE_macula-detect");
     // One shell per site: each step on its own sockets, one after another.

@@ -95,21 +95,6 @@ fn relay_registry_new<'a>(
     })
 }
 
-/// `relay_registry_attach(Registry, Node, Cache) -> ok`: carry on with a
-/// restarted node or cache.
-#[rustler::nif]
-fn relay_registry_attach<'a>(
-    env: Env<'a>,
-    res: ResourceArc<RegistryRes>,
-    node: ResourceArc<NodeRes>,
-    cache: ResourceArc<CacheRes>,
-) -> Term<'a> {
-    guard::guard(env, || {
-        res.reg.attach(sources(&node, &cache));
-        atoms::ok().encode(env)
-    })
-}
-
 /// `relay_registry_register(Registry, NodeId, {Ip, Port}) -> ok | {error, _}`.
 #[rustler::nif]
 fn relay_registry_register<'a>(env: Env<'a>, res: ResourceArc<RegistryRes>, id: Term<'a>, addr: Term<'a>) -> Term<'a> {

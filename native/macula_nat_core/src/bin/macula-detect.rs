@@ -35,7 +35,13 @@ fn main() {
             "--timeout-ms" => timeout_ms = v.parse().unwrap_or_else(|_| usage()),
             "--bind" => bind = v.parse().unwrap_or_else(|_| usage()),
             "--repeat" => repeat = v.parse().unwrap_or_else(|_| usage()),
-            "--filter-socket" => filter_socket = v == "on",
+            "--filter-socket" => {
+                filter_socket = match v.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => usage(),
+                }
+            }
             _ => usage(),
         }
     }
