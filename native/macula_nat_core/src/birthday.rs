@@ -130,6 +130,14 @@ impl SocketSet {
         Some(PathSocket { index, extra })
     }
 
+    /// Sends a TTL-limited primer from socket `index` (>= 1), if open (see
+    /// [`crate::primer`]).
+    pub fn prime(&self, index: usize, dst: SocketAddr, ttl: u8) {
+        if let Some(Some(e)) = index.checked_sub(1).and_then(|i| self.socks.get(i)) {
+            crate::primer::send(&*e.io, dst, ttl);
+        }
+    }
+
     /// Machine socket indices of the open extra sockets.
     pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
         self.socks.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i + 1)

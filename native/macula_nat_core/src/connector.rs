@@ -205,6 +205,10 @@ pub struct SignalConfig {
     /// How long a responder waits for this node's first detection before
     /// it answers (the detection's own deadline usually ends it sooner).
     pub responder_profile_wait: Duration,
+    /// Learn the primer TTL at join and send TTL-limited primers before
+    /// punching (see [`crate::primer`]). Default `true`; off only to measure
+    /// what they are worth.
+    pub primers: bool,
 }
 
 impl SignalConfig {
@@ -216,6 +220,7 @@ impl SignalConfig {
             reconnect_backoff: Duration::from_millis(250),
             responder_timeout: Duration::from_secs(15),
             responder_profile_wait: Duration::from_secs(5),
+            primers: true,
         }
     }
 }
@@ -309,7 +314,16 @@ impl Signal {
         // Watched from before the registration: a detection that finishes
         // while we register is followed too.
         let profiles = inner.node.local_profile().subscribe();
-        let conn = register(&inner).await?;
+        // Learnt while we register: a session right after the join
+        // primes too (see `crate::primer`); about one round trip.
+        let primers = inner.cfg.read().map(|c| c.primers).unwrap_or(true);
+        let learn = async {
+            if primers {
+                learn_primer_ttl(&inner.node, rendezvous_addr).await;
+            }
+        };
+        let (conn, ()) = tokio::join!(register(&inner), learn);
+        let conn = conn?;
         if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
             // Measured now, ready for the first session.
             inner.alloc.clone().refresh(basis, conn.rtt());
@@ -369,6 +383,36 @@ impl Signal {
             c.close("signal closed");
         }
     }
+}
+
+/// How long the join waits for the primer TTL (a route of a few hops
+/// answers within a round trip to the rendezvous).
+const PRIMER_LEARN_BUDGET: Duration = Duration::from_millis(1000);
+
+/// Learns the primer TTL towards the rendezvous into the node (see
+/// [`crate::primer`]); a node that cannot learn one sends none.
+async fn learn_primer_ttl(node: &Arc<Node>, rendezvous: SocketAddr) {
+    let Ok(bound) = node.local_addr() else { return };
+    let learn = move || tokio::task::spawn_blocking(move || crate::primer::ttl_towards(bound.ip(), rendezvous, PRIMER_LEARN_BUDGET));
+    let got = learn().await.ok().flatten();
+    node.set_primer_ttl(got);
+    if got.is_some() {
+        return;
+    }
+    // Routers whose ICMP budget was spent, or a route still settling: a few
+    // more tries in the background, spaced past the routers' rate limit.
+    let weak = Arc::downgrade(node);
+    runtime::spawn(async move {
+        for after in [2, 10, 30] {
+            tokio::time::sleep(Duration::from_secs(after)).await;
+            let got = learn().await.ok().flatten();
+            let Some(node) = weak.upgrade() else { return };
+            if got.is_some() {
+                node.set_primer_ttl(got);
+                return;
+            }
+        }
+    });
 }
 
 async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectError> {
@@ -747,6 +791,7 @@ async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, a
         let conn = via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?;
         return Ok(Some((conn, Method::Relayed, strategy)));
     }
+    prime(inner, strategy, fresh.as_ref(), &peer, observed);
     let go = guard.go().await?;
     let m = Meeting::new(session, target, &peer, observed, go, opts.max_punch_attempts);
     let r = act(inner, Side::A, strategy, m, fresh).await;
@@ -1008,6 +1053,10 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     if fresh.is_some() {
         me = our_profile(&inner, &info, fresh.as_ref(), base);
     }
+    // Before the answer, which lets the initiator's punches follow.
+    if !upgrade {
+        prime(&inner, strategy, fresh.as_ref(), &peer, observed);
+    }
     // Before the answer: a relayed dial may follow it closely.
     let incoming = inner.dispatch.expect_session(session);
     if ctl.send(Msg::Answer { to: from, session, profile: me }.encode()).await.is_err() {
@@ -1032,7 +1081,8 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
             // come (the dispatcher holds it until then).
             (Duration::ZERO, ctl.rtt() * 2)
         } else {
-            guard.go().await?
+            let (wait, pair_rtt) = guard.go().await?;
+            (wait + primer_lead(&inner, strategy, pair_rtt, ctl.rtt()), pair_rtt)
         };
         let m = Meeting::new(session, from, &peer, observed, go, responder_attempts(attempts));
         act(&inner, Side::B, strategy, m, fresh).await
@@ -1250,6 +1300,45 @@ async fn run_punch_from(inner: &Arc<Inner>, side: Side, m: Meeting<'_>, fresh: S
     cfg.max_attempts = max_attempts.max(1);
     cfg.seed = rand::random();
     punch_driver::run_with(inner.node.clone(), reg, cfg, fresh).await.map_err(|_| ConnectError::PunchFailed)
+}
+
+/// Sends TTL-limited primers (see [`crate::primer`]) to the peer's punch
+/// targets from the socket the punch will use (the session's fresh one, or
+/// the node's), when the strategy punches and a primer TTL is known. Each
+/// side does so once it knows the other's addresses and before the go, so
+/// our NAT(s) map and permit them before the peer's first punch, which
+/// leaves after the go, can arrive.
+fn prime(inner: &Inner, strategy: Strategy, fresh: Option<&SocketSet>, peer: &Profile, observed: SocketAddr) {
+    let Some(ttl) = inner.node.primer_ttl().filter(|_| upgradable(strategy)) else { return };
+    let socket = fresh.and_then(|f| f.indices().next());
+    let node_socket = inner.node.socket().ok();
+    // A peer's private candidates are reached on a shared LAN, not through
+    // our NAT: no primer (it would only draw ICMP errors).
+    for a in targets(peer, observed).into_iter().filter(|a| !crate::primer::is_inside(a.ip())) {
+        match (socket, fresh, &node_socket) {
+            (Some(i), Some(f), _) => f.prime(i, a, ttl),
+            (None, _, Some(s)) => crate::primer::send(&**s, a, ttl),
+            _ => {}
+        }
+    }
+}
+
+/// How much later than the go a primed responder starts punching. The
+/// initiator primes when the answer reaches it, together with the go, so
+/// its primer may reach its own NAT only a little before the start, or
+/// after it when the path from its host to its NAT is slow (a slow home
+/// link); a responder punch arriving first would make that NAT confirm an
+/// entry that moves the initiator's port. Our own NAT is primed already,
+/// and the initiator's first punch gets through it whenever it arrives, so
+/// waiting costs nothing when that punch wins, and otherwise at most this
+/// lead: the initiator's one-way time to the rendezvous (its part of the
+/// pair's round trip, which bounds its inside delay) and 2 ms for
+/// scheduling.
+fn primer_lead(inner: &Inner, strategy: Strategy, pair_rtt: Duration, own_rtt: Duration) -> Duration {
+    if inner.node.primer_ttl().is_none() || !upgradable(strategy) {
+        return Duration::ZERO;
+    }
+    pair_rtt.saturating_sub(own_rtt) / 2 + Duration::from_millis(2)
 }
 
 /// The punch's path socket, if it won on one, made the QUIC path to the

@@ -17,6 +17,7 @@ pub mod error;
 pub mod identity;
 pub mod local_ports;
 pub mod local_profile;
+pub mod primer;
 pub mod node;
 pub mod observer_server;
 pub mod peer_record;

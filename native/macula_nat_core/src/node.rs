@@ -122,6 +122,9 @@ pub struct Node {
     detect_memory: Mutex<macula_nat_proto::detect::DetectMemory>,
     /// This node's profile as detection publishes it, for signalling.
     profile: LocalProfile,
+    /// TTL of a primer that passes our NAT(s) and dies before a peer's (0:
+    /// none is safe or it is not known yet); see [`crate::primer`].
+    primer_ttl: std::sync::atomic::AtomicU8,
 }
 
 impl Node {
@@ -173,6 +176,7 @@ impl Node {
             dispatch: Mutex::new(None),
             detect_memory: Mutex::new(Default::default()),
             profile: LocalProfile::default(),
+            primer_ttl: std::sync::atomic::AtomicU8::new(0),
         }))
     }
 
@@ -188,6 +192,16 @@ impl Node {
     /// [`crate::local_profile`]); signalling reads it when it signals.
     pub fn local_profile(&self) -> &LocalProfile {
         &self.profile
+    }
+
+    /// The primer TTL learnt towards the rendezvous, if a primer is safe
+    /// (see [`crate::primer`]).
+    pub fn primer_ttl(&self) -> Option<u8> {
+        Some(self.primer_ttl.load(std::sync::atomic::Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    pub(crate) fn set_primer_ttl(&self, ttl: Option<u8>) {
+        self.primer_ttl.store(ttl.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn detect_memory(&self) -> &Mutex<macula_nat_proto::detect::DetectMemory> {

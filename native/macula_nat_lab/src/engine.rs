@@ -219,6 +219,73 @@ fn rewrite_udp(p: &mut Vec<u8>, ihl: usize, src: (Ipv4Addr, u16), dst: (Ipv4Addr
     }
 }
 
+/// The router of an engine forwards each packet twice (into the tun device
+/// and out of it), so the kernel takes two off its TTL; one more here keeps
+/// the router one hop, as a real NAT is (TTL-limited packets and
+/// traceroutes count on it).
+fn bump_ttl(p: &mut [u8], ihl: usize) {
+    p[8] = p[8].saturating_add(1);
+    p[10] = 0;
+    p[11] = 0;
+    let c = csum_fold(csum_add(0, &p[..ihl]));
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An inbound ICMP error (unreachable, time exceeded) quoting a UDP packet
+/// that one of our bindings sent: rewritten to the internal host (outer
+/// destination, quoted source), checksums recomputed. `false`: not ours.
+fn translate_icmp_in(p: &mut Vec<u8>, ip: &Ip, public: Ipv4Addr, nat: &mut Nat, now: Instant) -> bool {
+    let tot = u16::from_be_bytes([p[2], p[3]]) as usize;
+    p.truncate(tot);
+    let icmp = ip.ihl;
+    if p.len() < icmp + 8 || !matches!(p[icmp], 3 | 11) {
+        return false;
+    }
+    let q = icmp + 8;
+    let Some(qip) = parse_quoted(&p[q..]) else { return false };
+    if qip.proto != 17 || qip.src != public || p.len() < q + qip.ihl + 4 {
+        return false;
+    }
+    let u = q + qip.ihl;
+    let pub_port = u16::from_be_bytes([p[u], p[u + 1]]);
+    let Some(int) = nat.internal_of(pub_port, now) else { return false };
+    // Outer: to the internal host, one hop.
+    p[16..20].copy_from_slice(&int.0.octets());
+    bump_ttl(p, ip.ihl);
+    // Quoted: from the internal endpoint, as the host sent it.
+    p[q + 12..q + 16].copy_from_slice(&int.0.octets());
+    p[q + 10] = 0;
+    p[q + 11] = 0;
+    let c = csum_fold(csum_add(0, &p[q..q + qip.ihl]));
+    p[q + 10..q + 12].copy_from_slice(&c.to_be_bytes());
+    p[u..u + 2].copy_from_slice(&int.1.to_be_bytes());
+    // ICMP checksum over the whole message.
+    p[icmp + 2] = 0;
+    p[icmp + 3] = 0;
+    let c = csum_fold(csum_add(0, &p[icmp..]));
+    p[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+/// The IPv4 header quoted in an ICMP error (the quote may be cut short
+/// after the first 8 bytes of payload, so its total length is not checked).
+fn parse_quoted(p: &[u8]) -> Option<Ip> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = ((p[0] & 0x0f) as usize) * 4;
+    if ihl < 20 || p.len() < ihl {
+        return None;
+    }
+    Some(Ip {
+        ihl,
+        proto: p[9],
+        src: Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+        dst: Ipv4Addr::new(p[16], p[17], p[18], p[19]),
+        frag: false,
+    })
+}
+
 // ---------------------------------------------------------------- NAT table
 
 type Ep = (Ipv4Addr, u16);
@@ -434,6 +501,11 @@ impl Nat {
         }
     }
 
+    /// The internal endpoint of the live binding at public `port`.
+    pub fn internal_of(&self, port: u16, now: Instant) -> Option<Ep> {
+        self.by_port.get(&port).filter(|b| self.live(b, now)).map(|b| b.key.int)
+    }
+
     pub fn sweep(&mut self, now: Instant, st: &mut EngineStats) {
         let dead: Vec<u16> =
             self.by_port.iter().filter(|(_, b)| !self.live(b, now)).map(|(p, _)| *p).collect();
@@ -555,9 +627,11 @@ impl Engine {
             // pass-through
             if ip.src == self.cfg.public_ip {
                 self.stats.rx_lan += 1;
+                bump_ttl(&mut pkt, ip.ihl);
                 self.emit(pkt, Dir::Out, now);
             } else if ip.dst == self.cfg.public_ip {
                 self.stats.rx_wan += 1;
+                bump_ttl(&mut pkt, ip.ihl);
                 self.emit(pkt, Dir::In, now);
             } else {
                 self.stats.dropped_other += 1;
@@ -572,6 +646,17 @@ impl Engine {
             self.stats.rx_wan += 1;
         } else {
             self.stats.dropped_other += 1;
+            return;
+        }
+        if !from_lan && ip.proto == 1 && !ip.frag {
+            // An ICMP error about one of our mappings' packets goes to the
+            // internal host, as real NATs translate them (RFC 5508).
+            let nat = self.nat.as_mut().unwrap();
+            if translate_icmp_in(&mut pkt, &ip, public, nat, now) {
+                self.emit(pkt, Dir::In, now);
+            } else {
+                self.stats.dropped_other += 1;
+            }
             return;
         }
         if ip.proto != 17 || ip.frag {
@@ -606,11 +691,13 @@ impl Engine {
                 }
                 return;
             }
+            pkt[8] = pkt[8].saturating_add(1); // one hop, see `bump_ttl`
             rewrite_udp(&mut pkt, ip.ihl, (public, pub_port), (ip.dst, dport));
             self.emit(pkt, Dir::Out, now);
         } else {
             match nat.inbound(dport, (ip.src, sport), now) {
                 Ok(int) => {
+                    pkt[8] = pkt[8].saturating_add(1); // one hop, see `bump_ttl`
                     rewrite_udp(&mut pkt, ip.ihl, (ip.src, sport), int);
                     self.emit(pkt, Dir::In, now);
                 }

@@ -12,7 +12,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const STATE_DIR: &str = "/run/macula-lab";
-/// Internet segment: flat L2 (a bridge in `ml-<lab>-inet`).
+/// Internet segment: flat L2 (a bridge in `ml-<lab>-inet`), or one router
+/// there ([`crate::LabSpec::routed_internet`]).
+/// The routed internet's own address (ICMP errors come from it).
+pub const INET_ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const INET_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
 pub const INET_PREFIX: u8 = 24;
 const INET_FIRST_HOST: u8 = 10;
@@ -351,6 +354,20 @@ fn wire_engine(ns: &str, routed: Ipv4Addr, host_route: Option<Ipv4Addr>) -> Resu
     sysctls(ns, vec![("net.ipv4.conf.tun0.rp_filter".into(), "0".into())])
 }
 
+/// The internet addresses reachable through `name`'s internet link: its own,
+/// and for a site's router the site's public address(es) behind it.
+fn inet_addrs_behind(info: &LabInfo, name: &str) -> Vec<Ipv4Addr> {
+    let in_inet = |a: &Ipv4Addr| u32::from(*a) >> (32 - INET_PREFIX) == u32::from(INET_NET) >> (32 - INET_PREFIX);
+    let h = &info.hosts[name];
+    let mut v: Vec<Ipv4Addr> = h.addrs.iter().chain(&h.public_addrs).copied().filter(in_inet).collect();
+    if let Some(s) = h.site.as_ref().and_then(|s| info.sites.get(s)) {
+        v.extend([Some(s.public_ip), s.wan_addr, Some(s.host_addr)].into_iter().flatten().filter(in_inet));
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
 fn write_state(info: &LabInfo) -> Result<()> {
     std::fs::create_dir_all(STATE_DIR)?;
     let tmp = info.state_file.with_extension("tmp");
@@ -463,12 +480,15 @@ impl Lab {
         // 1. namespaces
         let lines: Vec<String> = info.namespaces.iter().map(|n| format!("netns add {n}")).collect();
         ip_batch(None, &lines)?;
-        // 2. internet bridge + one veth per internet-attached namespace
-        let mut inet = vec![
-            "link set lo up".to_string(),
-            "link add br0 type bridge".into(),
-            "link set br0 up".into(),
-        ];
+        // 2. internet bridge (or router) + one veth per internet-attached namespace
+        let routed = info.spec.routed_internet;
+        let mut inet = vec!["link set lo up".to_string()];
+        if routed {
+            inet.push(format!("addr add {INET_ROUTER}/32 dev lo"));
+        } else {
+            inet.push("link add br0 type bridge".into());
+            inet.push("link set br0 up".into());
+        }
         let mut attached: Vec<(String, &'static str)> = vec![];
         for (name, h) in &info.hosts {
             match h.role {
@@ -488,10 +508,43 @@ impl Lab {
         for (k, (name, ifname)) in attached.iter().enumerate() {
             let ns = &info.hosts[name].netns;
             inet.push(format!("link add p{k} type veth peer name {ifname} netns {ns}"));
-            inet.push(format!("link set p{k} master br0"));
-            inet.push(format!("link set p{k} up"));
+            if routed {
+                inet.push(format!("link set p{k} up"));
+                // Every internet address behind this port; hosts keep their
+                // /24 and reach each other through proxy ARP on the ports.
+                for a in inet_addrs_behind(&info, name) {
+                    inet.push(format!("route add {a}/32 dev p{k}"));
+                }
+            } else {
+                inet.push(format!("link set p{k} master br0"));
+                inet.push(format!("link set p{k} up"));
+            }
         }
         ip_batch(Some(&info.internet), &inet)?;
+        if routed {
+            sysctls(
+                &info.internet,
+                vec![
+                    ("net.ipv4.ip_forward".into(), "1".into()),
+                    ("net.ipv4.conf.all.proxy_arp".into(), "1".into()),
+                    ("net.ipv4.conf.default.proxy_arp".into(), "1".into()),
+                    ("net.ipv4.conf.all.rp_filter".into(), "0".into()),
+                    ("net.ipv4.conf.default.rp_filter".into(), "0".into()),
+                    ("net.ipv4.conf.all.send_redirects".into(), "0".into()),
+                    ("net.ipv4.conf.default.send_redirects".into(), "0".into()),
+                ],
+            )?;
+            for (k, _) in attached.iter().enumerate() {
+                sysctls(
+                    &info.internet,
+                    vec![
+                        (format!("net.ipv4.conf.p{k}.proxy_arp"), "1".into()),
+                        (format!("net.ipv4.conf.p{k}.rp_filter"), "0".into()),
+                        (format!("net.ipv4.neigh.p{k}.proxy_delay"), "0".into()),
+                    ],
+                )?;
+            }
+        }
         // 3. internet hosts
         for (name, h) in &info.hosts {
             let mut l = vec!["link set lo up".to_string()];

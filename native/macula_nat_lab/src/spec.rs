@@ -27,6 +27,12 @@ pub struct LabSpec {
     /// Seed for the userspace engines' random numbers (port allocation, loss, jitter).
     #[serde(default)]
     pub seed: Option<u64>,
+    /// The internet segment is a router (one hop, as an ISP's is) instead
+    /// of a flat bridge: a packet from one site to another crosses a router
+    /// between their NATs, so a TTL-limited packet can leave its own NAT
+    /// and die before the peer's.
+    #[serde(default)]
+    pub routed_internet: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -95,6 +101,7 @@ impl LabSpec {
             public: vec![],
             sites: vec![],
             seed: None,
+            routed_internet: false,
         }
     }
 

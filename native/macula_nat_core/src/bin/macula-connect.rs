@@ -5,7 +5,7 @@
 //! macula-connect rendezvous [--bind IP:PORT] [--serve-relay]
 //!     {"event":"ready","node_id":HEX,"addr":"IP:PORT"}      --serve-relay: it relays too
 //! macula-connect listen --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
-//!     {"event":"joined","node_id":HEX,"observed":"IP:PORT"}
+//!     {"event":"joined","node_id":HEX,"observed":"IP:PORT","primer_ttl":N|null}
 //!     {"event":"accepted","peer":HEX,"remote":"IP:PORT"}   per connection; echoes its messages
 //! macula-connect connect TARGET_HEX --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC]
 //!                [--timeout-ms N] [--no-direct] [--allow-relay] [--bind IP:PORT]
@@ -26,6 +26,9 @@
 //!     CLOCK_MONOTONIC, which every network namespace of the host shares, so
 //!     t_ns of B minus t0_ns of A is A's time to first message at B.
 //! ```
+//!
+//! `--no-primer` (listen, connect, agent): send no TTL-limited primers
+//! before punching (see `macula_nat_core::primer`; for comparisons).
 //!
 //! `--relay IP:PORT --relay-id HEX` (listen, connect, agent): hold a
 //! reservation at that relay (waited for, up to 5 s, before "joined" / the
@@ -49,7 +52,7 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 fn usage() -> ! {
-    eprintln!("usage: macula-connect rendezvous|listen|agent|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay] [--relay IP:PORT --relay-id HEX] [--serve-relay]");
+    eprintln!("usage: macula-connect rendezvous|listen|agent|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay] [--relay IP:PORT --relay-id HEX] [--serve-relay] [--no-primer]");
     exit(2)
 }
 
@@ -152,7 +155,7 @@ async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &P
             return None;
         }
     };
-    let signal = match Signal::join_with(node.clone(), rdv, rdv_id, SignalConfig::new(nat.clone())).await {
+    let signal = match Signal::join_with(node.clone(), rdv, rdv_id, signal_config(nat.clone())).await {
         Ok(s) => Arc::new(s),
         Err(e) => {
             println!("{{\"event\":\"join_failed\",\"error\":\"{}\",\"message\":{}}}", e.kind(), json_str(&e.to_string()));
@@ -249,6 +252,15 @@ async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInf
     drop(current);
 }
 
+/// `--no-primer`: no TTL-limited primers (to measure what they are worth).
+static NO_PRIMER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn signal_config(nat: PeerInfo) -> SignalConfig {
+    let mut cfg = SignalConfig::new(nat);
+    cfg.primers = !NO_PRIMER.load(std::sync::atomic::Ordering::Relaxed);
+    cfg
+}
+
 fn main() {
     macula_nat_core::stderr_trace::init_from_env();
     let mut args = std::env::args().skip(1);
@@ -268,6 +280,7 @@ fn main() {
             "--no-direct" => opts.prefer_direct = false,
             "--allow-relay" => opts.allow_relay = true,
             "--serve-relay" => serve_relay = true,
+            "--no-primer" => NO_PRIMER.store(true, std::sync::atomic::Ordering::Relaxed),
             _ => {
                 let v = args.next().unwrap_or_else(|| usage());
                 match a.as_str() {
@@ -316,7 +329,7 @@ fn main() {
             std::future::pending::<()>().await;
         }
         let (Some(rdv), Some(rdv_id)) = (rdv, rdv_id) else { usage() };
-        let signal = match Signal::join_with(node.clone(), rdv, rdv_id, SignalConfig::new(nat)).await {
+        let signal = match Signal::join_with(node.clone(), rdv, rdv_id, signal_config(nat)).await {
             Ok(s) => s,
             Err(e) => {
                 println!("{{\"ok\":false,\"event\":\"join\",\"error\":\"{}\",\"message\":{},\"node_id\":\"{id}\"}}", e.kind(), json_str(&e.to_string()));
@@ -327,7 +340,8 @@ fn main() {
         let observed = signal.observed_addr().map(|a| a.to_string()).unwrap_or_default();
         match (mode.as_str(), target) {
             ("listen", _) => {
-                println!("{{\"event\":\"joined\",\"node_id\":\"{id}\",\"observed\":\"{observed}\"}}");
+                let ttl = node.primer_ttl().map_or("null".to_string(), |t| t.to_string());
+                println!("{{\"event\":\"joined\",\"node_id\":\"{id}\",\"observed\":\"{observed}\",\"primer_ttl\":{ttl}}}");
                 while let Some(c) = signal.accept().await {
                     println!("{{\"event\":\"accepted\",\"peer\":\"{}\",\"remote\":\"{}\"}}", hex(&c.peer_id()), c.remote_address());
                     runtime::spawn(async move {
