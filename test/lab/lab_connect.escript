@@ -12,9 +12,12 @@
 %%     each unordered pair of kinds (15) connects, one pair after the other
 %%     (the nodes take part in several pairs).
 %%  2. userspace: pairs of sites behind the lab's userspace NAT engine
-%%     (NATCracker types), chosen to cover every strategy of the table; each
-%%     pair has its own two nodes, so all its pairs run at once, alongside
-%%     phase 1.
+%%     (NATCracker types), chosen to cover every strategy of the table, and
+%%     simple-punch pairs behind plain routers; each pair has its own two
+%%     nodes, so all its pairs run at once, alongside phase 1.
+%%
+%% The lab's internet is routed (one router between sites, as on the real
+%% internet), so nodes learn a primer TTL at join and prime before punching.
 %%  3. at start: three kernel pairs on fresh VMs, where A connects in the
 %%     same call that starts macula_nat, before its first detection has
 %%     finished (issue 16: the signalled profile must be the detected one).
@@ -146,7 +149,11 @@ kernel_kind(H) ->
 %% MAPPING-ALLOCATION-FILTERING); PC types with a port delta other than 1.
 %% At least 3 pairs per strategy, Erlang and Elixir VMs on both roles.
 %% `short': both NATs drop idle bindings after ?SHORT_BINDING_S and the pair
-%% connects once the detector's observer bindings are gone.
+%% connects once the detector's observer bindings are gone. `plain': both
+%% are plain routers (no input rule: a refused packet leaves a conntrack
+%% entry that moves the host's port, see native/macula_nat_lab/README.md);
+%% the nodes learn their primer TTL at join (the lab's internet is routed)
+%% and punch with TTL-limited primers.
 -define(SHORT_BINDING_S, 8).
 user_pairs() ->
     [%% one side accepts unsolicited packets (EI-EI): the other dials it
@@ -170,6 +177,10 @@ user_pairs() ->
      {"ei-hd-pp", "ei-pd-rd", simple_punch, erlang, erlang},
      {"ei-pd-pc:delta=2", "ei-pd-pp", simple_punch, erlang, elixir},
      {"ei-hd-rd", "ei-pd-pc:delta=2", simple_punch, erlang, erlang},
+     %% ... behind plain routers
+     {"ei-pd-pp", "ei-pd-pp", simple_punch, erlang, elixir, plain},
+     {"ei-pd-pp", "ei-pd-rd", simple_punch, elixir, erlang, plain},
+     {"ei-pd-rd", "ei-hd-pp", simple_punch, erlang, erlang, plain},
      %% a per-destination mapping that keeps the port
      {"ei-hd-pp", "pd-hd-pp", predict_preservation, erlang, erlang},
      {"hd-ei-pp", "ei-hd-rd", predict_preservation, erlang, erlang},
@@ -200,13 +211,13 @@ user_specs() ->
     [user_spec(I, T) || {I, T} <- lists:enumerate(user_pairs())].
 
 user_spec(I, {NA, NB, S, LA, LB}) -> user_spec(I, {NA, NB, S, LA, LB, default});
-user_spec(I, {NA, NB, S, LA, LB, Binding}) ->
+user_spec(I, {NA, NB, S, LA, LB, Variant}) ->
     A = flat(io_lib:format("u~2..0ba", [I])),
     B = flat(io_lib:format("u~2..0bb", [I])),
-    Short = Binding =:= short,
-    #{name => flat(io_lib:format("~s (~s) -> ~s (~s)~s",
-                                 [NA, A, NB, B, case Short of true -> ", short"; false -> "" end])),
-      a => A, b => B, strategy => S, port_free => Short,
+    Short = Variant =:= short,
+    Suffix = case Variant of short -> ", short"; plain -> ", plain routers"; default -> "" end,
+    #{name => flat(io_lib:format("~s (~s) -> ~s (~s)~s", [NA, A, NB, B, Suffix])),
+      a => A, b => B, strategy => S, port_free => Short, plain => Variant =:= plain,
       binding_timeout_s => case Short of true -> ?SHORT_BINDING_S; false -> undefined end,
       nat => #{A => NA, B => NB}, lang => #{A => LA, B => LB}}.
 
@@ -305,11 +316,14 @@ main(Args) ->
           ++ [io_lib:format("{\"name\":\"~s\",\"nat\":\"kernel:~s\",\"delay_ms\":~b}",
                             [H, K, ?IMMEDIATE_DELAY_MS])
               || #{kinds := Ks} <- immediate_specs(), {H, K} <- maps:to_list(Ks)],
-    USites = [io_lib:format("{\"name\":\"~s\",\"nat\":\"user:~s\"~s}",
+    USites = [io_lib:format("{\"name\":\"~s\",\"nat\":\"user:~s\"~s~s}",
                             [H, maps:get(H, Nat),
-                             case Bt of undefined -> ""; _ -> io_lib:format(",\"binding_timeout_s\":~b", [Bt]) end])
-              || #{a := A, b := B, nat := Nat, binding_timeout_s := Bt} <- Users, H <- [A, B]],
-    Spec = iolist_to_binary(["{\"name\":\"", lab(), "\",\"seed\":6,\"observers\":[\"obs\"],"
+                             case Bt of undefined -> ""; _ -> io_lib:format(",\"binding_timeout_s\":~b", [Bt]) end,
+                             case Plain of true -> ",\"plain_router\":true"; false -> "" end])
+              || #{a := A, b := B, nat := Nat, binding_timeout_s := Bt, plain := Plain} <- Users, H <- [A, B]],
+    %% The internet is routed (a router between sites, as an ISP's): nodes
+    %% learn a primer TTL at join and prime before punching.
+    Spec = iolist_to_binary(["{\"name\":\"", lab(), "\",\"seed\":6,\"routed_internet\":true,\"observers\":[\"obs\"],"
                              "\"public\":[\"rv\",\"pub1\",\"pub2\"],\"sites\":[",
                              lists:join(",", KSites ++ USites), "]}"]),
     T0 = now_ms(),
@@ -701,8 +715,10 @@ write_md(File, #{kernel := KInfo, user := UInfo, users := Users}, KRows, URows, 
           "One lab: a STUN observer (`macula-observer`, two IPs), a public rendezvous host "
           "(Erlang VM, `rendezvous_server => true`, relay enabled) and one VM per host: "
           "two sites behind each kernel NAT kind and two public hosts (phase 1), and two sites "
-          "per userspace pair behind the lab's userspace NAT engine (phase 2), and two sites per "
-          "pair of phase 3. Every node is configured through the application environment only "
+          "per userspace pair behind the lab's userspace NAT engine (phase 2; pairs marked "
+          "`plain routers` are behind routers with no input rule, which punch with TTL-limited "
+          "primers), and two sites per pair of phase 3. The lab's internet is routed (one router "
+          "between sites). Every node is configured through the application environment only "
           "(`observers`, `rendezvous`, `relays`; the rendezvous host: `rendezvous_server`): it "
           "detects its NAT at start and joins the rendezvous by itself. In phases 1 and 2 the test "
           "waits for the first profile (`macula_nat_detector:detect/1`) and, when the verdict is "
