@@ -420,7 +420,7 @@ fn punch_tries(lab: &Lab, rdv: &(String, String), from: &str, nat_from: &str, to
             return l;
         }
     };
-    let (mut ok, mut other) = (0, Vec::new());
+    let (mut ok, mut other, mut ms) = (0, Vec::new(), Vec::new());
     for i in 0..tries {
         writeln!(stdin, "fresh").unwrap();
         next(&["joined", "join_failed"]);
@@ -428,6 +428,7 @@ fn punch_tries(lab: &Lab, rdv: &(String, String), from: &str, nat_from: &str, to
         let l = next(&["connected", "failed"]);
         if field(&l, "method").as_deref() == Some("punched") && field(&l, "strategy").as_deref() == Some("simple_punch") {
             ok += 1;
+            ms.push(field(&l, "connect_ms").and_then(|m| m.parse::<f64>().ok()).unwrap_or(f64::NAN));
         } else if other.len() < 3 {
             other.push(l);
         }
@@ -437,6 +438,8 @@ fn punch_tries(lab: &Lab, rdv: &(String, String), from: &str, nat_from: &str, to
     let _ = listener.kill();
     let _ = listener.wait();
     drop(heard);
+    ms.sort_by(f64::total_cmp);
+    eprintln!("{from} -> {to} {extra:?}: {ok}/{tries} punched, median connect {:.1} ms", ms.get(ms.len() / 2).copied().unwrap_or(f64::NAN));
     (ok, other)
 }
 
