@@ -512,3 +512,70 @@ fn plain_routers_punch_with_ttl_primers() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// A live connection carries 10,000 sequenced messages (one a millisecond,
+/// echoed back) while the dialler's NAT forgets all its mappings (a
+/// rebinding: its next packets leave from a new random port): every echo
+/// comes back once and in order, through QUIC's migration at the acceptor.
+/// Acceptors: a public host, and a host behind a full cone (any new port
+/// of the dialler gets through its filter).
+#[test]
+fn a_live_connection_survives_a_nat_rebinding() {
+    if !ready() {
+        return;
+    }
+    let mut spec = LabSpec::new("conrebind");
+    spec.public.push("rdv".into());
+    spec.public.push("pub".into());
+    spec.seed = Some(15);
+    for (name, nat) in [("d1", "user:ei-pd-rd"), ("d2", "user:ei-pd-rd"), ("fc", "user:ei-ei-pp")] {
+        spec.sites.push(SiteSpec::new(name, nat).unwrap());
+    }
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    let (mut rdv, rdv_addr, rdv_id) = rendezvous(&lab);
+    let mut kept = Vec::new();
+    let mut streams = Vec::new();
+    for (listener_host, listener_nat, dialler) in [("pub", "none", "d1"), ("fc", "ei-ei-pp", "d2")] {
+        let mut l = lab
+            .spawn(listener_host, &[bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", listener_nat])
+            .expect("listener");
+        let heard = lines(&mut l);
+        let joined = heard.recv_timeout(Duration::from_secs(10)).expect("listener joined");
+        let id = field(&joined, "node_id").expect("listener id");
+        let mut s = lab
+            .spawn(dialler, &[bin, "stream", &id, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-pd-rd", "--count", "10000", "--interval-ms", "1"])
+            .expect("stream");
+        let said = lines(&mut s);
+        let connected = said.recv_timeout(Duration::from_secs(15)).expect("stream connected");
+        eprintln!("{dialler} -> {listener_host}: {connected}");
+        kept.push((l, heard));
+        streams.push((dialler, listener_host, s, said));
+    }
+    // Mid-stream (10 s each): both dialers' NATs forget their mappings.
+    std::thread::sleep(Duration::from_secs(3));
+    let before: Vec<u64> = ["d1", "d2"].iter().map(|d| lab.router_stats(d).unwrap().counters["bindings_created"]).collect();
+    for d in ["d1", "d2"] {
+        lab.rebind(d).expect("rebind");
+    }
+    let mut failures = Vec::new();
+    for ((dialler, listener, mut s, said), created_before) in streams.into_iter().zip(before) {
+        let out = said.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let _ = s.wait();
+        // The stats file is rewritten every 100 ms.
+        std::thread::sleep(Duration::from_millis(300));
+        let st = lab.router_stats(dialler).unwrap();
+        eprintln!("{dialler} -> {listener}: {out}; NAT: rebinds {}, bindings created {} -> {}", st.counters["rebinds"], created_before, st.counters["bindings_created"]);
+        if field(&out, "ok").as_deref() != Some("true") || field(&out, "echoed").as_deref() != Some("10000") || field(&out, "out_of_order").as_deref() != Some("0") {
+            failures.push(format!("{dialler} -> {listener}: `{out}`"));
+        }
+        if st.counters["rebinds"] != 1 || st.counters["bindings_created"] <= created_before {
+            failures.push(format!("{dialler}: the NAT did not rebind ({:?})", st.counters));
+        }
+    }
+    for (mut l, _) in kept {
+        let _ = l.kill();
+    }
+    let _ = rdv.kill();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

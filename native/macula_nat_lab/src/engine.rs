@@ -60,6 +60,9 @@ pub struct EngineStats {
     /// Inbound dropped because no (live) binding owns the port.
     pub dropped_no_binding: u64,
     pub dropped_loss_out: u64,
+    /// Times the engine forgot all its mappings (SIGUSR1).
+    #[serde(default)]
+    pub rebinds: u64,
     pub dropped_loss_in: u64,
     pub dropped_hairpin: u64,
     /// Non-UDP (NAT mode), fragments, malformed, unroutable.
@@ -218,6 +221,9 @@ fn rewrite_udp(p: &mut Vec<u8>, ihl: usize, src: (Ipv4Addr, u16), dst: (Ipv4Addr
         p[u + 6..u + 8].copy_from_slice(&c.to_be_bytes());
     }
 }
+
+/// Set by SIGUSR1 (see [`Engine::run`]).
+static REBIND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The router of an engine forwards each packet twice (into the tun device
 /// and out of it), so the kernel takes two off its TTL; one more here keeps
@@ -501,6 +507,16 @@ impl Nat {
         }
     }
 
+    /// Forgets every binding and refused entry: the next outbound packet of
+    /// each host gets a new mapping (counted in `rebinds`).
+    pub fn forget_all(&mut self, st: &mut EngineStats) {
+        st.bindings_expired += self.by_port.len() as u64;
+        self.by_port.clear();
+        self.by_key.clear();
+        self.refused.clear();
+        st.rebinds += 1;
+    }
+
     /// The internal endpoint of the live binding at public `port`.
     pub fn internal_of(&self, port: u16, now: Instant) -> Option<Ep> {
         self.by_port.get(&port).filter(|b| self.live(b, now)).map(|b| b.key.int)
@@ -717,6 +733,13 @@ impl Engine {
     /// Run forever on the tun device (inside the router namespace).
     pub fn run(mut self) -> Result<()> {
         let fd = open_tun(&self.cfg.tun)?;
+        // SIGUSR1: the router forgets every mapping (a NAT rebinding, as
+        // after a router restart or a mapping table flush).
+        extern "C" fn on_usr1(_: libc::c_int) {
+            REBIND.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(libc::SIGUSR1, on_usr1 as extern "C" fn(libc::c_int) as libc::sighandler_t) };
         let raw = fd.as_raw_fd();
         self.write_stats()?;
         std::fs::write(&self.cfg.ready_file, b"ready\n").context("ready file")?;
@@ -725,6 +748,11 @@ impl Engine {
         let mut written = self.stats.clone();
         loop {
             let now = Instant::now();
+            if REBIND.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                if let Some(n) = self.nat.as_mut() {
+                    n.forget_all(&mut self.stats);
+                }
+            }
             // release due packets
             while let Some(Reverse(top)) = self.queue.peek() {
                 if top.due > now {

@@ -861,6 +861,18 @@ impl Lab {
         c.spawn().with_context(|| format!("spawn {argv:?} in {host}"))
     }
 
+    /// A NAT rebinding at a userspace-engine site: its router forgets every
+    /// mapping, so each host's next packet leaves from a new public port.
+    pub fn rebind(&self, site: &str) -> Result<()> {
+        let s = self.site(site)?;
+        let pid = s.engine_pid.filter(|_| s.engine).ok_or_else(|| anyhow::anyhow!("site {site} has no userspace NAT engine"))?;
+        // SAFETY: a plain signal to our own child process.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) } != 0 {
+            bail!("signal engine {pid}: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     pub fn router_stats(&self, site: &str) -> Result<RouterStats> {
         router_stats(&self.info, site)
     }

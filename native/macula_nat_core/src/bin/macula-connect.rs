@@ -11,6 +11,12 @@
 //!                [--timeout-ms N] [--no-direct] [--allow-relay] [--bind IP:PORT]
 //!     one line: {"ok":true,"method":..,"strategy":..,"connect_ms":..,"echo_ms":..,"node_id":..,"remote":..}
 //!            or {"ok":false,"error":KIND,"message":..,"connect_ms":..,"node_id":..}
+//! macula-connect stream TARGET_HEX --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC]
+//!                [--count N] [--interval-ms MS]
+//!     connects, sends N (10000) sequenced messages one every MS (1) ms to
+//!     the listener, which echoes them, and checks each comes back once and
+//!     in order: {"event":"connected",...} then one line
+//!     {"ok":..,"sent":..,"echoed":..,"out_of_order":..,"max_gap_ms":..,"ms":..,"remote":..,"method":..}
 //! macula-connect agent --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
 //!                [--timeout-ms N] [--no-direct] [--allow-relay]
 //!     a long-running node for benchmarks, driven by lines on stdin:
@@ -252,6 +258,54 @@ async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInf
     drop(current);
 }
 
+/// `stream`: sends `count` sequenced messages, one every `pace`, to the
+/// listener (which echoes them) and checks every echo arrives once and in
+/// order; prints the outcome. Exit code 0 when all came back in order.
+async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
+    let t0 = Instant::now();
+    let sender = {
+        let conn = conn.clone();
+        runtime::spawn(async move {
+            let mut tick = tokio::time::interval(pace.max(Duration::from_micros(100)));
+            for seq in 0..count {
+                tick.tick().await;
+                if conn.send(seq.to_be_bytes().to_vec()).await.is_err() {
+                    return seq;
+                }
+            }
+            count
+        })
+    };
+    let (mut next, mut disorder, mut max_gap) = (0u64, 0u64, Duration::ZERO);
+    let mut last = Instant::now();
+    let deadline = t0 + pace * count as u32 + Duration::from_secs(30);
+    while next < count {
+        let got = tokio::time::timeout_at(deadline.into(), conn.recv()).await;
+        let Ok(Some(m)) = got else { break };
+        let seq = m.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+        if seq != Some(next) {
+            disorder += 1;
+        }
+        next = seq.map_or(next + 1, |s| s + 1);
+        max_gap = max_gap.max(last.elapsed());
+        last = Instant::now();
+    }
+    let sent = sender.await.unwrap_or(0);
+    let ok = sent == count && next == count && disorder == 0;
+    println!(
+        "{{\"ok\":{ok},\"sent\":{sent},\"echoed\":{next},\"out_of_order\":{disorder},\"max_gap_ms\":{:.1},\"ms\":{:.1},\"remote\":\"{}\",\"method\":\"{}\"}}",
+        max_gap.as_secs_f64() * 1000.0,
+        t0.elapsed().as_secs_f64() * 1000.0,
+        conn.remote_address(),
+        conn.method().name()
+    );
+    if ok {
+        0
+    } else {
+        4
+    }
+}
+
 /// `--no-primer`: no TTL-limited primers (to measure what they are worth).
 static NO_PRIMER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -266,7 +320,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| usage());
     let mut target = None;
-    if mode == "connect" {
+    if mode == "connect" || mode == "stream" {
         target = Some(unhex(&args.next().unwrap_or_else(|| usage())).unwrap_or_else(|| usage()));
     }
     let mut bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
@@ -275,6 +329,8 @@ fn main() {
     let mut nat = public_profile();
     let mut opts = ConnectOpts::default();
     let (mut relay_addr, mut relay_id, mut serve_relay) = (None, None, false);
+    // stream: (messages, pacing in ms)
+    let mut stream: (u64, u64) = (10_000, 1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-direct" => opts.prefer_direct = false,
@@ -291,6 +347,8 @@ fn main() {
                     "--timeout-ms" => opts.timeout = Duration::from_millis(v.parse().unwrap_or_else(|_| usage())),
                     "--relay" => relay_addr = Some(v.parse().unwrap_or_else(|_| usage())),
                     "--relay-id" => relay_id = Some(unhex(&v).unwrap_or_else(|| usage())),
+                    "--count" => stream.0 = v.parse().unwrap_or_else(|_| usage()),
+                    "--interval-ms" => stream.1 = v.parse().unwrap_or_else(|_| usage()),
                     _ => usage(),
                 }
             }
@@ -352,6 +410,23 @@ fn main() {
                         }
                     });
                 }
+            }
+            ("stream", Some(target)) => {
+                let t = Instant::now();
+                let c = match connect_detailed(&signal, target, opts).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        println!("{{\"ok\":false,\"error\":\"{}\",\"message\":{}}}", e.kind(), json_str(&e.to_string()));
+                        exit(2)
+                    }
+                };
+                println!(
+                    "{{\"event\":\"connected\",\"method\":\"{}\",\"connect_ms\":{:.1},\"remote\":\"{}\"}}",
+                    c.method.name(),
+                    t.elapsed().as_secs_f64() * 1000.0,
+                    c.conn.remote_address()
+                );
+                exit(run_stream(c.conn, stream.0, Duration::from_millis(stream.1)).await)
             }
             ("connect", Some(target)) => {
                 let t = Instant::now();
