@@ -1123,9 +1123,18 @@ impl Detection {
                 checks.push(local == port);
             }
         }
-        if !checks.is_empty() && checks.iter().all(|&c| c) {
+        let kept = checks.iter().filter(|&&c| c).count();
+        if !checks.is_empty() && kept == checks.len() {
             let c = if checks.len() >= 2 { Confidence::High } else { Confidence::Medium };
             return (Allocation::Pp, None, c);
+        }
+        // A preserving NAT gives a socket another port when another
+        // binding already holds its local port (a long-lived one, or one
+        // an earlier process left); any other allocation keeps a random
+        // local port only by chance (1 in ~64,000). So most sockets' first
+        // mappings keeping their port, two at least, is preservation.
+        if kept >= 2 && kept * 3 >= checks.len() * 2 {
+            return (Allocation::Pp, None, Confidence::Medium);
         }
         // PC: constant delta between consecutive fresh mappings.
         let deltas: Vec<Option<i32>> = series

@@ -647,3 +647,23 @@ fn a_mapping_that_moved_for_one_destination_only_is_ei_with_medium_confidence() 
         assert_eq!(p.confidence, Confidence::Medium, "{ty}");
     }
 }
+
+#[test]
+fn a_preserving_nat_whose_port_one_socket_finds_taken_still_reads_pp() {
+    // Another binding holds one probe socket's local port as its public
+    // port (an earlier process's random mapping): that socket's first
+    // mapping gets another port; the others keep theirs.
+    for ty in NatType::all().filter(|t| t.allocation == Allocation::Pp) {
+        let mut nat = SimNat::new(Some(ty), 1, 81);
+        let locals = probe_locals(81);
+        // Take the public port equal to probe socket 1's local port.
+        let stranger: SocketAddr = format!("10.0.0.9:{}", locals[1].port()).parse().unwrap();
+        nat.outbound(stranger, "192.0.2.99:9".parse().unwrap());
+        let mut world = World::new(nat, two_observers(), 10, 0, 81);
+        let t0 = Instant::now();
+        let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, 81);
+        let p = world.run(&mut det, &locals, t0).result.unwrap();
+        assert_eq!(p.allocation, Allocation::Pp, "{ty}");
+        assert_eq!(p.confidence, Confidence::Medium, "{ty}");
+    }
+}
