@@ -255,20 +255,20 @@ init(Opts) ->
              end,
     %% The registry starts after this process: subscribe once it is up.
     self() ! registry_subscribe,
-    State = #{opts => Opts, join => undefined, relays => Relays,
-              registry => undefined, registry_relays => [], signal_waiters => []},
     case maps:get(rendezvous_server, Opts, false) of
         true -> self() ! serve_rendezvous;
         false -> ok
     end,
-    case [R || #{endpoint := _, node_id := _} = R <- maps:get(rendezvous, Opts, [])] of
-        [#{endpoint := E, node_id := Id} | _] ->
-            %% Connection requests until the first join wait for it.
-            ets:insert(?TABLE, {joining, true}),
-            join_after_detection(E, Id, Opts);
-        [] -> ok
-    end,
-    {ok, State}.
+    Waiter = case [R || #{endpoint := _, node_id := _} = R <- maps:get(rendezvous, Opts, [])] of
+                 [#{endpoint := E, node_id := Id} | _] ->
+                     %% Connection requests until the first join wait for it.
+                     ets:insert(?TABLE, {joining, true}),
+                     join_after_detection(E, Id, Opts);
+                 [] -> undefined
+             end,
+    {ok, #{opts => Opts, join => undefined, relays => Relays,
+           registry => undefined, registry_relays => [], signal_waiters => [],
+           detection_waiter => Waiter}}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()} | {noreply, map()}.
 handle_call({join, Endpoint, NodeId}, _From, State) ->
@@ -312,6 +312,11 @@ handle_info(registry_subscribe, State) ->
     {noreply, registry_subscribe(State)};
 handle_info({macula_relay_registry, relays_changed}, State) ->
     {noreply, apply_relays(registry_relays(State))};
+handle_info({'DOWN', Mon, process, _, Reason}, #{detection_waiter := {Mon, E, Id}} = State) ->
+    %% The waiter sends the join itself when it ends normally; one that
+    %% died (a detector gone mid-call) must not leave the node unjoined.
+    Reason =:= normal orelse (self() ! {join, E, Id}),
+    {noreply, State#{detection_waiter := undefined}};
 handle_info({'DOWN', Mon, process, _, _}, #{registry := Mon} = State) ->
     erlang:send_after(?REGISTRY_RETRY_MS, self(), registry_subscribe),
     {noreply, State#{registry := undefined}};
@@ -325,20 +330,23 @@ handle_info(_Info, State) ->
 %% rendezvous first made detection read such a NAT as random (seen in the
 %% lab). What the node signals does not depend on this order (it reads the
 %% current profile when it signals).
+%% Returns the monitored waiter `{Mon, E, Id}', or `undefined' when the
+%% join is sent at once.
 join_after_detection(E, Id, Opts) ->
     Self = self(),
     case maps:get(observers, Opts, []) of
         [] ->
-            Self ! {join, E, Id};
+            Self ! {join, E, Id},
+            undefined;
         _ ->
             Wait = maps:get(detection_timeout_ms, Opts, 2000) + 1000,
-            _ = spawn(fun() ->
-                              %% Joins the detection under way (or takes its
-                              %% result); the outcome does not matter here.
-                              _ = macula_nat_detector:detect(#{timeout => Wait}),
-                              Self ! {join, E, Id}
-                      end),
-            ok
+            {_, Mon} = spawn_monitor(fun() ->
+                                             %% Joins the detection under way (or takes its
+                                             %% result); the outcome does not matter here.
+                                             _ = macula_nat_detector:detect(#{timeout => Wait}),
+                                             Self ! {join, E, Id}
+                                     end),
+            {Mon, E, Id}
     end.
 
 serve() ->
