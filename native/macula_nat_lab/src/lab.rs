@@ -76,6 +76,22 @@ pub struct SiteInfo {
     /// `stats_file` (`engine` stays false: `stats` reports the nft counters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_hop: Option<String>,
+    /// The address the internet sees for this site: the outermost NAT's
+    /// public IP (equals `public_ip` for a site on the internet; for a
+    /// site behind a carrier or another site, `public_ip` is the router's
+    /// address in that upstream's address space).
+    #[serde(default = "unspecified")]
+    pub reflexive_ip: Ipv4Addr,
+    /// Carrier or site whose LAN the router's WAN is on (None: the internet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// More hosts on the site LAN ([`crate::SiteSpec::extra_hosts`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+}
+
+fn unspecified() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
 }
 
 /// JSON description of a running lab (also the state file content).
@@ -91,6 +107,11 @@ pub struct LabInfo {
     pub sites: BTreeMap<String, SiteInfo>,
     /// observer name -> [primary IP, alternate IP]
     pub observers: BTreeMap<String, [Ipv4Addr; 2]>,
+    /// Carrier-grade NATs by name, described like sites: `host` and
+    /// `router` are the carrier's router, `host_addr` its LAN gateway
+    /// (100.64.k.1), `lan` 100.64.k.0/24.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub carriers: BTreeMap<String, SiteInfo>,
     pub namespaces: Vec<String>,
     pub spec: LabSpec,
 }
@@ -197,6 +218,38 @@ fn site_lan(i: usize) -> Result<(Ipv4Addr, Ipv4Addr, Ipv4Addr)> {
     Ok((Ipv4Addr::from(base), Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2)))
 }
 
+/// Carrier k's LAN (1-based): 100.64.k.0/24, gateway 100.64.k.1.
+fn carrier_lan(k: usize) -> Result<(Ipv4Addr, Ipv4Addr)> {
+    if k == 0 || k > 255 {
+        bail!("too many carriers");
+    }
+    let base = u32::from(Ipv4Addr::new(100, 64, k as u8, 0));
+    Ok((Ipv4Addr::from(base), Ipv4Addr::from(base + 1)))
+}
+
+/// Addresses for downstream routers on a carrier's or a site's LAN.
+struct LanPool {
+    net: Ipv4Addr,
+    gw: Ipv4Addr,
+    next: u32,
+}
+impl LanPool {
+    fn take(&mut self) -> Result<Ipv4Addr> {
+        if self.next > 254 {
+            bail!("LAN {}/24 exhausted (too many downstream sites)", self.net);
+        }
+        let a = Ipv4Addr::from(u32::from(self.net) + self.next);
+        self.next += 1;
+        Ok(a)
+    }
+}
+
+/// First address of a site's extra hosts (198.18.i.10, .11, ...) and of the
+/// routers of the sites downstream of it (198.18.i.100, ...).
+const EXTRA_HOST_FIRST: u32 = 10;
+const DOWNSTREAM_FIRST: u32 = 100;
+const CARRIER_FIRST: u32 = 10;
+
 /// Plan addresses (pure; no side effects).
 fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabInfo> {
     spec.validate()?;
@@ -204,6 +257,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
     let mut a = Addrs { next: INET_FIRST_HOST as u32 };
     let mut hosts = BTreeMap::new();
     let mut sites = BTreeMap::new();
+    let mut carriers = BTreeMap::new();
     let mut observers = BTreeMap::new();
     for o in &spec.observers {
         let ips = [a.take()?, a.take()?];
@@ -236,27 +290,43 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
             );
         }
     }
+    // LANs that downstream routers can join: every carrier's, every site's.
+    let mut pools: BTreeMap<String, LanPool> = BTreeMap::new();
+    for (k, c) in spec.carriers.iter().enumerate() {
+        let (net, gw) = carrier_lan(k + 1)?;
+        pools.insert(c.name.clone(), LanPool { net, gw, next: CARRIER_FIRST });
+    }
+    for (idx, s) in spec.sites.iter().enumerate() {
+        let (net, gw, _) = site_lan(idx + 1)?;
+        pools.insert(s.name.clone(), LanPool { net, gw, next: DOWNSTREAM_FIRST });
+    }
     for (idx, s) in spec.sites.iter().enumerate() {
         let (net, gw, haddr) = site_lan(idx + 1)?;
         let router = format!("{}-nat", s.name);
         let engine = matches!(s.nat, NatKind::User(_)) || (s.nat == NatKind::None && s.has_impairment());
+        // The router's WAN side: the internet, or an upstream's LAN.
+        let up_gw = s.upstream.as_ref().map(|u| pools[u].gw);
+        let mut take = || match &s.upstream {
+            Some(u) => pools.get_mut(u).unwrap().take(),
+            None => a.take(),
+        };
         let (host_addr, public_ip, wan_addr, has_router) = match s.nat {
             NatKind::None if !engine => {
-                let ip = a.take()?;
+                let ip = take()?;
                 (ip, ip, None, false)
             }
             NatKind::None => {
-                let w = a.take()?;
-                let h = a.take()?;
+                let w = take()?;
+                let h = take()?;
                 (h, h, Some(w), true)
             }
             NatKind::Kernel(_) => {
-                let p = a.take()?;
+                let p = take()?;
                 (haddr, p, Some(p), true)
             }
             NatKind::User(_) => {
-                let w = a.take()?;
-                let p = a.take()?;
+                let w = take()?;
+                let p = take()?;
                 (haddr, p, Some(w), true)
             }
         };
@@ -272,6 +342,20 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 gateway: if has_router { Some(gw) } else { None },
             },
         );
+        for (j, x) in s.extra_hosts.iter().enumerate() {
+            let addr = Ipv4Addr::from(u32::from(net) + EXTRA_HOST_FIRST + j as u32);
+            hosts.insert(
+                x.clone(),
+                HostInfo {
+                    netns: ns_name(lab, x),
+                    role: Role::Site,
+                    addrs: vec![addr],
+                    public_addrs: vec![],
+                    site: Some(s.name.clone()),
+                    gateway: Some(gw),
+                },
+            );
+        }
         if has_router {
             hosts.insert(
                 router.clone(),
@@ -281,7 +365,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                     addrs: vec![gw, wan_addr.unwrap()],
                     public_addrs: if natted { vec![public_ip] } else { vec![wan_addr.unwrap()] },
                     site: Some(s.name.clone()),
-                    gateway: None,
+                    gateway: up_gw,
                 },
             );
         }
@@ -317,8 +401,64 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 jitter_ms: s.jitter_ms,
                 loss: s.loss,
                 delay_hop: hop,
+                reflexive_ip: public_ip,
+                upstream: s.upstream.clone(),
+                extra_hosts: s.extra_hosts.clone(),
             },
         );
+    }
+    for c in &spec.carriers {
+        let engine = matches!(c.nat, NatKind::User(_));
+        let (net, gw) = (pools[&c.name].net, pools[&c.name].gw);
+        let wan = a.take()?;
+        let public_ip = if engine { a.take()? } else { wan };
+        hosts.insert(
+            c.name.clone(),
+            HostInfo {
+                netns: ns_name(lab, &c.name),
+                role: Role::Router,
+                addrs: vec![gw, wan],
+                public_addrs: vec![public_ip],
+                site: None,
+                gateway: None,
+            },
+        );
+        carriers.insert(
+            c.name.clone(),
+            SiteInfo {
+                host: c.name.clone(),
+                router: Some(c.name.clone()),
+                nat: c.nat.to_string(),
+                host_addr: gw,
+                public_ip,
+                lan: Some(format!("{net}/24")),
+                wan_addr: Some(wan),
+                engine,
+                engine_pid: None,
+                stats_file: engine.then(|| lab_dir(lab).join(format!("{}.stats.json", c.name))),
+                delay_ms: 0.0,
+                jitter_ms: 0.0,
+                loss: 0.0,
+                delay_hop: None,
+                reflexive_ip: public_ip,
+                upstream: None,
+                extra_hosts: vec![],
+            },
+        );
+    }
+    // What the internet sees: the outermost NAT's public address.
+    let names: Vec<String> = sites.keys().cloned().collect();
+    for n in names {
+        let mut cur = n.clone();
+        let reflexive = loop {
+            let si = &sites[&cur];
+            match &si.upstream {
+                None => break si.public_ip,
+                Some(u) if carriers.contains_key(u) => break carriers[u].public_ip,
+                Some(u) => cur = u.clone(),
+            }
+        };
+        sites.get_mut(&n).unwrap().reflexive_ip = reflexive;
     }
     let internet = ns_name(lab, "inet");
     let mut namespaces = vec![internet.clone()];
@@ -332,9 +472,32 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
         hosts,
         sites,
         observers,
+        carriers,
         namespaces,
         spec: spec.clone(),
     })
+}
+
+/// A router's LAN as a bridge `lan` (address `gw`/24) with one veth port
+/// `m<n>` per member (namespace, interface name there).
+fn build_bridge_lan(rns: &str, gw: Ipv4Addr, members: &[(String, &str)]) -> Result<()> {
+    let mut l = vec![
+        "link set lo up".to_string(),
+        "link add lan type bridge".into(),
+        format!("addr add {gw}/24 dev lan"),
+        "link set lan up".into(),
+    ];
+    for (n, (ns, ifname)) in members.iter().enumerate() {
+        l.push(format!("link add m{n} type veth peer name {ifname} netns {ns}"));
+        l.push(format!("link set m{n} master lan"));
+        l.push(format!("link set m{n} up"));
+    }
+    ip_batch(Some(rns), &l)?;
+    // Frames bridged between members stay out of the router's netfilter
+    // hooks (br_netfilter, when loaded, would put them through the NAT's
+    // forward chain). Best effort: absent without br_netfilter.
+    let _ = sysctls(rns, vec![("net.bridge.bridge-nf-call-iptables".into(), "0".into())]);
+    Ok(())
 }
 
 /// Routes a namespace's LAN egress and the WAN ingress for `routed` through
@@ -461,9 +624,10 @@ impl Lab {
             .collect();
         destroy_namespaces(&stale)?;
         write_state(&info)?; // first, so a concurrent reap sees an owned lab
-        netns::neighbour_room(info.sites.len());
+        netns::neighbour_room(info.sites.len() + info.carriers.len());
         let mut lab = Lab { info, children: vec![], keep: false, down_done: false };
-        let needs_engine = lab.info.sites.values().any(|s| s.engine || s.delay_hop.is_some());
+        let needs_engine = lab.info.sites.values().any(|s| s.engine || s.delay_hop.is_some())
+            || lab.info.carriers.values().any(|c| c.engine);
         let bin = if needs_engine { Some(find_engine_bin(&opts.engine_bin)?) } else { None };
         if let Err(e) = lab.build(bin.as_deref()) {
             lab.teardown_now();
@@ -493,8 +657,14 @@ impl Lab {
         for (name, h) in &info.hosts {
             match h.role {
                 Role::Observer | Role::Relay | Role::Public => attached.push((name.clone(), "eth0")),
-                // A delay hop's `wan` goes to its router, not the internet.
-                Role::Router if !info.sites.values().any(|s| s.delay_hop.as_ref() == Some(name)) => {
+                // A delay hop's `wan` goes to its router, not the internet;
+                // a nested router's `wan` to its upstream's LAN.
+                Role::Router
+                    if !info.sites.values().any(|s| {
+                        s.delay_hop.as_ref() == Some(name)
+                            || (s.upstream.is_some() && s.router.as_ref() == Some(name))
+                    }) =>
+                {
                     attached.push((name.clone(), "wan"))
                 }
                 Role::Router => {}
@@ -546,7 +716,7 @@ impl Lab {
             }
         }
         // 3. internet hosts
-        for (name, h) in &info.hosts {
+        for h in info.hosts.values() {
             let mut l = vec!["link set lo up".to_string()];
             match h.role {
                 Role::Observer | Role::Relay | Role::Public => {
@@ -555,7 +725,7 @@ impl Lab {
                     }
                     l.push("link set eth0 up".into());
                 }
-                Role::Site if info.sites[name].router.is_none() => {
+                Role::Site if info.sites[h.site.as_ref().unwrap()].router.is_none() => {
                     l.push(format!("addr add {}/{INET_PREFIX} dev eth0", h.addrs[0]));
                     l.push("link set eth0 up".into());
                 }
@@ -563,7 +733,62 @@ impl Lab {
             }
             ip_batch(Some(&h.netns), &l)?;
         }
-        // 4. sites
+        // 4. LANs of site routers and carriers: a veth to the site host, or
+        // (extra hosts, downstream routers, carriers) a bridge `lan` with
+        // one port per member. Every LAN first: a downstream router's `wan`
+        // is made here, by its upstream.
+        let downstream = |up: &str| -> Vec<String> {
+            info.spec
+                .sites
+                .iter()
+                .filter(|x| x.upstream.as_deref() == Some(up))
+                .map(|x| info.sites[&x.name].router.clone().unwrap())
+                .collect()
+        };
+        for (sname, s) in &info.sites {
+            let Some(router) = &s.router else { continue };
+            let rns = &info.hosts[router].netns;
+            let gw = info.hosts[router].addrs[0];
+            let below = downstream(sname);
+            if s.extra_hosts.is_empty() && below.is_empty() {
+                // The router's LAN link ends at the host, or at the delay hop.
+                let lan_peer = match &s.delay_hop {
+                    Some(h) => format!("wan netns {}", info.hosts[h].netns),
+                    None => format!("eth0 netns {}", info.hosts[&s.host].netns),
+                };
+                ip_batch(
+                    Some(rns),
+                    &[
+                        "link set lo up".into(),
+                        format!("link add lan type veth peer name {lan_peer}"),
+                        format!("addr add {gw}/24 dev lan"),
+                        "link set lan up".into(),
+                    ],
+                )?;
+            } else {
+                let mut members: Vec<(String, &str)> = vec![(info.hosts[&s.host].netns.clone(), "eth0")];
+                members.extend(s.extra_hosts.iter().map(|x| (info.hosts[x].netns.clone(), "eth0")));
+                members.extend(below.iter().map(|r| (info.hosts[r].netns.clone(), "wan")));
+                build_bridge_lan(rns, gw, &members)?;
+            }
+        }
+        for (cname, c) in &info.carriers {
+            let rns = &info.hosts[cname].netns;
+            let members: Vec<(String, &str)> =
+                downstream(cname).iter().map(|r| (info.hosts[r].netns.clone(), "wan")).collect();
+            build_bridge_lan(rns, c.host_addr, &members)?;
+        }
+        // 5. carriers: WAN on the internet, NAT
+        for (cname, c) in &info.carriers {
+            let spec = info.spec.carriers.iter().find(|x| &x.name == cname).unwrap().as_site();
+            let rns = info.hosts[cname].netns.clone();
+            ip_batch(
+                Some(&rns),
+                &[format!("addr add {}/{INET_PREFIX} dev wan", c.wan_addr.unwrap()), "link set wan up".into()],
+            )?;
+            self.build_nat(bin, cname, c, &spec, &rns, true)?;
+        }
+        // 6. sites: WAN, hosts, NAT
         for (sname, s) in &info.sites {
             let Some(router) = &s.router else { continue };
             let spec = info.spec.sites.iter().find(|x| &x.name == sname).unwrap();
@@ -571,26 +796,14 @@ impl Lab {
             let hns = info.hosts[&s.host].netns.clone();
             let gw = info.hosts[router].addrs[0];
             let wan = s.wan_addr.unwrap();
-            let lan = s.lan.clone().unwrap();
-            let hop_ns = s.delay_hop.as_ref().map(|h| info.hosts[h].netns.clone());
-            // The router's LAN link ends at the host, or at the delay hop.
-            let lan_peer = match &hop_ns {
-                Some(n) => format!("wan netns {n}"),
-                None => format!("eth0 netns {hns}"),
-            };
-            ip_batch(
-                Some(&rns),
-                &[
-                    "link set lo up".into(),
-                    format!("link add lan type veth peer name {lan_peer}"),
-                    format!("addr add {gw}/24 dev lan"),
-                    format!("addr add {wan}/{INET_PREFIX} dev wan"),
-                    "link set lan up".into(),
-                    "link set wan up".into(),
-                ],
-            )?;
-            if let (Some(hop), Some(hop_ns)) = (&s.delay_hop, &hop_ns) {
-                self.build_delay_hop(bin, sname, s, spec, hop, hop_ns, &hns, gw)?;
+            let mut rl = vec![format!("addr add {wan}/{INET_PREFIX} dev wan"), "link set wan up".into()];
+            if let Some(up_gw) = info.hosts[router].gateway {
+                rl.push(format!("route add default via {up_gw} dev wan"));
+            }
+            ip_batch(Some(&rns), &rl)?;
+            if let Some(hop) = &s.delay_hop {
+                let hop_ns = info.hosts[hop].netns.clone();
+                self.build_delay_hop(bin, sname, s, spec, hop, &hop_ns, &hns, gw)?;
             }
             let mut hl = vec!["link set lo up".to_string(), "link set eth0 up".into()];
             if spec.nat == NatKind::None {
@@ -603,51 +816,79 @@ impl Lab {
                 hl.push(format!("route add default via {gw}"));
             }
             ip_batch(Some(&hns), &hl)?;
-            let mut sc: Vec<(String, String)> = vec![
-                ("net.ipv4.ip_forward".into(), "1".into()),
-                ("net.ipv4.conf.all.rp_filter".into(), "0".into()),
-                ("net.ipv4.conf.default.rp_filter".into(), "0".into()),
-                ("net.ipv4.conf.lan.rp_filter".into(), "0".into()),
-                ("net.ipv4.conf.wan.rp_filter".into(), "0".into()),
-                ("net.ipv4.conf.all.send_redirects".into(), "0".into()),
-                ("net.ipv4.conf.default.send_redirects".into(), "0".into()),
-            ];
-            if s.engine {
-                sc.push(("net.ipv4.conf.wan.proxy_arp".into(), "1".into()));
-                sc.push(("net.ipv4.neigh.wan.proxy_delay".into(), "0".into()));
+            for x in &s.extra_hosts {
+                let h = &info.hosts[x];
+                ip_batch(
+                    Some(&h.netns),
+                    &[
+                        "link set lo up".into(),
+                        "link set eth0 up".into(),
+                        format!("addr add {}/24 dev eth0", h.addrs[0]),
+                        format!("route add default via {gw}"),
+                    ],
+                )?;
             }
-            sysctls(&rns, sc)?;
-            match spec.nat {
-                NatKind::Kernel(k) => {
-                    let t = spec.binding_timeout().to_string();
-                    // per-netns conntrack timeouts (best effort)
-                    let _ = sysctls(
-                        &rns,
-                        vec![
-                            ("net.netfilter.nf_conntrack_udp_timeout".into(), t.clone()),
-                            ("net.netfilter.nf_conntrack_udp_timeout_stream".into(), t),
-                        ],
-                    );
-                    let rules = kernel_ruleset(k, spec, &lan, s.public_ip, s.host_addr);
-                    let (mut c, _f) = command_in(&rns, &["nft".into(), "-f".into(), "-".into()])?;
-                    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-                    let mut ch = c.spawn()?;
-                    use std::io::Write;
-                    ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
-                    let out = ch.wait_with_output()?;
-                    if !out.status.success() {
-                        bail!("nft in {rns}: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
-                    }
+            self.build_nat(bin, sname, s, spec, &rns, false)?;
+        }
+        Ok(())
+    }
+
+    /// A router's forwarding sysctls and its NAT: nftables rules (kernel)
+    /// or a userspace engine wired to `tun0`.
+    fn build_nat(
+        &mut self,
+        bin: Option<&Path>,
+        name: &str,
+        s: &SiteInfo,
+        spec: &SiteSpec,
+        rns: &str,
+        carrier: bool,
+    ) -> Result<()> {
+        let mut sc: Vec<(String, String)> = vec![
+            ("net.ipv4.ip_forward".into(), "1".into()),
+            ("net.ipv4.conf.all.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.default.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.lan.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.wan.rp_filter".into(), "0".into()),
+            ("net.ipv4.conf.all.send_redirects".into(), "0".into()),
+            ("net.ipv4.conf.default.send_redirects".into(), "0".into()),
+        ];
+        if s.engine {
+            sc.push(("net.ipv4.conf.wan.proxy_arp".into(), "1".into()));
+            sc.push(("net.ipv4.neigh.wan.proxy_delay".into(), "0".into()));
+        }
+        sysctls(rns, sc)?;
+        let lan = s.lan.clone().unwrap();
+        match spec.nat {
+            NatKind::Kernel(k) => {
+                let t = spec.binding_timeout().to_string();
+                // per-netns conntrack timeouts (best effort)
+                let _ = sysctls(
+                    rns,
+                    vec![
+                        ("net.netfilter.nf_conntrack_udp_timeout".into(), t.clone()),
+                        ("net.netfilter.nf_conntrack_udp_timeout_stream".into(), t),
+                    ],
+                );
+                let rules = kernel_ruleset(k, spec, &lan, s.public_ip, s.host_addr);
+                let (mut c, _f) = command_in(rns, &["nft".into(), "-f".into(), "-".into()])?;
+                c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+                let mut ch = c.spawn()?;
+                use std::io::Write;
+                ch.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                let out = ch.wait_with_output()?;
+                if !out.status.success() {
+                    bail!("nft in {rns}: {}\n{rules}", String::from_utf8_lossy(&out.stderr));
                 }
-                _ => {
-                    let bin = bin.ok_or_else(|| anyhow!("engine binary needed"))?;
-                    let pid = self.start_engine(bin, sname, s, spec, &rns)?;
-                    let si = self.info.sites.get_mut(sname).unwrap();
-                    si.engine_pid = Some(pid);
-                    // P (NAT) or the host's public address
-                    let host_route = (spec.nat == NatKind::None).then_some(s.host_addr);
-                    wire_engine(&rns, s.public_ip, host_route)?;
-                }
+            }
+            _ => {
+                let bin = bin.ok_or_else(|| anyhow!("engine binary needed"))?;
+                let pid = self.start_engine(bin, name, s, spec, rns)?;
+                let si = if carrier { &mut self.info.carriers } else { &mut self.info.sites };
+                si.get_mut(name).unwrap().engine_pid = Some(pid);
+                // P (NAT) or the host's public address
+                let host_route = (spec.nat == NatKind::None).then_some(s.host_addr);
+                wire_engine(rns, s.public_ip, host_route)?;
             }
         }
         Ok(())
@@ -861,10 +1102,16 @@ impl Lab {
         c.spawn().with_context(|| format!("spawn {argv:?} in {host}"))
     }
 
-    /// A NAT rebinding at a userspace-engine site: its router forgets every
-    /// mapping, so each host's next packet leaves from a new public port.
+    /// A carrier (see [`crate::spec::CarrierSpec`]), described like a site.
+    pub fn carrier(&self, name: &str) -> Result<&SiteInfo> {
+        self.info.carriers.get(name).ok_or_else(|| anyhow!("no carrier {name} in lab {}", self.info.lab))
+    }
+
+    /// A NAT rebinding at a userspace-engine site (or carrier): its router
+    /// forgets every mapping, so each host's next packet leaves from a new
+    /// public port.
     pub fn rebind(&self, site: &str) -> Result<()> {
-        let s = self.site(site)?;
+        let s = self.site(site).or_else(|_| self.carrier(site))?;
         let pid = s.engine_pid.filter(|_| s.engine).ok_or_else(|| anyhow::anyhow!("site {site} has no userspace NAT engine"))?;
         // SAFETY: a plain signal to our own child process.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGUSR1) } != 0 {
@@ -905,8 +1152,9 @@ impl Drop for Lab {
     }
 }
 
+/// Counters of a site's router, or of a carrier's.
 pub fn router_stats(info: &LabInfo, site: &str) -> Result<RouterStats> {
-    let s = info.sites.get(site).ok_or_else(|| anyhow!("no site {site}"))?;
+    let s = info.sites.get(site).or_else(|| info.carriers.get(site)).ok_or_else(|| anyhow!("no site or carrier {site}"))?;
     let mut r = RouterStats { site: site.into(), ..Default::default() };
     if s.engine {
         r.kind = if s.nat == "none" { "passthrough".into() } else { "user".into() };
@@ -947,7 +1195,7 @@ pub fn router_stats(info: &LabInfo, site: &str) -> Result<RouterStats> {
 
 /// Kill everything in the lab's namespaces, delete them and the state.
 pub fn teardown(info: &LabInfo) {
-    for s in info.sites.values() {
+    for s in info.sites.values().chain(info.carriers.values()) {
         if let Some(pid) = s.engine_pid {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }

@@ -33,6 +33,54 @@ pub struct LabSpec {
     /// and die before the peer's.
     #[serde(default)]
     pub routed_internet: bool,
+    /// Carrier-grade NATs (RFC 6598 shared space 100.64.0.0/10): carrier k
+    /// (1-based) is a router on the internet with the LAN 100.64.k.0/24;
+    /// sites name it in [`SiteSpec::upstream`] to sit behind it (double NAT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub carriers: Vec<CarrierSpec>,
+}
+
+/// A carrier-grade NAT between some sites' routers and the internet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarrierSpec {
+    /// Carrier name; its router namespace is `ml-<lab>-<name>`.
+    pub name: String,
+    /// `user:<mapping>-<filtering>-<allocation>` (typical CGNAT: `user:ei-pd-rd`),
+    /// or `kernel:port_restricted_cone` / `kernel:symmetric`.
+    pub nat: NatKind,
+    /// Hairpinning between the carrier's customers (userspace engine only).
+    #[serde(default)]
+    pub hairpin: bool,
+    /// See [`SiteSpec::plain_router`].
+    #[serde(default)]
+    pub plain_router: bool,
+    /// Binding (mapping) idle timeout; default 120 s.
+    #[serde(default)]
+    pub binding_timeout_s: Option<u64>,
+}
+
+impl CarrierSpec {
+    pub fn new(name: &str, nat: &str) -> Result<CarrierSpec> {
+        Ok(CarrierSpec {
+            name: name.into(),
+            nat: nat.parse()?,
+            hairpin: false,
+            plain_router: false,
+            binding_timeout_s: None,
+        })
+    }
+    /// The carrier's router as a site router (what its NAT is built from).
+    pub fn as_site(&self) -> SiteSpec {
+        SiteSpec {
+            name: self.name.clone(),
+            nat: self.nat,
+            hairpin: self.hairpin,
+            plain_router: self.plain_router,
+            binding_timeout_s: self.binding_timeout_s,
+            ..SiteSpec::new(&self.name, "none").unwrap()
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -69,6 +117,15 @@ pub struct SiteSpec {
     /// engine: the same conntrack behaviour is modelled.
     #[serde(default)]
     pub plain_router: bool,
+    /// More hosts on the site's LAN (198.18.i.10, .11, ...), each its own
+    /// namespace, behind the same router (port overloading on kernel NATs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
+    /// Where the site's router WAN is: the internet (None), a carrier's LAN
+    /// (carrier name: double NAT), or another site's LAN (site name: a
+    /// Docker-style host on a home LAN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 impl SiteSpec {
@@ -82,6 +139,8 @@ impl SiteSpec {
             binding_timeout_s: None,
             hairpin: false,
             plain_router: false,
+            extra_hosts: vec![],
+            upstream: None,
         })
     }
     pub fn has_impairment(&self) -> bool {
@@ -102,6 +161,7 @@ impl LabSpec {
             sites: vec![],
             seed: None,
             routed_internet: false,
+            carriers: vec![],
         }
     }
 
@@ -113,7 +173,9 @@ impl LabSpec {
             .iter()
             .chain(&self.relays)
             .chain(&self.public)
-            .chain(self.sites.iter().map(|s| &s.name));
+            .chain(self.sites.iter().map(|s| &s.name))
+            .chain(self.sites.iter().flat_map(|s| &s.extra_hosts))
+            .chain(self.carriers.iter().map(|c| &c.name));
         for h in all {
             check_name("host name", h)?;
             if h == "inet" {
@@ -135,6 +197,87 @@ impl LabSpec {
                 // engine hop in front of it (no netem on this kernel).
                 if s.hairpin {
                     bail!("site {}: hairpin is only implemented by the userspace engine", s.name);
+                }
+            }
+        }
+        self.validate_nesting()
+    }
+
+    /// Extra hosts, carriers and upstreams (see [`SiteSpec::upstream`]).
+    fn validate_nesting(&self) -> Result<()> {
+        for c in &self.carriers {
+            match c.nat {
+                NatKind::User(_) => {}
+                NatKind::Kernel(KernelNat::PortRestrictedCone | KernelNat::Symmetric) => {
+                    if c.hairpin {
+                        bail!("carrier {}: hairpin is only implemented by the userspace engine", c.name);
+                    }
+                }
+                NatKind::Kernel(k) => bail!(
+                    "carrier {}: kernel:{} is refused for carriers (its dnat targets a single host); \
+                     use a user:* engine or kernel:port_restricted_cone|symmetric",
+                    c.name,
+                    k.as_str()
+                ),
+                NatKind::None => bail!("carrier {}: a carrier needs a NAT (user:* or kernel:*)", c.name),
+            }
+        }
+        if self.carriers.len() > 255 {
+            bail!("too many carriers (at most 255)");
+        }
+        let site = |n: &str| self.sites.iter().find(|s| s.name == n);
+        let is_carrier = |n: &str| self.carriers.iter().any(|c| c.name == n);
+        // What a site's LAN must allow when it has members other than its host.
+        let multi_member = |s: &SiteSpec, what: &str| -> Result<()> {
+            match s.nat {
+                NatKind::None => bail!("site {}: {what} needs a NAT router (nat none has no LAN)", s.name),
+                NatKind::Kernel(k @ (KernelNat::FullCone | KernelNat::RestrictedCone)) => bail!(
+                    "site {}: {what} refused on a kernel:{} router (its dnat targets the single site host)",
+                    s.name,
+                    k.as_str()
+                ),
+                NatKind::Kernel(_) if s.has_impairment() => bail!(
+                    "site {}: {what} refused on a kernel NAT with delay/jitter/loss (the delay hop serves the single site host)",
+                    s.name
+                ),
+                _ => Ok(()),
+            }
+        };
+        for s in &self.sites {
+            if !s.extra_hosts.is_empty() {
+                multi_member(s, "extra_hosts")?;
+                if s.extra_hosts.len() > 90 {
+                    bail!("site {}: at most 90 extra hosts", s.name);
+                }
+            }
+            let Some(up) = &s.upstream else { continue };
+            if s.nat == NatKind::None {
+                bail!("site {}: upstream needs a NAT router (nat none is on the internet itself)", s.name);
+            }
+            if up == &s.name {
+                bail!("site {}: upstream is the site itself", s.name);
+            }
+            if is_carrier(up) {
+                continue;
+            }
+            let Some(u) = site(up) else {
+                bail!("site {}: unknown upstream {up:?} (neither a carrier nor a site)", s.name);
+            };
+            multi_member(u, &format!("downstream site {}", s.name))?;
+            // Follow the chain: it must end at the internet or a carrier.
+            let mut seen = vec![s.name.as_str()];
+            let mut cur = u;
+            loop {
+                if seen.contains(&cur.name.as_str()) {
+                    bail!("site {}: upstream cycle {} -> {}", s.name, seen.join(" -> "), cur.name);
+                }
+                seen.push(&cur.name);
+                match &cur.upstream {
+                    Some(n) => match site(n) {
+                        Some(next) => cur = next,
+                        None => break,
+                    },
+                    None => break,
                 }
             }
         }
