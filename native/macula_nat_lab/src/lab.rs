@@ -1307,3 +1307,76 @@ pub fn reap(all: bool) -> Vec<String> {
     }
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(json: &str) -> LabInfo {
+        plan(&serde_json::from_str(json).unwrap(), 1, None).unwrap()
+    }
+
+    #[test]
+    fn plan_without_new_fields_is_unchanged() {
+        let i = planned(
+            r#"{"name":"p","observers":["obs"],"public":["pub"],"sites":[{"name":"k","nat":"kernel:symmetric"},
+               {"name":"u","nat":"user:ei-ei-pp"},{"name":"n","nat":"none"},{"name":"d","nat":"kernel:full_cone","delay_ms":3}]}"#,
+        );
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert!(i.carriers.is_empty());
+        assert_eq!(i.sites["k"].public_ip, ip("203.0.113.13"));
+        assert_eq!(i.sites["u"].wan_addr, Some(ip("203.0.113.14")));
+        assert_eq!(i.sites["u"].public_ip, ip("203.0.113.15"));
+        assert_eq!(i.sites["n"].host_addr, ip("203.0.113.16"));
+        assert_eq!(i.sites["d"].public_ip, ip("203.0.113.17"));
+        assert_eq!(i.hosts["d-dly"].addrs, vec![ip("198.18.4.3")]);
+        for s in i.sites.values() {
+            assert_eq!(s.reflexive_ip, s.public_ip);
+            assert!(s.upstream.is_none());
+        }
+        assert_eq!(i.hosts["k-nat"].gateway, None);
+        let j = serde_json::to_string(&i).unwrap();
+        assert!(!j.contains("carriers") && !j.contains("upstream") && !j.contains("extra_hosts"));
+    }
+
+    #[test]
+    fn plan_nested() {
+        let i = planned(
+            r#"{"name":"p","public":["pub"],"carriers":[{"name":"cg","nat":"user:ei-pd-rd"},{"name":"ck","nat":"kernel:symmetric"}],
+               "sites":[{"name":"home","nat":"kernel:port_restricted_cone","extra_hosts":["tv","pc"]},
+                        {"name":"ctr","nat":"kernel:port_restricted_cone","upstream":"home"},
+                        {"name":"a","nat":"user:ei-pd-pp","upstream":"cg"},
+                        {"name":"b","nat":"kernel:port_restricted_cone","upstream":"cg"},
+                        {"name":"c","nat":"kernel:symmetric","upstream":"ck"},
+                        {"name":"deep","nat":"user:ei-ei-pp","upstream":"b"}]}"#,
+        );
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        // internet: pub .10, home .11, then the carriers after the sites
+        assert_eq!(i.sites["home"].public_ip, ip("203.0.113.11"));
+        assert_eq!(i.carriers["cg"].wan_addr, Some(ip("203.0.113.12")));
+        assert_eq!(i.carriers["cg"].public_ip, ip("203.0.113.13"));
+        assert_eq!(i.carriers["ck"].public_ip, ip("203.0.113.14"));
+        assert_eq!(i.carriers["cg"].host_addr, ip("100.64.1.1"));
+        assert_eq!(i.carriers["ck"].lan.as_deref(), Some("100.64.2.0/24"));
+        assert_eq!(i.hosts["tv"].addrs, vec![ip("198.18.1.10")]);
+        assert_eq!(i.hosts["pc"].addrs, vec![ip("198.18.1.11")]);
+        assert_eq!(i.hosts["pc"].gateway, Some(ip("198.18.1.1")));
+        assert_eq!(i.sites["home"].extra_hosts, vec!["tv".to_string(), "pc".to_string()]);
+        assert_eq!(i.sites["ctr"].public_ip, ip("198.18.1.100"));
+        assert_eq!(i.hosts["ctr-nat"].gateway, Some(ip("198.18.1.1")));
+        assert_eq!(i.sites["ctr"].reflexive_ip, ip("203.0.113.11"));
+        assert_eq!(i.sites["a"].wan_addr, Some(ip("100.64.1.10")));
+        assert_eq!(i.sites["a"].public_ip, ip("100.64.1.11"));
+        assert_eq!(i.sites["b"].public_ip, ip("100.64.1.12"));
+        assert_eq!(i.sites["a"].reflexive_ip, ip("203.0.113.13"));
+        assert_eq!(i.sites["c"].public_ip, ip("100.64.2.10"));
+        assert_eq!(i.sites["c"].reflexive_ip, ip("203.0.113.14"));
+        assert_eq!(i.sites["deep"].wan_addr, Some(ip("198.18.4.100")));
+        assert_eq!(i.sites["deep"].public_ip, ip("198.18.4.101"));
+        assert_eq!(i.sites["deep"].reflexive_ip, ip("203.0.113.13"));
+        assert!(i.namespaces.contains(&"ml-p-cg".to_string()) && i.namespaces.contains(&"ml-p-tv".to_string()));
+        // The routed internet reaches the carriers' addresses, not the nested ones.
+        assert_eq!(inet_addrs_behind(&i, "cg"), vec![ip("203.0.113.12"), ip("203.0.113.13")]);
+        assert_eq!(inet_addrs_behind(&i, "a-nat"), Vec::<Ipv4Addr>::new());
+    }
+}

@@ -542,4 +542,55 @@ mod tests {
         .unwrap();
         spec.validate().unwrap();
     }
+
+    fn lab(json: &str) -> Result<LabSpec> {
+        Ok(serde_json::from_str(json)?)
+    }
+
+    fn refused(json: &str, needle: &str) {
+        let e = lab(json).and_then(|s| s.validate()).expect_err(json).to_string();
+        assert!(e.contains(needle), "{json}: {e}");
+    }
+
+    #[test]
+    fn nesting_validation() {
+        // Accepted: extra hosts on a port-restricted router, a Docker-style
+        // host, a carrier chain site -> site -> carrier.
+        lab(r#"{"name":"ok","carriers":[{"name":"cg","nat":"user:ei-pd-rd","hairpin":true}],
+            "sites":[{"name":"home","nat":"kernel:port_restricted_cone","plain_router":true,"extra_hosts":["tv"],"upstream":"cg"},
+                     {"name":"ctr","nat":"kernel:port_restricted_cone","plain_router":true,"upstream":"home"},
+                     {"name":"u","nat":"user:ei-ei-pp","extra_hosts":["u2","u3"]}]}"#)
+        .unwrap()
+        .validate()
+        .unwrap();
+        // Old specs have none of the new fields, and serialize without them.
+        let old = lab(r#"{"name":"o","sites":[{"name":"a","nat":"kernel:symmetric"}]}"#).unwrap();
+        let j = serde_json::to_string(&old).unwrap();
+        assert!(!j.contains("carriers") && !j.contains("extra_hosts") && !j.contains("upstream"), "{j}");
+        refused(r#"{"name":"x","sites":[{"name":"a","nat":"kernel:symmetric","upstream":"nope"}]}"#, "unknown upstream");
+        refused(r#"{"name":"x","sites":[{"name":"a","nat":"kernel:symmetric","upstream":"a"}]}"#, "itself");
+        refused(
+            r#"{"name":"x","sites":[{"name":"a","nat":"user:ei-ei-pp","upstream":"b"},{"name":"b","nat":"user:ei-ei-pp","upstream":"c"},
+                {"name":"c","nat":"user:ei-ei-pp","upstream":"a"}]}"#,
+            "cycle",
+        );
+        refused(r#"{"name":"x","carriers":[{"name":"c","nat":"kernel:full_cone"}]}"#, "refused for carriers");
+        refused(r#"{"name":"x","carriers":[{"name":"c","nat":"kernel:restricted_cone"}]}"#, "refused for carriers");
+        refused(r#"{"name":"x","carriers":[{"name":"c","nat":"none"}]}"#, "needs a NAT");
+        refused(r#"{"name":"x","carriers":[{"name":"c","nat":"kernel:symmetric","hairpin":true}]}"#, "hairpin");
+        refused(r#"{"name":"x","sites":[{"name":"a","nat":"kernel:full_cone","extra_hosts":["b"]}]}"#, "single site host");
+        refused(r#"{"name":"x","sites":[{"name":"a","nat":"kernel:restricted_cone","extra_hosts":["b"]}]}"#, "single site host");
+        refused(
+            r#"{"name":"x","sites":[{"name":"a","nat":"kernel:port_restricted_cone","delay_ms":5,"extra_hosts":["b"]}]}"#,
+            "delay",
+        );
+        refused(r#"{"name":"x","sites":[{"name":"a","nat":"none","extra_hosts":["b"]}]}"#, "needs a NAT router");
+        refused(
+            r#"{"name":"x","sites":[{"name":"a","nat":"kernel:full_cone"},{"name":"b","nat":"kernel:symmetric","upstream":"a"}]}"#,
+            "single site host",
+        );
+        refused(r#"{"name":"x","sites":[{"name":"a","nat":"none","upstream":"b"},{"name":"b","nat":"kernel:symmetric"}]}"#, "upstream needs");
+        refused(r#"{"name":"x","sites":[{"name":"a","nat":"kernel:symmetric","extra_hosts":["a"]}]}"#, "duplicate");
+        refused(r#"{"name":"x","carriers":[{"name":"a","nat":"user:ei-pd-rd"}],"sites":[{"name":"a","nat":"kernel:symmetric"}]}"#, "duplicate");
+    }
 }
