@@ -5,8 +5,16 @@
 # "A connects to B through the rendezvous and sends a message". Reports the
 # strategy, the method, successes, median/p95 time to first message, the
 # failure reasons and the three targets. Needs root. The program is
-# native/macula_nat_core/examples/bench_matrix/ (nodes are
-# `macula-connect agent`s in the lab hosts).
+# native/macula_nat_core/examples/bench_matrix/.
+#
+# Nodes (default, --agent beam): Erlang VMs in the lab hosts running
+# test/lab/macula_lab_matrix_agent.erl, each configured through the
+# application environment only (a sys.config with `observers`,
+# `rendezvous`, `relays`), detecting its NAT through the lab's two RFC 5780
+# observers (profiles detected, not given); every NAT site is a plain router
+# on a routed internet; the rendezvous (also the relay) is such a VM too.
+# --agent rust: `macula-connect agent`s given their profiles (`--nat`), the
+# earlier setup (no observers, filtering routers, flat internet).
 #
 # Usage: bench/lab_matrix.sh [options]
 #   --tries N          tries per pair (default 10)
@@ -25,6 +33,9 @@
 #   --no-user          only the kernel NATs
 #   --out FILE         where the Markdown report goes. Default: bench/lab_matrix.md
 #                      for a run without filters, stdout otherwise.
+#   --agent beam|rust  the nodes (default beam, see above)
+#   --no-variants      (beam) leave out the topology variants (plain PRC,
+#                      port overloading, carrier-grade NAT, Docker-style)
 # Examples:
 #   bench/lab_matrix.sh                                   # the full matrix (~10 min)
 #   bench/lab_matrix.sh --strategies birthday_probing --tries 3
@@ -40,19 +51,39 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 out=""
 filtered=0
+beam=1
+prev=""
 for a in "$@"; do
   case "$a" in
-    --types|--with|--strategies|--no-kernel|--no-user|--out) filtered=1 ;;
+    --types|--with|--strategies|--no-kernel|--no-user|--out|--no-variants|--variants-only) filtered=1 ;;
   esac
+  [ "$prev" = "--agent" ] && [ "$a" = rust ] && beam=0
+  prev="$a"
 done
 [ "$filtered" = 0 ] && out=bench/lab_matrix.md
 cargo build --release --quiet -p macula_nat_lab -p macula_nat_core --bins
 cargo build --release --quiet -p macula_nat_core --example bench_matrix
 TARGET="${CARGO_TARGET_DIR:-target}"
 cmd="bench/lab_matrix.sh${*:+ $*}"
+beam_args=()
+if [ "$beam" = 1 ]; then
+  # The app the VMs load: _build/default/lib/macula_nat/ebin + priv/ NIF.
+  # The tree is shared with other work in progress: retry a failing
+  # compile a few times.
+  for i in 1 2 3 4 5 6; do
+    rebar3 compile >/tmp/lab_matrix_compile.$$ 2>&1 && break
+    [ "$i" = 6 ] && { cat /tmp/lab_matrix_compile.$$; rm -f /tmp/lab_matrix_compile.$$; exit 1; }
+    echo "rebar3 compile failed (attempt $i), retrying in 20 s"; sleep 20
+  done
+  rm -f /tmp/lab_matrix_compile.$$
+  agent_dir=$(mktemp -d)
+  trap 'rm -rf "$agent_dir"' EXIT
+  erlc -o "$agent_dir" test/lab/macula_lab_matrix_agent.erl
+  beam_args=(--beam-path "$agent_dir" --beam-path "$PWD/_build/default/lib/macula_nat/ebin")
+fi
 if [ -n "$out" ]; then
-  "$TARGET/release/examples/bench_matrix" --command "$cmd" --out "$out" "$@"
+  "$TARGET/release/examples/bench_matrix" --command "$cmd" --out "$out" "${beam_args[@]}" "$@"
   cat "$out"
 else
-  "$TARGET/release/examples/bench_matrix" --command "$cmd" "$@"
+  "$TARGET/release/examples/bench_matrix" --command "$cmd" "${beam_args[@]}" "$@"
 fi

@@ -32,6 +32,7 @@
 //! (`--no-relay`: no relay in the lab, relay pairs fail at once).
 
 mod agent;
+mod beam;
 mod pairs;
 mod report;
 mod sched;
@@ -72,12 +73,18 @@ pub(crate) struct Opts {
     pub(crate) user: bool,
     pub(crate) out: Option<String>,
     pub(crate) command: String,
+    /// BEAM VMs (profiles detected, configured through the application
+    /// environment; the default) or `macula-connect agent`s (profiles given).
+    pub(crate) beam: bool,
+    /// Code paths of the BEAM agents (the agent's .beam dir, macula_nat's ebin).
+    pub(crate) beam_paths: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: bench_matrix [--tries N] [--concurrency K] [--delay-ms D] [--timeout-ms T] [--types LIST] \
-         [--with LIST] [--strategies LIST] [--no-kernel] [--no-user] [--no-relay] [--out FILE] [--command TEXT]"
+         [--with LIST] [--strategies LIST] [--no-kernel] [--no-user] [--no-relay] [--out FILE] [--command TEXT] \
+         [--agent beam|rust] [--beam-path DIR]..."
     );
     std::process::exit(2)
 }
@@ -96,6 +103,8 @@ fn parse_opts() -> Opts {
         user: true,
         out: None,
         command: "bench_matrix".into(),
+        beam: true,
+        beam_paths: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     let list = |v: String| Some(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
@@ -117,6 +126,14 @@ fn parse_opts() -> Opts {
                     "--strategies" => o.strategies = list(v),
                     "--out" => o.out = Some(v),
                     "--command" => o.command = v,
+                    "--agent" => {
+                        o.beam = match v.as_str() {
+                            "beam" => true,
+                            "rust" => false,
+                            _ => usage(),
+                        }
+                    }
+                    "--beam-path" => o.beam_paths.push(v),
                     _ => usage(),
                 }
             }
@@ -134,6 +151,10 @@ fn main() {
     let bin_dir = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf();
     std::env::set_var("MACULA_LAB_BIN", bin_dir.join("macula-lab"));
     let connect = bin_dir.join("macula-connect").to_string_lossy().to_string();
+    if o.beam && o.beam_paths.is_empty() {
+        eprintln!("bench_matrix: --agent beam needs --beam-path (the agent's .beam dir and macula_nat's ebin; bench/lab_matrix.sh gives them)");
+        std::process::exit(2);
+    }
     if !std::path::Path::new(&connect).is_file() {
         eprintln!("bench_matrix: {connect} missing (cargo build --release -p macula_nat_core --bins)");
         std::process::exit(1);
@@ -156,10 +177,17 @@ fn main() {
     let mut spec = LabSpec::new(&format!("mx{}", std::process::id()));
     spec.public.push("rdv".into());
     spec.seed = Some(6);
+    if o.beam {
+        // Profiles detected: two RFC 5780 observers; the real-world
+        // default of plain routers on a routed internet.
+        spec.observers = beam::OBSERVERS.iter().map(|x| x.to_string()).collect();
+        spec.routed_internet = true;
+    }
     for d in defs.iter().zip(&used).filter(|(_, u)| **u).map(|(d, _)| d) {
         for s in &d.sites {
             let mut site = SiteSpec::new(s, &d.lab_nat).expect("site spec");
             site.delay_ms = o.delay_ms;
+            site.plain_router = o.beam;
             spec.sites.push(site);
         }
     }
@@ -183,30 +211,57 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     let rdv_addr = format!("{rdv_ip}:{RDV_PORT}");
     let logs = std::env::temp_dir().join(format!("bench_matrix.{}", std::process::id()));
     std::fs::create_dir_all(&logs).expect("log dir");
-    let mut argv: Vec<String> = [connect, "rendezvous", "--bind", &rdv_addr].iter().map(|x| x.to_string()).collect();
-    if o.relay {
-        argv.push("--serve-relay".into());
-    }
-    let (mut cmd, _ns) = lab.command("rdv", &argv).expect("rendezvous command");
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(logs.join("rdv.log")).expect("log"));
-    let mut rdv = cmd.spawn().expect("rendezvous");
-    let mut out = BufReader::new(rdv.stdout.take().unwrap());
-    let mut first = String::new();
-    out.read_line(&mut first).expect("rendezvous ready line");
-    // Keep the pipe open: a closed stdout would fail its next print.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let rdv_id = serde_json::from_str::<Value>(&first).ok().and_then(|v| v["node_id"].as_str().map(String::from));
-    let Some(rdv_id) = rdv_id else {
-        eprintln!("bench_matrix: rendezvous did not start: {first:?}");
-        let _ = rdv.kill();
-        let _ = rdv.wait();
-        return 1;
+    let mut obs_children = Vec::new();
+    let (mut rdv, rdv_id) = if o.beam {
+        match beam::start_observers(lab, &logs).and_then(|c| {
+            obs_children = c;
+            beam::start_rendezvous(o, lab, &rdv_ip.to_string(), RDV_PORT, &logs)
+        }) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("bench_matrix: {e}");
+                for mut c in obs_children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return 1;
+            }
+        }
+    } else {
+        let mut argv: Vec<String> = [connect, "rendezvous", "--bind", &rdv_addr].iter().map(|x| x.to_string()).collect();
+        if o.relay {
+            argv.push("--serve-relay".into());
+        }
+        let (mut cmd, _ns) = lab.command("rdv", &argv).expect("rendezvous command");
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(std::fs::File::create(logs.join("rdv.log")).expect("log"));
+        let mut rdv = cmd.spawn().expect("rendezvous");
+        let mut out = BufReader::new(rdv.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).expect("rendezvous ready line");
+        // Keep the pipe open: a closed stdout would fail its next print.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        let rdv_id = serde_json::from_str::<Value>(&first).ok().and_then(|v| v["node_id"].as_str().map(String::from));
+        let Some(rdv_id) = rdv_id else {
+            eprintln!("bench_matrix: rendezvous did not start: {first:?}");
+            let _ = rdv.kill();
+            let _ = rdv.wait();
+            return 1;
+        };
+        (rdv, rdv_id)
     };
+    let beam_config = o.beam.then(|| beam::node_config(lab, &rdv_addr, &rdv_id, o.relay, None, &logs));
 
     let mut agents = Vec::new();
     let mut site_ix = BTreeMap::new();
     for (d, _) in defs.iter().zip(used).filter(|(_, u)| **u) {
         for s in &d.sites {
+            let public_ip = Some(lab.site(s).unwrap().public_ip.to_string());
+            site_ix.insert(s.clone(), agents.len());
+            if let Some(cfg) = &beam_config {
+                let (argv, env) = beam::agent_argv(o, cfg, false);
+                agents.push(spawn_agent(lab, s, s, public_ip, &argv, &env, &logs, o.relay));
+                continue;
+            }
             let mut argv: Vec<String> = [connect, "agent", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", &d.nat_arg]
                 .iter()
                 .map(|x| x.to_string())
@@ -216,8 +271,7 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
                 // As macula_nat_connector: reserve at the relay, fall back to it.
                 argv.extend(["--relay".into(), rdv_addr.clone(), "--relay-id".into(), rdv_id.clone(), "--allow-relay".into()]);
             }
-            site_ix.insert(s.clone(), agents.len());
-            agents.push(spawn_agent(lab, s, &argv, &logs, o.relay));
+            agents.push(spawn_agent(lab, s, s, public_ip, &argv, &[], &logs, o.relay));
         }
     }
 
@@ -330,11 +384,41 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     }
     let _ = rdv.kill();
     let _ = rdv.wait();
+    for mut c in obs_children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     let s = sched.0.lock().unwrap();
     let results: Vec<&Vec<TryResult>> = s.pairs.iter().map(|p| &p.results).collect();
-    let md = report(o, defs, pairs, &results, elapsed, build_ms, agents.len(), &lab_counters, &load_before);
+    // Profiles detected: each pair goes under the strategy its tries'
+    // detected profiles gave most often.
+    let pairs: Vec<Pair> = pairs
+        .iter()
+        .zip(&results)
+        .map(|(p, r)| {
+            let mut n: Vec<(macula_nat_proto::strategy::Strategy, usize)> = Vec::new();
+            for s in r.iter().filter_map(|t| t.detected_strategy) {
+                match n.iter_mut().find(|(x, _)| x.name() == s.name()) {
+                    Some(e) => e.1 += 1,
+                    None => n.push((s, 1)),
+                }
+            }
+            let strategy = n.iter().max_by_key(|e| e.1).map_or(p.configured, |e| e.0);
+            Pair { a: p.a, b: p.b, strategy, configured: p.configured }
+        })
+        .collect();
+    let extra = o.beam.then(|| {
+        let mut det: Vec<(usize, Vec<agent::Detected>)> = Vec::new();
+        for (i, d) in defs.iter().enumerate() {
+            let v: Vec<agent::Detected> =
+                d.sites.iter().filter_map(|s| site_ix.get(s)).flat_map(|&a| agents[a].detections.lock().unwrap().clone()).collect();
+            det.push((i, v));
+        }
+        report::BeamExtra { detections: det, variants: None }
+    });
+    let md = report(o, defs, &pairs, &results, elapsed, build_ms, agents.len(), &lab_counters, &load_before, extra.as_ref());
     // Keep the agents' and the rendezvous' logs only when they have something.
-    let noisy = std::fs::read_dir(&logs).into_iter().flatten().flatten().any(|e| e.metadata().is_ok_and(|m| m.len() > 0));
+    let noisy = std::fs::read_dir(&logs).into_iter().flatten().flatten().any(|e| e.path().extension().is_some_and(|x| x == "log") && e.metadata().is_ok_and(|m| m.len() > 0));
     if noisy {
         eprintln!("bench_matrix: node logs in {}", logs.display());
     } else {

@@ -98,7 +98,12 @@ pub(crate) fn random_vs_eim(a: NatType, b: NatType) -> bool {
 pub(crate) struct Pair {
     pub(crate) a: usize,
     pub(crate) b: usize,
+    /// The strategy the pair is reported under: the table's for the lab's
+    /// types (profiles given), or, once the run is over, the one the
+    /// detected profiles gave in most tries (profiles detected).
     pub(crate) strategy: Strategy,
+    /// The table's strategy for the two NAT types as the lab configured them.
+    pub(crate) configured: Strategy,
 }
 
 pub(crate) fn pairs(o: &Opts, d: &[NatDef]) -> Vec<Pair> {
@@ -125,7 +130,7 @@ pub(crate) fn pairs(o: &Opts, d: &[NatDef]) -> Vec<Pair> {
                     continue;
                 }
             }
-            v.push(Pair { a, b, strategy });
+            v.push(Pair { a, b, strategy, configured: strategy });
         }
     }
     v

@@ -1,6 +1,6 @@
 //! The Markdown report: settings, summary per strategy, the targets, every pair.
 
-use crate::agent::TryResult;
+use crate::agent::{Detected, TryResult};
 use crate::pairs::{hard, natcracker_traversable, random_vs_eim, NatDef, Pair};
 use crate::Opts;
 use std::collections::BTreeMap;
@@ -43,8 +43,16 @@ pub(crate) struct Row<'a> {
     pub(crate) res: &'a [TryResult],
 }
 
+/// What the BEAM mode adds to the report.
+pub(crate) struct BeamExtra {
+    /// Per NAT type (index into defs): every profile its sites' nodes detected.
+    pub(crate) detections: Vec<(usize, Vec<Detected>)>,
+    /// The variants section (Markdown), if variants ran.
+    pub(crate) variants: Option<String>,
+}
+
 /// Connected without a relay (what the targets count).
-fn is_direct(t: &TryResult) -> bool {
+pub(crate) fn is_direct(t: &TryResult) -> bool {
     t.ok && matches!(t.method.as_deref(), Some("direct" | "punched"))
 }
 
@@ -59,6 +67,7 @@ pub(crate) fn report(
     sites: usize,
     lab_counters: &BTreeMap<String, u64>,
     load_before: &str,
+    beam: Option<&BeamExtra>,
 ) -> String {
     let rows: Vec<Row> = pairs
         .iter()
@@ -94,32 +103,73 @@ pub(crate) fn report(
         sites,
         build_ms
     );
-    let _ = writeln!(
-        w,
-        "Settings: every NAT site at {} ms one-way delay in each direction, no jitter, no loss (userspace \
-         engine; the kernel NATs through the lab's pass-through delay hop), so a path between two sites has \
-         a round trip of {rtt:.0} ms and the rendezvous (a public host, no delay) is {:.0} ms round trip from \
-         each site. Two sites per type (userspace: the 27 NATCracker types, PC with delta 1; kernel: full \
-         cone, restricted cone, port-restricted cone, symmetric), one `macula-connect agent` per site host. \
-         A try: both nodes open a fresh socket (new NAT mappings, nothing left open by earlier tries) and \
-         join the rendezvous (not timed), then A (the row type) `connect_detailed`s B with a {} ms timeout \
-         and sends a message; **time to first message** runs from A's connect call until B has the message \
-         (CLOCK_MONOTONIC stamps of both nodes). A try succeeds when B gets the message (by any method; the targets count only tries that \
-         connected without a relay). {} Profiles are given \
-         (`--nat`, what detection reports for each NAT), not detected. Strategies are the table's \
-         (`macula_nat_proto::strategy::choose`, `bench/strategy_table.md`); methods and errors are what \
-         `connect_detailed` answered.\n",
-        o.delay_ms,
-        2.0 * o.delay_ms,
-        o.timeout_ms,
-        if o.relay {
-            "The rendezvous host also relays: every node holds a reservation there and falls back to it \
-             (`allow_relay`, the default of `macula_nat_connector`); a relayed connection tries to upgrade \
-             to a punched path after 2 s, the method shown is the one `connect_detailed` answered."
-        } else {
-            "No relay in the lab (`--no-relay`): relay pairs fail at once."
-        }
-    );
+    if o.beam {
+        let _ = writeln!(
+            w,
+            "Settings: **profiles detected, nodes configured through the application environment (BEAM VMs)**. \
+             Every NAT site at {} ms one-way delay in each direction, no jitter, no loss (userspace engine; the \
+             kernel NATs through the lab's pass-through delay hop), so a path between two sites has a round trip \
+             of {rtt:.0} ms and the rendezvous (a public host, no delay) is {:.0} ms round trip from each site. Every \
+             NAT site is a plain router (masquerade, no input-chain filtering: the real-world default) on a \
+             routed internet (a router between sites). Two sites per type (userspace: the 27 NATCracker types, \
+             PC with delta 1; kernel: full cone, restricted cone, port-restricted cone, symmetric), one Erlang VM \
+             per site host (OTP {}, `+S 1:1 +A 1`, about {} VMs on the 2 cores; Erlang only, no Elixir build is \
+             needed here) running `test/lab/macula_lab_matrix_agent.erl`, configured through the application \
+             environment only (a sys.config with `observers` = the lab's two RFC 5780 observers, `rendezvous`, \
+             `relays`, `detection_timeout_ms` 3000); the rendezvous is such a VM too (`rendezvous_server`, \
+             `macula_relay_node:enable/0`). A try: both nodes restart `macula_nat` (`application:stop/1` + \
+             `ensure_all_started/1`: a new socket, new NAT mappings, a new detection) and wait until they have \
+             detected, joined the rendezvous and reserved at the relay (not timed), then A (the row type) calls \
+             `macula_nat_connector:connect/3` with a {} ms timeout and `macula_connection:send/2`s a message; \
+             **time to first message** runs from A's connect call until B's owner process has the message \
+             (`os:system_time(nanosecond)` stamps of both VMs, CLOCK_REALTIME shared by the host). A try succeeds \
+             when B gets the message (by any method; the targets count only tries that connected without a \
+             relay). {} Strategies are the table's (`macula_nat_proto::strategy::choose`, \
+             `bench/strategy_table.md`) for the two profiles the nodes DETECTED in that try; a pair is listed \
+             under the strategy most of its tries' detected profiles gave (the table's strategy for the lab's \
+             configured types is shown where it differs). Methods and errors are what `connect/3` answered \
+             (it reports no strategy).\n",
+            o.delay_ms,
+            2.0 * o.delay_ms,
+            otp_release(),
+            sites + 1,
+            o.timeout_ms,
+            if o.relay {
+                "The rendezvous VM also relays: every node reserves there (`relays`) and `connect/3` falls back \
+                 to it (`fallback_relay`, its default); a relayed connection keeps trying to upgrade to a punched \
+                 path, the method shown is the one `connect/3` answered."
+            } else {
+                "No relay in the lab (`--no-relay`): relay pairs fail."
+            }
+        );
+    } else {
+        let _ = writeln!(
+            w,
+            "Settings: every NAT site at {} ms one-way delay in each direction, no jitter, no loss (userspace \
+             engine; the kernel NATs through the lab's pass-through delay hop), so a path between two sites has \
+             a round trip of {rtt:.0} ms and the rendezvous (a public host, no delay) is {:.0} ms round trip from \
+             each site. Two sites per type (userspace: the 27 NATCracker types, PC with delta 1; kernel: full \
+             cone, restricted cone, port-restricted cone, symmetric), one `macula-connect agent` per site host. \
+             A try: both nodes open a fresh socket (new NAT mappings, nothing left open by earlier tries) and \
+             join the rendezvous (not timed), then A (the row type) `connect_detailed`s B with a {} ms timeout \
+             and sends a message; **time to first message** runs from A's connect call until B has the message \
+             (CLOCK_MONOTONIC stamps of both nodes). A try succeeds when B gets the message (by any method; the targets count only tries that \
+             connected without a relay). {} Profiles are given \
+             (`--nat`, what detection reports for each NAT), not detected. Strategies are the table's \
+             (`macula_nat_proto::strategy::choose`, `bench/strategy_table.md`); methods and errors are what \
+             `connect_detailed` answered.\n",
+            o.delay_ms,
+            2.0 * o.delay_ms,
+            o.timeout_ms,
+            if o.relay {
+                "The rendezvous host also relays: every node holds a reservation there and falls back to it \
+                 (`allow_relay`, the default of `macula_nat_connector`); a relayed connection tries to upgrade \
+                 to a punched path after 2 s, the method shown is the one `connect_detailed` answered."
+            } else {
+                "No relay in the lab (`--no-relay`): relay pairs fail at once."
+            }
+        );
+    }
     let _ = writeln!(
         w,
         "Load average (1/5/15 min) before the tries: {load_before}; after: {}. The 2 cores are shared with \
@@ -133,19 +183,24 @@ pub(crate) fn report(
     // Summary per strategy.
     let order = ["direct", "connection_reversal", "simple_punch", "predict_preservation", "predict_contiguity", "birthday_probing", "relay"];
     let _ = writeln!(w, "## Summary per strategy\n");
-    let _ = writeln!(w, "| strategy | pairs | tries | success | methods | time to first message median / p95 ms | failures |\n|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        w,
+        "| strategy | pairs | tries | success | direct (no relay) | methods | time to first message median / p95 ms | failures |\n|---|---|---|---|---|---|---|---|"
+    );
     let summary = |w: &mut String, name: &str, sel: &[&Row]| {
         let tries: usize = sel.iter().map(|r| r.tries).sum();
         let ok: usize = sel.iter().map(|r| r.ok).sum();
+        let direct: usize = sel.iter().map(|r| r.direct).sum();
         let t: Vec<f64> = sel.iter().flat_map(|r| r.ttfm.iter().copied()).collect();
         let all = sel.iter().flat_map(|r| r.res.iter());
         let methods = counts(all.clone().filter(|t| t.ok).filter_map(|t| t.method.as_deref()));
         let fails = counts(all.filter(|t| !t.ok).filter_map(|t| t.error.as_deref()));
         let _ = writeln!(
             w,
-            "| {name} | {} | {tries} | {ok}/{tries} ({:.0}%) | {} | {} / {} | {} |",
+            "| {name} | {} | {tries} | {ok}/{tries} ({:.0}%) | {direct}/{tries} ({:.0}%) | {} | {} / {} | {} |",
             sel.len(),
             if tries > 0 { 100.0 * ok as f64 / tries as f64 } else { 0.0 },
+            if tries > 0 { 100.0 * direct as f64 / tries as f64 } else { 0.0 },
             if methods.is_empty() { "-".into() } else { methods },
             ms(pct(&t, 0.5)),
             ms(pct(&t, 0.95)),
@@ -164,6 +219,13 @@ pub(crate) fn report(
         let sel: Vec<&Row> = rows.iter().filter(|r| defs[r.pair.a].kernel == kernel).collect();
         if !sel.is_empty() && sel.len() != rows.len() {
             summary(w, label, &sel);
+        }
+    }
+
+    if let Some(b) = beam {
+        detection_section(w, defs, &rows, b);
+        if let Some(v) = &b.variants {
+            let _ = write!(w, "{v}");
         }
     }
 
@@ -271,13 +333,22 @@ pub(crate) fn report(
         let methods = counts(r.res.iter().filter(|t| t.ok).filter_map(|t| t.method.as_deref()));
         let fails = counts(r.res.iter().filter(|t| !t.ok).filter_map(|t| t.error.as_deref()));
         let connect: Vec<f64> = r.res.iter().filter(|t| t.ok).filter_map(|t| t.connect_ms).collect();
-        let mismatch = r
+        let mut mismatch = r
             .res
             .iter()
             .filter_map(|t| t.reported_strategy.as_deref())
             .find(|s| *s != r.pair.strategy.name())
             .map(|s| format!(" (reported {s}!)"))
             .unwrap_or_default();
+        let other = counts(
+            r.res.iter().filter_map(|t| t.detected_strategy).filter(|s| s.name() != r.pair.strategy.name()).map(|s| s.name()),
+        );
+        if !other.is_empty() {
+            mismatch += &format!(" (detected profiles gave {other})");
+        }
+        if r.pair.configured.name() != r.pair.strategy.name() {
+            mismatch += &format!(" (lab types: {})", r.pair.configured.name());
+        }
         let _ = writeln!(
             w,
             "| {} | {} | {}{mismatch} | {} | {}/{} | {} | {} | {} | {} |",
@@ -294,6 +365,59 @@ pub(crate) fn report(
         );
     }
     md
+}
+
+/// Detection agreement: per NAT type, what its nodes detected against what
+/// the lab configured.
+fn detection_section(w: &mut String, defs: &[NatDef], rows: &[Row], b: &BeamExtra) {
+    use std::fmt::Write as _;
+    let all: usize = b.detections.iter().map(|(_, v)| v.len()).sum();
+    let agree = |d: usize, x: &Detected| !x.no_nat && x.nat == defs[d].nat;
+    let ok: usize = b.detections.iter().map(|(d, v)| v.iter().filter(|x| agree(*d, x)).count()).sum();
+    let types_all = b.detections.iter().filter(|(_, v)| !v.is_empty()).count();
+    let types_ok = b.detections.iter().filter(|(d, v)| !v.is_empty() && v.iter().all(|x| agree(*d, x))).count();
+    let tries: usize = rows.iter().map(|r| r.tries).sum();
+    let off: usize = rows
+        .iter()
+        .flat_map(|r| r.res.iter().map(move |t| (r, t)))
+        .filter(|(r, t)| t.detected_strategy.is_some_and(|s| s.name() != r.pair.configured.name()))
+        .count();
+    let _ = writeln!(w, "\n## Detection agreement\n");
+    let _ = writeln!(
+        w,
+        "Every `fresh` node detects its NAT (two observers, the node's own socket plus the filter socket). \
+         {ok}/{all} detections ({:.1}%) gave the lab's configured type (mapping, filtering, allocation; kernel \
+         NATs: what `lab_detection.rs` measures behind them); {types_ok} of {types_all} types were read right \
+         every time. Tries whose detected profiles gave another strategy than the lab's types: {off}/{tries}. \
+         Confidence as the detector reported it.\n",
+        if all == 0 { 0.0 } else { 100.0 * ok as f64 / all as f64 }
+    );
+    let _ = writeln!(w, "| lab type | configured (m-f-a) | detections | agree | confidence | detected otherwise |\n|---|---|---|---|---|---|");
+    for (d, v) in &b.detections {
+        if v.is_empty() {
+            continue;
+        }
+        let good = v.iter().filter(|x| agree(*d, x)).count();
+        let conf = counts(v.iter().map(|x| x.confidence.as_str()));
+        let bad = counts(v.iter().filter(|x| !agree(*d, x)).map(|x| format!("{} ({})", x.code(), x.confidence)));
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {good}/{} | {conf} | {} |",
+            defs[*d].label,
+            crate::pairs::lab_code(defs[*d].nat),
+            v.len(),
+            v.len(),
+            if bad.is_empty() { "-".into() } else { bad }
+        );
+    }
+}
+
+fn otp_release() -> String {
+    std::process::Command::new("erl")
+        .args(["-noshell", "-eval", "io:put_chars(erlang:system_info(otp_release)), halt()."])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }
 
 pub(crate) fn loadavg() -> String {
