@@ -57,6 +57,7 @@ use macula_nat_proto::stun;
 use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -138,6 +139,27 @@ impl SocketSet {
         }
     }
 
+    /// Sends one TTL-limited primer from every open extra socket to `dst`
+    /// (the hard side's NAT then maps each socket towards the easy side
+    /// before anything of the easy side's can arrive; see `connector`).
+    /// A few hundred sends: a pause for the runtime every [`PRIMER_CHUNK`].
+    pub(crate) async fn prime_all(&self, dst: SocketAddr, ttl: u8) -> usize {
+        let socks: Vec<Arc<UdpSocket>> = self.socks.iter().flatten().map(|e| e.io.clone()).collect();
+        let mut sent = 0;
+        for chunk in socks.chunks(PRIMER_CHUNK) {
+            for io in chunk {
+                sent += usize::from(send_primer(&**io, dst, ttl).await);
+            }
+            tokio::task::yield_now().await;
+        }
+        sent
+    }
+
+    /// The socket of machine index `index` (>= 1), if open.
+    pub(crate) fn io(&self, index: usize) -> Option<Arc<UdpSocket>> {
+        Some(self.socks.get(index.checked_sub(1)?)?.as_ref()?.io.clone())
+    }
+
     /// Machine socket indices of the open extra sockets.
     pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
         self.socks.iter().enumerate().filter(|(_, s)| s.is_some()).map(|(i, _)| i + 1)
@@ -190,6 +212,37 @@ impl SocketSet {
         self.kept = Some((index, Arc::downgrade(&extra.io)));
         Some(PathSocket { index, extra })
     }
+}
+
+/// Primers sent between two pauses for the runtime (a sendmsg each, some
+/// microseconds: a chunk keeps a runtime thread well under a millisecond).
+pub(crate) const PRIMER_CHUNK: usize = 32;
+
+/// Sends primers from `sock` to each of `dsts`, in order, pausing for the
+/// runtime every [`PRIMER_CHUNK`]; how many left.
+pub(crate) async fn prime_each(sock: &impl AsRawFd, dsts: impl IntoIterator<Item = SocketAddr>, ttl: u8) -> usize {
+    let mut sent = 0;
+    for (i, dst) in dsts.into_iter().enumerate() {
+        if i > 0 && i % PRIMER_CHUNK == 0 {
+            tokio::task::yield_now().await;
+        }
+        sent += usize::from(send_primer(sock, dst, ttl).await);
+    }
+    sent
+}
+
+/// One primer; a full send buffer (hundreds from one socket) is waited out
+/// a little rather than losing the primer, another error is tried once
+/// more (an earlier ICMP error reported by this send instead of sending).
+async fn send_primer(sock: &impl AsRawFd, dst: SocketAddr, ttl: u8) -> bool {
+    for _ in 0..20 {
+        match crate::primer::try_send(sock, dst, ttl) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => tokio::time::sleep(Duration::from_millis(1)).await,
+            Err(_) => return crate::primer::try_send(sock, dst, ttl).is_ok(),
+        }
+    }
+    false
 }
 
 fn bind(ip: IpAddr) -> std::io::Result<(UdpSocket, Lease)> {

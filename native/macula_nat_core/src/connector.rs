@@ -791,10 +791,10 @@ async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, a
         let conn = via_relay(inner, target, session, &peer, opts).await.map_err(|e| relay_error(e, opts))?;
         return Ok(Some((conn, Method::Relayed, strategy)));
     }
-    prime(inner, strategy, fresh.as_ref(), &peer, observed);
+    let primed = prime(inner, Side::A, strategy, fresh.as_ref(), &peer, observed).await;
     let go = guard.go().await?;
     let m = Meeting::new(session, target, &peer, observed, go, opts.max_punch_attempts);
-    let r = act(inner, Side::A, strategy, m, fresh).await;
+    let r = act(inner, Side::A, strategy, m, fresh, primed).await;
     let (conn, method) = match r {
         Err(ConnectError::PunchFailed) if matches!(attempt, Attempt::First { started } if may_retry(strategy, started.elapsed(), opts.timeout)) => {
             drop(guard);
@@ -965,9 +965,14 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
     ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
     let run = async {
         let (peer, observed) = guard.answer().await?;
-        if !upgradable(decide(&me, &peer, flags)) {
+        let strategy = decide(&me, &peer, flags);
+        if !upgradable(strategy) {
             return Err(ConnectError::PunchFailed);
         }
+        // Behind a plain router an upgrade races as the first punch did:
+        // primed alike (the responder primes before its answer and starts
+        // `primer_lead` after the go).
+        prime(inner, Side::A, strategy, None, &peer, observed).await;
         let go = guard.go().await?;
         let ok = run_punch(inner, Side::A, Meeting::new(session, target, &peer, observed, go, opts.max_punch_attempts)).await?;
         Ok(ok)
@@ -994,7 +999,9 @@ async fn respond_upgrade(
     if !upgradable(strategy) {
         return;
     }
-    let Ok(go) = guard.go().await else { return };
+    let Ok((wait, pair_rtt)) = guard.go().await else { return };
+    let own_rtt = control(&inner).map(|c| c.rtt()).unwrap_or_default();
+    let go = (wait + primer_lead(&inner, strategy, pair_rtt, own_rtt), pair_rtt);
     if let Err(e) = run_punch(&inner, Side::B, Meeting::new(guard.session, from, &peer, observed, go, attempts)).await {
         tracing::debug!("upgrade (responder) punch: {e}");
     }
@@ -1053,10 +1060,9 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     if fresh.is_some() {
         me = our_profile(&inner, &info, fresh.as_ref(), base);
     }
-    // Before the answer, which lets the initiator's punches follow.
-    if !upgrade {
-        prime(&inner, strategy, fresh.as_ref(), &peer, observed);
-    }
+    // Before the answer, which lets the initiator's punches follow (an
+    // upgrade too, when it will punch: see `respond_upgrade`).
+    let primed = if !upgrade || upgradable(strategy) { prime(&inner, Side::B, strategy, fresh.as_ref(), &peer, observed).await } else { Primed::default() };
     // Before the answer: a relayed dial may follow it closely.
     let incoming = inner.dispatch.expect_session(session);
     if ctl.send(Msg::Answer { to: from, session, profile: me }.encode()).await.is_err() {
@@ -1085,7 +1091,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
             (wait + primer_lead(&inner, strategy, pair_rtt, ctl.rtt()), pair_rtt)
         };
         let m = Meeting::new(session, from, &peer, observed, go, responder_attempts(attempts));
-        act(&inner, Side::B, strategy, m, fresh).await
+        act(&inner, Side::B, strategy, m, fresh, primed).await
     };
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok((conn, method))) => {
@@ -1307,20 +1313,133 @@ async fn run_punch_from(inner: &Arc<Inner>, side: Side, m: Meeting<'_>, fresh: S
 /// the node's), when the strategy punches and a primer TTL is known. Each
 /// side does so once it knows the other's addresses and before the go, so
 /// our NAT(s) map and permit them before the peer's first punch, which
-/// leaves after the go, can arrive.
-fn prime(inner: &Inner, strategy: Strategy, fresh: Option<&SocketSet>, peer: &Profile, observed: SocketAddr) {
-    let Some(ttl) = inner.node.primer_ttl().filter(|_| upgradable(strategy)) else { return };
-    let socket = fresh.and_then(|f| f.indices().next());
-    let node_socket = inner.node.socket().ok();
-    // A peer's private candidates are reached on a shared LAN, not through
-    // our NAT: no primer (it would only draw ICMP errors).
-    for a in targets(peer, observed).into_iter().filter(|a| !crate::primer::is_inside(a.ip())) {
-        match (socket, fresh, &node_socket) {
-            (Some(i), Some(f), _) => f.prime(i, a, ttl),
-            (None, _, Some(s)) => crate::primer::send(&**s, a, ttl),
-            _ => {}
+/// leaves after the go, can arrive. `side` is ours (A = initiator).
+///
+/// Birthday probing: the easy side primes every port it will probe (see
+/// [`prime_probes`]); the hard side primes from the sockets it opens after
+/// the go ([`prime_hard`]), nothing here.
+async fn prime(inner: &Inner, side: Side, strategy: Strategy, fresh: Option<&SocketSet>, peer: &Profile, observed: SocketAddr) -> Primed {
+    let Some(ttl) = inner.node.primer_ttl() else { return Primed::default() };
+    match strategy {
+        Strategy::BirthdayProbing { hard } if hard != side => prime_probes(inner, ttl, fresh, observed).await,
+        s if upgradable(s) => {
+            let socket = fresh.and_then(|f| f.indices().next());
+            let node_socket = inner.node.socket().ok();
+            // A peer's private candidates are reached on a shared LAN, not
+            // through our NAT: no primer (it would only draw ICMP errors).
+            for a in targets(peer, observed).into_iter().filter(|a| !crate::primer::is_inside(a.ip())) {
+                match (socket, fresh, &node_socket) {
+                    (Some(i), Some(f), _) => f.prime(i, a, ttl),
+                    (None, _, Some(s)) => crate::primer::send(&**s, a, ttl),
+                    _ => {}
+                }
+            }
+            Primed::default()
         }
+        _ => Primed::default(),
     }
+}
+
+/// What [`prime`] decided that the punch must follow.
+#[derive(Clone, Copy, Debug, Default)]
+struct Primed {
+    /// The easy side of a birthday punch primed the ports this seed makes
+    /// its machine probe ([`probe_ports`]): the machine's seed.
+    probe_seed: Option<u64>,
+}
+
+/// The salt the punch machine puts on its seed for the easy side's probe
+/// ports (`macula_nat_proto::punch`, `Punch::new`; checked by a test here).
+const PROBE_PORTS_SALT: u64 = 0x6269_7274_6864_6179;
+
+/// The hard side's ports a birthday easy side whose machine has `seed`
+/// probes, in its order (the first [`BirthdaySchedule`]'s probes; the
+/// plan does not depend on the round trip).
+fn probe_ports(seed: u64) -> impl Iterator<Item = u16> {
+    let n = BirthdaySchedule::standard(Duration::ZERO).map_or(0, |s| s.plan.probes as usize);
+    macula_nat_proto::port_predictor::BirthdayPorts::new(seed ^ PROBE_PORTS_SALT).take(n)
+}
+
+// Birthday probing behind plain routers: why both sides prime, and what.
+//
+// Linux conntrack, which a plain router's masquerade rides on: a UDP packet
+// R:r -> NAT:P that matches no entry's reply tuple becomes a new entry of
+// its own (R:r -> P, the router's own traffic). Nothing listens, so the
+// router refuses it (an ICMP error), but the entry is confirmed and stays
+// for the UDP timeout (30 s unreplied). A later outbound packet whose
+// masquerade would map to P towards R:r needs the reply tuple R:r -> P,
+// which is taken: it gets another public port, and the peer's
+// port-dependent filter drops it. An outbound entry that exists first makes
+// the peer's packet match its reply tuple instead (forwarded, or dropped
+// by a filter: no entry either way). So for every tuple (our public port,
+// the peer's endpoint) the punch needs, our outbound entry must exist
+// before the peer's first packet on it reaches our NAT. The tuples of a
+// birthday punch, hard side H (socket i mapped at public port h_i, a random
+// one per socket), easy side E (one endpoint e):
+//
+// * H's side, (h_i, e) for every socket: E's packets on it are its probes
+//   of port h_i (answers and triggered checks come after H's request got
+//   through). Without a primer the mapping exists once socket i's first
+//   punch packet left (paced at rate_pps, the last one `sockets / rate`
+//   after the start); probes start later by schedule, but a probe that
+//   overtakes costs that port. H primes from every socket, the node's
+//   included, as soon as it opened them ([`prime_hard`], after the go and
+//   before its start): every mapping then exists seconds before E's first
+//   probe (`start_after` >= sockets / rate + RTT + 100 ms), whichever side
+//   initiated; no timing is left to get right.
+// * E's side, (e, H:q) for every port q E probes: H's packets, from its
+//   start on, reach E's NAT from every h_i, and each h_i that E will probe
+//   would be spoilt before E's probe leaves (E's probes come last by
+//   design, so without primers every hit was spoilt: 0 of 9 in the lab).
+//   E cannot know the h_i, but it knows the ports it will probe (a seeded
+//   permutation: the seed is chosen here and handed to its machine) and
+//   primes them all, in probe order, before the punch starts
+//   ([`prime_probes`]): the initiator on the answer (before the go), the
+//   responder before sending its answer. A primed responder starts
+//   [`primer_lead`] after the go (the initiator's one-way time, plus
+//   margin), so an initiator's primers have left before the responder's
+//   first packet can arrive. A few hundred primers take milliseconds; a
+//   hard packet that still overtook them spoils one tuple of hundreds (each
+//   socket is a hit with probability ~1%), not the pair.
+//
+// H's packets on a primed tuple now pass E's NAT (the entry is E's own),
+// so a hit can complete while H is still opening its mappings, before E
+// probes. Primers are TTL-limited (the hop count learnt at join) and die at
+// the router past our own NAT: they never reach the peer's NAT, where they
+// would do the harm they prevent. Without a learnt TTL nothing is primed
+// (ordinary behaviour); on an ordinary router (input dropped) the primers
+// only create the entries the punch would create a little later.
+
+/// Birthday probing, easy side: primers to every port of the hard side's
+/// IP we will probe, from the socket we probe from (see the comment
+/// above); the seed the machine must use.
+async fn prime_probes(inner: &Inner, ttl: u8, fresh: Option<&SocketSet>, observed: SocketAddr) -> Primed {
+    let ip = observed.ip();
+    if crate::primer::is_inside(ip) {
+        return Primed::default();
+    }
+    let seed: u64 = rand::random();
+    let dsts = probe_ports(seed).map(|p| SocketAddr::new(ip, p));
+    let sent = match fresh.and_then(|f| f.indices().next()).and_then(|i| fresh?.io(i)) {
+        Some(io) => crate::birthday::prime_each(&*io, dsts, ttl).await,
+        None => match inner.node.socket() {
+            Ok(s) => crate::birthday::prime_each(&*s, dsts, ttl).await,
+            Err(_) => return Primed::default(),
+        },
+    };
+    tracing::debug!("birthday: primed {sent} probe ports of {ip} (ttl {ttl})");
+    Primed { probe_seed: Some(seed) }
+}
+
+/// Birthday probing, hard side: a primer from the node socket and from every
+/// extra socket to the easy side's endpoint (see the comment above).
+async fn prime_hard(inner: &Inner, set: &SocketSet, easy: SocketAddr) {
+    let Some(ttl) = inner.node.primer_ttl().filter(|_| !crate::primer::is_inside(easy.ip())) else { return };
+    if let Ok(s) = inner.node.socket() {
+        crate::primer::send(&*s, easy, ttl);
+    }
+    let sent = set.prime_all(easy, ttl).await;
+    tracing::debug!("birthday: primed {} sockets towards {easy} (ttl {ttl})", sent + 1);
 }
 
 /// How much later than the go a primed responder starts punching. The
@@ -1335,11 +1454,22 @@ fn prime(inner: &Inner, strategy: Strategy, fresh: Option<&SocketSet>, peer: &Pr
 /// pair's round trip, which bounds its inside delay) and
 /// [`PRIMER_SCHEDULING`].
 fn primer_lead(inner: &Inner, strategy: Strategy, pair_rtt: Duration, own_rtt: Duration) -> Duration {
-    if inner.node.primer_ttl().is_none() || !upgradable(strategy) {
+    if inner.node.primer_ttl().is_none() {
         return Duration::ZERO;
     }
-    pair_rtt.saturating_sub(own_rtt) / 2 + PRIMER_SCHEDULING
+    let lead = pair_rtt.saturating_sub(own_rtt) / 2 + PRIMER_SCHEDULING;
+    match strategy {
+        // An easy initiator sends a few hundred primers (milliseconds on a
+        // loaded host); the birthday schedule takes seconds, so a little
+        // more lead costs nothing.
+        Strategy::BirthdayProbing { .. } => lead + PRIMER_BIRTHDAY_SENDING,
+        s if upgradable(s) => lead,
+        _ => Duration::ZERO,
+    }
 }
+
+/// Extra lead of a primed birthday responder (see [`primer_lead`]).
+const PRIMER_BIRTHDAY_SENDING: Duration = Duration::from_millis(20);
 
 /// What the initiator's runtime may take between the answer's arrival and
 /// its primer leaving, on a loaded host (with 2 ms, one of 100 lab tries
@@ -1400,7 +1530,7 @@ fn answer_ports(peer: &Profile, tg: &[SocketAddr], to: SocketAddr) -> Vec<Socket
 }
 
 /// Acts on the go: `side` is our side in `strategy` (A = initiator).
-async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>, fresh: Option<SocketSet>) -> Result<(Connection, Method), ConnectError> {
+async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>, fresh: Option<SocketSet>, primed: Primed) -> Result<(Connection, Method), ConnectError> {
     let Meeting { session, peer_id, peer, observed, wait, pair_rtt, .. } = m;
     // Register for the session connection before anything can arrive.
     let incoming = inner.dispatch.expect_session(session);
@@ -1533,7 +1663,7 @@ async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>,
             Ok((conn, Method::Punched))
         }
         Strategy::BirthdayProbing { hard } => {
-            birthday(inner, side, hard, m, incoming, fresh).await
+            birthday(inner, side, hard, m, incoming, fresh, primed).await
         }
         // Handled before the go by the callers.
         Strategy::Relay => Err(ConnectError::NoRelay),
@@ -1559,13 +1689,15 @@ async fn birthday(
     m: Meeting<'_>,
     incoming: tokio::sync::oneshot::Receiver<Connection>,
     fresh: Option<SocketSet>,
+    primed: Primed,
 ) -> Result<(Connection, Method), ConnectError> {
     let Meeting { session, peer_id, peer, observed, wait, pair_rtt, .. } = m;
     let sched = BirthdaySchedule::standard(pair_rtt).ok_or(ConnectError::PunchFailed)?;
     let reg = punch_driver::register(&inner.node, session);
     let role = if side == Side::A { Role::Initiator } else { Role::Responder };
     let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, Vec::new(), pair_rtt);
-    cfg.seed = rand::random();
+    // A primed easy side probes the ports it primed: their seed.
+    cfg.seed = primed.probe_seed.unwrap_or_else(rand::random);
     let extra = if side == hard {
         // The easy side's one endpoint: its reflexive address (EI mapping) or
         // preserved port, first in `targets`.
@@ -1573,6 +1705,7 @@ async fn birthday(
         let ip = inner.node.local_addr().map_err(|_| ConnectError::Closed)?.ip();
         // The node socket is one of the schedule's sockets.
         let set = SocketSet::open(ip, sched.sockets().saturating_sub(1), session);
+        prime_hard(inner, &set, easy).await;
         sched.configure_hard(&mut cfg, std::iter::once(0).chain(set.indices()), easy);
         set
     } else {
@@ -1644,6 +1777,34 @@ mod tests {
         // The window wraps at the top of the port range.
         let t = targets(&contiguous_peer(65534), observed);
         assert_eq!(&t[..2], &[at(1024), at(1026)]);
+    }
+
+    /// The easy side primes the ports its machine will probe: the same
+    /// ports in the same order, from the same seed.
+    #[test]
+    fn primed_probe_ports_are_the_machines_probes() {
+        use macula_nat_proto::punch::Punch;
+        let seed = 0x1234_5678_9abc_def0;
+        let ip: std::net::IpAddr = "203.0.113.40".parse().unwrap();
+        let sched = BirthdaySchedule::standard(Duration::from_millis(50)).unwrap();
+        let mut cfg = PunchConfig::new(Role::Responder, [1; 32], [2; 32], [3; 16], Vec::new(), Duration::from_millis(50));
+        cfg.seed = seed;
+        sched.configure_easy(&mut cfg, 0, ip);
+        let t0 = Instant::now();
+        let mut p = Punch::new(cfg, t0);
+        let gap = Duration::from_secs(1) / sched.rate_pps;
+        let mut probed = Vec::new();
+        let mut t = t0 + sched.start_after;
+        while probed.len() < sched.plan.probes as usize && t < t0 + sched.timeout {
+            while let Some(tx) = p.poll_transmit(t) {
+                assert_eq!(tx.dst.ip(), ip);
+                probed.push(tx.dst.port());
+            }
+            t += gap;
+        }
+        let primed: Vec<u16> = probe_ports(seed).collect();
+        assert_eq!(primed.len(), sched.plan.probes as usize);
+        assert_eq!(probed, primed);
     }
 
     #[test]

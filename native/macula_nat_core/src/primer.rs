@@ -264,7 +264,14 @@ fn read_error(fd: libc::c_int) -> Option<(u8, Hop)> {
 /// this packet only (the socket's other packets, QUIC's included, keep
 /// their TTL). Errors are ignored: a lost primer only leaves the race.
 pub fn send(sock: &impl AsRawFd, dst: SocketAddr, ttl: u8) {
-    let SocketAddr::V4(d) = dst else { return };
+    let _ = try_send(sock, dst, ttl);
+}
+
+/// Like [`send`], saying whether it left: a full send buffer is
+/// `WouldBlock` (never blocks), for callers that send many primers from
+/// one socket and retry. IPv6 is `Unsupported`.
+pub fn try_send(sock: &impl AsRawFd, dst: SocketAddr, ttl: u8) -> std::io::Result<()> {
+    let SocketAddr::V4(d) = dst else { return Err(std::io::ErrorKind::Unsupported.into()) };
     let to = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: d.port().to_be(),
@@ -286,8 +293,11 @@ pub fn send(sock: &impl AsRawFd, dst: SocketAddr, ttl: u8) {
         (*c).cmsg_type = libc::IP_TTL;
         (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
         std::ptr::copy_nonoverlapping(&val as *const libc::c_int as *const u8, libc::CMSG_DATA(c), std::mem::size_of::<libc::c_int>());
-        let _ = libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT);
+        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_DONTWAIT) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
