@@ -375,3 +375,162 @@ fn real_world_routers_agree_with_coturn_natdiscovery() {
     drop(lab);
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// One host of the wild-shapes check: (host to run on, what it is, expected
+/// "mapping filtering allocation" or None when only agreement with coturn's
+/// client counts, local port to bind or 0, host whose run must finish first).
+type WildHost = (&'static str, &'static str, Option<&'static str>, u16, Option<&'static str>);
+
+fn wild_hosts() -> Vec<WildHost> {
+    vec![
+        // Port overloading: two hosts behind one plain kernel masquerade,
+        // the second on the same local port after the first used it towards
+        // both servers. Linux keeps a source's port where the whole tuple
+        // stays unique; where it would not, it reuses the mapping that
+        // source already has (its by-source lookup) or picks another, so
+        // the second host's mapping depends on the order of its
+        // destinations (seen: one other port, 5407, towards everything the
+        // first had used; a host that first reached a fresh destination
+        // keeps 4000 there and gets another port elsewhere). Whatever it
+        // is, coturn's client must read it as we do.
+        ("dov1", "overloading router, 1st host on :4000", Some("ei pd pp"), 4000, None),
+        ("dov2", "overloading router, 2nd host on :4000", None, 4000, Some("dov1")),
+        // Double NAT: homes behind carrier-grade NATs (RFC 6598 space in
+        // between); the chain maps as its least independent NAT, filters
+        // as its strictest, and the outer one picks the ports.
+        ("dch1", "kernel prc home behind user:ei-pd-rd carrier", Some("ei pd rd"), 0, None),
+        ("dch2", "user:ei-hd-pp home behind user:ei-ei-pp carrier", Some("ei hd pp"), 0, None),
+        ("dch3", "kernel symmetric home behind user:ei-pd-rd carrier", Some("pd pd rd"), 0, None),
+        ("dch4", "kernel full cone home behind kernel prc carrier", Some("ei pd pp"), 0, None),
+        // Docker-style: a container behind its host's masquerade, the host
+        // on a home LAN behind a plain router; and the Docker host itself.
+        ("ddc", "container behind Docker host behind home router", Some("ei pd pp"), 0, None),
+        ("ddc-nat", "the Docker host itself, behind the home router", Some("ei pd pp"), 0, None),
+    ]
+}
+
+/// The NAT shapes seen in the wild (native/macula_nat_lab/README.md): port
+/// overloading, homes behind carrier-grade NATs, a Docker-style host. On
+/// each, coturn's `turnutils_natdiscovery -m -f` and our detector (first
+/// detection and a forced re-detection, on the same local port as coturn's
+/// client where one is bound) run on the same path against coturn's
+/// `turnserver` and against `macula-observer`: mapping and filtering must
+/// agree with coturn's client, and where the chain's behaviour is known,
+/// with it (allocation included).
+#[test]
+fn wild_shapes_agree_with_coturn_natdiscovery() {
+    if !ready() {
+        return;
+    }
+    for tool in ["turnserver", "turnutils_natdiscovery"] {
+        if macula_nat_lab::which(tool).is_none() {
+            panic!("{tool} (coturn) missing: scripts/setup.sh installs it");
+        }
+    }
+    let prc = r#""nat":"kernel:port_restricted_cone","plain_router":true"#;
+    let spec = format!(
+        r#"{{"name":"detwild","seed":23,"routed_internet":true,"observers":["obs","cot"],
+        "carriers":[{{"name":"dcg","nat":"user:ei-pd-rd","plain_router":true}},
+                    {{"name":"dcf","nat":"user:ei-ei-pp","plain_router":true}},
+                    {{"name":"dck",{prc}}}],
+        "sites":[{{"name":"dov1",{prc},"extra_hosts":["dov2"]}},
+                 {{"name":"dch1",{prc},"upstream":"dcg"}},
+                 {{"name":"dch2","nat":"user:ei-hd-pp","plain_router":true,"upstream":"dcf"}},
+                 {{"name":"dch3","nat":"kernel:symmetric","plain_router":true,"upstream":"dcg"}},
+                 {{"name":"dch4","nat":"kernel:full_cone","upstream":"dck"}},
+                 {{"name":"ddh",{prc}}},
+                 {{"name":"ddc",{prc},"upstream":"ddh"}}]}}"#
+    );
+    let spec: LabSpec = serde_json::from_str(&spec).expect("spec");
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let o1 = lab.info.observers["obs"][0];
+    let c1 = lab.info.observers["cot"][0];
+    let mut ours = start_server(&lab, "obs", Server::Ours);
+    let mut coturn = start_server(&lab, "cot", Server::Coturn);
+    std::thread::sleep(Duration::from_millis(1500));
+    let detect = env!("CARGO_BIN_EXE_macula-detect");
+    let script = |host: &str, port: u16| {
+        let (nd_local, our_bind) = if port == 0 {
+            (String::new(), String::new())
+        } else {
+            let a = lab.host_addr(host).unwrap();
+            (format!("-L {a} -l {port}"), format!("--bind {a}:{port}"))
+        };
+        [c1, o1]
+            .iter()
+            .map(|server| {
+                format!(
+                    "echo '@@ natdiscovery'; turnutils_natdiscovery -m -f {nd_local} -p {OBS_PORT} {server}; \
+                     echo '@@ ours'; {detect} --observer {server}:{OBS_PORT} {our_bind} --timeout-ms 5000 --repeat 2; "
+                )
+            })
+            .collect::<String>()
+    };
+    let started = Instant::now();
+    let hosts = wild_hosts();
+    let mut outputs: HashMap<&str, std::process::Output> = HashMap::new();
+    // Independent hosts at once; a host that must follow another waits for it.
+    for round in [false, true] {
+        let children: Vec<_> = hosts
+            .iter()
+            .filter(|h| h.4.is_some() == round)
+            .map(|(host, _, _, port, _)| (*host, lab.spawn(host, &["sh", "-c", &script(host, *port)]).unwrap()))
+            .collect();
+        for (host, child) in children {
+            outputs.insert(host, child.wait_with_output().unwrap());
+        }
+    }
+    let mut failures = Vec::new();
+    let mut table = String::from("| host | shape | expected | server | natdiscovery | ours, first | ours, again |\n|---|---|---|---|---|---|---|\n");
+    for (host, what, expected, _, _) in &hosts {
+        let out = &outputs[host];
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let sections: Vec<&str> = text.split("@@ ").skip(1).collect();
+        if sections.len() != 4 {
+            failures.push(format!("{host}: incomplete output `{text}` stderr `{}`", String::from_utf8_lossy(&out.stderr)));
+            continue;
+        }
+        for (server, pair) in [("coturn", &sections[0..2]), ("ours", &sections[2..4])] {
+            let nd = pair[0].to_lowercase();
+            let verdict = |w| macula_nat_lab::natdiscovery::behaviour(&nd, w).unwrap_or("?");
+            let nd_mf = format!("{} {}", verdict("mapping"), verdict("filtering"));
+            let runs: Vec<Verdict> = pair[1].lines().skip(1).map(Verdict::parse).collect();
+            let cell = |v: Option<&Verdict>| v.map_or("-".to_string(), |v| format!("{} ({})", v.triple(), v.get("confidence")));
+            table.push_str(&format!(
+                "| {host} | {what} | {} | {server} | {nd_mf} | {} | {} |\n",
+                expected.unwrap_or("(as natdiscovery)"),
+                cell(runs.first()),
+                cell(runs.get(1))
+            ));
+            if let Some(want) = expected {
+                let want_mf: String = want.split(' ').take(2).collect::<Vec<_>>().join(" ");
+                if nd_mf != want_mf {
+                    failures.push(format!("{host} via {server}: natdiscovery says {nd_mf}, the chain is {want_mf}"));
+                }
+            }
+            if runs.len() != 2 {
+                failures.push(format!("{host} via {server}: {} verdicts: `{}`", runs.len(), pair[1]));
+                continue;
+            }
+            for (i, v) in runs.iter().enumerate() {
+                let mf = format!("{} {}", v.get("mapping"), v.get("filtering"));
+                if mf != nd_mf || expected.is_some_and(|w| v.triple() != w) {
+                    failures.push(format!("{host} via {server} run {i}: ours {} ({}) vs natdiscovery {nd_mf}, expected {expected:?}", v.triple(), v.get("confidence")));
+                }
+            }
+            if runs[0].get("confidence") == "low" {
+                failures.push(format!("{host} via {server}: first detection low confidence"));
+            }
+        }
+    }
+    eprintln!("wild shapes, {} hosts in {:?}\n{table}", hosts.len(), started.elapsed());
+    if let Ok(path) = std::env::var("MACULA_DETECT_WILD_REPORT") {
+        let _ = std::fs::write(path, &table);
+    }
+    for c in [&mut ours, &mut coturn] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    drop(lab);
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}
