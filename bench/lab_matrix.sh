@@ -35,7 +35,9 @@
 #                      for a run without filters, stdout otherwise.
 #   --agent beam|rust  the nodes (default beam, see above)
 #   --no-variants      (beam) leave out the topology variants (plain PRC,
-#                      port overloading, carrier-grade NAT, Docker-style)
+#                      port overloading, carrier-grade NAT, Docker-style;
+#                      they run with an unfiltered run only)
+#   --variants-only    (beam) only the topology variants
 # Examples:
 #   bench/lab_matrix.sh                                   # the full matrix (~10 min)
 #   bench/lab_matrix.sh --strategies birthday_probing --tries 3

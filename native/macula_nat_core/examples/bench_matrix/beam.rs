@@ -141,9 +141,9 @@ pub(crate) fn node_config(lab: &Lab, rdv_addr: &str, rdv_id: &str, relay: bool, 
         None => "node.config".into(),
     };
     let path = logs.join(name);
-    // The logger at notice: each `fresh` stops the application, which
-    // would log an info report every time.
-    std::fs::write(&path, format!("[{{kernel, [{{logger_level, notice}}]}},\n {{macula_nat, [\n  {}\n]}}].\n", env.join(",\n  ")))
+    // The logger at warning: each `fresh` stops the application, which
+    // would log a notice every time.
+    std::fs::write(&path, format!("[{{kernel, [{{logger_level, warning}}]}},\n {{macula_nat, [\n  {}\n]}}].\n", env.join(",\n  ")))
         .expect("write sys.config");
     path
 }

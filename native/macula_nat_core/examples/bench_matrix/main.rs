@@ -4,12 +4,24 @@
 //! (so same-type pairs have two distinct NATs): the 27 NATCracker types on
 //! the userspace engine and the 4 kernel NATs, each site at the same one-way
 //! delay (kernel sites get it from the lab's pass-through delay hop). Every
-//! site host runs one `macula-connect agent`. For every unordered pair of
-//! types (userspace x userspace, kernel x kernel) it runs N tries; a try =
-//! both agents open a fresh node (new socket, so new NAT mappings and no
-//! holes left by earlier tries) and join the rendezvous, then A connects to B
-//! and sends a message; the time to first message is from A's connect call
-//! until B has the message (CLOCK_MONOTONIC stamps from both agents).
+//! site host runs one agent. For every unordered pair of types (userspace x
+//! userspace, kernel x kernel) it runs N tries; a try = both agents open a
+//! fresh node (new socket, so new NAT mappings and no holes left by earlier
+//! tries) and join the rendezvous, then A connects to B and sends a message;
+//! the time to first message is from A's connect call until B has the
+//! message (stamps from both agents on one host clock).
+//!
+//! Agents (`--agent`): `beam` (default) = Erlang VMs running
+//! test/lab/macula_lab_matrix_agent.erl (beam.rs), configured through the
+//! application environment only and DETECTING their NAT through the lab's
+//! two observers; every NAT site is then a plain router on a routed
+//! internet, the rendezvous (and relay) is a VM too, stamps are
+//! CLOCK_REALTIME (`os:system_time/1`). `rust` = `macula-connect agent`s
+//! given their profiles (`--nat`), filtering routers on a flat internet,
+//! CLOCK_MONOTONIC stamps. With `beam`, an unfiltered run (or
+//! `--variants-only`) adds the topology variants of variants.rs (port
+//! overloading, carrier-grade NAT, Docker-style nesting); `--no-variants`
+//! leaves them out.
 //!
 //! Tries of different pairs run concurrently (bounded); a node takes part in
 //! one try at a time, and the tries of one pair run one after the other.
@@ -20,6 +32,7 @@
 //! bench_matrix [--tries N] [--concurrency K] [--delay-ms D] [--timeout-ms T]
 //!              [--types LIST] [--with LIST] [--strategies LIST] [--no-kernel] [--no-user]
 //!              [--no-relay] [--out FILE] [--command TEXT]
+//!              [--agent beam|rust] [--beam-path DIR]... [--no-variants] [--variants-only]
 //! ```
 //! LIST is comma-separated. Types are NATCracker `EI-PP-PD` or lab `ei-pd-pp`
 //! notation (`*` matches any component, e.g. `*-RD-*`) or kernel names
@@ -36,6 +49,7 @@ mod beam;
 mod pairs;
 mod report;
 mod sched;
+mod variants;
 
 use agent::{run_try, spawn_agent, TryResult};
 use macula_nat_lab::{Lab, LabSpec, SiteSpec, UpOptions};
@@ -78,13 +92,17 @@ pub(crate) struct Opts {
     pub(crate) beam: bool,
     /// Code paths of the BEAM agents (the agent's .beam dir, macula_nat's ebin).
     pub(crate) beam_paths: Vec<String>,
+    /// The topology variants (BEAM only; default: on for a run without filters).
+    pub(crate) variants: bool,
+    /// Only the variants.
+    pub(crate) variants_only: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: bench_matrix [--tries N] [--concurrency K] [--delay-ms D] [--timeout-ms T] [--types LIST] \
          [--with LIST] [--strategies LIST] [--no-kernel] [--no-user] [--no-relay] [--out FILE] [--command TEXT] \
-         [--agent beam|rust] [--beam-path DIR]..."
+         [--agent beam|rust] [--beam-path DIR]... [--no-variants] [--variants-only]"
     );
     std::process::exit(2)
 }
@@ -105,14 +123,25 @@ fn parse_opts() -> Opts {
         command: "bench_matrix".into(),
         beam: true,
         beam_paths: Vec::new(),
+        variants: true,
+        variants_only: false,
     };
+    let mut filtered = false;
     let mut args = std::env::args().skip(1);
     let list = |v: String| Some(v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--no-kernel" => o.kernel = false,
+            "--no-kernel" => {
+                o.kernel = false;
+                filtered = true
+            }
             "--no-relay" => o.relay = false,
-            "--no-user" => o.user = false,
+            "--no-user" => {
+                o.user = false;
+                filtered = true
+            }
+            "--no-variants" => o.variants = false,
+            "--variants-only" => o.variants_only = true,
             _ => {
                 let v = args.next().unwrap_or_else(|| usage());
                 let num = |v: &str| v.parse::<u64>().ok().filter(|n| *n > 0).unwrap_or_else(|| usage());
@@ -121,9 +150,18 @@ fn parse_opts() -> Opts {
                     "--concurrency" => o.concurrency = num(&v) as usize,
                     "--delay-ms" => o.delay_ms = v.parse().unwrap_or_else(|_| usage()),
                     "--timeout-ms" => o.timeout_ms = num(&v),
-                    "--types" => o.types = list(v),
-                    "--with" => o.with = list(v),
-                    "--strategies" => o.strategies = list(v),
+                    "--types" => {
+                        o.types = list(v);
+                        filtered = true
+                    }
+                    "--with" => {
+                        o.with = list(v);
+                        filtered = true
+                    }
+                    "--strategies" => {
+                        o.strategies = list(v);
+                        filtered = true
+                    }
                     "--out" => o.out = Some(v),
                     "--command" => o.command = v,
                     "--agent" => {
@@ -138,6 +176,13 @@ fn parse_opts() -> Opts {
                 }
             }
         }
+    }
+    // Filters select matrix pairs: the variants come with an unfiltered run
+    // (or --variants-only, which leaves the matrix out).
+    o.variants = o.beam && (o.variants_only || (o.variants && !filtered));
+    if o.variants_only {
+        o.user = false;
+        o.kernel = false;
     }
     o
 }
@@ -165,8 +210,11 @@ fn main() {
     }
     macula_nat_lab::reap(false);
 
-    let defs = defs(&o);
-    let pairs = pairs(&o, &defs);
+    let mut defs = defs(&o);
+    let mut pairs = pairs(&o, &defs);
+    if o.variants {
+        variants::add(&mut defs, &mut pairs);
+    }
     if pairs.is_empty() {
         eprintln!("bench_matrix: no pair matches the filters");
         std::process::exit(2);
@@ -183,7 +231,13 @@ fn main() {
         spec.observers = beam::OBSERVERS.iter().map(|x| x.to_string()).collect();
         spec.routed_internet = true;
     }
+    if o.variants {
+        variants::add_to_spec(&mut spec);
+    }
     for d in defs.iter().zip(&used).filter(|(_, u)| **u).map(|(d, _)| d) {
+        if d.variant.is_some() {
+            continue;
+        }
         for s in &d.sites {
             let mut site = SiteSpec::new(s, &d.lab_nat).expect("site spec");
             site.delay_ms = o.delay_ms;
@@ -255,8 +309,20 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
     let mut site_ix = BTreeMap::new();
     for (d, _) in defs.iter().zip(used).filter(|(_, u)| **u) {
         for s in &d.sites {
-            let public_ip = Some(lab.site(s).unwrap().public_ip.to_string());
             site_ix.insert(s.clone(), agents.len());
+            if let Some(v) = &d.variant {
+                // s is the host; the rendezvous must see the outermost NAT's address.
+                let (site, public_ip) = match &v.site {
+                    Some(site) => (site.clone(), lab.site(site).unwrap().reflexive_ip.to_string()),
+                    None => (s.clone(), lab.host_addr(s).unwrap().to_string()),
+                };
+                let port = (site == "vovl").then_some(variants::OVERLOAD_PORT);
+                let cfg = beam::node_config(lab, &rdv_addr, &rdv_id, o.relay, port, &logs);
+                let (argv, env) = beam::agent_argv(o, &cfg, true);
+                agents.push(spawn_agent(lab, &site, s, Some(public_ip), &argv, &env, &logs, o.relay));
+                continue;
+            }
+            let public_ip = Some(lab.site(s).unwrap().public_ip.to_string());
             if let Some(cfg) = &beam_config {
                 let (argv, env) = beam::agent_argv(o, cfg, false);
                 agents.push(spawn_agent(lab, s, s, public_ip, &argv, &env, &logs, o.relay));
@@ -404,9 +470,23 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
                 }
             }
             let strategy = n.iter().max_by_key(|e| e.1).map_or(p.configured, |e| e.0);
-            Pair { a: p.a, b: p.b, strategy, configured: p.configured }
+            Pair { a: p.a, b: p.b, strategy, configured: p.configured, variant: p.variant.clone() }
         })
         .collect();
+    // The variants get a section of their own; the rest of the report is the matrix.
+    let (vpairs, vresults): (Vec<Pair>, Vec<&Vec<TryResult>>) = {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for (p, r) in pairs.iter().zip(&results) {
+            if let Some(v) = &p.variant {
+                a.push(Pair { a: p.a, b: p.b, strategy: p.strategy, configured: p.configured, variant: Some(v.clone()) });
+                b.push(*r);
+            }
+        }
+        (a, b)
+    };
+    let keep: Vec<bool> = pairs.iter().map(|p| p.variant.is_none()).collect();
+    let results: Vec<&Vec<TryResult>> = results.iter().zip(&keep).filter(|(_, k)| **k).map(|(r, _)| *r).collect();
+    let pairs: Vec<Pair> = pairs.into_iter().filter(|p| p.variant.is_none()).collect();
     let extra = o.beam.then(|| {
         let mut det: Vec<(usize, Vec<agent::Detected>)> = Vec::new();
         for (i, d) in defs.iter().enumerate() {
@@ -414,7 +494,9 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
                 d.sites.iter().filter_map(|s| site_ix.get(s)).flat_map(|&a| agents[a].detections.lock().unwrap().clone()).collect();
             det.push((i, v));
         }
-        report::BeamExtra { detections: det, variants: None }
+        let variants = (!vpairs.is_empty()).then(|| (variants::section(defs, &vpairs, &vresults, &det), vpairs.len()));
+        let det = det.into_iter().filter(|(i, _)| defs[*i].variant.is_none()).collect();
+        report::BeamExtra { detections: det, variants }
     });
     let md = report(o, defs, &pairs, &results, elapsed, build_ms, agents.len(), &lab_counters, &load_before, extra.as_ref());
     // Keep the agents' and the rendezvous' logs only when they have something.

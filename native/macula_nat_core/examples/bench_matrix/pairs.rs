@@ -18,8 +18,10 @@ pub(crate) struct NatDef {
     pub(crate) nat_arg: String,
     pub(crate) nat: NatType,
     pub(crate) kernel: bool,
-    /// Lab site names, `SITES_PER_TYPE` of them.
+    /// Lab site names, `SITES_PER_TYPE` of them (a variant: its one host).
     pub(crate) sites: Vec<String>,
+    /// A topology variant's host (see variants.rs), not a matrix type.
+    pub(crate) variant: Option<crate::variants::VariantHost>,
 }
 
 pub(crate) fn lab_code(t: NatType) -> String {
@@ -44,6 +46,7 @@ pub(crate) fn defs(o: &Opts) -> Vec<NatDef> {
                 nat: t,
                 kernel: false,
                 sites: (1..=SITES_PER_TYPE).map(|i| format!("u{short}{i}")).collect(),
+                variant: None,
             });
         }
     }
@@ -63,6 +66,7 @@ pub(crate) fn defs(o: &Opts) -> Vec<NatDef> {
                 nat: t,
                 kernel: true,
                 sites: (1..=SITES_PER_TYPE).map(|i| format!("k{short}{i}")).collect(),
+                variant: None,
             });
         }
     }
@@ -104,6 +108,8 @@ pub(crate) struct Pair {
     pub(crate) strategy: Strategy,
     /// The table's strategy for the two NAT types as the lab configured them.
     pub(crate) configured: Strategy,
+    /// The topology variant this pair is reported under (variants.rs).
+    pub(crate) variant: Option<String>,
 }
 
 pub(crate) fn pairs(o: &Opts, d: &[NatDef]) -> Vec<Pair> {
@@ -130,7 +136,7 @@ pub(crate) fn pairs(o: &Opts, d: &[NatDef]) -> Vec<Pair> {
                     continue;
                 }
             }
-            v.push(Pair { a, b, strategy, configured: strategy });
+            v.push(Pair { a, b, strategy, configured: strategy, variant: None });
         }
     }
     v

@@ -47,8 +47,8 @@ pub(crate) struct Row<'a> {
 pub(crate) struct BeamExtra {
     /// Per NAT type (index into defs): every profile its sites' nodes detected.
     pub(crate) detections: Vec<(usize, Vec<Detected>)>,
-    /// The variants section (Markdown), if variants ran.
-    pub(crate) variants: Option<String>,
+    /// The variants section (Markdown), if variants ran, and its pair count.
+    pub(crate) variants: Option<(String, usize)>,
 }
 
 /// Connected without a relay (what the targets count).
@@ -91,12 +91,16 @@ pub(crate) fn report(
     let _ = writeln!(
         w,
         "Measured by `{}` on {} ({} cores shared with other work, kernel {}, release build); \
-         {} pairs x {} tries in {:.0} s, {} tries at once; lab ({} sites + a public rendezvous) up in {} ms.\n",
+         {} pairs{} x {} tries in {:.0} s, {} tries at once; lab ({} nodes + a public rendezvous) up in {} ms.\n",
         o.command,
         date(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         kernel(),
         pairs.len(),
+        match beam.and_then(|b| b.variants.as_ref()) {
+            Some((_, n)) => format!(" (+ {n} pairs of topology variants)"),
+            None => String::new(),
+        },
         o.tries,
         elapsed.as_secs_f64(),
         o.concurrency,
@@ -224,7 +228,7 @@ pub(crate) fn report(
 
     if let Some(b) = beam {
         detection_section(w, defs, &rows, b);
-        if let Some(v) = &b.variants {
+        if let Some((v, _)) = &b.variants {
             let _ = write!(w, "{v}");
         }
     }
