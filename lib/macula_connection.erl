@@ -13,24 +13,65 @@
 %%     changes, e.g. a relayed connection that moved to a punched path
 %%     (`get_info(Conn, connection_method)' says the same from then on;
 %%     no message is lost or reordered by the move);</li>
-%% <li>`{macula_connection, Conn, {closed, Reason}}' once, at the end;
-%%     `Reason' is `normal' (closed here), `{peer_closed, Text}',
-%%     `node_closed', `timeout' (peer silent past the idle timeout),
-%%     `reset' or `{failed, Text}'.</li>
+%% <li>`{macula_connection, Conn, passive}' when an `{active, N}' counter
+%%     runs out (after the Nth message);</li>
+%% <li>`{macula_connection, Conn, {closed, Reason}}' once, at the end,
+%%     after the last message delivered (in passive mode: after the last
+%%     one taken with `recv'); `Reason' is `normal' (closed here),
+%%     `{peer_closed, Text}', `node_closed', `timeout' (peer silent past
+%%     the idle timeout), `reset' or `{failed, Text}'.</li>
 %% </ul>
 %% The owner is monitored: when it dies, the connection closes.
+%%
+%% == Flow control ==
+%% Like `gen_tcp', the `active' option says who receives (`setopts/2', or
+%% `active' in the options of `open/3' and `accept/1'):
+%% <ul>
+%% <li>`true' (the default): messages as above, but never more than 1,000
+%%     messages nor 4 MiB of encoded terms (plus one message, if larger)
+%%     from this connection in the owner's mailbox that the owner has not
+%%     taken; then the connection stops reading from the network until the
+%%     owner is down to half of that. The rest waits in QUIC's receive
+%%     window (16 MiB per connection), then the peer's `send/2' waits
+%%     (see `send/2'). So a peer can make an owner that stops reading hold
+%%     at most that much, and the guide's plain `receive' loops work
+%%     unchanged. (An owner that leaves over 500 unrelated messages in its
+%%     mailbox while waiting for one from this connection will wait: use
+%%     `{active, N}' or `recv' there.)</li>
+%% <li>`once': one message, then passive (no `passive' message).</li>
+%% <li>`N' (-32768..32767): N more messages, then
+%%     `{macula_connection, Conn, passive}'; setting N while a counter runs
+%%     adds to it; a counter at 0 or below turns passive at once (and sends
+%%     `passive').</li>
+%% <li>`false': nothing is sent; take messages with `recv/1,2'.</li>
+%% </ul>
+%% `method_changed' and `closed' arrive in every mode; they are not
+%% counted. The mode and the window go with the connection through
+%% `controlling_process/2' (messages already in the old owner's mailbox
+%% stay there).
 -module(macula_connection).
 
--export([send/2, get_info/2, close/1, controlling_process/2, accept/0, accept/1, open/2, open/3]).
+-export([send/2, get_info/2, close/1, controlling_process/2, accept/0, accept/1, open/2, open/3,
+         setopts/2, recv/1, recv/2, recv/3]).
+
+-on_load(on_load/0).
 
 -opaque connection() :: reference().
--export_type([connection/0]).
+-type active() :: boolean() | once | -32768..32767.
+-type option() :: {active, active()}.
+-export_type([connection/0, active/0, option/0]).
 
 -define(SEND_TIMEOUT, 30000).
 
 %% @doc Sends any term; `ok' once it is queued, in call order, on the
-%% connection (when more than 4 MiB are queued, once it has reached the
-%% stream). `{error, closed}' after the connection closed.
+%% connection. Back-pressure: while more than 4 MiB are queued (the peer
+%% is slower than us, or its owner stopped reading and QUIC's windows are
+%% full), the call waits until its term has reached the stream, at most 30
+%% s, then answers `{error, timeout}' (the term stays queued and is sent
+%% when the peer reads again). So a sender holds at most 4 MiB queued plus
+%% QUIC's 32 MiB send window, plus one term per waiting caller.
+%% `{error, closed}' after the connection closed, `{error, too_large}' over
+%% the maximum message size.
 -spec send(connection(), term()) -> ok | {error, term()}.
 send(Conn, Term) when is_reference(Conn) ->
     try term_to_binary(Term) of
@@ -58,6 +99,7 @@ send(_, _) ->
 %% `undefined' when it is not relayed).
 -spec get_info(connection(), atom()) -> term() | {error, term()}.
 get_info(Conn, Key) when is_reference(Conn), is_atom(Key) ->
+    ok = macula_connection_flow:ensure_started(),
     case info(Conn) of
         #{Key := Value} -> Value;
         #{} -> {error, badarg};
@@ -84,10 +126,85 @@ close(_) ->
 %% monitored from now on. Errors: `not_owner', `closed', `badarg'.
 -spec controlling_process(connection(), pid()) -> ok | {error, term()}.
 controlling_process(Conn, Pid) when is_reference(Conn), is_pid(Pid) ->
+    ok = macula_connection_flow:ensure_started(),
     try macula_nat_nif:conn_set_owner(Conn, Pid)
     catch error:badarg -> {error, badarg}
     end;
 controlling_process(_, _) ->
+    {error, badarg}.
+
+%% @doc Sets the connection's options, like `inet:setopts/2': a list
+%% (`[{active, true | false | once | N}]') or a map (`#{active => A}').
+%% Any process may call it. Errors: `badarg' (an unknown option, a bad
+%% value, an `{active, N}' counter that would pass 32767), `closed'.
+-spec setopts(connection(), [option()] | #{active => active()}) -> ok | {error, term()}.
+setopts(Conn, Opts) when is_reference(Conn), is_map(Opts) ->
+    setopts(Conn, maps:to_list(Opts));
+setopts(Conn, Opts) when is_reference(Conn), is_list(Opts) ->
+    ok = macula_connection_flow:ensure_started(),
+    case lists:all(fun valid_opt/1, Opts) of
+        true -> lists:foldl(fun(Opt, ok) -> setopt(Conn, Opt); (_, E) -> E end, ok, Opts);
+        false -> {error, badarg}
+    end;
+setopts(_, _) ->
+    {error, badarg}.
+
+valid_opt({active, A}) -> valid_active(A);
+valid_opt(_) -> false.
+
+valid_active(A) when is_boolean(A); A =:= once -> true;
+valid_active(N) when is_integer(N), N >= -32768, N =< 32767 -> true;
+valid_active(_) -> false.
+
+setopt(Conn, {active, A}) ->
+    try macula_nat_nif:conn_setopts(Conn, A)
+    catch error:badarg -> {error, badarg}
+    end.
+
+%% @doc `recv(Conn, infinity)'.
+-spec recv(connection()) -> {ok, term()} | {error, term()}.
+recv(Conn) ->
+    recv(Conn, infinity).
+
+%% @doc The next message of a passive connection (`{active, false}'), for
+%% its owner: `{ok, Term}' for a term the peer sent;
+%% `{error, {unsafe_message, Binary}}' for a term that would need atoms
+%% unknown here (the connection stays usable); `{error, timeout}' when
+%% nothing came in `Timeout' ms (nothing is lost: the message, if it comes
+%% later, is for the next `recv'); `{error, closed}' once the connection
+%% has ended and every message received before has been taken (the owner
+%% also gets `{closed, Reason}' then, with the reason); `{error,
+%% not_passive}' in an active mode, `{error, not_owner}', `{error,
+%% badarg}'. `method_changed' stays a message to the owner in every mode.
+-spec recv(connection(), timeout()) -> {ok, term()} | {error, term()}.
+recv(Conn, Timeout) when is_reference(Conn),
+                         (Timeout =:= infinity orelse (is_integer(Timeout) andalso Timeout >= 0)) ->
+    ok = macula_connection_flow:ensure_started(),
+    Ref = make_ref(),
+    try macula_nat_nif:conn_recv(Ref, Conn) of
+        {wait, Id} ->
+            receive
+                {macula_nat_reply, Ref, Reply} -> Reply
+            after Timeout ->
+                case macula_nat_nif:conn_recv_cancel(Conn, Id) of
+                    ok -> {error, timeout};
+                    %% Lost the race: the message is on its way; take it.
+                    sent -> receive {macula_nat_reply, Ref, Reply} -> Reply end
+                end
+            end;
+        {error, _} = E ->
+            E
+    catch
+        error:badarg -> {error, badarg}
+    end;
+recv(_, _) ->
+    {error, badarg}.
+
+%% @doc `gen_tcp:recv/3' shaped: `Length' must be 0 (a whole message).
+-spec recv(connection(), 0, timeout()) -> {ok, term()} | {error, term()}.
+recv(Conn, 0, Timeout) ->
+    recv(Conn, Timeout);
+recv(_, _, _) ->
     {error, badarg}.
 
 %% @doc Waits for the next incoming connection; the caller owns it.
@@ -95,21 +212,38 @@ controlling_process(_, _) ->
 accept() ->
     accept(infinity).
 
--spec accept(timeout()) -> {ok, connection()} | {error, term()}.
+%% @doc `accept(Timeout)', or `accept(#{timeout => Timeout, active => A})':
+%% the connection starts in mode `A' (default `true'; see the module doc),
+%% so no message slips past it.
+-spec accept(timeout() | #{timeout => timeout(), active => active()}) ->
+    {ok, connection()} | {error, term()}.
+accept(Opts) when is_map(Opts) ->
+    Timeout = maps:get(timeout, Opts, infinity),
+    Active = maps:get(active, Opts, true),
+    case (Timeout =:= infinity orelse (is_integer(Timeout) andalso Timeout >= 0))
+        andalso valid_active(Active)
+        andalso maps:size(maps:without([timeout, active], Opts)) =:= 0 of
+        true -> accept(Timeout, Active);
+        false -> {error, badarg}
+    end;
 accept(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
+    accept(Timeout, true);
+accept(_) ->
+    {error, badarg}.
+
+accept(Timeout, Active) ->
+    ok = macula_connection_flow:ensure_started(),
     %% Once the node has joined a rendezvous, incoming connections (from
     %% traversal sessions and unsolicited dials alike) come through it.
     case macula_nat_coordinator:signal() of
         {ok, Sig} ->
-            macula_nat_async:call(fun(Ref) -> macula_nat_nif:signal_accept(Ref, Sig) end, Timeout);
+            macula_nat_async:call(fun(Ref) -> macula_nat_nif:signal_accept(Ref, Sig, Active) end, Timeout);
         {error, _} ->
             with_node(fun(Node) ->
-                              macula_nat_async:call(fun(Ref) -> macula_nat_nif:conn_accept(Ref, Node) end,
+                              macula_nat_async:call(fun(Ref) -> macula_nat_nif:conn_accept(Ref, Node, Active) end,
                                                     Timeout)
                       end)
-    end;
-accept(_) ->
-    {error, badarg}.
+    end.
 
 %% @doc Dials a peer whose address is known (no traversal): the connection
 %% is `direct'. `macula_nat_connector:connect/2' is the call that finds the
@@ -118,21 +252,38 @@ accept(_) ->
 open(Endpoint, PeerId) ->
     open(Endpoint, PeerId, #{}).
 
--spec open(macula_nat_endpoint:endpoint(), binary(), #{timeout => timeout()}) ->
+%% @doc As `open/2' with options: `timeout' (ms, default 10000), `active'
+%% (the mode the connection starts in, default `true'; see the module
+%% doc). A bad `active' is `{error, badarg}'.
+-spec open(macula_nat_endpoint:endpoint(), binary(), #{timeout => timeout(), active => active()}) ->
     {ok, connection()} | {error, term()}.
 open(Endpoint, PeerId, Opts) when is_binary(PeerId), is_map(Opts) ->
-    case macula_nat_endpoint:parse(Endpoint) of
-        {ok, Addr} ->
+    Active = maps:get(active, Opts, true),
+    case {valid_active(Active), macula_nat_endpoint:parse(Endpoint)} of
+        {false, _} ->
+            {error, badarg};
+        {true, {ok, Addr}} ->
+            ok = macula_connection_flow:ensure_started(),
             with_node(fun(Node) ->
                               macula_nat_async:call(
-                                fun(Ref) -> macula_nat_nif:conn_open(Ref, Node, Addr, PeerId) end,
+                                fun(Ref) -> macula_nat_nif:conn_open(Ref, Node, Addr, PeerId, Active) end,
                                 maps:get(timeout, Opts, 10000))
                       end);
-        {error, _} = E ->
+        {true, {error, _} = E} ->
             E
     end;
 open(_, _, _) ->
     {error, badarg}.
+
+%% The flow helper runs as soon as this module is loaded (connections made
+%% by the connector reach their owners without a call here); every call
+%% makes sure it still does.
+on_load() ->
+    %% In a process of its own: this module is not callable until this
+    %% returns, and loading another one from here could wait on the code
+    %% server.
+    _ = spawn(macula_connection_flow, ensure_started, []),
+    ok.
 
 with_node(Fun) ->
     case macula_nat_node:resource() of

@@ -15,10 +15,11 @@
          detect_start/4, observations_new/3, observations_add/3,
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
          cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
-         conn_open/4, conn_accept/2, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
+         conn_open/5, conn_accept/3, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
+         conn_setopts/2, conn_recv/2, conn_recv_cancel/2, conn_credit/3,
          port_predict/4,
          rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
-         signal_connect/4, signal_accept/2,
+         signal_connect/4, signal_accept/3,
          %% relays
          relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
          signal_set_relays/2, signal_reserved_relays/1,
@@ -34,7 +35,8 @@
 
 -type resource() :: reference().
 -type pending() :: reference().
--export_type([resource/0, pending/0]).
+-type active() :: boolean() | once | -32768..32767.
+-export_type([resource/0, pending/0, active/0]).
 
 -spec load() -> ok | {error, term()}.
 load() ->
@@ -142,12 +144,12 @@ cache_dht_reply(_Cache, _Id, _Answer) -> erlang:nif_error(not_loaded).
 -spec cache_close(resource()) -> ok.
 cache_close(_Cache) -> erlang:nif_error(not_loaded).
 
--spec conn_open(reference(), resource(), {inet:ip_address(), inet:port_number()}, binary()) ->
+-spec conn_open(reference(), resource(), {inet:ip_address(), inet:port_number()}, binary(), active()) ->
     {ok, pending()} | {error, term()}.
-conn_open(_Ref, _Node, _Addr, _PeerId) -> erlang:nif_error(not_loaded).
+conn_open(_Ref, _Node, _Addr, _PeerId, _Active) -> erlang:nif_error(not_loaded).
 
--spec conn_accept(reference(), resource()) -> {ok, pending()} | {error, term()}.
-conn_accept(_Ref, _Node) -> erlang:nif_error(not_loaded).
+-spec conn_accept(reference(), resource(), active()) -> {ok, pending()} | {error, term()}.
+conn_accept(_Ref, _Node, _Active) -> erlang:nif_error(not_loaded).
 
 -spec conn_send(reference(), resource(), binary()) -> ok | {ok, pending()} | {error, term()}.
 conn_send(_Ref, _Conn, _Bin) -> erlang:nif_error(not_loaded).
@@ -160,6 +162,18 @@ conn_close(_Conn) -> erlang:nif_error(not_loaded).
 
 -spec conn_set_owner(resource(), pid()) -> ok | {error, term()}.
 conn_set_owner(_Conn, _Pid) -> erlang:nif_error(not_loaded).
+
+-spec conn_setopts(resource(), active()) -> ok | {error, term()}.
+conn_setopts(_Conn, _Active) -> erlang:nif_error(not_loaded).
+
+-spec conn_recv(reference(), resource()) -> {wait, pos_integer()} | {error, term()}.
+conn_recv(_Ref, _Conn) -> erlang:nif_error(not_loaded).
+
+-spec conn_recv_cancel(resource(), pos_integer()) -> ok | sent.
+conn_recv_cancel(_Conn, _Id) -> erlang:nif_error(not_loaded).
+
+-spec conn_credit(resource(), pos_integer(), non_neg_integer()) -> ok | wait.
+conn_credit(_Conn, _Token, _QueueLen) -> erlang:nif_error(not_loaded).
 
 -spec port_predict(map(), pos_integer(), undefined | inet:port_number(), non_neg_integer()) ->
     {ok, [inet:port_number()]} | {error, term()}.
@@ -183,8 +197,8 @@ signal_set_profile(_Signal, _Profile) -> erlang:nif_error(not_loaded).
 -spec signal_connect(reference(), resource(), binary(), map()) -> {ok, pending()} | {error, term()}.
 signal_connect(_Ref, _Signal, _Target, _Opts) -> erlang:nif_error(not_loaded).
 
--spec signal_accept(reference(), resource()) -> {ok, pending()} | {error, term()}.
-signal_accept(_Ref, _Signal) -> erlang:nif_error(not_loaded).
+-spec signal_accept(reference(), resource(), active()) -> {ok, pending()} | {error, term()}.
+signal_accept(_Ref, _Signal, _Active) -> erlang:nif_error(not_loaded).
 
 %% Relay registry (macula_relay_registry owns the resource).
 

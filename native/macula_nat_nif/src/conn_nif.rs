@@ -11,15 +11,58 @@
 //!
 //! Terms are decoded with the VM's safe decoder: a message that would
 //! create atoms unknown on this node arrives as `{unsafe_message, Binary}`.
+//!
+//! # Flow control (issue 18)
+//!
+//! The reader takes a message off the QUIC stream only when it may hand it
+//! on (it reads one ahead, no more). While it holds one, quinn stops
+//! reading the stream, its stream/connection receive windows fill, and the
+//! peer's writes (then its `send/2`) wait: QUIC flow control is the
+//! back-pressure, nothing is buffered here. Who may receive is the owner's
+//! mode, as in `gen_tcp`:
+//!
+//! - `{active, true}` (the default): delivered to the mailbox within a
+//!   window of [`WINDOW_MSGS`] messages and [`WINDOW_BYTES`] bytes not yet
+//!   known to be consumed. A NIF cannot see a mailbox, so at half a window
+//!   the reader asks the `macula_connection_flow` process (Erlang) to look:
+//!   it reads `process_info(Owner, message_queue_len)` and answers with
+//!   `conn_credit/3`; at most that many of our latest deliveries can still
+//!   be queued, the older ones are confirmed. With a full window the
+//!   reader waits and the helper polls (backing off to 64 ms) until the
+//!   owner is down to half a window. One O(1) look per ~500 messages while
+//!   the owner keeps up; nothing per message. (Credit returned by the
+//!   owner itself would need the owner's cooperation, which the guide's
+//!   plain `receive` loops do not give.)
+//! - `{active, once}`, `{active, N}` (a counter, `passive` when it runs
+//!   out), `{active, false}` with `recv`: exactly what the owner asked for.
+//!
+//! The reader is the only sender of the owner's connection messages (data,
+//! `passive`, `method_changed`, `closed`): NIFs only change the state under
+//! the lock and wake it, so `passive` always follows the last message of
+//! its batch and `closed` comes last.
 
 use crate::node_nif::NodeRes;
 use crate::{atoms, convert, guard, reply};
 use macula_nat_core::quic::{CloseReason, Connection};
 use macula_nat_core::{Method, Node};
+use rustler::env::SavedTerm;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, Monitor, OwnedEnv, ResourceArc, Term};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use tokio::sync::{mpsc, oneshot, watch};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+mod flow_atoms {
+    rustler::atoms! {
+        passive,
+        once,
+        not_passive,
+        wait,
+        check,
+        macula_connection_flow,
+    }
+}
 
 type SendJob = (Vec<u8>, Option<oneshot::Sender<Result<(), String>>>);
 
@@ -29,13 +72,130 @@ type SendJob = (Vec<u8>, Option<oneshot::Sender<Result<(), String>>>);
 /// waits, so a fast sender cannot grow the queue without bound.
 const HIGH_WATER: usize = 4 << 20;
 
+/// `{active, true}`: messages the owner's mailbox may hold from this
+/// connection before the reader waits for it to drain.
+pub const WINDOW_MSGS: usize = 1000;
+/// `{active, true}`: wire bytes of those messages (one message larger than
+/// this still passes, alone).
+pub const WINDOW_BYTES: usize = 4 << 20;
+/// A window in use is confirmed again by polling at most this often.
+const HELPER_RETRY: Duration = Duration::from_millis(50);
+/// Safety net: a check the helper never answered (it restarted) is asked
+/// again after this.
+const CHECK_AGAIN: Duration = Duration::from_secs(1);
+
+/// Who may receive the next message.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    /// `{active, true}`: the owner, within the window.
+    Active,
+    /// `{active, once}`: the owner, one message, then `Passive`.
+    Once,
+    /// `{active, N}`: the owner, N more messages, then `passive`.
+    Count(i32),
+    /// `{active, false}`: only `recv` callers.
+    Passive,
+}
+
+/// `true | false | once | N` (N in -32768..32767): the mode; `None` for
+/// anything else.
+pub fn decode_mode(t: Term) -> Option<Mode> {
+    if let Ok(b) = t.decode::<bool>() {
+        return Some(if b { Mode::Active } else { Mode::Passive });
+    }
+    if let Ok(a) = t.decode::<Atom>() {
+        return (a == flow_atoms::once()).then_some(Mode::Once);
+    }
+    match t.decode::<i64>() {
+        Ok(n) if (-32768..=32767).contains(&n) => Some(Mode::Count(n as i32)),
+        _ => None,
+    }
+}
+
+/// A `recv` waiting for the next message.
+struct Recv {
+    id: u64,
+    pid: LocalPid,
+    env: OwnedEnv,
+    reference: SavedTerm,
+}
+
+struct Flow {
+    owner: LocalPid,
+    monitor: Option<Monitor>,
+    mode: Mode,
+    /// `{active, N}` ran out (or was set to N <= 0): the reader owes the
+    /// owner a `passive` message.
+    passive_notice: bool,
+    /// `Active`: sizes of the messages delivered to the owner and not yet
+    /// known to be consumed, oldest first.
+    unconfirmed: VecDeque<usize>,
+    unconfirmed_bytes: usize,
+    /// `Active` and the window is full: the reader waits for the helper.
+    blocked: bool,
+    /// The check the helper is working on (0: none); a newer one makes an
+    /// older one's polls stop.
+    check_token: u64,
+    next_token: u64,
+    recvs: VecDeque<Recv>,
+    next_recv: u64,
+    /// The reader is done: `recv` answers `{error, closed}` at once.
+    ended: bool,
+}
+
+impl Flow {
+    fn window_open(&self) -> bool {
+        let n = self.unconfirmed.len();
+        n == 0 || (n < WINDOW_MSGS && self.unconfirmed_bytes < WINDOW_BYTES)
+    }
+
+    /// Hysteresis: a full window opens again only at half, so a slow owner
+    /// costs one poll per half window, not one per message.
+    fn below_low_water(&self) -> bool {
+        let n = self.unconfirmed.len();
+        n == 0 || (n <= WINDOW_MSGS / 2 && self.unconfirmed_bytes <= WINDOW_BYTES / 2)
+    }
+
+    fn new_token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.check_token = self.next_token;
+        self.check_token
+    }
+
+    /// A new owner's mailbox holds nothing of ours.
+    fn reset_window(&mut self) {
+        self.unconfirmed.clear();
+        self.unconfirmed_bytes = 0;
+        self.blocked = false;
+        self.check_token = 0;
+    }
+
+    /// `queue_len` messages are in the owner's mailbox: at most that many
+    /// of our latest deliveries are still there.
+    fn confirm(&mut self, queue_len: usize) {
+        while self.unconfirmed.len() > queue_len {
+            if let Some(b) = self.unconfirmed.pop_front() {
+                self.unconfirmed_bytes -= b;
+            }
+        }
+    }
+}
+
 pub struct ConnRes {
     conn: Connection,
     /// To tell which relay a relayed connection goes through.
     node: Weak<Node>,
-    owner: Mutex<(LocalPid, Option<Monitor>)>,
+    flow: Mutex<Flow>,
+    /// Wakes the reader after a change to `flow`.
+    wake: Notify,
     writer: mpsc::UnboundedSender<SendJob>,
     queued: Arc<AtomicUsize>,
+}
+
+impl ConnRes {
+    fn owner(&self) -> Option<LocalPid> {
+        self.flow.lock().ok().map(|f| f.owner)
+    }
 }
 
 #[rustler::resource_impl]
@@ -44,7 +204,7 @@ impl rustler::Resource for ConnRes {
     fn down<'a>(&'a self, _env: Env<'a>, pid: LocalPid, _mon: Monitor) {
         // Only the current owner's death closes: a monitor of a former
         // owner may still fire after `controlling_process`.
-        let current = self.owner.lock().map(|o| o.0).ok();
+        let current = self.owner();
         if current.map(|c| c == pid).unwrap_or(true) {
             self.conn.close("owner exited");
         }
@@ -71,16 +231,40 @@ fn close_reason<'a>(env: Env<'a>, r: &CloseReason) -> Term<'a> {
 }
 
 /// Wraps a fresh connection of `node` in a resource owned by `owner`,
-/// starts its reader and writer. Its method is the connection's own (set by
-/// the connector). Callable from runtime threads.
+/// starts its reader and writer, in the default mode (`{active, true}`).
+/// Its method is the connection's own (set by the connector). Callable
+/// from runtime threads.
 pub fn adopt(conn: Connection, node: &Arc<Node>, owner: LocalPid) -> Option<ResourceArc<ConnRes>> {
+    adopt_in(conn, node, owner, Mode::Active)
+}
+
+/// As [`adopt`], starting in `mode` (no message can slip past it).
+pub fn adopt_in(conn: Connection, node: &Arc<Node>, owner: LocalPid, mode: Mode) -> Option<ResourceArc<ConnRes>> {
     let (tx, rx) = mpsc::unbounded_channel();
     // Subscribed before anyone can change it, so no change goes unreported.
     let methods = conn.watch_method();
+    let (mode, passive_notice) = match mode {
+        Mode::Count(n) if n <= 0 => (Mode::Passive, true),
+        m => (m, false),
+    };
     let res = ResourceArc::new(ConnRes {
         conn: conn.clone(),
         node: Arc::downgrade(node),
-        owner: Mutex::new((owner, None)),
+        flow: Mutex::new(Flow {
+            owner,
+            monitor: None,
+            mode,
+            passive_notice,
+            unconfirmed: VecDeque::new(),
+            unconfirmed_bytes: 0,
+            blocked: false,
+            check_token: 0,
+            next_token: 0,
+            recvs: VecDeque::new(),
+            next_recv: 0,
+            ended: false,
+        }),
+        wake: Notify::new(),
         writer: tx,
         queued: Arc::new(AtomicUsize::new(0)),
     });
@@ -89,8 +273,8 @@ pub fn adopt(conn: Connection, node: &Arc<Node>, owner: LocalPid) -> Option<Reso
         conn.close("owner exited");
         return None;
     };
-    if let Ok(mut o) = res.owner.lock() {
-        o.1 = Some(mon);
+    if let Ok(mut f) = res.flow.lock() {
+        f.monitor = Some(mon);
     }
     macula_nat_core::runtime::spawn(writer(conn, rx, res.queued.clone()));
     macula_nat_core::runtime::spawn(reader(res.clone(), methods));
@@ -113,53 +297,202 @@ async fn writer(conn: Connection, mut rx: mpsc::UnboundedReceiver<SendJob>, queu
     }
 }
 
+/// What the reader does next, decided under the lock.
+enum Step {
+    /// Nothing held: read the next message off the stream.
+    Read,
+    /// Nothing held and the stream ended.
+    Finish,
+    /// Send `passive` to the owner.
+    Notice(LocalPid),
+    /// Deliver the held message to the owner; `Some(token)`: then ask the
+    /// helper to look at the owner's mailbox.
+    Owner(LocalPid, Option<u64>),
+    /// Answer a `recv` with the held message.
+    Recv(Recv),
+    /// Hold the message until something changes. `Some(token)`: ask the
+    /// helper; `true`: the window is full (the check is retried after a
+    /// while, in case the helper lost it).
+    Wait(Option<(LocalPid, u64)>, bool),
+}
+
+fn decide(f: &mut Flow, held: Option<usize>, ended: bool) -> Step {
+    if f.passive_notice {
+        f.passive_notice = false;
+        return Step::Notice(f.owner);
+    }
+    let Some(len) = held else {
+        return if ended { Step::Finish } else { Step::Read };
+    };
+    if let Some(r) = f.recvs.pop_front() {
+        return Step::Recv(r);
+    }
+    match f.mode {
+        Mode::Passive => Step::Wait(None, false),
+        Mode::Once => {
+            f.mode = Mode::Passive;
+            Step::Owner(f.owner, None)
+        }
+        Mode::Count(n) => {
+            if n <= 1 {
+                f.mode = Mode::Passive;
+                f.passive_notice = true;
+            } else {
+                f.mode = Mode::Count(n - 1);
+            }
+            Step::Owner(f.owner, None)
+        }
+        Mode::Active if f.window_open() => {
+            f.blocked = false;
+            f.unconfirmed.push_back(len);
+            f.unconfirmed_bytes += len;
+            // Ask ahead, at half a window, so an owner that keeps up never
+            // sees the reader stop.
+            let half = f.unconfirmed.len() >= WINDOW_MSGS / 2 || f.unconfirmed_bytes >= WINDOW_BYTES / 2;
+            let check = (half && f.check_token == 0).then(|| f.new_token());
+            Step::Owner(f.owner, check)
+        }
+        Mode::Active => {
+            f.blocked = true;
+            let check = (f.check_token == 0).then(|| (f.owner, f.new_token()));
+            Step::Wait(check, true)
+        }
+    }
+}
+
+fn encode_payload<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Term<'a>> {
+    match env.binary_to_term(bytes) {
+        Some((t, n)) if n == bytes.len() => Ok(t),
+        _ => Err(convert::binary(env, bytes)),
+    }
+}
+
+/// Asks the `macula_connection_flow` process to look at `owner`'s mailbox;
+/// false when it is not running.
+fn ask_check(env: &mut OwnedEnv, res: &ResourceArc<ConnRes>, owner: LocalPid, token: u64) -> bool {
+    let helper = env.run(|e| e.whereis_pid(flow_atoms::macula_connection_flow()));
+    env.clear();
+    let Some(helper) = helper else {
+        return false;
+    };
+    let r = res.clone();
+    env.send_and_clear(&helper, move |e| {
+        (flow_atoms::macula_connection_flow(), flow_atoms::check(), r, owner, token).encode(e)
+    })
+    .is_ok()
+}
+
 async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>) {
     let mut env = OwnedEnv::new();
     let mut reported = *methods.borrow_and_update();
     let mut watching = true;
+    let mut held: Option<Vec<u8>> = None;
+    let mut ended = false;
     loop {
-        // `recv` is cancel-safe (its state lives in the connection), so
-        // losing the race to a method change drops nothing.
-        let event = tokio::select! {
-            biased;
-            m = res.conn.recv() => match m {
-                Some(bytes) => Ok(bytes),
-                None => break,
-            },
-            changed = methods.changed(), if watching => match changed {
-                Ok(()) => Err(*methods.borrow_and_update()),
-                Err(_) => {
-                    watching = false;
-                    continue;
-                }
-            },
-        };
-        let owner = match res.owner.lock() {
-            Ok(o) => o.0,
+        let step = match res.flow.lock() {
+            Ok(mut f) => decide(&mut f, held.as_ref().map(Vec::len), ended),
             Err(_) => break,
         };
-        let r = res.clone();
-        match event {
-            Ok(bytes) => {
+        match step {
+            Step::Finish => break,
+            Step::Notice(owner) => {
+                let r = res.clone();
                 let _ = env.send_and_clear(&owner, move |env| {
-                    let payload = match env.binary_to_term(&bytes) {
-                        Some((t, n)) if n == bytes.len() => (atoms::message(), t).encode(env),
-                        _ => (atoms::unsafe_message(), convert::binary(env, &bytes)).encode(env),
+                    (atoms::macula_connection(), r, flow_atoms::passive()).encode(env)
+                });
+            }
+            Step::Owner(owner, check) => {
+                let bytes = held.take().unwrap_or_default();
+                let r = res.clone();
+                let _ = env.send_and_clear(&owner, move |env| {
+                    let payload = match encode_payload(env, &bytes) {
+                        Ok(t) => (atoms::message(), t).encode(env),
+                        Err(b) => (atoms::unsafe_message(), b).encode(env),
                     };
                     (atoms::macula_connection(), r, payload).encode(env)
                 });
+                if let Some(token) = check {
+                    if !ask_check(&mut env, &res, owner, token) {
+                        forget_check(&res, token);
+                    }
+                }
             }
-            Err(m) if m != reported => {
-                reported = m;
-                let _ = env.send_and_clear(&owner, move |env| {
-                    (atoms::macula_connection(), r, (atoms::method_changed(), method_atom(m))).encode(env)
+            Step::Recv(Recv { pid, env: mut renv, reference, .. }) => {
+                let bytes = held.take().unwrap_or_default();
+                let _ = renv.send_and_clear(&pid, move |env| {
+                    let reply = match encode_payload(env, &bytes) {
+                        Ok(t) => (atoms::ok(), t).encode(env),
+                        Err(b) => (atoms::error(), (atoms::unsafe_message(), b)).encode(env),
+                    };
+                    (atoms::macula_nat_reply(), reference.load(env), reply).encode(env)
                 });
             }
-            Err(_) => {}
+            Step::Read | Step::Wait(..) => {
+                let reading = matches!(step, Step::Read);
+                let mut pause = Duration::from_secs(3600);
+                if let Step::Wait(check, full) = step {
+                    if full {
+                        pause = CHECK_AGAIN;
+                    }
+                    if let Some((owner, token)) = check {
+                        if !ask_check(&mut env, &res, owner, token) {
+                            forget_check(&res, token);
+                            pause = HELPER_RETRY;
+                        }
+                    }
+                }
+                tokio::select! {
+                    biased;
+                    _ = res.wake.notified() => {}
+                    // `recv` is cancel-safe (its state lives in the
+                    // connection), so losing a race drops nothing.
+                    m = res.conn.recv(), if reading => match m {
+                        Some(bytes) => held = Some(bytes),
+                        None => ended = true,
+                    },
+                    changed = methods.changed(), if watching => match changed {
+                        Ok(()) => {
+                            let m = *methods.borrow_and_update();
+                            if m != reported {
+                                reported = m;
+                                if let Some(owner) = res.owner() {
+                                    let r = res.clone();
+                                    let _ = env.send_and_clear(&owner, move |env| {
+                                        (atoms::macula_connection(), r, (atoms::method_changed(), method_atom(m)))
+                                            .encode(env)
+                                    });
+                                }
+                            }
+                        }
+                        Err(_) => watching = false,
+                    },
+                    _ = tokio::time::sleep(pause), if !reading => {
+                        // A full window whose check got no answer (or no
+                        // helper yet): ask again.
+                        if let Ok(mut f) = res.flow.lock() {
+                            if f.blocked {
+                                f.check_token = 0;
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
     let reason = res.conn.closed().await;
-    if let Ok(o) = res.owner.lock().map(|o| o.0) {
+    let (owner, recvs) = match res.flow.lock() {
+        Ok(mut f) => {
+            f.ended = true;
+            (Some(f.owner), std::mem::take(&mut f.recvs))
+        }
+        Err(_) => (None, VecDeque::new()),
+    };
+    for Recv { pid, env: mut renv, reference, .. } in recvs {
+        let _ = renv.send_and_clear(&pid, move |env| {
+            (atoms::macula_nat_reply(), reference.load(env), (atoms::error(), atoms::closed())).encode(env)
+        });
+    }
+    if let Some(o) = owner {
         let r = res.clone();
         let _ = env.send_and_clear(&o, move |env| {
             (atoms::macula_connection(), r, (atoms::closed(), close_reason(env, &reason))).encode(env)
@@ -167,11 +500,31 @@ async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>)
     }
 }
 
-/// `conn_open(Ref, Node, {Ip, Port}, PeerId) -> {ok, Pending}`: a direct
-/// QUIC dial by address; replies `{ok, Conn}` owned by the caller.
+/// The helper was not there: the check is asked again later.
+fn forget_check(res: &ResourceArc<ConnRes>, token: u64) {
+    if let Ok(mut f) = res.flow.lock() {
+        if f.check_token == token {
+            f.check_token = 0;
+        }
+    }
+}
+
+/// `conn_open(Ref, Node, {Ip, Port}, PeerId, Active) -> {ok, Pending}`: a
+/// direct QUIC dial by address; replies `{ok, Conn}` owned by the caller,
+/// starting in mode `Active` (`true | false | once | N`).
 #[rustler::nif]
-fn conn_open<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, addr: Term<'a>, peer: Term<'a>) -> Term<'a> {
+fn conn_open<'a>(
+    env: Env<'a>,
+    reference: Term<'a>,
+    node: ResourceArc<NodeRes>,
+    addr: Term<'a>,
+    peer: Term<'a>,
+    active: Term<'a>,
+) -> Term<'a> {
     guard::guard(env, || {
+        let Some(mode) = decode_mode(active) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
         let Some(addr) = convert::decode_addr(addr) else {
             return (atoms::error(), atoms::badarg()).encode(env);
         };
@@ -186,18 +539,21 @@ fn conn_open<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, 
                 Err(e) => return quic_error(e.kind()),
             };
             match ep.connect(addr, peer).await {
-                Ok(conn) => adopted(conn, &node, owner),
+                Ok(conn) => adopted_in(conn, &node, owner, mode),
                 Err(e) => quic_error(e.kind()),
             }
         })
     })
 }
 
-/// `conn_accept(Ref, Node) -> {ok, Pending}`; replies `{ok, Conn}` for the
-/// next incoming connection, owned by the caller.
+/// `conn_accept(Ref, Node, Active) -> {ok, Pending}`; replies `{ok, Conn}`
+/// for the next incoming connection, owned by the caller, in mode `Active`.
 #[rustler::nif]
-fn conn_accept<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>) -> Term<'a> {
+fn conn_accept<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, active: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
+        let Some(mode) = decode_mode(active) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
         let owner = env.pid();
         let node = node.node.clone();
         reply::spawn_reply(env, reference, async move {
@@ -206,17 +562,17 @@ fn conn_accept<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>
                 Err(e) => return quic_error(e.kind()),
             };
             match ep.accept().await {
-                Some(conn) => adopted(conn, &node, owner),
+                Some(conn) => adopted_in(conn, &node, owner, mode),
                 None => quic_error("closed"),
             }
         })
     })
 }
 
-/// `{ok, Conn}` for a connection now owned by `owner`, `{error, closed}`
-/// when the owner is already gone.
-pub fn adopted(conn: Connection, node: &Arc<Node>, owner: LocalPid) -> reply::Encode {
-    match adopt(conn, node, owner) {
+/// `{ok, Conn}` for a connection now owned by `owner`, starting in `mode`;
+/// `{error, closed}` when the owner is already gone.
+pub fn adopted_in(conn: Connection, node: &Arc<Node>, owner: LocalPid, mode: Mode) -> reply::Encode {
+    match adopt_in(conn, node, owner, mode) {
         Some(res) => reply::ok_with(res),
         None => quic_error("closed"),
     }
@@ -316,23 +672,147 @@ fn conn_close<'a>(env: Env<'a>, res: ResourceArc<ConnRes>) -> Term<'a> {
 }
 
 /// `conn_set_owner(Conn, Pid) -> ok | {error, not_owner | closed}`: only
-/// the current owner may hand the connection over.
+/// the current owner may hand the connection over. The mode goes with the
+/// connection; the new owner's mailbox holds nothing of ours, so its
+/// `{active, true}` window starts empty (what the old owner still has
+/// queued stays there, as with `gen_tcp`).
 #[rustler::nif]
 fn conn_set_owner<'a>(env: Env<'a>, res: ResourceArc<ConnRes>, pid: LocalPid) -> Term<'a> {
     guard::guard(env, || {
-        let Ok(mut o) = res.owner.lock() else {
+        let Ok(mut f) = res.flow.lock() else {
             return (atoms::error(), atoms::internal()).encode(env);
         };
-        if o.0 != env.pid() {
+        if f.owner != env.pid() {
             return (atoms::error(), atoms::not_owner()).encode(env);
         }
         let Some(mon) = res.monitor(Some(env), &pid) else {
             return (atoms::error(), atoms::closed()).encode(env);
         };
-        if let Some(old) = o.1.take() {
+        if let Some(old) = f.monitor.take() {
             res.demonitor(Some(env), &old);
         }
-        *o = (pid, Some(mon));
+        f.owner = pid;
+        f.monitor = Some(mon);
+        f.reset_window();
+        drop(f);
+        res.wake.notify_one();
+        atoms::ok().encode(env)
+    })
+}
+
+/// `conn_setopts(Conn, Active) -> ok | {error, badarg | closed}`, `Active`
+/// `true | false | once | N`. N adds to a running `{active, N}` counter
+/// (as `inet:setopts/2`); a counter over 32767 is `badarg`, one at 0 or
+/// below makes the connection passive and sends `passive`.
+#[rustler::nif]
+fn conn_setopts<'a>(env: Env<'a>, res: ResourceArc<ConnRes>, active: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        let Some(mode) = decode_mode(active) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let Ok(mut f) = res.flow.lock() else {
+            return (atoms::error(), atoms::internal()).encode(env);
+        };
+        if f.ended {
+            return (atoms::error(), atoms::closed()).encode(env);
+        }
+        match mode {
+            Mode::Count(n) => {
+                let now = match f.mode {
+                    Mode::Count(c) => c as i64,
+                    _ => 0,
+                };
+                let sum = now + n as i64;
+                if sum > 32767 {
+                    return (atoms::error(), atoms::badarg()).encode(env);
+                }
+                if sum <= 0 {
+                    f.mode = Mode::Passive;
+                    f.passive_notice = true;
+                } else {
+                    f.mode = Mode::Count(sum as i32);
+                }
+            }
+            m => f.mode = m,
+        }
+        if f.mode != Mode::Active {
+            f.blocked = false;
+        }
+        drop(f);
+        res.wake.notify_one();
+        atoms::ok().encode(env)
+    })
+}
+
+/// `conn_recv(Ref, Conn) -> {wait, Id} | {error, not_passive | not_owner |
+/// closed}`: the next message comes as `{macula_nat_reply, Ref, {ok, Term}
+/// | {error, {unsafe_message, Binary}} | {error, closed}}`; owner only, in
+/// passive mode. `conn_recv_cancel(Conn, Id)` withdraws it.
+#[rustler::nif]
+fn conn_recv<'a>(env: Env<'a>, reference: Term<'a>, res: ResourceArc<ConnRes>) -> Term<'a> {
+    guard::guard(env, || {
+        let owned = OwnedEnv::new();
+        let saved = owned.save(reference);
+        let Ok(mut f) = res.flow.lock() else {
+            return (atoms::error(), atoms::internal()).encode(env);
+        };
+        if f.ended {
+            return (atoms::error(), atoms::closed()).encode(env);
+        }
+        if f.owner != env.pid() {
+            return (atoms::error(), atoms::not_owner()).encode(env);
+        }
+        if f.mode != Mode::Passive {
+            return (atoms::error(), flow_atoms::not_passive()).encode(env);
+        }
+        f.next_recv += 1;
+        let id = f.next_recv;
+        f.recvs.push_back(Recv { id, pid: env.pid(), env: owned, reference: saved });
+        drop(f);
+        res.wake.notify_one();
+        (flow_atoms::wait(), id).encode(env)
+    })
+}
+
+/// `conn_recv_cancel(Conn, Id) -> ok | sent`: `ok` when the `recv` was
+/// withdrawn (no reply will come), `sent` when its reply is on its way.
+#[rustler::nif]
+fn conn_recv_cancel<'a>(env: Env<'a>, res: ResourceArc<ConnRes>, id: u64) -> Term<'a> {
+    guard::guard(env, || {
+        let Ok(mut f) = res.flow.lock() else {
+            return atoms::sent().encode(env);
+        };
+        match f.recvs.iter().position(|r| r.id == id) {
+            Some(i) => {
+                f.recvs.remove(i);
+                atoms::ok().encode(env)
+            }
+            None => atoms::sent().encode(env),
+        }
+    })
+}
+
+/// `conn_credit(Conn, Token, QueueLen) -> ok | wait`, from
+/// `macula_connection_flow`: the owner's mailbox holds `QueueLen`
+/// messages. `wait`: the window is still full, look again later; `ok`:
+/// done (window open again, or the check is stale).
+#[rustler::nif]
+fn conn_credit<'a>(env: Env<'a>, res: ResourceArc<ConnRes>, token: u64, queue_len: u64) -> Term<'a> {
+    guard::guard(env, || {
+        let Ok(mut f) = res.flow.lock() else {
+            return atoms::ok().encode(env);
+        };
+        if f.check_token != token || f.ended {
+            return atoms::ok().encode(env);
+        }
+        f.confirm(queue_len.min(usize::MAX as u64) as usize);
+        if f.mode == Mode::Active && f.blocked && !f.below_low_water() {
+            return flow_atoms::wait().encode(env);
+        }
+        f.check_token = 0;
+        f.blocked = false;
+        drop(f);
+        res.wake.notify_one();
         atoms::ok().encode(env)
     })
 }

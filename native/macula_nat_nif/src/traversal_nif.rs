@@ -2,7 +2,7 @@
 //! The signal resource is owned by the coordinator process; connects and
 //! accepts run in the calling process, which owns the connection it gets.
 
-use crate::conn_nif::{adopt, adopted, method_atom};
+use crate::conn_nif::{adopt, adopted_in, decode_mode, method_atom};
 use crate::node_nif::NodeRes;
 use crate::profile_term::decode_peer_info;
 use crate::relay_nif::refusal_atom;
@@ -221,15 +221,19 @@ fn signal_connect<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<Signal
     })
 }
 
-/// `signal_accept(Ref, Signal) -> {ok, Pending}`; replies `{ok, Conn}`.
+/// `signal_accept(Ref, Signal, Active) -> {ok, Pending}`; replies `{ok,
+/// Conn}`, starting in mode `Active` (see `conn_nif::decode_mode`).
 #[rustler::nif]
-fn signal_accept<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<SignalRes>) -> Term<'a> {
+fn signal_accept<'a>(env: Env<'a>, reference: Term<'a>, sig: ResourceArc<SignalRes>, active: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
+        let Some(mode) = decode_mode(active) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
         let owner_pid = env.pid();
         let signal = sig.signal.clone();
         reply::spawn_reply(env, reference, async move {
             match signal.accept().await {
-                Some(conn) => adopted(conn, signal.node(), owner_pid),
+                Some(conn) => adopted_in(conn, signal.node(), owner_pid, mode),
                 None => connect_error(ConnectError::Closed),
             }
         })
