@@ -166,6 +166,8 @@ pub(crate) fn spawn_agent(
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // A VM that crashes writes erl_crash.dump there, not into the checkout.
+    cmd.current_dir(logs);
     let log = std::fs::File::create(logs.join(format!("{host}.log"))).expect("agent log");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(log);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn agent in {host}: {e}"));

@@ -97,6 +97,7 @@ pub(crate) fn start_rendezvous(o: &Opts, lab: &Lab, ip: &str, port: u16, logs: &
     let argv = vm_argv(o, &path, &["rendezvous"]);
     let (mut cmd, _ns) = lab.command("rdv", &argv).map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(std::fs::File::create(logs.join("rdv.log")).expect("log"));
+    cmd.current_dir(logs);
     let mut c = cmd.spawn().map_err(|e| format!("rendezvous VM: {e}"))?;
     let out = c.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();

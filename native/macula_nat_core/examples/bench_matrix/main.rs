@@ -304,6 +304,7 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
         (rdv, rdv_id)
     };
     let beam_config = o.beam.then(|| beam::node_config(lab, &rdv_addr, &rdv_id, o.relay, None, &logs));
+    let ovl_config = o.variants.then(|| beam::node_config(lab, &rdv_addr, &rdv_id, o.relay, Some(variants::OVERLOAD_PORT), &logs));
 
     let mut agents = Vec::new();
     let mut site_ix = BTreeMap::new();
@@ -316,8 +317,13 @@ fn run(o: &Opts, lab: &Lab, defs: &[NatDef], used: &[bool], pairs: &[Pair], conn
                     Some(site) => (site.clone(), lab.site(site).unwrap().reflexive_ip.to_string()),
                     None => (s.clone(), lab.host_addr(s).unwrap().to_string()),
                 };
-                let port = (site == "vovl").then_some(variants::OVERLOAD_PORT);
-                let cfg = beam::node_config(lab, &rdv_addr, &rdv_id, o.relay, port, &logs);
+                // The overloaded hosts' config (same local port) is written
+                // once, before their VMs start; the others share node.config.
+                let cfg = match (site == "vovl", &ovl_config, &beam_config) {
+                    (true, Some(c), _) => c.clone(),
+                    (_, _, Some(c)) => c.clone(),
+                    _ => unreachable!("variants run with BEAM agents"),
+                };
                 let (argv, env) = beam::agent_argv(o, &cfg, true);
                 agents.push(spawn_agent(lab, &site, s, Some(public_ip), &argv, &env, &logs, o.relay));
                 continue;

@@ -107,6 +107,7 @@ pub(crate) fn report(
         sites,
         build_ms
     );
+    let _ = writeln!(w, "{}\n", tree());
     if o.beam {
         let _ = writeln!(
             w,
@@ -422,6 +423,34 @@ fn otp_release() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
+}
+
+/// The commit measured, and what the working tree changed on top of it
+/// (the checkout is shared with concurrent work; the VMs load what
+/// `rebar3 compile` built from the tree).
+fn tree() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty: Vec<String> = git(&["status", "--porcelain", "--untracked-files=no", "--", "lib", "native", "priv"])
+        .lines()
+        .map(|l| l.get(3..).unwrap_or("").to_string())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if dirty.is_empty() {
+        format!("Code: commit {head}, no uncommitted change under lib/ or native/.")
+    } else {
+        format!(
+            "Code: commit {head} plus uncommitted changes of other work in the shared tree at the end of the run ({}); \
+             the VMs ran what `rebar3 compile` built from it.",
+            dirty.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
+        )
+    }
 }
 
 pub(crate) fn loadavg() -> String {
