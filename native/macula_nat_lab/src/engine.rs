@@ -485,12 +485,28 @@ impl Nat {
 
     /// Inbound: Ok(internal endpoint) or Err(true = filtered, false = no binding).
     pub fn inbound(&mut self, port: u16, remote: Ep, now: Instant) -> std::result::Result<Ep, bool> {
-        let Some(b) = self.by_port.get(&port) else {
+        let r = self.admit(port, remote, now);
+        if r.is_err() {
             self.refuse(port, remote, now);
+        }
+        r
+    }
+
+    /// A hairpinned packet (one internal host to another's public
+    /// endpoint): filtered as an inbound one, but a refusal leaves no
+    /// clash. On Linux such a packet's conntrack entry is keyed by the
+    /// sender's internal endpoint (it never went out), so it cannot take
+    /// the tuple (public port <- public:sender port) an outbound flow of
+    /// the other host needs.
+    pub fn inbound_hairpin(&mut self, port: u16, remote: Ep, now: Instant) -> std::result::Result<Ep, bool> {
+        self.admit(port, remote, now)
+    }
+
+    fn admit(&self, port: u16, remote: Ep, now: Instant) -> std::result::Result<Ep, bool> {
+        let Some(b) = self.by_port.get(&port) else {
             return Err(false);
         };
         if !self.live(b, now) {
-            self.refuse(port, remote, now);
             return Err(false);
         }
         let fresh = |t: &Instant| now.duration_since(*t) <= self.timeout;
@@ -502,7 +518,6 @@ impl Nat {
         if ok {
             Ok(b.key.int)
         } else {
-            self.refuse(port, remote, now);
             Err(true)
         }
     }
@@ -696,7 +711,7 @@ impl Engine {
                     self.stats.dropped_hairpin += 1;
                     return;
                 }
-                match nat.inbound(dport, (public, pub_port), now) {
+                match nat.inbound_hairpin(dport, (public, pub_port), now) {
                     Ok(int) => {
                         rewrite_udp(&mut pkt, ip.ihl, (public, pub_port), int);
                         self.stats.hairpinned += 1;
@@ -870,6 +885,30 @@ mod tests {
         let b = n.outbound((Ipv4Addr::new(198, 18, 1, 3), 40000), R1, now, &mut st).unwrap();
         assert_eq!(a, 40000);
         assert_ne!(b, 40000);
+    }
+
+    #[test]
+    fn plain_router_refusals_clash_but_hairpinned_ones_do_not() {
+        let now = Instant::now();
+        let mut st = EngineStats::default();
+        let pubip = Ipv4Addr::new(203, 0, 113, 9);
+        let h2: Ep = (Ipv4Addr::new(198, 18, 1, 3), 41000);
+        // An unsolicited packet from R1 refused at H's public port: H's
+        // own later packet to R1 must leave from another port.
+        let mut n = nat("user:ei-pd-pp");
+        n.conntrack = true;
+        let p = n.outbound(H, R2, now, &mut st).unwrap();
+        assert_eq!(n.inbound(p, R1, now), Err(true));
+        assert_ne!(n.outbound(H, R1, now, &mut st).unwrap(), p);
+        // The same refusal of a hairpinned packet (from h2's public
+        // endpoint) leaves nothing: H then reaches h2 from its port.
+        let mut n = nat("user:ei-pd-pp");
+        n.conntrack = true;
+        let p = n.outbound(H, R2, now, &mut st).unwrap();
+        let p2 = n.outbound(h2, R2, now, &mut st).unwrap();
+        assert_eq!(n.inbound_hairpin(p, (pubip, p2), now), Err(true));
+        assert_eq!(n.outbound(H, (pubip, p2), now, &mut st).unwrap(), p);
+        assert_eq!(n.inbound_hairpin(p, (pubip, p2), now), Ok(H));
     }
 
     #[test]
