@@ -441,7 +441,8 @@ async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connection) {
         while let Some(bytes) = conn.recv().await {
             let Some(inner) = weak.upgrade() else { return };
             match Msg::decode(&bytes) {
-                Ok(Msg::Incoming { from, session, flags, attempts, profile, observed }) => {
+                Ok(Msg::Incoming { from, session, flags, attempts, mut profile, observed }) => {
+                    keep_reachable_candidates(&inner, &mut profile, observed);
                     runtime::spawn(respond(inner, from, session, flags, attempts, profile, observed));
                 }
                 Ok(Msg::Registered { observed }) => {
@@ -562,12 +563,17 @@ async fn session_base(inner: &Arc<Inner>, info: &PeerInfo) -> (u16, Option<Spent
 fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketSet>, alloc_base: u16) -> Profile {
     let mut candidates = inner.cfg.read().map(|c| c.candidates.clone()).unwrap_or_default();
     let local = inner.node.local_addr().ok();
-    if let Some(l) = local.filter(|l| !l.ip().is_unspecified()) {
-        candidates.push(l);
-    }
     let mut info = info.clone();
     info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
+    // Our own addresses at the port the punch runs on: a peer behind the
+    // same NAT reaches us there (see `crate::local_addrs`).
+    for c in local.map(|l| crate::local_addrs::host_candidates(l, local_port)).unwrap_or_default() {
+        if !candidates.contains(&c) {
+            candidates.push(c);
+        }
+    }
+    candidates.truncate(signal::MAX_CANDIDATES);
     let answer_port = fresh.and_then(|f| f.port(ANSWER_SOCKET)).unwrap_or(0);
     Profile { info, local_port, answer_port, alloc_base, candidates, relays: inner.relays.reserved() }
 }
@@ -611,10 +617,38 @@ pub fn targets(profile: &Profile, observed: SocketAddr) -> Vec<SocketAddr> {
     v
 }
 
+/// Whether the peer (seen by the rendezvous at `peer_observed`) and we
+/// share a public address.
+/// Loopback (nodes of one host, as in tests) is not a NAT.
+fn shares_public_ip(me: &Profile, peer_observed: SocketAddr) -> bool {
+    !peer_observed.ip().is_loopback() && me.info.public_addr.is_some_and(|a| a.ip() == peer_observed.ip())
+}
+
+/// Drops a peer's inside (private, shared, link-local) candidates unless
+/// it shares our public address: only then can they be on a LAN we are
+/// on, and a peer's mere claims never aim our punches into other
+/// networks. Public candidates stay (a node bound to a public address).
+fn keep_reachable_candidates(inner: &Inner, peer: &mut Profile, peer_observed: SocketAddr) {
+    let ours = inner.observed.lock().ok().and_then(|o| *o).map(|a| a.ip());
+    let same_nat = ours == Some(peer_observed.ip());
+    peer.candidates.retain(|c| same_nat || !crate::primer::is_inside(c.ip()));
+}
+
 /// The strategy for initiator `a` and responder `b`.
-fn decide(a: &Profile, b: &Profile, flags: u8) -> Strategy {
+///
+/// Two nodes seen at the same public address are behind one NAT: what the
+/// table assumes (each reaches the other through the other's NAT) holds
+/// only if that NAT hairpins, which most home routers and every plain
+/// masquerade do not, while on a shared LAN they reach each other directly.
+/// So they punch, each towards the other's public endpoint and host
+/// candidates at once, whatever their NAT types (both sides see the same
+/// two addresses, so both decide alike); a miss falls back to the relay.
+fn decide(a: &Profile, b: &Profile, flags: u8, shared_public_ip: bool) -> Strategy {
     if flags & signal::FLAG_RELAY_ONLY != 0 {
         return Strategy::Relay;
+    }
+    if shared_public_ip {
+        return Strategy::SimplePunch;
     }
     let s = strategy::choose(&peer_nat(&a.info), &peer_nat(&b.info));
     let no_direct = flags & (signal::FLAG_NO_DIRECT | signal::FLAG_UPGRADE) != 0;
@@ -668,7 +702,10 @@ impl SessionGuard<'_> {
     async fn answer(&mut self) -> Result<(Profile, SocketAddr), ConnectError> {
         loop {
             match self.rx.recv().await {
-                Some(Msg::Answered { profile, observed, .. }) => return Ok((profile, observed)),
+                Some(Msg::Answered { mut profile, observed, .. }) => {
+                    keep_reachable_candidates(self.inner, &mut profile, observed);
+                    return Ok((profile, observed));
+                }
                 Some(Msg::Unknown { .. }) => return Err(ConnectError::UnknownPeer),
                 Some(Msg::Reject { reason, .. }) => return Err(ConnectError::Rejected(reason)),
                 Some(_) => continue,
@@ -774,7 +811,7 @@ async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, a
     let attempts = wire_attempts(opts.max_punch_attempts);
     ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
     let (peer, observed) = guard.answer().await?;
-    let strategy = decide(&me, &peer, flags);
+    let strategy = decide(&me, &peer, flags, shares_public_ip(&me, observed));
     tracing::debug!("signal: session {:02x?} initiator strategy {}", &session[..4], strategy.name());
     if !matches!(strategy, Strategy::ConnectionReversal { dialer: Side::B }) {
         // Not listening: no answer socket.
@@ -965,7 +1002,7 @@ async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) ->
     ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
     let run = async {
         let (peer, observed) = guard.answer().await?;
-        let strategy = decide(&me, &peer, flags);
+        let strategy = decide(&me, &peer, flags, shares_public_ip(&me, observed));
         if !upgradable(strategy) {
             return Err(ConnectError::PunchFailed);
         }
@@ -1052,7 +1089,7 @@ async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8,
     let Ok(ctl) = control(&inner) else { return };
     let (base, _spent) = session_base(&inner, &info).await;
     let mut me = our_profile(&inner, &info, None, base);
-    let strategy = decide(&peer, &me, flags);
+    let strategy = decide(&peer, &me, flags, shares_public_ip(&me, observed));
     tracing::debug!("signal: session {:02x?} responder strategy {}", &session[..4], strategy.name());
     let upgrade = flags & signal::FLAG_UPGRADE != 0;
     let listening = matches!(strategy, Strategy::ConnectionReversal { dialer: Side::A });
@@ -1745,6 +1782,24 @@ async fn birthday(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_behind_one_public_address_punch_whatever_their_types() {
+        // Two symmetric NATs: the table says relay; behind the same one
+        // (same public IP) they punch (LAN candidates, or a hairpin).
+        let mut a = contiguous_peer(0);
+        a.info.allocation = Allocation::Rd;
+        a.info.public_addr = Some("203.0.113.9:4000".parse().unwrap());
+        let b = a.clone();
+        assert_eq!(decide(&a, &b, 0, false), Strategy::Relay);
+        assert!(shares_public_ip(&a, "203.0.113.9:5000".parse().unwrap()));
+        assert!(!shares_public_ip(&a, "203.0.113.10:4000".parse().unwrap()));
+        assert_eq!(decide(&a, &b, 0, true), Strategy::SimplePunch);
+        assert_eq!(decide(&a, &b, signal::FLAG_RELAY_ONLY, true), Strategy::Relay);
+        // Nodes of one host (loopback) are not behind a NAT.
+        a.info.public_addr = Some("127.0.0.1:4000".parse().unwrap());
+        assert!(!shares_public_ip(&a, "127.0.0.1:5000".parse().unwrap()));
+    }
 
     fn contiguous_peer(alloc_base: u16) -> Profile {
         let info = PeerInfo {

@@ -15,6 +15,7 @@ pub mod detector;
 pub mod dht;
 pub mod error;
 pub mod identity;
+pub mod local_addrs;
 pub mod local_ports;
 pub mod local_profile;
 pub mod primer;
