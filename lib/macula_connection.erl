@@ -142,15 +142,16 @@ setopts(Conn, Opts) when is_reference(Conn), is_map(Opts) ->
     setopts(Conn, maps:to_list(Opts));
 setopts(Conn, Opts) when is_reference(Conn), is_list(Opts) ->
     ok = macula_connection_flow:ensure_started(),
-    case lists:all(fun valid_opt/1, Opts) of
+    case valid_opts(Opts) of
         true -> lists:foldl(fun(Opt, ok) -> setopt(Conn, Opt); (_, E) -> E end, ok, Opts);
         false -> {error, badarg}
     end;
 setopts(_, _) ->
     {error, badarg}.
 
-valid_opt({active, A}) -> valid_active(A);
-valid_opt(_) -> false.
+valid_opts([]) -> true;
+valid_opts([{active, A} | Rest]) -> valid_active(A) andalso valid_opts(Rest);
+valid_opts(_) -> false.
 
 valid_active(A) when is_boolean(A); A =:= once -> true;
 valid_active(N) when is_integer(N), N >= -32768, N =< 32767 -> true;
