@@ -96,6 +96,8 @@ pub(crate) struct Opts {
     pub(crate) variants: bool,
     /// Only the variants.
     pub(crate) variants_only: bool,
+    /// The code measured (commit, uncommitted changes), at start.
+    pub(crate) tree: String,
 }
 
 fn usage() -> ! {
@@ -125,6 +127,7 @@ fn parse_opts() -> Opts {
         beam_paths: Vec::new(),
         variants: true,
         variants_only: false,
+        tree: report::tree(),
     };
     let mut filtered = false;
     let mut args = std::env::args().skip(1);

@@ -107,7 +107,7 @@ pub(crate) fn report(
         sites,
         build_ms
     );
-    let _ = writeln!(w, "{}\n", tree());
+    let _ = writeln!(w, "{}\n", o.tree);
     if o.beam {
         let _ = writeln!(
             w,
@@ -426,14 +426,14 @@ fn otp_release() -> String {
 }
 
 /// The commit measured, and what the working tree changed on top of it
-/// (the checkout is shared with concurrent work; the VMs load what
-/// `rebar3 compile` built from the tree).
-fn tree() -> String {
+/// (a checkout may be shared with concurrent work; the VMs load what
+/// `rebar3 compile` built from the tree). Taken when the run starts.
+pub(crate) fn tree() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_string())
             .unwrap_or_default()
     };
     let head = git(&["rev-parse", "--short", "HEAD"]);
@@ -446,7 +446,7 @@ fn tree() -> String {
         format!("Code: commit {head}, no uncommitted change under lib/ or native/.")
     } else {
         format!(
-            "Code: commit {head} plus uncommitted changes of other work in the shared tree at the end of the run ({}); \
+            "Code: commit {head} plus uncommitted changes in the tree when the run started ({}); \
              the VMs ran what `rebar3 compile` built from it.",
             dirty.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ")
         )
