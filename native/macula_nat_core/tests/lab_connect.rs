@@ -413,7 +413,8 @@ struct Tally {
 }
 
 /// Like [`punch_tries`], for any punching `strategy`, with a connect
-/// timeout of `timeout_ms`.
+/// timeout of `timeout_ms`. With `MACULA_TRACE` set (e.g. `debug`) the
+/// agent's and the listener's traces go to `/tmp/trace-{agent,listener}-HOST.log`.
 #[allow(clippy::too_many_arguments)]
 fn strategy_tries(lab: &Lab, rdv: &(String, String), (from, nat_from): (&str, &str), (to, nat_to): (&str, &str), tries: usize, extra: &[&str], strategy: &str, timeout_ms: u64) -> Tally {
     use std::io::Write;
@@ -422,6 +423,11 @@ fn strategy_tries(lab: &Lab, rdv: &(String, String), (from, nat_from): (&str, &s
     let mut largv = vec![bin, "listen", "--rendezvous", rdv_addr, "--rendezvous-id", rdv_id, "--nat", nat_to];
     largv.extend_from_slice(extra);
     let mut listener = lab.spawn(to, &largv).expect("listener");
+    if std::env::var_os("MACULA_TRACE").is_some() {
+        let mut se = listener.stderr.take().unwrap();
+        let mut f = std::fs::File::create(format!("/tmp/trace-listener-{to}.log")).unwrap();
+        std::thread::spawn(move || { let _ = std::io::copy(&mut se, &mut f); });
+    }
     // Kept to the end: the listener prints a line per connection it accepts.
     let heard = lines(&mut listener);
     let joined = heard.recv_timeout(Duration::from_secs(10)).expect("listener joined");
@@ -433,6 +439,9 @@ fn strategy_tries(lab: &Lab, rdv: &(String, String), (from, nat_from): (&str, &s
         .collect();
     aargv.extend(extra.iter().map(|s| s.to_string()));
     let (mut cmd, ns) = lab.command(from, &aargv).expect("agent command");
+    if std::env::var_os("MACULA_TRACE").is_some() {
+        cmd.stderr(std::fs::File::create(format!("/tmp/trace-agent-{from}.log")).unwrap());
+    }
     let mut agent = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().expect("agent");
     drop(ns);
     let said = lines(&mut agent);
@@ -635,6 +644,119 @@ fn plain_routers_birthday_probing_with_primers() {
         eprintln!("control, no primers, {}: {}/{} punched, median connect {:.1} ms", r.0, t.punched, t.tries, t.median_ms);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Drops, in `site`'s router, all traffic to and from `peer_ip` before
+/// conntrack sees it (no entry is left behind); nothing else.
+fn block(lab: &Lab, site: &str, peer_ip: &str) {
+    let router = lab.site(site).unwrap().router.clone().unwrap();
+    let cmds: [&[&str]; 4] = [
+        &["nft", "add", "table", "ip", "lcblock"],
+        &["nft", "add chain ip lcblock pre { type filter hook prerouting priority -300 ; policy accept ; }"],
+        &["nft", "add", "rule", "ip", "lcblock", "pre", "ip", "daddr", peer_ip, "drop"],
+        &["nft", "add", "rule", "ip", "lcblock", "pre", "ip", "saddr", peer_ip, "drop"],
+    ];
+    for c in cmds {
+        let out = lab.exec(&router, c).unwrap();
+        assert!(out.status.success(), "{c:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn unblock(lab: &Lab, site: &str) {
+    let router = lab.site(site).unwrap().router.clone().unwrap();
+    let out = lab.exec(&router, &["nft", "delete", "table", "ip", "lcblock"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `tries` relayed connections from `from` to a listener on `to` (two
+/// port-restricted cones behind plain routers) that become punchable: the
+/// path between them is blocked at `from`'s router until the connection
+/// is relayed, then opened; each streams 5,000 messages (5 s) meanwhile.
+/// How many ended `punched` (the upgrade), and the others' lines.
+fn upgrade_tries(lab: &Lab, rdv: &(String, String), from: &str, to: &str, tries: usize, extra: &[&str]) -> (usize, Vec<String>) {
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    let (rdv_addr, rdv_id) = rdv;
+    let mut largv = vec![bin, "listen", "--rendezvous", rdv_addr, "--rendezvous-id", rdv_id, "--nat", "ei-pd-pp", "--relay", rdv_addr, "--relay-id", rdv_id];
+    largv.extend_from_slice(extra);
+    let mut listener = lab.spawn(to, &largv).expect("listener");
+    let heard = lines(&mut listener);
+    let joined = heard.recv_timeout(Duration::from_secs(15)).expect("listener joined");
+    let target = field(&joined, "node_id").expect("listener id");
+    let to_ip = lab.site(to).unwrap().public_ip.to_string();
+    let (mut ok, mut other) = (0, Vec::new());
+    for _ in 0..tries {
+        block(lab, from, &to_ip);
+        let mut argv = vec![bin, "stream", &target, "--rendezvous", rdv_addr, "--rendezvous-id", rdv_id, "--nat", "ei-pd-pp", "--allow-relay", "--count", "5000"];
+        argv.extend_from_slice(extra);
+        let mut stream = lab.spawn(from, &argv).expect("stream");
+        let said = lines(&mut stream);
+        let mut se = stream.stderr.take().expect("stderr");
+        let errs = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut se, &mut s);
+            s
+        });
+        let first = said.recv_timeout(Duration::from_secs(20));
+        unblock(lab, from);
+        let last = first.is_ok().then(|| said.recv_timeout(Duration::from_secs(60)).ok()).flatten();
+        let _ = stream.kill();
+        let status = stream.wait();
+        let errs = errs.join().unwrap_or_default();
+        let (Ok(first), Some(last)) = (first.clone(), last) else {
+            other.push(format!("stream ended early ({status:?}, first {first:?}): {}", errs.lines().rev().take(3).collect::<Vec<_>>().join(" | ")));
+            continue;
+        };
+        let fine = field(&first, "method").as_deref() == Some("relayed")
+            && field(&last, "method").as_deref() == Some("punched")
+            && field(&last, "ok").as_deref() == Some("true");
+        if fine {
+            ok += 1;
+        } else {
+            other.push(format!("{first} / {last}"));
+        }
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    eprintln!("{from} -> {to} {extra:?}: {ok}/{tries} relayed connections upgraded to punched");
+    (ok, other)
+}
+
+/// The relayed -> punched upgrade behind plain routers: a punch session
+/// like the first one, so it races alike and is primed alike (both
+/// sides, the responder starting the primer lead after the go). Two
+/// port-restricted cones, 0 ms: every try upgrades while its stream runs,
+/// intact. Without primers, for the record.
+#[test]
+fn plain_routers_upgrade_with_primers() {
+    if !ready() {
+        return;
+    }
+    let mut spec = LabSpec::new("conupg");
+    spec.public.push("rdv".into());
+    spec.seed = Some(18);
+    spec.routed_internet = true;
+    for name in ["ua", "ub", "uc", "ud"] {
+        let mut s = SiteSpec::new(name, "kernel:port_restricted_cone").unwrap();
+        s.plain_router = true;
+        spec.sites.push(s);
+    }
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    let rdv_ip = lab.host_addr("rdv").unwrap();
+    let mut rdv_proc = lab.spawn("rdv", &[bin, "rendezvous", "--bind", &format!("{rdv_ip}:{RDV_PORT}"), "--serve-relay"]).expect("rendezvous");
+    let line = lines(&mut rdv_proc).recv_timeout(Duration::from_secs(5)).expect("rendezvous ready");
+    let rdv = (format!("{rdv_ip}:{RDV_PORT}"), field(&line, "node_id").expect("rendezvous id"));
+    const TRIES: usize = 6;
+    const CONTROL: usize = 4;
+    let ((ok, other), (control, control_other)) = std::thread::scope(|s| {
+        let a = s.spawn(|| upgrade_tries(&lab, &rdv, "ua", "ub", TRIES, &[]));
+        let b = s.spawn(|| upgrade_tries(&lab, &rdv, "uc", "ud", CONTROL, &["--no-primer"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let _ = rdv_proc.kill();
+    eprintln!("with primers: {ok}/{TRIES} upgraded; control, no primers: {control}/{CONTROL} (e.g. {:?})", control_other.first());
+    eprintln!("with primers, not upgraded: {other:?}");
+    assert_eq!(ok, TRIES, "relayed connections not upgraded: {other:?}");
 }
 
 /// A live connection carries 10,000 sequenced messages (one a millisecond,
