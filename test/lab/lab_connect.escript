@@ -22,6 +22,16 @@
 %%     same call that starts macula_nat, before its first detection has
 %%     finished (issue 16: the signalled profile must be the detected one).
 %%
+%%  4. the wild: after the others, on a quiet lab, NAT shapes seen in the
+%%     wild (native/macula_nat_lab/README.md): plain masquerade routers,
+%%     port overloading (two hosts on one router, both nodes on the same
+%%     local port), homes behind one carrier-grade NAT (hairpinning on and
+%%     off), homes behind different carrier-grade NATs, and a Docker-style
+%%     container (behind its host's masquerade, behind a home router). The
+%%     strategy is whatever the table gives for the detected profiles
+%%     (checked against what the lab's NATs make of them, see wild_want/1);
+%%     two homes behind a carrier that does not hairpin must relay.
+%%
 %% Per pair B accepts, A runs macula_nat_connector:connect/3. The strategy
 %% each pair claims to cover must be the one bench/strategy_table.md gives
 %% for the two DETECTED profiles (so a drift in detection or in the table
@@ -304,6 +314,108 @@ immediate(#{name := Name, a := A, b := B, strategy := Claimed, lang := Lang} = S
             failed_row(Spec, {crash, C, R, St})
     end.
 
+%%% ---------------------------------------------------------------- phase 4
+
+%% Carriers (RFC 6598 shared space between them and their homes): one that
+%% hairpins (RFC 6888 asks carrier-grade NATs to), one that does not, and a
+%% kernel masquerade one. Carrier-grade NATs map endpoint-independently and
+%% pick ports at random.
+wild_carriers() ->
+    ["{\"name\":\"cgh\",\"nat\":\"user:ei-pd-rd\",\"hairpin\":true,\"plain_router\":true}",
+     "{\"name\":\"cgn\",\"nat\":\"user:ei-pd-rd\",\"plain_router\":true}",
+     "{\"name\":\"cgk\",\"nat\":\"kernel:port_restricted_cone\",\"plain_router\":true}"].
+
+%% Every router a plain one (masquerade, no input rule), as home routers,
+%% carrier boxes and Docker hosts are.
+wild_sites() ->
+    Prc = "\"nat\":\"kernel:port_restricted_cone\",\"plain_router\":true",
+    [io_lib:format("{\"name\":\"~s\",~s~s}", [H, Prc, Extra])
+     || {H, Extra} <- [{"wp1", ""}, {"wp2", ""},
+                       %% two hosts behind one router (port overloading)
+                       {"wov1", ",\"extra_hosts\":[\"wov2\"]"},
+                       {"wh1", ",\"upstream\":\"cgh\""}, {"wh2", ",\"upstream\":\"cgh\""},
+                       {"wn1", ",\"upstream\":\"cgn\""}, {"wn2", ",\"upstream\":\"cgn\""},
+                       {"wx1", ",\"upstream\":\"cgk\""},
+                       %% a Docker host on a home LAN, a container behind it
+                       {"wdh", ""}, {"wdc", ",\"upstream\":\"wdh\""}]].
+
+wild_nodes() -> ["wp1", "wp2", "wov1", "wov2", "wh1", "wh2", "wn1", "wn2", "wx1", "wdc"].
+
+wild_lang("wp2") -> elixir;
+wild_lang("wh2") -> elixir;
+wild_lang("wdc") -> elixir;
+wild_lang(_) -> erlang.
+
+%% What the NATs on the way make of a node: a plain home router keeps ports
+%% (EI-PD-PP); behind the carrier engines the outer NAT picks ports at
+%% random (EI-PD-RD); two kernel masquerades keep ports end to end. The
+%% second host behind an overloading router finds its port taken towards
+%% what the first contacted from it (the observers included); Linux then
+%% reuses the mapping that host already has, or picks another port, so
+%% what it detects depends on who went first: any verdict is the truth for
+%% it (lab_detection.rs compares it with coturn's client).
+wild_want("wov2") -> any;
+wild_want(H) when H =:= "wh1"; H =:= "wh2"; H =:= "wn1"; H =:= "wn2" -> "ei-pd-rd";
+wild_want(_) -> "ei-pd-pp".
+
+wild_desc("wp1") -> "plain router";
+wild_desc("wp2") -> "plain router";
+wild_desc("wov1") -> "plain router, port overloading (1st host)";
+wild_desc("wov2") -> "plain router, port overloading (2nd host, same port)";
+wild_desc("wh1") -> "home behind carrier-grade NAT cgh (hairpins)";
+wild_desc("wh2") -> "home behind carrier-grade NAT cgh (hairpins)";
+wild_desc("wn1") -> "home behind carrier-grade NAT cgn (no hairpin)";
+wild_desc("wn2") -> "home behind carrier-grade NAT cgn (no hairpin)";
+wild_desc("wx1") -> "home behind kernel carrier-grade NAT cgk";
+wild_desc("wdc") -> "container behind Docker host wdh behind home router".
+
+%% {A, B, what the pair shows, expected}: `table' = the outcome of the
+%% table's strategy for the two detected profiles; {ok, Methods} forced.
+wild_pairs() ->
+    [{"wp1", "wp2", "plain routers", table},
+     {"wov1", "wp2", "overloaded router, 1st host", table},
+     {"wov2", "wp1", "overloaded router, 2nd host on the same port", table},
+     {"wov1", "wov2", "two hosts behind one overloaded router", table},
+     {"wh1", "wh2", "same carrier-grade NAT, hairpinning", table},
+     %% Both behind one public address that does not hairpin: nothing
+     %% direct can work; the relay must.
+     {"wn1", "wn2", "same carrier-grade NAT, no hairpinning", {ok, [relayed]}},
+     {"wh1", "wx1", "different carrier-grade NATs", table},
+     {"wn2", "wh2", "different carrier-grade NATs", table},
+     {"wdc", "wp1", "Docker container to plain router", table},
+     {"wdc", "wh1", "Docker container to carrier-grade home", table}].
+
+wild(Table, Env, Slots) ->
+    Me = self(),
+    T0 = now_ms(),
+    P = maps:from_list(pmap(fun(H) -> {H, start_vm(H, wild_lang(H), Env, Me)} end, wild_nodes())),
+    Info = maps:from_list(pmap(fun(H) -> {H, await_ready(Slots, maps:get(H, P), wild_want(H))} end,
+                               wild_nodes())),
+    io:format("the wild: ~b VMs up, detected and reserved in ~b ms~n", [length(wild_nodes()), now_ms() - T0]),
+    [io:format("  ~-5s ~-7s ~-52s profile ~s~n",
+               [H, wild_lang(H), wild_desc(H), prof(maps:get(profile, maps:get(H, Info)))])
+     || H <- wild_nodes()],
+    Rows = [begin
+                #{profile := PA} = maps:get(A, Info),
+                #{profile := PB} = maps:get(B, Info),
+                S = table_strategy(Table, PA, PB),
+                Name = flat(io_lib:format("~s (~s) -> ~s (~s): ~s", [A, prof(PA), B, prof(PB), What])),
+                Spec = #{name => Name, a => A, b => B, strategy => S, forced => Exp},
+                Wrong = [{H, flat(prof(Pr)), wild_want(H)} || {H, Pr} <- [{A, PA}, {B, PB}],
+                                                              wild_want(H) =/= any,
+                                                              flat(prof(Pr)) =/= wild_want(H)],
+                case Wrong of
+                    [] ->
+                        try pair(Spec, Table, P, Info)
+                        catch C:R:St -> failed_row(Spec, {crash, C, R, St})
+                        end;
+                    _ ->
+                        failed_row(Spec, {misdetected, Wrong})
+                end
+            end || {A, B, What, Exp} <- wild_pairs()],
+    [macula_lab_peer:stop(Pe) || Pe <- maps:values(P)],
+    {Rows, Info}.
+
 %%% ---------------------------------------------------------------- main
 
 main(Args) ->
@@ -324,11 +436,12 @@ main(Args) ->
     %% The internet is routed (a router between sites, as an ISP's): nodes
     %% learn a primer TTL at join and prime before punching.
     Spec = iolist_to_binary(["{\"name\":\"", lab(), "\",\"seed\":6,\"routed_internet\":true,\"observers\":[\"obs\"],"
-                             "\"public\":[\"rv\",\"pub1\",\"pub2\"],\"sites\":[",
-                             lists:join(",", KSites ++ USites), "]}"]),
+                             "\"public\":[\"rv\",\"pub1\",\"pub2\"],\"carriers\":[",
+                             lists:join(",", wild_carriers()), "],\"sites\":[",
+                             lists:join(",", KSites ++ USites ++ wild_sites()), "]}"]),
     T0 = now_ms(),
     {ok, _} = macula_lab:up(Spec),
-    io:format("lab up in ~b ms (~b sites)~n", [now_ms() - T0, length(KSites) + length(USites)]),
+    io:format("lab up in ~b ms (~b sites)~n", [now_ms() - T0, length(KSites) + length(USites) + length(wild_sites())]),
     Rc = try run(Out, Users, T0)
          catch C:R:St -> io:format("FAILED: ~p:~p~n~p~n", [C, R, St]), 1
          after macula_lab:down(lab())
@@ -412,10 +525,14 @@ run(Out, Users, T0) ->
     T3 = now_ms(),
     IRows = [immediate(S, Table, Env, Rv) || S <- immediate_specs()],
     io:format("connects right after start: ~b in ~b ms~n", [length(IRows), now_ms() - T3]),
+    T4 = now_ms(),
+    {WRows, WInfo} = wild(Table, Env, Slots),
+    io:format("the wild: ~b pairs in ~b ms~n", [length(WRows), now_ms() - T4]),
     print_rows("kernel NATs and public hosts", KRows),
     print_rows("userspace NATs", URows),
     print_rows("connect right after start", IRows),
-    Rows = KRows ++ URows ++ IRows,
+    print_rows("the wild", WRows),
+    Rows = KRows ++ URows ++ IRows ++ WRows,
     Fails = [R || #{ok := false} = R <- Rows],
     [io:format("KNOWN GAP ~s: ~p~n", [N, D]) || #{name := N, ok := gap, detail := D} <- Rows],
     [io:format("FAIL ~s: ~p~n", [N, D]) || #{name := N, detail := D} <- Fails],
@@ -423,7 +540,7 @@ run(Out, Users, T0) ->
               [length(Rows), length([R || #{ok := true} = R <- Rows]),
                length([R || #{ok := gap} = R <- Rows]), length(Fails)]),
     Total = now_ms() - T0,
-    write_md(Out, #{kernel => Info, user => UInfo, users => Users}, KRows, URows, IRows, Total),
+    write_md(Out, #{kernel => Info, user => UInfo, users => Users, wild => {WInfo, WRows}}, KRows, URows, IRows, Total),
     [macula_lab_peer:stop(Pe) || {_, Pe} <- Peers],
     catch port_close(ObsPort),
     case Fails of [] -> 0; _ -> 1 end.
@@ -480,7 +597,7 @@ detect(Peer, Want, Verdicts) ->
                              [#{force => Verdicts =/= [], timeout => 10000}], 15000),
     V = case R of {ok, Pr} -> flat(prof(Pr)); _ -> flat(io_lib:format("~p", [R])) end,
     case R of
-        {ok, Prof} when V =:= Want; length(Verdicts) + 1 >= ?DETECTIONS -> {Prof, [V | Verdicts]};
+        {ok, Prof} when V =:= Want; Want =:= any; length(Verdicts) + 1 >= ?DETECTIONS -> {Prof, [V | Verdicts]};
         _ when length(Verdicts) + 1 >= ?DETECTIONS -> error({detect, lists:reverse([V | Verdicts])});
         _ -> detect(Peer, Want, [V | Verdicts])
     end.
@@ -573,7 +690,10 @@ pair(#{name := Name, a := A, b := B, strategy := Claimed} = Spec, Table, P, Info
     #{id := AId, profile := ProfA} = maps:get(A, Info),
     #{id := BId, profile := ProfB} = maps:get(B, Info),
     TableS = table_strategy(Table, ProfA, ProfB),
-    Exp = outcome(Claimed, ProfA, ProfB, Spec),
+    Exp = case Spec of
+              #{forced := {ok, _} = Forced} -> Forced;
+              _ -> outcome(Claimed, ProfA, ProfB, Spec)
+          end,
     AccTmo = case Exp of {ok, _} -> ?CONNECT_TIMEOUT + 5000; _ -> 3000 end,
     Me = self(),
     %% B accepts in its mailbox: the connection belongs to the mailbox and
@@ -706,9 +826,9 @@ code_strategy(<<"R">>) -> relay.
 %%% ---------------------------------------------------------------- report
 
 write_md(undefined, _, _, _, _, _) -> ok;
-write_md(File, #{kernel := KInfo, user := UInfo, users := Users}, KRows, URows, IRows, Total) ->
+write_md(File, #{kernel := KInfo, user := UInfo, users := Users, wild := {WInfo, WRows}}, KRows, URows, IRows, Total) ->
     {{Y, Mo, D}, _} = calendar:universal_time(),
-    Rows = KRows ++ URows ++ IRows,
+    Rows = KRows ++ URows ++ IRows ++ WRows,
     Md = [io_lib:format("_Generated by `test/lab/lab_connect.sh` on ~4..0b-~2..0b-~2..0b, "
                         "~b cores; do not edit by hand._~n~n", [Y, Mo, D, erlang:system_info(logical_processors)]),
           "# Connecting BEAM nodes across kernel and userspace NATs\n\n"
@@ -763,6 +883,24 @@ write_md(File, #{kernel := KInfo, user := UInfo, users := Users}, KRows, URows, 
           "pair a plain dial that falls back to the relay after 2 s. `ms`: from A's application "
           "start to `connect/3`'s answer, inside A's VM (includes A's join and first detection).\n\n",
           immediate_md(IRows),
+          "\n## Pairs: the wild\n\n"
+          "Phase 4, after the others, one pair at a time, every router a plain one (masquerade, "
+          "no input rule): `wp*` behind home routers; `wov1` and `wov2` two hosts behind one "
+          "router, both nodes on the same local port (the router overloads it: each keeps it "
+          "towards destinations the other has not used from it, and gets another towards the "
+          "rest); `wh*` homes behind the carrier-grade NAT `cgh` (userspace `ei-pd-rd`, on "
+          "100.64.0.0/10, hairpins), `wn*` behind `cgn` (the same without hairpinning), `wx1` "
+          "behind the kernel masquerade carrier `cgk`; `wdc` a container behind a Docker-style "
+          "host's masquerade (`wdh-nat`) on a home LAN behind its router. Each node must detect "
+          "what the NATs on its way make of it (`wov2`: anything; lab_detection.rs compares it "
+          "with coturn's client); the strategy is the table's for the detected profiles and the "
+          "method its outcome, except that two homes behind the carrier that does not hairpin "
+          "must relay.\n\n"
+          "| host | VM | where | detected profile | detections |\n|---|---|---|---|---|\n",
+          [io_lib:format("| ~s | ~s | ~s | ~s | ~s |~n",
+                         [H, wild_lang(H), wild_desc(H), node_prof(H, WInfo), node_detections(H, WInfo)])
+           || H <- wild_nodes()],
+          "\n", pairs_md(WRows),
           "\nExpected results come from `outcome/4` in `test/lab/lab_connect.escript`, the "
           "one place to update when relays or birthday probing land. Known gaps (reported, "
           "not failing the run):\n\n"
@@ -786,7 +924,7 @@ write_md(File, #{kernel := KInfo, user := UInfo, users := Users}, KRows, URows, 
                         [length(Rows), length([R || #{ok := true} = R <- Rows]),
                          length([R || #{ok := gap} = R <- Rows]),
                          length([R || #{ok := false} = R <- Rows]),
-                         1 + length(kernel_nodes()) + 2 * length(Users), Total / 1000])],
+                         1 + length(kernel_nodes()) + 2 * length(Users) + length(wild_nodes()), Total / 1000])],
     ok = file:write_file(File, Md).
 
 node_prof(H, Info) ->

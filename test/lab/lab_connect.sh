@@ -3,7 +3,9 @@
 # through a rendezvous on a public lab host: every pair of the kernel NATs
 # {full_cone, restricted_cone, port_restricted_cone, symmetric} and a public
 # host, 33 userspace-NAT pairs covering every strategy of the table, and 3
-# kernel pairs connecting right after start; every node configured through
+# kernel pairs connecting right after start, and pairs across NAT shapes of
+# the wild (plain routers, port overloading, carrier-grade NATs, a Docker-
+# style host); every node configured through
 # the application environment only. See lab_connect.escript. Writes
 # bench/lab_connect_beam.md.
 # Needs root, erlang, elixir, cargo, rebar3.
