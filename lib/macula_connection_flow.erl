@@ -56,9 +56,14 @@ start() ->
 %% @private
 -spec init({pid(), reference()}) -> no_return().
 init({Parent, Ref}) ->
-    true = register(?MODULE, self()),
-    Parent ! {Ref, started},
-    loop().
+    case catch register(?MODULE, self()) of
+        true ->
+            Parent ! {Ref, started},
+            loop();
+        _ ->
+            %% Another one started first.
+            exit(normal)
+    end.
 
 %% @private
 -spec loop() -> no_return().

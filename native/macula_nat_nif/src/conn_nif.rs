@@ -137,6 +137,11 @@ struct Flow {
     /// older one's polls stop.
     check_token: u64,
     next_token: u64,
+    /// Deliveries since the last check was asked: an owner that is behind
+    /// (checks that confirm little) is looked at every quarter window, not
+    /// after every message past half.
+    since_check: usize,
+    since_check_bytes: usize,
     recvs: VecDeque<Recv>,
     next_recv: u64,
     /// The reader is done: `recv` answers `{error, closed}` at once.
@@ -157,6 +162,8 @@ impl Flow {
     }
 
     fn new_token(&mut self) -> u64 {
+        self.since_check = 0;
+        self.since_check_bytes = 0;
         self.next_token += 1;
         self.check_token = self.next_token;
         self.check_token
@@ -168,6 +175,8 @@ impl Flow {
         self.unconfirmed_bytes = 0;
         self.blocked = false;
         self.check_token = 0;
+        self.since_check = 0;
+        self.since_check_bytes = 0;
     }
 
     /// `queue_len` messages are in the owner's mailbox: at most that many
@@ -260,6 +269,8 @@ pub fn adopt_in(conn: Connection, node: &Arc<Node>, owner: LocalPid, mode: Mode)
             blocked: false,
             check_token: 0,
             next_token: 0,
+            since_check: 0,
+            since_check_bytes: 0,
             recvs: VecDeque::new(),
             next_recv: 0,
             ended: false,
@@ -346,10 +357,13 @@ fn decide(f: &mut Flow, held: Option<usize>, ended: bool) -> Step {
             f.blocked = false;
             f.unconfirmed.push_back(len);
             f.unconfirmed_bytes += len;
+            f.since_check += 1;
+            f.since_check_bytes += len;
             // Ask ahead, at half a window, so an owner that keeps up never
             // sees the reader stop.
             let half = f.unconfirmed.len() >= WINDOW_MSGS / 2 || f.unconfirmed_bytes >= WINDOW_BYTES / 2;
-            let check = (half && f.check_token == 0).then(|| f.new_token());
+            let due = f.since_check >= WINDOW_MSGS / 4 || f.since_check_bytes >= WINDOW_BYTES / 4;
+            let check = (half && due && f.check_token == 0).then(|| f.new_token());
             Step::Owner(f.owner, check)
         }
         Mode::Active => {
