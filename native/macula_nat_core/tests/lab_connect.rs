@@ -564,8 +564,13 @@ fn plain_routers_punch_with_ttl_primers() {
 /// way, on an internet with a router between the sites. With primers (the
 /// hard side from all its sockets towards the easy endpoint, the easy side
 /// to every port it will probe) the matrix rate (250/250 connected, 249
-/// punched) holds: at least 19 of 20 tries punch each way. Without
-/// primers (a few tries, for the record) they fail.
+/// punched) holds. The schedule is planned for a 99% hit, so a miss in
+/// 100 is no fault: at least 18 of 20 tries punch in each run and 155 of
+/// the 160 in all (at a 1% miss rate a false alarm about once in 70 runs;
+/// 19 of 20 in each of the 8 runs would raise one in 8). Seen: 158, 159
+/// and 160 of 160; a traced miss heard nothing on either side (no port
+/// collided), and its primers had all left before the hard side started.
+/// Without primers (a few tries, for the record) they fail.
 #[test]
 fn plain_routers_birthday_probing_with_primers() {
     if !ready() {
@@ -636,9 +641,14 @@ fn plain_routers_birthday_probing_with_primers() {
             "{}: {}/{} punched, {} relayed, {} failed, median connect {:.1} ms",
             r.0, t.punched, t.tries, t.relayed, t.failed, t.median_ms
         );
-        if t.punched + 1 < t.tries {
+        if t.punched + 2 < t.tries {
             failures.push(format!("{}: {}/{} punched; e.g. {:?}", r.0, t.punched, t.tries, t.other));
         }
+    }
+    let (punched, tries) = results.iter().fold((0, 0), |(p, n), t| (p + t.punched, n + t.tries));
+    eprintln!("all runs: {punched}/{tries} punched");
+    if punched + 5 < tries {
+        failures.push(format!("{punched}/{tries} punched in all"));
     }
     for (r, t) in [&runs[0], &runs[3]].into_iter().zip(&controls) {
         eprintln!("control, no primers, {}: {}/{} punched, median connect {:.1} ms", r.0, t.punched, t.tries, t.median_ms);
