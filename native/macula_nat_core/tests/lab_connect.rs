@@ -611,8 +611,9 @@ fn plain_routers_birthday_probing_with_primers() {
     const TRIES: usize = 20;
     const TIMEOUT_MS: u64 = 10_000;
     let (sym, ru, prc) = ("pd-pd-rd", "ei-pd-rd", "ei-pd-pp");
-    // (label, from, its --nat, to, its --nat)
-    let runs: Vec<(&str, (&str, &str), (&str, &str))> = vec![
+    // (label, (from, its --nat), (to, its --nat))
+    type Run<'a> = (&'a str, (&'a str, &'a str), (&'a str, &'a str));
+    let runs: Vec<Run> = vec![
         ("symmetric -> random-port EIM, 0 ms", ("bs1", sym), ("bu1", ru)),
         ("random-port EIM -> symmetric, 0 ms", ("bu2", ru), ("bs2", sym)),
         ("symmetric -> port-restricted, 0 ms", ("bs3", sym), ("bk3", prc)),
@@ -622,7 +623,7 @@ fn plain_routers_birthday_probing_with_primers() {
         ("symmetric -> port-restricted, 25 ms", ("ds3", sym), ("dk3", prc)),
         ("port-restricted -> symmetric, 25 ms", ("dk4", prc), ("ds4", sym)),
     ];
-    let go = |r: &(&str, (&str, &str), (&str, &str)), tries: usize, extra: &[&str]| strategy_tries(&lab, &rdv, r.1, r.2, tries, extra, "birthday_probing", TIMEOUT_MS);
+    let go = |r: &Run, tries: usize, extra: &[&str]| strategy_tries(&lab, &rdv, r.1, r.2, tries, extra, "birthday_probing", TIMEOUT_MS);
     let results: Vec<Tally> = std::thread::scope(|s| {
         let hs: Vec<_> = runs.iter().map(|r| s.spawn(move || go(r, TRIES, &[]))).collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()
