@@ -14,6 +14,8 @@
 -define(PAYLOAD, 1024).
 
 main([SecsStr]) ->
+    main([SecsStr, "new"]);
+main([SecsStr, Which]) ->
     Secs = list_to_integer(SecsStr),
     application:set_env(macula_nat, listen_ip, {127, 0, 0, 1}),
     {ok, _} = application:ensure_all_started(macula_nat),
@@ -30,10 +32,15 @@ main([SecsStr]) ->
              {"`{active, 100}`, re-armed on `passive`", 100, active_n},
              {"`{active, once}`, re-armed after each message", once, once},
              {"`{active, false}` + `recv/2`", false, recv}],
+    %% "old": the code before flow control (no modes): default rows only.
+    Run = case Which of
+              "old" -> [C || {_, true, _} = C <- Cases];
+              _ -> Cases
+          end,
     io:format("| receiving owner (~b s, 1 KiB terms) | receiver memory growth (erlang:memory / RSS, MiB, max) "
               "| owner mailbox max | sends completed | sender rate (sends/s) | received and in order |~n"
               "| --- | --- | --- | --- | --- | --- |~n", [Secs]),
-    [run_case(Case, Secs, B, BId, BEp, BOs) || Case <- Cases],
+    [run_case(Case, Secs, B, BId, BEp, BOs) || Case <- Run],
     peer:stop(B),
     halt(0).
 
@@ -96,7 +103,10 @@ rss(OsPid) ->
 %% On the receiver.
 owner(Active, Style) ->
     register(mf_owner, self()),
-    {ok, C} = macula_connection:accept(#{timeout => 30000, active => Active}),
+    {ok, C} = case Active of
+                  true -> macula_connection:accept(30000);
+                  _ -> macula_connection:accept(#{timeout => 30000, active => Active})
+              end,
     put(stats, {0, true}),
     read(C, Style).
 

@@ -32,10 +32,12 @@
 %%     from this connection in the owner's mailbox that the owner has not
 %%     taken; then the connection stops reading from the network until the
 %%     owner is down to half of that. The rest waits in QUIC's receive
-%%     window (16 MiB per connection), then the peer's `send/2' waits
-%%     (see `send/2'). So a peer can make an owner that stops reading hold
-%%     at most that much, and the guide's plain `receive' loops work
-%%     unchanged. (An owner that leaves over 500 unrelated messages in its
+%%     window (16 MiB for the message stream, outside the BEAM's heap),
+%%     then the peer's `send/2' waits (see `send/2'). So an owner that
+%%     stops reading holds at most that much per connection (decoded
+%%     terms can take more room than their encoding, up to ~16x for a
+%%     list of small integers), and the guide's plain `receive' loops
+%%     work unchanged. (An owner that leaves over 500 unrelated messages in its
 %%     mailbox while waiting for one from this connection will wait: use
 %%     `{active, N}' or `recv' there.)</li>
 %% <li>`once': one message, then passive (no `passive' message).</li>
@@ -46,9 +48,10 @@
 %% <li>`false': nothing is sent; take messages with `recv/1,2'.</li>
 %% </ul>
 %% `method_changed' and `closed' arrive in every mode; they are not
-%% counted. The mode and the window go with the connection through
-%% `controlling_process/2' (messages already in the old owner's mailbox
-%% stay there).
+%% counted. The mode (and an `{active, N}' counter) goes with the
+%% connection through `controlling_process/2'; the new owner's window
+%% starts empty (messages already in the old owner's mailbox stay there,
+%% as with `gen_tcp').
 -module(macula_connection).
 
 -export([send/2, get_info/2, close/1, controlling_process/2, accept/0, accept/1, open/2, open/3,
@@ -69,7 +72,8 @@
 %% full), the call waits until its term has reached the stream, at most 30
 %% s, then answers `{error, timeout}' (the term stays queued and is sent
 %% when the peer reads again). So a sender holds at most 4 MiB queued plus
-%% QUIC's 32 MiB send window, plus one term per waiting caller.
+%% QUIC's 32 MiB send window, plus one term per waiting caller (and one
+%% per timed-out call until the peer reads).
 %% `{error, closed}' after the connection closed, `{error, too_large}' over
 %% the maximum message size.
 -spec send(connection(), term()) -> ok | {error, term()}.
