@@ -7,7 +7,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--export([flood_owner/0, flood_read/0, flood_qlen/0, flood_start/0, burst_peer/0]).
+-export([flood_owner/0, flood_read/0, flood_qlen/0, flood_start/0, burst_peer/0, passive_then_default/1]).
 
 -define(FLOOD_MS, 6000).
 -define(PAYLOAD, 1024).
@@ -21,6 +21,59 @@ flow_test_() ->
               {timeout, 60, fun() -> handover_keeps_mode(Ctx) end},
               {timeout, 60, fun() -> bad_options(Ctx) end}]
      end}.
+
+%% Through a rendezvous: the accept goes through the signalling connection
+%% (its own NIF) and the dial through the connector, which never calls
+%% this module: modes and the default window hold there too.
+rendezvous_test_() ->
+    {setup, fun rv_setup/0, fun cleanup/1,
+     fun(Ctx) -> [{timeout, 120, fun() -> rendezvous_modes(Ctx) end}] end}.
+
+rv_setup() ->
+    {Me, Rv} = macula_nat_test_support:serve_loopback_rendezvous(),
+    B = macula_nat_test_support:start_peer([{rendezvous, [#{endpoint => Rv, node_id => Me}]}]),
+    {ok, BId} = peer:call(B, macula, get_node_id, []),
+    ok = macula_nat_coordinator:join(Rv, Me),
+    ok = macula_nat_test_support:wait(
+           fun() -> lists:keymember(BId, 1, macula_nat_coordinator:rendezvous_peers()) end, 10000),
+    #{b => B, b_id => BId}.
+
+-define(RV_COUNT, 2500).
+
+%% On B: accepts passive, takes 5 with recv (nothing reaches the mailbox
+%% meanwhile), then goes back to the default and reads the rest with a
+%% plain receive; sends ?RV_COUNT terms back and reports.
+-spec passive_then_default(pos_integer()) -> ok.
+passive_then_default(N) ->
+    {ok, C} = macula_connection:accept(#{timeout => 30000, active => false}),
+    First = [macula_connection:recv(C, 10000) || _ <- lists:seq(1, 5)],
+    timer:sleep(300),
+    {message_queue_len, Q} = erlang:process_info(self(), message_queue_len),
+    ok = macula_connection:setopts(C, #{active => true}),
+    Rest = [receive {macula_connection, C, {message, T}} -> T after 10000 -> timeout end
+            || _ <- lists:seq(6, N)],
+    [ok = macula_connection:send(C, {back, I}) || I <- lists:seq(1, ?RV_COUNT)],
+    ok = macula_connection:send(C, {report, First, Q, Rest =:= [{i, I} || I <- lists:seq(6, N)]}),
+    receive {macula_connection, C, {closed, _}} -> ok after 30000 -> ok end.
+
+rendezvous_modes(#{b := B, b_id := BId}) ->
+    N = ?RV_COUNT,
+    peer:call(B, erlang, spawn, [?MODULE, passive_then_default, [N]]),
+    {ok, C} = macula_nat_connector:connect(BId, #{timeout => 10000}),
+    [ok = macula_connection:send(C, {i, I}) || I <- lists:seq(1, N)],
+    %% Our side is the connector's connection in the default mode: more
+    %% than two windows come back, read with a plain receive.
+    Back = [receive {macula_connection, C, {message, T}} -> T after 10000 -> timeout end
+            || _ <- lists:seq(1, N)],
+    ?assertEqual([{back, I} || I <- lists:seq(1, N)], Back),
+    receive
+        {macula_connection, C, {message, {report, First, Q, RestOk}}} ->
+            ?assertEqual([{ok, {i, I}} || I <- lists:seq(1, 5)], First),
+            ?assertEqual(0, Q),
+            ?assert(RestOk)
+    after 10000 -> error(no_report)
+    end,
+    macula_connection:close(C).
 
 setup() ->
     application:set_env(macula_nat, listen_ip, {127, 0, 0, 1}),
