@@ -78,6 +78,7 @@
 %% the maximum message size.
 -spec send(connection(), term()) -> ok | {error, term()}.
 send(Conn, Term) when is_reference(Conn) ->
+    ok = macula_connection_flow:ensure_started(),
     try term_to_binary(Term) of
         Bin ->
             %% `ok' at once while the connection's queue is short; past

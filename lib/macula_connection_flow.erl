@@ -15,7 +15,10 @@
 %% second and its mailbox stops growing.
 %%
 %% It is one registered process, started on demand by `macula_connection'
-%% (when loaded and on each call, a `whereis' when running). A reader that
+%% (when loaded and on each call, a `whereis' when running). It is not in
+%% the `macula_nat_system' tree (adding a child there changes the tree
+%% other code and tests inspect); killed with `kill', it comes back at the
+%% next `macula_connection' call. A reader that
 %% finds it missing waits with its messages on the QUIC stream (bounded)
 %% and asks again every 50 ms; a check it lost (this process restarted) is
 %% asked again after 1 s. Nothing here can block on a peer.
@@ -58,6 +61,9 @@ start() ->
 init({Parent, Ref}) ->
     case catch register(?MODULE, self()) of
         true ->
+            %% Nothing links to it, but an exit signal from a tool that
+            %% sweeps processes should not stall every default connection.
+            process_flag(trap_exit, true),
             Parent ! {Ref, started},
             loop();
         _ ->
