@@ -27,10 +27,11 @@
 %% Like `gen_tcp', the `active' option says who receives (`setopts/2', or
 %% `active' in the options of `open/3' and `accept/1'):
 %% <ul>
-%% <li>`true' (the default): messages as above, but never more than 1,000
+%% <li>`true' (the default): messages as above, but no more than 1,000
 %%     messages nor 4 MiB of encoded terms (plus one message, if larger)
 %%     from this connection in the owner's mailbox that the owner has not
-%%     taken; then the connection stops reading from the network until the
+%%     taken (give or take the few in transit when the mailbox is looked
+%%     at: 1,005 at most in the flood test); then the connection stops reading from the network until the
 %%     owner is down to half of that. The rest waits in QUIC's receive
 %%     window (16 MiB for the message stream, outside the BEAM's heap),
 %%     then the peer's `send/2' waits (see `send/2'). So an owner that
