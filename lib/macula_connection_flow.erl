@@ -14,17 +14,20 @@
 %% while the owner keeps up; a stalled owner costs at most ~16 looks a
 %% second and its mailbox stops growing.
 %%
-%% It is one registered process, started on demand by `macula_connection'
-%% (when loaded and on each call, a `whereis' when running). It is not in
-%% the `macula_nat_system' tree (adding a child there changes the tree
-%% other code and tests inspect); killed with `kill', it comes back at the
-%% next `macula_connection' call. A reader that
+%% It is one registered process, the last child of `macula_nat_system'
+%% (so a restart of it restarts nothing else, and a connection whose
+%% owner only receives gets it back), also started on demand by
+%% `macula_connection' (when loaded and on each call, a `whereis' when
+%% running) for connections used before the system is up; the supervisor
+%% adopts one started that way. A reader that
 %% finds it missing waits with its messages on the QUIC stream (bounded)
 %% and asks again every 50 ms; a check it lost (this process restarted) is
 %% asked again after 1 s. Nothing here can block on a peer.
 -module(macula_connection_flow).
+-behaviour(gen_server).
 
--export([ensure_started/0, start/0, init/1, loop/0]).
+-export([ensure_started/0, start/0, start_link/1]).
+-export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(MAX_DELAY_MS, 64).
 
@@ -32,7 +35,7 @@
 -spec ensure_started() -> ok.
 ensure_started() ->
     case whereis(?MODULE) of
-        undefined -> start(), ok;
+        undefined -> _ = start(), ok;
         _ -> ok
     end.
 
@@ -40,50 +43,52 @@ ensure_started() ->
 %% process): `{ok, Pid}', or the running one's pid.
 -spec start() -> {ok, pid()}.
 start() ->
-    Parent = self(),
-    Ref = make_ref(),
-    Pid = proc_lib:spawn(?MODULE, init, [{Parent, Ref}]),
-    MRef = monitor(process, Pid),
-    receive
-        {Ref, started} ->
-            demonitor(MRef, [flush]),
-            {ok, Pid};
-        {'DOWN', MRef, process, Pid, _} ->
-            %% Lost the race to register: another one runs.
-            case whereis(?MODULE) of
-                undefined -> start();
-                Other -> {ok, Other}
-            end
+    case gen_server:start({local, ?MODULE}, ?MODULE, [], []) of
+        {ok, Pid} -> {ok, Pid};
+        {error, {already_started, Pid}} -> {ok, Pid}
     end.
 
-%% @private
--spec init({pid(), reference()}) -> no_return().
-init({Parent, Ref}) ->
-    case catch register(?MODULE, self()) of
-        true ->
-            %% Nothing links to it, but an exit signal from a tool that
-            %% sweeps processes should not stall every default connection.
-            process_flag(trap_exit, true),
-            Parent ! {Ref, started},
-            loop();
-        _ ->
-            %% Another one started first.
-            exit(normal)
-    end.
+%% @doc Supervisor entry (`macula_nat_system'): the helper, linked to the
+%% supervisor; one already running (started on demand) is adopted.
+-spec start_link(map()) -> {ok, pid()}.
+start_link(_Opts) ->
+    {ok, Pid} = start(),
+    link(Pid),
+    ok = gen_server:call(Pid, {supervised_by, self()}),
+    {ok, Pid}.
 
 %% @private
--spec loop() -> no_return().
-loop() ->
-    receive
-        {macula_connection_flow, check, Conn, Owner, Token} ->
-            look(Conn, Owner, Token, 1);
-        {look, Conn, Owner, Token, Delay} ->
-            look(Conn, Owner, Token, Delay);
-        _ ->
-            ok
-    end,
-    %% Fully qualified: a reloaded module does not kill the helper.
-    ?MODULE:loop().
+-spec init([]) -> {ok, map()}.
+init([]) ->
+    %% An exit signal from a tool that sweeps processes should not stall
+    %% every default connection: only the supervisor's exit ends it.
+    process_flag(trap_exit, true),
+    {ok, #{supervisor => undefined}}.
+
+%% @private
+-spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
+handle_call({supervised_by, Sup}, _From, State) ->
+    {reply, ok, State#{supervisor := Sup}};
+handle_call(_, _From, State) ->
+    {reply, {error, unknown_call}, State}.
+
+%% @private
+-spec handle_cast(term(), map()) -> {noreply, map()}.
+handle_cast(_, State) ->
+    {noreply, State}.
+
+%% @private
+-spec handle_info(term(), map()) -> {noreply, map()} | {stop, term(), map()}.
+handle_info({macula_connection_flow, check, Conn, Owner, Token}, State) ->
+    look(Conn, Owner, Token, 1),
+    {noreply, State};
+handle_info({look, Conn, Owner, Token, Delay}, State) ->
+    look(Conn, Owner, Token, Delay),
+    {noreply, State};
+handle_info({'EXIT', Sup, Reason}, #{supervisor := Sup} = State) ->
+    {stop, Reason, State};
+handle_info(_, State) ->
+    {noreply, State}.
 
 look(Conn, Owner, Token, Delay) ->
     Len = case erlang:process_info(Owner, message_queue_len) of

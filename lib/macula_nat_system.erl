@@ -8,6 +8,7 @@
 %% +-- macula_nat_coordinator - rendezvous join, hole punch coordination
 %% +-- macula_relay_registry  - known relays, measured and chosen
 %% +-- macula_relay_node      - relay server (off until enabled)
+%% +-- macula_connection_flow - mailbox checks for connections' flow control
 %% '''
 %% Each child owns its Rust resources (they are closed when it dies) and
 %% builds on what the children before it own, the node's socket first of
@@ -51,7 +52,8 @@ init(Opts) ->
     Flags = #{strategy => rest_for_one, intensity => 10, period => 10},
     Children = [child(M, Opts) || M <- [macula_nat_node, macula_nat_cache,
                                         macula_nat_detector, macula_nat_coordinator,
-                                        macula_relay_registry, macula_relay_node]],
+                                        macula_relay_registry, macula_relay_node,
+                                        macula_connection_flow]],
     {ok, {Flags, Children}}.
 
 child(Module, Opts) ->

@@ -5,7 +5,7 @@
 -include_lib("eunit/include/eunit.hrl").
 
 -define(CHILDREN, [macula_nat_node, macula_nat_cache, macula_nat_detector, macula_nat_coordinator,
-                   macula_relay_registry, macula_relay_node]).
+                   macula_relay_registry, macula_relay_node, macula_connection_flow]).
 
 system_test_() ->
     {foreach,
