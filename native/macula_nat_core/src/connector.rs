@@ -516,11 +516,17 @@ async fn follow_profile(weak: std::sync::Weak<Inner>, mut profiles: watch::Recei
 /// This node's NAT profile now: the one its detections published on the
 /// node, else the signal's configured one.
 fn current_info(inner: &Inner) -> PeerInfo {
-    inner
+    let info = inner
         .node
         .local_profile()
         .get()
-        .unwrap_or_else(|| inner.cfg.read().map(|c| c.profile.clone()).unwrap_or_else(|p| p.into_inner().profile.clone()))
+        .unwrap_or_else(|| inner.cfg.read().map(|c| c.profile.clone()).unwrap_or_else(|p| p.into_inner().profile.clone()));
+    // As the rendezvous sees the socket (a port-overloading router can
+    // show it another port than the observers saw): the whole session
+    // decides from this, so fresh sockets and targets agree with what the
+    // peer is told.
+    let local_port = inner.node.local_addr().ok().map(|a| a.port());
+    info.as_seen_by_rendezvous(inner.observed.lock().ok().and_then(|o| *o), local_port)
 }
 
 /// Waits (at most `max`) for the node's first detection when one is under
@@ -563,8 +569,7 @@ async fn session_base(inner: &Arc<Inner>, info: &PeerInfo) -> (u16, Option<Spent
 fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketSet>, alloc_base: u16) -> Profile {
     let mut candidates = inner.cfg.read().map(|c| c.candidates.clone()).unwrap_or_default();
     let local = inner.node.local_addr().ok();
-    let mut info = info.clone();
-    info.public_addr = inner.observed.lock().ok().and_then(|o| *o);
+    let info = info.as_seen_by_rendezvous(inner.observed.lock().ok().and_then(|o| *o), local.map(|l| l.port()));
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
     // Our own addresses at the port the punch runs on: a peer behind the
     // same NAT reaches us there (see `crate::local_addrs`).

@@ -232,3 +232,41 @@ fn v2_frames_under_its_own_magic() {
     other[3] = b'3';
     assert_eq!(unframe(&other), Err(RecordError::BadMagic));
 }
+
+#[test]
+fn a_mapping_the_rendezvous_sees_at_another_port_is_not_endpoint_independent() {
+    let info = sample().info;
+    assert_eq!(info.mapping, Mapping::Ei);
+    // Same address as detected: unchanged but for the public address.
+    let same = info.as_seen_by_rendezvous(Some(addr("203.0.113.5:4433")), None);
+    assert_eq!(same, info);
+    // Another port at the same IP (port overloading): per destination.
+    let moved = info.as_seen_by_rendezvous(Some(addr("203.0.113.5:39929")), None);
+    assert_eq!(moved.mapping, Mapping::Hd);
+    assert_eq!(moved.confidence, Confidence::Medium);
+    assert_eq!(moved.public_addr, Some(addr("203.0.113.5:39929")));
+    assert_eq!((moved.filtering, moved.allocation), (info.filtering, info.allocation));
+    // Another IP (a NAT with several public addresses, or a move): only
+    // the address is taken; the detector follows network changes.
+    let other_ip = info.as_seen_by_rendezvous(Some(addr("198.51.100.1:4433")), None);
+    assert_eq!(other_ip.mapping, Mapping::Ei);
+    // Not observed yet, or no detection: nothing to compare.
+    assert_eq!(info.as_seen_by_rendezvous(None, Some(1)).mapping, Mapping::Ei);
+    let mut undetected = info.clone();
+    undetected.public_addr = None;
+    assert_eq!(undetected.as_seen_by_rendezvous(Some(addr("203.0.113.5:1")), None).mapping, Mapping::Ei);
+    // A per-destination mapping stays what it is.
+    let mut pd = info.clone();
+    pd.mapping = Mapping::Pd;
+    assert_eq!(pd.as_seen_by_rendezvous(Some(addr("203.0.113.5:1")), Some(4433)).mapping, Mapping::Pd);
+    // A port-preserving NAT that did not keep the socket's own port: taken.
+    let mut pp = info.clone();
+    pp.allocation = Allocation::Pp;
+    let seen = Some(addr("203.0.113.5:4433"));
+    assert_eq!(pp.as_seen_by_rendezvous(seen, Some(4433)).mapping, Mapping::Ei);
+    assert_eq!(pp.as_seen_by_rendezvous(seen, Some(4500)).mapping, Mapping::Hd);
+    // ... not for other allocations (they never keep it), nor public hosts.
+    assert_eq!(info.as_seen_by_rendezvous(seen, Some(4500)).mapping, Mapping::Ei);
+    pp.no_nat = true;
+    assert_eq!(pp.as_seen_by_rendezvous(seen, Some(4500)).mapping, Mapping::Ei);
+}
