@@ -29,6 +29,10 @@ pub(crate) struct SimNat {
     /// remote clashes with it and leaves from another port.
     pub conntrack: bool,
     refused: Vec<(SocketAddr, SocketAddr)>,
+    /// Other hosts behind the NAT: before every `busy_every`-th allocation
+    /// (0: never) one of them takes the next port (contiguous allocation).
+    pub busy_every: u32,
+    allocations: u32,
     next_port: i32,
     rng: XorShift,
     maps: Vec<SimMap>,
@@ -45,6 +49,8 @@ impl SimNat {
             delta,
             conntrack: false,
             refused: Vec::new(),
+            busy_every: 0,
+            allocations: 0,
             next_port,
             rng,
             maps: Vec::new(),
@@ -99,6 +105,10 @@ impl SimNat {
             Allocation::Pp if !self.in_use(local.port()) => local.port(),
             Allocation::Pp | Allocation::Rd => self.random_port(),
             Allocation::Pc => {
+                self.allocations += 1;
+                if self.busy_every > 0 && self.allocations % self.busy_every == 0 {
+                    self.next_port += self.delta;
+                }
                 let mut p = self.next_port;
                 while self.in_use(p as u16) {
                     p += self.delta;
