@@ -23,6 +23,26 @@
 %% </ul>
 %% The owner is monitored: when it dies, the connection closes.
 %%
+%% == Who owns a new connection ==
+%% The process that asked for it (`open/2,3', `accept/0,1',
+%% `macula_nat_connector:connect/2,3' and the other calls that make a
+%% connection), with two exceptions that fit Elixir:
+%% <ul>
+%% <li>an `owner' option (`owner => Pid', a local process) names the owner
+%%     outright;</li>
+%% <li>a caller with `$callers' in its process dictionary (an Elixir
+%%     `Task', or any process started on behalf of another) makes it for
+%%     the first of them, the process that started the task: a LiveView or
+%%     GenServer that does `Task.async(fn -> connect(...) end)' gets a
+%%     connection that outlives the task, and its messages. `owner =>
+%%     self()' keeps it in the calling process.</li>
+%% </ul>
+%% The connection is handed over before the call returns, so nothing the
+%% peer sends is lost or reordered (the reader pauses while the caller's
+%% mailbox is emptied of the connection's messages, which go first). An
+%% owner that is no longer alive: `{error, closed}' (the connection is
+%% closed). `controlling_process/2' moves it later.
+%%
 %% == Flow control ==
 %% Like `gen_tcp', the `active' option says who receives (`setopts/2', or
 %% `active' in the options of `open/3' and `accept/1'):
@@ -57,6 +77,8 @@
 
 -export([send/2, get_info/2, close/1, controlling_process/2, accept/0, accept/1, open/2, open/3,
          setopts/2, recv/1, recv/2, recv/3]).
+%% Internal: the connector, coordinator and relay node make connections too.
+-export([owner/1, hand_over/3]).
 
 -on_load(on_load/0).
 
@@ -219,26 +241,38 @@ recv(_, _, _) ->
 accept() ->
     accept(infinity).
 
-%% @doc `accept(Timeout)', or `accept(#{timeout => Timeout, active => A})':
-%% the connection starts in mode `A' (default `true'; see the module doc),
-%% so no message slips past it.
--spec accept(timeout() | #{timeout => timeout(), active => active()}) ->
+%% @doc `accept(Timeout)', or `accept(#{timeout => Timeout, active => A,
+%% owner => Pid})': the connection starts in mode `A' (default `true'; see
+%% the module doc), so no message slips past it; `owner' as in the module
+%% doc ("Who owns a new connection").
+-spec accept(timeout() | #{timeout => timeout(), active => active(), owner => pid()}) ->
     {ok, connection()} | {error, term()}.
 accept(Opts) when is_map(Opts) ->
     Timeout = maps:get(timeout, Opts, infinity),
     Active = maps:get(active, Opts, true),
     case (Timeout =:= infinity orelse (is_integer(Timeout) andalso Timeout >= 0))
         andalso valid_active(Active)
-        andalso maps:size(maps:without([timeout, active], Opts)) =:= 0 of
-        true -> accept(Timeout, Active);
-        false -> {error, badarg}
+        andalso maps:size(maps:without([timeout, active, owner], Opts)) =:= 0
+        andalso owner(Opts) of
+        {ok, Owner} -> accept(Timeout, Active, Owner);
+        _ -> {error, badarg}
     end;
 accept(Timeout) when Timeout =:= infinity; is_integer(Timeout), Timeout >= 0 ->
-    accept(Timeout, true);
+    {ok, Owner} = owner(#{}),
+    accept(Timeout, true, Owner);
 accept(_) ->
     {error, badarg}.
 
-accept(Timeout, Active) ->
+accept(Timeout, Active, Owner) when Owner =:= self() ->
+    do_accept(Timeout, Active);
+accept(Timeout, Active, Owner) ->
+    %% Made passive (nothing delivered here), then handed over.
+    case do_accept(Timeout, false) of
+        {ok, Conn} -> hand_over(Conn, Owner, Active);
+        Other -> Other
+    end.
+
+do_accept(Timeout, Active) ->
     ok = macula_connection_flow:ensure_started(),
     %% Once the node has joined a rendezvous, incoming connections (from
     %% traversal sessions and unsolicited dials alike) come through it.
@@ -261,26 +295,130 @@ open(Endpoint, PeerId) ->
 
 %% @doc As `open/2' with options: `timeout' (ms, default 10000), `active'
 %% (the mode the connection starts in, default `true'; see the module
-%% doc). A bad `active' is `{error, badarg}'.
--spec open(macula_nat_endpoint:endpoint(), binary(), #{timeout => timeout(), active => active()}) ->
+%% doc), `owner' (see the module doc). A bad `active' or `owner' is
+%% `{error, badarg}'. `PeerId' is the 32-byte NodeId or its hex form.
+-spec open(macula_nat_endpoint:endpoint(), binary(),
+           #{timeout => timeout(), active => active(), owner => pid()}) ->
     {ok, connection()} | {error, term()}.
-open(Endpoint, PeerId, Opts) when is_binary(PeerId), is_map(Opts) ->
+open(Endpoint, PeerId0, Opts) when is_binary(PeerId0), is_map(Opts) ->
+    PeerId = macula_nat_id:normalize(PeerId0),
     Active = maps:get(active, Opts, true),
-    case {valid_active(Active), macula_nat_endpoint:parse(Endpoint)} of
-        {false, _} ->
-            {error, badarg};
-        {true, {ok, Addr}} ->
+    case {valid_active(Active), owner(Opts), macula_nat_endpoint:parse(Endpoint)} of
+        {true, {ok, Owner}, {ok, Addr}} ->
             ok = macula_connection_flow:ensure_started(),
-            with_node(fun(Node) ->
-                              macula_nat_async:call(
-                                fun(Ref) -> macula_nat_nif:conn_open(Ref, Node, Addr, PeerId, Active) end,
-                                maps:get(timeout, Opts, 10000))
-                      end);
-        {true, {error, _} = E} ->
-            E
+            %% Made passive when it goes to another owner (nothing is
+            %% delivered here), then handed over.
+            Initial = case Owner =:= self() of true -> Active; false -> false end,
+            Span = macula_nat_telemetry:span_start([macula_nat, connect],
+                                                   #{peer => macula_nat_id:format(PeerId), via => open,
+                                                     endpoint => macula_nat_endpoint:format(Addr)}),
+            Result = try
+                         with_node(fun(Node) ->
+                                           macula_nat_async:call(
+                                             fun(Ref) -> macula_nat_nif:conn_open(Ref, Node, Addr, PeerId, Initial) end,
+                                             maps:get(timeout, Opts, 10000))
+                                   end)
+                     catch
+                         Class:Reason:Stack ->
+                             macula_nat_telemetry:span_exception(Span, Class, Reason, Stack),
+                             erlang:raise(Class, Reason, Stack)
+                     end,
+            Final = case Result of
+                        {ok, Conn} when Owner =/= self() -> hand_over(Conn, Owner, Active);
+                        _ -> Result
+                    end,
+            macula_nat_telemetry:span_stop(Span, #{}, case Final of
+                                                          {ok, _} -> #{method => direct};
+                                                          {error, R} -> #{error => R}
+                                                      end),
+            Final;
+        {true, {ok, _}, {error, _} = E} ->
+            E;
+        _ ->
+            {error, badarg}
     end;
 open(_, _, _) ->
     {error, badarg}.
+
+%% @private The owner of a connection the calling process makes with
+%% options `Opts' (see the module doc): `{ok, Pid}' or `{error, badarg}'.
+-spec owner(map()) -> {ok, pid()} | {error, badarg}.
+owner(#{owner := Pid}) when is_pid(Pid), node(Pid) =:= node() ->
+    {ok, Pid};
+owner(#{owner := _}) ->
+    {error, badarg};
+owner(_) ->
+    case get('$callers') of
+        [Caller | _] when is_pid(Caller), node(Caller) =:= node() -> {ok, Caller};
+        _ -> {ok, self()}
+    end.
+
+%% @private Hands `Conn', owned by the calling process, to `Owner' and
+%% sets mode `Active', losing and reordering nothing: deliveries are
+%% paused (`{active, 0}'), and the reader's `passive' notice (or the
+%% `closed' message) says every message it sent here has arrived; the
+%% owner changes; the connection's messages still here go to `Owner'
+%% first, then `Active' resumes deliveries, to `Owner'. `{error, closed}'
+%% (the connection is closed) when `Owner' is not alive.
+-spec hand_over(connection(), pid(), active()) -> {ok, connection()} | {error, term()}.
+hand_over(Conn, Owner, _Active) when Owner =:= self() ->
+    {ok, Conn};
+hand_over(Conn, Owner, Active) ->
+    Ended = case macula_nat_nif:conn_setopts(Conn, 0) of
+                ok -> fence(Conn);
+                {error, closed} -> true
+            end,
+    case macula_nat_nif:conn_set_owner(Conn, Owner) of
+        ok ->
+            Closed = forward(Conn, Owner, Ended),
+            case Closed orelse macula_nat_nif:conn_setopts(Conn, Active) of
+                true -> ok;
+                ok -> ok;
+                {error, closed} ->
+                    %% Ended meanwhile: its `closed' went here or to Owner.
+                    forward(Conn, Owner, true)
+            end,
+            {ok, Conn};
+        {error, _} ->
+            _ = macula_nat_nif:conn_close(Conn),
+            flush(Conn),
+            {error, closed}
+    end.
+
+%% Waits for the reader's `passive' notice (or the end: `true').
+fence(Conn) ->
+    receive
+        {macula_connection, Conn, passive} -> false;
+        {macula_connection, Conn, {closed, _}} = Closed -> self() ! Closed, true
+    after 5000 ->
+        false
+    end.
+
+%% Sends `Owner' this connection's messages from our mailbox, in order;
+%% true when `closed' was among them. `Ended': the reader is done, its
+%% `closed' message may be on its way here (it chose the owner under the
+%% lock that ended it, then sends).
+forward(Conn, Owner, Ended) ->
+    receive
+        {macula_connection, Conn, {closed, _}} = M -> Owner ! M, true;
+        {macula_connection, Conn, passive} -> forward(Conn, Owner, Ended);
+        {macula_connection, Conn, _} = M -> Owner ! M, forward(Conn, Owner, Ended)
+    after 0 ->
+        Ended andalso wait_closed(Conn, Owner)
+    end.
+
+wait_closed(Conn, Owner) ->
+    receive
+        {macula_connection, Conn, {closed, _}} = M -> Owner ! M, true
+    after 1000 ->
+        %% It went to Owner.
+        true
+    end.
+
+flush(Conn) ->
+    receive {macula_connection, Conn, _} -> flush(Conn)
+    after 0 -> ok
+    end.
 
 %% The flow helper runs as soon as this module is loaded (connections made
 %% by the connector reach their owners without a call here); every call

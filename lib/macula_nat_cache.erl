@@ -41,7 +41,7 @@ start_link(Opts) ->
 -spec get(binary()) -> {ok, nat_profile()} | {stale, nat_profile()} | {error, not_found | badarg}.
 get(NodeId) when is_binary(NodeId) ->
     case persistent_term:get(?KEY, undefined) of
-        {Res, _Ttl, _Timeout} -> macula_nat_nif:cache_get(Res, NodeId);
+        {Res, _Ttl, _Timeout} -> macula_nat_nif:cache_get(Res, macula_nat_id:normalize(NodeId));
         undefined -> {error, not_found}
     end;
 get(_) ->
@@ -55,7 +55,7 @@ get(_) ->
 get_from_dht(NodeId) when is_binary(NodeId) ->
     with_cache(fun(Res, _Ttl, Timeout) ->
                        macula_nat_async:call(
-                         fun(Ref) -> macula_nat_nif:cache_fetch(Ref, Res, NodeId) end,
+                         fun(Ref) -> macula_nat_nif:cache_fetch(Ref, Res, macula_nat_id:normalize(NodeId)) end,
                          Timeout + 1000)
                end);
 get_from_dht(_) ->
@@ -64,7 +64,7 @@ get_from_dht(_) ->
 %% @doc Stores `Profile' for `cache_ttl_seconds'.
 -spec put(binary(), nat_profile()) -> ok | {error, term()}.
 put(NodeId, Profile) when is_binary(NodeId), is_map(Profile) ->
-    with_cache(fun(Res, Ttl, _) -> macula_nat_nif:cache_put(Res, NodeId, Profile, Ttl) end);
+    with_cache(fun(Res, Ttl, _) -> macula_nat_nif:cache_put(Res, macula_nat_id:normalize(NodeId), Profile, Ttl) end);
 put(_, _) ->
     {error, badarg}.
 
@@ -73,13 +73,13 @@ put(_, _) ->
 %% `allocation', or a key with a value of the wrong type).
 -spec put(binary(), nat_profile(), pos_integer()) -> ok | {error, term()}.
 put(NodeId, Profile, Ttl) when is_binary(NodeId), is_map(Profile), is_integer(Ttl), Ttl > 0 ->
-    with_cache(fun(Res, _, _) -> macula_nat_nif:cache_put(Res, NodeId, Profile, Ttl) end);
+    with_cache(fun(Res, _, _) -> macula_nat_nif:cache_put(Res, macula_nat_id:normalize(NodeId), Profile, Ttl) end);
 put(_, _, _) ->
     {error, badarg}.
 
 -spec invalidate(binary()) -> ok | {error, term()}.
 invalidate(NodeId) when is_binary(NodeId) ->
-    with_cache(fun(Res, _, _) -> macula_nat_nif:cache_invalidate(Res, NodeId) end);
+    with_cache(fun(Res, _, _) -> macula_nat_nif:cache_invalidate(Res, macula_nat_id:normalize(NodeId)) end);
 invalidate(_) ->
     {error, badarg}.
 

@@ -19,6 +19,9 @@
     dht_timeout_ms := pos_integer(),
     advertise_ttl_seconds := pos_integer(),
     rendezvous := [term()],
+    rendezvous_server := boolean(),
+    refresh_interval_ms := non_neg_integer(),
+    observation_quorum := pos_integer(),
     relay_refresh_ms := pos_integer(),
     relays := [#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]
 }.
@@ -37,6 +40,9 @@ defaults() ->
       dht_timeout_ms => 5000,
       advertise_ttl_seconds => 3600,
       rendezvous => [],
+      rendezvous_server => false,
+      refresh_interval_ms => 300000,
+      observation_quorum => 3,
       relay_refresh_ms => 5000,
       relays => []}.
 
@@ -47,7 +53,18 @@ defaults() ->
 resolve(Opts) when is_map(Opts) ->
     Env = maps:from_list(application:get_all_env(macula_nat)),
     Merged = maps:merge(maps:merge(defaults(), maps:without([included_applications], Env)), Opts),
-    check(maps:to_list(Merged), Merged).
+    check(maps:to_list(Merged), normalize_ids(Merged)).
+
+%% NodeIds in `relays' and `rendezvous' may be written in hex (config
+%% files): the children get the 32-byte form.
+normalize_ids(Opts) ->
+    maps:map(fun(K, L) when (K =:= relays orelse K =:= rendezvous), is_list(L) ->
+                     [case E of
+                          #{node_id := Id} -> E#{node_id := macula_nat_id:normalize(Id)};
+                          _ -> E
+                      end || E <- L];
+                (_, V) -> V
+             end, Opts).
 
 check([], Merged) ->
     {ok, Merged};
@@ -73,18 +90,22 @@ valid(dht_timeout_ms, V) -> is_integer(V) andalso V > 0;
 valid(advertise_ttl_seconds, V) -> is_integer(V) andalso V >= 2;
 valid(rendezvous, V) -> is_list(V) andalso lists:all(fun valid_rendezvous/1, V);
 valid(rendezvous_server, V) -> is_boolean(V);
+valid(refresh_interval_ms, V) -> is_integer(V) andalso V >= 0 andalso V =< 4294967295;
+valid(observation_quorum, V) -> is_integer(V) andalso V >= 1 andalso V =< 64;
 valid(relay_refresh_ms, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
 valid(relays, V) -> is_list(V) andalso lists:all(fun valid_relay/1, V);
 valid(_, _) -> true.
 
 %% `#{node_id => Id, endpoint => E}': a relay known from the start.
-valid_relay(#{endpoint := E, node_id := Id}) ->
+valid_relay(#{endpoint := E, node_id := Id0}) ->
+    Id = macula_nat_id:normalize(Id0),
     is_binary(Id) andalso byte_size(Id) =:= 32 andalso element(1, macula_nat_endpoint:parse(E)) =:= ok;
 valid_relay(_) ->
     false.
 
 %% `Endpoint' (advertised only) or `#{endpoint => E, node_id => Id}' (joined).
-valid_rendezvous(#{endpoint := E, node_id := Id}) ->
+valid_rendezvous(#{endpoint := E, node_id := Id0}) ->
+    Id = macula_nat_id:normalize(Id0),
     is_binary(Id) andalso byte_size(Id) =:= 32 andalso valid_rendezvous(E);
 valid_rendezvous(E) ->
     element(1, macula_nat_endpoint:parse(E)) =:= ok.

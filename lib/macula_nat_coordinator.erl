@@ -66,9 +66,78 @@ start_link(Opts) ->
 %% joined yet and the first NAT detection may still run: the request waits
 %% for both, within its `timeout' (the profile this node signals is the one
 %% detected, read when the request is sent; see `macula_nat_detector').
+%%
+%% `Target' is the 32-byte NodeId or its hex form. The connection belongs
+%% to the caller, to the process that started it when the caller has
+%% `$callers' (an Elixir `Task'), or to the `owner' option's process (see
+%% `macula_connection', "Who owns a new connection"); a bad `owner' is
+%% `{error, {bad_option, owner}}'.
 -spec request_connection(binary(), map()) ->
     {ok, method(), macula_connection:connection()} | {error, term()}.
-request_connection(Target, Opts) when is_binary(Target), is_map(Opts) ->
+request_connection(Target0, Opts0) when is_binary(Target0), is_map(Opts0) ->
+    Target = macula_nat_id:normalize(Target0),
+    case macula_connection:owner(Opts0) of
+        {ok, Owner} ->
+            Opts = maps:remove(owner, Opts0),
+            Span = macula_nat_telemetry:span_start(
+                     [macula_nat, connect],
+                     #{peer => macula_nat_id:format(Target), via => traversal,
+                       relay_only => maps:get(relay_only, Opts, false),
+                       allow_relay => maps:get(allow_relay, Opts, false)}),
+            Result = try traverse(Target, Opts)
+                     catch
+                         Class:Reason:Stack ->
+                             macula_nat_telemetry:span_exception(Span, Class, Reason, Stack),
+                             erlang:raise(Class, Reason, Stack)
+                     end,
+            Final = case Result of
+                        {ok, Method, Conn} ->
+                            case macula_connection:hand_over(Conn, Owner, true) of
+                                {ok, Conn} -> {ok, Method, Conn};
+                                {error, _} = E -> E
+                            end;
+                        {error, _} = E ->
+                            E
+                    end,
+            connect_events(Span, Target, Opts, Final),
+            Final;
+        {error, _} ->
+            {error, {bad_option, owner}}
+    end;
+request_connection(_, _) ->
+    {error, badarg}.
+
+%% The connect span's end, the punch outcome when the result tells it, and
+%% a watch on a relayed connection that may still move to a punched path.
+connect_events(Span, Target, Opts, {ok, Method, Conn}) ->
+    Relay = case Method of
+                relayed ->
+                    case macula_connection:get_info(Conn, relay) of
+                        <<_:32/binary>> = R -> macula_nat_id:format(R);
+                        _ -> undefined
+                    end;
+                _ ->
+                    undefined
+            end,
+    macula_nat_telemetry:span_stop(Span, #{}, #{method => Method, relay => Relay}),
+    Method =:= punched andalso punch_event(Span, Target, success, #{method => punched}),
+    case Method =:= relayed andalso maps:get(upgrade_interval, Opts, 2000) =/= infinity
+        andalso macula_nat_telemetry:enabled() of
+        true -> macula_connection_flow:watch(Conn, #{peer => macula_nat_id:format(Target)});
+        false -> ok
+    end;
+connect_events(Span, Target, _Opts, {error, Reason}) ->
+    macula_nat_telemetry:span_stop(Span, #{}, #{error => Reason}),
+    Reason =:= punch_failed andalso punch_event(Span, Target, failure, #{error => Reason}),
+    ok.
+
+punch_event({_, Start, _}, Target, Outcome, Meta) ->
+    macula_nat_telemetry:execute([macula_nat, punch, stop],
+                                 #{duration => erlang:monotonic_time() - Start},
+                                 Meta#{peer => macula_nat_id:format(Target), outcome => Outcome,
+                                       upgrade => false}).
+
+traverse(Target, Opts) ->
     Started = erlang:monotonic_time(millisecond),
     case {signal(), joining(), maps:get(timeout, Opts, ?DEFAULT_TIMEOUT)} of
         {{error, _} = E, false, _} ->
@@ -89,9 +158,7 @@ request_connection(Target, Opts) when is_binary(Target), is_map(Opts) ->
             after
                 ets:delete(?PENDING, {self(), Ref})
             end
-    end;
-request_connection(_, _) ->
-    {error, badarg}.
+    end.
 
 connect(_Sig, _Target, _Opts, Left) when Left =< 0 ->
     {error, timeout};
@@ -128,8 +195,9 @@ joining() ->
 -spec request_connection(binary(), binary(), map()) ->
     {ok, method(), macula_connection:connection()} | {error, term()}.
 request_connection(Local, Target, Opts) when is_binary(Local), is_binary(Target), is_map(Opts) ->
+    Me = macula_nat_id:normalize(Local),
     case macula:get_node_id() of
-        {ok, Local} -> request_connection(Target, Opts);
+        {ok, Me} -> request_connection(Target, Opts);
         {ok, _} -> {error, not_local};
         {error, _} = E -> E
     end;
@@ -143,26 +211,26 @@ request_connection(_, _, _) ->
 %% where a direct dial would do. `predicted_ports' is accepted for
 %% compatibility; the ports come from the exchanged profiles.
 -spec coordinate_punch(binary(), binary(), map()) -> {ok, reference()} | {error, term()}.
-coordinate_punch(A, B, Opts) when is_binary(A), is_binary(B), is_map(Opts) ->
-    case macula:get_node_id() of
-        {ok, Me} when A =:= Me; B =:= Me ->
+coordinate_punch(A0, B0, Opts) when is_binary(A0), is_binary(B0), is_map(Opts) ->
+    A = macula_nat_id:normalize(A0),
+    B = macula_nat_id:normalize(B0),
+    case {macula:get_node_id(), macula_connection:owner(Opts)} of
+        {_, {error, _}} ->
+            {error, {bad_option, owner}};
+        {{ok, Me}, {ok, Owner}} when A =:= Me; B =:= Me ->
             Peer = case A of Me -> B; _ -> A end,
             Caller = self(),
             Ref = make_ref(),
+            %% The connection goes straight to its owner (the caller
+            %% unless told otherwise), from the process that makes it.
             spawn(fun() ->
-                          Result = case request_connection(Peer, Opts#{prefer_direct => false}) of
-                                       {ok, M, Conn} ->
-                                           ok = macula_connection:controlling_process(Conn, Caller),
-                                           {ok, M, Conn};
-                                       Err ->
-                                           Err
-                                   end,
+                          Result = request_connection(Peer, Opts#{prefer_direct => false, owner => Owner}),
                           Caller ! {macula_nat_punch, Ref, Result}
                   end),
             {ok, Ref};
-        {ok, _} ->
+        {{ok, _}, _} ->
             {error, not_local};
-        {error, _} = E ->
+        {{error, _} = E, _} ->
             E
     end;
 coordinate_punch(_, _, _) ->
@@ -364,7 +432,8 @@ serve() ->
             end
     end.
 
-do_join(Endpoint, NodeId, Timeout) ->
+do_join(Endpoint, NodeId0, Timeout) ->
+    NodeId = macula_nat_id:normalize(NodeId0),
     case macula_nat_endpoint:parse(Endpoint) of
         {ok, Addr} when is_binary(NodeId), byte_size(NodeId) =:= 32 ->
             {ok, Node} = macula_nat_node:resource(),
@@ -413,7 +482,8 @@ apply_relays(#{relays := Configured, registry_relays := FromRegistry} = State) -
         {ok, Sig} ->
             case macula_nat_nif:signal_set_relays(Sig, Relays) of
                 ok -> ok;
-                {error, R} -> ?LOG_WARNING("relays ~p not used: ~p", [Relays, R])
+                {error, R} -> ?LOG_WARNING("relays ~p not used: ~p",
+                                           [[{macula_nat_id:format(Id), A} || {Id, A} <- Relays], R])
             end;
         {error, _} ->
             ok
@@ -429,10 +499,10 @@ parse_relays(Relays) when is_list(Relays) ->
 parse_relays(Other) ->
     {error, {bad_relay, Other}}.
 
-parse_relay(#{node_id := <<_:32/binary>> = Id, endpoint := E}) ->
-    case macula_nat_endpoint:parse(E) of
-        {ok, Addr} -> {Id, Addr};
-        {error, _} -> error
+parse_relay(#{node_id := Id0, endpoint := E}) ->
+    case {macula_nat_id:normalize(Id0), macula_nat_endpoint:parse(E)} of
+        {<<_:32/binary>> = Id, {ok, Addr}} -> {Id, Addr};
+        _ -> error
     end;
 parse_relay(_) ->
     error.

@@ -127,7 +127,7 @@ add_observation(Ip, Port) ->
 -spec add_observation(inet:ip_address(), inet:port_number(), binary()) -> ok | {error, badarg}.
 add_observation(Ip, Port, PeerId) when is_binary(PeerId) ->
     case macula_nat_endpoint:parse({Ip, Port}) of
-        {ok, Addr} -> gen_server:cast(?MODULE, {observation, PeerId, Addr});
+        {ok, Addr} -> gen_server:cast(?MODULE, {observation, macula_nat_id:normalize(PeerId), Addr});
         {error, _} -> {error, badarg}
     end;
 add_observation(_, _, _) ->
@@ -257,8 +257,13 @@ handle_info(netcheck, #{ifaddrs := Old} = State) ->
             ?LOG_INFO("network interfaces changed, re-detecting NAT profile"),
             background(network_change, State#{ifaddrs := New})
     end;
-handle_info({macula_nat_reply, Ref, Result}, #{inflight := #{ref := Ref, waiters := Waiters}} = State) ->
+handle_info({macula_nat_reply, Ref, Result}, #{inflight := #{ref := Ref, waiters := Waiters} = In} = State) ->
     State1 = State#{inflight := undefined},
+    macula_nat_telemetry:span_stop(maps:get(span, In), #{},
+                                   case Result of
+                                       {ok, P} -> maps:with([mapping, filtering, allocation, confidence], P);
+                                       {error, R} -> #{error => R}
+                                   end),
     State2 = case Result of
                  {ok, Profile} ->
                      ?LOG_DEBUG("detected ~p", [Profile]),
@@ -328,13 +333,25 @@ start_detection(Observers0, Timeout, Waiter, #{observers := Configured} = State)
             {reply, Error, State};
         {_, {ok, Node}} ->
             Ref = make_ref(),
-            case macula_nat_nif:detect_start(Ref, Node, Observers, Timeout) of
+            Span = macula_nat_telemetry:span_start(
+                     [macula_nat, detection],
+                     #{trigger => case Waiter of background -> background; _ -> call end,
+                       observers => [macula_nat_endpoint:format(O) || O <- Observers]}),
+            Started = try macula_nat_nif:detect_start(Ref, Node, Observers, Timeout)
+                      catch
+                          Class:Reason:Stack ->
+                              macula_nat_telemetry:span_exception(Span, Class, Reason, Stack),
+                              erlang:raise(Class, Reason, Stack)
+                      end,
+            case Started of
                 {ok, Pending} ->
                     %% Only matters while no profile is known yet.
                     expect_profile(Timeout),
                     ?LOG_DEBUG("detecting with observers ~p", [Observers]),
-                    {noreply, State#{inflight := #{ref => Ref, pending => Pending, waiters => [Waiter]}}};
-                {error, _} = Error ->
+                    {noreply, State#{inflight := #{ref => Ref, pending => Pending, waiters => [Waiter],
+                                                   span => Span}}};
+                {error, R} = Error ->
+                    macula_nat_telemetry:span_stop(Span, #{}, #{error => R}),
                     {reply, Error, State}
             end
     end.

@@ -64,7 +64,7 @@ init(Opts) ->
             ?TABLE = ets:new(?TABLE, [named_table, protected, set, {read_concurrency, true}]),
             true = ets:insert(?TABLE, [{node_id, NodeId}, {resource, Res}, {local_addr, Addr}]),
             ?LOG_INFO("macula_nat node ~s listening on ~s",
-                      [binary:encode_hex(NodeId), macula_nat_endpoint:format(Addr)]),
+                      [macula_nat_id:format(NodeId), macula_nat_endpoint:format(Addr)]),
             {ok, #{resource => Res}};
         {error, Reason} ->
             ?LOG_ERROR("macula_nat node failed to open: ~p", [Reason]),

@@ -20,7 +20,9 @@
 %% <li>`on_session_start', `on_session_end': funs of arity 1 called with
 %%     `#{peer_a, peer_b, session}' and `#{peer_a, peer_b, session,
 %%     bytes_transferred, reason}' (`peer_a' opened the session, `peer_b'
-%%     is the peer it reached; `reason': `closed', `inactive', `peer_gone'
+%%     is the peer it reached, both NodeIds in lowercase hex so that `~s'
+%%     and string interpolation print them (every call takes that form
+%%     too); `reason': `closed', `inactive', `peer_gone'
 %%     or `relay_disabled'). Each call runs in a process of its own, never
 %%     in this server or on the data path; one that crashes is logged.</li>
 %% </ul>
@@ -88,7 +90,8 @@ disable() ->
 %% target advertises no relay), `no_reservation', `relay_disabled',
 %% `unknown_peer', `no_rendezvous', `timeout', `{bad_option, Key}', `badarg'.
 -spec request_relay(binary(), map()) -> {ok, session()} | {error, term()}.
-request_relay(Target, Opts) when is_binary(Target), is_map(Opts) ->
+request_relay(Target0, Opts) when is_binary(Target0), is_map(Opts) ->
+    Target = macula_nat_id:normalize(Target0),
     case macula_nat_coordinator:request_connection(Target, Opts#{relay_only => true}) of
         {ok, _Method, Conn} ->
             {ok, #{connection => Conn, peer => Target,
@@ -164,7 +167,7 @@ init(_Opts) ->
         undefined -> ok;
         _ -> self() ! restart_relay
     end,
-    {ok, #{relay => undefined, enabled => Enabled, callbacks => #{}}}.
+    {ok, #{relay => undefined, enabled => Enabled, callbacks => #{}, sessions => #{}}}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
 handle_call({enable, Limits, Callbacks}, _From, #{relay := undefined} = State) ->
@@ -197,16 +200,31 @@ handle_call(_Request, _From, State) ->
 handle_cast(_Msg, State) -> {noreply, State}.
 
 -spec handle_info(term(), map()) -> {noreply, map()}.
-handle_info({macula_relay_event, Relay, started, Info}, State) ->
+handle_info({macula_relay_event, Relay, started, Info0}, #{sessions := Ss} = State) ->
+    Info = printable(Info0),
     {Start, _} = callbacks(Relay, State),
     run(on_session_start, Start, Info),
+    Now = erlang:monotonic_time(),
+    macula_nat_telemetry:execute([macula_nat, relay, session, start],
+                                 #{system_time => erlang:system_time(), monotonic_time => Now}, Info),
     report_load(State),
-    {noreply, State};
-handle_info({macula_relay_event, Relay, ended, Info}, State) ->
+    {noreply, State#{sessions := Ss#{{Relay, maps:get(session, Info, undefined)} => Now}}};
+handle_info({macula_relay_event, Relay, ended, Info0}, #{sessions := Ss} = State) ->
+    Info = printable(Info0),
     {_, End} = callbacks(Relay, State),
     run(on_session_end, End, Info),
+    Key = {Relay, maps:get(session, Info, undefined)},
+    Now = erlang:monotonic_time(),
+    Duration = case maps:find(Key, Ss) of
+                   {ok, Started} -> #{duration => Now - Started};
+                   error -> #{}
+               end,
+    macula_nat_telemetry:execute([macula_nat, relay, session, stop],
+                                 Duration#{bytes => maps:get(bytes_transferred, Info, 0),
+                                           monotonic_time => Now},
+                                 maps:remove(bytes_transferred, Info)),
     report_load(State),
-    {noreply, State};
+    {noreply, State#{sessions := maps:remove(Key, Ss)}};
 handle_info({macula_relay_event, Relay, stopped}, #{callbacks := Cbs} = State) ->
     {noreply, State#{callbacks := maps:remove(Relay, Cbs)}};
 handle_info(restart_relay, #{relay := undefined, enabled := {Limits, Callbacks}} = State) ->
@@ -265,6 +283,12 @@ report_load(#{relay := Relay}) ->
         {error, _} -> ok
     end,
     ok.
+
+%% NodeIds as the callbacks and telemetry give them: hex.
+printable(Info) ->
+    maps:map(fun(K, Id) when K =:= peer_a; K =:= peer_b -> macula_nat_id:format(Id);
+                (_, V) -> V
+             end, Info).
 
 callbacks(Relay, #{callbacks := Cbs}) ->
     maps:get(Relay, Cbs, {undefined, undefined}).

@@ -61,7 +61,8 @@ start_link(Opts) ->
 %% own id: advertise this node as a relay. Errors: `bad_node_id' (not a
 %% 32-byte node key), `bad_endpoint', `not_running'.
 -spec register(binary(), binary() | {inet:ip_address(), inet:port_number()}) -> ok | {error, term()}.
-register(NodeId, Endpoint) when is_binary(NodeId) ->
+register(NodeId0, Endpoint) when is_binary(NodeId0) ->
+    NodeId = macula_nat_id:normalize(NodeId0),
     case {byte_size(NodeId), macula_nat_endpoint:parse(Endpoint)} of
         {32, {ok, Addr}} -> call({register, NodeId, Addr});
         {32, {error, _} = Error} -> Error;
@@ -73,10 +74,11 @@ register(_, _) ->
 %% @doc Forgets relay `NodeId'; this node's own id: stop advertising it as
 %% a relay.
 -spec unregister(binary()) -> ok | {error, term()}.
-unregister(<<_:32/binary>> = NodeId) ->
-    call({unregister, NodeId});
 unregister(NodeId) when is_binary(NodeId) ->
-    {error, bad_node_id};
+    case macula_nat_id:normalize(NodeId) of
+        <<_:32/binary>> = Id -> call({unregister, Id});
+        _ -> {error, bad_node_id}
+    end;
 unregister(_) ->
     {error, badarg}.
 
@@ -86,7 +88,8 @@ unregister(_) ->
 %% from this node, `load' what the relay advertises.
 -spec find_relay(binary()) -> {ok, relay_info()} | {error, no_relay | bad_node_id | badarg}.
 find_relay(Target) when is_binary(Target) ->
-    with_registry(fun(Res) -> macula_nat_nif:relay_registry_find(Res, Target) end, {error, no_relay});
+    with_registry(fun(Res) -> macula_nat_nif:relay_registry_find(Res, macula_nat_id:normalize(Target)) end,
+                  {error, no_relay});
 find_relay(_) ->
     {error, badarg}.
 
@@ -118,7 +121,8 @@ set_load(_) ->
 %% failed): not chosen again until it answers a probe.
 -spec report_failure(binary()) -> ok | {error, term()}.
 report_failure(NodeId) when is_binary(NodeId) ->
-    with_registry(fun(Res) -> macula_nat_nif:relay_registry_report_failure(Res, NodeId) end, {error, not_running});
+    with_registry(fun(Res) -> macula_nat_nif:relay_registry_report_failure(Res, macula_nat_id:normalize(NodeId)) end,
+                  {error, not_running});
 report_failure(_) ->
     {error, badarg}.
 
@@ -215,7 +219,7 @@ handle_cast(_Msg, State) ->
 
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info({macula_relay_registry, relays_changed} = Msg, #{subs := Subs} = State) ->
-    ?LOG_DEBUG("relays changed: ~p", [relays()]),
+    ?LOG_DEBUG("relays changed: ~p", [[R#{node_id := macula_nat_id:format(Id)} || #{node_id := Id} = R <- relays()]]),
     [Pid ! Msg || Pid <- maps:keys(Subs)],
     {noreply, State};
 handle_info({'DOWN', _Mon, process, Pid, _}, #{subs := Subs} = State) ->

@@ -138,7 +138,10 @@ defmodule MaculaNat.RelayNodeTest do
     assert {:ok, _conn} = :peer.call(b, Holder, :result, [:b])
     assert :relayed == :peer.call(a, Holder, :info, [:a, :connection_method])
     assert me == :peer.call(a, Holder, :info, [:a, :relay])
-    assert_receive {:relay_start, %{peer_a: ^a_id, peer_b: ^b_id}}, 10_000
+    # NodeIds in the callbacks are hex: "#{a} <-> #{b}" prints them.
+    {a_hex, b_hex} = {:macula.node_id_to_hex(a_id), :macula.node_id_to_hex(b_id)}
+    assert_receive {:relay_start, %{peer_a: ^a_hex, peer_b: ^b_hex} = info}, 10_000
+    assert "#{info.peer_a} <-> #{info.peer_b}" == a_hex <> " <-> " <> b_hex
 
     # No new atoms: the receiving VM never creates them from peer input.
     :ok = :peer.call(a, Holder, :send_term, [:a, {"hello", "from elixir"}])
@@ -147,7 +150,7 @@ defmodule MaculaNat.RelayNodeTest do
     wait(fn -> :peer.call(a, Holder, :received, [:a]) == ["hello back"] end)
 
     :ok = :peer.call(a, Holder, :stop, [:a])
-    assert_receive {:relay_end, %{peer_a: ^a_id, peer_b: ^b_id, bytes_transferred: bytes}}, 10_000
+    assert_receive {:relay_end, %{peer_a: ^a_hex, peer_b: ^b_hex, bytes_transferred: bytes}}, 10_000
     assert bytes > byte_size(:erlang.term_to_binary({"hello", "from elixir"}))
     :ok = :peer.call(b, Holder, :stop, [:b])
 

@@ -36,7 +36,8 @@ setup() ->
     {ok, BId} = peer:call(B, macula, get_node_id, []),
     ok = wait(fun() -> lists:keymember(AId, 1, macula_nat_coordinator:rendezvous_peers()) andalso
                            lists:keymember(BId, 1, macula_nat_coordinator:rendezvous_peers()) end, 15000),
-    #{a => A, b => B, a_id => AId, b_id => BId, me => Me}.
+    #{a => A, b => B, a_id => AId, b_id => BId, me => Me,
+      a_hex => macula:node_id_to_hex(AId), b_hex => macula:node_id_to_hex(BId)}.
 
 cleanup(#{a := A, b := B}) ->
     peer:stop(A),
@@ -51,7 +52,9 @@ callbacks() ->
     #{on_session_start => fun(I) -> Self ! {relay_start, I} end,
       on_session_end => fun(I) -> Self ! {relay_end, I} end}.
 
-relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me := Me}) ->
+relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me := Me} = Ctx) ->
+    %% The callbacks give NodeIds in hex (printable with ~s).
+    #{a_hex := AHex, b_hex := BHex} = Ctx,
     flush(),
     ok = macula_relay_node:enable(callbacks()),
     %% The relay's load goes to the registry (traced: its advertisement
@@ -76,7 +79,7 @@ relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me :
     ?assertEqual(Me, hinfo(A, a1, relay)),
     ?assertEqual(Me, hinfo(B, b1, relay)),
     receive
-        {relay_start, Start} -> ?assertMatch(#{peer_a := AId, peer_b := BId}, Start)
+        {relay_start, Start} -> ?assertMatch(#{peer_a := AHex, peer_b := BHex}, Start)
     after 10000 -> error(no_session_start)
     end,
     ?assertEqual(ok, receive_load(0.01)),
@@ -97,7 +100,7 @@ relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me :
     ok = call(A, ?MODULE, holder_stop, [a1]),
     receive
         {relay_end, End} ->
-            ?assertMatch(#{peer_a := AId, peer_b := BId, bytes_transferred := _}, End),
+            ?assertMatch(#{peer_a := AHex, peer_b := BHex, bytes_transferred := _}, End),
             #{bytes_transferred := Bytes} = End,
             ?debugFmt("relay counted ~b bytes for ~b bytes of terms sent", [Bytes, Sent]),
             ?assert(Bytes >= Sent),
@@ -119,13 +122,15 @@ relayed_between_symmetric_peers(#{a := A, b := B, a_id := AId, b_id := BId, me :
     ?assertEqual(relayed, hinfo(A, a2, connection_method)),
     ok = call(A, ?MODULE, holder_do, [a2, fun(R, _) -> macula_connection:send(conn(R), via_connector) end]),
     {ok, _} = call(B, ?MODULE, holder_await, [b2, fun(M) -> is_message(M, via_connector) end, 10000]),
-    receive {relay_start, #{peer_a := AId, peer_b := BId}} -> ok after 10000 -> error(no_session_start) end,
+    receive {relay_start, #{peer_a := AHex, peer_b := BHex}} -> ok after 10000 -> error(no_session_start) end,
     ok = call(A, ?MODULE, holder_stop, [a2]),
     ok = call(B, ?MODULE, holder_stop, [b2]),
-    receive {relay_end, #{peer_a := AId, peer_b := BId}} -> ok after 10000 -> error(no_session_end) end,
+    receive {relay_end, #{peer_a := AHex, peer_b := BHex}} -> ok after 10000 -> error(no_session_end) end,
     ok = wait(fun() -> match_sessions(0, macula_relay_node:stats()) end, 10000).
 
-max_sessions_and_disable(#{a := A, b := B, a_id := AId, b_id := BId, me := Me}) ->
+max_sessions_and_disable(#{a := A, b := B, b_id := BId, me := Me} = Ctx) ->
+    %% The callbacks give NodeIds in hex (printable with ~s).
+    #{a_hex := AHex, b_hex := BHex} = Ctx,
     flush(),
     Self = self(),
     %% A crashing callback is logged and harms nothing.
@@ -149,7 +154,7 @@ max_sessions_and_disable(#{a := A, b := B, a_id := AId, b_id := BId, me := Me}) 
     %% Disabling ends the session, and says so.
     ok = macula_relay_node:disable(),
     receive
-        {relay_end, End} -> ?assertMatch(#{peer_a := AId, peer_b := BId, reason := relay_disabled}, End)
+        {relay_end, End} -> ?assertMatch(#{peer_a := AHex, peer_b := BHex, reason := relay_disabled}, End)
     after 10000 -> error(no_session_end_on_disable)
     end,
     ?assertEqual({error, disabled}, macula_relay_node:stats()),
