@@ -264,13 +264,26 @@ accept(_) ->
     {error, badarg}.
 
 accept(Timeout, Active, Owner) when Owner =:= self() ->
-    do_accept(Timeout, Active);
+    watched(do_accept(Timeout, Active));
 accept(Timeout, Active, Owner) ->
     %% Made passive (nothing delivered here), then handed over.
     case do_accept(Timeout, false) of
-        {ok, Conn} -> hand_over(Conn, Owner, Active);
+        {ok, Conn} -> watched(hand_over(Conn, Owner, Active));
         Other -> Other
     end.
+
+%% A relayed connection may move to a punched path: telemetry hears of it
+%% from the flow helper's watch (the owner's message is the NIF's).
+watched({ok, Conn} = Ok) ->
+    case macula_nat_telemetry:enabled() andalso info(Conn) of
+        #{connection_method := relayed, peer := Peer} ->
+            macula_connection_flow:watch(Conn, #{peer => macula_nat_id:format(Peer)});
+        _ ->
+            ok
+    end,
+    Ok;
+watched(Other) ->
+    Other.
 
 do_accept(Timeout, Active) ->
     ok = macula_connection_flow:ensure_started(),

@@ -16,6 +16,9 @@
 %% `{mainline, #{bootstrap => [<<"ip:port">>], port => P}}' (BitTorrent
 %% mainline DHT, BEP 44), or `{module, Mod}' with `Mod' implementing
 %% `macula_nat_dht'.
+%%
+%% Every call here takes a NodeId as the 32-byte binary or its 64-character
+%% hex form (either case).
 -module(macula_nat_cache).
 -behaviour(gen_server).
 

@@ -15,6 +15,11 @@
 %% `relay_only' and `upgrade_interval'. A relayed connection keeps trying
 %% to punch in the background and moves to the punched path when it can
 %% (the owner gets `{macula_connection, Conn, {method_changed, punched}}').
+%% `Target' is the 32-byte NodeId or its 64-character hex form (either
+%% case). The connection belongs to the caller, or, called from a process
+%% with `$callers' (an Elixir `Task'), to the process that started it; an
+%% `owner' option (a pid) names the owner (see `macula_connection', "Who
+%% owns a new connection").
 -spec connect(binary(), map()) -> {ok, connection()} | {error, term()}.
 connect(Target, Opts) when is_binary(Target), is_map(Opts) ->
     case macula_nat_coordinator:request_connection(Target, coordinator_opts(Opts)) of
@@ -24,7 +29,8 @@ connect(Target, Opts) when is_binary(Target), is_map(Opts) ->
 connect(_, _) ->
     {error, badarg}.
 
-%% @doc As `connect/2', naming the local node; also returns the method.
+%% @doc As `connect/2', naming the local node (raw or hex, like
+%% `Target'); also returns the method.
 -spec connect(binary(), binary(), map()) ->
     {ok, connection(), direct | punched | relayed} | {error, term()}.
 connect(Local, Target, Opts) when is_binary(Local), is_binary(Target), is_map(Opts) ->

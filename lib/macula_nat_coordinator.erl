@@ -206,8 +206,10 @@ request_connection(_, _, _) ->
 
 %% @doc Starts a punch between this node and the other peer (one of `A'
 %% and `B' must be this node) and answers at once; the result comes as
-%% `{macula_nat_punch, Ref, {ok, Method, Conn}}' (the caller owns `Conn')
-%% or `{macula_nat_punch, Ref, {error, Reason}}'. Punching is forced even
+%% `{macula_nat_punch, Ref, {ok, Method, Conn}}' (the caller owns `Conn',
+%% or the process that started it when the caller has `$callers', or the
+%% `owner' option's process) or `{macula_nat_punch, Ref, {error, Reason}}'.
+%% `A' and `B' are NodeIds, raw or hex. Punching is forced even
 %% where a direct dial would do. `predicted_ports' is accepted for
 %% compatibility; the ports come from the exchanged profiles.
 -spec coordinate_punch(binary(), binary(), map()) -> {ok, reference()} | {error, term()}.
@@ -245,8 +247,8 @@ get_pending() ->
         error:badarg -> []
     end.
 
-%% @doc Joins the rendezvous at `Endpoint' whose node key is `NodeId'
-%% (replacing any current one).
+%% @doc Joins the rendezvous at `Endpoint' whose node key is `NodeId' (raw
+%% or hex), replacing any current one.
 -spec join(macula_nat_endpoint:endpoint(), binary()) -> ok | {error, term()}.
 join(Endpoint, NodeId) ->
     call({join, Endpoint, NodeId}, 30000).
@@ -267,8 +269,8 @@ rendezvous_peers() ->
 
 %% @doc The relays to stay reachable through, best first, each
 %% `#{node_id => NodeId, endpoint => Endpoint}' (replaces the `relays'
-%% option; kept across rejoins; the registry's best two still follow).
-%% Errors: `{bad_relay, Entry}'.
+%% option; kept across rejoins; the registry's best two still follow);
+%% `NodeId' raw or hex. Errors: `{bad_relay, Entry}'.
 -spec set_relays([#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]) ->
     ok | {error, term()}.
 set_relays(Relays) when is_list(Relays) ->
@@ -318,7 +320,7 @@ init(Opts) ->
     Relays = case parse_relays(maps:get(relays, Opts, [])) of
                  {ok, R} -> R;
                  {error, Bad} ->
-                     ?LOG_WARNING("relays option not used: ~p", [Bad]),
+                     ?LOG_WARNING("relays option not used: ~p", [printable(Bad)]),
                      []
              end,
     %% The registry starts after this process: subscribe once it is up.
@@ -452,7 +454,8 @@ do_join(Endpoint, NodeId0, Timeout) ->
                     %% The old signal (if any) is dropped and closes when
                     %% collected; the new one takes over from here.
                     ets:insert(?TABLE, {signal, Sig}),
-                    ?LOG_INFO("joined rendezvous ~s", [macula_nat_endpoint:format(Addr)]),
+                    ?LOG_INFO("joined rendezvous ~s at ~s",
+                              [macula_nat_id:format(NodeId), macula_nat_endpoint:format(Addr)]),
                     ok;
                 {error, _} = E ->
                     E
@@ -489,6 +492,10 @@ apply_relays(#{relays := Configured, registry_relays := FromRegistry} = State) -
             ok
     end,
     State.
+
+%% For log lines: NodeIds in hex.
+printable({bad_relay, #{node_id := Id} = R}) -> {bad_relay, R#{node_id := macula_nat_id:format(Id)}};
+printable(Other) -> Other.
 
 parse_relays(Relays) when is_list(Relays) ->
     Parsed = [parse_relay(R) || R <- Relays],

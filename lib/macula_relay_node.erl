@@ -83,7 +83,10 @@ disable() ->
     call(disable).
 
 %% @doc A relayed connection to `Target' through one of the relays it is
-%% reachable through (asked through the rendezvous), owned by the caller.
+%% reachable through (asked through the rendezvous), owned by the caller
+%% (or as `macula_connection' says under "Who owns a new connection";
+%% `owner' option). `Target' is a NodeId, raw or hex; the session's `peer'
+%% and `relay' are 32-byte ids.
 %% Options are the coordinator's (`timeout', `upgrade_interval': the
 %% connection still moves to a punched path when one opens, unless
 %% `infinity'). Errors: `max_sessions' (the relay is full), `no_relay' (the

@@ -33,6 +33,10 @@
 %% after a crash, or after the node or cache it is built on restarted,
 %% which restarts it too: `macula_nat_system' is `rest_for_one') but not a
 %% fresh start of the system.
+%%
+%% Calls take NodeIds as 32-byte binaries or their 64-character hex form
+%% (either case); `relay_info()' gives the 32-byte form
+%% (`macula:node_id_to_hex/1' prints it).
 -module(macula_relay_registry).
 -behaviour(gen_server).
 

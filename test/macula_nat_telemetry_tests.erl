@@ -177,7 +177,7 @@ connect_direct_and_punched(#{b := B, b_id := BId}) ->
 relayed_method_change_and_sessions(#{a := A, b := B, a_id := AId, b_id := BId, me := Me}) ->
     {AHex, BHex, MeHex} = {macula:node_id_to_hex(AId), macula:node_id_to_hex(BId), macula:node_id_to_hex(Me)},
     ok = clear(),
-    ok = peer:call(A, ?MODULE, clear, []),
+    [ok = peer:call(P, ?MODULE, clear, []) || P <- [A, B]],
     ok = macula_relay_node:enable(#{}),
     ok = peer:call(A, macula_relay_node_tests, set_profile, [public]),
     ok = peer:call(B, macula_relay_node_tests, set_profile, [public]),
@@ -197,6 +197,14 @@ relayed_method_change_and_sessions(#{a := A, b := B, a_id := AId, b_id := BId, m
     ?assertMatch([{[macula_nat, punch, stop], #{duration := _},
                    #{peer := BHex, outcome := success, upgrade := true}}],
                  events_in(A, [macula_nat, punch])),
+    %% The side that accepted sees the move once packets come the new way.
+    [ok = peer:call(A, macula_relay_node_tests, holder_do,
+                    [ta, fun(R, _) -> macula_connection:send(maps:get(connection, element(2, R)), {n, I}) end])
+     || I <- lists:seq(1, 20)],
+    ok = wait(fun() -> [] =/= events_in(B, [macula_nat, connection]) end, 15000),
+    ?assertMatch([{[macula_nat, connection, method_changed], #{duration := _, system_time := _},
+                   #{peer := AHex, from := relayed, to := punched}}],
+                 events_in(B, [macula_nat, connection])),
     ok = peer:call(A, macula_relay_node_tests, holder_stop, [ta]),
     ok = peer:call(B, macula_relay_node_tests, holder_stop, [tb]),
     ok = wait(fun() -> length(events([macula_nat, relay])) >= 2 end, 15000),
