@@ -43,6 +43,29 @@ pub struct EngineConfig {
     pub seed: u64,
     pub stats_file: PathBuf,
     pub ready_file: PathBuf,
+    /// Runtime control ([`EngineControl`], JSON): read on SIGUSR2, applied,
+    /// then acknowledged by writing its `generation` to `<file>.ack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_file: Option<PathBuf>,
+}
+
+/// What a lab changes in a running engine (`Lab::blackhole`, `Lab::renumber`):
+/// the whole desired state, written to the engine's control file before a
+/// SIGUSR2.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct EngineControl {
+    /// Increases with every change; echoed in the `.ack` file once applied.
+    pub generation: u64,
+    /// Drop every packet to/from the site's hosts except to/from `spare`
+    /// (counted in `dropped_blackhole`).
+    #[serde(default)]
+    pub blackhole: bool,
+    #[serde(default)]
+    pub spare: Vec<Ipv4Addr>,
+    /// A new public address (NAT mode): every mapping is forgotten (counted
+    /// in `renumbers`), translation uses the new address from then on.
+    #[serde(default)]
+    pub public_ip: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -73,6 +96,12 @@ pub struct EngineStats {
     pub bindings_expired: u64,
     pub port_collisions: u64,
     pub write_errors: u64,
+    /// Packets dropped by a black hole ([`EngineControl::blackhole`]).
+    #[serde(default)]
+    pub dropped_blackhole: u64,
+    /// Public address changes applied ([`EngineControl::public_ip`]).
+    #[serde(default)]
+    pub renumbers: u64,
 }
 
 // ---------------------------------------------------------------- TUN
@@ -224,6 +253,8 @@ fn rewrite_udp(p: &mut Vec<u8>, ihl: usize, src: (Ipv4Addr, u16), dst: (Ipv4Addr
 
 /// Set by SIGUSR1 (see [`Engine::run`]).
 static REBIND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set by SIGUSR2: re-read the control file (see [`EngineControl`]).
+static CONTROL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The router of an engine forwards each packet twice (into the tun device
 /// and out of it), so the kernel takes two off its TTL; one more here keeps
@@ -585,6 +616,8 @@ pub struct Engine {
     queue: BinaryHeap<Reverse<Delayed>>,
     seq: u64,
     lan_mask: u32,
+    /// Black hole on: the addresses still reachable.
+    blackhole: Option<Vec<Ipv4Addr>>,
 }
 
 impl Engine {
@@ -609,6 +642,7 @@ impl Engine {
             queue: BinaryHeap::new(),
             seq: 0,
             lan_mask,
+            blackhole: None,
         })
     }
 
@@ -648,12 +682,57 @@ impl Engine {
         self.queue.push(Reverse(Delayed { due, seq: self.seq, pkt }));
     }
 
+    /// Applies a control state (see [`EngineControl`]).
+    pub fn apply_control(&mut self, c: &EngineControl) {
+        self.blackhole = c.blackhole.then(|| c.spare.clone());
+        if let Some(ip) = c.public_ip {
+            if ip != self.cfg.public_ip {
+                if let Some(n) = self.nat.as_mut() {
+                    n.public_ip = ip;
+                    n.forget_all(&mut self.stats);
+                    self.stats.rebinds -= 1; // counted as a renumber, not a rebind
+                    self.cfg.public_ip = ip;
+                    self.stats.renumbers += 1;
+                }
+            }
+        }
+    }
+
+    fn read_control(&mut self) {
+        let Some(p) = self.cfg.control_file.clone() else { return };
+        match std::fs::read(&p).map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::from_slice::<EngineControl>(&b)?)) {
+            Ok(c) => {
+                self.apply_control(&c);
+                let _ = std::fs::write(p.with_extension("ack"), c.generation.to_string());
+            }
+            Err(e) => eprintln!("engine: control file {}: {e:#}", p.display()),
+        }
+    }
+
+    /// Black hole: the packet (`src` -> `dst`, `out` = from the LAN side)
+    /// is dropped unless its remote end is spared.
+    fn blackholed(&mut self, src: Ipv4Addr, dst: Ipv4Addr, out: bool) -> bool {
+        let Some(spare) = &self.blackhole else { return false };
+        let remote = if out { dst } else { src };
+        if spare.contains(&remote) {
+            return false;
+        }
+        self.stats.dropped_blackhole += 1;
+        true
+    }
+
     /// Handle one packet read from the tun device.
     pub fn handle(&mut self, mut pkt: Vec<u8>, now: Instant) {
         let Some(ip) = parse_ip(&pkt) else {
             self.stats.dropped_other += 1;
             return;
         };
+        if self.blackhole.is_some() {
+            let out = if self.nat.is_none() { ip.src == self.cfg.public_ip } else { self.in_lan(ip.src) };
+            if self.blackholed(ip.src, ip.dst, out) {
+                return;
+            }
+        }
         if self.nat.is_none() {
             // pass-through
             if ip.src == self.cfg.public_ip {
@@ -755,6 +834,13 @@ impl Engine {
         }
         // SAFETY: the handler only stores to an atomic.
         unsafe { libc::signal(libc::SIGUSR1, on_usr1 as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+        // SIGUSR2: re-read the control file (black hole, public address).
+        extern "C" fn on_usr2(_: libc::c_int) {
+            CONTROL.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(libc::SIGUSR2, on_usr2 as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+
         let raw = fd.as_raw_fd();
         self.write_stats()?;
         std::fs::write(&self.cfg.ready_file, b"ready\n").context("ready file")?;
@@ -767,6 +853,9 @@ impl Engine {
                 if let Some(n) = self.nat.as_mut() {
                     n.forget_all(&mut self.stats);
                 }
+            }
+            if CONTROL.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                self.read_control();
             }
             // release due packets
             while let Some(Reverse(top)) = self.queue.peek() {

@@ -6,7 +6,7 @@ use crate::spec::{KernelNat, LabSpec, NatKind, SiteSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +19,25 @@ pub const INET_ROUTER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const INET_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
 pub const INET_PREFIX: u8 = 24;
 const INET_FIRST_HOST: u8 = 10;
+/// IPv6 internet (labs with `ipv6`): 2001:db8::/64; the routed
+/// internet's router is 2001:db8::1.
+pub const INET6_ROUTER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+/// `2001:db8:<a>:<b>::<n>` with `n`'s decimal digits read as hex, so
+/// 203.0.113.12 maps to 2001:db8::12 and site 3's host to 2001:db8:1:3::2.
+fn v6(a: u16, b: u32, n: u32) -> Ipv6Addr {
+    let hex = |x: u32| u16::from_str_radix(&x.to_string(), 16).unwrap_or(0xffff);
+    Ipv6Addr::new(0x2001, 0xdb8, a, hex(b), 0, 0, 0, hex(n))
+}
+
+/// The internet IPv6 address paired with an internet IPv4 address.
+pub fn inet6_of(a: Ipv4Addr) -> Ipv6Addr {
+    v6(0, 0, a.octets()[3] as u32)
+}
+
+pub(crate) fn in_inet6(a: &Ipv6Addr) -> bool {
+    a.segments()[..4] == [0x2001, 0xdb8, 0, 0]
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +60,10 @@ pub struct HostInfo {
     /// Addresses reachable from the internet segment (for a NATed site host: none;
     /// for a router: its public IP).
     pub public_addrs: Vec<Ipv4Addr>,
+    /// Global IPv6 addresses (labs with `ipv6`): an internet host's, a
+    /// site host's on its LAN /64, a router's LAN (`::1`) and WAN addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addrs6: Vec<Ipv6Addr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +111,22 @@ pub struct SiteInfo {
     /// More hosts on the site LAN ([`crate::SiteSpec::extra_hosts`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<String>,
+    /// IPv6 site ([`crate::SiteSpec::ipv6`]): the host's global address
+    /// (not NATed: it is also what the internet sees).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_addr6: Option<Ipv6Addr>,
+    /// IPv6 site behind a router: its LAN /64 (`2001:db8:1:<i>::/64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lan6: Option<String>,
+    /// IPv6 site behind a router: the router's internet IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wan_addr6: Option<Ipv6Addr>,
+    /// IPv6-only site: `host_addr` is planned but not configured.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6_only: bool,
+    /// Black hole on ([`Lab::blackhole`]): the spared addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blackhole: Option<Vec<Ipv4Addr>>,
 }
 
 fn unspecified() -> Ipv4Addr {
@@ -107,11 +146,18 @@ pub struct LabInfo {
     pub sites: BTreeMap<String, SiteInfo>,
     /// observer name -> [primary IP, alternate IP]
     pub observers: BTreeMap<String, [Ipv4Addr; 2]>,
+    /// Labs with `ipv6`: observer name -> [primary, alternate] IPv6.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub observers6: BTreeMap<String, [Ipv6Addr; 2]>,
     /// Carrier-grade NATs by name, described like sites: `host` and
     /// `router` are the carrier's router, `host_addr` its LAN gateway
     /// (100.64.k.1), `lan` 100.64.k.0/24.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub carriers: BTreeMap<String, SiteInfo>,
+    /// Public addresses given up by [`Lab::renumber`]: never handed out
+    /// again in this lab (peers' neighbour caches may still name them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_addrs: Vec<Ipv4Addr>,
     pub namespaces: Vec<String>,
     pub spec: LabSpec,
 }
@@ -124,6 +170,9 @@ pub struct RouterStats {
     pub packets_out: u64,
     pub packets_in: u64,
     pub dropped_filtered: u64,
+    /// Packets dropped by a black hole ([`Lab::blackhole`]).
+    #[serde(default)]
+    pub dropped_blackhole: u64,
     /// Every raw counter (nft named counters or engine counters).
     pub counters: BTreeMap<String, u64>,
 }
@@ -153,7 +202,12 @@ pub fn state_file(lab: &str) -> PathBuf {
     Path::new(STATE_DIR).join(format!("{lab}.json"))
 }
 
-fn lab_dir(lab: &str) -> PathBuf {
+/// The runtime control file of a site's (or carrier's) engine.
+pub(crate) fn engine_control_file(lab: &str, site: &str) -> PathBuf {
+    lab_dir(lab).join(format!("{site}.control.json"))
+}
+
+pub(crate) fn lab_dir(lab: &str) -> PathBuf {
     Path::new(STATE_DIR).join(lab)
 }
 
@@ -259,6 +313,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
     let mut sites = BTreeMap::new();
     let mut carriers = BTreeMap::new();
     let mut observers = BTreeMap::new();
+    let mut observers6 = BTreeMap::new();
     for o in &spec.observers {
         let ips = [a.take()?, a.take()?];
         observers.insert(o.clone(), ips);
@@ -269,10 +324,14 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 role: Role::Observer,
                 addrs: ips.to_vec(),
                 public_addrs: ips.to_vec(),
+                addrs6: if spec.ipv6 { ips.iter().map(|a| inet6_of(*a)).collect() } else { vec![] },
                 site: None,
                 gateway: None,
             },
         );
+        if spec.ipv6 {
+            observers6.insert(o.clone(), [inet6_of(ips[0]), inet6_of(ips[1])]);
+        }
     }
     for (list, role) in [(&spec.relays, Role::Relay), (&spec.public, Role::Public)] {
         for h in list {
@@ -284,6 +343,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                     role: role.clone(),
                     addrs: vec![ip],
                     public_addrs: vec![ip],
+                    addrs6: if spec.ipv6 { vec![inet6_of(ip)] } else { vec![] },
                     site: None,
                     gateway: None,
                 },
@@ -331,13 +391,23 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
             }
         };
         let natted = !matches!(s.nat, NatKind::None);
+        // IPv6: a global /64 on the LAN behind the router's firewall, or
+        // (no router) an internet address on the host.
+        let lan6 = (s.has_ipv6() && has_router).then(|| v6(1, idx as u32 + 1, 0));
+        let host_addr6 = match lan6 {
+            Some(_) => Some(v6(1, idx as u32 + 1, 2)),
+            None => s.has_ipv6().then(|| inet6_of(host_addr)),
+        };
+        let wan_addr6 = lan6.and(wan_addr).filter(|_| s.upstream.is_none()).map(inet6_of);
+        let v4 = |a: Ipv4Addr| if s.ipv6_only { vec![] } else { vec![a] };
         hosts.insert(
             s.name.clone(),
             HostInfo {
                 netns: ns_name(lab, &s.name),
                 role: Role::Site,
-                addrs: vec![host_addr],
-                public_addrs: if natted { vec![] } else { vec![host_addr] },
+                addrs: v4(host_addr),
+                public_addrs: if natted { vec![] } else { v4(host_addr) },
+                addrs6: host_addr6.into_iter().collect(),
                 site: Some(s.name.clone()),
                 gateway: if has_router { Some(gw) } else { None },
             },
@@ -349,8 +419,9 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 HostInfo {
                     netns: ns_name(lab, x),
                     role: Role::Site,
-                    addrs: vec![addr],
+                    addrs: v4(addr),
                     public_addrs: vec![],
+                    addrs6: lan6.map(|_| v6(1, idx as u32 + 1, EXTRA_HOST_FIRST + j as u32)).into_iter().collect(),
                     site: Some(s.name.clone()),
                     gateway: Some(gw),
                 },
@@ -364,6 +435,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                     role: Role::Router,
                     addrs: vec![gw, wan_addr.unwrap()],
                     public_addrs: if natted { vec![public_ip] } else { vec![wan_addr.unwrap()] },
+                    addrs6: lan6.map(|_| v6(1, idx as u32 + 1, 1)).into_iter().chain(wan_addr6).collect(),
                     site: Some(s.name.clone()),
                     gateway: up_gw,
                 },
@@ -378,6 +450,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                     role: Role::Router,
                     addrs: vec![hop_addr(gw)],
                     public_addrs: vec![],
+                    addrs6: vec![],
                     site: Some(s.name.clone()),
                     gateway: Some(gw),
                 },
@@ -404,6 +477,11 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 reflexive_ip: public_ip,
                 upstream: s.upstream.clone(),
                 extra_hosts: s.extra_hosts.clone(),
+                host_addr6,
+                lan6: lan6.map(|n| format!("{n}/64")),
+                wan_addr6,
+                ipv6_only: s.ipv6_only,
+                blackhole: None,
             },
         );
     }
@@ -419,6 +497,7 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 role: Role::Router,
                 addrs: vec![gw, wan],
                 public_addrs: vec![public_ip],
+                addrs6: vec![],
                 site: None,
                 gateway: None,
             },
@@ -443,10 +522,37 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
                 reflexive_ip: public_ip,
                 upstream: None,
                 extra_hosts: vec![],
+                host_addr6: None,
+                lan6: None,
+                wan_addr6: None,
+                ipv6_only: false,
+                blackhole: None,
             },
         );
     }
-    // What the internet sees: the outermost NAT's public address.
+    update_reflexive(&mut sites, &carriers);
+    let internet = ns_name(lab, "inet");
+    let mut namespaces = vec![internet.clone()];
+    namespaces.extend(hosts.values().map(|h| h.netns.clone()));
+    Ok(LabInfo {
+        lab: lab.clone(),
+        owner_pid,
+        owner_start,
+        state_file: state_file(lab),
+        internet,
+        hosts,
+        sites,
+        observers,
+        observers6,
+        carriers,
+        retired_addrs: vec![],
+        namespaces,
+        spec: spec.clone(),
+    })
+}
+
+/// What the internet sees of each site: the outermost NAT's public address.
+pub(crate) fn update_reflexive(sites: &mut BTreeMap<String, SiteInfo>, carriers: &BTreeMap<String, SiteInfo>) {
     let names: Vec<String> = sites.keys().cloned().collect();
     for n in names {
         let mut cur = n.clone();
@@ -460,22 +566,6 @@ fn plan(spec: &LabSpec, owner_pid: u32, owner_start: Option<u64>) -> Result<LabI
         };
         sites.get_mut(&n).unwrap().reflexive_ip = reflexive;
     }
-    let internet = ns_name(lab, "inet");
-    let mut namespaces = vec![internet.clone()];
-    namespaces.extend(hosts.values().map(|h| h.netns.clone()));
-    Ok(LabInfo {
-        lab: lab.clone(),
-        owner_pid,
-        owner_start,
-        state_file: state_file(lab),
-        internet,
-        hosts,
-        sites,
-        observers,
-        carriers,
-        namespaces,
-        spec: spec.clone(),
-    })
 }
 
 /// A router's LAN as a bridge `lan` (address `gw`/24) with one veth port
@@ -498,6 +588,34 @@ fn build_bridge_lan(rns: &str, gw: Ipv4Addr, members: &[(String, &str)]) -> Resu
     // forward chain). Best effort: absent without br_netfilter.
     let _ = sysctls(rns, vec![("net.bridge.bridge-nf-call-iptables".into(), "0".into())]);
     Ok(())
+}
+
+/// Namespaces with a link to the internet segment (port `p<k>` there for
+/// the k-th), with the name of their interface on it.
+pub(crate) fn internet_ports(info: &LabInfo) -> Vec<(String, &'static str)> {
+    let mut attached: Vec<(String, &'static str)> = vec![];
+    for (name, h) in &info.hosts {
+        match h.role {
+            Role::Observer | Role::Relay | Role::Public => attached.push((name.clone(), "eth0")),
+            // A delay hop's `wan` goes to its router, not the internet;
+            // a nested router's `wan` to its upstream's LAN.
+            Role::Router
+                if !info.sites.values().any(|s| {
+                    s.delay_hop.as_ref() == Some(name)
+                        || (s.upstream.is_some() && s.router.as_ref() == Some(name))
+                }) =>
+            {
+                attached.push((name.clone(), "wan"))
+            }
+            Role::Router => {}
+            Role::Site => {
+                if info.sites[h.site.as_ref().unwrap()].router.is_none() {
+                    attached.push((name.clone(), "eth0"))
+                }
+            }
+        }
+    }
+    attached
 }
 
 /// Routes a namespace's LAN egress and the WAN ingress for `routed` through
@@ -531,7 +649,7 @@ fn inet_addrs_behind(info: &LabInfo, name: &str) -> Vec<Ipv4Addr> {
     v
 }
 
-fn write_state(info: &LabInfo) -> Result<()> {
+pub(crate) fn write_state(info: &LabInfo) -> Result<()> {
     std::fs::create_dir_all(STATE_DIR)?;
     let tmp = info.state_file.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(info)?)?;
@@ -549,25 +667,36 @@ fn owner_alive(info: &LabInfo) -> bool {
     info.owner_pid == 0 || netns::proc_alive(info.owner_pid, info.owner_start)
 }
 
+/// The prerouting DNAT of a kernel cone (empty for the others): inbound to
+/// `public` on a mapped port goes to `host`.
+pub(crate) fn kernel_pre_rule(k: KernelNat, public: Ipv4Addr, host: Ipv4Addr) -> String {
+    match k {
+        KernelNat::FullCone => format!("iifname \"wan\" ip daddr {public} udp dport @mapped dnat to {host}"),
+        KernelNat::RestrictedCone => {
+            format!("iifname \"wan\" ip daddr {public} ip saddr . udp dport @contacted dnat to {host}")
+        }
+        _ => String::new(),
+    }
+}
+
 fn kernel_ruleset(k: KernelNat, s: &SiteSpec, lan: &str, public: Ipv4Addr, host: Ipv4Addr) -> String {
     let t = s.binding_timeout();
     // A plain router counts unsolicited inbound but lets it reach its input
     // hook's end, where conntrack confirms the entry (and the stack answers
     // port unreachable): what masquerade-only routers do.
     let input_verdict = if s.plain_router { "" } else { "drop" };
-    let (pre, fwd_out, masq) = match k {
+    let pre = kernel_pre_rule(k, public, host);
+    let (fwd_out, masq) = match k {
         KernelNat::FullCone => (
-            format!("iifname \"wan\" ip daddr {public} udp dport @mapped dnat to {host}"),
             "iifname \"lan\" oifname \"wan\" meta l4proto udp update @mapped { udp sport }".to_string(),
             "masquerade",
         ),
         KernelNat::RestrictedCone => (
-            format!("iifname \"wan\" ip daddr {public} ip saddr . udp dport @contacted dnat to {host}"),
             "iifname \"lan\" oifname \"wan\" meta l4proto udp update @contacted { ip daddr . udp sport }".to_string(),
             "masquerade",
         ),
-        KernelNat::PortRestrictedCone => (String::new(), String::new(), "masquerade"),
-        KernelNat::Symmetric => (String::new(), String::new(), "masquerade fully-random"),
+        KernelNat::PortRestrictedCone => (String::new(), "masquerade"),
+        KernelNat::Symmetric => (String::new(), "masquerade fully-random"),
     };
     format!(
         r#"table ip ml {{
@@ -644,6 +773,19 @@ impl Lab {
         // 1. namespaces
         let lines: Vec<String> = info.namespaces.iter().map(|n| format!("netns add {n}")).collect();
         ip_batch(None, &lines)?;
+        if info.spec.ipv6 {
+            // No duplicate address detection: addresses (link-local ones
+            // too) are usable at once instead of ~2 s later.
+            for n in &info.namespaces {
+                sysctls(
+                    n,
+                    vec![
+                        ("net.ipv6.conf.all.accept_dad".into(), "0".into()),
+                        ("net.ipv6.conf.default.accept_dad".into(), "0".into()),
+                    ],
+                )?;
+            }
+        }
         // 2. internet bridge (or router) + one veth per internet-attached namespace
         let routed = info.spec.routed_internet;
         let mut inet = vec!["link set lo up".to_string()];
@@ -653,28 +795,7 @@ impl Lab {
             inet.push("link add br0 type bridge".into());
             inet.push("link set br0 up".into());
         }
-        let mut attached: Vec<(String, &'static str)> = vec![];
-        for (name, h) in &info.hosts {
-            match h.role {
-                Role::Observer | Role::Relay | Role::Public => attached.push((name.clone(), "eth0")),
-                // A delay hop's `wan` goes to its router, not the internet;
-                // a nested router's `wan` to its upstream's LAN.
-                Role::Router
-                    if !info.sites.values().any(|s| {
-                        s.delay_hop.as_ref() == Some(name)
-                            || (s.upstream.is_some() && s.router.as_ref() == Some(name))
-                    }) =>
-                {
-                    attached.push((name.clone(), "wan"))
-                }
-                Role::Router => {}
-                Role::Site => {
-                    if info.sites[h.site.as_ref().unwrap()].router.is_none() {
-                        attached.push((name.clone(), "eth0"))
-                    }
-                }
-            }
-        }
+        let attached = internet_ports(&info);
         for (k, (name, ifname)) in attached.iter().enumerate() {
             let ns = &info.hosts[name].netns;
             inet.push(format!("link add p{k} type veth peer name {ifname} netns {ns}"));
@@ -726,7 +847,9 @@ impl Lab {
                     l.push("link set eth0 up".into());
                 }
                 Role::Site if info.sites[h.site.as_ref().unwrap()].router.is_none() => {
-                    l.push(format!("addr add {}/{INET_PREFIX} dev eth0", h.addrs[0]));
+                    for a in &h.addrs {
+                        l.push(format!("addr add {a}/{INET_PREFIX} dev eth0"));
+                    }
                     l.push("link set eth0 up".into());
                 }
                 _ => continue,
@@ -811,24 +934,24 @@ impl Lab {
                 hl.push(format!("addr add {}/32 dev eth0", s.host_addr));
                 hl.push(format!("route add {gw}/32 dev eth0 scope link"));
                 hl.push(format!("route add default via {gw} dev eth0 src {}", s.host_addr));
-            } else {
+            } else if !spec.ipv6_only {
                 hl.push(format!("addr add {}/24 dev eth0", s.host_addr));
                 hl.push(format!("route add default via {gw}"));
             }
             ip_batch(Some(&hns), &hl)?;
             for x in &s.extra_hosts {
                 let h = &info.hosts[x];
-                ip_batch(
-                    Some(&h.netns),
-                    &[
-                        "link set lo up".into(),
-                        "link set eth0 up".into(),
-                        format!("addr add {}/24 dev eth0", h.addrs[0]),
-                        format!("route add default via {gw}"),
-                    ],
-                )?;
+                let mut l = vec!["link set lo up".to_string(), "link set eth0 up".into()];
+                if let Some(a) = h.addrs.first() {
+                    l.push(format!("addr add {a}/24 dev eth0"));
+                    l.push(format!("route add default via {gw}"));
+                }
+                ip_batch(Some(&h.netns), &l)?;
             }
             self.build_nat(bin, sname, s, spec, &rns, false)?;
+        }
+        if info.spec.ipv6 {
+            self.build_ipv6()?;
         }
         Ok(())
     }
@@ -957,6 +1080,9 @@ impl Lab {
         let dir = lab_dir(&self.info.lab);
         let ready = dir.join(format!("{sname}.ready"));
         let _ = std::fs::remove_file(&ready);
+        let control = engine_control_file(&self.info.lab, sname);
+        let _ = std::fs::remove_file(&control);
+        let _ = std::fs::remove_file(control.with_extension("ack"));
         let (lan_net, lan_prefix) = match &s.lan {
             Some(l) => {
                 let (a, p) = l.split_once('/').unwrap();
@@ -984,6 +1110,7 @@ impl Lab {
             seed,
             stats_file: s.stats_file.clone().unwrap(),
             ready_file: ready.clone(),
+            control_file: Some(control),
         };
         let cfg_path = dir.join(format!("{sname}.engine.json"));
         std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
@@ -1048,7 +1175,12 @@ impl Lab {
 
     /// First address of a host (a site host's LAN or public address, an observer's primary).
     pub fn host_addr(&self, host: &str) -> Result<Ipv4Addr> {
-        Ok(self.host(host)?.addrs[0])
+        self.host(host)?.addrs.first().copied().ok_or_else(|| anyhow!("host {host} has no IPv4 address"))
+    }
+
+    /// First global IPv6 address of a host (labs with `ipv6`).
+    pub fn host_addr6(&self, host: &str) -> Result<Ipv6Addr> {
+        self.host(host)?.addrs6.first().copied().ok_or_else(|| anyhow!("host {host} has no IPv6 address"))
     }
 
     pub fn netns(&self, host: &str) -> Result<String> {
@@ -1163,27 +1295,22 @@ pub fn router_stats(info: &LabInfo, site: &str) -> Result<RouterStats> {
         r.packets_out = st.packets_out;
         r.packets_in = st.packets_in;
         r.dropped_filtered = st.dropped_filtered + st.dropped_no_binding;
+        r.dropped_blackhole = st.dropped_blackhole;
         if let serde_json::Value::Object(m) = serde_json::to_value(&st)? {
             for (k, v) in m {
                 r.counters.insert(k, v.as_u64().unwrap_or(0));
             }
         }
+        // IPv6 goes around the engine, through the router's nftables
+        // (firewall, black hole): their counters too.
+        if let (Some(router), true) = (&s.router, s.lan6.is_some()) {
+            nft_counters(&info.hosts[router].netns, &mut r.counters)?;
+            r.dropped_blackhole += r.counters.get("blackholed_packets").copied().unwrap_or(0);
+        }
     } else if let Some(router) = &s.router {
         r.kind = "kernel".into();
-        let ns = &info.hosts[router].netns;
-        let (mut c, _f) = command_in(ns, &["nft".into(), "-j".into(), "list".into(), "counters".into()])?;
-        let out = c.output()?;
-        if !out.status.success() {
-            bail!("nft list counters: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        for item in v["nftables"].as_array().into_iter().flatten() {
-            if let Some(c) = item.get("counter") {
-                let name = c["name"].as_str().unwrap_or("").to_string();
-                r.counters.insert(format!("{name}_packets"), c["packets"].as_u64().unwrap_or(0));
-                r.counters.insert(format!("{name}_bytes"), c["bytes"].as_u64().unwrap_or(0));
-            }
-        }
+        nft_counters(&info.hosts[router].netns, &mut r.counters)?;
+        r.dropped_blackhole = r.counters.get("blackholed_packets").copied().unwrap_or(0);
         r.packets_out = r.counters.get("out_pkts_packets").copied().unwrap_or(0);
         r.packets_in = r.counters.get("in_pkts_packets").copied().unwrap_or(0);
         r.dropped_filtered = r.counters.get("filtered_packets").copied().unwrap_or(0);
@@ -1191,6 +1318,24 @@ pub fn router_stats(info: &LabInfo, site: &str) -> Result<RouterStats> {
         r.kind = "none".into();
     }
     Ok(r)
+}
+
+/// Every named nft counter in namespace `ns` as `<name>_packets`, `<name>_bytes`.
+fn nft_counters(ns: &str, into: &mut BTreeMap<String, u64>) -> Result<()> {
+    let (mut c, _f) = command_in(ns, &["nft".into(), "-j".into(), "list".into(), "counters".into()])?;
+    let out = c.output()?;
+    if !out.status.success() {
+        bail!("nft list counters: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(c) = item.get("counter") {
+            let name = c["name"].as_str().unwrap_or("").to_string();
+            into.insert(format!("{name}_packets"), c["packets"].as_u64().unwrap_or(0));
+            into.insert(format!("{name}_bytes"), c["bytes"].as_u64().unwrap_or(0));
+        }
+    }
+    Ok(())
 }
 
 /// Kill everything in the lab's namespaces, delete them and the state.
@@ -1337,6 +1482,36 @@ mod tests {
         assert_eq!(i.hosts["k-nat"].gateway, None);
         let j = serde_json::to_string(&i).unwrap();
         assert!(!j.contains("carriers") && !j.contains("upstream") && !j.contains("extra_hosts"));
+        // Nor any of the IPv6 / black hole / renumbering fields.
+        for f in ["ipv6", "addrs6", "observers6", "lan6", "blackhole", "retired_addrs"] {
+            assert!(!j.contains(f), "{f} in {j}");
+        }
+    }
+
+    #[test]
+    fn plan_ipv6() {
+        let i = planned(
+            r#"{"name":"p","ipv6":true,"observers":["obs"],"public":["pub"],"sites":[{"name":"k","nat":"kernel:symmetric","ipv6":true,"extra_hosts":["k2"]},
+               {"name":"u","nat":"user:ei-ei-pp","ipv6_only":true},{"name":"n","nat":"none","ipv6":true},{"name":"v4","nat":"kernel:full_cone"}]}"#,
+        );
+        let ip6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        // IPv4 plan unchanged by ipv6.
+        assert_eq!(i.sites["k"].public_ip, "203.0.113.13".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(i.observers6["obs"], [ip6("2001:db8::10"), ip6("2001:db8::11")]);
+        assert_eq!(i.hosts["pub"].addrs6, vec![ip6("2001:db8::12")]);
+        assert_eq!(i.sites["k"].lan6.as_deref(), Some("2001:db8:1:1::/64"));
+        assert_eq!(i.sites["k"].host_addr6, Some(ip6("2001:db8:1:1::2")));
+        assert_eq!(i.sites["k"].wan_addr6, Some(ip6("2001:db8::13")));
+        assert_eq!(i.hosts["k-nat"].addrs6, vec![ip6("2001:db8:1:1::1"), ip6("2001:db8::13")]);
+        assert_eq!(i.hosts["k2"].addrs6, vec![ip6("2001:db8:1:1::10")]);
+        assert!(i.hosts["u"].addrs.is_empty() && i.sites["u"].ipv6_only);
+        assert_eq!(i.sites["u"].host_addr6, Some(ip6("2001:db8:1:2::2")));
+        assert_eq!(i.sites["n"].host_addr6, Some(ip6("2001:db8::16")));
+        assert!(i.sites["v4"].host_addr6.is_none() && i.hosts["v4-nat"].addrs6.is_empty());
+        let bad = |j: &str| serde_json::from_str::<LabSpec>(j).unwrap().validate().unwrap_err().to_string();
+        assert!(bad(r#"{"name":"x","sites":[{"name":"a","nat":"none","ipv6":true}]}"#).contains("ipv6 needs"));
+        assert!(bad(r#"{"name":"x","ipv6":true,"sites":[{"name":"a","nat":"user:ei-ei-pp","ipv6":true,"delay_ms":5}]}"#)
+            .contains("delay"));
     }
 
     #[test]

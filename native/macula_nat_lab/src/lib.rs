@@ -5,6 +5,7 @@
 //! nftables NATs or the userspace NAT engine over TUN with delay/jitter/loss).
 
 pub mod engine;
+pub mod impair;
 pub mod lab;
 pub mod natdiscovery;
 pub mod netns;

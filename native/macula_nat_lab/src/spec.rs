@@ -38,6 +38,16 @@ pub struct LabSpec {
     /// sites name it in [`SiteSpec::upstream`] to sit behind it (double NAT).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub carriers: Vec<CarrierSpec>,
+    /// IPv6 as well: the internet segment (2001:db8::/64) and its observers,
+    /// relays and public hosts get global IPv6 addresses, and sites with
+    /// [`SiteSpec::ipv6`] a global /64 behind a stateful firewall (no NAT).
+    /// Off (the default): nothing IPv6 is configured, as before.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ipv6: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// A carrier-grade NAT between some sites' routers and the internet.
@@ -126,6 +136,17 @@ pub struct SiteSpec {
     /// Docker-style host on a home LAN).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Dual stack (needs [`LabSpec::ipv6`]): the site LAN also gets a global
+    /// IPv6 /64 (2001:db8:1:<i>::/64), routed without NAT through a stateful
+    /// firewall on the router (outbound allowed, inbound only
+    /// established/related: address-and-port-dependent filtering), next
+    /// to the IPv4 NAT. A `none` site's host gets an internet IPv6 address.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ipv6: bool,
+    /// IPv6-only site (implies `ipv6`): the site's hosts get no IPv4
+    /// address or route (the router keeps its IPv4 NAT, serving nobody).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ipv6_only: bool,
 }
 
 impl SiteSpec {
@@ -141,7 +162,13 @@ impl SiteSpec {
             plain_router: false,
             extra_hosts: vec![],
             upstream: None,
+            ipv6: false,
+            ipv6_only: false,
         })
+    }
+    /// The site's hosts have global IPv6 addresses.
+    pub fn has_ipv6(&self) -> bool {
+        self.ipv6 || self.ipv6_only
     }
     pub fn has_impairment(&self) -> bool {
         self.delay_ms > 0.0 || self.jitter_ms > 0.0 || self.loss > 0.0
@@ -162,6 +189,7 @@ impl LabSpec {
             seed: None,
             routed_internet: false,
             carriers: vec![],
+            ipv6: false,
         }
     }
 
@@ -197,6 +225,17 @@ impl LabSpec {
                 // engine hop in front of it (no netem on this kernel).
                 if s.hairpin {
                     bail!("site {}: hairpin is only implemented by the userspace engine", s.name);
+                }
+            }
+            if s.has_ipv6() {
+                if !self.ipv6 {
+                    bail!("site {}: ipv6 needs \"ipv6\": true on the lab", s.name);
+                }
+                if s.has_impairment() {
+                    bail!("site {}: ipv6 on a site with delay/jitter/loss is not supported (they are IPv4-only)", s.name);
+                }
+                if s.upstream.is_some() {
+                    bail!("site {}: ipv6 on a nested site (upstream) is not supported", s.name);
                 }
             }
         }

@@ -16,6 +16,11 @@ usage:
   macula-lab list                     names of running labs (JSON array)
   macula-lab exec LAB HOST -- ARGV... run ARGV inside HOST (stdio and exit code pass through)
   macula-lab stats LAB SITE           router packet counters (JSON)
+  macula-lab blackhole LAB SITE on|off [--spare IP[,IP...]]
+                                      drop everything to/from the site's hosts at its router,
+                                      except to/from the spare addresses (off: restore)
+  macula-lab renumber LAB SITE        new public IPv4 address for the site's router (printed),
+                                      mappings forgotten; the lab description is updated
   macula-lab down LAB                 tear a lab down
   macula-lab reap [--all]             remove labs whose owner is gone + stale ml-* namespaces
   macula-lab engine --config FILE     (internal) userspace NAT engine, run inside a router namespace
@@ -92,6 +97,30 @@ fn run(args: &[String]) -> Result<()> {
             }
             let info = lab::read_state(&rest[0])?;
             print_json(&lab::router_stats(&info, &rest[1])?)
+        }
+        "blackhole" => {
+            if rest.len() < 3 {
+                bail!(USAGE);
+            }
+            let on = match rest[2].as_str() {
+                "on" => true,
+                "off" => false,
+                o => bail!("blackhole: on or off, not {o}"),
+            };
+            let spare: Vec<std::net::Ipv4Addr> = match opt(rest, "--spare") {
+                Some(l) => l.split(',').filter(|x| !x.is_empty()).map(|x| x.parse()).collect::<Result<_, _>>().context("--spare")?,
+                None => vec![],
+            };
+            let mut l = macula_nat_lab::Lab::attach(&rest[0])?;
+            l.blackhole(&rest[1], on, &spare)
+        }
+        "renumber" => {
+            if rest.len() < 2 {
+                bail!(USAGE);
+            }
+            let mut l = macula_nat_lab::Lab::attach(&rest[0])?;
+            println!("{}", l.renumber(&rest[1])?);
+            Ok(())
         }
         "exec" => {
             let dd = rest.iter().position(|a| a == "--").ok_or_else(|| anyhow!("exec needs --\n{USAGE}"))?;
