@@ -17,7 +17,7 @@
 //! Applications must then take incoming connections from
 //! `Signal::accept()`, not from `node.quic()?.accept()`.
 
-use crate::signal::{HelloKind, Msg, SessionId};
+use macula_nat_proto::signal::{HelloKind, Msg, SessionId};
 use crate::{runtime, Connection, QuicEndpoint};
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -8,7 +8,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-pub type NodeId = [u8; 32];
+pub use macula_nat_proto::id::NodeId;
 
 #[derive(Clone)]
 pub struct Identity {

@@ -125,11 +125,11 @@ impl LocalProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connector::public_profile;
+    use crate::connect::public_profile;
     use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 
     fn symmetric() -> PeerInfo {
-        crate::connector::profile_of(NatType { mapping: Mapping::Pd, allocation: Allocation::Rd, filtering: Filtering::Pd }, None, false)
+        crate::connect::profile_of(NatType { mapping: Mapping::Pd, allocation: Allocation::Rd, filtering: Filtering::Pd }, None, false)
     }
 
     #[tokio::test]

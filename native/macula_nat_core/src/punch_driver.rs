@@ -3,7 +3,7 @@
 //! sockets ([`crate::birthday`], the one exception to one socket per node).
 //!
 //! Routing: punch packets are STUN Binding requests/responses carrying a
-//! PUNCH-TOKEN. The node's receive loop asks [`PunchRoutes`] first: a STUN
+//! PUNCH-TOKEN. The node's receive loop asks `crate::socket::punch_routes` first: a STUN
 //! datagram whose token names a registered session goes to that session's
 //! channel (requests included: the machine answers them itself, with its
 //! token). Datagrams of unknown sessions fall through to the ordinary STUN
@@ -16,73 +16,15 @@
 //! little later, still gets answers.
 
 use crate::birthday::{PathSocket, SocketSet};
+use crate::socket::punch_routes::Registration;
 use crate::Node;
-use macula_nat_proto::punch::{self, Punch, PunchConfig, PunchError, PunchSuccess, SessionId};
-use std::collections::HashMap;
+use macula_nat_proto::punch::{Punch, PunchConfig, PunchError, PunchSuccess, SessionId};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// How long a finished machine keeps answering the peer.
 pub const LINGER: Duration = Duration::from_secs(3);
-/// Datagrams queued per session before more are dropped.
-const QUEUE: usize = 1024;
-
-type Datagram = (SocketAddr, Vec<u8>);
-
-/// Punch sessions of one node, keyed by session id.
-#[derive(Default)]
-pub struct PunchRoutes {
-    map: Mutex<HashMap<SessionId, mpsc::Sender<Datagram>>>,
-}
-
-impl PunchRoutes {
-    /// Offers a STUN datagram to the punch sessions; `true` if one took it.
-    pub(crate) fn offer(&self, from: SocketAddr, data: &[u8]) -> bool {
-        let Ok(map) = self.map.lock() else { return false };
-        if map.is_empty() {
-            return false;
-        }
-        let Some(s) = punch::session_of(data) else { return false };
-        match map.get(&s) {
-            Some(tx) => {
-                // Full queue: drop (the peer retransmits).
-                let _ = tx.try_send((from, data.to_vec()));
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn register(self: &Arc<Self>, session: SessionId) -> Registration {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(session, tx);
-        }
-        Registration { routes: self.clone(), session, rx }
-    }
-
-    pub fn sessions(&self) -> usize {
-        self.map.lock().map(|m| m.len()).unwrap_or(0)
-    }
-}
-
-/// A registered session; unregisters on drop.
-pub struct Registration {
-    routes: Arc<PunchRoutes>,
-    session: SessionId,
-    rx: mpsc::Receiver<Datagram>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.routes.map.lock() {
-            m.remove(&self.session);
-        }
-    }
-}
-
 /// Starts receiving the session's punch packets on `node` (queued until
 /// [`run`] starts the machine).
 pub fn register(node: &Node, session: SessionId) -> Registration {

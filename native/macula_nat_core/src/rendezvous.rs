@@ -9,7 +9,7 @@
 //! that address.
 //!
 //! It then relays signalling between registered peers (formats in
-//! [`crate::signal`]): `Connect` from A becomes `Incoming` at B, B's
+//! [`macula_nat_proto::signal`]): `Connect` from A becomes `Incoming` at B, B's
 //! `Answer` becomes `Answered` at A, each stamped with the sender's observed
 //! address; right after `Answered` it sends `Go` to both with RTT-based
 //! waits so that both start punching together. A `Connect` to a peer that
@@ -26,7 +26,7 @@
 //! `Registered` with the address seen now.
 
 use crate::quic::QuicError;
-use crate::signal::{HelloKind, Msg, NodeId, SessionId};
+use macula_nat_proto::signal::{HelloKind, Msg, NodeId, SessionId};
 use crate::{runtime, Connection, Node};
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! Rendezvous + two nodes on 127.0.0.1: signalling, strategy choice,
 //! Direct and punched connects, errors, and the responder's `accept`.
 
-use macula_nat_core::connector::{profile_of, public_profile};
+use macula_nat_core::connect::{profile_of, public_profile};
 use macula_nat_core::{connect_detailed, runtime, ConnectError, ConnectOpts, Identity, Method, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use macula_nat_proto::record::PeerInfo;

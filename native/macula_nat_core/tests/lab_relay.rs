@@ -14,7 +14,7 @@
 //! arriving once and in order.
 
 mod common;
-use macula_nat_core::connector::profile_of;
+use macula_nat_core::connect::profile_of;
 use macula_nat_core::relay::{self, RelayError, RelayLink};
 use macula_nat_core::{connect_detailed, runtime, Connection, ConnectOpts, Identity, Method, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
 use macula_nat_lab::{Lab, LabSpec, SiteSpec};

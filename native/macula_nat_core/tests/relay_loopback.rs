@@ -3,7 +3,7 @@
 //! bandwidth), byte accounting, failover to a second relay and the upgrade
 //! to a punched path without losing or reordering a message.
 
-use macula_nat_core::connector::{profile_of, public_profile};
+use macula_nat_core::connect::{profile_of, public_profile};
 use macula_nat_core::relay::{RelayError, RelayEvent, RelayLimits, RelayLink, RelayServer};
 use macula_nat_core::{connect_detailed, runtime, Connection, ConnectOpts, Identity, Method, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};

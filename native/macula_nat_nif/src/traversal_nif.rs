@@ -7,7 +7,7 @@ use crate::node_nif::NodeRes;
 use crate::profile_term::decode_peer_info;
 use crate::relay_nif::refusal_atom;
 use crate::{atoms, convert, guard, owner, reply};
-use macula_nat_core::connector::{public_profile, SignalConfig};
+use macula_nat_core::connect::{public_profile, SignalConfig};
 use macula_nat_core::{connect, ConnectError, ConnectOpts, Rendezvous, Signal};
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};

@@ -15,6 +15,8 @@
 //! numbers) -> [`punch`] (the state machine that punches the paths), and
 //! [`relay`] when no path can be punched.
 
+// The shared identifiers: NodeId, SessionId, RelaySessionId.
+pub mod id;
 // STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
 pub mod stun;
 // Seeded xorshift generator shared by the state machines and tests.
@@ -28,6 +30,8 @@ pub mod observer;
 pub mod detect;
 // Peer-reported reflexive addresses with a distinct-peer quorum.
 pub mod observations;
+// A peer's NAT profile and addresses, as cached, recorded and signalled.
+pub mod peer_info;
 // Signed peer record advertised in the DHT: canonical body, framing, acceptance.
 pub mod record;
 // Byte-level pieces shared by the record and signalling formats.
@@ -42,5 +46,10 @@ pub mod port_predictor;
 pub mod punch;
 // Relays: control messages, the data frame, reservations/sessions/limits.
 pub mod relay;
+// Signalling messages between peers and a rendezvous (codec).
+pub mod signal;
+// What a connect does with the two profiles: targets, the session's
+// strategy, dial bounds, retries.
+pub mod connect;
 // Relay choice: score from latency and load, hysteresis, expiry.
 pub mod relay_select;

@@ -75,9 +75,9 @@ mod birthday;
 pub use birthday::{BirthdaySchedule, HARD_ATTEMPTS, STANDARD_TARGET};
 
 /// A node's identity (32 bytes).
-pub type NodeId = [u8; 32];
+pub use crate::id::NodeId;
 /// Punch session id, shared by both peers through the rendezvous.
-pub type SessionId = [u8; 16];
+pub use crate::id::SessionId;
 
 /// Nominating requests the initiator sends on the winning path.
 const NOMINATIONS: u32 = 3;

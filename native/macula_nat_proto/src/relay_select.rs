@@ -40,7 +40,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-pub type NodeId = [u8; 32];
+pub use crate::id::NodeId;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SelectConfig {

@@ -13,7 +13,7 @@
 //! ```
 
 use crate::nat::{Allocation, Confidence, Filtering, Mapping};
-use crate::record::PeerInfo;
+use crate::peer_info::PeerInfo;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -45,7 +45,7 @@
 //! `MAPPING-FILTERING-ALLOCATION[:delta=N]` with each in ei|hd|pd / pp|pc|rd,
 //! e.g. `ei-pd-pp` or `pd-pd-pc:delta=2` (no detection is run).
 
-use macula_nat_core::connector::{profile_of, public_profile};
+use macula_nat_core::connect::{profile_of, public_profile};
 use macula_nat_core::{connect_detailed, runtime, ConnectOpts, Identity, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use macula_nat_proto::record::PeerInfo;

@@ -28,14 +28,15 @@ pub use conn::{codes, CloseReason, Connection, Method};
 pub use socket::DatagramTunnel;
 pub use tls::{PeerIdMismatch, ALPN};
 
-use crate::node::Counters;
+use crate::socket::Counters;
 use crate::{runtime, Error, Identity, NodeId};
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::udp::RecvMeta;
 use quinn::{ConnectError, ConnectionError, IdleTimeout, TransportConfig, VarInt};
 use rustls::sign::CertifiedKey;
-use socket::{Entry, Inbox, NodeSocket, QuicSocket, Routes, SocketSlot};
+use crate::socket::{Entry, Inbox, NodeSocket, SocketSlot};
+use socket::{QuicSocket, Routes};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -191,11 +192,6 @@ impl Drop for Shared {
 }
 
 impl QuicEndpoint {
-    /// The node's endpoint (created on first use with default settings).
-    pub fn new(node: &crate::Node) -> Result<QuicEndpoint, QuicError> {
-        node.quic()
-    }
-
     /// Endpoint on the node's socket; called by `Node::quic_with`.
     pub(crate) fn on_node(
         identity: &Identity,

@@ -14,9 +14,9 @@
 
 use crate::node::Node;
 use crate::quic::{Connection, DatagramTunnel, QuicError};
-use crate::relay::plane::virtual_addr;
+use crate::socket::relay_plane::virtual_addr;
 use crate::runtime;
-use crate::signal::{HelloKind, Msg};
+use macula_nat_proto::signal::{HelloKind, Msg};
 use macula_nat_proto::relay::frame;
 use macula_nat_proto::relay::msg::{NodeId, RelayMsg, Refusal};
 use std::cell::RefCell;

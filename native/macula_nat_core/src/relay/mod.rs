@@ -1,14 +1,13 @@
 //! Relays at runtime: the server a node runs to forward others' QUIC
 //! packets ([`server`]), the client side that reserves and opens sessions
-//! ([`client`]), and the receive-loop hooks both use ([`plane`]). The
+//! ([`client`]), and the receive-loop hooks both use (`crate::socket::relay_plane`). The
 //! decisions (messages, frames, limits, accounting) are
 //! `macula_nat_proto::relay`'s.
 
 pub mod client;
-pub(crate) mod plane;
 pub mod server;
 
 pub use client::{RelayError, RelayLink, RelayPath, RelaySet};
-pub use plane::{is_virtual, virtual_addr};
+pub use crate::socket::relay_plane::{is_virtual, virtual_addr};
 pub use server::{RelayEvent, RelayServer, RelayStats};
 pub use macula_nat_proto::relay::table::Limits as RelayLimits;

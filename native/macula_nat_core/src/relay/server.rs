@@ -13,13 +13,13 @@
 //! the callbacks run wherever that channel is read, never on the data path.
 
 use crate::node::Node;
-use crate::quic::socket::NodeSocket;
+use crate::socket::NodeSocket;
 use crate::quic::{Connection, QuicError};
-use crate::relay::plane::FrameForwarder;
+use crate::socket::relay_plane::FrameForwarder;
 use crate::runtime;
 use macula_nat_proto::relay::frame;
 use macula_nat_proto::relay::msg::{EndReason, NodeId, RelayMsg, Refusal};
-use macula_nat_proto::relay::table::{ClientId, DropReason, Ended, Limits, RelayTable, SessionId, Verdict};
+use macula_nat_proto::relay::table::{ClientId, DropReason, Ended, Limits, RelayTable, RelaySessionId as SessionId, Verdict};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::nat::{Allocation, Confidence, Filtering, Mapping};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()

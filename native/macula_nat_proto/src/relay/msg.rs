@@ -30,7 +30,7 @@
 use crate::wire::{put_addr, Reader, WireError};
 use std::net::SocketAddr;
 
-pub type NodeId = [u8; 32];
+pub use crate::id::NodeId;
 
 /// Why a relay refused an `Open`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 /// The runtime's handle for one control connection.
 pub type ClientId = u64;
-pub type SessionId = u64;
+pub use crate::id::RelaySessionId;
 
 /// Payload size up to which a frame is charged but never held back.
 pub const SMALL_FRAME: usize = 128;
@@ -85,7 +85,7 @@ pub enum DropReason {
 /// messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ended {
-    pub session: SessionId,
+    pub session: RelaySessionId,
     pub a: NodeId,
     pub b: NodeId,
     pub a_client: ClientId,
@@ -103,7 +103,7 @@ pub struct Ended {
 /// start callback.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Started {
-    pub session: SessionId,
+    pub session: RelaySessionId,
     pub a: NodeId,
     pub b: NodeId,
     pub a_client: ClientId,
@@ -113,7 +113,7 @@ pub struct Started {
 /// An `Open` that may go ahead: tell `b_client` about `session`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pending {
-    pub session: SessionId,
+    pub session: RelaySessionId,
     pub b_client: ClientId,
 }
 
@@ -122,7 +122,7 @@ struct Client {
     node: NodeId,
     addr: SocketAddr,
     reserved: bool,
-    sessions: HashSet<SessionId>,
+    sessions: HashSet<RelaySessionId>,
 }
 
 #[derive(Clone, Debug)]
@@ -196,7 +196,7 @@ pub struct RelayTable {
     clients: HashMap<ClientId, Client>,
     /// Reserved node -> its (latest) reserving connection.
     reachable: HashMap<NodeId, ClientId>,
-    sessions: HashMap<SessionId, Session>,
+    sessions: HashMap<RelaySessionId, Session>,
     disabled: bool,
     dropped: HashMap<DropReason, u64>,
 }
@@ -249,7 +249,7 @@ impl RelayTable {
     }
 
     /// `client` asks for a session to `to`.
-    pub fn open(&mut self, client: ClientId, to: &NodeId, session: SessionId, tag: u32, now: Instant) -> Result<Pending, Refusal> {
+    pub fn open(&mut self, client: ClientId, to: &NodeId, session: RelaySessionId, tag: u32, now: Instant) -> Result<Pending, Refusal> {
         if self.disabled {
             return Err(Refusal::Disabled);
         }
@@ -289,7 +289,7 @@ impl RelayTable {
     }
 
     /// The target accepts: the session becomes active.
-    pub fn accept(&mut self, client: ClientId, session: SessionId, now: Instant) -> Option<Started> {
+    pub fn accept(&mut self, client: ClientId, session: RelaySessionId, now: Instant) -> Option<Started> {
         let s = self.sessions.get_mut(&session).filter(|s| s.b_client == client && !s.active)?;
         s.active = true;
         s.last = now;
@@ -297,7 +297,7 @@ impl RelayTable {
     }
 
     /// The target declines: `(opener, tag)` to refuse.
-    pub fn decline(&mut self, client: ClientId, session: SessionId) -> Option<(ClientId, u32)> {
+    pub fn decline(&mut self, client: ClientId, session: RelaySessionId) -> Option<(ClientId, u32)> {
         let s = self.sessions.get(&session).filter(|s| s.b_client == client && !s.active)?;
         let r = (s.a_client, s.tag);
         self.end(session, EndReason::Closed);
@@ -305,7 +305,7 @@ impl RelayTable {
     }
 
     /// A leg closes the session.
-    pub fn close(&mut self, client: ClientId, session: SessionId) -> Option<Ended> {
+    pub fn close(&mut self, client: ClientId, session: RelaySessionId) -> Option<Ended> {
         let s = self.sessions.get(&session)?;
         if s.a_client != client && s.b_client != client {
             return None;
@@ -314,7 +314,7 @@ impl RelayTable {
     }
 
     /// A data frame of `session` with `len` payload bytes arrived from `from`.
-    pub fn forward(&mut self, from: SocketAddr, session: SessionId, len: usize, now: Instant) -> Verdict {
+    pub fn forward(&mut self, from: SocketAddr, session: RelaySessionId, len: usize, now: Instant) -> Verdict {
         let max_wait = self.limits.max_queue_delay;
         let v = match self.sessions.get_mut(&session) {
             None => Verdict::Drop(DropReason::UnknownSession),
@@ -364,7 +364,7 @@ impl RelayTable {
     pub fn sweep(&mut self, now: Instant) -> Vec<Ended> {
         let timeout = self.limits.session_timeout;
         // Active: idle since the last frame; pending: since the open.
-        let due: Vec<SessionId> = self
+        let due: Vec<RelaySessionId> = self
             .sessions
             .iter()
             .filter(|(_, s)| {
@@ -384,7 +384,7 @@ impl RelayTable {
         for c in self.clients.values_mut() {
             c.reserved = false;
         }
-        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        let ids: Vec<RelaySessionId> = self.sessions.keys().copied().collect();
         ids.into_iter().filter_map(|id| self.end(id, EndReason::Disabled)).collect()
     }
 
@@ -411,7 +411,7 @@ impl RelayTable {
         self.reachable.len()
     }
 
-    pub fn session_bytes(&self, session: SessionId) -> Option<u64> {
+    pub fn session_bytes(&self, session: RelaySessionId) -> Option<u64> {
         self.sessions.get(&session).map(|s| s.bytes)
     }
 
@@ -420,11 +420,11 @@ impl RelayTable {
     }
 
     /// The addresses of a session's legs `(a, b)`.
-    pub fn legs(&self, session: SessionId) -> Option<(SocketAddr, SocketAddr)> {
+    pub fn legs(&self, session: RelaySessionId) -> Option<(SocketAddr, SocketAddr)> {
         self.sessions.get(&session).map(|s| (s.a_addr, s.b_addr))
     }
 
-    fn end(&mut self, session: SessionId, reason: EndReason) -> Option<Ended> {
+    fn end(&mut self, session: RelaySessionId, reason: EndReason) -> Option<Ended> {
         let s = self.sessions.remove(&session)?;
         for c in [s.a_client, s.b_client] {
             if let Some(c) = self.clients.get_mut(&c) {

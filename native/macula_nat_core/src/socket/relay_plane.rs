@@ -30,7 +30,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use crate::quic::socket::NodeSocket;
+use super::NodeSocket;
+use crate::lock::{read, write};
 
 /// The relay server side of a node: forwards frames it is not the end of.
 pub(crate) trait FrameForwarder: Send + Sync + 'static {
@@ -63,14 +64,14 @@ impl RelayPlane {
             return None;
         }
         let s = frame::session_of(data)?;
-        self.sessions.read().ok().and_then(|m| m.get(&(from, s)).map(|e| e.0))
+        read(&self.sessions).get(&(from, s)).map(|e| e.0)
     }
 
     /// Hands frames that are not ours to this node's relay server, if it
     /// runs one (dropped otherwise). Frames from one GRO batch come as one
     /// run, so the server can send them on as one GSO batch.
     pub(crate) fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize) {
-        let server = self.server.read().ok().and_then(|s| s.clone());
+        let server = read(&self.server).clone();
         if let Some(server) = server {
             server.forward(sock, from, run, stride);
         }
@@ -81,18 +82,18 @@ impl RelayPlane {
         if !self.any_alias.load(Ordering::Acquire) {
             return None;
         }
-        self.aliases.read().ok()?.get(from).copied()
+        read(&self.aliases).get(from).copied()
     }
 
     /// For a QUIC datagram from `from` without an alias: when a follow waits
     /// for `from`'s IP and `from` is not the dialled address itself, `from`
     /// becomes an alias of the dialled address, which is returned.
     pub(crate) fn follow(&self, from: &SocketAddr) -> Option<SocketAddr> {
-        let (target, seen) = *self.follows.read().ok()?.get(&from.ip())?;
+        let (target, seen) = *read(&self.follows).get(&from.ip())?;
         if target == *from || seen.is_some() {
             return None;
         }
-        let mut m = self.follows.write().ok()?;
+        let mut m = write(&self.follows);
         let e = m.get_mut(&from.ip()).filter(|e| e.0 == target && e.1.is_none())?;
         e.1 = Some(*from);
         drop(m);
@@ -108,7 +109,7 @@ impl RelayPlane {
     /// Starts a follow for a dial to `target` (see the module docs); `false`
     /// if one for that IP is already running.
     pub(crate) fn expect_follow(&self, target: SocketAddr) -> bool {
-        let Ok(mut m) = self.follows.write() else { return false };
+        let mut m = write(&self.follows);
         if m.contains_key(&target.ip()) {
             return false;
         }
@@ -119,7 +120,7 @@ impl RelayPlane {
 
     /// Ends the follow for `target` and the alias it made.
     pub(crate) fn end_follow(&self, target: SocketAddr) {
-        let Ok(mut m) = self.follows.write() else { return };
+        let mut m = write(&self.follows);
         let seen = match m.get(&target.ip()) {
             Some((t, seen)) if *t == target => *seen,
             _ => return,
@@ -137,11 +138,11 @@ impl RelayPlane {
         if !self.any_session.load(Ordering::Acquire) {
             return None;
         }
-        self.sessions.read().ok()?.values().find(|(v, _)| v == virt).map(|(_, id)| *id)
+        read(&self.sessions).values().find(|(v, _)| v == virt).map(|(_, id)| *id)
     }
 
     pub(crate) fn set_session(&self, relay: SocketAddr, session: u64, virt: Option<(SocketAddr, NodeId)>) {
-        let Ok(mut m) = self.sessions.write() else { return };
+        let mut m = write(&self.sessions);
         match virt {
             Some(v) => m.insert((relay, session), v),
             None => m.remove(&(relay, session)),
@@ -150,7 +151,7 @@ impl RelayPlane {
     }
 
     pub(crate) fn set_alias(&self, real: SocketAddr, virt: Option<SocketAddr>) {
-        let Ok(mut m) = self.aliases.write() else { return };
+        let mut m = write(&self.aliases);
         match virt {
             Some(v) => m.insert(real, v),
             None => m.remove(&real),
@@ -160,21 +161,18 @@ impl RelayPlane {
 
     /// Whether `real` is already the alias of some connection.
     pub(crate) fn has_alias(&self, real: &SocketAddr) -> bool {
-        self.aliases.read().map(|m| m.contains_key(real)).unwrap_or(true)
+        read(&self.aliases).contains_key(real)
     }
 
     pub(crate) fn set_server(&self, server: Option<Arc<dyn FrameForwarder>>) {
-        if let Ok(mut s) = self.server.write() {
-            *s = server;
-        }
+        *write(&self.server) = server;
     }
 
     /// Removes `server`, unless another one took its place since.
     pub(crate) fn clear_server_if(&self, server: &Arc<dyn FrameForwarder>) {
-        if let Ok(mut s) = self.server.write() {
-            if s.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, server)) {
-                *s = None;
-            }
+        let mut s = write(&self.server);
+        if s.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, server)) {
+            *s = None;
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Signalling message formats: what peers and a rendezvous say to each other
 //! over their control connections, and the first message of a connection
-//! made by [`crate::connector`].
+//! made by `macula_nat_core::connect`.
 //!
-//! Every message is one [`crate::Connection`] message (the QUIC layer frames
+//! Every message is one `macula_nat_core::Connection` message (the QUIC layer frames
 //! them). Hand-written codec, no serde: the formats are small, fixed and
 //! must stay readable from other languages. All integers big-endian.
 //!
@@ -79,13 +79,12 @@
 //! Unknown message types and truncated messages are decoding errors; a
 //! peer that sends one has its message dropped (the connection stays).
 
-use macula_nat_proto::record::PeerInfo;
-use macula_nat_proto::wire::{self, put_addr, WireError};
+use crate::record::PeerInfo;
+use crate::wire::{self, put_addr, WireError};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub type NodeId = [u8; 32];
-pub type SessionId = [u8; 16];
+pub use crate::id::{NodeId, SessionId};
 
 pub const MAGIC: [u8; 4] = *b"MNS1";
 /// Candidates kept per profile.
@@ -152,15 +151,24 @@ pub enum Msg {
     Reject { peer: NodeId, session: SessionId, reason: u8 },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("truncated message")]
     Truncated,
-    #[error("unknown message type {0}")]
     UnknownType(u8),
-    #[error("bad field value")]
     BadValue,
 }
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Truncated => write!(f, "truncated message"),
+            DecodeError::UnknownType(t) => write!(f, "unknown message type {t}"),
+            DecodeError::BadValue => write!(f, "bad field value"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
 
 impl Msg {
     /// The session a message is about, if any.
@@ -361,7 +369,7 @@ impl From<WireError> for DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
+    use crate::nat::{Allocation, Confidence, Filtering, Mapping};
 
     fn profile() -> Profile {
         Profile {

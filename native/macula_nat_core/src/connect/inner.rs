@@ -1,0 +1,39 @@
+//! What a [`Signal`](super::Signal) shares with its sessions ([`Inner`]): the node,
+//! the rendezvous and its control connection, the open sessions, the
+//! dispatcher, the relays, the allocation tracker.
+
+use super::error::ConnectError;
+use super::opts::SignalConfig;
+use crate::{Connection, Node};
+use crate::alloc_probe::AllocTracker;
+use crate::dispatch::Dispatch;
+use crate::relay::RelaySet;
+use macula_nat_proto::signal::{Msg, NodeId, SessionId};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::{mpsc, watch};
+
+/// Signalling messages of one session, routed from the control loop.
+pub(super) type SessionTx = mpsc::UnboundedSender<Msg>;
+
+pub(super) struct Inner {
+    pub(super) node: Arc<Node>,
+    pub(super) rendezvous: SocketAddr,
+    pub(super) rendezvous_id: NodeId,
+    pub(super) cfg: RwLock<SignalConfig>,
+    pub(super) control: watch::Sender<Option<Connection>>,
+    pub(super) observed: Mutex<Option<SocketAddr>>,
+    pub(super) sessions: Mutex<HashMap<SessionId, SessionTx>>,
+    pub(super) dispatch: Arc<Dispatch>,
+    pub(super) relays: Arc<RelaySet>,
+    /// Where our NAT's port counter is, when it allocates contiguously.
+    pub(super) alloc: Arc<AllocTracker>,
+    /// Relayed connections where we were the responder, for the upgrade
+    /// (their method changes when the initiator moves them).
+    pub(super) relayed_in: Mutex<Vec<Connection>>,
+}
+
+pub(super) fn control(inner: &Inner) -> Result<Connection, ConnectError> {
+    inner.control.borrow().clone().ok_or(ConnectError::NoRendezvous)
+}

@@ -1,0 +1,265 @@
+//! The signalling client: a node's membership at a rendezvous ([`Signal`]),
+//! its control connection (registered, watched, re-dialled) and the
+//! routing of incoming signalling messages to sessions and responders.
+
+use super::error::ConnectError;
+use super::inner::{control, Inner};
+use super::opts::SignalConfig;
+use super::profile::{contiguity_basis, current_info, keep_reachable_candidates};
+use super::responder::respond;
+use crate::{runtime, Connection, Node};
+use crate::alloc_probe::AllocTracker;
+use crate::local_profile::ProfileState;
+use crate::relay::RelaySet;
+use macula_nat_proto::connect::public_profile;
+use macula_nat_proto::record::PeerInfo;
+use macula_nat_proto::signal::{HelloKind, Msg, NodeId};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A node's membership at a rendezvous. Dropping it (or `close`) leaves.
+pub struct Signal {
+    pub(super) inner: Arc<Inner>,
+    pub(super) task: JoinHandle<()>,
+    /// Follows the node's published profile (see [`follow_profile`]).
+    pub(super) follow: JoinHandle<()>,
+}
+
+impl Drop for Signal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Signal {
+    /// Joins the rendezvous at `rendezvous_addr` (whose node key must be
+    /// `rendezvous_id`) with a public, unfiltered profile. Use
+    /// [`Signal::join_with`] to give the node's detected profile.
+    pub async fn join(node: Arc<Node>, rendezvous_addr: SocketAddr, rendezvous_id: NodeId) -> Result<Signal, ConnectError> {
+        Self::join_with(node, rendezvous_addr, rendezvous_id, SignalConfig::new(public_profile())).await
+    }
+
+    pub async fn join_with(
+        node: Arc<Node>,
+        rendezvous_addr: SocketAddr,
+        rendezvous_id: NodeId,
+        cfg: SignalConfig,
+    ) -> Result<Signal, ConnectError> {
+        let dispatch = node.dispatch()?;
+        let relays = RelaySet::new(&node);
+        let (control, _) = watch::channel(None);
+        let alloc = AllocTracker::new(&node, rendezvous_addr);
+        let inner = Arc::new(Inner {
+            node,
+            rendezvous: rendezvous_addr,
+            rendezvous_id,
+            cfg: RwLock::new(cfg),
+            control,
+            observed: Mutex::new(None),
+            sessions: Mutex::new(HashMap::new()),
+            dispatch,
+            relays,
+            alloc,
+            relayed_in: Mutex::new(Vec::new()),
+        });
+        // Watched from before the registration: a detection that finishes
+        // while we register is followed too.
+        let profiles = inner.node.local_profile().subscribe();
+        // Learnt while we register: a session right after the join
+        // primes too (see `crate::primer`); about one round trip.
+        let primers = inner.cfg.read().map(|c| c.primers).unwrap_or(true);
+        let learn = async {
+            if primers {
+                learn_primer_ttl(&inner.node, rendezvous_addr).await;
+            }
+        };
+        let (conn, ()) = tokio::join!(register(&inner), learn);
+        let conn = conn?;
+        if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
+            // Measured now, ready for the first session.
+            inner.alloc.clone().refresh(basis, conn.rtt());
+        }
+        let task = runtime::spawn(control_loop(Arc::downgrade(&inner), conn));
+        let follow = runtime::spawn(follow_profile(Arc::downgrade(&inner), profiles));
+        Ok(Signal { inner, task, follow })
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.inner.node
+    }
+
+    /// Our address as the rendezvous sees it.
+    pub fn observed_addr(&self) -> Option<SocketAddr> {
+        *self.inner.observed.lock().ok()?
+    }
+
+    /// Whether the control connection is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none())
+    }
+
+    /// Replaces the configured profile: the one advertised while the node
+    /// has none published (a node whose detections publish to
+    /// [`Node::local_profile`] needs no call here; tests use it to give a
+    /// profile by hand to a node that detects none).
+    pub fn set_profile(&self, profile: PeerInfo) {
+        if let Ok(mut c) = self.inner.cfg.write() {
+            c.profile = profile;
+        }
+    }
+
+    /// The next incoming connection: sessions where this node was the
+    /// responder, and unsolicited connections. `None` once the node closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        self.inner.dispatch.accept().await
+    }
+
+    /// The relays to hold reservations at, best first (e.g. from the relay
+    /// registry). The live ones are advertised to peers.
+    pub fn set_relays(&self, relays: Vec<(NodeId, SocketAddr)>) {
+        self.inner.relays.set_wanted(relays);
+    }
+
+    /// Relays we hold a live reservation at.
+    pub fn reserved_relays(&self) -> Vec<(NodeId, SocketAddr)> {
+        self.inner.relays.reserved()
+    }
+
+    /// Leaves the rendezvous (closes the control connection).
+    pub fn close(&self) {
+        self.task.abort();
+        self.follow.abort();
+        self.inner.relays.close();
+        if let Some(c) = self.inner.control.borrow().as_ref() {
+            c.close("signal closed");
+        }
+    }
+}
+
+/// How long the join waits for the primer TTL (a route of a few hops
+/// answers within a round trip to the rendezvous).
+pub(super) const PRIMER_LEARN_BUDGET: Duration = Duration::from_millis(1000);
+
+/// Learns the primer TTL towards the rendezvous into the node (see
+/// [`crate::primer`]); a node that cannot learn one sends none.
+pub(super) async fn learn_primer_ttl(node: &Arc<Node>, rendezvous: SocketAddr) {
+    let Ok(bound) = node.local_addr() else { return };
+    let learn = move || tokio::task::spawn_blocking(move || crate::primer::ttl_towards(bound.ip(), rendezvous, PRIMER_LEARN_BUDGET));
+    let got = learn().await.ok().flatten();
+    node.set_primer_ttl(got);
+    if got.is_some() {
+        return;
+    }
+    // Routers whose ICMP budget was spent, or a route still settling: a few
+    // more tries in the background, spaced past the routers' rate limit.
+    let weak = Arc::downgrade(node);
+    runtime::spawn(async move {
+        for after in [2, 10, 30] {
+            tokio::time::sleep(Duration::from_secs(after)).await;
+            let got = learn().await.ok().flatten();
+            let Some(node) = weak.upgrade() else { return };
+            if got.is_some() {
+                node.set_primer_ttl(got);
+                return;
+            }
+        }
+    });
+}
+
+pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectError> {
+    let join_timeout = inner.cfg.read().map(|c| c.join_timeout).unwrap_or(Duration::from_secs(5));
+    let go = async {
+        let quic = inner.node.quic()?;
+        let conn = quic.connect(inner.rendezvous, inner.rendezvous_id).await?;
+        conn.send(Msg::Hello(HelloKind::Control).encode()).await?;
+        loop {
+            let Some(m) = conn.recv().await else { return Err(ConnectError::NoRendezvous) };
+            if let Ok(Msg::Registered { observed }) = Msg::decode(&m) {
+                if let Ok(mut o) = inner.observed.lock() {
+                    *o = Some(observed);
+                }
+                inner.control.send_replace(Some(conn.clone()));
+                return Ok(conn);
+            }
+        }
+    };
+    tokio::time::timeout(join_timeout, go).await.unwrap_or(Err(ConnectError::Timeout))
+}
+
+/// Receives on the control connection; re-registers when it is lost.
+pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connection) {
+    loop {
+        while let Some(bytes) = conn.recv().await {
+            let Some(inner) = weak.upgrade() else { return };
+            match Msg::decode(&bytes) {
+                Ok(Msg::Incoming { from, session, flags, attempts, mut profile, observed }) => {
+                    keep_reachable_candidates(&inner, &mut profile, observed);
+                    runtime::spawn(respond(inner, from, session, flags, attempts, profile, observed));
+                }
+                Ok(Msg::Registered { observed }) => {
+                    // The answer to a registration refresh (see
+                    // `follow_profile`): where the rendezvous sees us now.
+                    let moved = inner.observed.lock().ok().map(|mut o| o.replace(observed) != Some(observed)).unwrap_or(false);
+                    if moved {
+                        tracing::debug!("signal: the rendezvous now sees us at {observed}");
+                    }
+                    if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
+                        inner.alloc.clone().refresh(basis, conn.rtt());
+                    }
+                }
+                Ok(m) => {
+                    let Some(s) = m.session() else { continue };
+                    let tx = inner.sessions.lock().ok().and_then(|m| m.get(&s).cloned());
+                    if let Some(tx) = tx {
+                        let _ = tx.send(m);
+                    }
+                }
+                Err(e) => tracing::debug!("signal: bad message from rendezvous: {e}"),
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        inner.control.send_replace(None);
+        let base = inner.cfg.read().map(|c| c.reconnect_backoff).unwrap_or(Duration::from_millis(250));
+        let mut backoff = base;
+        conn = loop {
+            if inner.node.is_closed() {
+                return;
+            }
+            match register(&inner).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::debug!("signal: reconnect to rendezvous failed: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(base * 8);
+                }
+            }
+        };
+    }
+}
+
+/// Follows the node's published profile for as long as the signal lives:
+/// after every detection (first, periodic, forced, network change) the
+/// registration is refreshed. The rendezvous keeps no profile of ours, only
+/// the control connection and the address it sees it at (profile and
+/// candidates travel in each session's `Connect` / `Answer`, read when
+/// sent), so a refresh is a repeated `Hello(Control)`: the rendezvous
+/// answers `Registered` with the address it sees now, which becomes our
+/// reflexive address (and, behind a contiguous allocator, the basis of the
+/// next measurement of its counter).
+pub(super) async fn follow_profile(weak: std::sync::Weak<Inner>, mut profiles: watch::Receiver<ProfileState>) {
+    while profiles.changed().await.is_ok() {
+        if !matches!(*profiles.borrow_and_update(), ProfileState::Known(_)) {
+            continue;
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        if let Ok(ctl) = control(&inner) {
+            if let Err(e) = ctl.send(Msg::Hello(HelloKind::Control).encode()).await {
+                tracing::debug!("signal: registration refresh failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Datagram and byte counters of the node socket, bumped by the receive
+//! loop and by every sender on the socket (QUIC, relay data path, STUN).
+
+use std::sync::atomic::AtomicU64;
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) datagrams_in: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) datagrams_out: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+    pub(crate) stun_answered: AtomicU64,
+    pub(crate) stun_dropped: AtomicU64,
+}
