@@ -556,11 +556,16 @@ impl Nat {
     /// Forgets every binding and refused entry: the next outbound packet of
     /// each host gets a new mapping (counted in `rebinds`).
     pub fn forget_all(&mut self, st: &mut EngineStats) {
+        self.clear(st);
+        st.rebinds += 1;
+    }
+
+    /// Forgets every binding and refused entry (uncounted).
+    fn clear(&mut self, st: &mut EngineStats) {
         st.bindings_expired += self.by_port.len() as u64;
         self.by_port.clear();
         self.by_key.clear();
         self.refused.clear();
-        st.rebinds += 1;
     }
 
     /// The internal endpoint of the live binding at public `port`.
@@ -689,8 +694,7 @@ impl Engine {
             if ip != self.cfg.public_ip {
                 if let Some(n) = self.nat.as_mut() {
                     n.public_ip = ip;
-                    n.forget_all(&mut self.stats);
-                    self.stats.rebinds -= 1; // counted as a renumber, not a rebind
+                    n.clear(&mut self.stats);
                     self.cfg.public_ip = ip;
                     self.stats.renumbers += 1;
                 }

@@ -162,6 +162,39 @@ fn renumber_kernel_and_userspace() {
     }
 }
 
+/// Renumbering a carrier (the homes behind it are seen from its new
+/// address) and a home behind it (a new address on the carrier's LAN).
+#[test]
+fn renumber_carrier_and_nested_site() {
+    if !common::lab_ready(&[]) {
+        return;
+    }
+    let spec: LabSpec = serde_json::from_str(
+        r#"{"name":"trnc","routed_internet":true,"public":["p1"],
+            "carriers":[{"name":"cg","nat":"user:ei-pd-rd"}],
+            "sites":[{"name":"h","nat":"kernel:port_restricted_cone","upstream":"cg"}]}"#,
+    )
+    .unwrap();
+    let mut lab = Lab::up(spec).unwrap();
+    let p1_ip = lab.host_addr("p1").unwrap();
+    let p1 = sock(&lab, "p1", 5000);
+    let h = sock(&lab, "h", 4000);
+    let old = lab.carrier("cg").unwrap().public_ip;
+    assert_eq!(exchange(&h, &p1, ep(p1_ip, 5000)).unwrap().ip(), IpAddr::V4(old));
+    let new = lab.renumber("cg").unwrap();
+    assert_eq!(exchange(&h, &p1, ep(p1_ip, 5000)).unwrap().ip(), IpAddr::V4(new), "home seen from the carrier's new address");
+    let st = lab::read_state("trnc").unwrap();
+    assert_eq!((st.carriers["cg"].public_ip, st.sites["h"].reflexive_ip), (new, new));
+    assert_eq!(st.retired_addrs, vec![old]);
+    // The home router itself: a new address on the carrier LAN.
+    let home_old = lab.site("h").unwrap().public_ip;
+    let home_new = lab.renumber("h").unwrap();
+    assert_ne!(home_new, home_old);
+    assert_eq!(home_new.octets()[..3], [100, 64, 1], "{home_new}");
+    assert_eq!(exchange(&h, &p1, ep(p1_ip, 5000)).unwrap().ip(), IpAddr::V4(new), "still through the carrier");
+    assert_eq!(lab.site("h").unwrap().reflexive_ip, new);
+}
+
 /// The CLI: `blackhole` and `renumber` on a lab built by `up`.
 #[test]
 fn cli_blackhole_and_renumber() {
@@ -220,7 +253,9 @@ fn ipv6_dual_stack_stateful_firewall() {
         e.ipv6 = true;
         let mut o = SiteSpec::new("o", "kernel:port_restricted_cone").unwrap();
         o.ipv6_only = true;
-        spec.sites.extend([d, e, o, SiteSpec::new("v4", "kernel:symmetric").unwrap()]);
+        let mut n = SiteSpec::new("n", "none").unwrap();
+        n.ipv6 = true;
+        spec.sites.extend([d, e, o, n, SiteSpec::new("v4", "kernel:symmetric").unwrap()]);
         let mut lab = Lab::up(spec).unwrap();
         let pub4 = lab.host_addr("pub").unwrap();
         let pub6 = lab.host_addr6("pub").unwrap();
@@ -274,6 +309,11 @@ fn ipv6_dual_stack_stateful_firewall() {
             lab.blackhole(site, false, &[]).unwrap();
             assert!(exchange(&h6, &obs6, ep(obs6b, 5000)).is_some(), "{site}: IPv6 after the black hole");
         }
+        // A `none` site has an internet IPv6 address and no firewall.
+        let hn = sock6(&lab, "n", 4000);
+        assert_eq!(lab.host_addr6("n").unwrap(), lab.site("n").unwrap().host_addr6.unwrap());
+        other6.send_to(b"open", ep(lab.host_addr6("n").unwrap(), 4000)).unwrap();
+        assert_eq!(recv(&hn, 1000).expect("unsolicited IPv6 to a none site").1, ep(pub6, 5001));
         // Sites reach each other over IPv6 once both sent (a hole punch
         // through two address-and-port-dependent firewalls).
         let (dd, ee) = (lab.site("d").unwrap().host_addr6.unwrap(), lab.site("e").unwrap().host_addr6.unwrap());
