@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: cargo (Rust core, binding, lab), EUnit via rebar3, ExUnit
+# Runs every test: cargo (Rust core, binding, lab), EUnit and Dialyzer via rebar3, ExUnit
 # via Mix. Installs what is missing first. Exits non-zero if any suite fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,8 @@ run() {
 # The BEAM suites drive Rust binaries too (e.g. the private DHT swarm).
 run bins   cargo build --release -p macula_nat_core --bins -p macula_nat_lab
 run eunit  rebar3 eunit
+# Specs checked (the first run builds the PLT, about 2 minutes).
+run dialyzer rebar3 dialyzer
 run exunit env MIX_ENV=test mix test
 run cargo  cargo test --release --workspace
 # BEAM nodes (Erlang and Elixir) inside the NAT lab connecting pairwise.
