@@ -5,26 +5,33 @@
 //! codec, NAT classification, strategy) live in `macula_nat_proto`, which is
 //! sans-IO; this crate feeds it bytes and timestamps. There are no Erlang
 //! types here: the binding crate (`macula_nat_nif`) converts terms.
+//!
+//! Layers, each importing only those below it (no cycle; see
+//! `scripts/rust_use_cycles.py` and `ARCHITECTURE.md`):
+//!
+//! * [`connect`], [`rendezvous`], [`relay`], [`relay_registry`],
+//!   [`advertiser`], [`profile_cache`], [`dht`]: connecting peers and what
+//!   it needs;
+//! * [`punch`], [`detect`]: hole punching and NAT detection on the node;
+//! * [`node`]: the facade, one identity and one socket with its QUIC
+//!   endpoint;
+//! * [`quic`]: quinn on the node socket;
+//! * `socket`: the UDP socket, its buffers, counters and receive loop, the
+//!   punch routes and the relay plane;
+//! * [`identity`], [`runtime`], [`error`], `lock`: shared by all.
 
 pub mod advertiser;
-pub mod alloc_probe;
-pub mod birthday;
 pub mod connect;
-pub(crate) mod dispatch;
-pub mod detector;
+pub mod detect;
 pub mod dht;
 pub mod error;
 pub mod identity;
-pub mod local_addrs;
-pub mod local_ports;
 pub mod local_profile;
 pub(crate) mod lock;
-pub mod primer;
 pub mod node;
-pub mod observer_server;
 pub mod peer_record;
 pub mod profile_cache;
-pub mod punch_driver;
+pub mod punch;
 pub mod relay_registry;
 pub mod quic;
 pub mod relay;
@@ -32,7 +39,6 @@ pub(crate) mod socket;
 pub mod rendezvous;
 pub mod runtime;
 pub mod stderr_trace;
-pub mod stun_rtt;
 
 pub use error::Error;
 pub use identity::{Identity, NodeId};

@@ -2,7 +2,7 @@
 //! punch packets and QUIC. Detection measures the mapping of this very socket,
 //! so it must never be swapped for another while the node lives.
 
-use crate::dispatch::Dispatch;
+use crate::quic::dispatch::Dispatch;
 use crate::local_profile::LocalProfile;
 use crate::quic::{QuicConfig, QuicEndpoint, QuicError};
 #[cfg(test)]
@@ -86,7 +86,7 @@ pub struct Node {
     /// This node's profile as detection publishes it, for signalling.
     profile: LocalProfile,
     /// TTL of a primer that passes our NAT(s) and dies before a peer's (0:
-    /// none is safe or it is not known yet); see [`crate::primer`].
+    /// none is safe or it is not known yet); see [`crate::punch::primer`].
     primer_ttl: std::sync::atomic::AtomicU8,
 }
 
@@ -96,7 +96,7 @@ impl Node {
     pub fn open(config: NodeConfig, identity: Identity) -> Result<Arc<Node>, Error> {
         // Port 0: not one of ours that a NAT may still map (`local_ports`).
         let std_sock = match config.bind.port() {
-            0 => crate::local_ports::bind_fresh(config.bind.ip())?,
+            0 => crate::socket::local_ports::bind_fresh(config.bind.ip())?,
             _ => std::net::UdpSocket::bind(config.bind)?,
         };
         std_sock.set_nonblocking(true)?;
@@ -158,7 +158,7 @@ impl Node {
     }
 
     /// The primer TTL learnt towards the rendezvous, if a primer is safe
-    /// (see [`crate::primer`]).
+    /// (see [`crate::punch::primer`]).
     pub fn primer_ttl(&self) -> Option<u8> {
         Some(self.primer_ttl.load(std::sync::atomic::Ordering::Relaxed)).filter(|&t| t > 0)
     }
@@ -265,7 +265,7 @@ impl Node {
     }
 
     /// The incoming-connection dispatcher, started on first use (it takes
-    /// over the QUIC accept queue; see [`crate::dispatch`]).
+    /// over the QUIC accept queue; see [`crate::quic::dispatch`]).
     pub(crate) fn dispatch(&self) -> Result<Arc<Dispatch>, QuicError> {
         let mut d = self.dispatch.lock().map_err(|_| QuicError::Closed)?;
         if let Some(d) = d.as_ref() {
@@ -322,7 +322,7 @@ impl Node {
             if let Ok(mut s) = slot.write() {
                 s.take();
             }
-            crate::local_ports::released(port);
+            crate::socket::local_ports::released(port);
         };
         match quic {
             None => release(),

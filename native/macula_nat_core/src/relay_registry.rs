@@ -21,7 +21,8 @@
 use crate::advertiser::Advertiser;
 use crate::identity::NodeId;
 use crate::profile_cache::ProfileCache;
-use crate::{runtime, stun_rtt, Node};
+use crate::detect::stun_rtt;
+use crate::{runtime, Node};
 use macula_nat_proto::cache::Lookup;
 use macula_nat_proto::record::RelayAd;
 use macula_nat_proto::relay_select::{self, Candidate, RelaySelect, SelectConfig};

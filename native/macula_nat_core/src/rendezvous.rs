@@ -61,7 +61,7 @@ pub struct Rendezvous {
 
 impl Rendezvous {
     /// Serves on `node`'s socket. Takes over the node's incoming QUIC
-    /// connections (see [`crate::dispatch`]); a `Signal` on the same node
+    /// connections (see [`crate::quic::dispatch`]); a `Signal` on the same node
     /// still works.
     pub fn serve(node: Arc<Node>) -> Result<Rendezvous, QuicError> {
         let dispatch = node.dispatch()?;

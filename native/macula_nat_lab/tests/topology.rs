@@ -250,7 +250,7 @@ fn read_error(fd: libc::c_int) -> Option<Hop> {
     None
 }
 
-/// Inside a NAT as far as the primer goes (macula_nat_core::primer):
+/// Inside a NAT as far as the primer goes (macula_nat_core::punch::primer):
 /// private, RFC 6598 shared, link-local, loopback, 198.18.0.0/15.
 fn inside(ip: Ipv4Addr) -> bool {
     let o = ip.octets();

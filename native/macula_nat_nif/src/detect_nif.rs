@@ -3,7 +3,7 @@
 
 use crate::profile_term::{allocation, confidence, filtering, mapping};
 use crate::{atoms, convert, guard, node_nif::NodeRes, reply};
-use macula_nat_core::detector::{self, DetectFailure, Detected};
+use macula_nat_core::detect::detector::{self, DetectFailure, Detected};
 use macula_nat_proto::detect::{DetectConfig, DetectError};
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! started it.
 
 use crate::{atoms, convert, guard, owner};
-use macula_nat_core::observer_server::ObserverServer;
+use macula_nat_core::detect::observer_server::ObserverServer;
 use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 
 pub struct ObserverRes {

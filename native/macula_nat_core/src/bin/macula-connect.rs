@@ -34,7 +34,7 @@
 //! ```
 //!
 //! `--no-primer` (listen, connect, agent): send no TTL-limited primers
-//! before punching (see `macula_nat_core::primer`; for comparisons).
+//! before punching (see `macula_nat_core::punch::primer`; for comparisons).
 //!
 //! `--relay IP:PORT --relay-id HEX` (listen, connect, agent): hold a
 //! reservation at that relay (waited for, up to 5 s, before "joined" / the

@@ -9,7 +9,7 @@
 //! `--repeat N` detects N times on the same socket, a line each (a
 //! re-detection must not be fooled by what the first one opened).
 
-use macula_nat_core::detector::{detect, DetectFailure};
+use macula_nat_core::detect::detector::{detect, DetectFailure};
 use macula_nat_core::{runtime, Identity, Node, NodeConfig};
 use macula_nat_proto::detect::DetectConfig;
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@
 //! address it honours CHANGE-REQUEST (behaviour discovery); without one it is
 //! a plain STUN Binding server.
 
-use macula_nat_core::observer_server::ObserverServer;
+use macula_nat_core::detect::observer_server::ObserverServer;
 use std::net::SocketAddr;
 use std::process::exit;
 use std::time::Duration;

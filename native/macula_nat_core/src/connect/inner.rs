@@ -5,8 +5,8 @@
 use super::error::ConnectError;
 use super::opts::SignalConfig;
 use crate::{Connection, Node};
-use crate::alloc_probe::AllocTracker;
-use crate::dispatch::Dispatch;
+use crate::detect::alloc_probe::AllocTracker;
+use crate::quic::dispatch::Dispatch;
 use crate::relay::RelaySet;
 use macula_nat_proto::signal::{Msg, NodeId, SessionId};
 use std::collections::HashMap;

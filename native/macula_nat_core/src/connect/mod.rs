@@ -27,7 +27,7 @@
 //!      run the punch machine on their node socket (targets from
 //!      `macula_nat_proto::connect::targets`); A then QUIC-connects to the punched address.
 //!    * `BirthdayProbing { hard }`: the hard side punches from the node
-//!      socket and a few hundred extra sockets ([`crate::birthday`]) towards
+//!      socket and a few hundred extra sockets ([`crate::punch::birthday`]) towards
 //!      the easy side's endpoint, the easy side probes random ports of the
 //!      hard side's IP; A then QUIC-connects to the punched address, over
 //!      the winning extra socket when the hard side's path is one.

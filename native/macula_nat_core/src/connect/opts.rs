@@ -70,7 +70,7 @@ pub struct SignalConfig {
     /// it answers (the detection's own deadline usually ends it sooner).
     pub responder_profile_wait: Duration,
     /// Learn the primer TTL at join and send TTL-limited primers before
-    /// punching (see [`crate::primer`]). Default `true`; off only to measure
+    /// punching (see [`crate::punch::primer`]). Default `true`; off only to measure
     /// what they are worth.
     pub primers: bool,
 }

@@ -1,15 +1,15 @@
-//! TTL-limited primers before a punch (see `crate::primer`): which ports,
+//! TTL-limited primers before a punch (see `crate::punch::primer`): which ports,
 //! from which sockets, and how long a primed responder waits.
 
 use super::inner::Inner;
-use crate::birthday::SocketSet;
+use crate::punch::birthday::SocketSet;
 use macula_nat_proto::connect::{probe_ports, targets, upgradable};
 use macula_nat_proto::signal::Profile;
 use macula_nat_proto::strategy::{Side, Strategy};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Sends TTL-limited primers (see [`crate::primer`]) to the peer's punch
+/// Sends TTL-limited primers (see [`crate::punch::primer`]) to the peer's punch
 /// targets from the socket the punch will use (the session's fresh one, or
 /// the node's), when the strategy punches and a primer TTL is known. Each
 /// side does so once it knows the other's addresses and before the go, so
@@ -28,10 +28,10 @@ pub(super) async fn prime(inner: &Inner, side: Side, strategy: Strategy, fresh: 
             let node_socket = inner.node.socket().ok();
             // A peer's private candidates are reached on a shared LAN, not
             // through our NAT: no primer (it would only draw ICMP errors).
-            for a in targets(peer, observed).into_iter().filter(|a| !crate::primer::is_inside(a.ip())) {
+            for a in targets(peer, observed).into_iter().filter(|a| !crate::punch::primer::is_inside(a.ip())) {
                 match (socket, fresh, &node_socket) {
                     (Some(i), Some(f), _) => f.prime(i, a, ttl),
-                    (None, _, Some(s)) => crate::primer::send(&**s, a, ttl),
+                    (None, _, Some(s)) => crate::punch::primer::send(&**s, a, ttl),
                     _ => {}
                 }
             }
@@ -104,15 +104,15 @@ pub(super) struct Primed {
 /// above); the seed the machine must use.
 pub(super) async fn prime_probes(inner: &Inner, ttl: u8, fresh: Option<&SocketSet>, observed: SocketAddr) -> Primed {
     let ip = observed.ip();
-    if crate::primer::is_inside(ip) {
+    if crate::punch::primer::is_inside(ip) {
         return Primed::default();
     }
     let seed: u64 = rand::random();
     let dsts = probe_ports(seed).map(|p| SocketAddr::new(ip, p));
     let sent = match fresh.and_then(|f| f.indices().next()).and_then(|i| fresh?.io(i)) {
-        Some(io) => crate::birthday::prime_each(&*io, dsts, ttl).await,
+        Some(io) => crate::punch::birthday::prime_each(&*io, dsts, ttl).await,
         None => match inner.node.socket() {
-            Ok(s) => crate::birthday::prime_each(&*s, dsts, ttl).await,
+            Ok(s) => crate::punch::birthday::prime_each(&*s, dsts, ttl).await,
             Err(_) => return Primed::default(),
         },
     };
@@ -123,9 +123,9 @@ pub(super) async fn prime_probes(inner: &Inner, ttl: u8, fresh: Option<&SocketSe
 /// Birthday probing, hard side: a primer from the node socket and from every
 /// extra socket to the easy side's endpoint (see the comment above).
 pub(super) async fn prime_hard(inner: &Inner, set: &SocketSet, easy: SocketAddr) {
-    let Some(ttl) = inner.node.primer_ttl().filter(|_| !crate::primer::is_inside(easy.ip())) else { return };
+    let Some(ttl) = inner.node.primer_ttl().filter(|_| !crate::punch::primer::is_inside(easy.ip())) else { return };
     if let Ok(s) = inner.node.socket() {
-        crate::primer::send(&*s, easy, ttl);
+        crate::punch::primer::send(&*s, easy, ttl);
     }
     let sent = set.prime_all(easy, ttl).await;
     tracing::debug!("birthday: primed {} sockets towards {easy} (ttl {ttl})", sent + 1);

@@ -3,8 +3,8 @@
 //! socket a preserved port needs; and what we keep of a peer's candidates.
 
 use super::inner::{control, Inner};
-use crate::alloc_probe::{Basis, Spent};
-use crate::birthday::SocketSet;
+use crate::detect::alloc_probe::{Basis, Spent};
+use crate::punch::birthday::SocketSet;
 use crate::local_profile::ProfileState;
 use crate::lock::lock;
 use macula_nat_proto::{signal, strategy};
@@ -47,7 +47,7 @@ pub(super) async fn settled_info(inner: &Inner, max: Duration) -> PeerInfo {
 }
 
 /// When peers predict our ports by contiguity: what our NAT's latest
-/// allocation is measured against (see [`crate::alloc_probe`]).
+/// allocation is measured against (see [`crate::detect::alloc_probe`]).
 pub(super) fn contiguity_basis(inner: &Inner, info: &PeerInfo) -> Option<Basis> {
     let Aim::Contiguous(delta) = strategy::aim(&peer_nat(info)) else { return None };
     let observed = inner.observed.lock().ok().and_then(|o| *o)?;
@@ -57,7 +57,7 @@ pub(super) fn contiguity_basis(inner: &Inner, info: &PeerInfo) -> Option<Basis> 
 /// For a session about to make mappings: our NAT's latest allocation when
 /// peers predict our ports by contiguity (0 otherwise, or when it could
 /// not be measured), and the hold that measures it again after the
-/// session. See [`crate::alloc_probe`].
+/// session. See [`crate::detect::alloc_probe`].
 pub(super) async fn session_base(inner: &Arc<Inner>, info: &PeerInfo) -> (u16, Option<Spent>) {
     let Some(basis) = contiguity_basis(inner, info) else { return (0, None) };
     let rtt = control(inner).map(|c| c.rtt()).unwrap_or(Duration::from_millis(100));
@@ -76,8 +76,8 @@ pub(super) fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketS
     let info = info.as_seen_by_rendezvous(inner.observed.lock().ok().and_then(|o| *o), local.map(|l| l.port()));
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
     // Our own addresses at the port the punch runs on: a peer behind the
-    // same NAT reaches us there (see `crate::local_addrs`).
-    for c in local.map(|l| crate::local_addrs::host_candidates(l, local_port)).unwrap_or_default() {
+    // same NAT reaches us there (see `crate::socket::local_addrs`).
+    for c in local.map(|l| crate::socket::local_addrs::host_candidates(l, local_port)).unwrap_or_default() {
         if !candidates.contains(&c) {
             candidates.push(c);
         }
@@ -93,7 +93,7 @@ pub(super) fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketS
 /// networks. Public candidates stay (a node bound to a public address).
 pub(super) fn keep_reachable_candidates(inner: &Inner, peer: &mut Profile, peer_observed: SocketAddr) {
     let ours = lock(&inner.observed).map(|a| a.ip());
-    keep_reachable(&mut peer.candidates, ours, peer_observed, crate::primer::is_inside);
+    keep_reachable(&mut peer.candidates, ours, peer_observed, crate::punch::primer::is_inside);
 }
 
 /// The fresh set's socket a PD-mapping listener answers a connection

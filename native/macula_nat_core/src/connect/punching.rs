@@ -4,9 +4,10 @@
 use super::error::ConnectError;
 use super::inner::Inner;
 use super::session::{announce, dial, Meeting};
-use crate::{punch_driver, Connection};
-use crate::birthday::{PathGuard, SocketSet};
-use crate::punch_driver::Punched;
+use crate::punch::driver as punch_driver;
+use crate::Connection;
+use crate::punch::birthday::{PathGuard, SocketSet};
+use crate::punch::driver::Punched;
 use crate::quic::Method;
 use macula_nat_proto::connect::{dial_bound, targets};
 use macula_nat_proto::punch::{PunchConfig, Role};

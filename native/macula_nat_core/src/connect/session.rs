@@ -6,7 +6,7 @@ use super::error::ConnectError;
 use super::inner::Inner;
 use super::profile::keep_reachable_candidates;
 use crate::{relay, runtime, Connection};
-use crate::dispatch::Dispatch;
+use crate::quic::dispatch::Dispatch;
 use crate::quic::Method;
 use macula_nat_proto::signal::{HelloKind, Msg, NodeId, Profile, SessionId};
 use std::net::SocketAddr;

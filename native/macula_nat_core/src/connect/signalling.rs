@@ -8,7 +8,7 @@ use super::opts::SignalConfig;
 use super::profile::{contiguity_basis, current_info, keep_reachable_candidates};
 use super::responder::respond;
 use crate::{runtime, Connection, Node};
-use crate::alloc_probe::AllocTracker;
+use crate::detect::alloc_probe::AllocTracker;
 use crate::local_profile::ProfileState;
 use crate::relay::RelaySet;
 use macula_nat_proto::connect::public_profile;
@@ -70,7 +70,7 @@ impl Signal {
         // while we register is followed too.
         let profiles = inner.node.local_profile().subscribe();
         // Learnt while we register: a session right after the join
-        // primes too (see `crate::primer`); about one round trip.
+        // primes too (see `crate::punch::primer`); about one round trip.
         let primers = inner.cfg.read().map(|c| c.primers).unwrap_or(true);
         let learn = async {
             if primers {
@@ -145,10 +145,10 @@ impl Signal {
 pub(super) const PRIMER_LEARN_BUDGET: Duration = Duration::from_millis(1000);
 
 /// Learns the primer TTL towards the rendezvous into the node (see
-/// [`crate::primer`]); a node that cannot learn one sends none.
+/// [`crate::punch::primer`]); a node that cannot learn one sends none.
 pub(super) async fn learn_primer_ttl(node: &Arc<Node>, rendezvous: SocketAddr) {
     let Ok(bound) = node.local_addr() else { return };
-    let learn = move || tokio::task::spawn_blocking(move || crate::primer::ttl_towards(bound.ip(), rendezvous, PRIMER_LEARN_BUDGET));
+    let learn = move || tokio::task::spawn_blocking(move || crate::punch::primer::ttl_towards(bound.ip(), rendezvous, PRIMER_LEARN_BUDGET));
     let got = learn().await.ok().flatten();
     node.set_primer_ttl(got);
     if got.is_some() {

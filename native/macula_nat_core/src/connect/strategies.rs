@@ -6,8 +6,9 @@ use super::primers::{prime_hard, Primed};
 use super::profile::ANSWER_SOCKET;
 use super::punching::{dial_bounded, listen_bounded, plain_dial_outcome, punch_and_dial, route_punched, run_punch_from};
 use super::session::{dial, Meeting};
-use crate::{punch_driver, Connection};
-use crate::birthday::SocketSet;
+use crate::punch::driver as punch_driver;
+use crate::Connection;
+use crate::punch::birthday::SocketSet;
 use crate::quic::Method;
 use macula_nat_proto::strategy;
 use macula_nat_proto::connect::{answer_ports, dial_bound, peer_nat, targets};
@@ -63,7 +64,7 @@ pub(super) async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: M
                 if follow {
                     let plane = inner.node.relay_plane().clone();
                     match &dialled {
-                        Ok(c) => crate::birthday::after_close(c, move || plane.end_follow(to)),
+                        Ok(c) => crate::punch::birthday::after_close(c, move || plane.end_follow(to)),
                         Err(_) => plane.end_follow(to),
                     }
                 }
@@ -157,7 +158,7 @@ pub(super) async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: M
     }
 }
 
-/// Birthday probing (see [`crate::birthday`] and
+/// Birthday probing (see [`crate::punch::birthday`] and
 /// [`macula_nat_proto::punch::BirthdaySchedule`]): the hard side punches from
 /// the node socket plus the schedule's extra sockets towards the easy side's
 /// endpoint; the easy side probes random ports of the hard side's IP from

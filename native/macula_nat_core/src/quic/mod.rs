@@ -21,6 +21,7 @@
 //! offer for a remote address change, so a new connection is made instead.
 
 pub mod conn;
+pub(crate) mod dispatch;
 pub mod socket;
 pub mod tls;
 

@@ -5,7 +5,8 @@
 //! demultiplexes STUN, punch packets, relay frames and QUIC
 //! ([`recv_loop`]), where punch packets go ([`punch_routes`]) and what
 //! relay frames and relayed connections' addresses become ([`relay_plane`],
-//! with the typed virtual addresses).
+//! with the typed virtual addresses); which local ports a fresh socket may
+//! take ([`local_ports`]) and the host's own addresses ([`local_addrs`]).
 //!
 //! Nothing here knows QUIC or the node: `quic` plugs into the [`Inbox`] and
 //! the [`SocketSlot`], the node owns one of each and starts the loop.
@@ -19,6 +20,8 @@
 
 pub(crate) mod buffers;
 pub(crate) mod counters;
+pub(crate) mod local_addrs;
+pub(crate) mod local_ports;
 pub(crate) mod punch_routes;
 pub(crate) mod recv_loop;
 pub(crate) mod relay_plane;

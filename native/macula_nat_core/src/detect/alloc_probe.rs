@@ -109,8 +109,8 @@ impl AllocTracker {
 /// three times within a wait of four round trips (at least 150 ms, at most
 /// 1 s).
 pub async fn latest_mapping(local_ip: IpAddr, server: SocketAddr, rtt: Duration) -> Option<SocketAddr> {
-    let sock = crate::local_ports::bind_fresh(local_ip).ok()?;
-    let _lease = crate::local_ports::Lease::of(sock.local_addr().ok()?.port());
+    let sock = crate::socket::local_ports::bind_fresh(local_ip).ok()?;
+    let _lease = crate::socket::local_ports::Lease::of(sock.local_addr().ok()?.port());
     sock.set_nonblocking(true).ok()?;
     let sock = UdpSocket::from_std(sock).ok()?;
     let txid: [u8; 12] = rand::random();

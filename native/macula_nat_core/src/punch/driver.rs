@@ -1,6 +1,6 @@
 //! Runs a [`Punch`] (the sans-IO hole-punch machine of `macula_nat_proto`)
 //! on the node's socket, and for birthday probing's hard side also on extra
-//! sockets ([`crate::birthday`], the one exception to one socket per node).
+//! sockets ([`crate::punch::birthday`], the one exception to one socket per node).
 //!
 //! Routing: punch packets are STUN Binding requests/responses carrying a
 //! PUNCH-TOKEN. The node's receive loop asks `crate::socket::punch_routes` first: a STUN
@@ -15,7 +15,7 @@
 //! [`LINGER`] after the machine finished, so the peer, which may finish a
 //! little later, still gets answers.
 
-use crate::birthday::{PathSocket, SocketSet};
+use crate::punch::birthday::{PathSocket, SocketSet};
 use crate::socket::punch_routes::Registration;
 use crate::Node;
 use macula_nat_proto::punch::{Punch, PunchConfig, PunchError, PunchSuccess, SessionId};
@@ -39,7 +39,7 @@ pub async fn run(node: Arc<Node>, reg: Registration, cfg: PunchConfig) -> Result
 }
 
 /// A punched path; `path` is set when it runs over one of the extra
-/// sockets, which then must carry QUIC for it (see [`crate::birthday`]).
+/// sockets, which then must carry QUIC for it (see [`crate::punch::birthday`]).
 pub struct Punched {
     pub success: PunchSuccess,
     pub path: Option<PathSocket>,

@@ -47,7 +47,7 @@
 //! expected: it is the peer's punched endpoint). Traffic on the path is not
 //! in the node's datagram counters.
 
-use crate::local_ports::Lease;
+use crate::socket::local_ports::Lease;
 use crate::quic::conn::WeakConnection;
 use crate::quic::{Connection, DatagramTunnel, QuicEndpoint};
 use crate::runtime;
@@ -132,10 +132,10 @@ impl SocketSet {
     }
 
     /// Sends a TTL-limited primer from socket `index` (>= 1), if open (see
-    /// [`crate::primer`]).
+    /// [`crate::punch::primer`]).
     pub fn prime(&self, index: usize, dst: SocketAddr, ttl: u8) {
         if let Some(Some(e)) = index.checked_sub(1).and_then(|i| self.socks.get(i)) {
-            crate::primer::send(&*e.io, dst, ttl);
+            crate::punch::primer::send(&*e.io, dst, ttl);
         }
     }
 
@@ -236,17 +236,17 @@ pub(crate) async fn prime_each(sock: &impl AsRawFd, dsts: impl IntoIterator<Item
 /// more (an earlier ICMP error reported by this send instead of sending).
 async fn send_primer(sock: &impl AsRawFd, dst: SocketAddr, ttl: u8) -> bool {
     for _ in 0..20 {
-        match crate::primer::try_send(sock, dst, ttl) {
+        match crate::punch::primer::try_send(sock, dst, ttl) {
             Ok(()) => return true,
             Err(e) if e.kind() == ErrorKind::WouldBlock => tokio::time::sleep(Duration::from_millis(1)).await,
-            Err(_) => return crate::primer::try_send(sock, dst, ttl).is_ok(),
+            Err(_) => return crate::punch::primer::try_send(sock, dst, ttl).is_ok(),
         }
     }
     false
 }
 
 fn bind(ip: IpAddr) -> std::io::Result<(UdpSocket, Lease)> {
-    let s = crate::local_ports::bind_fresh(ip)?;
+    let s = crate::socket::local_ports::bind_fresh(ip)?;
     let lease = Lease::of(s.local_addr()?.port());
     s.set_nonblocking(true)?;
     Ok((UdpSocket::from_std(s)?, lease))

@@ -166,7 +166,7 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observer_server::ObserverServer;
+    use crate::detect::observer_server::ObserverServer;
     use crate::{Identity, NodeConfig};
     use macula_nat_proto::nat::{Allocation, Filtering, Mapping};
 

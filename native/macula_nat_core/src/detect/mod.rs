@@ -1,0 +1,10 @@
+//! NAT detection at runtime: [`detector`] runs the sans-IO detection
+//! (`macula_nat_proto::detect`) on the node socket against STUN observers,
+//! [`observer_server`] is such an observer (RFC 5780, two addresses),
+//! [`alloc_probe`] measures where a contiguous NAT's port counter is for a
+//! session, and [`stun_rtt`] times a STUN round trip (relay choice).
+
+pub mod alloc_probe;
+pub mod detector;
+pub mod observer_server;
+pub mod stun_rtt;
