@@ -7,6 +7,7 @@
 //! and before it expires (every half TTL), so a reader never finds only an
 //! expired record of a live node.
 
+use crate::lock::lock;
 use crate::dht::{DhtBackend, DhtError};
 use crate::identity::Identity;
 use crate::peer_record;
@@ -69,7 +70,7 @@ impl Advertiser {
 
     /// Replaces what is advertised and publishes it now.
     pub async fn publish(&self, info: PeerInfo) -> Result<u64, DhtError> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).info = Some(info);
+        lock(&self.state).info = Some(info);
         let seq = self.publish_current().await?;
         // Restart the refresh period from this publication.
         self.wake.notify_one();
@@ -81,7 +82,7 @@ impl Advertiser {
     /// publication) if that changes the record; never waits.
     pub fn set_relay(&self, relay: Option<RelayAd>) {
         {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&self.state);
             if st.relay == relay {
                 return;
             }
@@ -92,7 +93,7 @@ impl Advertiser {
     }
 
     pub fn relay(&self) -> Option<RelayAd> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).relay
+        lock(&self.state).relay
     }
 
     async fn publish_current(&self) -> Result<u64, DhtError> {
@@ -100,7 +101,7 @@ impl Advertiser {
             return Err(DhtError::Closed);
         }
         let (seq, record) = {
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = lock(&self.state);
             let info = match (&st.info, st.relay, &st.last_info) {
                 (Some(i), _, _) => i.clone(),
                 (None, Some(r), _) => relay_only_info(r.addr),
@@ -125,7 +126,7 @@ impl Advertiser {
     pub fn stats(&self) -> AdvertStats {
         AdvertStats {
             published: self.published.load(Ordering::Relaxed),
-            last_seq: self.state.lock().unwrap_or_else(|p| p.into_inner()).last_seq,
+            last_seq: lock(&self.state).last_seq,
         }
     }
 
@@ -171,7 +172,7 @@ fn spawn_refresher(adv: Weak<Advertiser>) {
                 return;
             }
             let (dirty, last) = {
-                let st = a.state.lock().unwrap_or_else(|p| p.into_inner());
+                let st = lock(&a.state);
                 (st.dirty, st.last_publish)
             };
             if woke && dirty {
@@ -180,7 +181,7 @@ fn spawn_refresher(adv: Weak<Advertiser>) {
                     tokio::time::sleep_until(at.into()).await;
                     let Some(a) = adv.upgrade() else { return };
                     // A `publish` in the meantime took the change along.
-                    if !a.state.lock().unwrap_or_else(|p| p.into_inner()).dirty {
+                    if !lock(&a.state).dirty {
                         continue;
                     }
                     if let Err(e) = a.publish_current().await {

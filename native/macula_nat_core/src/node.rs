@@ -2,6 +2,7 @@
 //! punch packets and QUIC. Detection measures the mapping of this very socket,
 //! so it must never be swapped for another while the node lives.
 
+use crate::lock::{lock, write};
 use crate::quic::dispatch::Dispatch;
 use crate::local_profile::LocalProfile;
 use crate::quic::{QuicConfig, QuicEndpoint, QuicError};
@@ -202,7 +203,7 @@ impl Node {
     /// Like [`Node::quic`]; `cfg` applies only if this call creates the
     /// endpoint.
     pub fn quic_with(&self, cfg: QuicConfig) -> Result<QuicEndpoint, QuicError> {
-        let mut quic = self.quic.lock().map_err(|_| QuicError::Closed)?;
+        let mut quic = lock(&self.quic);
         if let Some(q) = quic.as_ref() {
             return Ok(q.clone());
         }
@@ -267,7 +268,7 @@ impl Node {
     /// The incoming-connection dispatcher, started on first use (it takes
     /// over the QUIC accept queue; see [`crate::quic::dispatch`]).
     pub(crate) fn dispatch(&self) -> Result<Arc<Dispatch>, QuicError> {
-        let mut d = self.dispatch.lock().map_err(|_| QuicError::Closed)?;
+        let mut d = lock(&self.dispatch);
         if let Some(d) = d.as_ref() {
             return Ok(d.clone());
         }
@@ -310,18 +311,17 @@ impl Node {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        if let Ok(mut t) = self.recv_task.write() {
+        {
+            let mut t = write(&self.recv_task);
             if let Some(t) = t.take() {
                 t.abort();
             }
         }
-        let quic = self.quic.lock().ok().and_then(|mut q| q.take());
+        let quic = lock(&self.quic).take();
         let slot = self.socket.clone();
         let port = self.local_addr.port();
         let release = move || {
-            if let Ok(mut s) = slot.write() {
-                s.take();
-            }
+            write(&slot).take();
             crate::socket::local_ports::released(port);
         };
         match quic {

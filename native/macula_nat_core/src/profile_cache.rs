@@ -7,6 +7,7 @@
 //! read that is told to refresh spawns the refresh on the runtime and
 //! returns at once.
 
+use crate::lock::lock;
 use crate::dht::{DhtBackend, DhtError};
 use crate::identity::NodeId;
 use crate::peer_record::{self, Refusal};
@@ -15,7 +16,7 @@ use macula_nat_proto::cache::{CachePolicy, Lookup, LruTtl, Stats};
 use macula_nat_proto::record::{PeerInfo, Rejection, RelayAd};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -111,11 +112,6 @@ pub struct ProfileCache {
     watchers: Mutex<Vec<mpsc::UnboundedSender<RecordSeen>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a shard cannot leave the policy half-updated in
-    // a way that matters more than losing the cache, so keep serving.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl ProfileCache {
     pub fn new(cfg: CacheConfig, dht: Arc<dyn DhtBackend>) -> Arc<Self> {

@@ -18,6 +18,7 @@
 //! Reads (`best`, `find`) take one short lock and never wait on the
 //! network, so the binding calls them on a BEAM scheduler.
 
+use crate::lock::{lock, read, write};
 use crate::advertiser::Advertiser;
 use crate::identity::NodeId;
 use crate::profile_cache::ProfileCache;
@@ -28,7 +29,7 @@ use macula_nat_proto::record::RelayAd;
 use macula_nat_proto::relay_select::{self, Candidate, RelaySelect, SelectConfig};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -107,9 +108,6 @@ pub struct RelayRegistry {
     follower: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl RelayRegistry {
     pub fn new(sources: Sources, cfg: RegistryConfig) -> Arc<Self> {
@@ -136,14 +134,14 @@ impl RelayRegistry {
     }
 
     fn sources(&self) -> Sources {
-        self.sources.read().unwrap_or_else(|p| p.into_inner()).clone()
+        read(&self.sources).clone()
     }
 
     /// Runs on a restarted node or cache from now on, keeping what is known
     /// (relays, measurements, the current choice, this node's own relay
     /// advertisement, which the new advertiser takes over).
     pub fn attach(self: &Arc<Self>, sources: Sources) {
-        *self.sources.write().unwrap_or_else(|p| p.into_inner()) = sources;
+        *write(&self.sources) = sources;
         self.advertise_own();
         self.follow_records();
         self.wake.notify_one();

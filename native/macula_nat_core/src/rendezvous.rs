@@ -25,6 +25,7 @@
 //! sending `Hello(Control)` again on the same connection, and gets
 //! `Registered` with the address seen now.
 
+use crate::lock::lock;
 use crate::quic::QuicError;
 use macula_nat_proto::signal::{HelloKind, Msg, NodeId, SessionId};
 use crate::{runtime, Connection, Node};
@@ -81,7 +82,7 @@ impl Rendezvous {
 
     /// Registered peers (NodeId, observed address).
     pub fn peers(&self) -> Vec<(NodeId, SocketAddr)> {
-        self.state.lock().map(|s| s.peers.iter().map(|(k, p)| (*k, p.observed)).collect()).unwrap_or_default()
+        lock(&self.state).peers.iter().map(|(k, p)| (*k, p.observed)).collect()
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -94,7 +95,8 @@ impl Rendezvous {
             d.set_control(None);
         }
         self.task.abort();
-        if let Ok(mut s) = self.state.lock() {
+        {
+            let mut s = lock(&self.state);
             for (_, p) in s.peers.drain() {
                 p.conn.close("rendezvous stopped");
             }
@@ -115,13 +117,13 @@ async fn send(conn: &Connection, m: &Msg) {
 }
 
 fn lookup(state: &Mutex<State>, id: &NodeId) -> Option<(Connection, SocketAddr)> {
-    state.lock().ok()?.peers.get(id).map(|p| (p.conn.clone(), p.observed))
+    lock(&state).peers.get(id).map(|p| (p.conn.clone(), p.observed))
 }
 
 async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
     let me = conn.peer_id();
     let observed = conn.remote_address();
-    let old = state.lock().ok().and_then(|mut s| s.peers.insert(me, Peer { conn: conn.clone(), observed, gen }));
+    let old = lock(&state).peers.insert(me, Peer { conn: conn.clone(), observed, gen });
     if let Some(old) = old {
         old.conn.close("replaced by a newer control connection");
     }
@@ -137,7 +139,8 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
         // The peer's address may have changed (QUIC follows a migrating
         // client): use the current one.
         let observed = conn.remote_address();
-        if let Ok(mut s) = state.lock() {
+        {
+            let mut s = lock(&state);
             if let Some(p) = s.peers.get_mut(&me).filter(|p| p.gen == gen) {
                 p.observed = observed;
             }
@@ -146,7 +149,8 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
             Msg::Connect { to, session, flags, attempts, profile } => match lookup(&state, &to) {
                 None => send(&conn, &Msg::Unknown { session }).await,
                 Some((b, _)) => {
-                    if let Ok(mut s) = state.lock() {
+                    {
+                        let mut s = lock(&state);
                         let now = Instant::now();
                         s.pending.retain(|_, (_, _, t)| now.duration_since(*t) < PENDING_TTL);
                         s.pending.insert(session, (me, to, now));
@@ -155,10 +159,9 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
                 }
             },
             Msg::Answer { to, session, profile } => {
-                let ok = state
-                    .lock()
-                    .ok()
-                    .and_then(|mut s| s.pending.remove(&session))
+                let ok = lock(&state)
+                    .pending
+                    .remove(&session)
                     .is_some_and(|(a, b, _)| a == to && b == me);
                 let Some((a, _)) = lookup(&state, &to).filter(|_| ok) else { continue };
                 send(&a, &Msg::Answered { from: me, session, profile, observed }).await;
@@ -174,9 +177,7 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
             // here; profiles travel in each session's messages.
             Msg::Hello(HelloKind::Control) => send(&conn, &Msg::Registered { observed }).await,
             Msg::Reject { peer, session, reason } => {
-                if let Ok(mut s) = state.lock() {
-                    s.pending.remove(&session);
-                }
+                lock(&state).pending.remove(&session);
                 if let Some((a, _)) = lookup(&state, &peer) {
                     send(&a, &Msg::Reject { peer: me, session, reason }).await;
                 }
@@ -184,7 +185,8 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
             other => tracing::debug!("rendezvous: unexpected {other:?}"),
         }
     }
-    if let Ok(mut s) = state.lock() {
+    {
+        let mut s = lock(&state);
         if s.peers.get(&me).is_some_and(|p| p.gen == gen) {
             s.peers.remove(&me);
         }

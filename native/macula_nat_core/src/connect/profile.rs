@@ -6,7 +6,7 @@ use super::inner::{control, Inner};
 use crate::detect::alloc_probe::{Basis, Spent};
 use crate::punch::birthday::SocketSet;
 use crate::local_profile::ProfileState;
-use crate::lock::lock;
+use crate::lock::{lock, read};
 use macula_nat_proto::{signal, strategy};
 use macula_nat_proto::connect::{keep_reachable, needs_fresh_socket, peer_nat};
 use macula_nat_proto::nat::Mapping;
@@ -24,13 +24,13 @@ pub(super) fn current_info(inner: &Inner) -> PeerInfo {
         .node
         .local_profile()
         .get()
-        .unwrap_or_else(|| inner.cfg.read().map(|c| c.profile.clone()).unwrap_or_else(|p| p.into_inner().profile.clone()));
+        .unwrap_or_else(|| read(&inner.cfg).profile.clone());
     // As the rendezvous sees the socket (a port-overloading router can
     // show it another port than the observers saw): the whole session
     // decides from this, so fresh sockets and targets agree with what the
     // peer is told.
     let local_port = inner.node.local_addr().ok().map(|a| a.port());
-    info.as_seen_by_rendezvous(inner.observed.lock().ok().and_then(|o| *o), local_port)
+    info.as_seen_by_rendezvous(*lock(&inner.observed), local_port)
 }
 
 /// Waits (at most `max`) for the node's first detection when one is under
@@ -50,7 +50,7 @@ pub(super) async fn settled_info(inner: &Inner, max: Duration) -> PeerInfo {
 /// allocation is measured against (see [`crate::detect::alloc_probe`]).
 pub(super) fn contiguity_basis(inner: &Inner, info: &PeerInfo) -> Option<Basis> {
     let Aim::Contiguous(delta) = strategy::aim(&peer_nat(info)) else { return None };
-    let observed = inner.observed.lock().ok().and_then(|o| *o)?;
+    let observed = (*lock(&inner.observed))?;
     Some(Basis { observed, delta })
 }
 
@@ -71,9 +71,9 @@ pub(super) async fn session_base(inner: &Arc<Inner>, info: &PeerInfo) -> (u16, O
 /// [`fresh_socket`]); `alloc_base`: see [`session_base`]. Candidates,
 /// reflexive address and relays are read now.
 pub(super) fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketSet>, alloc_base: u16) -> Profile {
-    let mut candidates = inner.cfg.read().map(|c| c.candidates.clone()).unwrap_or_default();
+    let mut candidates = read(&inner.cfg).candidates.clone();
     let local = inner.node.local_addr().ok();
-    let info = info.as_seen_by_rendezvous(inner.observed.lock().ok().and_then(|o| *o), local.map(|l| l.port()));
+    let info = info.as_seen_by_rendezvous(*lock(&inner.observed), local.map(|l| l.port()));
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
     // Our own addresses at the port the punch runs on: a peer behind the
     // same NAT reaches us there (see `crate::socket::local_addrs`).

@@ -8,6 +8,7 @@ use super::primers::{prime, primer_lead};
 use super::profile::{current_info, our_profile, session_base};
 use super::punching::run_punch;
 use super::session::{dial, Meeting, SessionGuard};
+use crate::lock::lock;
 use crate::{relay, runtime, Connection};
 use crate::quic::Method;
 use crate::relay::{RelayLink, RelayPath};
@@ -196,14 +197,11 @@ pub(super) async fn respond_upgrade(
     if let Err(e) = run_punch(&inner, Side::B, Meeting::new(guard.session, from, &peer, observed, go, attempts)).await {
         tracing::debug!("upgrade (responder) punch: {e}");
     }
-    let conns: Vec<Connection> = inner
-        .relayed_in
-        .lock()
-        .map(|mut v| {
-            v.retain(|c| c.close_reason().is_none());
-            v.iter().filter(|c| c.peer_id() == from).cloned().collect()
-        })
-        .unwrap_or_default();
+    let conns: Vec<Connection> = {
+        let mut v = lock(&inner.relayed_in);
+        v.retain(|c| c.close_reason().is_none());
+        v.iter().filter(|c| c.peer_id() == from).cloned().collect()
+    };
     for c in conns {
         runtime::spawn(async move {
             // The initiator moves first; our QUIC follows at its next packet.

@@ -1,5 +1,6 @@
 //! The responder (side B): answers an `Incoming` and acts on the go.
 
+use crate::lock::{lock, read};
 use super::error::ConnectError;
 use super::inner::{control, Inner};
 use super::opts::ConnectOpts;
@@ -31,7 +32,7 @@ pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId,
     let mut guard = SessionGuard::new(&inner, session);
     // Asked before our first detection finished: answer with its result
     // (bounded; the initiator's connect timeout runs meanwhile).
-    let wait = inner.cfg.read().map(|c| c.responder_profile_wait).unwrap_or(Duration::from_secs(5));
+    let wait = read(&inner.cfg).responder_profile_wait;
     let info = settled_info(&inner, wait).await;
     let Ok(ctl) = control(&inner) else { return };
     let (base, _spent) = session_base(&inner, &info).await;
@@ -57,7 +58,7 @@ pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId,
         respond_upgrade(inner.clone(), guard, from, strategy, peer, observed, responder_attempts(attempts)).await;
         return;
     }
-    let timeout = inner.cfg.read().map(|c| c.responder_timeout).unwrap_or(Duration::from_secs(15));
+    let timeout = read(&inner.cfg).responder_timeout;
     let run = async {
         if strategy.is_relay() {
             // Nothing to do but wait: the initiator dials through a relay
@@ -83,7 +84,8 @@ pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId,
             let method = if relay::is_virtual(&conn.remote_address()) { Method::Relayed } else { method };
             conn.set_method(method);
             if method == Method::Relayed {
-                if let Ok(mut v) = inner.relayed_in.lock() {
+                {
+                    let mut v = lock(&inner.relayed_in);
                     v.retain(|c| c.close_reason().is_none());
                     v.push(conn.clone());
                 }

@@ -2,6 +2,7 @@
 //! what both sides know at the go ([`Meeting`]), the first message of a
 //! session's connection ([`announce`]) and connections that arrive late.
 
+use crate::lock::lock;
 use super::error::ConnectError;
 use super::inner::Inner;
 use super::profile::keep_reachable_candidates;
@@ -46,9 +47,7 @@ pub(super) struct SessionGuard<'a> {
 impl<'a> SessionGuard<'a> {
     pub(super) fn new(inner: &'a Inner, session: SessionId) -> SessionGuard<'a> {
         let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut m) = inner.sessions.lock() {
-            m.insert(session, tx);
-        }
+        lock(&inner.sessions).insert(session, tx);
         SessionGuard { inner, session, rx }
     }
 }
@@ -84,9 +83,7 @@ impl SessionGuard<'_> {
 
 impl Drop for SessionGuard<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.inner.sessions.lock() {
-            m.remove(&self.session);
-        }
+        lock(&self.inner.sessions).remove(&self.session);
         self.inner.dispatch.forget_session(&self.session);
     }
 }

@@ -2,6 +2,7 @@
 //! its control connection (registered, watched, re-dialled) and the
 //! routing of incoming signalling messages to sessions and responders.
 
+use crate::lock::{lock, read, write};
 use super::error::ConnectError;
 use super::inner::{control, Inner};
 use super::opts::SignalConfig;
@@ -71,7 +72,7 @@ impl Signal {
         let profiles = inner.node.local_profile().subscribe();
         // Learnt while we register: a session right after the join
         // primes too (see `crate::punch::primer`); about one round trip.
-        let primers = inner.cfg.read().map(|c| c.primers).unwrap_or(true);
+        let primers = read(&inner.cfg).primers;
         let learn = async {
             if primers {
                 learn_primer_ttl(&inner.node, rendezvous_addr).await;
@@ -94,7 +95,7 @@ impl Signal {
 
     /// Our address as the rendezvous sees it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
-        *self.inner.observed.lock().ok()?
+        *lock(&self.inner.observed)
     }
 
     /// Whether the control connection is up right now.
@@ -107,9 +108,7 @@ impl Signal {
     /// [`Node::local_profile`] needs no call here; tests use it to give a
     /// profile by hand to a node that detects none).
     pub fn set_profile(&self, profile: PeerInfo) {
-        if let Ok(mut c) = self.inner.cfg.write() {
-            c.profile = profile;
-        }
+        write(&self.inner.cfg).profile = profile;
     }
 
     /// The next incoming connection: sessions where this node was the
@@ -171,7 +170,7 @@ pub(super) async fn learn_primer_ttl(node: &Arc<Node>, rendezvous: SocketAddr) {
 }
 
 pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectError> {
-    let join_timeout = inner.cfg.read().map(|c| c.join_timeout).unwrap_or(Duration::from_secs(5));
+    let join_timeout = read(&inner.cfg).join_timeout;
     let go = async {
         let quic = inner.node.quic()?;
         let conn = quic.connect(inner.rendezvous, inner.rendezvous_id).await?;
@@ -179,9 +178,7 @@ pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectEr
         loop {
             let Some(m) = conn.recv().await else { return Err(ConnectError::NoRendezvous) };
             if let Ok(Msg::Registered { observed }) = Msg::decode(&m) {
-                if let Ok(mut o) = inner.observed.lock() {
-                    *o = Some(observed);
-                }
+                *lock(&inner.observed) = Some(observed);
                 inner.control.send_replace(Some(conn.clone()));
                 return Ok(conn);
             }
@@ -203,7 +200,7 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
                 Ok(Msg::Registered { observed }) => {
                     // The answer to a registration refresh (see
                     // `follow_profile`): where the rendezvous sees us now.
-                    let moved = inner.observed.lock().ok().map(|mut o| o.replace(observed) != Some(observed)).unwrap_or(false);
+                    let moved = lock(&inner.observed).replace(observed) != Some(observed);
                     if moved {
                         tracing::debug!("signal: the rendezvous now sees us at {observed}");
                     }
@@ -213,7 +210,7 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
                 }
                 Ok(m) => {
                     let Some(s) = m.session() else { continue };
-                    let tx = inner.sessions.lock().ok().and_then(|m| m.get(&s).cloned());
+                    let tx = lock(&inner.sessions).get(&s).cloned();
                     if let Some(tx) = tx {
                         let _ = tx.send(m);
                     }
@@ -223,7 +220,7 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
         }
         let Some(inner) = weak.upgrade() else { return };
         inner.control.send_replace(None);
-        let base = inner.cfg.read().map(|c| c.reconnect_backoff).unwrap_or(Duration::from_millis(250));
+        let base = read(&inner.cfg).reconnect_backoff;
         let mut backoff = base;
         conn = loop {
             if inner.node.is_closed() {

@@ -17,145 +17,171 @@ use macula_nat_proto::strategy::{Dialer, Side, Strategy};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Acts on the go: `side` is our side in `strategy` (A = initiator).
+/// Acts on the go: `side` is our side in `strategy` (A = initiator); one
+/// function per arm below.
 pub(super) async fn act(inner: &Arc<Inner>, side: Side, strategy: Strategy, m: Meeting<'_>, fresh: Option<SocketSet>, primed: Primed) -> Result<(Connection, Method), ConnectError> {
-    let Meeting { session, peer_id, peer, observed, wait, pair_rtt, .. } = m;
     // Register for the session connection before anything can arrive.
-    let incoming = inner.dispatch.expect_session(session);
-    let dialer_is_us = |d: Side| d == side;
+    let incoming = inner.dispatch.expect_session(m.session);
     match strategy {
-        Strategy::Direct { dialer } => {
-            let us = match dialer {
-                Dialer::Either => side == Side::A,
-                Dialer::A => side == Side::A,
-                Dialer::B => side == Side::B,
-            };
-            if us {
-                let dialled = dial_bounded(inner, observed, peer_id, session, pair_rtt).await;
-                plain_dial_outcome(side, dialled, incoming).await
-            } else {
-                Ok((listen_bounded(side, incoming, pair_rtt).await?, Method::Direct))
-            }
-        }
+        Strategy::Direct { dialer } => direct(inner, side, dialer, m, incoming).await,
         Strategy::ConnectionReversal { dialer } => {
-            tokio::time::sleep(wait).await;
-            if dialer_is_us(dialer) {
-                // Let the listener's opening packets leave first.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                let tg = targets(peer, observed);
-                let to = tg[0];
-                // A listener with PD mapping answers from a new mapping: its
-                // next port when contiguous, the answer socket's preserved
-                // port when it has one, any port otherwise (our filter
-                // admits its IP). So does a random one (we dial its
-                // rendezvous mapping). Our filter must admit it: we send
-                // there first from the socket that dials (twice: a lost
-                // opening packet would cost the pair its direct path). Its
-                // answer becomes an alias of the dialled address.
-                let follow = strategy::answers_from_new_port(&peer_nat(&peer.info)) && inner.node.relay_plane().expect_follow(to);
-                if follow {
-                    let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
-                    let ports = answer_ports(peer, &tg, to);
-                    for t in ports.iter().chain(&ports) {
-                        let _ = inner.node.send_to(&open, *t).await;
-                    }
-                }
-                let dialled = dial_bounded(inner, to, peer_id, session, pair_rtt).await;
-                if follow {
-                    let plane = inner.node.relay_plane().clone();
-                    match &dialled {
-                        Ok(c) => crate::punch::birthday::after_close(c, move || plane.end_follow(to)),
-                        Err(_) => plane.end_follow(to),
-                    }
-                }
-                plain_dial_outcome(side, dialled, incoming).await
+            tokio::time::sleep(m.wait).await;
+            if dialer == side {
+                reversal_dialer(inner, side, m, incoming).await
             } else {
-                let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
-                let Some(mut fresh) = fresh else {
-                    for _ in 0..3 {
-                        let _ = inner.node.send_to(&open, observed).await;
-                    }
-                    return Ok((listen_bounded(side, incoming, pair_rtt).await?, Method::Direct));
-                };
-                // Our preserved port is the fresh socket's: open from there,
-                // and let it carry QUIC to whichever port the dialer's
-                // connection comes from; with PD mapping answer from the
-                // answer socket (its first packet: the answer keeps its
-                // advertised port).
-                for _ in 0..3 {
-                    let _ = fresh.send(1, &open, observed).await;
-                }
-                let answer = fresh.take(ANSWER_SOCKET);
-                let path = fresh.keep_only(Some(1)).ok_or(ConnectError::Closed)?;
-                let quic = inner.node.quic()?;
-                let route = path.route_first(&quic, answer);
-                tokio::pin!(route, incoming);
-                let wait = async {
-                    tokio::select! {
-                        guard = &mut route => {
-                            let conn = (&mut incoming).await.map_err(|_| ConnectError::Closed)?;
-                            guard.hold_while(&conn);
-                            Ok((conn, Method::Direct))
-                        }
-                        // Not through the path: the initiator's relayed
-                        // connection after its dial failed.
-                        c = &mut incoming => Ok((c.map_err(|_| ConnectError::Closed)?, Method::Relayed)),
-                    }
-                };
-                match side {
-                    Side::A => tokio::time::timeout(dial_bound(pair_rtt) + pair_rtt, wait).await.unwrap_or(Err(ConnectError::PunchFailed)),
-                    Side::B => wait.await,
-                }
+                reversal_listener(inner, side, m, incoming, fresh).await
             }
         }
-        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => {
-            let fresh = fresh.unwrap_or_else(SocketSet::empty);
-            let (conn, guard) = match side {
-                Side::A => {
-                    drop(incoming);
-                    punch_and_dial(inner, m, fresh).await?
-                }
-                Side::B => {
-                    // The initiator decides: its dial may come before our
-                    // machine saw a nomination (it dials early), or even if
-                    // it never sees one (bounded by the responder timeout).
-                    let quic = inner.node.quic()?;
-                    let first = targets(peer, observed)[0];
-                    // From a fresh socket: take the initiator's early dial
-                    // in from where we expect it, before our punch decides.
-                    let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
-                    let punch = run_punch_from(inner, side, m, fresh);
-                    tokio::pin!(punch, incoming);
-                    tokio::select! {
-                        c = &mut incoming => (c.map_err(|_| ConnectError::Closed)?, early_path.take()),
-                        r = &mut punch => {
-                            let guard = match r {
-                                Ok(p) if p.success.remote_addr != first && p.path.is_some() => {
-                                    drop(early_path.take());
-                                    route_punched(inner, p)?.1
-                                }
-                                Ok(_) => early_path.take(),
-                                Err(e) => {
-                                    tracing::debug!("signal: responder punch: {e}");
-                                    early_path.take()
-                                }
-                            };
-                            ((&mut incoming).await.map_err(|_| ConnectError::Closed)?, guard)
-                        }
-                    }
-                }
-            };
-            if let Some(g) = guard {
-                g.hold_while(&conn);
-            }
-            Ok((conn, Method::Punched))
-        }
-        Strategy::BirthdayProbing { hard } => {
-            birthday(inner, side, hard, m, incoming, fresh, primed).await
-        }
+        Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity => punch(inner, side, m, incoming, fresh).await,
+        Strategy::BirthdayProbing { hard } => birthday(inner, side, hard, m, incoming, fresh, primed).await,
         // Handled before the go by the callers.
         Strategy::Relay => Err(ConnectError::NoRelay),
     }
+}
+
+/// The session connection the dispatcher hands over when the peer dials.
+type Incoming = tokio::sync::oneshot::Receiver<Connection>;
+
+/// `Direct`: the dialer (A for `Either`) dials the other's observed
+/// address; the other listens.
+async fn direct(inner: &Arc<Inner>, side: Side, dialer: Dialer, m: Meeting<'_>, incoming: Incoming) -> Result<(Connection, Method), ConnectError> {
+    let Meeting { session, peer_id, observed, pair_rtt, .. } = m;
+    let us = match dialer {
+        Dialer::Either => side == Side::A,
+        Dialer::A => side == Side::A,
+        Dialer::B => side == Side::B,
+    };
+    if us {
+        let dialled = dial_bounded(inner, observed, peer_id, session, pair_rtt).await;
+        plain_dial_outcome(side, dialled, incoming).await
+    } else {
+        Ok((listen_bounded(side, incoming, pair_rtt).await?, Method::Direct))
+    }
+}
+
+/// `ConnectionReversal`, the dialer: dials the listener's aimed address
+/// once the listener's opening packets left.
+async fn reversal_dialer(inner: &Arc<Inner>, side: Side, m: Meeting<'_>, incoming: Incoming) -> Result<(Connection, Method), ConnectError> {
+    let Meeting { session, peer_id, peer, observed, pair_rtt, .. } = m;
+    // Let the listener's opening packets leave first.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let tg = targets(peer, observed);
+    let to = tg[0];
+    // A listener with PD mapping answers from a new mapping: its
+    // next port when contiguous, the answer socket's preserved
+    // port when it has one, any port otherwise (our filter
+    // admits its IP). So does a random one (we dial its
+    // rendezvous mapping). Our filter must admit it: we send
+    // there first from the socket that dials (twice: a lost
+    // opening packet would cost the pair its direct path). Its
+    // answer becomes an alias of the dialled address.
+    let follow = strategy::answers_from_new_port(&peer_nat(&peer.info)) && inner.node.relay_plane().expect_follow(to);
+    if follow {
+        let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
+        let ports = answer_ports(peer, &tg, to);
+        for t in ports.iter().chain(&ports) {
+            let _ = inner.node.send_to(&open, *t).await;
+        }
+    }
+    let dialled = dial_bounded(inner, to, peer_id, session, pair_rtt).await;
+    if follow {
+        let plane = inner.node.relay_plane().clone();
+        match &dialled {
+            Ok(c) => crate::punch::birthday::after_close(c, move || plane.end_follow(to)),
+            Err(_) => plane.end_follow(to),
+        }
+    }
+    plain_dial_outcome(side, dialled, incoming).await
+}
+
+/// `ConnectionReversal`, the listener: opens its filter towards the dialer
+/// (from its fresh socket when its preserved port is the one aimed at) and
+/// waits for the dial.
+async fn reversal_listener(inner: &Arc<Inner>, side: Side, m: Meeting<'_>, incoming: Incoming, fresh: Option<SocketSet>) -> Result<(Connection, Method), ConnectError> {
+    let Meeting { observed, pair_rtt, .. } = m;
+    let open = macula_nat_proto::stun::Message::binding_request(rand::random()).encode();
+    let Some(mut fresh) = fresh else {
+        for _ in 0..3 {
+            let _ = inner.node.send_to(&open, observed).await;
+        }
+        return Ok((listen_bounded(side, incoming, pair_rtt).await?, Method::Direct));
+    };
+    // Our preserved port is the fresh socket's: open from there,
+    // and let it carry QUIC to whichever port the dialer's
+    // connection comes from; with PD mapping answer from the
+    // answer socket (its first packet: the answer keeps its
+    // advertised port).
+    for _ in 0..3 {
+        let _ = fresh.send(1, &open, observed).await;
+    }
+    let answer = fresh.take(ANSWER_SOCKET);
+    let path = fresh.keep_only(Some(1)).ok_or(ConnectError::Closed)?;
+    let quic = inner.node.quic()?;
+    let route = path.route_first(&quic, answer);
+    tokio::pin!(route, incoming);
+    let wait = async {
+        tokio::select! {
+            guard = &mut route => {
+                let conn = (&mut incoming).await.map_err(|_| ConnectError::Closed)?;
+                guard.hold_while(&conn);
+                Ok((conn, Method::Direct))
+            }
+            // Not through the path: the initiator's relayed
+            // connection after its dial failed.
+            c = &mut incoming => Ok((c.map_err(|_| ConnectError::Closed)?, Method::Relayed)),
+        }
+    };
+    match side {
+        Side::A => tokio::time::timeout(dial_bound(pair_rtt) + pair_rtt, wait).await.unwrap_or(Err(ConnectError::PunchFailed)),
+        Side::B => wait.await,
+    }
+}
+
+/// `SimplePunch`, `PredictPreservation`, `PredictContiguity`: both punch;
+/// the initiator dials the punched address, the responder takes the
+/// connection that arrives.
+async fn punch(inner: &Arc<Inner>, side: Side, m: Meeting<'_>, incoming: Incoming, fresh: Option<SocketSet>) -> Result<(Connection, Method), ConnectError> {
+    let Meeting { peer, observed, .. } = m;
+    let fresh = fresh.unwrap_or_else(SocketSet::empty);
+    let (conn, guard) = match side {
+        Side::A => {
+            drop(incoming);
+            punch_and_dial(inner, m, fresh).await?
+        }
+        Side::B => {
+            // The initiator decides: its dial may come before our
+            // machine saw a nomination (it dials early), or even if
+            // it never sees one (bounded by the responder timeout).
+            let quic = inner.node.quic()?;
+            let first = targets(peer, observed)[0];
+            // From a fresh socket: take the initiator's early dial
+            // in from where we expect it, before our punch decides.
+            let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
+            let punch = run_punch_from(inner, side, m, fresh);
+            tokio::pin!(punch, incoming);
+            tokio::select! {
+                c = &mut incoming => (c.map_err(|_| ConnectError::Closed)?, early_path.take()),
+                r = &mut punch => {
+                    let guard = match r {
+                        Ok(p) if p.success.remote_addr != first && p.path.is_some() => {
+                            drop(early_path.take());
+                            route_punched(inner, p)?.1
+                        }
+                        Ok(_) => early_path.take(),
+                        Err(e) => {
+                            tracing::debug!("signal: responder punch: {e}");
+                            early_path.take()
+                        }
+                    };
+                    ((&mut incoming).await.map_err(|_| ConnectError::Closed)?, guard)
+                }
+            }
+        }
+    };
+    if let Some(g) = guard {
+        g.hold_while(&conn);
+    }
+    Ok((conn, Method::Punched))
 }
 
 /// Birthday probing (see [`crate::punch::birthday`] and
@@ -175,7 +201,7 @@ pub(super) async fn birthday(
     side: Side,
     hard: Side,
     m: Meeting<'_>,
-    incoming: tokio::sync::oneshot::Receiver<Connection>,
+    incoming: Incoming,
     fresh: Option<SocketSet>,
     primed: Primed,
 ) -> Result<(Connection, Method), ConnectError> {

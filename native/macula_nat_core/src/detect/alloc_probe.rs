@@ -13,6 +13,7 @@
 //! traffic of ours; it measures the NAT's counter, which every internal
 //! endpoint shares, not a path.
 
+use crate::lock::lock;
 use crate::{runtime, Node};
 use macula_nat_proto::port_predictor::{latest_allocation, AllocBase};
 use macula_nat_proto::stun::{Class, Message};
@@ -65,12 +66,10 @@ impl AllocTracker {
     /// Measures in the background; a session that allocates meanwhile
     /// voids the measurement. `basis`, `rtt`: as for [`Self::take`].
     pub fn refresh(self: Arc<Self>, basis: Basis, rtt: Duration) {
-        let Some(token) = self.base.lock().ok().map(|b| b.probe_started()) else { return };
+        let token = lock(&self.base).probe_started();
         runtime::spawn(async move {
             let p = self.measure(basis, rtt).await;
-            if let Ok(mut b) = self.base.lock() {
-                b.probed(token, p, std::time::Instant::now());
-            }
+            lock(&self.base).probed(token, p, std::time::Instant::now());
         });
     }
 
@@ -79,14 +78,12 @@ impl AllocTracker {
     /// observed port (what peers aim past without a measurement). `rtt`:
     /// to the server, as far as known. Hold the [`Spent`] for the session.
     pub async fn take(self: &Arc<Self>, basis: Basis, rtt: Duration) -> (u16, Spent) {
-        let fresh = self.base.lock().ok().and_then(|b| b.fresh(std::time::Instant::now()));
+        let fresh = lock(&self.base).fresh(std::time::Instant::now());
         let port = match fresh {
             Some(p) => p,
             None => self.measure(basis, rtt).await,
         };
-        if let Ok(mut b) = self.base.lock() {
-            b.used();
-        }
+        lock(&self.base).used();
         (port, Spent(self.clone(), basis, rtt))
     }
 

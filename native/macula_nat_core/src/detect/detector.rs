@@ -5,6 +5,7 @@
 //! the filtering tests, so that no changed-address answer ever reaches the
 //! NAT at the node socket's public port (see `DetectConfig::filter_socket`).
 
+use crate::lock::lock;
 use crate::{Error, Node};
 use macula_nat_proto::detect::{DetectConfig, DetectError, Detection, SocketId};
 use macula_nat_proto::nat::NatProfile;
@@ -67,7 +68,7 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
     let mut subscription = node.subscribe_stun();
     let primary = node.socket()?;
     let seed: u64 = rand::random();
-    cfg.opened.extend(node.detect_memory().lock().unwrap_or_else(|p| p.into_inner()).opened(Instant::now()));
+    cfg.opened.extend(lock(&node.detect_memory()).opened(Instant::now()));
     let filter_socket = cfg.filter_socket;
     let mut d = Detection::new(cfg, local, Instant::now(), seed);
 
@@ -144,7 +145,7 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
         }
     };
     // Sent is sent, whatever the verdict: remember it even on failure.
-    let mut memory = node.detect_memory().lock().unwrap_or_else(|p| p.into_inner());
+    let mut memory = lock(&node.detect_memory());
     memory.remember(d.primary_destinations(), Instant::now());
     let mut profile = result.map_err(DetectFailure::Detect)?;
     memory.settle_filtering(&mut profile, d.filtering_measured());

@@ -4,6 +4,7 @@
 //! CHANGE-REQUEST is honoured). Malformed datagrams are dropped and counted
 //! by reason, never answered.
 
+use crate::lock::lock;
 use crate::{runtime, Error};
 use macula_nat_proto::observer::{Observer, ObserverConfig};
 use macula_nat_proto::stun::Message;
@@ -22,13 +23,14 @@ pub struct ObserverStats {
 
 impl ObserverStats {
     fn drop_reason(&self, reason: &'static str) {
-        if let Ok(mut m) = self.dropped.lock() {
+        {
+            let mut m = lock(&self.dropped);
             *m.entry(reason).or_insert(0) += 1;
         }
     }
 
     pub fn snapshot(&self) -> (u64, Vec<(&'static str, u64)>) {
-        let dropped = self.dropped.lock().map(|m| m.iter().map(|(k, v)| (*k, *v)).collect()).unwrap_or_default();
+        let dropped = lock(&self.dropped).iter().map(|(k, v)| (*k, *v)).collect();
         (self.answered.load(Ordering::Relaxed), dropped)
     }
 }
@@ -91,7 +93,8 @@ impl ObserverServer {
     }
 
     pub fn stop(&self) {
-        if let Ok(mut tasks) = self.tasks.lock() {
+        {
+            let mut tasks = lock(&self.tasks);
             for t in tasks.drain(..) {
                 t.abort();
             }

@@ -4,6 +4,7 @@
 //! issued meanwhile wait for it. `close` drops the inner backend at once,
 //! so a closed cache releases its DHT socket without waiting for GC.
 
+use crate::lock::lock;
 use super::{BoxFuture, DhtBackend, DhtError};
 use crate::identity::{Identity, NodeId};
 use crate::runtime;
@@ -33,7 +34,7 @@ impl Deferred {
         let st = state.clone();
         runtime::spawn(async move {
             let result = start.await;
-            let mut s = st.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = lock(&st.0);
             if matches!(*s, State::Starting) {
                 *s = match result {
                     Ok(b) => State::Ready(Arc::new(b)),
@@ -58,7 +59,7 @@ impl Deferred {
                 let notified = st.1.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                match &*st.0.lock().unwrap_or_else(|p| p.into_inner()) {
+                match &*lock(&st.0) {
                     State::Ready(b) => return Ok(b.clone()),
                     State::Failed(e) => return Err(e.clone()),
                     State::Closed => return Err(DhtError::Closed),
@@ -87,7 +88,7 @@ impl DhtBackend for Deferred {
     }
 
     fn close(&self) {
-        *self.state.0.lock().unwrap_or_else(|p| p.into_inner()) = State::Closed;
+        *lock(&self.state.0) = State::Closed;
         self.state.1.notify_waiters();
     }
 }

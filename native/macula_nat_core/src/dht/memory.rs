@@ -4,6 +4,7 @@
 //! in this process) publishes into and reads from the same table, which is
 //! what a one-machine deployment or a test needs.
 
+use crate::lock::lock;
 use super::{BoxFuture, DhtBackend, DhtError, MAX_VALUE};
 use crate::identity::{Identity, NodeId};
 use once_cell::sync::Lazy;
@@ -22,7 +23,7 @@ impl DhtBackend for MemoryDht {
             if value.len() > MAX_VALUE {
                 return Err(DhtError::TooLarge(value.len()));
             }
-            let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+            let mut table = lock(&TABLE);
             match table.get(&key) {
                 // Same rule as BEP 44: an older sequence number never
                 // replaces a newer one.
@@ -37,7 +38,7 @@ impl DhtBackend for MemoryDht {
 
     fn get(&self, node_id: NodeId) -> BoxFuture<Result<Option<Vec<u8>>, DhtError>> {
         Box::pin(async move {
-            let table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
+            let table = lock(&TABLE);
             Ok(table.get(&node_id).map(|(_, v)| v.clone()))
         })
     }
@@ -51,7 +52,7 @@ impl MemoryDht {
     /// Test hook: plants `value` under `node_id` as if some node had
     /// published it (used to check that forged records are rejected).
     pub fn plant(node_id: NodeId, seq: u64, value: Vec<u8>) {
-        TABLE.lock().unwrap_or_else(|p| p.into_inner()).insert(node_id, (seq, value));
+        lock(&TABLE).insert(node_id, (seq, value));
     }
 }
 

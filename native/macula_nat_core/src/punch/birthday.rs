@@ -47,6 +47,7 @@
 //! expected: it is the peer's punched endpoint). Traffic on the path is not
 //! in the node's datagram counters.
 
+use crate::lock::lock;
 use crate::socket::local_ports::Lease;
 use crate::quic::conn::WeakConnection;
 use crate::quic::{Connection, DatagramTunnel, QuicEndpoint};
@@ -315,7 +316,7 @@ impl Default for SinkState {
 
 impl QuicSink {
     fn offer(&self, from: SocketAddr, data: &[u8]) {
-        let Ok(mut s) = self.state.lock() else { return };
+        let mut s = lock(&self.state);
         match &mut *s {
             SinkState::Early(q) if q.len() < EARLY_QUIC => {
                 q.push_back((from, Bytes::copy_from_slice(data)));
@@ -331,7 +332,7 @@ impl QuicSink {
     }
 
     fn attach(&self, quic: QuicEndpoint, remote: SocketAddr) {
-        let Ok(mut s) = self.state.lock() else { return };
+        let mut s = lock(&self.state);
         if let SinkState::Early(q) = std::mem::take(&mut *s) {
             for (from, d) in q.into_iter().filter(|(f, _)| *f == remote) {
                 quic.inject(from, d);
@@ -342,16 +343,14 @@ impl QuicSink {
 
     /// The sender of the oldest datagram queued before this became a path.
     fn first_sender(&self) -> Option<SocketAddr> {
-        match &*self.state.lock().ok()? {
+        match &*lock(&self.state) {
             SinkState::Early(q) => q.front().map(|(from, _)| *from),
             SinkState::Path { .. } => None,
         }
     }
 
     fn detach(&self) {
-        if let Ok(mut s) = self.state.lock() {
-            *s = SinkState::default();
-        }
+        *lock(&self.state) = SinkState::default();
     }
 }
 

@@ -22,6 +22,7 @@
 //! no primer is sent: one that reached the peer's NAT would do the harm it
 //! is meant to prevent. IPv4 only, as the rest of the node.
 
+use crate::lock::lock;
 use macula_nat_proto::stun::Message;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -100,14 +101,14 @@ static LEARNT: std::sync::Mutex<Vec<(IpAddr, SocketAddr, u8, Instant)>> = std::s
 pub fn ttl_towards(bind_ip: IpAddr, dst: SocketAddr, budget: Duration) -> Option<u8> {
     let now = Instant::now();
     {
-        let mut l = LEARNT.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = lock(&LEARNT);
         l.retain(|e| now.duration_since(e.3) < REMEMBER);
         if let Some(e) = l.iter().find(|e| e.0 == bind_ip && e.1 == dst) {
             return Some(e.2);
         }
     }
     let ttl = learn_hops(bind_ip, dst, budget)?;
-    let mut l = LEARNT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut l = lock(&LEARNT);
     // A handful of routes per process; bounded all the same.
     if l.len() < 64 {
         l.push((bind_ip, dst, ttl, now));

@@ -19,6 +19,7 @@
 //! dialler then sees as a closed connection, exactly as if the peer had
 //! closed it right after accepting.
 
+use crate::lock::lock;
 use super::{tls, QuicConfig, QuicError};
 use crate::NodeId;
 use bytes::Bytes;
@@ -232,9 +233,7 @@ impl Connection {
 
     /// Puts a message back in front of the queue (see `Inner::unread`).
     pub(crate) fn unread(&self, msg: Vec<u8>) {
-        if let Ok(mut u) = self.inner.unread.lock() {
-            *u = Some(msg);
-        }
+        *lock(&self.inner.unread) = Some(msg);
     }
 
     /// Dialler side, after the QUIC handshake.
@@ -369,7 +368,7 @@ impl Connection {
     /// finished (see [`Connection::finish`]) or the connection is closed (see
     /// [`Connection::close_reason`]). Cancel-safe.
     pub async fn recv(&self) -> Option<Vec<u8>> {
-        if let Some(m) = self.inner.unread.lock().ok().and_then(|mut u| u.take()) {
+        if let Some(m) = lock(&self.inner.unread).take() {
             return Some(m);
         }
         let mut guard = self.inner.rx.lock().await;

@@ -17,6 +17,7 @@
 //! Applications must then take incoming connections from
 //! `Signal::accept()`, not from `node.quic()?.accept()`.
 
+use crate::lock::lock;
 use macula_nat_proto::signal::{HelloKind, Msg, SessionId};
 use crate::{runtime, Connection, QuicEndpoint};
 use std::collections::HashMap;
@@ -80,7 +81,7 @@ impl Dispatch {
     }
 
     fn hand_over(to: &Mutex<Option<mpsc::UnboundedSender<Connection>>>, conn: Connection, refusal: &str) {
-        let tx = to.lock().ok().and_then(|c| c.clone());
+        let tx = lock(&to).clone();
         match tx {
             Some(tx) => {
                 if let Err(e) = tx.send(conn) {
@@ -92,7 +93,7 @@ impl Dispatch {
     }
 
     fn session_arrived(&self, s: SessionId, conn: Connection) {
-        let waiter = self.sessions.lock().ok().and_then(|mut m| m.remove(&s));
+        let waiter = lock(&self.sessions).remove(&s);
         let conn = match waiter {
             Some(tx) => match tx.send(conn) {
                 Ok(()) => return,
@@ -101,7 +102,8 @@ impl Dispatch {
             None => conn,
         };
         tracing::debug!("dispatch: session {:02x?} connection from {} kept until its session waits", &s[..4], conn.remote_address());
-        if let Ok(mut e) = self.early.lock() {
+        {
+            let mut e = lock(&self.early);
             let now = Instant::now();
             e.retain(|_, (t, _)| now.duration_since(*t) < EARLY_TTL);
             if e.len() < MAX_EARLY {
@@ -126,21 +128,18 @@ impl Dispatch {
     }
 
     pub(crate) fn set_control(&self, tx: Option<mpsc::UnboundedSender<Connection>>) {
-        if let Ok(mut c) = self.control.lock() {
-            *c = tx;
-        }
+        *lock(&self.control) = tx;
     }
 
     pub(crate) fn set_relay(&self, tx: Option<mpsc::UnboundedSender<Connection>>) {
-        if let Ok(mut c) = self.relay.lock() {
-            *c = tx;
-        }
+        *lock(&self.relay) = tx;
     }
 
     /// Stops handing relay clients to `tx`, unless another relay server
     /// took over since.
     pub(crate) fn clear_relay_if(&self, tx: &mpsc::UnboundedSender<Connection>) {
-        if let Ok(mut c) = self.relay.lock() {
+        {
+            let mut c = lock(&self.relay);
             if c.as_ref().is_some_and(|cur| cur.same_channel(tx)) {
                 *c = None;
             }
@@ -150,23 +149,19 @@ impl Dispatch {
     /// Waits for the session connection the peer dials.
     pub(crate) fn expect_session(&self, s: SessionId) -> oneshot::Receiver<Connection> {
         let (tx, rx) = oneshot::channel();
-        let early = self.early.lock().ok().and_then(|mut e| e.remove(&s));
+        let early = lock(&self.early).remove(&s);
         match early {
             Some((_, c)) => {
                 let _ = tx.send(c);
             }
             None => {
-                if let Ok(mut m) = self.sessions.lock() {
-                    m.insert(s, tx);
-                }
+                lock(&self.sessions).insert(s, tx);
             }
         }
         rx
     }
 
     pub(crate) fn forget_session(&self, s: &SessionId) {
-        if let Ok(mut m) = self.sessions.lock() {
-            m.remove(s);
-        }
+        lock(&self.sessions).remove(s);
     }
 }

@@ -29,6 +29,7 @@ pub use conn::{codes, CloseReason, Connection, Method};
 pub use socket::DatagramTunnel;
 pub use tls::{PeerIdMismatch, ALPN};
 
+use crate::lock::lock;
 use crate::socket::Counters;
 use crate::{runtime, Error, Identity, NodeId};
 use bytes::Bytes;
@@ -381,7 +382,7 @@ fn endpoint_config() -> quinn::EndpointConfig {
 
 /// Turns a failed QUIC handshake into the clearest error we can give.
 fn handshake_error(e: ConnectionError, expected: NodeId, seen: &tls::SeenPeer) -> QuicError {
-    let found = seen.lock().ok().and_then(|s| *s);
+    let found = *lock(&seen);
     match (found, e) {
         (Some(found), _) if found != expected => QuicError::PeerIdMismatch(PeerIdMismatch { expected, found }),
         (_, ConnectionError::TimedOut) => QuicError::TimedOut,

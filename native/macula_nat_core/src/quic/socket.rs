@@ -7,6 +7,7 @@
 //! ([`Inbox`]) and whose send side writes straight to the socket, or through
 //! a [`DatagramTunnel`] for addresses routed elsewhere ([`Routes`]).
 
+use crate::lock::{lock, read, write};
 use crate::socket::{current, Counters, Entry, Inbox, NodeSocket, SocketSlot, POOL_BUFFERS, RECV_BATCH};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -61,7 +62,7 @@ pub(crate) struct Routes {
 
 impl Routes {
     pub(crate) fn set(&self, remote: SocketAddr, route: Option<Route>) {
-        let Ok(mut map) = self.map.write() else { return };
+        let mut map = write(&self.map);
         match route {
             Some(r) => map.insert(remote, r),
             None => map.remove(&remote),
@@ -73,7 +74,7 @@ impl Routes {
         if !self.any.load(Ordering::Acquire) {
             return None;
         }
-        self.map.read().ok()?.get(remote).cloned()
+        read(&self.map).get(remote).cloned()
     }
 }
 
@@ -162,7 +163,7 @@ impl AsyncUdpSocket for QuicSocket {
     }
 
     fn poll_recv(&self, cx: &mut Context<'_>, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> Poll<io::Result<usize>> {
-        let Ok(mut scratch) = self.scratch.lock() else { return Poll::Pending };
+        let mut scratch = lock(&self.scratch);
         loop {
             if scratch.is_empty() && self.inbox.poll_take_all(cx, &mut scratch).is_pending() {
                 return Poll::Pending;

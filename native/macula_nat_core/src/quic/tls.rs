@@ -11,6 +11,7 @@
 //! Session resumption is off on both sides: a resumed TLS 1.3 session
 //! presents no certificate, and every connection must prove its key again.
 
+use crate::lock::lock;
 use crate::{Identity, NodeId};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -171,9 +172,7 @@ impl ServerCertVerifier for ExpectNode {
             return Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
         }
         let found = verify_node_cert(end_entity, now, webpki::KeyUsage::server_auth())?;
-        if let Ok(mut s) = self.seen.lock() {
-            *s = Some(found);
-        }
+        *lock(&self.seen) = Some(found);
         if found != self.expected {
             let e = PeerIdMismatch { expected: self.expected, found };
             return Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e)))));

@@ -12,6 +12,7 @@
 //! their routes go when the relay ends the session or the link dies. Routes
 //! of sessions we *opened* belong to the caller, who may move them.
 
+use crate::lock::lock;
 use crate::node::Node;
 use crate::quic::{Connection, DatagramTunnel, QuicError};
 use crate::socket::relay_plane::virtual_addr;
@@ -174,9 +175,7 @@ impl RelayLink {
         };
         let recv = runtime::spawn(recv_loop(Arc::downgrade(&link.inner), link.inner.conn.clone()));
         let ping = runtime::spawn(ping_loop(Arc::downgrade(&link.inner)));
-        if let Ok(mut t) = link.inner.tasks.lock() {
-            t.extend([recv, ping]);
-        }
+        lock(&link.inner.tasks).extend([recv, ping]);
         match tokio::time::timeout(LINK_TIMEOUT, status_rx.changed()).await {
             Ok(Ok(())) => Ok(link),
             Ok(Err(_)) => Err(RelayError::Closed),
@@ -206,7 +205,7 @@ impl RelayLink {
 
     /// Our address as the relay sees it.
     pub fn observed(&self) -> Option<SocketAddr> {
-        *self.inner.observed.lock().ok()?
+        *lock(&self.inner.observed)
     }
 
     pub fn is_alive(&self) -> bool {
@@ -241,9 +240,7 @@ impl RelayLink {
     pub async fn open(&self, to: NodeId, virt: SocketAddr) -> Result<RelayPath, RelayError> {
         let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = self.inner.pending.lock() {
-            p.insert(tag, tx);
-        }
+        lock(&self.inner.pending).insert(tag, tx);
         let sent = self.inner.conn.send(RelayMsg::Open { to, tag }.encode()).await;
         let r = match sent {
             Err(_) => Err(RelayError::Closed),
@@ -254,23 +251,17 @@ impl RelayLink {
                 Err(_) => Err(RelayError::Timeout),
             },
         };
-        if let Ok(mut p) = self.inner.pending.lock() {
-            p.remove(&tag);
-        }
+        lock(&self.inner.pending).remove(&tag);
         let session = r?;
         self.inner.install(session, virt)?;
-        if let Ok(mut o) = self.inner.opened.lock() {
-            o.insert(session, virt);
-        }
+        lock(&self.inner.opened).insert(session, virt);
         Ok(RelayPath { relay: self.inner.relay_id, relay_addr: self.inner.relay_addr, session, virtual_addr: virt })
     }
 
     /// Ends a session we opened (the relay tells the peer). The caller has
     /// already moved or dropped the route.
     pub fn close_session(&self, session: u64) {
-        if let Ok(mut o) = self.inner.opened.lock() {
-            o.remove(&session);
-        }
+        lock(&self.inner.opened).remove(&session);
         if let Some(node) = self.inner.node.upgrade() {
             node.relay_plane().set_session(self.inner.relay_addr, session, None);
         }
@@ -292,7 +283,7 @@ impl LinkInner {
 
     /// Forgets an accepted session and its route.
     fn drop_accepted(&self, session: u64) {
-        let virt = self.accepted.lock().ok().and_then(|mut a| a.remove(&session));
+        let virt = lock(&self.accepted).remove(&session);
         if let (Some(node), Some(v)) = (self.node.upgrade(), virt) {
             node.relay_plane().set_session(self.relay_addr, session, None);
             if let Ok(q) = node.quic() {
@@ -302,19 +293,17 @@ impl LinkInner {
     }
 
     fn on_closed(&self) {
-        let accepted: Vec<u64> = self.accepted.lock().map(|a| a.keys().copied().collect()).unwrap_or_default();
+        let accepted: Vec<u64> = lock(&self.accepted).keys().copied().collect();
         for s in accepted {
             self.drop_accepted(s);
         }
-        let opened: Vec<u64> = self.opened.lock().map(|mut o| o.drain().map(|(s, _)| s).collect()).unwrap_or_default();
+        let opened: Vec<u64> = lock(&self.opened).drain().map(|(s, _)| s).collect();
         if let Some(node) = self.node.upgrade() {
             for s in opened {
                 node.relay_plane().set_session(self.relay_addr, s, None);
             }
         }
-        if let Ok(mut p) = self.pending.lock() {
-            p.clear();
-        }
+        lock(&self.pending).clear();
     }
 }
 
@@ -330,20 +319,18 @@ async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
         };
         match m {
             RelayMsg::Status { observed, reserved, load_permille } => {
-                if let Ok(mut o) = link.observed.lock() {
-                    *o = Some(observed);
-                }
+                *lock(&link.observed) = Some(observed);
                 link.reserved.store(reserved, Ordering::Release);
                 link.load.store(load_permille, Ordering::Relaxed);
                 link.status.send_modify(|n| *n += 1);
             }
             RelayMsg::Opened { tag, session, .. } => {
-                if let Some(tx) = link.pending.lock().ok().and_then(|mut p| p.remove(&tag)) {
+                if let Some(tx) = lock(&link.pending).remove(&tag) {
                     let _ = tx.send(Ok(session));
                 }
             }
             RelayMsg::Refused { tag, reason } => {
-                if let Some(tx) = link.pending.lock().ok().and_then(|mut p| p.remove(&tag)) {
+                if let Some(tx) = lock(&link.pending).remove(&tag) {
                     let _ = tx.send(Err(reason));
                 }
             }
@@ -353,9 +340,7 @@ async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
                     let virt = virtual_addr();
                     match link.install(session, virt) {
                         Ok(()) => {
-                            if let Ok(mut a) = link.accepted.lock() {
-                                a.insert(session, virt);
-                            }
+                            lock(&link.accepted).insert(session, virt);
                             RelayMsg::Accept { session }
                         }
                         Err(_) => RelayMsg::Decline { session },
@@ -367,17 +352,13 @@ async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
             }
             RelayMsg::Ended { session, .. } => {
                 link.drop_accepted(session);
-                if let Ok(mut o) = link.opened.lock() {
-                    o.remove(&session);
-                }
+                lock(&link.opened).remove(&session);
                 if let Some(node) = link.node.upgrade() {
                     node.relay_plane().set_session(link.relay_addr, session, None);
                 }
             }
             RelayMsg::Pong { .. } => {
-                if let Ok(mut t) = link.last_pong.lock() {
-                    *t = Instant::now();
-                }
+                *lock(&link.last_pong) = Instant::now();
             }
             other => tracing::debug!("relay link: unexpected {other:?}"),
         }
@@ -395,7 +376,7 @@ async fn ping_loop(weak: Weak<LinkInner>) {
         if link.conn.close_reason().is_some() {
             return;
         }
-        let silent = link.last_pong.lock().map(|t| t.elapsed()).unwrap_or_default();
+        let silent = lock(&link.last_pong).elapsed();
         if silent > SILENT_LIMIT {
             tracing::debug!("relay {} silent for {silent:?}: link closed", link.relay_addr);
             link.conn.close("relay silent");
@@ -410,7 +391,8 @@ async fn ping_loop(weak: Weak<LinkInner>) {
 
 impl Drop for LinkInner {
     fn drop(&mut self) {
-        if let Ok(mut t) = self.tasks.lock() {
+        {
+            let mut t = lock(&self.tasks);
             for t in t.drain(..) {
                 t.abort();
             }
@@ -451,25 +433,21 @@ impl RelaySet {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        if let Ok(mut t) = set.task.lock() {
-            *t = Some(task);
-        }
+        *lock(&set.task) = Some(task);
         set
     }
 
     /// The relays to stay reserved at (best first).
     pub fn set_wanted(self: &Arc<Self>, relays: Vec<(NodeId, SocketAddr)>) {
-        if let Ok(mut w) = self.wanted.lock() {
-            *w = relays;
-        }
+        *lock(&self.wanted) = relays;
         self.maintain();
     }
 
     /// Relays we hold a live reservation at, in the wanted order: what the
     /// node advertises as "reachable through".
     pub fn reserved(&self) -> Vec<(NodeId, SocketAddr)> {
-        let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
-        let links = self.links.lock().map(|l| l.clone()).unwrap_or_default();
+        let wanted = lock(&self.wanted).clone();
+        let links = lock(&self.links).clone();
         wanted
             .into_iter()
             .filter(|(id, _)| links.get(id).is_some_and(|l| l.is_alive() && l.is_reserved()))
@@ -483,22 +461,21 @@ impl RelaySet {
 
     /// A live link to the relay (existing, or a new unreserved one).
     pub async fn link_to(&self, id: NodeId, addr: SocketAddr) -> Result<RelayLink, RelayError> {
-        if let Some(l) = self.links.lock().ok().and_then(|l| l.get(&id).cloned()).filter(|l| l.is_alive()) {
+        if let Some(l) = lock(&self.links).get(&id).cloned().filter(|l| l.is_alive()) {
             return Ok(l);
         }
         let node = self.node.upgrade().ok_or(RelayError::Closed)?;
         let link = RelayLink::connect(&node, addr, id).await?;
-        if let Ok(mut l) = self.links.lock() {
-            l.insert(id, link.clone());
-        }
+        lock(&self.links).insert(id, link.clone());
         Ok(link)
     }
 
     /// Reconnects and reserves wanted relays whose link is missing or dead;
     /// forgets dead links.
     fn maintain(self: &Arc<Self>) {
-        let wanted = self.wanted.lock().map(|w| w.clone()).unwrap_or_default();
-        if let Ok(mut l) = self.links.lock() {
+        let wanted = lock(&self.wanted).clone();
+        {
+            let mut l = lock(&self.links);
             let before = l.len();
             l.retain(|_, link| link.is_alive());
             if l.len() != before {
@@ -506,11 +483,11 @@ impl RelaySet {
             }
         }
         for (id, addr) in wanted {
-            let ok = self.links.lock().ok().and_then(|l| l.get(&id).map(|l| l.is_reserved())).unwrap_or(false);
+            let ok = lock(&self.links).get(&id).is_some_and(|l| l.is_reserved());
             if ok {
                 continue;
             }
-            if !self.connecting.lock().map(|mut c| c.insert(id)).unwrap_or(false) {
+            if !lock(&self.connecting).insert(id) {
                 continue;
             }
             let weak = Arc::downgrade(self);
@@ -527,18 +504,16 @@ impl RelaySet {
                 } else {
                     set.changed.send_modify(|n| *n += 1);
                 }
-                if let Ok(mut c) = set.connecting.lock() {
-                    c.remove(&id);
-                };
+                lock(&set.connecting).remove(&id);
             });
         }
     }
 
     pub fn close(&self) {
-        if let Some(t) = self.task.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(t) = lock(&self.task).take() {
             t.abort();
         }
-        let links: Vec<RelayLink> = self.links.lock().map(|mut l| l.drain().map(|(_, v)| v).collect()).unwrap_or_default();
+        let links: Vec<RelayLink> = lock(&self.links).drain().map(|(_, v)| v).collect();
         for l in links {
             l.close();
         }

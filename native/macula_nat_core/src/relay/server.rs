@@ -12,6 +12,7 @@
 //! Events (session start/end, with byte counts) go to an unbounded channel:
 //! the callbacks run wherever that channel is read, never on the data path.
 
+use crate::lock::lock;
 use crate::node::Node;
 use crate::socket::NodeSocket;
 use crate::quic::{Connection, QuicError};
@@ -112,7 +113,7 @@ impl RelayServer {
                 loop {
                     tick.tick().await;
                     let Some(s) = weak.upgrade() else { return };
-                    let ended = s.table.lock().map(|mut t| t.sweep(Instant::now())).unwrap_or_default();
+                    let ended = lock(&s.table).sweep(Instant::now());
                     for e in ended {
                         s.announce_end(e);
                     }
@@ -135,11 +136,11 @@ impl RelayServer {
                 d.clear_relay_if(&self.hooks.1);
             }
         }
-        let ended = self.shared.table.lock().map(|mut t| t.disable()).unwrap_or_default();
+        let ended = lock(&self.shared.table).disable();
         for e in &ended {
             self.shared.announce_end(e.clone());
         }
-        let clients: Vec<Connection> = self.shared.clients.lock().map(|mut c| c.drain().map(|(_, v)| v.0).collect()).unwrap_or_default();
+        let clients: Vec<Connection> = lock(&self.shared.clients).drain().map(|(_, v)| v.0).collect();
         runtime::spawn(async move {
             // Let the Ended messages leave before the close overtakes them.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -151,24 +152,20 @@ impl RelayServer {
     }
 
     pub fn stats(&self) -> RelayStats {
-        let (sessions, reservations, over, leg, unknown) = self
-            .shared
-            .table
-            .lock()
-            .map(|t| {
-                (
-                    t.sessions(),
-                    t.reservations(),
-                    t.dropped(DropReason::OverLimit),
-                    t.dropped(DropReason::NotALeg),
-                    t.dropped(DropReason::UnknownSession),
-                )
-            })
-            .unwrap_or_default();
+        let (sessions, reservations, over, leg, unknown) = {
+            let t = lock(&self.shared.table);
+            (
+                t.sessions(),
+                t.reservations(),
+                t.dropped(DropReason::OverLimit),
+                t.dropped(DropReason::NotALeg),
+                t.dropped(DropReason::UnknownSession),
+            )
+        };
         RelayStats {
             sessions,
             reservations,
-            clients: self.shared.clients.lock().map(|c| c.len()).unwrap_or(0),
+            clients: lock(&self.shared.clients).len(),
             frames_forwarded: self.shared.frames.load(Ordering::Relaxed),
             bytes_forwarded: self.shared.bytes.load(Ordering::Relaxed),
             dropped_over_limit: over,
@@ -181,18 +178,16 @@ impl RelayServer {
     /// options): `max_sessions` and `session_timeout` apply at once, the
     /// bandwidth limit to sessions opened from now on. Sessions go on.
     pub fn set_limits(&self, limits: Limits) {
-        if let Ok(mut t) = self.shared.table.lock() {
-            t.enable(limits);
-        }
+        lock(&self.shared.table).enable(limits);
     }
 
     pub fn limits(&self) -> Limits {
-        self.shared.table.lock().map(|t| t.limits().clone()).unwrap_or_default()
+        lock(&self.shared.table).limits().clone()
     }
 
     /// Sessions per `max_sessions`, per mille (what the registry advertises).
     pub fn load_permille(&self) -> u16 {
-        self.shared.table.lock().map(|t| t.load_permille()).unwrap_or(1000)
+        lock(&self.shared.table).load_permille()
     }
 }
 
@@ -206,21 +201,19 @@ impl Drop for RelayServer {
 
 impl Shared {
     fn send(&self, client: ClientId, m: RelayMsg) {
-        if let Some(tx) = self.clients.lock().ok().and_then(|c| c.get(&client).map(|c| c.1.clone())) {
+        if let Some(tx) = lock(&self.clients).get(&client).map(|c| c.1.clone()) {
             let _ = tx.send(m.encode());
         }
     }
 
     fn status(&self, client: ClientId, observed: SocketAddr, reserved: bool) {
-        let load = self.table.lock().map(|t| t.load_permille()).unwrap_or(1000);
+        let load = lock(&self.table).load_permille();
         self.send(client, RelayMsg::Status { observed, reserved, load_permille: load });
     }
 
     /// Tells the legs and the owner that a session ended.
     fn announce_end(&self, e: Ended) {
-        if let Ok(mut s) = self.shapers.lock() {
-            s.remove(&e.session);
-        }
+        lock(&self.shapers).remove(&e.session);
         if e.was_active {
             let _ = self.events.send(RelayEvent::Ended { session: e.session, a: e.a, b: e.b, bytes: e.bytes, reason: e.reason });
             for c in [e.a_client, e.b_client] {
@@ -242,7 +235,7 @@ impl Shared {
             let mut verdicts = v.borrow_mut();
             verdicts.clear();
             {
-                let Ok(mut t) = self.table.lock() else { return };
+                let mut t = lock(&self.table);
                 for f in run.chunks(stride) {
                     let Some(session) = frame::session_of(f) else {
                         verdicts.push((0, Verdict::Drop(DropReason::UnknownSession)));
@@ -293,7 +286,7 @@ impl Shared {
     /// due times.
     fn shape(&self, session: SessionId, to: SocketAddr, after: Duration, frame: &[u8], len: usize) {
         let due = tokio::time::Instant::now() + after;
-        let Ok(mut shapers) = self.shapers.lock() else { return };
+        let mut shapers = lock(&self.shapers);
         let tx = shapers.entry(session).or_insert_with(|| {
             let (tx, mut rx) = mpsc::channel::<Shaped>(SHAPER_QUEUE);
             let node = self.node.clone();
@@ -334,9 +327,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     let observed = conn.remote_address();
     let node_id = conn.peer_id();
-    if let Ok(mut t) = shared.table.lock() {
-        t.connect(id, node_id, observed);
-    }
+    lock(&shared.table).connect(id, node_id, observed);
     let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = {
         let conn = conn.clone();
@@ -348,9 +339,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
             }
         })
     };
-    if let Ok(mut c) = shared.clients.lock() {
-        c.insert(id, (conn.clone(), wtx));
-    }
+    lock(&shared.clients).insert(id, (conn.clone(), wtx));
     shared.status(id, observed, false);
     while let Some(bytes) = conn.recv().await {
         let m = match RelayMsg::decode(&bytes) {
@@ -363,33 +352,32 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
         let now = Instant::now();
         match m {
             RelayMsg::Reserve => {
-                let ok = shared.table.lock().map(|mut t| t.reserve(id)).unwrap_or(false);
+                let ok = lock(&shared.table).reserve(id);
                 shared.status(id, observed, ok);
             }
             RelayMsg::Open { to, tag } => {
                 let session: SessionId = rand::random();
-                let r = shared.table.lock().map(|mut t| t.open(id, &to, session, tag, now));
+                let r = lock(&shared.table).open(id, &to, session, tag, now);
                 match r {
-                    Ok(Ok(p)) => shared.send(p.b_client, RelayMsg::Incoming { session: p.session, from: node_id }),
-                    Ok(Err(reason)) => shared.send(id, RelayMsg::Refused { tag, reason }),
-                    Err(_) => shared.send(id, RelayMsg::Refused { tag, reason: Refusal::BadRequest }),
+                    Ok(p) => shared.send(p.b_client, RelayMsg::Incoming { session: p.session, from: node_id }),
+                    Err(reason) => shared.send(id, RelayMsg::Refused { tag, reason }),
                 }
             }
             RelayMsg::Accept { session } => {
-                let started = shared.table.lock().ok().and_then(|mut t| t.accept(id, session, now));
+                let started = lock(&shared.table).accept(id, session, now);
                 if let Some(s) = started {
                     let _ = shared.events.send(RelayEvent::Started { session, a: s.a, b: s.b });
                     shared.send(s.a_client, RelayMsg::Opened { tag: s.tag, session, peer: s.b });
                 }
             }
             RelayMsg::Decline { session } => {
-                let r = shared.table.lock().ok().and_then(|mut t| t.decline(id, session));
+                let r = lock(&shared.table).decline(id, session);
                 if let Some((a, tag)) = r {
                     shared.send(a, RelayMsg::Refused { tag, reason: Refusal::Declined });
                 }
             }
             RelayMsg::Close { session } => {
-                let e = shared.table.lock().ok().and_then(|mut t| t.close(id, session));
+                let e = lock(&shared.table).close(id, session);
                 if let Some(e) = e {
                     shared.announce_end(e);
                 }
@@ -398,10 +386,8 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
             other => tracing::debug!("relay: unexpected message from a client: {other:?}"),
         }
     }
-    let ended = shared.table.lock().map(|mut t| t.disconnect(id)).unwrap_or_default();
-    if let Ok(mut c) = shared.clients.lock() {
-        c.remove(&id);
-    }
+    let ended = lock(&shared.table).disconnect(id);
+    lock(&shared.clients).remove(&id);
     for e in ended {
         shared.announce_end(e);
     }

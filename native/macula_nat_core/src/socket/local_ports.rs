@@ -13,6 +13,7 @@
 //! ports this process closed within [`GUARD`]; other processes on the host
 //! are out of sight, which leaves the second session for those.
 
+use crate::lock::lock;
 use once_cell::sync::Lazy;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -43,7 +44,7 @@ pub fn released(port: u16) {
     if port == 0 {
         return;
     }
-    let Ok(mut c) = CLOSED.lock() else { return };
+    let mut c = lock(&CLOSED);
     let now = Instant::now();
     if c.at.len() >= c.prune_at.max(4096) {
         c.at.retain(|_, at| now.duration_since(*at) < GUARD);
@@ -53,7 +54,7 @@ pub fn released(port: u16) {
 }
 
 fn recently_closed(port: u16) -> bool {
-    CLOSED.lock().map(|c| c.at.get(&port).is_some_and(|at| at.elapsed() < GUARD)).unwrap_or(false)
+    lock(&CLOSED).at.get(&port).is_some_and(|at| at.elapsed() < GUARD)
 }
 
 /// Records its socket's port as closed when dropped: kept next to a socket
