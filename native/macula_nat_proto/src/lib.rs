@@ -48,6 +48,8 @@ pub mod punch;
 pub mod relay;
 // Signalling messages between peers and a rendezvous (codec).
 pub mod signal;
+// Port mapping codecs: NAT-PMP (RFC 6886), PCP (RFC 6887), renewal timing.
+pub mod portmap;
 // What a connect does with the two profiles: targets, the session's
 // strategy, dial bounds, retries.
 pub mod connect;
