@@ -51,6 +51,22 @@ struct State {
     peers: HashMap<NodeId, Peer>,
     /// session -> (initiator, responder, when)
     pending: HashMap<SessionId, (NodeId, NodeId, Instant)>,
+    stats: RendezvousStats,
+}
+
+/// What a rendezvous has done since it started (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RendezvousStats {
+    /// Control connections registered (a reconnect counts again).
+    pub registrations: u64,
+    /// `Connect`s passed on to a registered target.
+    pub connects: u64,
+    /// `Connect`s to a target that is not registered (`Unknown`).
+    pub unknown_targets: u64,
+    /// `Answer`s passed on (each also starts a `Go`).
+    pub answers: u64,
+    /// `Reject`s passed on.
+    pub rejects: u64,
 }
 
 /// A running rendezvous service; stops when dropped (or `stop`).
@@ -89,6 +105,11 @@ impl Rendezvous {
         &self.node
     }
 
+    /// Counters since start.
+    pub fn stats(&self) -> RendezvousStats {
+        lock(&self.state).stats
+    }
+
     /// Stops serving and closes the control connections.
     pub fn stop(&self) {
         if let Ok(d) = self.node.dispatch() {
@@ -123,7 +144,11 @@ fn lookup(state: &Mutex<State>, id: &NodeId) -> Option<(Connection, SocketAddr)>
 async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
     let me = conn.peer_id();
     let observed = conn.remote_address();
-    let old = lock(&state).peers.insert(me, Peer { conn: conn.clone(), observed, gen });
+    let old = {
+        let mut s = lock(&state);
+        s.stats.registrations += 1;
+        s.peers.insert(me, Peer { conn: conn.clone(), observed, gen })
+    };
     if let Some(old) = old {
         old.conn.close("replaced by a newer control connection");
     }
@@ -147,10 +172,14 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
         }
         match m {
             Msg::Connect { to, session, flags, attempts, profile } => match lookup(&state, &to) {
-                None => send(&conn, &Msg::Unknown { session }).await,
+                None => {
+                    lock(&state).stats.unknown_targets += 1;
+                    send(&conn, &Msg::Unknown { session }).await
+                }
                 Some((b, _)) => {
                     {
                         let mut s = lock(&state);
+                        s.stats.connects += 1;
                         let now = Instant::now();
                         s.pending.retain(|_, (_, _, t)| now.duration_since(*t) < PENDING_TTL);
                         s.pending.insert(session, (me, to, now));
@@ -164,6 +193,7 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
                     .remove(&session)
                     .is_some_and(|(a, b, _)| a == to && b == me);
                 let Some((a, _)) = lookup(&state, &to).filter(|_| ok) else { continue };
+                lock(&state).stats.answers += 1;
                 send(&a, &Msg::Answered { from: me, session, profile, observed }).await;
                 let (ra, rb) = (a.rtt(), conn.rtt());
                 let max = ra.max(rb);
@@ -177,7 +207,11 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
             // here; profiles travel in each session's messages.
             Msg::Hello(HelloKind::Control) => send(&conn, &Msg::Registered { observed }).await,
             Msg::Reject { peer, session, reason } => {
-                lock(&state).pending.remove(&session);
+                {
+                    let mut s = lock(&state);
+                    s.pending.remove(&session);
+                    s.stats.rejects += 1;
+                }
                 if let Some((a, _)) = lookup(&state, &peer) {
                     send(&a, &Msg::Reject { peer: me, session, reason }).await;
                 }

@@ -66,6 +66,8 @@ struct Shared {
     next_client: AtomicU64,
     frames: AtomicU64,
     bytes: AtomicU64,
+    /// Sessions refused, by reason (rare: a lock is cheap enough).
+    refused: Mutex<HashMap<&'static str, u64>>,
 }
 
 /// A running relay on a node. Dropping it stops relaying like [`RelayServer::stop`].
@@ -91,6 +93,7 @@ impl RelayServer {
             next_client: AtomicU64::new(1),
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            refused: Mutex::new(HashMap::new()),
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
         dispatch.set_relay(Some(tx.clone()));
@@ -174,6 +177,11 @@ impl RelayServer {
         }
     }
 
+    /// Sessions refused so far, by [`Refusal::name`] (only reasons seen).
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        lock(&self.shared.refused).iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
     /// New limits for a running relay (enabling it again with other
     /// options): `max_sessions` and `session_timeout` apply at once, the
     /// bandwidth limit to sessions opened from now on. Sessions go on.
@@ -206,6 +214,12 @@ impl Shared {
         }
     }
 
+    /// Tells an opener its session was refused, and counts it.
+    fn refuse(&self, client: ClientId, tag: u32, reason: Refusal) {
+        *lock(&self.refused).entry(reason.name()).or_insert(0) += 1;
+        self.send(client, RelayMsg::Refused { tag, reason });
+    }
+
     fn status(&self, client: ClientId, observed: SocketAddr, reserved: bool) {
         let load = lock(&self.table).load_permille();
         self.send(client, RelayMsg::Status { observed, reserved, load_permille: load });
@@ -221,7 +235,7 @@ impl Shared {
             }
         } else {
             let reason = if e.reason == EndReason::Disabled { Refusal::Disabled } else { Refusal::Declined };
-            self.send(e.a_client, RelayMsg::Refused { tag: e.tag, reason });
+            self.refuse(e.a_client, e.tag, reason);
         }
     }
 
@@ -360,7 +374,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
                 let r = lock(&shared.table).open(id, &to, session, tag, now);
                 match r {
                     Ok(p) => shared.send(p.b_client, RelayMsg::Incoming { session: p.session, from: node_id }),
-                    Err(reason) => shared.send(id, RelayMsg::Refused { tag, reason }),
+                    Err(reason) => shared.refuse(id, tag, reason),
                 }
             }
             RelayMsg::Accept { session } => {
@@ -373,7 +387,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
             RelayMsg::Decline { session } => {
                 let r = lock(&shared.table).decline(id, session);
                 if let Some((a, tag)) = r {
-                    shared.send(a, RelayMsg::Refused { tag, reason: Refusal::Declined });
+                    shared.refuse(a, tag, Refusal::Declined);
                 }
             }
             RelayMsg::Close { session } => {
