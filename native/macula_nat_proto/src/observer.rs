@@ -16,6 +16,20 @@
 //! whereas a 420 tells it at once to use another observer. A CHANGE-REQUEST
 //! with both flags clear asks for nothing, so it is answered normally.
 //!
+//! RFC 3489 clients (no magic cookie, 128-bit transaction id) are answered
+//! as RFC 8489 §12 and coturn answer them: the response carries the
+//! request's whole transaction id and the RFC 3489 attributes MAPPED-ADDRESS
+//! (never the XOR form), SOURCE-ADDRESS (the address the answer leaves
+//! from) and, with an alternate address, CHANGED-ADDRESS (the alternate,
+//! like OTHER-ADDRESS); CHANGE-REQUEST is honoured exactly as for RFC 5780
+//! clients. Nothing a classic client could choke on goes in: no
+//! FINGERPRINT, no SOFTWARE (RFC 3489 parsers such as Debian's `stun` 0.97
+//! reject a string attribute whose length is not a multiple of 4), and an
+//! error's reason phrase and UNKNOWN-ATTRIBUTES list are padded the RFC 3489
+//! way (spaces, a repeated attribute). RFC 3489's RESPONSE-ADDRESS is not
+//! supported (RFC 8489 §12 drops it): such a request gets a 420, so the
+//! observer cannot be aimed at a third party.
+//!
 //! Anything that is not a well-formed Binding request (responses,
 //! indications, other methods, malformed data, datagrams to an address we
 //! do not own) gets no answer at all: an observer must not be usable as a
@@ -113,7 +127,7 @@ impl Observer {
         if !self.local_addrs().contains(&local) {
             return None;
         }
-        let req = Message::decode(data).ok()?;
+        let req = Message::decode_any(data).ok()?;
         if req.class != Class::Request || req.method != METHOD_BINDING {
             return None;
         }
@@ -137,6 +151,18 @@ impl Observer {
             Some(port) => SocketAddr::new(from.ip(), port),
             None => from,
         };
+        if req.classic.is_some() {
+            let mut resp = reply_to(&req, Class::SuccessResponse)
+                .with(Attribute::MappedAddress(from))
+                .with(Attribute::SourceAddress(src));
+            if let Some(alt) = self.cfg.alternate {
+                resp = resp.with(Attribute::ChangedAddress(alt));
+            }
+            if let Some(n) = req.padding() {
+                resp = resp.with(Attribute::Padding(n));
+            }
+            return Some(Reply { from: src, to: dst, payload: resp.encode() });
+        }
         let mut resp = Message::new(Class::SuccessResponse, METHOD_BINDING, req.transaction_id)
             .with(Attribute::XorMappedAddress(from))
             .with(Attribute::MappedAddress(from))
@@ -166,7 +192,23 @@ impl Observer {
         Some(Reply { from: src, to: dst, payload: resp.with_fingerprint().encode() })
     }
 
-    fn error(&self, local: SocketAddr, from: SocketAddr, req: &Message, code: u16, reason: &str, unknown: Vec<u16>) -> Reply {
+    fn error(&self, local: SocketAddr, from: SocketAddr, req: &Message, code: u16, reason: &str, mut unknown: Vec<u16>) -> Reply {
+        if req.classic.is_some() {
+            // RFC 3489 §11.2.9/§11.2.10: the reason phrase is a multiple of
+            // 4 bytes (padded with spaces) and an odd list of unknown
+            // attributes repeats one of them.
+            let mut reason = reason.to_string();
+            while (4 + reason.len()) % 4 != 0 {
+                reason.push(' ');
+            }
+            if unknown.len() % 2 == 1 {
+                unknown.push(unknown[unknown.len() - 1]);
+            }
+            let resp = reply_to(req, Class::ErrorResponse)
+                .with(Attribute::ErrorCode { code, reason })
+                .with(Attribute::UnknownAttributes(unknown));
+            return Reply { from: local, to: from, payload: resp.encode() };
+        }
         let mut resp = Message::new(Class::ErrorResponse, METHOD_BINDING, req.transaction_id)
             .with(Attribute::ErrorCode { code, reason: reason.into() })
             .with(Attribute::UnknownAttributes(unknown));
@@ -175,6 +217,14 @@ impl Observer {
         }
         Reply { from: local, to: from, payload: resp.with_fingerprint().encode() }
     }
+}
+
+/// A response with the request's transaction id (all 128 bits of a classic
+/// one).
+fn reply_to(req: &Message, class: Class) -> Message {
+    let mut m = Message::new(class, METHOD_BINDING, req.transaction_id);
+    m.classic = req.classic;
+    m
 }
 
 #[cfg(test)]
@@ -339,6 +389,109 @@ mod tests {
         assert!(obs.handle_datagram(local, client(), &bad_fp).is_none());
         let good = Message::binding_request(TID).encode();
         assert!(obs.handle_datagram(sa("192.0.2.99:3478"), client(), &good).is_none(), "not our address");
+    }
+
+    const CLASSIC_ID: [u8; 16] = [0x5a, 0xa5, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+
+    fn classic(change: Option<(bool, bool)>) -> Message {
+        let mut m = Message::classic(Class::Request, METHOD_BINDING, CLASSIC_ID);
+        if let Some((change_ip, change_port)) = change {
+            m = m.with(Attribute::ChangeRequest { change_ip, change_port });
+        }
+        m
+    }
+
+    fn decode_classic(r: &Reply) -> Message {
+        assert_eq!(Message::decode(&r.payload).unwrap_err(), crate::stun::StunError::BadMagicCookie);
+        let m = Message::decode_any(&r.payload).unwrap();
+        assert_eq!(m.classic_transaction_id(), Some(CLASSIC_ID), "the whole 128-bit id comes back");
+        m
+    }
+
+    #[test]
+    fn classic_request_gets_a_classic_answer() {
+        let obs = full();
+        // The bytes Debian's `stun` 0.97 sends for test I.
+        let mut req = vec![0, 1, 0, 0];
+        req.extend_from_slice(&CLASSIC_ID);
+        let r = obs.handle_datagram(sa("198.51.100.1:3478"), client(), &req).unwrap();
+        assert_eq!((r.from, r.to), (sa("198.51.100.1:3478"), client()));
+        let m = decode_classic(&r);
+        assert_eq!(m.class, Class::SuccessResponse);
+        assert_eq!(
+            m.attributes,
+            vec![
+                Attribute::MappedAddress(client()),
+                Attribute::SourceAddress(sa("198.51.100.1:3478")),
+                Attribute::ChangedAddress(sa("198.51.100.2:3479")),
+            ],
+            "RFC 3489 attributes only: no XOR form, no SOFTWARE"
+        );
+        assert!(!m.fingerprint);
+        // Byte layout: MAPPED-ADDRESS first, IPv4, port 40000, not XORed.
+        assert_eq!(&r.payload[..4], &[0x01, 0x01, 0, 36]);
+        assert_eq!(&r.payload[4..20], &CLASSIC_ID);
+        assert_eq!(&r.payload[20..32], &[0, 1, 0, 8, 0, 1, 0x9c, 0x40, 203, 0, 113, 5]);
+    }
+
+    #[test]
+    fn classic_change_request_is_honoured_from_every_local_address() {
+        let obs = full();
+        for local in obs.local_addrs() {
+            for (ci, cp) in [(false, false), (true, false), (false, true), (true, true)] {
+                let modern = Message::binding_request(TID).with(Attribute::ChangeRequest { change_ip: ci, change_port: cp });
+                let want = obs.handle_datagram(local, client(), &modern.encode()).unwrap();
+                let r = obs.handle_datagram(local, client(), &classic(Some((ci, cp))).encode()).unwrap();
+                assert_eq!((r.from, r.to), (want.from, want.to), "{local} {ci} {cp}: same source as for RFC 5780");
+                let m = decode_classic(&r);
+                assert_eq!(m.mapped_address(), Some(client()));
+                assert!(m.attributes.contains(&Attribute::SourceAddress(r.from)));
+                assert_eq!(m.other_address(), Some(sa("198.51.100.2:3479")));
+            }
+        }
+    }
+
+    #[test]
+    fn classic_request_to_a_single_address_node() {
+        let obs = single();
+        let local = sa("198.51.100.9:3478");
+        let m = decode_classic(&obs.handle_datagram(local, client(), &classic(None).encode()).unwrap());
+        assert_eq!(m.class, Class::SuccessResponse);
+        assert_eq!(m.attributes, vec![Attribute::MappedAddress(client()), Attribute::SourceAddress(local)]);
+        // A change it cannot make: a classic 420, padded the RFC 3489 way.
+        let r = obs.handle_datagram(local, client(), &classic(Some((true, true))).encode()).unwrap();
+        assert_eq!((r.from, r.to), (local, client()));
+        let m = decode_classic(&r);
+        assert_eq!(m.class, Class::ErrorResponse);
+        assert_eq!(m.error_code(), Some((420, "Unknown Attribute   ")));
+        assert!(m.attributes.contains(&Attribute::UnknownAttributes(vec![attr::CHANGE_REQUEST, attr::CHANGE_REQUEST])));
+        assert!(!m.fingerprint);
+        // Every attribute length is a multiple of 4, as RFC 3489 parsers expect.
+        let mut pos = 20;
+        while pos < r.payload.len() {
+            let len = u16::from_be_bytes([r.payload[pos + 2], r.payload[pos + 3]]) as usize;
+            assert_eq!(len % 4, 0, "attribute at {pos}");
+            pos += 4 + len;
+        }
+    }
+
+    #[test]
+    fn classic_response_address_is_refused_and_garbage_ignored() {
+        let obs = full();
+        let local = sa("198.51.100.1:3478");
+        // RESPONSE-ADDRESS (0x0002) would aim the answer at a third party.
+        let mut req = classic(None).encode();
+        req.extend_from_slice(&[0, 2, 0, 8, 0, 1, 0x13, 0x88, 192, 0, 2, 1]);
+        let body = (req.len() - 20) as u16;
+        req[2..4].copy_from_slice(&body.to_be_bytes());
+        let r = obs.handle_datagram(local, client(), &req).unwrap();
+        assert_eq!(r.to, client());
+        assert_eq!(decode_classic(&r).error_code().map(|e| e.0), Some(420));
+        // Classic responses and other methods get nothing.
+        let resp = Message::classic(Class::SuccessResponse, METHOD_BINDING, CLASSIC_ID).encode();
+        assert!(obs.handle_datagram(local, client(), &resp).is_none());
+        let other = Message::classic(Class::Request, 0x003, CLASSIC_ID).encode();
+        assert!(obs.handle_datagram(local, client(), &other).is_none());
     }
 
     #[test]

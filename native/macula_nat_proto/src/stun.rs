@@ -29,6 +29,17 @@
 //! our relay side by side with coturn through them. No TURN server logic
 //! lives here; ChannelData framing is not STUN and stays with its user.
 //!
+//! # RFC 3489 ("classic") messages
+//!
+//! RFC 3489 had no magic cookie: its transaction id is 128 bits, the first
+//! 32 of which sit where RFC 8489 puts the cookie. [`Message::decode`]
+//! accepts only RFC 8489 messages (what the detector, the punch code and the
+//! demultiplexer want); [`Message::decode_any`] also accepts a classic one
+//! and keeps those first 4 bytes in [`Message::classic`], so that a server
+//! can answer it in kind (RFC 8489 §12: same transaction id, MAPPED-ADDRESS
+//! instead of XOR-MAPPED-ADDRESS). [`is_classic_binding_request`] is the
+//! demultiplexer's check for such a request.
+//!
 //! MESSAGE-INTEGRITY / MESSAGE-INTEGRITY-SHA256 are *parsed* (so the RFC 5769
 //! vectors decode) but not verified: NAT discovery runs without credentials.
 //! Attributes that follow MESSAGE-INTEGRITY (other than FINGERPRINT) are
@@ -223,6 +234,11 @@ pub struct Message {
     pub attributes: Vec<Attribute>,
     pub fingerprint: bool,
     pub unknown_required: Vec<u16>,
+    /// `Some(head)` for an RFC 3489 message: `head` are the first 4 bytes
+    /// of its 128-bit transaction id (where RFC 8489 has the magic cookie),
+    /// `transaction_id` the other 12. The encoder writes `head` instead of
+    /// the cookie. `None` for RFC 8489 messages.
+    pub classic: Option<[u8; 4]>,
 }
 
 /// Why a datagram was not accepted as a STUN message. One variant per reason
@@ -296,6 +312,21 @@ pub fn is_stun(data: &[u8]) -> bool {
     cookie == MAGIC_COOKIE && len & 3 == 0 && HEADER_LEN + len == data.len()
 }
 
+/// Whether a datagram is an RFC 3489 Binding request (no magic cookie): the
+/// Binding request type, a 4-aligned length that matches the datagram, and
+/// anything but the cookie where RFC 8489 has it. For a socket shared with
+/// QUIC this is as strict as [`is_stun`] (QUIC sets 0x80 or 0x40 in the
+/// first byte, this needs 0x00 0x01 in the first two). Does not look at
+/// attributes.
+pub fn is_classic_binding_request(data: &[u8]) -> bool {
+    if data.len() < HEADER_LEN || data[0] != 0 || data[1] != 0x01 {
+        return false;
+    }
+    let len = u16::from_be_bytes([data[2], data[3]]) as usize;
+    let cookie = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+    cookie != MAGIC_COOKIE && len & 3 == 0 && HEADER_LEN + len == data.len()
+}
+
 /// CRC-32 (IEEE 802.3, reflected, as used by FINGERPRINT).
 pub fn crc32(data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
@@ -342,7 +373,30 @@ impl Message {
             attributes: Vec::new(),
             fingerprint: false,
             unknown_required: Vec::new(),
+            classic: None,
         }
+    }
+
+    /// The full 128-bit transaction id of an RFC 3489 message.
+    pub fn classic_transaction_id(&self) -> Option<[u8; 16]> {
+        let head = self.classic?;
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&head);
+        id[4..].copy_from_slice(&self.transaction_id);
+        Some(id)
+    }
+
+    /// An RFC 3489 message with the 128-bit transaction id `id` (its first
+    /// 4 bytes must not be the magic cookie, else it is an RFC 8489 one).
+    pub fn classic(class: Class, method: u16, id: [u8; 16]) -> Message {
+        let mut tid = [0u8; 12];
+        tid.copy_from_slice(&id[4..]);
+        let head = [id[0], id[1], id[2], id[3]];
+        let mut m = Message::new(class, method, tid);
+        if u32::from_be_bytes(head) != MAGIC_COOKIE {
+            m.classic = Some(head);
+        }
+        m
     }
 
     /// A Binding request.
@@ -449,7 +503,10 @@ impl Message {
         let mut out = Vec::with_capacity(64);
         out.extend_from_slice(&encode_type(self.class, self.method).to_be_bytes());
         out.extend_from_slice(&[0, 0]); // length, patched below
-        out.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        match self.classic {
+            Some(head) => out.extend_from_slice(&head),
+            None => out.extend_from_slice(&MAGIC_COOKIE.to_be_bytes()),
+        }
         out.extend_from_slice(&self.transaction_id);
         for a in &self.attributes {
             encode_attribute(&mut out, a, &self.transaction_id);
@@ -469,9 +526,18 @@ impl Message {
         out
     }
 
-    /// Parse and validate a datagram. Never panics.
+    /// Parse and validate an RFC 8489 datagram (magic cookie required).
+    /// Never panics.
     pub fn decode(data: &[u8]) -> Result<Message, StunError> {
-        decode(data)
+        decode(data, false)
+    }
+
+    /// Like [`Message::decode`], but an RFC 3489 message (no magic cookie)
+    /// is accepted too, with [`Message::classic`] set. Address attributes
+    /// are read as they are written; an XOR attribute in a classic message
+    /// is undone with the RFC 8489 key (RFC 3489 has none). Never panics.
+    pub fn decode_any(data: &[u8]) -> Result<Message, StunError> {
+        decode(data, true)
     }
 }
 
@@ -591,14 +657,16 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn decode(data: &[u8]) -> Result<Message, StunError> {
+fn decode(data: &[u8], classic_ok: bool) -> Result<Message, StunError> {
     if data.len() < HEADER_LEN {
         return Err(StunError::TooShort);
     }
     if data[0] & 0xC0 != 0 {
         return Err(StunError::NotStun);
     }
-    if u32::from_be_bytes([data[4], data[5], data[6], data[7]]) != MAGIC_COOKIE {
+    let head = [data[4], data[5], data[6], data[7]];
+    let classic = u32::from_be_bytes(head) != MAGIC_COOKIE;
+    if classic && !classic_ok {
         return Err(StunError::BadMagicCookie);
     }
     let len = be16(data, 2) as usize;
@@ -612,6 +680,9 @@ fn decode(data: &[u8]) -> Result<Message, StunError> {
     let mut tid = [0u8; 12];
     tid.copy_from_slice(&data[8..20]);
     let mut msg = Message::new(class, method, tid);
+    if classic {
+        msg.classic = Some(head);
+    }
 
     let mut pos = HEADER_LEN;
     let mut after_integrity = false;

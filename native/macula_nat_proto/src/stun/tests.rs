@@ -576,3 +576,116 @@ fn turn_attributes_have_the_rfc_layout() {
         assert_eq!(Message::decode(&raw), Err(StunError::BadAttributeLength(t)), "{t:#06x}");
     }
 }
+
+// RFC 3489 ("classic") messages: no magic cookie, a 128-bit transaction id.
+
+const CLASSIC_ID: [u8; 16] = [0x5a, 0x01, 0x02, 0x03, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+
+// A Binding request as Debian's `stun` 0.97 client sends test II: 16-byte
+// transaction id, CHANGE-REQUEST (change IP and port).
+fn classic_request() -> Vec<u8> {
+    hex("00 01 00 08 5a 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f
+         00 03 00 04 00 00 00 06")
+}
+
+// An RFC 3489 Binding response: MAPPED-ADDRESS 203.0.113.5:40000,
+// SOURCE-ADDRESS 198.51.100.1:3478, CHANGED-ADDRESS 198.51.100.2:3479.
+fn classic_response() -> Vec<u8> {
+    hex("01 01 00 24 5a 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f
+         00 01 00 08 00 01 9c 40 cb 00 71 05
+         00 04 00 08 00 01 0d 96 c6 33 64 01
+         00 05 00 08 00 01 0d 97 c6 33 64 02")
+}
+
+#[test]
+fn classic_request_bytes_decode_only_with_decode_any_and_round_trip() {
+    let d = classic_request();
+    assert_eq!(Message::decode(&d), Err(StunError::BadMagicCookie), "the strict decoder stays RFC 8489");
+    let m = Message::decode_any(&d).unwrap();
+    assert_eq!((m.class, m.method), (Class::Request, METHOD_BINDING));
+    assert_eq!(m.classic, Some([0x5a, 1, 2, 3]));
+    assert_eq!(m.classic_transaction_id(), Some(CLASSIC_ID));
+    assert_eq!(m.change_request(), Some((true, true)));
+    assert!(!m.fingerprint && m.unknown_required.is_empty());
+    assert_eq!(m.encode(), d, "re-encodes byte for byte");
+    let built = Message::classic(Class::Request, METHOD_BINDING, CLASSIC_ID)
+        .with(Attribute::ChangeRequest { change_ip: true, change_port: true });
+    assert_eq!(built, m);
+    assert_eq!(built.encode(), d);
+}
+
+#[test]
+fn classic_response_bytes_round_trip() {
+    let d = classic_response();
+    let m = Message::decode_any(&d).unwrap();
+    assert_eq!(m.class, Class::SuccessResponse);
+    assert_eq!(m.classic_transaction_id(), Some(CLASSIC_ID));
+    let mapped: SocketAddr = "203.0.113.5:40000".parse().unwrap();
+    assert_eq!(m.mapped_address(), Some(mapped));
+    assert_eq!(m.other_address(), Some("198.51.100.2:3479".parse().unwrap()), "CHANGED-ADDRESS stands in for OTHER-ADDRESS");
+    assert_eq!(
+        m.attributes,
+        vec![
+            Attribute::MappedAddress(mapped),
+            Attribute::SourceAddress("198.51.100.1:3478".parse().unwrap()),
+            Attribute::ChangedAddress("198.51.100.2:3479".parse().unwrap()),
+        ]
+    );
+    assert_eq!(m.encode(), d);
+    let built = Message::classic(Class::SuccessResponse, METHOD_BINDING, CLASSIC_ID)
+        .with(Attribute::MappedAddress(mapped))
+        .with(Attribute::SourceAddress("198.51.100.1:3478".parse().unwrap()))
+        .with(Attribute::ChangedAddress("198.51.100.2:3479".parse().unwrap()));
+    assert_eq!(built.encode(), d);
+}
+
+#[test]
+fn classic_constructor_with_the_cookie_is_an_rfc8489_message() {
+    let mut id = [0u8; 16];
+    id[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    id[4..].copy_from_slice(&TID);
+    let m = Message::classic(Class::Request, METHOD_BINDING, id);
+    assert_eq!(m.classic, None);
+    assert_eq!(m, Message::binding_request(TID));
+    assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    assert_eq!(Message::decode_any(&m.encode()).unwrap(), m);
+    assert_eq!(Message::decode_any(&rfc5769_ipv4_response()).unwrap(), Message::decode(&rfc5769_ipv4_response()).unwrap());
+}
+
+#[test]
+fn classic_messages_survive_truncation_and_errors_like_rfc8489_ones() {
+    let d = classic_response();
+    for cut in 0..d.len() {
+        assert!(Message::decode_any(&d[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut bad = d.clone();
+    bad[2..4].copy_from_slice(&0x26u16.to_be_bytes());
+    assert_eq!(Message::decode_any(&bad), Err(StunError::UnalignedLength));
+    let mut quic = d.clone();
+    quic[0] |= 0x40;
+    assert_eq!(Message::decode_any(&quic), Err(StunError::NotStun));
+    // An unknown comprehension-required attribute (RFC 3489's
+    // RESPONSE-ADDRESS, 0x0002) is reported, as for RFC 8489 messages.
+    let mut with_ra = classic_request();
+    with_ra.extend_from_slice(&hex("00 02 00 08 00 01 13 88 c0 00 02 01"));
+    let body = (with_ra.len() - 20) as u16;
+    with_ra[2..4].copy_from_slice(&body.to_be_bytes());
+    assert_eq!(Message::decode_any(&with_ra).unwrap().unknown_required, vec![0x0002]);
+}
+
+#[test]
+fn classic_binding_request_demux() {
+    assert!(is_classic_binding_request(&classic_request()));
+    assert!(!is_stun(&classic_request()), "is_stun stays RFC 8489 only");
+    let plain = hex("00 01 00 00 5a 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f");
+    assert!(is_classic_binding_request(&plain));
+    assert!(!is_classic_binding_request(&classic_response()), "responses are not requests");
+    assert!(!is_classic_binding_request(&Message::binding_request(TID).encode()), "cookie: RFC 8489");
+    assert!(!is_classic_binding_request(&plain[..19]));
+    let mut long = plain.clone();
+    long.extend_from_slice(&[0, 0, 0, 0]);
+    assert!(!is_classic_binding_request(&long), "length must match");
+    let mut quic = plain.clone();
+    quic[0] = 0x40;
+    assert!(!is_classic_binding_request(&quic));
+}
