@@ -6,6 +6,7 @@
 use super::*;
 use crate::nat::NatType;
 use crate::observer::{Observer, ObserverConfig};
+use crate::stun::HEADER_LEN;
 
 pub(crate) use crate::rng::XorShift;
 
@@ -163,6 +164,9 @@ pub(super) struct World {
     /// Requests reaching an observer's primary address in `[from, until)`
     /// are answered at `until`: a starved observer process.
     pub stall: Option<(Instant, Instant)>,
+    /// Observers that answer as an RFC 3489 server, Debian's `stund`
+    /// (Vovida 0.97), does (see [`classic_answer`]).
+    pub classic: Vec<usize>,
     /// Local address of the detection's filter socket (a new one per run
     /// in reality: change it between runs to model that).
     pub filter_local: SocketAddr,
@@ -205,6 +209,7 @@ impl World {
             dead: Vec::new(),
             slow_alternate: Duration::ZERO,
             stall: None,
+            classic: Vec::new(),
             filter_local: "10.0.0.2:6001".parse().unwrap(),
             rng: XorShift(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1),
             queue: Vec::new(),
@@ -308,7 +313,9 @@ impl World {
                     return;
                 }
                 let primary = self.observers[i].config().primary;
-                if let Some(reply) = self.observers[i].handle_datagram(dst, src, &payload) {
+                let answer = self.observers[i].handle_datagram(dst, src, &payload);
+                let answer = if self.classic.contains(&i) { answer.map(|r| classic_answer(&self.observers[i], dst, r)) } else { answer };
+                if let Some(reply) = answer {
                     let mut at = now + if reply.from == primary { Duration::ZERO } else { self.slow_alternate };
                     if let Some((_, until)) = self.stall.filter(|&(f, u)| dst == primary && now >= f && now < u) {
                         at = at.max(until);
@@ -327,4 +334,45 @@ impl World {
             }
         }
     }
+}
+
+/// What an RFC 3489 server (Debian's `stund`, Vovida 0.97, seen on the wire
+/// in the lab) answers where our observer answered `reply`, to a request
+/// that arrived on `local`: the same source and destination (it honours
+/// CHANGE-REQUEST the same way), the request's 16 bytes after the type
+/// echoed as its transaction id (so an RFC 8489 request gets the cookie
+/// back), and MAPPED-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS (the address
+/// opposite the one the request reached: other IP and other port), then
+/// its pre-RFC 5389 XOR-MAPPED-ADDRESS (0x8020, XORed with the first bytes
+/// of the transaction id) and SERVER (0x8022); no OTHER-ADDRESS, no
+/// RESPONSE-ORIGIN, no FINGERPRINT.
+pub(super) fn classic_answer(obs: &Observer, local: SocketAddr, reply: crate::observer::Reply) -> crate::observer::Reply {
+    let theirs = Message::decode_any(&reply.payload).expect("our observer's answer decodes");
+    let mapped = theirs.mapped_address().expect("a mapped address");
+    let (p, alt) = (obs.config().primary, obs.config().alternate.expect("a classic server has two addresses"));
+    let changed = SocketAddr::new(
+        if local.ip() == p.ip() { alt.ip() } else { p.ip() },
+        if local.port() == p.port() { alt.port() } else { p.port() },
+    );
+    let mut m = Message::new(theirs.class, METHOD_BINDING, theirs.transaction_id);
+    m.classic = theirs.classic;
+    let m = m
+        .with(Attribute::MappedAddress(mapped))
+        .with(Attribute::SourceAddress(reply.from))
+        .with(Attribute::ChangedAddress(changed));
+    let mut out = m.encode();
+    let SocketAddr::V4(v4) = mapped else { panic!("stund is IPv4 only") };
+    let port = v4.port() ^ u16::from_be_bytes([out[4], out[5]]);
+    let mut xored = v4.ip().octets();
+    for (b, k) in xored.iter_mut().zip(&out[4..8].to_vec()) {
+        *b ^= k;
+    }
+    out.extend_from_slice(&[0x80, 0x20, 0, 8, 0, 1]);
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(&xored);
+    out.extend_from_slice(&[0x80, 0x22, 0, 16]);
+    out.extend_from_slice(b"Vovida.org 0.97\0");
+    let body = (out.len() - HEADER_LEN) as u16;
+    out[2..4].copy_from_slice(&body.to_be_bytes());
+    crate::observer::Reply { payload: out, ..reply }
 }

@@ -689,3 +689,61 @@ fn a_preserving_nat_whose_port_one_socket_finds_taken_still_reads_pp() {
         assert_eq!(p.confidence, Confidence::Medium, "{ty}");
     }
 }
+
+/// RFC 3489 servers as observers (Debian's `stund`: MAPPED-ADDRESS without
+/// XOR, CHANGED-ADDRESS instead of OTHER-ADDRESS, no RESPONSE-ORIGIN): one
+/// classic server, two, or one of each, give the configured profile for
+/// every NAT type, as our observers do.
+#[test]
+fn classic_rfc3489_servers_serve_as_observers_for_every_nat_type() {
+    let layouts: [(&str, fn() -> Vec<crate::observer::Observer>, Vec<usize>); 4] = [
+        ("one classic", one_observer, vec![0]),
+        ("two classic", two_observers, vec![0, 1]),
+        ("classic first", two_observers, vec![0]),
+        ("classic second", two_observers, vec![1]),
+    ];
+    let mut wrong = Vec::new();
+    for (name, observers, classic) in layouts {
+        for (i, ty) in NatType::all().enumerate() {
+            let delta = [1, 2, -1][i % 3];
+            let seed = 300 + i as u64 * 31;
+            let mut world = World::new(SimNat::new(Some(ty), delta, seed), observers(), 30, 0, seed);
+            world.classic = classic.clone();
+            let run = detect_in(&mut world, seed, Instant::now());
+            match &run.result {
+                Ok(p) => {
+                    if let Err(e) = check(ty, delta, p, &world.nat) {
+                        wrong.push(format!("{name}: {e}"));
+                    } else if p.confidence != Confidence::High && ty.allocation == Allocation::Rd {
+                        wrong.push(format!("{name}: {ty}: {:?} confidence", p.confidence));
+                    }
+                }
+                Err(e) => wrong.push(format!("{name}: {ty}: {e}")),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The sim's classic server answers like `stund` on the wire: our RFC 8489
+/// request comes back with the cookie (stund echoes all 16 bytes), only
+/// RFC 3489 attributes that we read, and stund's pre-RFC 5389 0x8020 is
+/// ignored (its XOR is not RFC 8489's).
+#[test]
+fn classic_server_answer_is_read_as_mapped_and_changed_address() {
+    let obs = full_observer("198.51.100.1", "198.51.100.2");
+    let client: SocketAddr = "203.0.113.1:20000".parse().unwrap();
+    let req = Message::binding_request([7; 12]).with(Attribute::ChangeRequest { change_ip: false, change_port: false });
+    let local: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    let r = classic_answer(&obs, local, obs.handle_datagram(local, client, &req.clone().with_fingerprint().encode()).unwrap());
+    let m = Message::decode(&r.payload).expect("cookie echoed: an RFC 8489 decoder reads it");
+    assert_eq!(m.transaction_id, [7; 12]);
+    assert!(!m.fingerprint);
+    assert_eq!(m.mapped_address(), Some(client));
+    assert_eq!(m.other_address(), Some("198.51.100.2:3479".parse().unwrap()));
+    assert!(!m.attributes.iter().any(|a| matches!(a, Attribute::XorMappedAddress(_) | Attribute::OtherAddress(_))));
+    // CHANGED-ADDRESS is the address opposite the one the request reached.
+    let alt: SocketAddr = "198.51.100.2:3479".parse().unwrap();
+    let r = classic_answer(&obs, alt, obs.handle_datagram(alt, client, &req.encode()).unwrap());
+    assert_eq!(Message::decode(&r.payload).unwrap().other_address(), Some(local));
+}
