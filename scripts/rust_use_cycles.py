@@ -5,11 +5,13 @@ Usage: scripts/rust_use_cycles.py native/macula_nat_core/src [more crate src dir
 
 Reads every `.rs` file under each crate's `src` (binaries under `src/bin`
 are their own crates and skipped), takes the non-test part of each file
-(up to its first `#[cfg(test)]`), drops comments, and collects every path
+(up to its `#[cfg(test)] mod`, without `#[cfg(test)] use` lines), drops comments, and collects every path
 that starts with `crate::`, `super::` or `self::` (in `use` lines and in
 code, `{a, b::c}` groups expanded). Each path is resolved to the longest
 module prefix that has a file; names re-exported by `lib.rs` (`pub use
-x::Y`) resolve to the module that defines them. Prints the edges between
+x::Y`) resolve to the module that defines them. A child's use of its own
+parent module (`super::X` in `a/b.rs` naming `a`) is not an edge: the
+parent declares the child. Prints the edges between
 files with `-v`, then every strongly connected component of more than one
 module (an import cycle), and exits 1 if there is one.
 """
@@ -38,8 +40,9 @@ def modules(src):
     return mods
 
 def non_test(text):
-    i = text.find("#[cfg(test)]")
-    text = text if i < 0 else text[:i]
+    m = re.search(r"#\[cfg\(test\)\]\s*mod\s", text)
+    text = text if not m else text[:m.start()]
+    text = re.sub(r"#\[cfg\(test\)\]\s*use [^;]*;", "", text)
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     return "\n".join(l.split("//")[0] for l in text.splitlines())
 
