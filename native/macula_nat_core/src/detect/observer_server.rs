@@ -137,7 +137,7 @@ async fn serve(
                 }
             }
             None => {
-                let reason = match Message::decode(data) {
+                let reason = match Message::decode_any(data) {
                     Err(e) => e.reason(),
                     Ok(_) => "not_a_binding_request",
                 };

@@ -132,7 +132,7 @@ pub(crate) async fn recv_loop(
             }
             // A relayed connection moved to a punched path still knows its
             // peer by the virtual address (see `relay_plane`).
-            let plain = |d: &[u8]| stun::is_stun(d) || frame::is_frame(d);
+            let plain = |d: &[u8]| stun::is_stun(d) || stun::is_classic_binding_request(d) || frame::is_frame(d);
             let quic_addr = match relay.alias_of(&meta.addr) {
                 Some(a) => a,
                 None if relay.following() && !plain(&data[..stride]) => relay.follow(&meta.addr).unwrap_or(meta.addr),
@@ -173,7 +173,8 @@ pub(crate) async fn recv_loop(
                     continue;
                 }
                 flush(&mut run);
-                if stun::is_stun(seg) {
+                // RFC 3489 clients (no magic cookie) are answered too.
+                if stun::is_stun(seg) || stun::is_classic_binding_request(seg) {
                     on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
                 } else {
                     quic.push((RecvMeta { addr: quic_addr, len: seg.len(), stride: seg.len(), ..*meta }, start + s..start + s + seg.len()));
@@ -210,7 +211,7 @@ async fn on_stun(
     if punch.offer(from, data) {
         return;
     }
-    let Ok(msg) = Message::decode(data) else {
+    let Ok(msg) = Message::decode_any(data) else {
         counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
         return;
     };
