@@ -1,0 +1,210 @@
+//! macula-node's TOML config file.
+//!
+//! ```toml
+//! log_level = "info"                       # error | warn | info | debug | trace
+//! identity_key = "/var/lib/macula-node/node.key"   # 32-byte ed25519 seed, created 0600 if absent
+//!
+//! [observer]                               # RFC 5780 STUN observer (omit the section: none)
+//! primary = "203.0.113.10:3478"
+//! alternate = "203.0.113.11:3479"          # other IP and port; omit: plain STUN, no CHANGE-REQUEST
+//!
+//! [node]                                   # the node socket (UDP, QUIC): rendezvous and relay
+//! listen = "0.0.0.0:4433"
+//! rendezvous = true
+//! relay = true
+//!
+//! [relay]                                  # limits (defaults: RelayLimits::default())
+//! max_sessions = 100
+//! bandwidth_limit = 1250000                # bytes/s per session; omit: unlimited
+//! session_timeout_secs = 1800
+//! max_queue_delay_ms = 100
+//!
+//! [metrics]                                # Prometheus text format over HTTP; omit: none
+//! listen = "127.0.0.1:9464"
+//! ```
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a
+//! default).
+
+use macula_nat_core::relay::RelayLimits;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_level")]
+    pub log_level: LogLevel,
+    pub identity_key: PathBuf,
+    pub observer: Option<ObserverSection>,
+    pub node: NodeSection,
+    #[serde(default)]
+    pub relay: RelaySection,
+    pub metrics: Option<MetricsSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserverSection {
+    pub primary: SocketAddr,
+    pub alternate: Option<SocketAddr>,
+    pub software: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub listen: SocketAddr,
+    #[serde(default = "yes")]
+    pub rendezvous: bool,
+    #[serde(default = "yes")]
+    pub relay: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    pub max_sessions: Option<usize>,
+    pub bandwidth_limit: Option<u64>,
+    pub session_timeout_secs: Option<u64>,
+    pub max_queue_delay_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: SocketAddr,
+}
+
+fn default_level() -> LogLevel {
+    LogLevel::Info
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl RelaySection {
+    /// The limits, each missing one at its `RelayLimits::default()` value.
+    pub fn limits(&self) -> RelayLimits {
+        let mut l = RelayLimits::default();
+        if let Some(n) = self.max_sessions {
+            l.max_sessions = n;
+        }
+        if self.bandwidth_limit.is_some() {
+            l.bandwidth_limit = self.bandwidth_limit;
+        }
+        if let Some(s) = self.session_timeout_secs {
+            l.session_timeout = Duration::from_secs(s);
+        }
+        if let Some(ms) = self.max_queue_delay_ms {
+            l.max_queue_delay = Duration::from_millis(ms);
+        }
+        l
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        c.check()?;
+        Ok(c)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if let Some(o) = &self.observer {
+            if let Some(a) = o.alternate {
+                if a.ip() == o.primary.ip() || (a.port() == o.primary.port() && a.port() != 0) {
+                    return Err("observer.alternate needs another IP and another port than observer.primary (RFC 5780)".into());
+                }
+            }
+        }
+        if !self.node.rendezvous && !self.node.relay && self.observer.is_none() {
+            return Err("nothing to run: no [observer] and node.rendezvous = node.relay = false".into());
+        }
+        if self.relay.max_sessions == Some(0) {
+            return Err("relay.max_sessions must be at least 1 (set node.relay = false to run no relay)".into());
+        }
+        if self.relay.bandwidth_limit == Some(0) {
+            return Err("relay.bandwidth_limit must be at least 1 byte/s (omit it: unlimited)".into());
+        }
+        if self.relay.session_timeout_secs == Some(0) {
+            return Err("relay.session_timeout_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_and_minimal() {
+        let c = Config::parse(
+            r#"
+            log_level = "debug"
+            identity_key = "/tmp/k"
+            [observer]
+            primary = "127.0.0.1:3478"
+            alternate = "127.0.0.2:3479"
+            [node]
+            listen = "0.0.0.0:4433"
+            [relay]
+            max_sessions = 7
+            bandwidth_limit = 1000
+            [metrics]
+            listen = "127.0.0.1:9464"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert!(c.node.rendezvous && c.node.relay);
+        let l = c.relay.limits();
+        assert_eq!((l.max_sessions, l.bandwidth_limit), (7, Some(1000)));
+        assert_eq!(l.session_timeout, RelayLimits::default().session_timeout);
+        let m = Config::parse("identity_key = \"k\"\n[node]\nlisten = \"0.0.0.0:1\"\n").unwrap();
+        assert_eq!(m.log_level, LogLevel::Info);
+        assert!(m.observer.is_none() && m.metrics.is_none());
+    }
+
+    #[test]
+    fn refuses_typos_and_bad_values() {
+        let base = "identity_key = \"k\"\n[node]\nlisten = \"0.0.0.0:1\"\n";
+        assert!(Config::parse(&format!("{base}[relay]\nmax_sesions = 3\n")).is_err());
+        assert!(Config::parse(&format!("{base}[relay]\nmax_sessions = 0\n")).is_err());
+        assert!(Config::parse(&format!("log_level = \"loud\"\n{base}")).is_err());
+        let same_ip = "[observer]\nprimary = \"127.0.0.1:3478\"\nalternate = \"127.0.0.1:3479\"\n";
+        assert!(Config::parse(&format!("{base}{same_ip}")).is_err());
+        assert!(Config::parse("[node]\nlisten = \"0.0.0.0:1\"\n").is_err());
+    }
+}
