@@ -30,6 +30,8 @@ pub mod local_profile;
 pub(crate) mod lock;
 pub mod node;
 pub mod peer_record;
+// Port mapping (PCP, NAT-PMP, UPnP IGD) of the node socket's port.
+pub mod portmap;
 pub mod profile_cache;
 pub mod punch;
 pub mod relay_registry;

@@ -30,7 +30,8 @@ pub(super) fn current_info(inner: &Inner) -> PeerInfo {
     // decides from this, so fresh sockets and targets agree with what the
     // peer is told.
     let local_port = inner.node.local_addr().ok().map(|a| a.port());
-    info.as_seen_by_rendezvous(*lock(&inner.observed), local_port)
+    // A port mapping makes us open at the mapped address (`crate::portmap`).
+    crate::portmap::signalled(&inner.node, info.as_seen_by_rendezvous(*lock(&inner.observed), local_port))
 }
 
 /// Waits (at most `max`) for the node's first detection when one is under
@@ -73,7 +74,7 @@ pub(super) async fn session_base(inner: &Arc<Inner>, info: &PeerInfo) -> (u16, O
 pub(super) fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketSet>, alloc_base: u16) -> Profile {
     let mut candidates = read(&inner.cfg).candidates.clone();
     let local = inner.node.local_addr().ok();
-    let info = info.as_seen_by_rendezvous(*lock(&inner.observed), local.map(|l| l.port()));
+    let info = crate::portmap::signalled(&inner.node, info.as_seen_by_rendezvous(*lock(&inner.observed), local.map(|l| l.port())));
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
     // Our own addresses at the port the punch runs on: a peer behind the
     // same NAT reaches us there (see `crate::socket::local_addrs`).

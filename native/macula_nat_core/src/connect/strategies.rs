@@ -45,7 +45,12 @@ type Incoming = tokio::sync::oneshot::Receiver<Connection>;
 /// `Direct`: the dialer (A for `Either`) dials the other's observed
 /// address; the other listens.
 async fn direct(inner: &Arc<Inner>, side: Side, dialer: Dialer, m: Meeting<'_>, incoming: Incoming) -> Result<(Connection, Method), ConnectError> {
-    let Meeting { session, peer_id, observed, pair_rtt, .. } = m;
+    let Meeting { session, peer_id, peer, observed, pair_rtt, .. } = m;
+    // An open peer's own public address when it names another port at the
+    // observed IP: a port mapping (`crate::portmap`) whose external port
+    // is not the one its socket's traffic leaves from.
+    let open_at = peer.info.public_addr.filter(|a| a.ip() == observed.ip() && peer.info.filtering == macula_nat_proto::nat::Filtering::Ei);
+    let observed = open_at.unwrap_or(observed);
     let us = match dialer {
         Dialer::Either => side == Side::A,
         Dialer::A => side == Side::A,
