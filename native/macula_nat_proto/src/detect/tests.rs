@@ -696,7 +696,8 @@ fn a_preserving_nat_whose_port_one_socket_finds_taken_still_reads_pp() {
 /// every NAT type, as our observers do.
 #[test]
 fn classic_rfc3489_servers_serve_as_observers_for_every_nat_type() {
-    let layouts: [(&str, fn() -> Vec<crate::observer::Observer>, Vec<usize>); 4] = [
+    type Layout = (&'static str, fn() -> Vec<crate::observer::Observer>, Vec<usize>);
+    let layouts: [Layout; 4] = [
         ("one classic", one_observer, vec![0]),
         ("two classic", two_observers, vec![0, 1]),
         ("classic first", two_observers, vec![0]),
