@@ -117,10 +117,15 @@ fn delay_jitter_and_loss_match_the_setting() {
     // uniform +/- 10 ms => stddev 10/sqrt(3)
     within("jitter stddev ms", r3.delay_ms_stddev, 10.0 / 3f64.sqrt(), 0.20);
     assert!(r3.loss < 0.001, "jitter site lost packets: {}", r3.loss);
-    // Uniform over 20..40 ms. The 99th percentile, not the maximum: one
-    // datagram held up by the scheduler (3 x 4000 pps on 2 cores) made a
-    // 52 ms maximum on a busy CI host, which says nothing about the setting.
-    assert!(r3.delay_ms_min >= 19.5 && r3.delay_ms_p99 <= 45.0, "jitter range {r3:?}");
+    // Uniform over 20..40 ms: nothing below 20, the median at 30. The
+    // tail says little about the setting: datagrams held up by the
+    // scheduler (3 x 4000 pps on 2 cores) made a 52 ms maximum on a busy
+    // CI host and a 47 ms 99th percentile with four builds running beside
+    // the suite; 60 ms still catches a jitter that is not bounded.
+    assert!(
+        r3.delay_ms_min >= 19.5 && (r3.delay_ms_p50 - 30.0).abs() <= 3.0 && r3.delay_ms_p99 <= 60.0,
+        "jitter range {r3:?}"
+    );
     // engine counters agree with what arrived
     assert_eq!(st.counters["dropped_loss_out"] + st.packets_out, COUNT);
     assert!(r1.received <= st.packets_out && r1.received * 100 >= st.packets_out * 99, "sink {} vs engine {}", r1.received, st.packets_out);
