@@ -11,6 +11,7 @@
          node_close/1, node_send_to/4, node_set_profile/2, node_expect_profile/2,
          cancel/1, runtime_ping/1, runtime_tasks/0,
          debug_panic/1, debug_panic_async/1,
+         log_attach/2, log_detach/1, log_levels/1, log_ack/0, log_burst/1,
          observer_start/2, observer_stop/1, observer_info/1,
          detect_start/4, observations_new/3, observations_add/3,
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
@@ -94,6 +95,22 @@ debug_panic(_Where) -> erlang:nif_error(not_loaded).
 
 -spec debug_panic_async(reference()) -> {ok, pending()} | {error, term()}.
 debug_panic_async(_Ref) -> erlang:nif_error(not_loaded).
+
+%% The core's tracing events to logger (macula_nat_log).
+-spec log_attach(pid(), [{module(), 0..4}]) -> ok | {error, already_set}.
+log_attach(_Pid, _Levels) -> erlang:nif_error(not_loaded).
+
+-spec log_detach(pid()) -> ok.
+log_detach(_Pid) -> erlang:nif_error(not_loaded).
+
+-spec log_levels([{module(), 0..4}]) -> ok.
+log_levels(_Levels) -> erlang:nif_error(not_loaded).
+
+-spec log_ack() -> ok.
+log_ack() -> erlang:nif_error(not_loaded).
+
+-spec log_burst(non_neg_integer()) -> ok.
+log_burst(_N) -> erlang:nif_error(not_loaded).
 
 -spec observer_start({inet:ip_address(), inet:port_number()},
                      {inet:ip_address(), inet:port_number()} | undefined) ->

@@ -53,7 +53,7 @@ init(Opts) ->
     Children = [child(M, Opts) || M <- [macula_nat_node, macula_nat_cache,
                                         macula_nat_detector, macula_nat_coordinator,
                                         macula_relay_registry, macula_relay_node,
-                                        macula_connection_flow]],
+                                        macula_connection_flow, macula_nat_log]],
     {ok, {Flags, Children}}.
 
 child(Module, Opts) ->

@@ -22,7 +22,8 @@
 -export([echo_start/0, roundtrip/2, state/1]).
 
 -define(CHILDREN, [macula_nat_node, macula_nat_cache, macula_nat_detector, macula_nat_coordinator,
-                   macula_relay_registry, macula_relay_node, macula_connection_flow]).
+                   macula_relay_registry, macula_relay_node, macula_connection_flow,
+                   macula_nat_log]).
 %% The issue's bound on reachability after a kill.
 -define(RECOVER_MS, 5000).
 %% Then joined, reserved and advertised again within this (from the kill).

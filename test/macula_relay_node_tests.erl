@@ -202,9 +202,10 @@ killed_relay_restarts_clean(#{a := A, b := B, b_id := BId, me := Me}) ->
     ok = macula_relay_node:enable(#{max_sessions => 7}),
     #{relay := Old} = sys:get_state(macula_relay_node),
     %% The children before the relay keep their pids (rest_for_one; the
-    %% flow helper after it restarts with it).
+    %% flow helper and the log forwarder after it restart with it).
     Others = [{Id, P} || {Id, P, _, _} <- supervisor:which_children(macula_nat_system),
-                         Id =/= macula_relay_node, Id =/= macula_connection_flow],
+                         Id =/= macula_relay_node, Id =/= macula_connection_flow,
+                         Id =/= macula_nat_log],
     OldPid = whereis(macula_relay_node),
     exit(OldPid, kill),
     ok = wait(fun() -> is_pid(whereis(macula_relay_node)) andalso whereis(macula_relay_node) =/= OldPid end, 5000),
@@ -214,7 +215,8 @@ killed_relay_restarts_clean(#{a := A, b := B, b_id := BId, me := Me}) ->
     ok = wait(fun() -> element(1, macula_relay_node:stats()) =:= ok end, 5000),
     ?assertMatch({ok, #{max_sessions := 7}}, macula_relay_node:stats()),
     ?assertEqual(Others, [{Id, P} || {Id, P, _, _} <- supervisor:which_children(macula_nat_system),
-                                     Id =/= macula_relay_node, Id =/= macula_connection_flow]),
+                                     Id =/= macula_relay_node, Id =/= macula_connection_flow,
+                                     Id =/= macula_nat_log]),
     wait_reserved(B, Me),
     ok = call(B, ?MODULE, holder_start, [b5, fun() -> macula_connection:accept(30000) end]),
     ok = call(A, ?MODULE, holder_start, [a5, fun() -> macula_relay_node:request_relay(BId, #{}) end]),

@@ -45,6 +45,9 @@ rustler::atoms! {
     frames_forwarded, bytes_forwarded, dropped_over_limit, dropped_not_a_leg, dropped_unknown,
     // relay registry
     macula_relay_registry, relays_changed, node_id, endpoint, latency_ms, load,
+    // logger bridge
+    macula_nat_log, warning, info, debug, already_set, macula_nat_node, macula_nat_detector,
+    macula_nat_coordinator, macula_nat_connector, macula_relay_node, macula_nat_cache,
     // node stats keys
     datagrams_in,
     bytes_in,

@@ -11,6 +11,7 @@ mod debug_nif;
 mod detect_nif;
 mod dht_bridge;
 mod guard;
+mod log_nif;
 mod node_nif;
 mod observations_nif;
 mod observer_nif;
