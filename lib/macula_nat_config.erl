@@ -13,6 +13,7 @@
     listen_ip := inet:ip_address(),
     listen_port := inet:port_number(),
     key_file := undefined | file:filename_all(),
+    port_mapping := boolean() | [pcp | natpmp | upnp],
     observers := [term()],
     cache_grace_seconds := non_neg_integer(),
     dht := memory | {mainline, map()} | {module, module()},
@@ -34,6 +35,7 @@ defaults() ->
       listen_ip => {0, 0, 0, 0},
       listen_port => 0,
       key_file => undefined,
+      port_mapping => true,
       observers => [],
       cache_grace_seconds => 60,
       dht => memory,
@@ -80,6 +82,9 @@ valid(detection_timeout_ms, V) -> is_integer(V) andalso V > 0;
 valid(listen_port, V) -> is_integer(V) andalso V >= 0 andalso V =< 65535;
 valid(listen_ip, V) -> is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8);
 valid(key_file, V) -> V =:= undefined orelse is_list(V) orelse is_binary(V);
+valid(port_mapping, V) ->
+    is_boolean(V) orelse
+        (is_list(V) andalso V =/= [] andalso lists:all(fun(P) -> lists:member(P, [pcp, natpmp, upnp]) end, V));
 valid(observers, V) -> is_list(V);
 valid(cache_grace_seconds, V) -> is_integer(V) andalso V >= 0;
 valid(dht, memory) -> true;

@@ -34,7 +34,9 @@ resource() -> lookup(resource).
 -spec local_addr() -> {ok, {inet:ip_address(), inet:port_number()}} | {error, not_started}.
 local_addr() -> lookup(local_addr).
 
-%% @doc Datagram and byte counters of the node's socket.
+%% @doc Datagram and byte counters of the node's socket, and its port
+%% mapping: `port_mapping' is `undefined' or
+%% `#{protocol => pcp | natpmp | upnp, external => {Ip, Port}}'.
 -spec stats() -> {ok, map()} | {error, not_started}.
 stats() ->
     case resource() of
@@ -56,7 +58,8 @@ lookup(Key) ->
 init(Opts) ->
     NifOpts = #{ip => maps:get(listen_ip, Opts),
                 port => maps:get(listen_port, Opts),
-                key_file => key_file(maps:get(key_file, Opts))},
+                key_file => key_file(maps:get(key_file, Opts)),
+                port_mapping => maps:get(port_mapping, Opts, true)},
     case open(NifOpts, ?BIND_RETRIES) of
         {ok, Res} ->
             {ok, NodeId} = macula_nat_nif:node_id(Res),

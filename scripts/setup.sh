@@ -16,6 +16,7 @@ have rebar3     || need+=(rebar3)
 have nft        || need+=(nftables)
 have ip         || need+=(iproute2)
 have turnserver || need+=(coturn)
+have miniupnpd  || need+=(miniupnpd)   # port mapping lab test (UPnP IGD, NAT-PMP, PCP; nftables backend)
 have stun && have stund || need+=(stun-client stun-server)   # classic (RFC 3489) STUN client and server for the lab tests
 have cargo      || need+=(cargo rustc)   # fallback only: the machine's rustup toolchain is preferred
 if ((${#need[@]})); then

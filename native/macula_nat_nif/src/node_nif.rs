@@ -1,8 +1,11 @@
 //! The node resource: identity plus the one UDP socket. Its owner process
 //! is monitored; when the owner dies the socket is closed at once, so a
-//! restarted owner starts from a clean slate.
+//! restarted owner starts from a clean slate. With `port_mapping` the
+//! socket's port is mapped at the gateway (`macula_nat_core::portmap`);
+//! the mapping is deleted when the node closes (owner death included).
 
 use crate::{atoms, convert, guard, owner};
+use macula_nat_core::portmap::{PortMapConfig, PortMapper, Protocol};
 use macula_nat_core::{Identity, Node, NodeConfig};
 use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,6 +14,8 @@ use std::sync::Arc;
 
 pub struct NodeRes {
     pub node: Arc<Node>,
+    /// Runs while the node is open; deletes its mapping when it closes.
+    pub portmap: Option<PortMapper>,
 }
 
 #[rustler::resource_impl]
@@ -30,6 +35,18 @@ impl owner::Owned for NodeRes {
 struct OpenOpts {
     bind: SocketAddr,
     key_file: Option<PathBuf>,
+    /// Protocols to map the port with, in order (none: no mapping).
+    port_mapping: Vec<Protocol>,
+}
+
+/// `port_mapping`: `true` (PCP, NAT-PMP, UPnP IGD), `false`, or a list of
+/// `pcp | natpmp | upnp` in the order to try.
+fn decode_port_mapping(v: Term) -> Option<Vec<Protocol>> {
+    if let Ok(b) = v.decode::<bool>() {
+        return Some(if b { Protocol::ALL.to_vec() } else { Vec::new() });
+    }
+    let list: Vec<Term> = v.decode().ok()?;
+    list.into_iter().map(|t| Protocol::parse(&t.atom_to_string().ok()?)).collect()
 }
 
 fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
@@ -37,6 +54,7 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
     let mut ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let mut port = 0u16;
     let mut key_file = None;
+    let mut port_mapping = Vec::new();
     for (k, v) in map {
         let Ok(key) = k.atom_to_string() else { return None };
         match key.as_str() {
@@ -51,14 +69,17 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
                 let s = std::str::from_utf8(bytes.as_slice()).ok()?;
                 key_file = Some(PathBuf::from(s));
             }
+            "port_mapping" => port_mapping = decode_port_mapping(v)?,
             _ => {}
         }
     }
-    Some(OpenOpts { bind: SocketAddr::new(ip, port), key_file })
+    Some(OpenOpts { bind: SocketAddr::new(ip, port), key_file, port_mapping })
 }
 
-/// `node_open(#{ip, port, key_file}) -> {ok, Node} | {error, Reason}`.
-/// The calling process becomes the owner.
+/// `node_open(#{ip, port, key_file, port_mapping}) -> {ok, Node} | {error, Reason}`.
+/// The calling process becomes the owner. `port_mapping` defaults to
+/// `false` here (the application's default, `true`, comes from
+/// `macula_nat_config`); a node bound to a loopback address never maps.
 #[rustler::nif]
 fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
@@ -73,7 +94,11 @@ fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
             None => Identity::vm_default(),
         };
         match Node::open(NodeConfig { bind: o.bind }, identity) {
-            Ok(node) => owner::owned_by_caller(env, NodeRes { node }),
+            Ok(node) => {
+                let portmap = (!o.port_mapping.is_empty() && !o.bind.ip().is_loopback())
+                    .then(|| PortMapper::start(&node, PortMapConfig { protocols: o.port_mapping, ..Default::default() }));
+                owner::owned_by_caller(env, NodeRes { node, portmap })
+            }
             Err(e) => convert::encode_error(env, &e),
         }
     })
@@ -105,8 +130,19 @@ fn node_stats<'a>(env: Env<'a>, res: ResourceArc<NodeRes>) -> Term<'a> {
             (atoms::stun_dropped(), s.stun_dropped),
             (atoms::relayed_bytes_out(), s.relayed_bytes_out),
         ];
-        let keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
-        let vals: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
+        let mut keys: Vec<Term> = pairs.iter().map(|(k, _)| k.encode(env)).collect();
+        let mut vals: Vec<Term> = pairs.iter().map(|(_, v)| v.encode(env)).collect();
+        // port_mapping: undefined | #{protocol => pcp | natpmp | upnp, external => {Ip, Port}}
+        let atom = |s: &str| rustler::types::atom::Atom::from_str(env, s).map(|a| a.encode(env));
+        let mapped = res.portmap.as_ref().and_then(|p| p.mapped()).and_then(|m| {
+            let k = [atom("protocol").ok()?, atom("external").ok()?];
+            let v = [atom(m.protocol.name()).ok()?, convert::encode_addr(env, m.external)];
+            Term::map_from_arrays(env, &k, &v).ok()
+        });
+        if let (Ok(k), Ok(undefined)) = (atom("port_mapping"), atom("undefined")) {
+            keys.push(k);
+            vals.push(mapped.unwrap_or(undefined));
+        }
         Term::map_from_arrays(env, &keys, &vals).unwrap_or_else(|_| atoms::error().encode(env))
     })
 }

@@ -53,13 +53,14 @@ pub struct Mapped {
 #[derive(Debug, Clone)]
 pub struct PortMapConfig {
     pub protocols: Vec<Protocol>,
-    /// After every protocol failed: the wait before trying again.
+    /// After every protocol failed: the wait before trying again (a
+    /// network change tries at once). Default 5 min.
     pub retry: Duration,
 }
 
 impl Default for PortMapConfig {
     fn default() -> Self {
-        PortMapConfig { protocols: Protocol::ALL.to_vec(), retry: Duration::from_secs(60) }
+        PortMapConfig { protocols: Protocol::ALL.to_vec(), retry: Duration::from_secs(300) }
     }
 }
 
