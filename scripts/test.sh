@@ -24,7 +24,7 @@ run eunit  rebar3 eunit
 # Specs checked (the first run builds the PLT, about 2 minutes).
 run dialyzer rebar3 dialyzer
 run exunit env MIX_ENV=test mix test
-run cargo  cargo test --release --workspace
+run cargo  cargo test --release --workspace --no-fail-fast
 # BEAM nodes (Erlang and Elixir) inside the NAT lab connecting pairwise.
 run lab-beam bash test/lab/lab_connect.sh
 
