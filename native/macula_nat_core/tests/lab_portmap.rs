@@ -3,6 +3,8 @@
 //! router (kernel port-restricted cone) gets a mapping (the router's
 //! miniupnpd chain gains the DNAT rule), a peer behind a kernel symmetric
 //! NAT connects `direct` to it, and once the node closes the rule is gone.
+//! The PCP run is granted a 4 s lifetime (miniupnpd's min/max_lifetime)
+//! and checks the mapping outlives it, renewed at half the lifetime.
 //! A control run without port mapping shows what the pair needs
 //! otherwise: birthday probing (measured: ~2.9 s, ~550 probes filtered at
 //! the router), never `direct`.
@@ -62,9 +64,11 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
 fn wait_event(rx: &mpsc::Receiver<String>, event: &str, max: Duration) -> Option<String> {
     let until = Instant::now() + max;
     let pat = format!("\"event\":\"{event}\"");
+    // "mapped" also stops at "not_mapped" (the listener goes on to join).
+    let or_not = format!("\"event\":\"not_{event}\"");
     while let Some(left) = until.checked_duration_since(Instant::now()) {
         match rx.recv_timeout(left) {
-            Ok(l) if l.contains(&pat) => return Some(l),
+            Ok(l) if l.contains(&pat) || l.contains(&or_not) => return Some(l),
             Ok(_) => {}
             Err(_) => return None,
         }
@@ -164,16 +168,22 @@ const TABLES: &str = "table inet filter {
 }
 ";
 
-fn miniupnpd_conf(upnp: bool, natpmp: bool, dir: &str) -> String {
+/// `pcp_lifetime`: PCP lifetimes are clamped to [min_lifetime,
+/// max_lifetime]; a short one makes the renewal happen during the run.
+fn miniupnpd_conf(upnp: bool, natpmp: bool, pcp_lifetime: Option<u32>, dir: &str) -> String {
     let yn = |b: bool| if b { "yes" } else { "no" };
+    let lifetime = pcp_lifetime.map_or(String::new(), |l| format!("min_lifetime={}\nmax_lifetime={l}\n", l / 2));
     format!(
         "ext_ifname=wan\nlistening_ip=lan\nhttp_port=0\nenable_upnp={}\nenable_natpmp={}\nsecure_mode=yes\nsystem_uptime=yes\n\
-         ipv6_disable=yes\nlease_file={dir}/leases\nuuid=3f5d3a66-1c4b-4b53-9a3e-6d1f2a0c7e01\n\
+         ipv6_disable=yes\nlease_file={dir}/leases\nuuid=3f5d3a66-1c4b-4b53-9a3e-6d1f2a0c7e01\n{lifetime}\
          allow 1024-65535 198.18.0.0/15 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n",
         yn(upnp),
         yn(natpmp)
     )
 }
+
+/// The PCP run's granted lifetime: renewed at half of it, 2 s in.
+const PCP_LIFETIME_S: u32 = 4;
 
 #[test]
 fn miniupnpd_maps_for_upnp_natpmp_and_pcp() {
@@ -212,7 +222,8 @@ fn miniupnpd_maps_for_upnp_natpmp_and_pcp() {
     let runs: [(&str, bool, bool); 4] = [("upnp", true, false), ("natpmp", false, true), ("pcp", false, true), ("none", true, true)];
     for (proto, upnp, natpmp) in runs {
         let _ = std::fs::remove_file(format!("{dir}/leases"));
-        std::fs::write(format!("{dir}/miniupnpd.conf"), miniupnpd_conf(upnp, natpmp, &dir)).unwrap();
+        let pcp_lifetime = (proto == "pcp").then_some(PCP_LIFETIME_S);
+        std::fs::write(format!("{dir}/miniupnpd.conf"), miniupnpd_conf(upnp, natpmp, pcp_lifetime, &dir)).unwrap();
         let mut mu = lab.spawn("pm-nat", &["miniupnpd", "-d", "-f", &format!("{dir}/miniupnpd.conf"), "-P", &format!("{dir}/miniupnpd.pid")]).expect("miniupnpd");
         let mu_err = mu.stderr.take().unwrap();
         let mu_log = std::thread::spawn(move || {
@@ -230,7 +241,7 @@ fn miniupnpd_maps_for_upnp_natpmp_and_pcp() {
         let mut row = format!("| {proto} ");
         let mut mapped_port = None;
         if proto != "none" {
-            match wait_event(&out, "mapped", Duration::from_secs(20)) {
+            match wait_event(&out, "mapped", Duration::from_secs(20)).filter(|l| !l.contains("not_mapped")) {
                 Some(l) => {
                     let ext = field(&l, "external").unwrap();
                     let port = field(&l, "port").unwrap();
@@ -276,6 +287,15 @@ fn miniupnpd_maps_for_upnp_natpmp_and_pcp() {
             failures.push(format!("{proto}: expected a direct connect, got {line}"));
         }
 
+        if pcp_lifetime.is_some() {
+            // Past the renewal (half the lifetime) and the lifetime itself:
+            // the rule must still be there, renewed.
+            std::thread::sleep(Duration::from_millis(PCP_LIFETIME_S as u64 * 1000 + 1500));
+            let p = mapped_port.as_deref().unwrap_or("?");
+            if !upnp_rules(&lab).lines().any(|r| r.contains(&format!("dport {p}"))) {
+                failures.push(format!("pcp: mapping of {p} gone after its {PCP_LIFETIME_S} s lifetime (not renewed)"));
+            }
+        }
         // Close the node; the rule must go.
         let t0 = Instant::now();
         let _ = writeln!(child.stdin.as_mut().unwrap(), "close");
@@ -302,6 +322,14 @@ fn miniupnpd_maps_for_upnp_natpmp_and_pcp() {
         let _ = mu.wait();
         let log = mu_log.join().unwrap_or_default();
         eprintln!("--- miniupnpd ({proto}) ---\n{log}");
+        if pcp_lifetime.is_some() {
+            // Map, at least two renewals (at 2 s and 4 s), delete.
+            let requests = log.matches("PCP request received").count();
+            eprintln!("pcp: {requests} PCP requests in {:?} (lifetime {PCP_LIFETIME_S} s)", t0.elapsed());
+            if requests < 4 {
+                failures.push(format!("pcp: {requests} PCP requests, expected map + renewals + delete"));
+            }
+        }
         sh(&lab, "pm-nat", "nft flush chain inet filter prerouting_miniupnpd; nft flush chain inet filter postrouting_miniupnpd; nft flush chain inet filter miniupnpd");
     }
     let _ = rdv.kill();
