@@ -21,7 +21,7 @@
 %% level is off is never formatted. Enabled events reach this process in
 %% batches, one at a time (the next is sent when this one is logged), and a
 %% burst beyond the core's buffer of 1024 events is dropped and counted:
-%% one warning says how many.
+%% one warning, a second after the first drop, says how many.
 %%
 %% Last child of `macula_nat_system': a restart of it restarts nothing else.
 -module(macula_nat_log).
@@ -33,6 +33,7 @@
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -define(REFRESH_MS, 1000).
+-define(DROPS_MS, 1000).
 -define(MODULES, [macula_nat_node, macula_nat_detector, macula_nat_coordinator,
                   macula_nat_connector, macula_relay_node, macula_relay_registry,
                   macula_nat_cache]).
@@ -63,7 +64,7 @@ init([]) ->
             ?LOG_WARNING("macula_nat: core diagnostics not forwarded to logger (~p)", [Reason])
     end,
     erlang:send_after(?REFRESH_MS, self(), refresh),
-    {ok, #{levels => Levels}}.
+    {ok, #{levels => Levels, dropped => 0}}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
 handle_call(refresh, _From, S) ->
@@ -78,11 +79,11 @@ handle_cast(_Msg, S) ->
 -spec handle_info(term(), map()) -> {noreply, map()}.
 handle_info({macula_nat_log, Lines, Dropped}, S) ->
     lists:foreach(fun log/1, Lines),
-    Dropped > 0 andalso
-        ?LOG_WARNING("macula_nat: ~b core log events dropped (burst over the 1024-event buffer)",
-                     [Dropped]),
     ok = macula_nat_nif:log_ack(),
-    {noreply, S};
+    {noreply, dropped(Dropped, S)};
+handle_info(report_dropped, #{dropped := N} = S) ->
+    ?LOG_WARNING("macula_nat: ~b core log events dropped (burst over the 1024-event buffer)", [N]),
+    {noreply, S#{dropped := 0}};
 handle_info(refresh, S) ->
     erlang:send_after(?REFRESH_MS, self(), refresh),
     {noreply, push(S)};
@@ -103,6 +104,15 @@ push(#{levels := Old} = S) ->
             ok = macula_nat_nif:log_levels(New),
             S#{levels := New}
     end.
+
+%% Drops are added up and reported once, `?DROPS_MS' after the first: a
+%% burst is one warning, however many batches it took.
+dropped(0, S) -> S;
+dropped(D, #{dropped := 0} = S) ->
+    erlang:send_after(?DROPS_MS, self(), report_dropped),
+    S#{dropped := D};
+dropped(D, #{dropped := N} = S) ->
+    S#{dropped := N + D}.
 
 %% For each module, how many of error, warning, info, debug logger lets
 %% through for it (the levels are ordered: a prefix is allowed).
