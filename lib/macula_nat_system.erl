@@ -9,6 +9,7 @@
 %% +-- macula_relay_registry  - known relays, measured and chosen
 %% +-- macula_relay_node      - relay server (off until enabled)
 %% +-- macula_connection_flow - mailbox checks for connections' flow control
+%% +-- macula_nat_log         - the Rust core's diagnostics into logger (levels pushed in)
 %% '''
 %% Each child owns its Rust resources (they are closed when it dies) and
 %% builds on what the children before it own, the node's socket first of
