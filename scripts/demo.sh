@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: start a macula_nat node and show what it knows about itself.
 # Then, when run as root with the lab built (target/release/macula-lab and
-# macula-observer), two nodes behind different real NATs (network-namespace
+# macula-node, the public host), two nodes behind different real NATs (network-namespace
 # lab) detect their NAT, meet at a rendezvous and connect: see
 # test/lab/demo_lab.escript. The lab is removed at the end, also on failure.
 set -euo pipefail
@@ -26,7 +26,7 @@ erl -noshell -pa _build/default/lib/macula_nat/ebin -eval '
 
 # The lab part: only as root and with the lab binaries built.
 lab_bin=${MACULA_LAB_BIN:-$PWD/target/release/macula-lab}
-if [ "$(id -u)" = 0 ] && [ -x "$lab_bin" ] && [ -x "$(dirname "$lab_bin")/macula-observer" ]; then
+if [ "$(id -u)" = 0 ] && [ -x "$lab_bin" ] && [ -x "$(dirname "$lab_bin")/macula-node" ]; then
     export MACULA_LAB_BIN="$lab_bin"
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"; "$MACULA_LAB_BIN" reap >/dev/null 2>&1 || true' EXIT
@@ -36,6 +36,6 @@ if [ "$(id -u)" = 0 ] && [ -x "$lab_bin" ] && [ -x "$(dirname "$lab_bin")/macula
     escript "$tmp/demo_lab.escript" 2>"$tmp/vm.log" || { cat "$tmp/vm.log" >&2; exit 1; }
 else
     echo
-    echo "(lab demo skipped: needs root and target/release/macula-lab + macula-observer;"
+    echo "(lab demo skipped: needs root and target/release/macula-lab + macula-node;"
     echo " build them with: cargo build --release -p macula_nat_lab -p macula_nat_core)"
 fi
