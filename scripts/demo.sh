@@ -24,7 +24,10 @@ erl -noshell -pa _build/default/lib/macula_nat/ebin -eval '
   io:format("  runtime ping     ~p us~n", [Rtt]),
   halt().'
 
-# The lab part: only as root and with the lab binaries built.
+# The lab part: only as root; it builds the lab binaries first.
+if [ "$(id -u)" = 0 ] && [ -z "${MACULA_LAB_BIN:-}" ]; then
+    cargo build --release --quiet -p macula_nat_lab -p macula_nat_core --bins || true
+fi
 lab_bin=${MACULA_LAB_BIN:-$PWD/target/release/macula-lab}
 if [ "$(id -u)" = 0 ] && [ -x "$lab_bin" ] && [ -x "$(dirname "$lab_bin")/macula-node" ]; then
     export MACULA_LAB_BIN="$lab_bin"
