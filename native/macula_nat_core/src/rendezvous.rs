@@ -138,7 +138,7 @@ async fn send(conn: &Connection, m: &Msg) {
 }
 
 fn lookup(state: &Mutex<State>, id: &NodeId) -> Option<(Connection, SocketAddr)> {
-    lock(&state).peers.get(id).map(|p| (p.conn.clone(), p.observed))
+    lock(state).peers.get(id).map(|p| (p.conn.clone(), p.observed))
 }
 
 async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {

@@ -68,7 +68,7 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
     let mut subscription = node.subscribe_stun();
     let primary = node.socket()?;
     let seed: u64 = rand::random();
-    cfg.opened.extend(lock(&node.detect_memory()).opened(Instant::now()));
+    cfg.opened.extend(lock(node.detect_memory()).opened(Instant::now()));
     let filter_socket = cfg.filter_socket;
     let mut d = Detection::new(cfg, local, Instant::now(), seed);
 
@@ -145,7 +145,7 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
         }
     };
     // Sent is sent, whatever the verdict: remember it even on failure.
-    let mut memory = lock(&node.detect_memory());
+    let mut memory = lock(node.detect_memory());
     memory.remember(d.primary_destinations(), Instant::now());
     let mut profile = result.map_err(DetectFailure::Detect)?;
     memory.settle_filtering(&mut profile, d.filtering_measured());

@@ -81,7 +81,7 @@ impl Dispatch {
     }
 
     fn hand_over(to: &Mutex<Option<mpsc::UnboundedSender<Connection>>>, conn: Connection, refusal: &str) {
-        let tx = lock(&to).clone();
+        let tx = lock(to).clone();
         match tx {
             Some(tx) => {
                 if let Err(e) = tx.send(conn) {

@@ -382,7 +382,7 @@ fn endpoint_config() -> quinn::EndpointConfig {
 
 /// Turns a failed QUIC handshake into the clearest error we can give.
 fn handshake_error(e: ConnectionError, expected: NodeId, seen: &tls::SeenPeer) -> QuicError {
-    let found = *lock(&seen);
+    let found = *lock(seen);
     match (found, e) {
         (Some(found), _) if found != expected => QuicError::PeerIdMismatch(PeerIdMismatch { expected, found }),
         (_, ConnectionError::TimedOut) => QuicError::TimedOut,

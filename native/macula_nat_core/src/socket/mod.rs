@@ -56,7 +56,7 @@ pub(crate) struct NodeSocket {
 pub(crate) type SocketSlot = Arc<RwLock<Option<Arc<NodeSocket>>>>;
 
 pub(crate) fn current(slot: &SocketSlot) -> Option<Arc<NodeSocket>> {
-    read(&slot).clone()
+    read(slot).clone()
 }
 
 impl NodeSocket {
