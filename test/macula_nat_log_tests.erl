@@ -129,16 +129,21 @@ debug_shows_strategy_and_path(Ctx) ->
 level_changes_seen_without_refresh(_Ctx) ->
     _ = core_events(),
     ok = macula_nat_nif:log_burst(3),
-    ?assertEqual([], core_events()),
+    ?assertEqual([], burst_events()),
     ok = logger:set_module_level(macula_nat_connector, debug),
     %% The forwarder looks at the levels every second.
     timer:sleep(1500),
     ok = macula_nat_nif:log_burst(3),
-    ?assertEqual(3, length(core_events())),
+    ?assertEqual(3, length(burst_events())),
     ok = logger:unset_module_level(macula_nat_connector),
     timer:sleep(1500),
     ok = macula_nat_nif:log_burst(3),
-    ?assertEqual([], core_events()).
+    ?assertEqual([], burst_events()).
+
+%% The burst's own events: the connector may log for a session an earlier
+%% case left closing (seen: one extra event in a full-suite run).
+burst_events() ->
+    [E || {_, _, T} = E <- core_events(), string:find(T, "burst event") =/= nomatch].
 
 burst_is_bounded(_Ctx) ->
     %% Off: a million disabled events, nothing formatted or sent.
