@@ -14,8 +14,9 @@
 %% while the owner keeps up; a stalled owner costs at most ~16 looks a
 %% second and its mailbox stops growing.
 %%
-%% It is one registered process, the last child of `macula_nat_system'
-%% (so a restart of it restarts nothing else, and a connection whose
+%% It is one registered process, a child of `macula_nat_system' after
+%% the relay node (a restart of it restarts only the log forwarder after
+%% it, and a connection whose
 %% owner only receives gets it back), also started on demand by
 %% `macula_connection' (when loaded and on each call, a `whereis' when
 %% running) for connections used before the system is up; the supervisor
