@@ -295,14 +295,6 @@ immediate(#{name := Name, a := A, b := B, strategy := Claimed, lang := Lang} = S
                     %% Not a connect before the first detection finished.
                     close_both(Got, AccRes, PA, PB),
                     {false, {detected_before_connect, Run}, none};
-                {true, false} when element(1, Got) =:= ok, AccRes =:= {error, timeout} ->
-                    %% Known gap (seen in about 1 of 4 full-suite runs, on
-                    %% one of the three pairs, never in the other phases):
-                    %% A's connect/3 answers with a connection that B's
-                    %% accept never receives when B's node started just
-                    %% before. Reported, not failing the run, until found.
-                    close_both(Got, AccRes, PA, PB),
-                    {gap, {known_gap, accept_timeout_right_after_start, Got}, none};
                 {true, false} ->
                     check(Exp, Got, AccRes, PA, PB, Name)
             end,
@@ -923,9 +915,6 @@ write_md(File, #{kernel := KInfo, user := UInfo, users := Users, wild := {WInfo,
           "address and port (preservation: `punch_failed`) or must dial the preserved port "
           "(connection reversal towards such a listener: `timeout`). The same NAT pairs "
           "marked `short` connect.\n"
-          "* Connect right after start: in about 1 of 4 full-suite runs one of the three "
-          "pairs gets `{ok, Conn, Method}` from A's `connect/3` while B's `accept/1` never "
-          "receives the connection (`{error, timeout}`); not yet found, reported as a known gap.\n"
           "* B's `get_info(Conn, connection_method)` says `direct` for every accepted "
           "connection: `native/macula_nat_nif` adopts accepted connections with `DIRECT` "
           "(`conn_accept`, `signal_accept`); the connector's responder knows the method but "

@@ -12,7 +12,7 @@ use crate::socket::punch_routes::PunchRoutes;
 use crate::socket::recv_loop::{recv_loop, StunSinks};
 use crate::socket::relay_plane::RelayPlane;
 use crate::socket::{self, BufPool, Counters, Inbox, NodeSocket, SocketSlot, RECV_BATCH};
-use crate::{runtime, Error, Identity, NodeId};
+use crate::{runtime, Connection, Error, Identity, NodeId};
 use macula_nat_proto::observer::{Observer, ObserverConfig};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -275,6 +275,17 @@ impl Node {
         let started = Dispatch::start(self.quic()?);
         *d = Some(started.clone());
         Ok(started)
+    }
+
+    /// The next incoming connection for the application, whether or not
+    /// the node has joined a rendezvous yet. Always through the dispatcher:
+    /// an accept waiting on the raw QUIC queue when a join starts the
+    /// dispatcher would lose the race for every connection to it (the
+    /// dispatcher classifies them and queues the application's where that
+    /// accept never looks), which is how an `accept/1` called just after a
+    /// node started missed a connection its peer had. `None` once closed.
+    pub async fn accept(&self) -> Option<Connection> {
+        self.dispatch().ok()?.accept().await
     }
 
     pub async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> Result<(), Error> {

@@ -245,3 +245,35 @@ fn signalled_profile_follows_the_nodes_detections() {
         assert!(s.b.is_connected());
     });
 }
+
+/// The application's accept may be waiting before the node joins its
+/// rendezvous (an Erlang node's `accept/1` called right after it started):
+/// the join starts the dispatcher, and the connection a peer then opens
+/// through traversal must still reach that accept. Before `Node::accept`,
+/// the early accept sat on the raw QUIC queue behind the dispatcher and
+/// timed out while the initiator's connect succeeded.
+#[test]
+fn accept_waiting_before_the_join_gets_the_connection() {
+    runtime::handle().block_on(async {
+        let r = node();
+        let _rdv = Rendezvous::serve(r.clone()).unwrap();
+        let addr = r.local_addr().unwrap();
+        let b_node = node();
+        let early = {
+            let b_node = b_node.clone();
+            tokio::spawn(async move { b_node.accept().await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let a = Signal::join_with(node(), addr, r.node_id(), SignalConfig::new(public_profile())).await.unwrap();
+        let b = Signal::join_with(b_node.clone(), addr, r.node_id(), SignalConfig::new(public_profile())).await.unwrap();
+        let c = tokio::time::timeout(Duration::from_secs(15), connect_detailed(&a, b_node.node_id(), ConnectOpts::default()))
+            .await
+            .unwrap()
+            .unwrap();
+        let on_b = tokio::time::timeout(Duration::from_secs(10), early).await.expect("the early accept never got the connection").unwrap().unwrap();
+        assert_eq!(on_b.peer_id(), a.node().node_id());
+        c.conn.send(b"ping".to_vec()).await.unwrap();
+        assert_eq!(on_b.recv().await.unwrap(), b"ping");
+        drop(b);
+    });
+}

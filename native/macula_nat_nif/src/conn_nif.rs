@@ -571,11 +571,10 @@ fn conn_accept<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>
         let owner = env.pid();
         let node = node.node.clone();
         reply::spawn_reply(env, reference, async move {
-            let ep = match node.quic() {
-                Ok(ep) => ep,
-                Err(e) => return quic_error(e.kind()),
-            };
-            match ep.accept().await {
+            if let Err(e) = node.quic() {
+                return quic_error(e.kind());
+            }
+            match node.accept().await {
                 Some(conn) => adopted_in(conn, &node, owner, mode),
                 None => quic_error("closed"),
             }
