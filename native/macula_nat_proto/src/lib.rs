@@ -55,3 +55,4 @@ pub mod portmap;
 pub mod connect;
 // Relay choice: score from latency and load, hysteresis, expiry.
 pub mod relay_select;
+pub mod quality;
