@@ -73,9 +73,33 @@
 %% connection through `controlling_process/2'; the new owner's window
 %% starts empty (messages already in the old owner's mailbox stay there,
 %% as with `gen_tcp').
+%%
+%% == Quality ==
+%% Every connection is monitored (its QUIC counters are sampled four
+%% times a second; no extra packet): `stats/1' answers the figures below,
+%% and `get_info/2' answers each of them by its key. `setopts(Conn,
+%% [{quality, IntervalMs}])' (at least 100 ms; `false' stops it) makes the
+%% owner receive, in every mode and not counted against `active':
+%% <ul>
+%% <li>`{macula_connection, Conn, {quality, Map}}' every `IntervalMs';</li>
+%% <li>`{macula_connection, Conn, {path_degraded, silent | {lossy, Loss}}}'
+%%     when the path stops delivering (no datagram for 2.5 s on a
+%%     connection that exchanges a keep-alive every second: a black hole)
+%%     or loses more than 10 % of its packets over 5 s;</li>
+%% <li>`{macula_connection, Conn, path_recovered}' when it delivers again
+%%     (the loss under 5 %).</li>
+%% </ul>
+%% `Map': `srtt_ms', `min_rtt_ms', `jitter_ms' (mean deviation between
+%% successive RTT readings), `loss' (lost/sent over the last 5 s, 0.0-1.0),
+%% `lost_packets', `sent_packets', `bytes_in', `bytes_out', `datagrams_in',
+%% `datagrams_out' (UDP, QUIC's overhead included), `messages_in',
+%% `messages_out', `silent_ms' (since the last datagram), `degraded'
+%% (`false', `silent' or `{lossy, Loss}'), and the path: `connection_method',
+%% `local_address', `remote_address', `relay' (the relay's node id or
+%% `undefined'), with `peer', `rtt_ms' and `closed'.
 -module(macula_connection).
 
--export([send/2, get_info/2, close/1, controlling_process/2, accept/0, accept/1, open/2, open/3,
+-export([send/2, get_info/2, stats/1, close/1, controlling_process/2, accept/0, accept/1, open/2, open/3,
          setopts/2, recv/1, recv/2, recv/3]).
 %% Internal: the connector, coordinator and relay node make connections too.
 -export([owner/1, hand_over/3]).
@@ -84,7 +108,7 @@
 
 -opaque connection() :: reference().
 -type active() :: boolean() | once | -32768..32767.
--type option() :: {active, active()}.
+-type option() :: {active, active()} | {quality, pos_integer() | false}.
 -export_type([connection/0, active/0, option/0]).
 
 -define(SEND_TIMEOUT, 30000).
@@ -136,6 +160,17 @@ get_info(Conn, Key) when is_reference(Conn), is_atom(Key) ->
 get_info(_, _) ->
     {error, badarg}.
 
+%% @doc The connection's quality and path figures (see Quality above).
+%% Errors: `badarg'.
+-spec stats(connection()) -> {ok, map()} | {error, term()}.
+stats(Conn) when is_reference(Conn) ->
+    case info(Conn) of
+        #{} = M -> {ok, M};
+        {error, _} = E -> E
+    end;
+stats(_) ->
+    {error, badarg}.
+
 info(Conn) ->
     try macula_nat_nif:conn_info(Conn)
     catch error:badarg -> {error, badarg}
@@ -162,10 +197,12 @@ controlling_process(_, _) ->
     {error, badarg}.
 
 %% @doc Sets the connection's options, like `inet:setopts/2': a list
-%% (`[{active, true | false | once | N}]') or a map (`#{active => A}').
+%% (`[{active, true | false | once | N}, {quality, IntervalMs | false}]')
+%% or a map (`#{active => A}'); `quality': see Quality above.
 %% Any process may call it. Errors: `badarg' (an unknown option, a bad
 %% value, an `{active, N}' counter that would pass 32767), `closed'.
--spec setopts(connection(), [option()] | #{active => active()}) -> ok | {error, term()}.
+-spec setopts(connection(), [option()] | #{active => active(), quality => pos_integer() | false}) ->
+    ok | {error, term()}.
 setopts(Conn, Opts) when is_reference(Conn), is_map(Opts) ->
     setopts(Conn, maps:to_list(Opts));
 setopts(Conn, Opts) when is_reference(Conn), is_list(Opts) ->
@@ -179,6 +216,8 @@ setopts(_, _) ->
 
 valid_opts([]) -> true;
 valid_opts([{active, A} | Rest]) -> valid_active(A) andalso valid_opts(Rest);
+valid_opts([{quality, false} | Rest]) -> valid_opts(Rest);
+valid_opts([{quality, I} | Rest]) when is_integer(I), I >= 100, I =< 86400000 -> valid_opts(Rest);
 valid_opts(_) -> false.
 
 valid_active(A) when is_boolean(A); A =:= once -> true;
@@ -187,6 +226,10 @@ valid_active(_) -> false.
 
 setopt(Conn, {active, A}) ->
     try macula_nat_nif:conn_setopts(Conn, A)
+    catch error:badarg -> {error, badarg}
+    end;
+setopt(Conn, {quality, I}) ->
+    try macula_nat_nif:conn_quality(Conn, I)
     catch error:badarg -> {error, badarg}
     end.
 

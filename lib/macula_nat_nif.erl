@@ -17,7 +17,7 @@
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
          cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
          conn_open/5, conn_accept/3, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
-         conn_setopts/2, conn_recv/2, conn_recv_cancel/2, conn_credit/3,
+         conn_setopts/2, conn_quality/2, conn_recv/2, conn_recv_cancel/2, conn_credit/3,
          port_predict/4,
          rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
          signal_connect/4, signal_accept/3,
@@ -182,6 +182,9 @@ conn_set_owner(_Conn, _Pid) -> erlang:nif_error(not_loaded).
 
 -spec conn_setopts(resource(), active()) -> ok | {error, term()}.
 conn_setopts(_Conn, _Active) -> erlang:nif_error(not_loaded).
+
+-spec conn_quality(resource(), pos_integer() | false) -> ok | {error, badarg}.
+conn_quality(_Conn, _Interval) -> erlang:nif_error(not_loaded).
 
 -spec conn_recv(reference(), resource()) -> {wait, pos_integer()} | {error, term()}.
 conn_recv(_Ref, _Conn) -> erlang:nif_error(not_loaded).

@@ -12,7 +12,8 @@ conn_test_() ->
      fun(Ctx) ->
              [{timeout, 60, fun() -> messages_both_ways(Ctx) end},
               {timeout, 60, fun() -> owner_death_closes(Ctx) end},
-              {timeout, 60, fun() -> handover_and_errors(Ctx) end}]
+              {timeout, 60, fun() -> handover_and_errors(Ctx) end},
+              {timeout, 60, fun() -> quality_stats_and_reports(Ctx) end}]
      end}.
 
 setup() ->
@@ -99,3 +100,49 @@ handover_and_errors(#{b := B, b_id := BId, b_ep := BEp}) ->
     ?assertEqual({error, bad_endpoint}, macula_connection:open(<<"nowhere">>, BId)),
     ?assertEqual({error, timeout}, macula_connection:accept(50)).
 
+
+%% stats/1 and get_info/2 answer the quality figures; {quality, Interval}
+%% sends reports to the owner until `false'; a healthy idle connection is
+%% not degraded (its keep-alives arrive every second).
+quality_stats_and_reports(#{b := B, b_id := BId, b_ep := BEp}) ->
+    start_echo(B),
+    {ok, C} = macula_connection:open(BEp, BId),
+    [ok = macula_connection:send(C, {n, N}) || N <- lists:seq(1, 100)],
+    [receive {macula_connection, C, {message, {echo, {n, N}}}} -> ok after 10000 -> error({no_echo, N}) end
+     || N <- lists:seq(1, 100)],
+    {ok, S} = macula_connection:stats(C),
+    ?assertMatch(#{messages_out := 100, messages_in := 100, connection_method := direct,
+                   degraded := false, relay := undefined, closed := false}, S),
+    #{srtt_ms := Srtt, min_rtt_ms := MinRtt, bytes_in := BIn, bytes_out := BOut, loss := Loss,
+      local_address := Local, jitter_ms := J} = S,
+    ?assert(is_float(Srtt) andalso Srtt > 0 andalso MinRtt =< Srtt),
+    ?assert(BIn > 100 * 10 andalso BOut > 100 * 10),
+    ?assert(is_float(Loss) andalso is_float(J)),
+    ?assertMatch(<<"127.0.0.1:", _/binary>>, Local),
+    ?assertEqual(100, macula_connection:get_info(C, messages_out)),
+    ?assertEqual({error, badarg}, macula_connection:setopts(C, [{quality, 10}])),
+    ?assertEqual({error, badarg}, macula_connection:setopts(C, [{quality, nope}])),
+    ?assertEqual({error, badarg}, macula_connection:stats(not_a_conn)),
+    ok = macula_connection:setopts(C, [{quality, 200}]),
+    Reports = [receive {macula_connection, C, {quality, M}} -> M after 5000 -> error(no_report) end
+               || _ <- lists:seq(1, 3)],
+    [?assertMatch(#{srtt_ms := _, messages_out := 100, degraded := false}, M) || M <- Reports],
+    %% Idle for 4 s (past the 2.5 s a silent path takes): still healthy,
+    %% no path event.
+    timer:sleep(4000),
+    ?assertEqual(false, macula_connection:get_info(C, degraded)),
+    ?assert(macula_connection:get_info(C, silent_ms) < 2000),
+    ok = macula_connection:setopts(C, #{quality => false}),
+    flush_quality(C),
+    receive {macula_connection, C, {quality, _}} -> error(report_after_false);
+            {macula_connection, C, {path_degraded, D}} -> error({degraded, D})
+    after 600 -> ok
+    end,
+    ok = macula_connection:send(C, stop),
+    receive {macula_connection, C, {closed, _}} -> ok after 10000 -> error(no_close) end.
+
+flush_quality(C) ->
+    receive {macula_connection, C, {quality, _}} -> flush_quality(C);
+            {macula_connection, C, path_recovered} -> flush_quality(C)
+    after 0 -> ok
+    end.

@@ -146,6 +146,8 @@ struct Flow {
     next_recv: u64,
     /// The reader is done: `recv` answers `{error, closed}` at once.
     ended: bool,
+    /// `{quality, Interval}`: the owner gets reports and path events.
+    quality_every: Option<Duration>,
 }
 
 impl Flow {
@@ -204,6 +206,30 @@ pub struct ConnRes {
 impl ConnRes {
     fn owner(&self) -> Option<LocalPid> {
         self.flow.lock().ok().map(|f| f.owner)
+    }
+
+    /// What `get_info/2` and `stats/1` answer from.
+    pub(crate) fn info_map<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let c = &self.conn;
+        let method = c.method();
+        let remote = c.remote_address().to_string();
+        let mut pairs = vec![
+            (atoms::closed().encode(env), c.close_reason().is_some().encode(env)),
+            (atoms::connection_method().encode(env), method_atom(method).encode(env)),
+            (atoms::peer().encode(env), convert::binary(env, &c.peer_id())),
+            (atoms::remote_address().encode(env), convert::binary(env, remote.as_bytes())),
+            (atoms::rtt_ms().encode(env), (c.rtt().as_micros() as f64 / 1000.0).encode(env)),
+        ];
+        pairs.extend(crate::quality_nif::quality_pairs(env, c, &self.node));
+        Term::map_from_pairs(env, &pairs).unwrap_or_else(|_| atoms::error().encode(env))
+    }
+
+    /// Starts (`Some`) or stops quality reports to the owner.
+    pub(crate) fn set_quality(&self, every: Option<Duration>) {
+        if let Ok(mut f) = self.flow.lock() {
+            f.quality_every = every;
+        }
+        self.wake.notify_one();
     }
 }
 
@@ -274,6 +300,7 @@ pub fn adopt_in(conn: Connection, node: &Arc<Node>, owner: LocalPid, mode: Mode)
             recvs: VecDeque::new(),
             next_recv: 0,
             ended: false,
+            quality_every: None,
         }),
         wake: Notify::new(),
         writer: tx,
@@ -287,6 +314,9 @@ pub fn adopt_in(conn: Connection, node: &Arc<Node>, owner: LocalPid, mode: Mode)
     if let Ok(mut f) = res.flow.lock() {
         f.monitor = Some(mon);
     }
+    // Every application connection is monitored (4 samples a second, no
+    // packet): black holes are noticed whether or not anyone subscribed.
+    conn.monitor_quality();
     macula_nat_core::runtime::spawn(writer(conn, rx, res.queued.clone()));
     macula_nat_core::runtime::spawn(reader(res.clone(), methods));
     Some(res)
@@ -402,6 +432,9 @@ async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>)
     let mut watching = true;
     let mut held: Option<Vec<u8>> = None;
     let mut ended = false;
+    let mut quality = res.conn.watch_quality();
+    let mut quality_every: Option<Duration> = None;
+    let mut quality_tick: Option<tokio::time::Interval> = None;
     loop {
         let step = match res.flow.lock() {
             Ok(mut f) => decide(&mut f, held.as_ref().map(Vec::len), ended),
@@ -443,6 +476,12 @@ async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>)
             }
             Step::Read | Step::Wait(..) => {
                 let reading = matches!(step, Step::Read);
+                let every = res.flow.lock().ok().and_then(|f| f.quality_every);
+                if every != quality_every {
+                    quality_every = every;
+                    quality_tick = every.map(|e| tokio::time::interval_at(tokio::time::Instant::now() + e, e));
+                    quality.mark_unchanged();
+                }
                 let mut pause = Duration::from_secs(3600);
                 if let Step::Wait(check, full) = step {
                     if full {
@@ -479,6 +518,24 @@ async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>)
                             }
                         }
                         Err(_) => watching = false,
+                    },
+                    _ = async { quality_tick.as_mut().expect("guarded").tick().await }, if quality_tick.is_some() => {
+                        if let Some(owner) = res.owner() {
+                            let r = res.clone();
+                            let _ = env.send_and_clear(&owner, move |env| crate::quality_nif::report(env, &r));
+                        }
+                    }
+                    changed = quality.changed(), if quality_every.is_some() => {
+                        if changed.is_ok() {
+                            let d = *quality.borrow_and_update();
+                            if let Some(owner) = res.owner() {
+                                let r = res.clone();
+                                let _ = env.send_and_clear(&owner, move |env| crate::quality_nif::event(env, &r, d));
+                            }
+                        } else {
+                            quality_every = None;
+                            quality_tick = None;
+                        }
                     },
                     _ = tokio::time::sleep(pause), if !reading => {
                         // A full window whose check got no answer (or no
@@ -552,7 +609,7 @@ fn conn_open<'a>(
                 Ok(ep) => ep,
                 Err(e) => return quic_error(e.kind()),
             };
-            match ep.connect(addr, peer).await {
+            match ep.connect_rtt(addr, peer, None).await {
                 Ok(conn) => adopted_in(conn, &node, owner, mode),
                 Err(e) => quic_error(e.kind()),
             }
@@ -642,38 +699,12 @@ fn conn_send<'a>(env: Env<'a>, reference: Term<'a>, res: ResourceArc<ConnRes>, b
 }
 
 /// `conn_info(Conn) -> #{connection_method, peer, remote_address, rtt_ms,
-/// closed, relay}`; `relay` is the NodeId of the relay a relayed connection
-/// goes through now, `undefined` otherwise.
+/// closed, relay, ...}` with the quality keys of `quality_nif`; `relay` is
+/// the NodeId of the relay a relayed connection goes through now,
+/// `undefined` otherwise.
 #[rustler::nif]
 fn conn_info<'a>(env: Env<'a>, res: ResourceArc<ConnRes>) -> Term<'a> {
-    guard::guard(env, || {
-        let c = &res.conn;
-        let method = c.method();
-        let remote_addr = c.remote_address();
-        let remote = remote_addr.to_string();
-        let relay = match (method, res.node.upgrade()) {
-            (Method::Relayed, Some(node)) => node.relay_of(&remote_addr),
-            _ => None,
-        };
-        let keys = [
-            atoms::closed(),
-            atoms::connection_method(),
-            atoms::peer(),
-            atoms::remote_address(),
-            atoms::rtt_ms(),
-            atoms::relay(),
-        ]
-        .map(|k| k.encode(env));
-        let vals = [
-            c.close_reason().is_some().encode(env),
-            method_atom(method).encode(env),
-            convert::binary(env, &c.peer_id()),
-            convert::binary(env, remote.as_bytes()),
-            (c.rtt().as_micros() as f64 / 1000.0).encode(env),
-            relay.map_or_else(|| atoms::undefined().encode(env), |id| convert::binary(env, &id)),
-        ];
-        Term::map_from_term_arrays(env, &keys, &vals).unwrap_or_else(|_| atoms::error().encode(env))
-    })
+    guard::guard(env, || res.info_map(env))
 }
 
 #[rustler::nif]

@@ -18,6 +18,7 @@ mod observer_nif;
 mod owner;
 mod predict_nif;
 mod profile_term;
+mod quality_nif;
 mod relay_nif;
 mod registry_nif;
 mod reply;

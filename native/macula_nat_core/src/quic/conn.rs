@@ -107,6 +107,9 @@ struct Inner {
     /// How the connection's packets travel now (a relayed connection that
     /// gets punched changes it).
     method: tokio::sync::watch::Sender<Method>,
+    /// Messages each way, for quality reports.
+    messages: [std::sync::atomic::AtomicU64; 2],
+    quality: super::quality::QualityCell,
 }
 
 /// How a connection's packets travel.
@@ -208,6 +211,8 @@ impl Connection {
                 endpoint_closing,
                 unread: std::sync::Mutex::new(None),
                 method: tokio::sync::watch::Sender::new(Method::Direct),
+                messages: Default::default(),
+                quality: Default::default(),
             }),
         }
     }
@@ -336,6 +341,7 @@ impl Connection {
         let mut chunks = [header, msg];
         tx.stream.write_all_chunks(&mut chunks).await.map_err(|e| self.write_error(e))?;
         tx.mid_frame = false;
+        self.inner.messages[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -368,6 +374,38 @@ impl Connection {
     /// finished (see [`Connection::finish`]) or the connection is closed (see
     /// [`Connection::close_reason`]). Cancel-safe.
     pub async fn recv(&self) -> Option<Vec<u8>> {
+        let m = self.recv_frame().await;
+        if m.is_some() {
+            self.inner.messages[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        m
+    }
+
+    /// One reading of the counters a quality [`Monitor`](macula_nat_proto::quality::Monitor)
+    /// works from, stamped `at_ms`.
+    pub fn quality_sample(&self, at_ms: u64) -> macula_nat_proto::quality::Sample {
+        let s = self.inner.conn.stats();
+        let m = |i: usize| self.inner.messages[i].load(std::sync::atomic::Ordering::Relaxed);
+        macula_nat_proto::quality::Sample {
+            at_ms,
+            srtt_us: s.path.rtt.as_micros() as u64,
+            min_rtt_us: s.path.min_rtt.as_micros() as u64,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            datagrams_in: s.udp_rx.datagrams,
+            datagrams_out: s.udp_tx.datagrams,
+            bytes_in: s.udp_rx.bytes,
+            bytes_out: s.udp_tx.bytes,
+            messages_in: m(0),
+            messages_out: m(1),
+        }
+    }
+
+    pub(super) fn quality_cell(&self) -> &super::quality::QualityCell {
+        &self.inner.quality
+    }
+
+    async fn recv_frame(&self) -> Option<Vec<u8>> {
         if let Some(m) = lock(&self.inner.unread).take() {
             return Some(m);
         }

@@ -22,6 +22,7 @@
 
 pub mod conn;
 pub(crate) mod dispatch;
+mod quality;
 pub mod socket;
 pub mod tls;
 
@@ -119,6 +120,14 @@ pub struct QuicConfig {
     pub max_frame: usize,
     /// Keep-alive interval: keeps NAT mappings open on idle connections.
     pub keep_alive: Duration,
+    /// Keep-alive interval of application connections (the ones dialled
+    /// by [`QuicEndpoint::connect_rtt`]: sessions and
+    /// `macula_connection:open`): the dialler PINGs when idle this often
+    /// and the peer acknowledges, so each side hears from a live path at
+    /// least this often and a quality monitor can call a path black-holed
+    /// after 2.5 s (`macula_nat_proto::quality`). About 40 bytes each way
+    /// per interval on an idle connection; a busy one sends no PING.
+    pub app_keep_alive: Duration,
     /// A connection with no packet from the peer for this long is dead.
     pub idle_timeout: Duration,
     /// Bound on `connect` and on an incoming connection reaching `accept`.
@@ -140,6 +149,7 @@ impl Default for QuicConfig {
         QuicConfig {
             max_frame: 64 << 20,
             keep_alive: Duration::from_secs(5),
+            app_keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             stream_window: 16 << 20,
@@ -282,7 +292,7 @@ impl QuicEndpoint {
     /// Dials `addr` and succeeds only if the node there proves it holds the
     /// key `expected_peer`, and accepts us in return.
     pub async fn connect(&self, addr: SocketAddr, expected_peer: NodeId) -> Result<Connection, QuicError> {
-        self.connect_rtt(addr, expected_peer, None).await
+        self.dial(addr, expected_peer, None, false).await
     }
 
     /// [`QuicEndpoint::connect`] with an estimate of the round trip to
@@ -291,7 +301,13 @@ impl QuicEndpoint {
     /// common while a hole is still being punched, would be resent only
     /// after about a second; with the estimate it is resent after about
     /// three round trips.
+    /// An application connection: keeps alive every
+    /// [`QuicConfig::app_keep_alive`].
     pub async fn connect_rtt(&self, addr: SocketAddr, expected_peer: NodeId, rtt: Option<Duration>) -> Result<Connection, QuicError> {
+        self.dial(addr, expected_peer, rtt, true).await
+    }
+
+    async fn dial(&self, addr: SocketAddr, expected_peer: NodeId, rtt: Option<Duration>, app: bool) -> Result<Connection, QuicError> {
         let s = &self.shared;
         if s.closing.load(Ordering::Acquire) {
             return Err(QuicError::Closed);
@@ -299,15 +315,17 @@ impl QuicEndpoint {
         let seen = tls::SeenPeer::default();
         let client_tls = tls::client_config(&s.cert, expected_peer, seen.clone()).map_err(internal)?;
         let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).map_err(internal)?));
-        match rtt {
-            Some(rtt) => {
-                let mut t = s.cfg.transport()?;
+        if rtt.is_none() && !app {
+            client.transport_config(s.transport.clone());
+        } else {
+            let mut t = s.cfg.transport()?;
+            if let Some(rtt) = rtt {
                 t.initial_rtt(rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT));
-                client.transport_config(Arc::new(t));
             }
-            None => {
-                client.transport_config(s.transport.clone());
+            if app {
+                t.keep_alive_interval(Some(s.cfg.app_keep_alive));
             }
+            client.transport_config(Arc::new(t));
         }
         let connecting = s.endpoint.connect_with(client, addr, tls::SERVER_NAME).map_err(|e| match e {
             ConnectError::EndpointStopping => QuicError::Closed,
