@@ -83,7 +83,7 @@
 %% <ul>
 %% <li>`{macula_connection, Conn, {quality, Map}}' every `IntervalMs';</li>
 %% <li>`{macula_connection, Conn, {path_degraded, silent | {lossy, Loss}}}'
-%%     when the path stops delivering (no datagram for 2.5 s on a
+%%     when the path stops delivering (no datagram for 2.2 s on a
 %%     connection that exchanges a keep-alive every second: a black hole)
 %%     or loses more than 10 % of its packets over 5 s;</li>
 %% <li>`{macula_connection, Conn, path_recovered}' when it delivers again

@@ -17,6 +17,8 @@
 //!     the listener, which echoes them, and checks each comes back once and
 //!     in order: {"event":"connected",...} then one line
 //!     {"ok":..,"sent":..,"echoed":..,"out_of_order":..,"max_gap_ms":..,"ms":..,"remote":..,"method":..}
+//!     and, while it runs, a line per change of the path's quality
+//!     (`macula_nat_proto::quality`): {"event":"path","degraded":"silent"|"lossy"|false,"t_ns":..}
 //! macula-connect agent --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
 //!                [--timeout-ms N] [--no-direct] [--allow-relay]
 //!     a long-running node for benchmarks, driven by lines on stdin:
@@ -263,6 +265,18 @@ async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInf
 /// order; prints the outcome. Exit code 0 when all came back in order.
 async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
     let t0 = Instant::now();
+    conn.monitor_quality();
+    let mut quality = conn.watch_quality();
+    let watcher = runtime::spawn(async move {
+        while quality.changed().await.is_ok() {
+            let d = match *quality.borrow_and_update() {
+                None => "false".to_string(),
+                Some(macula_nat_proto::quality::Degraded::Silent { .. }) => "\"silent\"".into(),
+                Some(macula_nat_proto::quality::Degraded::Lossy { .. }) => "\"lossy\"".into(),
+            };
+            println!("{{\"event\":\"path\",\"degraded\":{d},\"t_ns\":{}}}", monotonic_ns());
+        }
+    });
     let sender = {
         let conn = conn.clone();
         runtime::spawn(async move {
@@ -291,6 +305,7 @@ async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
         last = Instant::now();
     }
     let sent = sender.await.unwrap_or(0);
+    watcher.abort();
     let ok = sent == count && next == count && disorder == 0;
     println!(
         "{{\"ok\":{ok},\"sent\":{sent},\"echoed\":{next},\"out_of_order\":{disorder},\"max_gap_ms\":{:.1},\"ms\":{:.1},\"remote\":\"{}\",\"method\":\"{}\"}}",

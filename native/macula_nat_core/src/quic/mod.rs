@@ -125,7 +125,7 @@ pub struct QuicConfig {
     /// `macula_connection:open`): the dialler PINGs when idle this often
     /// and the peer acknowledges, so each side hears from a live path at
     /// least this often and a quality monitor can call a path black-holed
-    /// after 2.5 s (`macula_nat_proto::quality`). About 40 bytes each way
+    /// after 2.2 s (`macula_nat_proto::quality`). About 40 bytes each way
     /// per interval on an idle connection; a busy one sends no PING.
     pub app_keep_alive: Duration,
     /// A connection with no packet from the peer for this long is dead.
