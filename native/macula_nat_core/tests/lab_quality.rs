@@ -2,8 +2,9 @@
 //! kernel full cones behind plain routers carries a paced stream; the
 //! direct path is black-holed at one router (the rendezvous stays
 //! reachable). The connection's quality monitor must call the path silent
-//! within seconds and healthy again once the block is lifted, and the
-//! stream (QUIC retransmits) arrives whole and in order.
+//! within seconds and healthy again once the block is lifted; with a relay
+//! the connection fails over to it and comes back; the stream arrives
+//! whole and in order either way.
 
 mod common;
 use common::field;
@@ -26,25 +27,26 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
-/// The next line with `"event":"path"`, skipping others, within `t`.
-fn next_path_event(rx: &mpsc::Receiver<String>, t: Duration) -> Option<String> {
+/// The next line with `"event":"<kind>"`, skipping others, within `t`.
+fn next_event(rx: &mpsc::Receiver<String>, kind: &str, t: Duration, skipped: &mut Vec<String>) -> Option<String> {
     let until = Instant::now() + t;
     loop {
         let left = until.checked_duration_since(Instant::now())?;
         let l = rx.recv_timeout(left).ok()?;
-        if field(&l, "event").as_deref() == Some("path") {
+        if field(&l, "event").as_deref() == Some(kind) {
             return Some(l);
         }
+        skipped.push(l);
     }
 }
 
-#[test]
-fn black_hole_is_noticed_and_the_recovery_too() {
+/// The lab of both tests: a public rendezvous (that also relays, with
+/// `relay`), two kernel full cones behind plain routers on a routed
+/// internet; the rendezvous, a listener on `qb` (reserved at the relay,
+/// with `relay`) and its node id.
+fn lab_with_listener(name: &str, relay: bool) -> (Lab, Vec<Child>, std::net::Ipv4Addr, String, String, String) {
     let bin = env!("CARGO_BIN_EXE_macula-connect");
-    if !common::ready(bin) {
-        return;
-    }
-    let mut spec = LabSpec::new("lcq");
+    let mut spec = LabSpec::new(name);
     spec.public.push("rdv".into());
     spec.routed_internet = true;
     for name in ["qa", "qb"] {
@@ -52,13 +54,87 @@ fn black_hole_is_noticed_and_the_recovery_too() {
         s.plain_router = true;
         spec.sites.push(s);
     }
-    let mut lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
     let rdv_ip = lab.host_addr("rdv").unwrap();
     let rdv_addr = format!("{rdv_ip}:4433");
-    let mut rdv = lab.spawn("rdv", &[bin, "rendezvous", "--bind", &rdv_addr]).expect("rendezvous");
+    let mut argv = vec![bin, "rendezvous", "--bind", &rdv_addr];
+    if relay {
+        argv.push("--serve-relay");
+    }
+    let mut rdv = lab.spawn("rdv", &argv).expect("rendezvous");
     let rdv_id = field(&lines(&mut rdv).recv_timeout(Duration::from_secs(10)).expect("rendezvous ready"), "node_id").unwrap();
-    let mut listener = lab.spawn("qb", &[bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-ei-pp"]).expect("listener");
+    let mut argv = vec![bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-ei-pp"];
+    if relay {
+        argv.extend_from_slice(&["--relay", &rdv_addr, "--relay-id", &rdv_id]);
+    }
+    let mut listener = lab.spawn("qb", &argv).expect("listener");
     let target = field(&lines(&mut listener).recv_timeout(Duration::from_secs(15)).expect("listener joined"), "node_id").unwrap();
+    (lab, vec![rdv, listener], rdv_ip, rdv_addr, rdv_id, target)
+}
+
+/// The scenario: 10,000 sequenced messages, one every 2 ms, over a
+/// direct connection; the direct path is black-holed at the listener's
+/// router while the rendezvous (also the relay) stays reachable. The
+/// connection must move to the relay within seconds, every message must
+/// arrive once and in order, and it must come back to a direct path after
+/// the block is lifted.
+#[test]
+fn black_hole_fails_over_to_the_relay_and_back() {
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    if !common::ready(bin) {
+        return;
+    }
+    let (mut lab, mut procs, rdv_ip, rdv_addr, rdv_id, target) = lab_with_listener("lcf", true);
+    let mut stream = lab
+        .spawn(
+            "qa",
+            &[bin, "stream", &target, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-ei-pp", "--relay", &rdv_addr, "--relay-id", &rdv_id, "--count", "10000", "--interval-ms", "2"],
+        )
+        .expect("stream");
+    let said = lines(&mut stream);
+    let connected = said.recv_timeout(Duration::from_secs(20)).expect("stream connected");
+    assert_eq!(field(&connected, "method").as_deref(), Some("direct"), "{connected}");
+    std::thread::sleep(Duration::from_secs(3));
+    lab.blackhole("qb", true, &[rdv_ip]).unwrap();
+    let t0 = Instant::now();
+    let mut other = Vec::new();
+    let relayed = next_event(&said, "method", Duration::from_secs(15), &mut other).unwrap_or_else(|| panic!("no failover within 15 s: {other:?}"));
+    let failover = t0.elapsed();
+    assert_eq!(field(&relayed, "method").as_deref(), Some("relayed"), "{relayed}");
+    eprintln!("black hole -> relayed after {} ms", failover.as_millis());
+    assert!(failover <= Duration::from_secs(6), "failover took {failover:?}");
+    std::thread::sleep(Duration::from_secs(4));
+    lab.blackhole("qb", false, &[]).unwrap();
+    let t1 = Instant::now();
+    let back = next_event(&said, "method", Duration::from_secs(60), &mut other).unwrap_or_else(|| panic!("not back to direct within 60 s: {other:?}"));
+    assert_eq!(field(&back, "method").as_deref(), Some("direct"), "{back}");
+    eprintln!("block lifted -> direct after {} ms", t1.elapsed().as_millis());
+    let last = loop {
+        let l = said.recv_timeout(Duration::from_secs(90)).expect("stream result");
+        if field(&l, "event").is_none() {
+            break l;
+        }
+    };
+    eprintln!("{last}");
+    assert_eq!(field(&last, "ok").as_deref(), Some("true"), "stream across failover and back: {last}");
+    assert_eq!(field(&last, "echoed").as_deref(), Some("10000"), "{last}");
+    assert_eq!(field(&last, "out_of_order").as_deref(), Some("0"), "{last}");
+    procs.push(stream);
+    for c in procs.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// Without a relay to fail over to: the path is called silent within
+/// seconds and healthy again when the block lifts; QUIC retransmits.
+#[test]
+fn black_hole_is_noticed_and_the_recovery_too() {
+    let bin = env!("CARGO_BIN_EXE_macula-connect");
+    if !common::ready(bin) {
+        return;
+    }
+    let (mut lab, mut procs, rdv_ip, rdv_addr, rdv_id, target) = lab_with_listener("lcq", false);
     // 4,000 messages, one every 5 ms: 20 s of traffic.
     let mut stream = lab
         .spawn("qa", &[bin, "stream", &target, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-ei-pp", "--count", "4000", "--interval-ms", "5"])
@@ -67,10 +143,10 @@ fn black_hole_is_noticed_and_the_recovery_too() {
     let connected = said.recv_timeout(Duration::from_secs(20)).expect("stream connected");
     assert_eq!(field(&connected, "method").as_deref(), Some("direct"), "{connected}");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(next_path_event(&said, Duration::ZERO).is_none(), "a healthy path was called degraded");
+    assert!(next_event(&said, "path", Duration::ZERO, &mut Vec::new()).is_none(), "a healthy path was called degraded");
     lab.blackhole("qb", true, &[rdv_ip]).unwrap();
     let t0 = Instant::now();
-    let degraded = next_path_event(&said, Duration::from_secs(10)).expect("no path event within 10 s of the black hole");
+    let degraded = next_event(&said, "path", Duration::from_secs(10), &mut Vec::new()).expect("no path event within 10 s of the black hole");
     let noticed = t0.elapsed();
     assert_eq!(field(&degraded, "degraded").as_deref(), Some("silent"), "{degraded}");
     eprintln!("black hole noticed after {} ms", noticed.as_millis());
@@ -79,7 +155,7 @@ fn black_hole_is_noticed_and_the_recovery_too() {
     std::thread::sleep(Duration::from_secs(2));
     lab.blackhole("qb", false, &[]).unwrap();
     let t1 = Instant::now();
-    let recovered = next_path_event(&said, Duration::from_secs(10)).expect("no recovery within 10 s of lifting the block");
+    let recovered = next_event(&said, "path", Duration::from_secs(10), &mut Vec::new()).expect("no recovery within 10 s of lifting the block");
     assert_eq!(field(&recovered, "degraded").as_deref(), Some("false"), "{recovered}");
     eprintln!("recovery noticed after {} ms", t1.elapsed().as_millis());
     let last = loop {
@@ -89,7 +165,8 @@ fn black_hole_is_noticed_and_the_recovery_too() {
         }
     };
     assert_eq!(field(&last, "ok").as_deref(), Some("true"), "stream after the black hole: {last}");
-    for c in [&mut stream, &mut listener, &mut rdv] {
+    procs.push(stream);
+    for c in procs.iter_mut() {
         let _ = c.kill();
         let _ = c.wait();
     }

@@ -19,6 +19,8 @@
 //!     {"ok":..,"sent":..,"echoed":..,"out_of_order":..,"max_gap_ms":..,"ms":..,"remote":..,"method":..}
 //!     and, while it runs, a line per change of the path's quality
 //!     (`macula_nat_proto::quality`): {"event":"path","degraded":"silent"|"lossy"|false,"t_ns":..}
+//!     and per change of its method (failover to a relay and back):
+//!     {"event":"method","method":"direct"|"punched"|"relayed","t_ns":..}
 //! macula-connect agent --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
 //!                [--timeout-ms N] [--no-direct] [--allow-relay]
 //!     a long-running node for benchmarks, driven by lines on stdin:
@@ -267,6 +269,13 @@ async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
     let t0 = Instant::now();
     conn.monitor_quality();
     let mut quality = conn.watch_quality();
+    let mut methods = conn.watch_method();
+    let method_watcher = runtime::spawn(async move {
+        while methods.changed().await.is_ok() {
+            let m = *methods.borrow_and_update();
+            println!("{{\"event\":\"method\",\"method\":\"{}\",\"t_ns\":{}}}", m.name(), monotonic_ns());
+        }
+    });
     let watcher = runtime::spawn(async move {
         while quality.changed().await.is_ok() {
             let d = match *quality.borrow_and_update() {
@@ -306,6 +315,7 @@ async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
     }
     let sent = sender.await.unwrap_or(0);
     watcher.abort();
+    method_watcher.abort();
     let ok = sent == count && next == count && disorder == 0;
     println!(
         "{{\"ok\":{ok},\"sent\":{sent},\"echoed\":{next},\"out_of_order\":{disorder},\"max_gap_ms\":{:.1},\"ms\":{:.1},\"remote\":\"{}\",\"method\":\"{}\"}}",

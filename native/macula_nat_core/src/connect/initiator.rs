@@ -33,6 +33,7 @@ pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts
         Ok(Ok((conn, method, strategy))) => {
             tracing::debug!("signal: connected to {} ({}, {})", conn.remote_address(), method.name(), strategy.name());
             conn.set_method(method);
+            super::failover::look_after_direct(&signal.inner, &conn, target, &opts);
             Ok(Connected { conn, method, strategy, elapsed: started.elapsed() })
         }
         Ok(Err(e)) => Err(e),

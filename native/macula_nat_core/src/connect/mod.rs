@@ -87,6 +87,7 @@
 //! are `macula_nat_proto::connect`'s.
 
 mod error;
+mod failover;
 mod initiator;
 mod inner;
 mod opts;

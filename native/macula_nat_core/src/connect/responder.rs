@@ -91,6 +91,7 @@ pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId,
                 }
             }
             tracing::debug!("signal: session {:02x?} responder done ({}) from {}", &session[..4], method.name(), conn.remote_address());
+            super::failover::look_after_direct(&inner, &conn, from, &ConnectOpts::default());
             inner.dispatch.deliver(conn);
             if method != Method::Relayed {
                 drop(guard);

@@ -283,6 +283,11 @@ impl Connection {
         self.inner.peer
     }
 
+    /// Whether this side dialled the connection (its QUIC client).
+    pub fn is_dialler(&self) -> bool {
+        self.inner.conn.side().is_client()
+    }
+
     /// The peer's current address; follows the peer if it migrates.
     pub fn remote_address(&self) -> SocketAddr {
         self.inner.conn.remote_address()
