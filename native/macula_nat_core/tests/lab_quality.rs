@@ -68,7 +68,11 @@ fn lab_with_listener(name: &str, relay: bool) -> (Lab, Vec<Child>, std::net::Ipv
         argv.extend_from_slice(&["--relay", &rdv_addr, "--relay-id", &rdv_id]);
     }
     let mut listener = lab.spawn("qb", &argv).expect("listener");
-    let target = field(&lines(&mut listener).recv_timeout(Duration::from_secs(15)).expect("listener joined"), "node_id").unwrap();
+    // The listener prints a line per accepted connection: its pipe is
+    // kept open (read and dropped), or its next line would end it.
+    let heard = lines(&mut listener);
+    let target = field(&heard.recv_timeout(Duration::from_secs(15)).expect("listener joined"), "node_id").unwrap();
+    std::thread::spawn(move || while heard.recv().is_ok() {});
     (lab, vec![rdv, listener], rdv_ip, rdv_addr, rdv_id, target)
 }
 

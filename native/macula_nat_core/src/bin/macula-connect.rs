@@ -21,6 +21,8 @@
 //!     (`macula_nat_proto::quality`): {"event":"path","degraded":"silent"|"lossy"|false,"t_ns":..}
 //!     and per change of its method (failover to a relay and back):
 //!     {"event":"method","method":"direct"|"punched"|"relayed","t_ns":..}
+//!     and after a gap of 500 ms or more between two echoes:
+//!     {"event":"gap","ms":..,"t_ns":..}
 //! macula-connect agent --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
 //!                [--timeout-ms N] [--no-direct] [--allow-relay]
 //!     a long-running node for benchmarks, driven by lines on stdin:
@@ -310,7 +312,11 @@ async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
             disorder += 1;
         }
         next = seq.map_or(next + 1, |s| s + 1);
-        max_gap = max_gap.max(last.elapsed());
+        let gap = last.elapsed();
+        max_gap = max_gap.max(gap);
+        if gap >= Duration::from_millis(500) {
+            println!("{{\"event\":\"gap\",\"ms\":{:.1},\"t_ns\":{}}}", gap.as_secs_f64() * 1000.0, monotonic_ns());
+        }
         last = Instant::now();
     }
     let sent = sender.await.unwrap_or(0);

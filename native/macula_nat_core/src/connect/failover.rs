@@ -16,6 +16,9 @@
 //! from its real address again, and the peer's QUIC migrates back; the
 //! relay session is then closed.
 //!
+//! The server side's method follows its QUIC's remote address (a virtual
+//! one is a relay session).
+//!
 //! The relay: one where this node holds a reservation and the peer can
 //! take the session (its reservation is its consent); the deployment's
 //! usual case of a public node that relays for all of its nodes.
@@ -38,11 +41,31 @@ const REPUNCH_MAX: Duration = Duration::from_secs(30);
 
 /// Looks after `conn` (direct or punched, to `peer`) until it closes.
 pub(super) fn look_after_direct(inner: &Arc<Inner>, conn: &Connection, peer: NodeId, opts: &ConnectOpts) {
-    if !conn.is_dialler() || conn.method() == Method::Relayed {
+    if conn.method() == Method::Relayed {
         return;
     }
     conn.monitor_quality();
-    crate::runtime::spawn(watch(Arc::downgrade(inner), conn.clone(), peer, opts.clone()));
+    if conn.is_dialler() {
+        crate::runtime::spawn(watch(Arc::downgrade(inner), conn.clone(), peer, opts.clone()));
+    } else {
+        crate::runtime::spawn(follow(conn.clone()));
+    }
+}
+
+/// The server side: its QUIC follows the dialler onto the relay session
+/// (a virtual address) and back; the method says so.
+async fn follow(conn: Connection) {
+    let direct = conn.method();
+    let mut tick = tokio::time::interval(macula_nat_proto::quality::SAMPLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tick.tick() => {
+                let m = if crate::relay::is_virtual(&conn.remote_address()) { Method::Relayed } else { direct };
+                conn.set_method(m);
+            }
+        }
+    }
 }
 
 async fn watch(weak: Weak<Inner>, conn: Connection, peer: NodeId, opts: ConnectOpts) {

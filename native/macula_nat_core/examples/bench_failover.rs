@@ -1,0 +1,158 @@
+//! Black-hole failover, repeated: a direct connection between two kernel
+//! full cones behind plain routers (a public rendezvous that also relays)
+//! streams sequenced messages (one every 2 ms, echoed); the direct path is
+//! black-holed at the listener's router for 6 s (the relay stays
+//! reachable), then lifted. Per try: black hole -> `relayed`, black hole ->
+//! traffic again (the echo gap), block lifted -> `direct` again.
+//! Usage: `bench_failover [tries]` (20); prints a Markdown table.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::field;
+use macula_nat_lab::{Lab, LabSpec, SiteSpec, UpOptions};
+use std::io::{BufRead, BufReader};
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Keeps a child's stderr flowing (a full pipe would block it), into
+/// `path` when `MACULA_BENCH_LOGS` names a directory.
+fn drain_stderr(child: &mut Child, name: &str) {
+    let Some(mut err) = child.stderr.take() else { return };
+    let dir = std::env::var("MACULA_BENCH_LOGS").ok();
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        let mut sink: Box<dyn std::io::Write> = match dir.and_then(|d| std::fs::File::create(format!("{d}/{name}.log")).ok()) {
+            Some(f) => Box::new(f),
+            None => Box::new(std::io::sink()),
+        };
+        let _ = std::io::copy(&mut err, &mut sink);
+    });
+}
+
+fn next_event(rx: &mpsc::Receiver<String>, kind: &str, t: Duration) -> Option<(String, Instant)> {
+    let until = Instant::now() + t;
+    loop {
+        let l = rx.recv_timeout(until.checked_duration_since(Instant::now())?).ok()?;
+        if field(&l, "event").as_deref() == Some(kind) {
+            return Some((l, Instant::now()));
+        }
+    }
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let tries: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20);
+    let bin = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("macula-connect");
+    let bin = bin.to_str().unwrap().to_string();
+    if !common::ready(&bin) {
+        std::process::exit(2);
+    }
+    let mut spec = LabSpec::new("bfo");
+    spec.public.push("rdv".into());
+    spec.routed_internet = true;
+    for name in ["qa", "qb"] {
+        let mut s = SiteSpec::new(name, "kernel:full_cone").unwrap();
+        s.plain_router = true;
+        spec.sites.push(s);
+    }
+    let mut lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let rdv_ip = lab.host_addr("rdv").unwrap();
+    let rdv_addr = format!("{rdv_ip}:4433");
+    let mut rdv = lab.spawn("rdv", &[&bin, "rendezvous", "--bind", &rdv_addr, "--serve-relay"]).expect("rendezvous");
+    let rdv_said = lines(&mut rdv);
+    let rdv_id = field(&rdv_said.recv_timeout(Duration::from_secs(10)).expect("rendezvous ready"), "node_id").unwrap();
+    let mut listener = lab
+        .spawn("qb", &[&bin, "listen", "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-ei-pp", "--relay", &rdv_addr, "--relay-id", &rdv_id])
+        .expect("listener");
+    drain_stderr(&mut rdv, "rdv");
+    drain_stderr(&mut listener, "listener");
+    // Kept: the listener prints a line per accepted connection, and a
+    // closed pipe would end it.
+    let heard = lines(&mut listener);
+    let target = field(&heard.recv_timeout(Duration::from_secs(15)).expect("listener joined"), "node_id").unwrap();
+    let (mut to_relay, mut to_traffic, mut to_direct, mut failed) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for t in 0..tries {
+        let mut stream = lab
+            .spawn("qa", &[&bin, "stream", &target, "--rendezvous", &rdv_addr, "--rendezvous-id", &rdv_id, "--nat", "ei-ei-pp", "--relay", &rdv_addr, "--relay-id", &rdv_id, "--count", "100000", "--interval-ms", "2"])
+            .expect("stream");
+        drain_stderr(&mut stream, &format!("stream{t}"));
+        let said = lines(&mut stream);
+        let ok = (|| {
+            let c = said.recv_timeout(Duration::from_secs(20)).map_err(|_| "no connect".to_string())?;
+            if field(&c, "method").as_deref() != Some("direct") {
+                return Err(format!("not direct: {c}"));
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            lab.blackhole("qb", true, &[rdv_ip]).map_err(|e| e.to_string())?;
+            let t0 = Instant::now();
+            let (m, at) = next_event(&said, "method", Duration::from_secs(15)).ok_or("no failover")?;
+            if field(&m, "method").as_deref() != Some("relayed") {
+                return Err(format!("not relayed: {m}"));
+            }
+            let relayed = at - t0;
+            let (_, at) = next_event(&said, "gap", Duration::from_secs(15)).ok_or("no traffic after the black hole")?;
+            let traffic = at - t0;
+            std::thread::sleep(Duration::from_secs(6).saturating_sub(t0.elapsed()));
+            lab.blackhole("qb", false, &[]).map_err(|e| e.to_string())?;
+            let t1 = Instant::now();
+            let (m, at) = next_event(&said, "method", Duration::from_secs(60)).ok_or("not back to direct")?;
+            if field(&m, "method").as_deref() != Some("direct") {
+                return Err(format!("not direct again: {m}"));
+            }
+            Ok((relayed, traffic, at - t1))
+        })();
+        let _ = lab.blackhole("qb", false, &[]);
+        let _ = stream.kill();
+        let _ = stream.wait();
+        match ok {
+            Ok((r, tr, d)) => {
+                eprintln!("try {t}: relayed {} ms, traffic {} ms, direct {} ms", r.as_millis(), tr.as_millis(), d.as_millis());
+                to_relay.push(r.as_secs_f64() * 1000.0);
+                to_traffic.push(tr.as_secs_f64() * 1000.0);
+                to_direct.push(d.as_secs_f64() * 1000.0);
+            }
+            Err(e) => {
+                eprintln!("try {t}: {e}");
+                failed.push(e);
+            }
+        }
+    }
+    for c in [&mut rdv, &mut listener] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    println!("| measure | tries | p50 ms | p95 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    for (name, v) in [
+        ("black hole -> `relayed` (method_changed)", &mut to_relay),
+        ("black hole -> traffic again (first echo after the gap)", &mut to_traffic),
+        ("block lifted -> `direct` again (re-punch)", &mut to_direct),
+    ] {
+        let max = v.iter().cloned().fold(f64::NAN, f64::max);
+        println!("| {name} | {} | {:.0} | {:.0} | {:.0} |", v.len(), pct(v, 0.5), pct(v, 0.95), max);
+    }
+    println!();
+    println!("Tries that failed: {} of {tries}{}", failed.len(), if failed.is_empty() { String::new() } else { format!(" ({})", failed.join("; ")) });
+}
