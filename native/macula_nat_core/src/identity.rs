@@ -72,7 +72,7 @@ impl Identity {
     }
 
     pub fn node_id(&self) -> NodeId {
-        self.key.verifying_key().to_bytes()
+        NodeId::from_bytes(self.key.verifying_key().to_bytes())
     }
 
     pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
@@ -86,7 +86,7 @@ impl Identity {
 
 /// Checks `sig` over `msg` against the public key `node_id`.
 pub fn verify(node_id: &NodeId, msg: &[u8], sig: &[u8; 64]) -> bool {
-    match VerifyingKey::from_bytes(node_id) {
+    match VerifyingKey::from_bytes(node_id.as_bytes()) {
         Ok(vk) => vk.verify(msg, &Signature::from_bytes(sig)).is_ok(),
         Err(_) => false,
     }

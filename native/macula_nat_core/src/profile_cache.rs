@@ -334,7 +334,7 @@ impl ProfileCache {
             Ok(b) => b,
             Err(Refusal::Forged) => {
                 self.forged.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %hex(&id), "forged peer record refused");
+                tracing::warn!(node = %id, "forged peer record refused");
                 return Err(FetchError::Forged);
             }
             Err(Refusal::Rejected(r)) => {
@@ -402,10 +402,6 @@ fn spawn_sweeper(cache: Weak<ProfileCache>) {
             }
         }
     });
-}
-
-pub(crate) fn hex(id: &[u8]) -> String {
-    id.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

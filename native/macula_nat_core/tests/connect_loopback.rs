@@ -132,7 +132,7 @@ fn errors_are_fast_and_typed() {
         let opts = ConnectOpts { allow_relay: true, ..ConnectOpts::default() };
         let e = connect_detailed(&s.a, s.b.node().node_id(), opts).await.unwrap_err();
         assert_eq!(e.kind(), "no_relay");
-        let e = connect_detailed(&s.a, [1u8; 32], ConnectOpts::default()).await.unwrap_err();
+        let e = connect_detailed(&s.a, macula_nat_core::NodeId::from_bytes([1u8; 32]), ConnectOpts::default()).await.unwrap_err();
         assert_eq!(e.kind(), "unknown_peer");
         // Fast means: none of the three waited for the 10 s connect
         // timeout. Any bound below it proves that; 5 s leaves room for a

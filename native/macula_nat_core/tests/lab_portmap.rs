@@ -87,7 +87,7 @@ fn portmap_child_listener() {
     let w: Vec<&str> = spec.split_whitespace().collect();
     let proto = Protocol::parse(w[0]);
     let rdv = w[1].parse().unwrap();
-    let rdv_id: [u8; 32] = (0..32).map(|i| u8::from_str_radix(&w[2][2 * i..2 * i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
+    let rdv_id = macula_nat_core::NodeId::from_hex(w[2]).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         for l in std::io::stdin().lock().lines().map_while(Result::ok) {
@@ -119,7 +119,7 @@ fn portmap_child_listener() {
         }
         let profile = profile_of(NatType { mapping: Mapping::Ei, filtering: Filtering::Pd, allocation: Allocation::Pp }, None, false);
         let signal = Signal::join_with(node.clone(), rdv, rdv_id, SignalConfig::new(profile)).await.unwrap();
-        let id: String = node.node_id().iter().map(|b| format!("{b:02x}")).collect();
+        let id = node.node_id().to_hex();
         println!("{{\"event\":\"joined\",\"node_id\":\"{id}\",\"port\":{port}}}");
         let accepting = runtime::spawn(async move {
             while let Some(c) = signal.accept().await {

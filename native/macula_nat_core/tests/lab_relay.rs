@@ -16,7 +16,7 @@
 mod common;
 use macula_nat_core::connect::profile_of;
 use macula_nat_core::relay::{self, RelayError, RelayLink};
-use macula_nat_core::{connect_detailed, runtime, Connection, ConnectOpts, Identity, Method, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
+use macula_nat_core::{connect_detailed, runtime, Connection, ConnectOpts, Identity, Method, Node, NodeConfig, NodeId, Rendezvous, Signal, SignalConfig};
 use macula_nat_lab::{Lab, LabSpec, SiteSpec};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use macula_nat_proto::record::PeerInfo;
@@ -52,23 +52,16 @@ fn num(line: &str, key: &str) -> u64 {
     field(line, key).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no number {key} in {line}"))
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
-fn unhex(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex node id");
-    }
-    out
+fn unhex(s: &str) -> NodeId {
+    NodeId::from_hex(s).expect("hex node id")
 }
 
 /// A `macula-relay` process on a relay host, and its event lines.
 struct RelayProc {
     child: Child,
     lines: mpsc::Receiver<String>,
-    id: [u8; 32],
+    id: NodeId,
     addr: SocketAddr,
 }
 
@@ -95,13 +88,13 @@ impl RelayProc {
                 eprintln!("macula-relay: {l}");
             }
         });
-        let mut r = RelayProc { child, lines, id: [0; 32], addr };
+        let mut r = RelayProc { child, lines, id: NodeId::default(), addr };
         let line = r.next("ready", Duration::from_secs(10));
         r.id = unhex(&field(&line, "node_id").unwrap());
         r
     }
 
-    fn contact(&self) -> ([u8; 32], SocketAddr) {
+    fn contact(&self) -> (NodeId, SocketAddr) {
         (self.id, self.addr)
     }
 
@@ -234,7 +227,7 @@ fn symmetric_nats_talk_through_a_relay_whose_events_count_their_bytes() {
     runtime::handle().block_on(async {
         let mut w = world("rlbytes", sym(), sym(), &[&[]], true).await;
         let (on_a, on_b) = connect_relayed(&w, relay_opts()).await;
-        let (a_id, b_id) = (hex(&w.a.node().node_id()), hex(&w.b.node().node_id()));
+        let (a_id, b_id) = (w.a.node().node_id().to_hex(), w.b.node().node_id().to_hex());
         let started = w.relays[0].next_async("started", Duration::from_secs(10)).await;
         assert_eq!((field(&started, "a").unwrap(), field(&started, "b").unwrap()), (a_id.clone(), b_id.clone()), "{started}");
         let session = num(&started, "session");
@@ -423,7 +416,7 @@ fn killing_the_relay_process_moves_the_connection_to_the_second_relay_without_lo
         let killed_at = (Instant::now(), s.sent.load(Ordering::Acquire));
         let started = w.relays[1].next_async("started", Duration::from_secs(30)).await;
         s.switched.store(true, Ordering::Release);
-        assert_eq!(field(&started, "a").unwrap(), hex(&w.a.node().node_id()), "{started}");
+        assert_eq!(field(&started, "a").unwrap(), w.a.node().node_id().to_hex(), "{started}");
         eprintln!(
             "relay 1 killed after message {}; relay 2 carries the connection {:?} later, after message {}",
             killed_at.1,

@@ -7,7 +7,7 @@
 //! gives the same node id after a restart.
 
 use macula_nat_core::connect::public_profile;
-use macula_nat_core::{connect_detailed, runtime, ConnectOpts, Identity, Method, Node, NodeConfig, Signal, SignalConfig};
+use macula_nat_core::{connect_detailed, runtime, ConnectOpts, Identity, Method, Node, NodeConfig, NodeId, Signal, SignalConfig};
 use macula_nat_proto::stun::{Class, Message};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 struct Running {
     child: Child,
-    node_id: [u8; 32],
+    node_id: NodeId,
     node: SocketAddr,
     primary: SocketAddr,
     alternate: SocketAddr,
@@ -32,12 +32,8 @@ impl Drop for Running {
     }
 }
 
-fn unhex(s: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
+fn unhex(s: &str) -> NodeId {
+    NodeId::from_hex(s).expect("hex node id")
 }
 
 fn tempdir() -> PathBuf {
@@ -161,7 +157,7 @@ fn one_process_observes_introduces_relays_and_counts() {
     assert_eq!(sample(&m, "macula_node_rendezvous_peers"), 0.0);
     assert_eq!(sample(&m, "macula_node_relay_sessions"), 0.0);
     assert_eq!(sample(&m, "macula_node_relay_refusals_total{reason=\"max_sessions\"}"), 0.0);
-    assert!(m.contains(&format!("macula_node_info{{node_id=\"{}\"", r.node_id.iter().map(|b| format!("{b:02x}")).collect::<String>())));
+    assert!(m.contains(&format!("macula_node_info{{node_id=\"{}\"", r.node_id.to_hex())));
     assert_eq!(get(r.metrics, "/nothing").0, "HTTP/1.1 404 Not Found");
 
     // A STUN binding against the observer: mapped address, and the other

@@ -35,7 +35,7 @@ impl Relay {
         Relay { node, server: Some(server), events }
     }
 
-    fn contact(&self) -> ([u8; 32], std::net::SocketAddr) {
+    fn contact(&self) -> (macula_nat_core::NodeId, std::net::SocketAddr) {
         (self.node.node_id(), self.node.local_addr().unwrap())
     }
 

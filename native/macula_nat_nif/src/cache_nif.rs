@@ -147,7 +147,7 @@ fn cache_new<'a>(env: Env<'a>, node: ResourceArc<NodeRes>, opts: Term<'a>) -> Te
 }
 
 fn node_id(b: &Binary) -> Option<NodeId> {
-    b.as_slice().try_into().ok()
+    NodeId::from_slice(b.as_slice())
 }
 
 /// `cache_get(Cache, NodeId) -> {ok, P} | {stale, P} | {error, not_found}`.

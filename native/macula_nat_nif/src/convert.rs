@@ -1,7 +1,7 @@
 //! Term <-> Rust conversions for addresses and core errors.
 
 use crate::atoms;
-use macula_nat_core::Error;
+use macula_nat_core::{Error, NodeId};
 use rustler::{Encoder, Env, Term};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -71,11 +71,13 @@ pub fn encode_error<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
 }
 
 /// A NodeId: a 32-byte binary (the ed25519 public key).
-pub fn decode_node_id(term: Term) -> Option<[u8; 32]> {
-    term.decode::<rustler::Binary>().ok().and_then(|b| b.as_slice().try_into().ok())
+pub fn decode_node_id(term: Term) -> Option<NodeId> {
+    term.decode::<rustler::Binary>().ok().and_then(|b| NodeId::from_slice(b.as_slice()))
 }
 
-pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+/// Bytes as a binary term; ids (`NodeId`) go out through here as their raw bytes.
+pub fn binary<'a>(env: Env<'a>, bytes: impl AsRef<[u8]>) -> Term<'a> {
+    let bytes = bytes.as_ref();
     let mut bin = rustler::NewBinary::new(env, bytes.len());
     bin.as_mut_slice().copy_from_slice(bytes);
     Term::from(bin)

@@ -30,6 +30,7 @@
 //! Each version has its own signing context, so a signature over a v2 body
 //! can never be passed off as one over a v1 body or the reverse.
 
+use crate::id::NodeId;
 use crate::wire::{self, Reader, WireError};
 
 pub use crate::peer_info::PeerInfo;
@@ -83,7 +84,7 @@ pub struct RelayAd {
 /// The signed part of a record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordBody {
-    pub node_id: [u8; 32],
+    pub node_id: NodeId,
     /// Strictly increasing per node; a lower one than already seen is a replay.
     pub seq: u64,
     /// Unix seconds.
@@ -132,7 +133,7 @@ impl RecordBody {
             return Err(RecordError::BadLoad);
         }
         let mut b = Vec::with_capacity(128);
-        b.extend_from_slice(&self.node_id);
+        b.extend_from_slice(self.node_id.as_bytes());
         b.extend_from_slice(&self.seq.to_be_bytes());
         b.extend_from_slice(&self.issued_at.to_be_bytes());
         b.extend_from_slice(&self.ttl_s.to_be_bytes());
@@ -154,7 +155,7 @@ impl RecordBody {
     /// Decodes a body written in `version`'s layout.
     pub fn decode(version: Version, bytes: &[u8]) -> Result<RecordBody, RecordError> {
         let mut r = Reader::new(bytes);
-        let node_id: [u8; 32] = r.array()?;
+        let node_id = r.node_id()?;
         let seq = r.u64()?;
         let issued_at = r.u64()?;
         let ttl_s = r.u32()?;
@@ -245,7 +246,7 @@ pub const MAX_SKEW_S: u64 = 300;
 
 /// Acceptance rule for a verified body: right node, in its validity window,
 /// and newer than `last_seq` (the highest seq accepted so far for the node).
-pub fn check(body: &RecordBody, asked: &[u8; 32], now_s: u64, last_seq: Option<u64>) -> Result<(), Rejection> {
+pub fn check(body: &RecordBody, asked: &NodeId, now_s: u64, last_seq: Option<u64>) -> Result<(), Rejection> {
     if &body.node_id != asked {
         return Err(Rejection::WrongNode);
     }

@@ -197,7 +197,7 @@ impl Msg {
                     HelloKind::Relay => b.push(3),
                     HelloKind::Session(s) => {
                         b.push(2);
-                        b.extend_from_slice(s);
+                        b.extend_from_slice(s.as_bytes());
                     }
                 }
             }
@@ -207,16 +207,16 @@ impl Msg {
             }
             Msg::Connect { to, session, flags, attempts, profile } => {
                 b.push(0x03);
-                b.extend_from_slice(to);
-                b.extend_from_slice(session);
+                b.extend_from_slice(to.as_bytes());
+                b.extend_from_slice(session.as_bytes());
                 b.push(*flags);
                 b.push(*attempts);
                 put_profile(&mut b, profile);
             }
             Msg::Incoming { from, session, flags, attempts, profile, observed } => {
                 b.push(0x04);
-                b.extend_from_slice(from);
-                b.extend_from_slice(session);
+                b.extend_from_slice(from.as_bytes());
+                b.extend_from_slice(session.as_bytes());
                 b.push(*flags);
                 b.push(*attempts);
                 put_profile(&mut b, profile);
@@ -224,32 +224,32 @@ impl Msg {
             }
             Msg::Answer { to, session, profile } => {
                 b.push(0x05);
-                b.extend_from_slice(to);
-                b.extend_from_slice(session);
+                b.extend_from_slice(to.as_bytes());
+                b.extend_from_slice(session.as_bytes());
                 put_profile(&mut b, profile);
             }
             Msg::Answered { from, session, profile, observed } => {
                 b.push(0x06);
-                b.extend_from_slice(from);
-                b.extend_from_slice(session);
+                b.extend_from_slice(from.as_bytes());
+                b.extend_from_slice(session.as_bytes());
                 put_profile(&mut b, profile);
                 put_addr(&mut b, *observed);
             }
             Msg::Go { session, wait, own_rtt, peer_rtt } => {
                 b.push(0x07);
-                b.extend_from_slice(session);
+                b.extend_from_slice(session.as_bytes());
                 for d in [wait, own_rtt, peer_rtt] {
                     b.extend_from_slice(&micros(*d).to_be_bytes());
                 }
             }
             Msg::Unknown { session } => {
                 b.push(0x08);
-                b.extend_from_slice(session);
+                b.extend_from_slice(session.as_bytes());
             }
             Msg::Reject { peer, session, reason } => {
                 b.push(0x09);
-                b.extend_from_slice(peer);
-                b.extend_from_slice(session);
+                b.extend_from_slice(peer.as_bytes());
+                b.extend_from_slice(session.as_bytes());
                 b.push(*reason);
             }
         }
@@ -266,31 +266,31 @@ impl Msg {
                 }
                 match r.u8()? {
                     1 => Msg::Hello(HelloKind::Control),
-                    2 => Msg::Hello(HelloKind::Session(r.array()?)),
+                    2 => Msg::Hello(HelloKind::Session(r.session_id()?)),
                     3 => Msg::Hello(HelloKind::Relay),
                     _ => return Err(DecodeError::BadValue),
                 }
             }
             0x02 => Msg::Registered { observed: r.addr()? },
-            0x03 => Msg::Connect { to: r.array()?, session: r.array()?, flags: r.u8()?, attempts: r.u8()?, profile: r.profile()? },
+            0x03 => Msg::Connect { to: r.node_id()?, session: r.session_id()?, flags: r.u8()?, attempts: r.u8()?, profile: r.profile()? },
             0x04 => Msg::Incoming {
-                from: r.array()?,
-                session: r.array()?,
+                from: r.node_id()?,
+                session: r.session_id()?,
                 flags: r.u8()?,
                 attempts: r.u8()?,
                 profile: r.profile()?,
                 observed: r.addr()?,
             },
-            0x05 => Msg::Answer { to: r.array()?, session: r.array()?, profile: r.profile()? },
-            0x06 => Msg::Answered { from: r.array()?, session: r.array()?, profile: r.profile()?, observed: r.addr()? },
+            0x05 => Msg::Answer { to: r.node_id()?, session: r.session_id()?, profile: r.profile()? },
+            0x06 => Msg::Answered { from: r.node_id()?, session: r.session_id()?, profile: r.profile()?, observed: r.addr()? },
             0x07 => Msg::Go {
-                session: r.array()?,
+                session: r.session_id()?,
                 wait: Duration::from_micros(r.u32()? as u64),
                 own_rtt: Duration::from_micros(r.u32()? as u64),
                 peer_rtt: Duration::from_micros(r.u32()? as u64),
             },
-            0x08 => Msg::Unknown { session: r.array()? },
-            0x09 => Msg::Reject { peer: r.array()?, session: r.array()?, reason: r.u8()? },
+            0x08 => Msg::Unknown { session: r.session_id()? },
+            0x09 => Msg::Reject { peer: r.node_id()?, session: r.session_id()?, reason: r.u8()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(m)
@@ -314,7 +314,7 @@ fn put_profile(b: &mut Vec<u8>, p: &Profile) {
     let n = p.relays.len().min(MAX_RELAYS);
     b.push(n as u8);
     for (id, a) in &p.relays[..n] {
-        b.extend_from_slice(id);
+        b.extend_from_slice(id.as_bytes());
         put_addr(b, *a);
     }
 }
@@ -332,8 +332,11 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(self.0.u32()?)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
-        Ok(self.0.array()?)
+    fn node_id(&mut self) -> Result<NodeId, DecodeError> {
+        Ok(self.0.node_id()?)
+    }
+    fn session_id(&mut self) -> Result<SessionId, DecodeError> {
+        Ok(self.0.session_id()?)
     }
     fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
         Ok(self.0.addr()?)
@@ -352,7 +355,7 @@ impl<'a> Reader<'a> {
         if n > MAX_RELAYS {
             return Err(DecodeError::BadValue);
         }
-        let relays = (0..n).map(|_| Ok((self.array()?, self.addr()?))).collect::<Result<Vec<_>, DecodeError>>()?;
+        let relays = (0..n).map(|_| Ok((self.node_id()?, self.addr()?))).collect::<Result<Vec<_>, DecodeError>>()?;
         Ok(Profile { info, local_port, answer_port, alloc_base, candidates, relays })
     }
 }
@@ -389,14 +392,14 @@ mod tests {
             answer_port: 5556,
             alloc_base: 20911,
             candidates: vec!["198.18.1.2:5555".parse().unwrap(), "[2001:db8::1]:7".parse().unwrap()],
-            relays: vec![([9; 32], "198.51.100.9:4433".parse().unwrap())],
+            relays: vec![(NodeId::from_bytes([9; 32]), "198.51.100.9:4433".parse().unwrap())],
         }
     }
 
     #[test]
     fn every_message_round_trips() {
-        let id = [7u8; 32];
-        let s = [9u8; 16];
+        let id = NodeId::from_bytes([7u8; 32]);
+        let s = SessionId::from_bytes([9u8; 16]);
         let obs: SocketAddr = "203.0.113.9:1234".parse().unwrap();
         let ms = [
             Msg::Hello(HelloKind::Control),

@@ -47,6 +47,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use crate::id::{NodeId, SessionId};
 
 /// The fixed magic cookie of every RFC 5389+ STUN message.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
@@ -184,9 +185,9 @@ pub enum Attribute {
 pub struct PunchToken {
     /// Shared secret of the punch session, handed to both peers by the
     /// rendezvous; it is what keeps off-path senders out.
-    pub session: [u8; 16],
+    pub session: SessionId,
     /// NodeId of the node that sent this packet.
-    pub sender: [u8; 32],
+    pub sender: NodeId,
     /// [`PunchToken::NOMINATE`] and reserved bits.
     pub flags: u8,
 }
@@ -203,8 +204,8 @@ impl PunchToken {
 
     fn encode(&self) -> [u8; PunchToken::LEN] {
         let mut v = [0u8; PunchToken::LEN];
-        v[..16].copy_from_slice(&self.session);
-        v[16..48].copy_from_slice(&self.sender);
+        v[..16].copy_from_slice(self.session.as_bytes());
+        v[16..48].copy_from_slice(self.sender.as_bytes());
         v[48] = self.flags;
         v
     }
@@ -213,9 +214,7 @@ impl PunchToken {
         if v.len() != PunchToken::LEN {
             return None;
         }
-        let mut t = PunchToken { session: [0; 16], sender: [0; 32], flags: v[48] };
-        t.session.copy_from_slice(&v[..16]);
-        t.sender.copy_from_slice(&v[16..48]);
+        let t = PunchToken { session: SessionId::from_slice(&v[..16])?, sender: NodeId::from_slice(&v[16..48])?, flags: v[48] };
         Some(t)
     }
 }

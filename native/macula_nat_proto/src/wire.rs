@@ -12,6 +12,7 @@
 //!             confidence: 0 low, 1 medium, 2 high
 //! ```
 
+use crate::id::{NodeId, SessionId};
 use crate::nat::{Allocation, Confidence, Filtering, Mapping};
 use crate::peer_info::PeerInfo;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -99,6 +100,14 @@ impl<'a> Reader<'a> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
+    }
+
+    pub fn node_id(&mut self) -> Result<NodeId, WireError> {
+        Ok(NodeId::from_bytes(self.array()?))
+    }
+
+    pub fn session_id(&mut self) -> Result<SessionId, WireError> {
+        Ok(SessionId::from_bytes(self.array()?))
     }
 
     pub fn u8(&mut self) -> Result<u8, WireError> {

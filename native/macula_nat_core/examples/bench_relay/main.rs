@@ -69,7 +69,7 @@ fn bin(name: &str) -> PathBuf {
 struct Server {
     child: Child,
     addr: SocketAddr,
-    id: [u8; 32],
+    id: macula_nat_core::NodeId,
     stats: Arc<Mutex<String>>,
 }
 
@@ -100,11 +100,7 @@ impl Server {
         });
         drain(child.stderr.take().unwrap());
         let ready = rx.recv_timeout(Duration::from_secs(10)).expect("relay ready");
-        let hex = field(&ready, "node_id");
-        let mut id = [0u8; 32];
-        for (i, b) in id.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-        }
+        let id = macula_nat_core::NodeId::from_hex(&field(&ready, "node_id")).expect("hex node id");
         Server { child, addr, id, stats }
     }
 
@@ -118,7 +114,7 @@ impl Server {
         drain(child.stdout.take().unwrap());
         drain(child.stderr.take().unwrap());
         let addr = SocketAddr::new(IpAddr::V4(lab.host_addr("turn").unwrap()), TURN_PORT);
-        Server { child, addr, id: [0; 32], stats: Arc::new(Mutex::new(String::new())) }
+        Server { child, addr, id: Default::default(), stats: Arc::new(Mutex::new(String::new())) }
     }
 
     /// Frames forwarded so far (our relay, from its last stats line).

@@ -56,7 +56,7 @@ use macula_nat_core::{connect_detailed, runtime, ConnectOpts, Identity, Node, No
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use macula_nat_proto::record::PeerInfo;
 use macula_nat_core::relay::{RelayLimits, RelayServer};
-use macula_nat_core::Connection;
+use macula_nat_core::{Connection, NodeId};
 use std::io::BufRead;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -68,20 +68,7 @@ fn usage() -> ! {
     exit(2)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
-fn unhex(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
 
 fn parse_nat(s: &str) -> Option<PeerInfo> {
     if s == "none" {
@@ -146,7 +133,7 @@ impl Drop for Joined {
 }
 
 /// A relay to reserve at: (node id, address).
-type RelayAt = Option<([u8; 32], SocketAddr)>;
+type RelayAt = Option<(NodeId, SocketAddr)>;
 
 /// Asks for a reservation at `relay` and waits (bounded) until it holds.
 async fn reserve(signal: &Signal, relay: RelayAt) -> usize {
@@ -159,7 +146,7 @@ async fn reserve(signal: &Signal, relay: RelayAt) -> usize {
     signal.reserved_relays().len()
 }
 
-async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &PeerInfo, relay: RelayAt) -> Option<Joined> {
+async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: NodeId, nat: &PeerInfo, relay: RelayAt) -> Option<Joined> {
     let node = match Node::open(NodeConfig { bind }, Identity::generate()) {
         Ok(n) => n,
         Err(e) => {
@@ -185,11 +172,11 @@ async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &P
                     Some(m) => {
                         let t = monotonic_ns();
                         let body = String::from_utf8_lossy(&m).into_owned();
-                        println!("{{\"event\":\"message\",\"try\":{},\"t_ns\":{t},\"peer\":\"{}\"}}", json_str(&body), hex(&c.peer_id()));
+                        println!("{{\"event\":\"message\",\"try\":{},\"t_ns\":{t},\"peer\":\"{}\"}}", json_str(&body), c.peer_id().to_hex());
                     }
                     // Says why an accepted connection never brought its
                     // message (the benchmark counts it as no_message).
-                    None => eprintln!("accepted connection from {} ended before a message: {:?} ({})", hex(&c.peer_id()), c.close_reason(), c.stats_line()),
+                    None => eprintln!("accepted connection from {} ended before a message: {:?} ({})", c.peer_id().to_hex(), c.close_reason(), c.stats_line()),
                 }
                 if let Ok(mut h) = held.lock() {
                     h.push(c);
@@ -199,11 +186,11 @@ async fn agent_join(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: &P
     });
     let relays = reserve(&signal, relay).await;
     let observed = signal.observed_addr().map(|a| a.to_string()).unwrap_or_default();
-    println!("{{\"event\":\"joined\",\"node_id\":\"{}\",\"observed\":\"{observed}\",\"relays\":{relays}}}", hex(&node.node_id()));
+    println!("{{\"event\":\"joined\",\"node_id\":\"{}\",\"observed\":\"{observed}\",\"relays\":{relays}}}", node.node_id().to_hex());
     Some(Joined { node, signal, conns, acceptor })
 }
 
-async fn agent_connect(signal: Arc<Signal>, conns: Arc<Mutex<Vec<Connection>>>, target: [u8; 32], tag: String, opts: ConnectOpts) {
+async fn agent_connect(signal: Arc<Signal>, conns: Arc<Mutex<Vec<Connection>>>, target: NodeId, tag: String, opts: ConnectOpts) {
     let t0 = monotonic_ns();
     let started = Instant::now();
     let r = connect_detailed(&signal, target, opts).await;
@@ -232,7 +219,7 @@ async fn agent_connect(signal: Arc<Signal>, conns: Arc<Mutex<Vec<Connection>>>, 
 }
 
 /// The `agent` mode: commands from stdin (see the module docs).
-async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInfo, relay: RelayAt, opts: ConnectOpts) {
+async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: NodeId, nat: PeerInfo, relay: RelayAt, opts: ConnectOpts) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     // Blocking stdin on its own thread: the runtime has only two workers.
     std::thread::spawn(move || {
@@ -251,7 +238,7 @@ async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: [u8; 32], nat: PeerInf
                 drop(current.take());
                 current = agent_join(bind, rdv, rdv_id, &nat, relay).await;
             }
-            ["connect", target, tag] => match (unhex(target), &current) {
+            ["connect", target, tag] => match (NodeId::from_hex(target), &current) {
                 (Some(t), Some(j)) => {
                     runtime::spawn(agent_connect(j.signal.clone(), j.conns.clone(), t, tag.to_string(), opts.clone()));
                 }
@@ -352,7 +339,7 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| usage());
     let mut target = None;
     if mode == "connect" || mode == "stream" {
-        target = Some(unhex(&args.next().unwrap_or_else(|| usage())).unwrap_or_else(|| usage()));
+        target = Some(NodeId::from_hex(&args.next().unwrap_or_else(|| usage())).unwrap_or_else(|| usage()));
     }
     let mut bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
     let mut rdv: Option<SocketAddr> = None;
@@ -373,11 +360,11 @@ fn main() {
                 match a.as_str() {
                     "--bind" => bind = v.parse().unwrap_or_else(|_| usage()),
                     "--rendezvous" => rdv = Some(v.parse().unwrap_or_else(|_| usage())),
-                    "--rendezvous-id" => rdv_id = Some(unhex(&v).unwrap_or_else(|| usage())),
+                    "--rendezvous-id" => rdv_id = Some(NodeId::from_hex(&v).unwrap_or_else(|| usage())),
                     "--nat" => nat = parse_nat(&v).unwrap_or_else(|| usage()),
                     "--timeout-ms" => opts.timeout = Duration::from_millis(v.parse().unwrap_or_else(|_| usage())),
                     "--relay" => relay_addr = Some(v.parse().unwrap_or_else(|_| usage())),
-                    "--relay-id" => relay_id = Some(unhex(&v).unwrap_or_else(|| usage())),
+                    "--relay-id" => relay_id = Some(NodeId::from_hex(&v).unwrap_or_else(|| usage())),
                     "--count" => stream.0 = v.parse().unwrap_or_else(|_| usage()),
                     "--interval-ms" => stream.1 = v.parse().unwrap_or_else(|_| usage()),
                     _ => usage(),
@@ -399,7 +386,7 @@ fn main() {
         eprintln!("macula-connect: {e}");
         exit(1)
     });
-    let id = hex(&node.node_id());
+    let id = node.node_id().to_hex();
     runtime::handle().block_on(async move {
         if mode == "rendezvous" {
             let _r = Rendezvous::serve(node.clone()).unwrap_or_else(|e| {
@@ -432,7 +419,7 @@ fn main() {
                 let ttl = node.primer_ttl().map_or("null".to_string(), |t| t.to_string());
                 println!("{{\"event\":\"joined\",\"node_id\":\"{id}\",\"observed\":\"{observed}\",\"primer_ttl\":{ttl}}}");
                 while let Some(c) = signal.accept().await {
-                    println!("{{\"event\":\"accepted\",\"peer\":\"{}\",\"remote\":\"{}\"}}", hex(&c.peer_id()), c.remote_address());
+                    println!("{{\"event\":\"accepted\",\"peer\":\"{}\",\"remote\":\"{}\"}}", c.peer_id().to_hex(), c.remote_address());
                     runtime::spawn(async move {
                         while let Some(m) = c.recv().await {
                             if c.send(m).await.is_err() {

@@ -49,9 +49,6 @@ fn usage() -> ! {
     exit(2)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn die(what: &str, e: impl std::fmt::Display) -> ! {
     error!("{what}: {e}");
@@ -83,7 +80,7 @@ const END_REASONS: [&str; 4] = ["inactive", "closed", "peer_gone", "relay_disabl
 /// Metric families (all prefixed `macula_node_`).
 fn metrics_text(r: &Roles) -> String {
     let mut e = Exposition::default();
-    let id = hex(&r.node.node_id());
+    let id = r.node.node_id().to_hex();
     e.gauge_labelled("macula_node_info", "This node (value 1), by node id and version.", &[("node_id", &id), ("version", env!("CARGO_PKG_VERSION"))], 1.0);
     e.gauge("macula_node_uptime_seconds", "Seconds since start.", r.started.elapsed().as_secs_f64());
     if let Some(o) = &r.observer {
@@ -190,7 +187,7 @@ fn main() {
             Some(o) => format!("{{\"primary\":\"{}\",\"alternate\":{}}}", o.primary(), json_addr(o.alternate())),
             None => "null".into(),
         };
-        let id = hex(&node.node_id());
+        let id = node.node_id().to_hex();
         {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
@@ -215,12 +212,12 @@ fn main() {
             match ev {
                 RelayEvent::Started { session, a, b } => {
                     c.started += 1;
-                    info!("relay session {session} started: {} -> {}", hex(&a), hex(&b));
+                    info!("relay session {session} started: {} -> {}", a.to_hex(), b.to_hex());
                 }
                 RelayEvent::Ended { session, a, b, bytes, reason } => {
                     *c.ended.entry(reason.name()).or_insert(0) += 1;
                     c.ended_bytes += bytes;
-                    info!("relay session {session} ended ({}): {} -> {}, {bytes} bytes", reason.name(), hex(&a), hex(&b));
+                    info!("relay session {session} ended ({}): {} -> {}, {bytes} bytes", reason.name(), a.to_hex(), b.to_hex());
                 }
             }
         }

@@ -34,9 +34,6 @@ fn usage() -> ! {
     exit(2)
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 /// One line per event, flushed at once: the reader is usually a test
 /// waiting for exactly that line.
@@ -77,7 +74,7 @@ fn main() {
         });
         emit(format!(
             "{{\"event\":\"ready\",\"node_id\":\"{}\",\"addr\":\"{}\",\"pid\":{}}}",
-            hex(&node.node_id()),
+            node.node_id().to_hex(),
             node.local_addr().unwrap(),
             std::process::id()
         ));
@@ -88,12 +85,12 @@ fn main() {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(RelayEvent::Started { session, a, b }) => {
-                        emit(format!("{{\"event\":\"started\",\"session\":{session},\"a\":\"{}\",\"b\":\"{}\"}}", hex(&a), hex(&b)));
+                        emit(format!("{{\"event\":\"started\",\"session\":{session},\"a\":\"{}\",\"b\":\"{}\"}}", a.to_hex(), b.to_hex()));
                     }
                     Some(RelayEvent::Ended { session, a, b, bytes, reason }) => emit(format!(
                         "{{\"event\":\"ended\",\"session\":{session},\"a\":\"{}\",\"b\":\"{}\",\"bytes\":{bytes},\"reason\":\"{}\"}}",
-                        hex(&a),
-                        hex(&b),
+                        a.to_hex(),
+                        b.to_hex(),
                         reason.name()
                     )),
                     None => return,

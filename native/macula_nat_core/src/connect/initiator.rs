@@ -67,7 +67,7 @@ pub(super) enum Attempt {
 
 /// `Ok(None)`: try again in a new session (only after [`Attempt::First`]).
 pub(super) async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts, attempt: Attempt) -> Result<Option<(Connection, Method, Strategy)>, ConnectError> {
-    let session: SessionId = rand::random();
+    let session = SessionId::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
     let info = current_info(inner);
@@ -82,7 +82,7 @@ pub(super) async fn initiate_once(inner: &Arc<Inner>, target: NodeId, opts: &Con
     ctl.send(Msg::Connect { to: target, session, flags, attempts, profile: me.clone() }.encode()).await?;
     let (peer, observed) = guard.answer().await?;
     let strategy = decide(&me, &peer, flags, shares_public_ip(&me, observed));
-    tracing::debug!("signal: session {:02x?} initiator strategy {}", &session[..4], strategy.name());
+    tracing::debug!("signal: session {:02x?} initiator strategy {}", &session.as_bytes()[..4], strategy.name());
     if !matches!(strategy, Strategy::ConnectionReversal { dialer: Side::B }) {
         // Not listening: no answer socket.
         drop(fresh.as_mut().and_then(|f| f.take(ANSWER_SOCKET)));

@@ -151,7 +151,7 @@ pub(super) async fn look_after_relayed(
 /// One upgrade attempt: a punch session with `target` through the
 /// rendezvous; the punched address, or why not.
 pub(super) async fn upgrade_once(inner: &Arc<Inner>, target: NodeId, opts: &ConnectOpts) -> Result<SocketAddr, ConnectError> {
-    let session: SessionId = rand::random();
+    let session = SessionId::random();
     let mut guard = SessionGuard::new(inner, session);
     let ctl = control(inner)?;
     let info = current_info(inner);

@@ -38,7 +38,7 @@ pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId,
     let (base, _spent) = session_base(&inner, &info).await;
     let mut me = our_profile(&inner, &info, None, base);
     let strategy = decide(&peer, &me, flags, shares_public_ip(&me, observed));
-    tracing::debug!("signal: session {:02x?} responder strategy {}", &session[..4], strategy.name());
+    tracing::debug!("signal: session {:02x?} responder strategy {}", &session.as_bytes()[..4], strategy.name());
     let upgrade = flags & signal::FLAG_UPGRADE != 0;
     let listening = matches!(strategy, Strategy::ConnectionReversal { dialer: Side::A });
     let fresh = if aimed_at_preserved_port(strategy, Side::B) && !upgrade { fresh_socket(&inner, &info, session, listening) } else { None };
@@ -90,7 +90,7 @@ pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId,
                     v.push(conn.clone());
                 }
             }
-            tracing::debug!("signal: session {:02x?} responder done ({}) from {}", &session[..4], method.name(), conn.remote_address());
+            tracing::debug!("signal: session {:02x?} responder done ({}) from {}", &session.as_bytes()[..4], method.name(), conn.remote_address());
             super::failover::look_after_direct(&inner, &conn, from, &ConnectOpts::default());
             inner.dispatch.deliver(conn);
             if method != Method::Relayed {
@@ -99,8 +99,8 @@ pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId,
                 return;
             }
         }
-        Ok(Err(e)) => tracing::debug!("signal: session {:02x?} responder failed: {e}", &session[..4]),
-        Err(_) => tracing::debug!("signal: session {:02x?} responder timed out", &session[..4]),
+        Ok(Err(e)) => tracing::debug!("signal: session {:02x?} responder failed: {e}", &session.as_bytes()[..4]),
+        Err(_) => tracing::debug!("signal: session {:02x?} responder timed out", &session.as_bytes()[..4]),
     }
     drop(guard);
 }

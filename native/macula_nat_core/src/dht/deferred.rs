@@ -116,6 +116,6 @@ mod tests {
     #[test]
     fn a_failed_start_fails_every_operation() {
         let d = Deferred::spawn("x", async { Err::<MemoryDht, _>(DhtError::Backend("no".into())) });
-        assert_eq!(runtime::handle().block_on(d.get([0; 32])), Err(DhtError::Backend("no".into())));
+        assert_eq!(runtime::handle().block_on(d.get(NodeId::from_bytes([0; 32]))), Err(DhtError::Backend("no".into())));
     }
 }

@@ -126,7 +126,7 @@ impl DhtBackend for MainlineDht {
     fn get(&self, node_id: NodeId) -> BoxFuture<Result<Option<Vec<u8>>, DhtError>> {
         let dht = self.dht.clone();
         self.run(async move {
-            let target = MutableItem::target_from_key(&node_id, None);
+            let target = MutableItem::target_from_key(node_id.as_bytes(), None);
             // Both requests ride on one lookup (mainline joins requests for
             // a target whose query is still running); the responders tell
             // "nobody has it" (Ok(None)) from "nobody answered" (Timeout).
@@ -152,10 +152,10 @@ impl DhtBackend for MainlineDht {
 /// Ties on `seq` go to the larger value, as in mainline, so every reader
 /// picks the same item.
 async fn most_recent(dht: &AsyncDht, node_id: &NodeId) -> Option<MutableItem> {
-    let mut items = dht.get_mutable(node_id, None, None);
+    let mut items = dht.get_mutable(node_id.as_bytes(), None, None);
     let mut best: Option<MutableItem> = None;
     while let Some(item) = poll_fn(|cx| Pin::new(&mut items).poll_next(cx)).await {
-        if item.key() != node_id {
+        if item.key() != node_id.as_bytes() {
             continue;
         }
         let newer = match &best {
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn bep44_key_is_the_node_key() {
         let id = Identity::generate();
-        assert_eq!(bep44_key(&id).verifying_key().to_bytes(), id.node_id());
+        assert_eq!(bep44_key(&id).verifying_key().to_bytes(), id.node_id().to_bytes());
     }
 
     #[test]

@@ -71,7 +71,7 @@ mod tests {
             assert_eq!(dht.get(id.node_id()).await.unwrap(), Some(b"five".to_vec()));
             dht.put(&id, 6, b"six".to_vec()).await.unwrap();
             assert_eq!(dht.get(id.node_id()).await.unwrap(), Some(b"six".to_vec()));
-            assert_eq!(dht.get([9; 32]).await.unwrap(), None);
+            assert_eq!(dht.get(NodeId::from_bytes([9; 32])).await.unwrap(), None);
             assert_eq!(dht.put(&id, 7, vec![0; MAX_VALUE + 1]).await, Err(DhtError::TooLarge(MAX_VALUE + 1)));
         });
     }

@@ -179,7 +179,7 @@ fn not_found_and_failed_refresh_keeps_stale_value() {
 fn sweeper_removes_entries_past_grace() {
     let (cache, _dht) = setup(100, 0, Duration::from_millis(50));
     for i in 0..10u8 {
-        cache.put([i; 32], info(i as u16), Duration::from_millis(10));
+        cache.put(NodeId::from_bytes([i; 32]), info(i as u16), Duration::from_millis(10));
     }
     assert_eq!(cache.stats().cache.size, 10);
     std::thread::sleep(Duration::from_millis(250));
@@ -194,7 +194,7 @@ fn bound_holds_for_sharded_caches() {
     for i in 0..20_000u32 {
         let mut id = [0u8; 32];
         id[..4].copy_from_slice(&i.to_be_bytes());
-        cache.put(id, info(1), Duration::from_secs(60));
+        cache.put(NodeId::from_bytes(id), info(1), Duration::from_secs(60));
     }
     let s = cache.stats().cache;
     assert_eq!(s.size, 10_000);
@@ -204,16 +204,16 @@ fn bound_holds_for_sharded_caches() {
 #[test]
 fn closed_cache_answers_closed_for_fetches_and_still_reads() {
     let (cache, _dht) = setup(10, 0, Duration::from_secs(60));
-    cache.put([1; 32], info(1), Duration::from_secs(60));
+    cache.put(NodeId::from_bytes([1; 32]), info(1), Duration::from_secs(60));
     cache.close();
-    assert_eq!(block(cache.fetch([2; 32])), Err(FetchError::Closed));
-    assert!(matches!(cache.get(&[1; 32]), Lookup::Fresh(_)));
+    assert_eq!(block(cache.fetch(NodeId::from_bytes([2; 32]))), Err(FetchError::Closed));
+    assert!(matches!(cache.get(&NodeId::from_bytes([1; 32])), Lookup::Fresh(_)));
 }
 
 fn key(i: u32) -> NodeId {
     let mut id = [0u8; 32];
     id[..4].copy_from_slice(&i.to_be_bytes());
-    id
+    NodeId::from_bytes(id)
 }
 
 #[test]

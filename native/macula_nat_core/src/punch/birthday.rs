@@ -488,13 +488,13 @@ mod tests {
     use super::*;
 
     fn session() -> SessionId {
-        [7; 16]
+        SessionId::from_bytes([7; 16])
     }
 
     fn punch_packet(session: SessionId) -> Vec<u8> {
         use macula_nat_proto::stun::{Attribute, Message, PunchToken};
         Message::binding_request([1; 12])
-            .with(Attribute::PunchToken(PunchToken { session, sender: [9; 32], flags: 0 }))
+            .with(Attribute::PunchToken(PunchToken { session, sender: macula_nat_proto::id::NodeId::from_bytes([9; 32]), flags: 0 }))
             .with_fingerprint()
             .encode()
     }
@@ -507,7 +507,7 @@ mod tests {
             let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             let to = set.socks[1].as_ref().unwrap().io.local_addr().unwrap();
             // Another session's packet and a non-STUN datagram are not fed.
-            peer.send_to(&punch_packet([8; 16]), to).unwrap();
+            peer.send_to(&punch_packet(SessionId::from_bytes([8; 16])), to).unwrap();
             peer.send_to(b"\x40quic", to).unwrap();
             peer.send_to(&punch_packet(session()), to).unwrap();
             let (k, from, data) = tokio::time::timeout(Duration::from_secs(2), set.recv()).await.expect("fed");

@@ -157,7 +157,7 @@ struct Receiver {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("peer", &tls::short_hex(&self.inner.peer))
+            .field("peer", &self.inner.peer)
             .field("remote", &self.inner.conn.remote_address())
             .finish_non_exhaustive()
     }

@@ -101,7 +101,7 @@ impl Dispatch {
             },
             None => conn,
         };
-        tracing::debug!("dispatch: session {:02x?} connection from {} kept until its session waits", &s[..4], conn.remote_address());
+        tracing::debug!("dispatch: session {:02x?} connection from {} kept until its session waits", &s.as_bytes()[..4], conn.remote_address());
         {
             let mut e = lock(&self.early);
             let now = Instant::now();

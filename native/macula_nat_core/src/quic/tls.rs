@@ -51,16 +51,11 @@ pub struct PeerIdMismatch {
 
 impl fmt::Display for PeerIdMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "peer is node {} but {} was dialled", short_hex(&self.found), short_hex(&self.expected))
+        write!(f, "peer is node {} but {} was dialled", self.found, self.expected)
     }
 }
 
 impl std::error::Error for PeerIdMismatch {}
-
-/// First 8 bytes in hex: enough to tell nodes apart in a log line.
-pub fn short_hex(id: &NodeId) -> String {
-    id[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// RFC 8410 PKCS#8 v1 wrapping of an ed25519 seed: a fixed 16-byte header
 /// followed by the 32-byte seed.
@@ -114,7 +109,7 @@ pub(crate) fn node_id_of(cert: &CertificateDer<'_>) -> Option<NodeId> {
 fn node_id_from_spki(spki: &[u8]) -> Option<NodeId> {
     const HEADER: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
     let key = spki.strip_prefix(&HEADER[..])?;
-    key.try_into().ok()
+    NodeId::from_slice(key)
 }
 
 fn tls12_refused() -> rustls::Error {
@@ -267,8 +262,8 @@ mod tests {
         let mut der = ck.cert[0].as_ref().to_vec();
         // Swap the public key for another node's: the self-signature breaks.
         let other = Identity::generate().node_id();
-        let pos = der.windows(32).position(|w| w == id.node_id()).unwrap();
-        der[pos..pos + 32].copy_from_slice(&other);
+        let pos = der.windows(32).position(|w| w == id.node_id().as_bytes()).unwrap();
+        der[pos..pos + 32].copy_from_slice(other.as_bytes());
         let forged = CertificateDer::from(der);
         assert!(verify_node_cert(&forged, UnixTime::now(), webpki::KeyUsage::server_auth()).is_err());
         assert!(verify_node_cert(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]), UnixTime::now(), webpki::KeyUsage::server_auth()).is_err());

@@ -90,7 +90,7 @@ fn ids(v: &[RelayInfo]) -> Vec<NodeId> {
 
 /// (id byte, srtt, failures, load) of every candidate, for failure messages.
 fn state(reg: &RelayRegistry) -> Vec<(u8, Option<Duration>, u32, f32)> {
-    lock(&reg.sel).candidates().map(|c| (c.node_id[0], c.srtt, c.failures, c.load)).collect()
+    lock(&reg.sel).candidates().map(|c| (c.node_id.as_bytes()[0], c.srtt, c.failures, c.load)).collect()
 }
 
 fn load_of(reg: &RelayRegistry, id: &NodeId) -> Option<f32> {
@@ -235,11 +235,11 @@ fn find_prefers_the_targets_contacts_and_never_the_target() {
     let (first, second) = (best[0].node_id, best[1].node_id);
     let second_addr = best[1].addr;
     // A target whose record names the second relay as its contact.
-    let target = [9u8; 32];
+    let target = NodeId::from_bytes([9u8; 32]);
     cache.put(target, info(vec![second_addr]), Duration::from_secs(60));
     assert_eq!(reg.find(Some(&target)).map(|r| r.node_id), Some(second));
     // Unknown target: the best.
-    assert_eq!(reg.find(Some(&[8u8; 32])).map(|r| r.node_id), Some(first));
+    assert_eq!(reg.find(Some(&NodeId::from_bytes([8u8; 32]))).map(|r| r.node_id), Some(first));
     // The best relay is the target: the other one.
     assert_eq!(reg.find(Some(&first)).map(|r| r.node_id), Some(second));
 }

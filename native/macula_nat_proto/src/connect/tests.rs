@@ -1,5 +1,6 @@
 use super::*;
 use crate::punch::{PunchConfig, Role};
+use crate::id::{NodeId, SessionId};
 use crate::strategy::Dialer;
 use std::time::Instant;
 
@@ -62,7 +63,7 @@ fn primed_probe_ports_are_the_machines_probes() {
     let seed = 0x1234_5678_9abc_def0;
     let ip: std::net::IpAddr = "203.0.113.40".parse().unwrap();
     let sched = BirthdaySchedule::standard(Duration::from_millis(50)).unwrap();
-    let mut cfg = PunchConfig::new(Role::Responder, [1; 32], [2; 32], [3; 16], Vec::new(), Duration::from_millis(50));
+    let mut cfg = PunchConfig::new(Role::Responder, NodeId::from_bytes([1; 32]), NodeId::from_bytes([2; 32]), SessionId::from_bytes([3; 16]), Vec::new(), Duration::from_millis(50));
     cfg.seed = seed;
     sched.configure_easy(&mut cfg, 0, ip);
     let t0 = Instant::now();

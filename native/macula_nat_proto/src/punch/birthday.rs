@@ -99,10 +99,11 @@ impl BirthdaySchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::{NodeId, SessionId};
     use crate::punch::Role;
 
     fn cfg() -> PunchConfig {
-        PunchConfig::new(Role::Initiator, [1; 32], [2; 32], [3; 16], vec![(0, "203.0.113.9:1".parse().unwrap())], Duration::from_millis(100))
+        PunchConfig::new(Role::Initiator, NodeId::from_bytes([1; 32]), NodeId::from_bytes([2; 32]), SessionId::from_bytes([3; 16]), vec![(0, "203.0.113.9:1".parse().unwrap())], Duration::from_millis(100))
     }
 
     #[test]

@@ -202,14 +202,14 @@ impl Net {
 }
 
 /// Ids and session of a simulated pair.
-pub(super) const ID_A: NodeId = [0xA1; 32];
-pub(super) const ID_B: NodeId = [0xB2; 32];
+pub(super) const ID_A: NodeId = NodeId::from_bytes([0xA1; 32]);
+pub(super) const ID_B: NodeId = NodeId::from_bytes([0xB2; 32]);
 
 pub(super) fn session(seed: u64) -> SessionId {
     let mut s = [0u8; 16];
     s[..8].copy_from_slice(&seed.to_le_bytes());
     s[8..].copy_from_slice(&(!seed).to_le_bytes());
-    s
+    SessionId::from_bytes(s)
 }
 
 /// Birthday parameters used by the planner.

@@ -113,7 +113,7 @@ fn foreign_sessions_and_wrong_senders_are_ignored_and_counted() {
     // another session: not ours, the runtime may route it elsewhere
     assert!(!p.handle_datagram(t0, 0, from, &request([1; 12], session(2), ID_A, 0)));
     // our session, spoofed or reflected sender: ours, dropped
-    assert!(p.handle_datagram(t0, 0, from, &request([1; 12], session(1), [0xEE; 32], 0)));
+    assert!(p.handle_datagram(t0, 0, from, &request([1; 12], session(1), NodeId::from_bytes([0xEE; 32]), 0)));
     assert!(p.handle_datagram(t0, 0, from, &request([1; 12], session(1), ID_B, 0)));
     let s = p.stats();
     assert_eq!((s.foreign_session, s.bad_sender), (1, 2));

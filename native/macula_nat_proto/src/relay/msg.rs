@@ -158,13 +158,13 @@ impl RelayMsg {
             }
             RelayMsg::Open { to, tag } => {
                 b.push(0x23);
-                b.extend_from_slice(to);
+                b.extend_from_slice(to.as_bytes());
                 b.extend_from_slice(&tag.to_be_bytes());
             }
             RelayMsg::Incoming { session, from } => {
                 b.push(0x24);
                 b.extend_from_slice(&session.to_be_bytes());
-                b.extend_from_slice(from);
+                b.extend_from_slice(from.as_bytes());
             }
             RelayMsg::Accept { session } => {
                 b.push(0x25);
@@ -178,7 +178,7 @@ impl RelayMsg {
                 b.push(0x27);
                 b.extend_from_slice(&tag.to_be_bytes());
                 b.extend_from_slice(&session.to_be_bytes());
-                b.extend_from_slice(peer);
+                b.extend_from_slice(peer.as_bytes());
             }
             RelayMsg::Refused { tag, reason } => {
                 b.push(0x28);
@@ -219,11 +219,11 @@ impl RelayMsg {
                 };
                 RelayMsg::Status { observed, reserved, load_permille: r.u16()? }
             }
-            0x23 => RelayMsg::Open { to: r.array()?, tag: r.u32()? },
-            0x24 => RelayMsg::Incoming { session: r.u64()?, from: r.array()? },
+            0x23 => RelayMsg::Open { to: r.node_id()?, tag: r.u32()? },
+            0x24 => RelayMsg::Incoming { session: r.u64()?, from: r.node_id()? },
             0x25 => RelayMsg::Accept { session: r.u64()? },
             0x26 => RelayMsg::Decline { session: r.u64()? },
-            0x27 => RelayMsg::Opened { tag: r.u32()?, session: r.u64()?, peer: r.array()? },
+            0x27 => RelayMsg::Opened { tag: r.u32()?, session: r.u64()?, peer: r.node_id()? },
             0x28 => {
                 let tag = r.u32()?;
                 RelayMsg::Refused { tag, reason: Refusal::from_code(r.u8()?).ok_or(WireError::BadEnum)? }

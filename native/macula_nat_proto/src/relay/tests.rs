@@ -1,6 +1,7 @@
 use super::frame;
 use super::msg::{EndReason, RelayMsg, Refusal};
 use super::table::*;
+use crate::id::NodeId;
 use crate::wire::WireError;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -14,11 +15,11 @@ fn all_msgs() -> Vec<RelayMsg> {
         RelayMsg::Reserve,
         RelayMsg::Status { observed: addr("203.0.113.7:4433"), reserved: true, load_permille: 731 },
         RelayMsg::Status { observed: addr("[2001:db8::2]:9"), reserved: false, load_permille: 0 },
-        RelayMsg::Open { to: [7; 32], tag: 0xDEAD_BEEF },
-        RelayMsg::Incoming { session: u64::MAX, from: [1; 32] },
+        RelayMsg::Open { to: NodeId::from_bytes([7; 32]), tag: 0xDEAD_BEEF },
+        RelayMsg::Incoming { session: u64::MAX, from: NodeId::from_bytes([1; 32]) },
         RelayMsg::Accept { session: 42 },
         RelayMsg::Decline { session: 43 },
-        RelayMsg::Opened { tag: 9, session: 44, peer: [2; 32] },
+        RelayMsg::Opened { tag: 9, session: 44, peer: NodeId::from_bytes([2; 32]) },
         RelayMsg::Refused { tag: 10, reason: Refusal::MaxSessions },
         RelayMsg::Close { session: 45 },
         RelayMsg::Ended { session: 46, reason: EndReason::Inactive },
@@ -97,9 +98,9 @@ fn frames_carry_the_session_and_the_payload_untouched() {
     assert!(!frame::is_frame(&stun));
 }
 
-const A: [u8; 32] = [0xA; 32];
-const B: [u8; 32] = [0xB; 32];
-const C: [u8; 32] = [0xC; 32];
+const A: NodeId = NodeId::from_bytes([0xA; 32]);
+const B: NodeId = NodeId::from_bytes([0xB; 32]);
+const C: NodeId = NodeId::from_bytes([0xC; 32]);
 
 fn table(limits: Limits) -> RelayTable {
     let mut t = RelayTable::new(limits);
@@ -123,7 +124,7 @@ fn only_a_reserved_node_can_be_reached() {
     let now = Instant::now();
     let mut t = table(Limits::default());
     assert_eq!(t.open(1, &B, 1, 0, now), Err(Refusal::NoReservation));
-    assert_eq!(t.open(1, &[0xEE; 32], 1, 0, now), Err(Refusal::NoReservation));
+    assert_eq!(t.open(1, &NodeId::from_bytes([0xEE; 32]), 1, 0, now), Err(Refusal::NoReservation));
     assert_eq!(t.open(99, &B, 1, 0, now), Err(Refusal::BadRequest), "unknown opener");
     assert!(t.reserve(2));
     assert!(!t.reserve(99));

@@ -2,7 +2,7 @@ use super::*;
 use crate::rng::XorShift;
 
 fn id(n: u8) -> NodeId {
-    [n; 32]
+    NodeId::from_bytes([n; 32])
 }
 
 fn addr(n: u8) -> SocketAddr {
@@ -23,11 +23,11 @@ fn with(n: u8, t0: Instant) -> RelaySelect {
 }
 
 fn current(s: &RelaySelect) -> Option<u8> {
-    s.current().map(|c| c.node_id[0])
+    s.current().map(|c| c.node_id.as_bytes()[0])
 }
 
 fn order(s: &RelaySelect) -> Vec<u8> {
-    s.best(usize::MAX).iter().map(|c| c.node_id[0]).collect()
+    s.best(usize::MAX).iter().map(|c| c.node_id.as_bytes()[0]).collect()
 }
 
 #[test]
@@ -332,7 +332,7 @@ fn best_is_current_first_then_by_score_and_bounded() {
     assert_eq!(order(&s), vec![1, 2, 4, 3]);
     s.evaluate(t0);
     assert_eq!(order(&s), vec![2, 4, 3, 1]);
-    assert_eq!(s.best(2).iter().map(|c| c.node_id[0]).collect::<Vec<_>>(), vec![2, 4]);
+    assert_eq!(s.best(2).iter().map(|c| c.node_id.as_bytes()[0]).collect::<Vec<_>>(), vec![2, 4]);
     assert!(s.best(0).is_empty());
     // Equal scores are ordered by node id, so every node agrees.
     let mut t = with(2, t0);
@@ -351,7 +351,7 @@ fn choose_for_prefers_the_targets_contacts_and_never_the_target() {
     }
     s.evaluate(t0);
     let pick = |s: &RelaySelect, t: Option<u8>, via: &[SocketAddr]| {
-        s.choose_for(t.map(id).as_ref(), via).map(|c| c.node_id[0])
+        s.choose_for(t.map(id).as_ref(), via).map(|c| c.node_id.as_bytes()[0])
     };
     assert_eq!(pick(&s, None, &[]), Some(1));
     assert_eq!(pick(&s, Some(9), &[addr(3)]), Some(3), "the target is reachable through 3");

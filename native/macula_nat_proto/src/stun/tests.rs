@@ -159,8 +159,8 @@ fn every_attribute() -> Vec<Attribute> {
         Attribute::ChangedAddress(v4()),
         Attribute::SourceAddress(v6()),
         Attribute::Username(b"user".to_vec()),
-        Attribute::PunchToken(PunchToken { session: [0; 16], sender: [0; 32], flags: 0 }),
-        Attribute::PunchToken(PunchToken { session: [0xAB; 16], sender: [7; 32], flags: PunchToken::NOMINATE }),
+        Attribute::PunchToken(PunchToken { session: SessionId::from_bytes([0; 16]), sender: NodeId::from_bytes([0; 32]), flags: 0 }),
+        Attribute::PunchToken(PunchToken { session: SessionId::from_bytes([0xAB; 16]), sender: NodeId::from_bytes([7; 32]), flags: PunchToken::NOMINATE }),
         Attribute::ChannelNumber(0x4000),
         Attribute::ChannelNumber(0x4FFF),
         Attribute::Lifetime(0),
@@ -503,7 +503,7 @@ fn randomized_inputs_never_panic_and_accepted_ones_round_trip() {
 
 #[test]
 fn punch_token_wire_format_and_errors() {
-    let tok = PunchToken { session: [1; 16], sender: [2; 32], flags: PunchToken::NOMINATE };
+    let tok = PunchToken { session: SessionId::from_bytes([1; 16]), sender: NodeId::from_bytes([2; 32]), flags: PunchToken::NOMINATE };
     let m = Message::binding_request(TID).with(Attribute::PunchToken(tok)).with_fingerprint();
     let bytes = m.encode();
     // header, then type 0xC4A1, length 52, value, no padding needed
@@ -524,7 +524,7 @@ fn punch_token_wire_format_and_errors() {
     raw.extend_from_slice(&(PunchToken::LEN as u16).to_be_bytes());
     raw.extend_from_slice(&v);
     let m = Message::decode(&raw_msg(&raw)).unwrap();
-    assert_eq!(m.punch_token(), Some(PunchToken { session: [9; 16], sender: [9; 32], flags: 0 }));
+    assert_eq!(m.punch_token(), Some(PunchToken { session: SessionId::from_bytes([9; 16]), sender: NodeId::from_bytes([9; 32]), flags: 0 }));
     // any other length is rejected
     for len in [0usize, 4, 48, 51, 56] {
         let mut raw = Vec::new();
