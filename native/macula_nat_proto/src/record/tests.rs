@@ -7,7 +7,7 @@ fn addr(s: &str) -> SocketAddr {
 
 fn sample() -> RecordBody {
     RecordBody {
-        node_id: [7; 32],
+        node_id: NodeId::from_bytes([7; 32]),
         seq: 1_700_000_000_123_456,
         issued_at: 1_700_000_000,
         ttl_s: 3600,
@@ -166,14 +166,14 @@ fn signing_input_is_domain_separated() {
 fn acceptance_rule() {
     let b = sample();
     let now = b.issued_at + 10;
-    assert_eq!(check(&b, &[7; 32], now, None), Ok(()));
-    assert_eq!(check(&b, &[8; 32], now, None), Err(Rejection::WrongNode));
-    assert_eq!(check(&b, &[7; 32], b.expires_at(), None), Err(Rejection::Expired));
-    assert_eq!(check(&b, &[7; 32], b.issued_at - MAX_SKEW_S - 1, None), Err(Rejection::FromTheFuture));
-    assert_eq!(check(&b, &[7; 32], b.issued_at - MAX_SKEW_S, None), Ok(()));
-    assert_eq!(check(&b, &[7; 32], now, Some(b.seq + 1)), Err(Rejection::Replayed));
+    assert_eq!(check(&b, &NodeId::from_bytes([7; 32]), now, None), Ok(()));
+    assert_eq!(check(&b, &NodeId::from_bytes([8; 32]), now, None), Err(Rejection::WrongNode));
+    assert_eq!(check(&b, &NodeId::from_bytes([7; 32]), b.expires_at(), None), Err(Rejection::Expired));
+    assert_eq!(check(&b, &NodeId::from_bytes([7; 32]), b.issued_at - MAX_SKEW_S - 1, None), Err(Rejection::FromTheFuture));
+    assert_eq!(check(&b, &NodeId::from_bytes([7; 32]), b.issued_at - MAX_SKEW_S, None), Ok(()));
+    assert_eq!(check(&b, &NodeId::from_bytes([7; 32]), now, Some(b.seq + 1)), Err(Rejection::Replayed));
     // The same record again is not a replay (a refresh may fetch it twice).
-    assert_eq!(check(&b, &[7; 32], now, Some(b.seq)), Ok(()));
+    assert_eq!(check(&b, &NodeId::from_bytes([7; 32]), now, Some(b.seq)), Ok(()));
 }
 
 #[test]
