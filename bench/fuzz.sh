@@ -5,7 +5,8 @@
 # bench/fuzz.md: target, runs, time, corpus size, crashes.
 # Usage: bench/fuzz.sh [seconds_per_target]   (default 60)
 # The corpus (native/macula_nat_proto/fuzz/corpus/<target>, not committed)
-# is kept between runs, so a later run starts where the last one stopped;
+# is kept between runs, so a later run starts where the last one stopped
+# (plus the committed seeds of fuzz/seeds/<target>, if any);
 # a crash leaves its input in fuzz/artifacts/<target>/ and fails the script
 # after every target has run.
 set -euo pipefail
@@ -25,7 +26,11 @@ for t in $targets; do
   before=$(ls "$fuzz/corpus/$t" | wc -l)
   start=$(date +%s.%N)
   status=0
-  (cd native/macula_nat_proto && cargo +nightly fuzz run -O "$t" -- \
+  # Committed seeds (fuzz/seeds/<target>, valid inputs the fuzzer is slow
+  # to find alone) are read, never written.
+  dirs=("$PWD/$fuzz/corpus/$t")
+  [[ -d "$fuzz/seeds/$t" ]] && dirs+=("$PWD/$fuzz/seeds/$t")
+  (cd native/macula_nat_proto && cargo +nightly fuzz run -O "$t" "${dirs[@]}" -- \
       -max_total_time="$SECS" -print_final_stats=1) > "$logs/$t.log" 2>&1 || status=$?
   secs=$(echo "$(date +%s.%N) - $start" | bc)
   # libFuzzer's own count: "Done N runs in S second(s)" (absent after a

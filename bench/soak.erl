@@ -306,7 +306,7 @@ soak_connects_kinds() -> soak_flags.
 first_kind({message, T}) when is_binary(T) -> {foreign_first, binary, min(byte_size(T), 2048)};
 first_kind({message, T}) when is_tuple(T) -> {foreign_first, tuple, element(1, T)};
 first_kind({message, _}) -> {foreign_first, other_term};
-first_kind({unsafe_message, _}) -> {foreign_first, unsafe_message};
+first_kind({unsafe_message, B}) -> {foreign_first, unsafe_message, binary:part(B, 0, min(6, byte_size(B)))};
 first_kind(Other) when is_tuple(Other) -> {foreign_first, element(1, Other)};
 first_kind(Other) -> {foreign_first, Other}.
 

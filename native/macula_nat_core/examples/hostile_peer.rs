@@ -615,7 +615,11 @@ fn relay_reader(c: Connection, heard: Arc<RelayHeard>) -> tokio::task::JoinHandl
 /// Eight identities reserve at the relay and open sessions to each other
 /// (accepted: active sessions) and to the honest nodes (pending) every
 /// second until the relay refuses; what they hold is what others lack.
+/// Starts 5 s in.
 async fn relay_hoard(a: &Args, t: &Tally, deadline: Instant) -> std::io::Result<()> {
+    // After relay_small_frames has its session: the two attacks would
+    // otherwise measure each other.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let mut clients = Vec::new();
     for _ in 0..8 {
         let node = fresh_node(None)?;
@@ -839,9 +843,9 @@ fn compressed_term_bomb(declared: u32, inflated: usize) -> Vec<u8> {
     b.out
 }
 
-/// One unsolicited connection per honest node sending 1 KiB binaries as
-/// fast as `send` returns, to an owner that never reads them: flow control
-/// must hold the receiver and push back here.
+/// One unsolicited connection at a time per honest node sending 1 KiB
+/// binaries as fast as `send` returns, to an owner that never reads them:
+/// flow control must hold the receiver and push back here.
 async fn mailbox_flood(a: &Args, t: &Tally, deadline: Instant) -> std::io::Result<()> {
     let node = fresh_node(None)?;
     let mut term = vec![131u8, 109];
@@ -849,21 +853,31 @@ async fn mailbox_flood(a: &Args, t: &Tally, deadline: Instant) -> std::io::Resul
     term.extend_from_slice(&[0x42; 1024]);
     let term = Bytes::from(term);
     let mut senders = Vec::new();
+    let reconnects = Arc::new(AtomicU64::new(0));
     for &to in &a.honest {
-        let c = dial(&node, to).await?;
         let term = term.clone();
         let sent = Arc::new(AtomicU64::new(0));
         let s2 = sent.clone();
+        let node = node.clone();
+        let rc = reconnects.clone();
         senders.push((
             sent,
             tokio::spawn(async move {
+                // A closed connection (the owner gave up on it) is replaced.
                 while Instant::now() < deadline {
-                    match tokio::time::timeout(Duration::from_secs(1), c.send(term.clone())).await {
-                        Ok(Ok(())) => {
-                            s2.fetch_add(1, Relaxed);
+                    let Ok(c) = dial(&node, to).await else {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    };
+                    rc.fetch_add(1, Relaxed);
+                    while Instant::now() < deadline {
+                        match tokio::time::timeout(Duration::from_secs(1), c.send(term.clone())).await {
+                            Ok(Ok(())) => {
+                                s2.fetch_add(1, Relaxed);
+                            }
+                            Ok(Err(_)) => break,
+                            Err(_) => {}
                         }
-                        Ok(Err(_)) => return,
-                        Err(_) => {}
                     }
                 }
             }),
@@ -881,6 +895,7 @@ async fn mailbox_flood(a: &Args, t: &Tally, deadline: Instant) -> std::io::Resul
         t.bytes.store(node.stats().bytes_out - base, Relaxed);
     }
     t.max("slowest_sends_per_s", if slowest_rate == u64::MAX { 0 } else { slowest_rate });
+    t.max("connections", reconnects.load(Relaxed));
     Ok(())
 }
 
