@@ -54,7 +54,8 @@ main([MinStr, HostileBin]) ->
     {ok, {_, BPort}} = call(B, macula_nat_node, local_addr, []),
     Peer = fun(Id, Port) -> binary_to_list(binary:encode_hex(Id)) ++ "@127.0.0.1:" ++ integer_to_list(Port) end,
     HostileArgs = ["--public", Peer(PubId, PubPort), "--honest", Peer(AId, APort), "--honest", Peer(BId, BPort),
-                   "--secs", integer_to_list(Secs)],
+                   "--secs", integer_to_list(Secs)]
+        ++ string:lexemes(os:getenv("SOAK_HOSTILE_ARGS", ""), " "),
     T0 = erlang:monotonic_time(millisecond),
     Hostile = open_port({spawn_executable, HostileBin},
                         [{args, HostileArgs}, {line, 4096}, exit_status, use_stdio, binary]),

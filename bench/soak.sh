@@ -8,6 +8,8 @@
 # amplification and attack volumes, and the verdict on memory.
 # Usage: bench/soak.sh [minutes] [report]   (default 10, bench/soak.md)
 # Root (the hostile peer spoofs 127.0.0.66 through a raw socket).
+# SOAK_HOSTILE_ARGS="--attacks a,b --scale 0.5" passes options to the
+# hostile peer (e.g. one attack at a time, to tell their effects apart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
