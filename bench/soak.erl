@@ -67,19 +67,26 @@ main([MinStr, HostileBin]) ->
     ok = call(B, soak, prober, [AId, b]),
     Samples = sample_loop(VMs, T0, T0 + Secs * 1000, []),
     {HostileRows, HostileExit} = hostile_output(Hostile, []),
-    [call(V, soak, stop_senders, []) || {_, V} <- [{a, A}, {b, B}]],
+    [catch call(V, soak, stop_senders, []) || {_, V} <- [{a, A}, {b, B}]],
     %% In-flight terms land before the counts are compared.
     timer:sleep(10000),
-    StatsP = call(Public, soak, stats, []),
+    StatsP = stats_of(Public),
     log("hostile connections' first deliveries: public ~p~n", [maps:get(foreign, StatsP)]),
-    StatsA = call(A, soak, stats, []),
-    StatsB = call(B, soak, stats, []),
+    StatsA = stats_of(A),
+    StatsB = stats_of(B),
     log("honest_a ~p~nhonest_b ~p~n", [maps:get(foreign, StatsA), maps:get(foreign, StatsB)]),
     Alive = [{N, is_alive(V)} || {N, V} <- VMs],
     report(Minutes, Samples, StatsA, StatsB, HostileRows, HostileExit, Alive, HostileArgs),
     [catch peer:stop(V) || {_, V} <- VMs],
     os:cmd("rm -rf " ++ Tmp),
     halt(0).
+
+%% A VM that died still gets its report (its figures up to then).
+stats_of(Vm) ->
+    case catch call(Vm, soak, stats, []) of
+        #{} = M -> M;
+        E -> #{ends => #{}, connects => [], foreign => [], profile => {vm_unreachable, E}}
+    end.
 
 start_vm(Tmp, Name, Env, Paths) ->
     Config = filename:join(Tmp, atom_to_list(Name) ++ ".config"),
@@ -160,7 +167,7 @@ report(Minutes, Samples, StatsA, StatsB, HostileRows, HostileExit, Alive, Hostil
     {Lost, Dup, Sent, Recv, Closed, SendErr} = traffic(StatsA, StatsB),
     Gaps = lists:sum([maps:get(gaps, E) || {_, E} <- maps:to_list(maps:merge(maps:get(ends, StatsA), maps:get(ends, StatsB)))]),
     p("* VMs alive at the end: ~s~n", [[io_lib:format("~s ~s; ", [N, A]) || {N, A} <- Alive]]),
-    p("* honest nodes' detected profiles: honest_a ~p, honest_b ~p~n",
+    p("* honest nodes' detected profiles (no observers configured): honest_a `~w`, honest_b `~w`~n",
       [maps:get(profile, StatsA), maps:get(profile, StatsB)]),
     p("* honest terms sent ~b, received ~b, **lost ~b, duplicated or reordered ~b**; honest connections "
       "that closed during the run: ~b; sends that failed: ~b; sequence gaps seen by receivers: ~b~n",
