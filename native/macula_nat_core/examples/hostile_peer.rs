@@ -28,7 +28,7 @@ use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
 use macula_nat_proto::peer_info::PeerInfo;
 use macula_nat_proto::relay::frame;
 use macula_nat_proto::relay::msg::RelayMsg;
-use macula_nat_proto::signal::{self, HelloKind, Msg, Profile};
+use macula_nat_proto::signal::{self, HelloKind, Msg, NodeId, Profile, SessionId};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
-type Id = [u8; 32];
+type Id = NodeId;
 
 const ATTACKS: &[&str] = &[
     "stun_flood",
@@ -474,7 +474,7 @@ async fn connect_flood(a: &Args, t: &Tally, third: SocketAddr, deadline: Instant
     while Instant::now() < deadline {
         for _ in 0..pace.next().await {
             let to = a.honest[i % a.honest.len()].0;
-            let session = rand_bytes::<16>();
+            let session = SessionId::random();
             let flags = if i % 8 == 7 { signal::FLAG_NO_DIRECT } else { signal::FLAG_UPGRADE };
             let m = Msg::Connect { to, session, flags, attempts: 255, profile: claimed_profile(third, i % 4 == 3) };
             if c.send(m.encode()).await.is_err() {
@@ -517,7 +517,7 @@ async fn control_stall(a: &Args, t: &Tally, deadline: Instant) -> std::io::Resul
         for _ in 0..pace.next().await {
             let m = Msg::Connect {
                 to: stalled.node_id(),
-                session: rand_bytes::<16>(),
+                session: SessionId::random(),
                 flags: signal::FLAG_NO_DIRECT,
                 attempts: 1,
                 profile: claimed_profile(third, false),
@@ -932,13 +932,7 @@ fn parse_peer(s: &str) -> Result<(Id, SocketAddr), String> {
     if !addr.ip().is_loopback() {
         return Err(format!("{addr}: loopback only"));
     }
-    if hex.len() != 64 {
-        return Err(format!("{hex}: want 64 hex digits"));
-    }
-    let mut id = [0u8; 32];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|e| format!("{hex}: {e}"))?;
-    }
+    let id = NodeId::from_hex(hex).ok_or_else(|| format!("{hex}: want 64 hex digits"))?;
     Ok((id, addr))
 }
 

@@ -9,12 +9,13 @@
 #![no_main]
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use libfuzzer_sys::fuzz_target;
+use macula_nat_proto::id::NodeId;
 use macula_nat_proto::record::{self, RecordBody, Version};
 
 /// `macula_nat_core::identity::verify`, which the fuzz crate cannot link
 /// without the whole runtime.
-fn verify(key: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
-    match VerifyingKey::from_bytes(key) {
+fn verify(key: &NodeId, msg: &[u8], sig: &[u8; 64]) -> bool {
+    match VerifyingKey::from_bytes(key.as_bytes()) {
         Ok(vk) => vk.verify(msg, &Signature::from_bytes(sig)).is_ok(),
         Err(_) => false,
     }
@@ -24,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 40 {
         return;
     }
-    let asked: [u8; 32] = data[..32].try_into().unwrap();
+    let asked = NodeId::from_slice(&data[..32]).unwrap();
     let now_s = u64::from_be_bytes(data[32..40].try_into().unwrap());
     let rest = &data[40..];
 
@@ -42,12 +43,12 @@ fuzz_target!(|data: &[u8]| {
         let Ok(body) = RecordBody::decode(version, rest) else { continue };
         let bytes = body.encode().expect("a decoded body encodes");
         assert_eq!(bytes, rest);
-        let key = SigningKey::from_bytes(&asked);
+        let key = SigningKey::from_bytes(asked.as_bytes());
         let signed = key.sign(&record::signing_input(version, &bytes)).to_bytes();
         let framed = record::frame(version, &bytes, &signed);
         let (v, b, s) = record::unframe(&framed).expect("a framed record unframes");
         assert_eq!((v, b, s), (version, &bytes[..], signed));
-        let me = key.verifying_key().to_bytes();
+        let me = NodeId::from_bytes(key.verifying_key().to_bytes());
         assert!(verify(&me, &record::signing_input(v, b), &s));
         let mut forged = framed.clone();
         let i = now_s as usize % forged.len();
