@@ -41,6 +41,7 @@ pub(crate) mod socket;
 pub mod rendezvous;
 pub mod runtime;
 pub mod stderr_trace;
+pub mod txid;
 
 pub use error::Error;
 pub use identity::{Identity, NodeId};

@@ -5,7 +5,7 @@
 //! # Driving it
 //!
 //! ```text
-//! let mut d = Detection::new(cfg, local_addr_of_primary_socket, now, seed);
+//! let mut d = Detection::new(cfg, local_addr_of_primary_socket, now, txids);
 //! for n in 0..d.probe_sockets_needed() {      // open extra UDP sockets
 //!     d.set_probe_local_addr(n, probe_socket[n].local_addr());
 //! }
@@ -281,7 +281,7 @@ pub struct Detection {
     cfg: DetectConfig,
     local: SocketAddr,
     start: Instant,
-    rng: crate::rng::XorShift,
+    txids: crate::rng::Txids,
     probes: Vec<Probe>,
     /// `(socket, dst)` pairs in order of their first transmission: the order
     /// in which the NAT created mappings.
@@ -306,15 +306,15 @@ pub struct Detection {
 impl Detection {
     /// Start a detection for the primary socket bound to `local` (pass the
     /// concrete interface address, not 0.0.0.0, or `no_nat` cannot be
-    /// recognised). `seed` feeds the transaction ids: give it real entropy.
-    pub fn new(cfg: DetectConfig, local: SocketAddr, now: Instant, seed: u64) -> Detection {
+    /// recognised). Transaction ids come from `txids`: a CSPRNG on a real
+    /// network (see [`crate::rng`]), a seed in simulations.
+    pub fn new(cfg: DetectConfig, local: SocketAddr, now: Instant, txids: crate::rng::Txids) -> Detection {
         let mut d = Detection {
             slots: vec![Slot::default(); cfg.allocation_probes],
             cfg,
             local,
             start: now,
-            // xorshift must not start at 0.
-            rng: crate::rng::XorShift::seeded(seed),
+            txids,
             probes: Vec::new(),
             first_sends: Vec::new(),
             best_rtt: None,
@@ -510,10 +510,6 @@ impl Detection {
 
     // ----------------------------------------------------------------------
 
-    fn next_u64(&mut self) -> u64 {
-        self.rng.next()
-    }
-
     fn add_probe(
         &mut self,
         kind: Kind,
@@ -522,9 +518,7 @@ impl Detection {
         change: Option<(bool, bool)>,
         now: Instant,
     ) -> usize {
-        let mut tid = [0u8; 12];
-        tid[..8].copy_from_slice(&self.next_u64().to_le_bytes());
-        tid[8..].copy_from_slice(&self.next_u64().to_le_bytes()[..4]);
+        let tid = self.txids.next();
         let mut msg = Message::binding_request(tid);
         if let Some((change_ip, change_port)) = change {
             msg = msg.with(Attribute::ChangeRequest { change_ip, change_port });

@@ -19,7 +19,8 @@
 pub mod id;
 // STUN codec (RFC 8489 + RFC 5780 attributes) and the `is_stun` demux check.
 pub mod stun;
-// Seeded xorshift generator shared by the state machines and tests.
+// Seeded xorshift generator (replayable choices, tests) and the source of
+// STUN transaction ids (a CSPRNG handed in by the runtime).
 pub mod rng;
 // NAT behaviour vocabulary: mapping, filtering, allocation, the 27
 // NATCracker types and the detected `NatProfile`.

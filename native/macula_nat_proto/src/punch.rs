@@ -147,8 +147,11 @@ pub struct PunchConfig {
     /// Requests per second, all paths together (at least 1).
     pub rate_pps: u32,
     pub birthday: Option<BirthdayProbe>,
-    /// Seeds transaction ids and probe ports: give it real entropy.
+    /// Seeds the birthday probe ports: give it real entropy.
     pub seed: u64,
+    /// Where transaction ids come from: the runtime sets a CSPRNG (see
+    /// [`crate::rng`]); the default, seeded from 0, is for tests.
+    pub txids: crate::rng::Txids,
 }
 
 impl PunchConfig {
@@ -179,6 +182,7 @@ impl PunchConfig {
             rate_pps: 200,
             birthday: None,
             seed: 0,
+            txids: crate::rng::Txids::seeded(0),
         }
     }
 
@@ -277,7 +281,7 @@ struct Probing {
 pub struct Punch {
     cfg: PunchConfig,
     deadline: Instant,
-    rng: crate::rng::XorShift,
+    txids: crate::rng::Txids,
     paths: Vec<Path>,
     /// Paths that may have a send scheduled (a superset, pruned lazily):
     /// birthday probing creates tens of thousands of one-shot paths, and
@@ -321,8 +325,7 @@ impl Punch {
         });
         let mut p = Punch {
             deadline: start + cfg.timeout,
-            // xorshift must not start at 0.
-            rng: crate::rng::XorShift::seeded(cfg.seed),
+            txids: cfg.txids,
             paths: Vec::new(),
             active: Vec::new(),
             answered: Vec::new(),
@@ -461,15 +464,9 @@ impl Punch {
 
     // ----------------------------------------------------------------------
 
-    fn next_u64(&mut self) -> u64 {
-        self.rng.next()
-    }
-
     fn fresh_tid(&mut self) -> TransactionId {
         loop {
-            let mut tid = [0u8; 12];
-            tid[..8].copy_from_slice(&self.next_u64().to_le_bytes());
-            tid[8..].copy_from_slice(&self.next_u64().to_le_bytes()[..4]);
+            let tid = self.txids.next();
             if !self.by_tid.contains_key(&tid) {
                 return tid;
             }

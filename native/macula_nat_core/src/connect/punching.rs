@@ -137,6 +137,7 @@ pub(super) async fn run_punch_from(inner: &Arc<Inner>, side: Side, m: Meeting<'_
     let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, tgts, pair_rtt);
     cfg.max_attempts = max_attempts.max(1);
     cfg.seed = rand::random();
+    cfg.txids = crate::txid::CSPRNG;
     punch_driver::run_with(inner.node.clone(), reg, cfg, fresh).await.map_err(|_| ConnectError::PunchFailed)
 }
 

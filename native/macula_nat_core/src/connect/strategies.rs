@@ -217,6 +217,7 @@ pub(super) async fn birthday(
     let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, Vec::new(), pair_rtt);
     // A primed easy side probes the ports it primed: their seed.
     cfg.seed = primed.probe_seed.unwrap_or_else(rand::random);
+    cfg.txids = crate::txid::CSPRNG;
     let extra = if side == hard {
         // The easy side's one endpoint: its reflexive address (EI mapping) or
         // preserved port, first in `targets`.

@@ -110,7 +110,7 @@ pub async fn latest_mapping(local_ip: IpAddr, server: SocketAddr, rtt: Duration)
     let _lease = crate::socket::local_ports::Lease::of(sock.local_addr().ok()?.port());
     sock.set_nonblocking(true).ok()?;
     let sock = UdpSocket::from_std(sock).ok()?;
-    let txid: [u8; 12] = rand::random();
+    let txid = crate::txid::csprng();
     let req = Message::binding_request(txid).encode();
     let wait = (rtt * 4).clamp(Duration::from_millis(150), Duration::from_secs(1));
     let start = Instant::now();

@@ -67,10 +67,9 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
     let local = SocketAddr::new(source_ip_towards(first, bound.ip()), bound.port());
     let mut subscription = node.subscribe_stun();
     let primary = node.socket()?;
-    let seed: u64 = rand::random();
     cfg.opened.extend(lock(node.detect_memory()).opened(Instant::now()));
     let filter_socket = cfg.filter_socket;
-    let mut d = Detection::new(cfg, local, Instant::now(), seed);
+    let mut d = Detection::new(cfg, local, Instant::now(), crate::txid::CSPRNG);
 
     // Probe sockets and the filter socket, each forwarding what it
     // receives into one channel. Answers only: a few per request.

@@ -33,7 +33,7 @@ pub async fn measure(node: &Node, targets: &[SocketAddr], timeout: Duration) -> 
     loop {
         if next_send.is_some_and(|at| at <= Instant::now()) {
             for (i, dst) in targets.iter().enumerate().filter(|(i, _)| out[*i].is_none()) {
-                let txid: [u8; 12] = rand::random();
+                let txid = crate::txid::csprng();
                 sent.insert(txid, (i, Instant::now()));
                 // A failed send is a lost probe; the retries and the
                 // deadline deal with it.

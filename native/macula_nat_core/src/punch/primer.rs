@@ -135,7 +135,7 @@ pub fn learn_hops(bind_ip: IpAddr, dst: SocketAddr, budget: Duration) -> Option<
     // One STUN Binding request per TTL; the transaction id carries the TTL
     // so answers and errors (which quote the datagram) say which it was.
     let probe = |ttl: u8| -> Option<()> {
-        let mut tid = rand::random::<[u8; 12]>();
+        let mut tid = crate::txid::csprng();
         tid[0] = ttl;
         let payload = Message::binding_request(tid).encode();
         sock.set_ttl(u32::from(ttl)).ok()?;

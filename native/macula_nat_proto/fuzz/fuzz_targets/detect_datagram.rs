@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
 
     let t0 = Instant::now();
     let cfg = DetectConfig { observers: vec![p], ..DetectConfig::default() };
-    let mut det = Detection::new(cfg, "10.0.0.2:5000".parse().unwrap(), t0, 1);
+    let mut det = Detection::new(cfg, "10.0.0.2:5000".parse().unwrap(), t0, macula_nat_proto::rng::Txids::seeded(1));
     det.set_probe_local_addr(0, "10.0.0.2:6000".parse().unwrap());
     while det.poll_transmit(t0).is_some() {}
     for (i, chunk) in data.chunks(64).enumerate() {

@@ -1,6 +1,7 @@
 use super::sim::*;
 use super::*;
 use crate::nat::NatType;
+use crate::rng::Txids;
 
 fn probe_locals(seed: u64) -> Vec<SocketAddr> {
     // Random-looking, distinct ephemeral ports, like a real OS would give.
@@ -35,7 +36,7 @@ fn run_case(c: Case) -> (Run, SimNat) {
 /// One detection from the primary socket in `world`, starting at `t0`.
 fn detect_in(world: &mut World, seed: u64, t0: Instant) -> Run {
     let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
-    let mut det = Detection::new(world.config(), local, t0, seed);
+    let mut det = Detection::new(world.config(), local, t0, Txids::seeded(seed));
     world.run(&mut det, &probe_locals(seed), t0)
 }
 
@@ -182,7 +183,7 @@ fn a_busy_contiguous_nat_is_never_read_random_with_high_confidence() {
                 nat.busy_every = busy;
                 let mut world = World::new(nat, two_observers(), 20, 0, 11);
                 let t0 = Instant::now();
-                let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, 11);
+                let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(11));
                 let p = world.run(&mut det, &probe_locals(11), t0).result.unwrap();
                 assert_eq!(p.allocation, Allocation::Pc, "{ty} delta {delta} busy {busy}: {p:?}");
                 assert_eq!(p.port_delta.map(i32::signum), Some(delta.signum()), "{ty} delta {delta} busy {busy}");
@@ -200,7 +201,7 @@ fn no_nat_is_recognised_and_firewall_filtering_still_measured() {
             let mut world = World::new(nat, obs(), 50, loss, 3);
             let t0 = Instant::now();
             let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
-            let mut det = Detection::new(world.config(), local, t0, 3);
+            let mut det = Detection::new(world.config(), local, t0, Txids::seeded(3));
             let p = world.run(&mut det, &probe_locals(3), t0).result.unwrap();
             assert!(p.no_nat);
             assert_eq!(p.public_addr, local);
@@ -214,7 +215,7 @@ fn unspecified_local_address_never_claims_no_nat() {
     let mut world = World::new(SimNat::new(None, 1, 4), two_observers(), 10, 0, 4);
     let t0 = Instant::now();
     // The runtime passed 0.0.0.0: we cannot know, so do not claim no_nat.
-    let mut det = Detection::new(world.config(), "0.0.0.0:5000".parse().unwrap(), t0, 4);
+    let mut det = Detection::new(world.config(), "0.0.0.0:5000".parse().unwrap(), t0, Txids::seeded(4));
     let p = world.run(&mut det, &probe_locals(4), t0).result.unwrap();
     assert!(!p.no_nat);
 }
@@ -269,7 +270,7 @@ fn dead_observer_is_survived() {
             let mut world = World::new(SimNat::new(Some(ty), delta, 12), two_observers(), 50, 0, 12);
             world.dead = vec![dead];
             let t0 = Instant::now();
-            let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, 12);
+            let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(12));
             let run = world.run(&mut det, &probe_locals(12), t0);
             let p = run.result.unwrap();
             check(ty, delta, &p, &world.nat).unwrap_or_else(|e| panic!("dead {dead}: {e}"));
@@ -285,7 +286,7 @@ fn everything_dead_times_out_at_the_deadline() {
     let t0 = Instant::now();
     let cfg = world.config();
     let timeout = cfg.timeout;
-    let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, 1);
+    let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(1));
     let run = world.run(&mut det, &probe_locals(1), t0);
     assert_eq!(run.result, Err(DetectError::Timeout));
     assert_eq!(run.elapsed, timeout);
@@ -297,7 +298,7 @@ fn everything_dead_times_out_at_the_deadline() {
 #[test]
 fn no_observers_is_an_immediate_error() {
     let t0 = Instant::now();
-    let mut det = Detection::new(DetectConfig::default(), PRIMARY_LOCAL.parse().unwrap(), t0, 1);
+    let mut det = Detection::new(DetectConfig::default(), PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(1));
     assert!(det.is_finished());
     assert_eq!(det.poll_result(), Some(Err(DetectError::NoObservers)));
     assert_eq!(det.poll_result(), None);
@@ -315,7 +316,7 @@ fn missing_probe_sockets_still_give_a_verdict() {
         let delta = [1, 2, -1][i % 3];
         let mut world = World::new(SimNat::new(Some(ty), delta, 14), two_observers(), 50, 0, 14);
         let t0 = Instant::now();
-        let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, 14);
+        let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(14));
         let run = world.run(&mut det, &[], t0);
         let p = run.result.unwrap();
         assert_eq!((p.mapping, p.filtering), (ty.mapping, ty.filtering), "{ty}");
@@ -335,7 +336,7 @@ fn foreign_datagrams_are_not_consumed() {
     let t0 = Instant::now();
     let obs: SocketAddr = "198.51.100.1:3478".parse().unwrap();
     let cfg = DetectConfig { observers: vec![obs], ..DetectConfig::default() };
-    let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, 77);
+    let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(77));
     let t = det.poll_transmit(t0).unwrap();
     assert_eq!((t.socket, t.dst), (SocketId::Primary, obs));
     let req = crate::stun::Message::decode(&t.payload).unwrap();
@@ -361,7 +362,7 @@ fn transaction_ids_are_unique_and_seed_dependent() {
     let t0 = Instant::now();
     let cfg = DetectConfig { observers: two_observers().iter().map(|o| o.config().primary).collect(), ..DetectConfig::default() };
     let ids = |seed| {
-        let mut det = Detection::new(cfg.clone(), PRIMARY_LOCAL.parse().unwrap(), t0, seed);
+        let mut det = Detection::new(cfg.clone(), PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(seed));
         let mut v = Vec::new();
         while let Some(t) = det.poll_transmit(t0) {
             v.push(Message::decode(&t.payload).unwrap().transaction_id);
@@ -382,7 +383,7 @@ fn transaction_ids_are_unique_and_seed_dependent() {
 fn retransmissions_back_off_and_stop() {
     let t0 = Instant::now();
     let cfg = DetectConfig { observers: vec!["198.51.100.1:3478".parse().unwrap()], allocation_probes: 0, ..DetectConfig::default() };
-    let mut det = Detection::new(cfg.clone(), PRIMARY_LOCAL.parse().unwrap(), t0, 5);
+    let mut det = Detection::new(cfg.clone(), PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(5));
     let mut test_i_times = Vec::new();
     let mut now = t0;
     let first = det.poll_transmit(now).unwrap().payload;
@@ -411,7 +412,7 @@ fn implausible_other_address_means_not_rfc5780_capable() {
     let obs: SocketAddr = "198.51.100.1:3478".parse().unwrap();
     for bogus in ["198.51.100.1:3479", "198.51.100.2:3478", "[2001:db8::1]:3479", "198.51.100.2:0"] {
         let cfg = DetectConfig { observers: vec![obs], allocation_probes: 0, ..DetectConfig::default() };
-        let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, 1);
+        let mut det = Detection::new(cfg, PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(1));
         let req = Message::decode(&det.poll_transmit(t0).unwrap().payload).unwrap();
         while det.poll_transmit(t0).is_some() {}
         let resp = Message::new(Class::SuccessResponse, METHOD_BINDING, req.transaction_id)
@@ -466,14 +467,14 @@ fn detect_twice(ty: NatType, observers: fn() -> Vec<crate::observer::Observer>, 
     // The single-socket schedule (no filter socket) is the one that needs
     // to be told.
     let single = DetectConfig { filter_socket: false, ..world.config() };
-    let mut first = Detection::new(single.clone(), local, t0, seed);
+    let mut first = Detection::new(single.clone(), local, t0, Txids::seeded(seed));
     let one = world.run(&mut first, &probe_locals(seed), t0).result.expect("first verdict");
     let mut cfg = single;
     if tell {
         cfg.opened = first.primary_destinations();
     }
     let t1 = t0 + Duration::from_secs(5);
-    let mut second = Detection::new(cfg, local, t1, seed + 1);
+    let mut second = Detection::new(cfg, local, t1, Txids::seeded(seed + 1));
     let two = world.run(&mut second, &probe_locals(seed + 1), t1).result.expect("second verdict");
     (one, two, second.filtering_measured())
 }
@@ -599,12 +600,12 @@ fn detect_twice_plain(ty: NatType, observers: fn() -> Vec<crate::observer::Obser
     let local: SocketAddr = PRIMARY_LOCAL.parse().unwrap();
     let t0 = Instant::now();
     let cfg = DetectConfig { filter_socket, ..world.config() };
-    let mut first = Detection::new(cfg.clone(), local, t0, seed);
+    let mut first = Detection::new(cfg.clone(), local, t0, Txids::seeded(seed));
     let one = world.run(&mut first, &probe_locals(seed), t0).result.expect("first verdict");
     let cfg = DetectConfig { opened: first.primary_destinations(), ..cfg };
     world.filter_local = "10.0.0.2:6002".parse().unwrap();
     let t1 = t0 + Duration::from_secs(5);
-    let mut second = Detection::new(cfg, local, t1, seed + 1);
+    let mut second = Detection::new(cfg, local, t1, Txids::seeded(seed + 1));
     let two = world.run(&mut second, &probe_locals(seed + 1), t1).result.expect("second verdict");
     (one, two)
 }
@@ -663,7 +664,7 @@ fn a_mapping_that_moved_for_one_destination_only_is_ei_with_medium_confidence() 
         let public = world.nat.outbound(local, obs_primary);
         assert!(world.nat.inbound(alt, public).is_none());
         let t0 = Instant::now();
-        let mut det = Detection::new(world.config(), local, t0, 71);
+        let mut det = Detection::new(world.config(), local, t0, Txids::seeded(71));
         let p = world.run(&mut det, &probe_locals(71), t0).result.unwrap();
         assert_eq!(p.mapping, Mapping::Ei, "{ty}");
         assert_eq!(p.confidence, Confidence::Medium, "{ty}");
@@ -683,7 +684,7 @@ fn a_preserving_nat_whose_port_one_socket_finds_taken_still_reads_pp() {
         nat.outbound(stranger, "192.0.2.99:9".parse().unwrap());
         let mut world = World::new(nat, two_observers(), 10, 0, 81);
         let t0 = Instant::now();
-        let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, 81);
+        let mut det = Detection::new(world.config(), PRIMARY_LOCAL.parse().unwrap(), t0, Txids::seeded(81));
         let p = world.run(&mut det, &locals, t0).result.unwrap();
         assert_eq!(p.allocation, Allocation::Pp, "{ty}");
         assert_eq!(p.confidence, Confidence::Medium, "{ty}");
