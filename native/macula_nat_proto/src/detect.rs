@@ -528,7 +528,9 @@ impl Detection {
             socket,
             dst,
             tid,
-            payload: msg.with_fingerprint().encode(),
+            // Sized so that a responder which answers no more than it
+            // received (ours, see `reply_budget`) still answers in full.
+            payload: msg.with_fingerprint().sized_for_answer().encode(),
             first_sent: None,
             next_send: Some(now),
             sends: 0,

@@ -27,6 +27,9 @@ pub mod rng;
 pub mod nat;
 // Sans-IO RFC 5780 observer (STUN server) logic.
 pub mod observer;
+// What the STUN responder may send to an unverified address: per-IP byte
+// ledger, per-IP and global rate limits.
+pub mod reply_budget;
 // Sans-IO NAT detection state machine (`Detection`).
 pub mod detect;
 // Peer-reported reflexive addresses with a distinct-peer quorum.

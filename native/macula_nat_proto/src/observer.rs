@@ -34,6 +34,23 @@
 //! indications, other methods, malformed data, datagrams to an address we
 //! do not own) gets no answer at all: an observer must not be usable as a
 //! reflector for garbage.
+//!
+//! # No amplification (RFC 5780's safeguards)
+//!
+//! A request's source may be spoofed, so every answer fits a byte budget
+//! the runtime gets from [`crate::reply_budget`] (what the destination IP
+//! sent us, plus a one-off allowance): the XOR-MAPPED-ADDRESS (classic:
+//! MAPPED-ADDRESS) is required, and OTHER-ADDRESS, RESPONSE-ORIGIN,
+//! MAPPED-ADDRESS, SOFTWARE and FINGERPRINT follow in that order of
+//! usefulness while they fit; if the required part does not fit there is
+//! no answer. The same budget covers an answer sent to the port
+//! RESPONSE-PORT names (always of the request's source IP) and one sent
+//! from the address CHANGE-REQUEST picks (always to the request's source):
+//! neither can aim more bytes at an address than it sent us. PADDING is
+//! honoured by padding the answer up to the request's own size, never
+//! beyond; a request with both PADDING and RESPONSE-PORT is refused (400),
+//! as RFC 5780 asks. Our clients make their requests as large as the full
+//! answer ([`crate::stun::Message::sized_for_answer`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -122,51 +139,60 @@ impl Observer {
         Some(SocketAddr::new(ip, port))
     }
 
-    /// Answer one datagram that arrived on `local` from `from`.
-    pub fn handle_datagram(&self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> Option<Reply> {
+    /// Answer one datagram that arrived on `local` from `from` with at most
+    /// `budget` bytes (what [`crate::reply_budget::ReplyBudget::admit`]
+    /// allows towards `from`'s IP).
+    pub fn answer_datagram(&self, local: SocketAddr, from: SocketAddr, data: &[u8], budget: usize) -> Result<Reply, NoAnswer> {
+        let req = Message::decode_any(data).map_err(|_| NoAnswer::Ignored)?;
+        self.answer(local, from, &req, data.len(), budget)
+    }
+
+    /// Like [`Observer::answer_datagram`] for a request already decoded
+    /// from `len` bytes.
+    pub fn answer(&self, local: SocketAddr, from: SocketAddr, req: &Message, len: usize, budget: usize) -> Result<Reply, NoAnswer> {
         if !self.local_addrs().contains(&local) {
-            return None;
+            return Err(NoAnswer::Ignored);
         }
-        let req = Message::decode_any(data).ok()?;
         if req.class != Class::Request || req.method != METHOD_BINDING {
-            return None;
+            return Err(NoAnswer::Ignored);
         }
         if !req.unknown_required.is_empty() {
-            return Some(self.error(local, from, &req, 420, "Unknown Attribute", req.unknown_required.clone()));
+            return self.error(local, from, req, 420, "Unknown Attribute", req.unknown_required.clone(), budget);
+        }
+        // RFC 5780 does not allow the two together: a padded answer sent
+        // to a port the request did not come from.
+        if req.padding().is_some() && req.response_port().is_some() {
+            return self.error(local, from, req, 400, "Bad Request", Vec::new(), budget);
         }
         let (change_ip, change_port) = req.change_request().unwrap_or((false, false));
         let src = if change_ip || change_port {
             match self.changed(local, change_ip, change_port) {
                 Some(s) => s,
-                None => {
-                    return Some(self.error(local, from, &req, 420, "Unknown Attribute", vec![attr::CHANGE_REQUEST]))
-                }
+                None => return self.error(local, from, req, 420, "Unknown Attribute", vec![attr::CHANGE_REQUEST], budget),
             }
         } else {
             local
         };
         let dst = match req.response_port() {
             // Port 0 cannot be sent to; treat the request as malformed.
-            Some(0) => return None,
+            Some(0) => return Err(NoAnswer::Ignored),
             Some(port) => SocketAddr::new(from.ip(), port),
             None => from,
         };
+        let pad_to = req.padding().map(|_| len);
         if req.classic.is_some() {
-            let mut resp = reply_to(&req, Class::SuccessResponse)
-                .with(Attribute::MappedAddress(from))
-                .with(Attribute::SourceAddress(src));
+            let base = reply_to(req, Class::SuccessResponse).with(Attribute::MappedAddress(from));
+            let mut optional = Vec::new();
             if let Some(alt) = self.cfg.alternate {
-                resp = resp.with(Attribute::ChangedAddress(alt));
+                optional.push((2, Part::Attr(Attribute::ChangedAddress(alt))));
             }
-            if let Some(n) = req.padding() {
-                resp = resp.with(Attribute::Padding(n));
-            }
-            return Some(Reply { from: src, to: dst, payload: resp.encode() });
+            optional.push((1, Part::Attr(Attribute::SourceAddress(src))));
+            return Ok(Reply { from: src, to: dst, payload: fit(base, optional, pad_to, budget)? });
         }
-        let mut resp = Message::new(Class::SuccessResponse, METHOD_BINDING, req.transaction_id)
-            .with(Attribute::XorMappedAddress(from))
-            .with(Attribute::MappedAddress(from))
-            .with(Attribute::ResponseOrigin(src));
+        let base = Message::new(Class::SuccessResponse, METHOD_BINDING, req.transaction_id).with(Attribute::XorMappedAddress(from));
+        // Most useful first (what is left out when the budget is short);
+        // the numbers are the wire order.
+        let mut optional = Vec::new();
         // OTHER-ADDRESS is always the observer's configured alternate
         // address, as coturn reports it. RFC 5780 can also be read as "the
         // address opposite the responding socket", but the widely deployed
@@ -177,22 +203,34 @@ impl Observer {
         // lab). Our own detector only uses test I's answer, where both
         // readings agree.
         if let Some(alt) = self.cfg.alternate {
-            resp = resp.with(Attribute::OtherAddress(alt));
+            optional.push((3, Part::Attr(Attribute::OtherAddress(alt))));
         }
+        optional.push((2, Part::Attr(Attribute::ResponseOrigin(src))));
+        optional.push((1, Part::Attr(Attribute::MappedAddress(from))));
+        optional.push((5, Part::Fingerprint));
         if let Some(sw) = &self.cfg.software {
-            resp = resp.with(Attribute::Software(sw.clone()));
+            optional.push((4, Part::Attr(Attribute::Software(sw.clone()))));
         }
-        // RFC 5780 §7.6: PADDING is echoed so a client can probe
-        // fragmentation on the return path. Echoing the request's own length
-        // keeps the response no larger than request + fixed overhead, so the
-        // observer cannot be used to amplify.
-        if let Some(n) = req.padding() {
-            resp = resp.with(Attribute::Padding(n));
-        }
-        Some(Reply { from: src, to: dst, payload: resp.with_fingerprint().encode() })
+        Ok(Reply { from: src, to: dst, payload: fit(base, optional, pad_to, budget)? })
     }
 
-    fn error(&self, local: SocketAddr, from: SocketAddr, req: &Message, code: u16, reason: &str, mut unknown: Vec<u16>) -> Reply {
+    /// The answer without a byte budget (tests of what a full answer is).
+    #[cfg(test)]
+    pub(crate) fn handle_datagram(&self, local: SocketAddr, from: SocketAddr, data: &[u8]) -> Option<Reply> {
+        self.answer_datagram(local, from, data, usize::MAX).ok()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn error(
+        &self,
+        local: SocketAddr,
+        from: SocketAddr,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        mut unknown: Vec<u16>,
+        budget: usize,
+    ) -> Result<Reply, NoAnswer> {
         if req.classic.is_some() {
             // RFC 3489 §11.2.9/§11.2.10: the reason phrase is a multiple of
             // 4 bytes (padded with spaces) and an odd list of unknown
@@ -204,19 +242,75 @@ impl Observer {
             if unknown.len() % 2 == 1 {
                 unknown.push(unknown[unknown.len() - 1]);
             }
-            let resp = reply_to(req, Class::ErrorResponse)
-                .with(Attribute::ErrorCode { code, reason })
-                .with(Attribute::UnknownAttributes(unknown));
-            return Reply { from: local, to: from, payload: resp.encode() };
+            let mut resp = reply_to(req, Class::ErrorResponse).with(Attribute::ErrorCode { code, reason });
+            if !unknown.is_empty() {
+                resp = resp.with(Attribute::UnknownAttributes(unknown));
+            }
+            return Ok(Reply { from: local, to: from, payload: fit(resp, Vec::new(), None, budget)? });
         }
-        let mut resp = Message::new(Class::ErrorResponse, METHOD_BINDING, req.transaction_id)
-            .with(Attribute::ErrorCode { code, reason: reason.into() })
-            .with(Attribute::UnknownAttributes(unknown));
+        let mut resp = Message::new(Class::ErrorResponse, METHOD_BINDING, req.transaction_id).with(Attribute::ErrorCode { code, reason: reason.into() });
+        if !unknown.is_empty() {
+            resp = resp.with(Attribute::UnknownAttributes(unknown));
+        }
+        let mut optional = vec![(1, Part::Fingerprint)];
         if let Some(sw) = &self.cfg.software {
-            resp = resp.with(Attribute::Software(sw.clone()));
+            optional.push((0, Part::Attr(Attribute::Software(sw.clone()))));
         }
-        Reply { from: local, to: from, payload: resp.with_fingerprint().encode() }
+        Ok(Reply { from: local, to: from, payload: fit(resp, optional, None, budget)? })
     }
+}
+
+/// Why [`Observer::answer`] gives no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// Not a well-formed Binding request to one of our addresses.
+    Ignored,
+    /// Even the shortest answer is larger than the budget.
+    OverBudget,
+}
+
+/// An optional part of an answer.
+enum Part {
+    Attr(Attribute),
+    Fingerprint,
+}
+
+/// `base` (whose attributes are all required) and as many of `optional`
+/// as fit in `budget` bytes, taken in the order given (most useful first)
+/// and written in the wire order of their numbers; then, when `pad_to` is
+/// set (the request had PADDING), PADDING up to `pad_to` bytes within the
+/// budget. RFC 5780 lets a client pad its request to test fragmentation;
+/// padding the answer to the request's size keeps that test working both
+/// ways without ever answering more than was sent.
+fn fit(mut base: Message, optional: Vec<(u8, Part)>, pad_to: Option<usize>, budget: usize) -> Result<Vec<u8>, NoAnswer> {
+    let mut len = base.encode().len();
+    if len > budget {
+        return Err(NoAnswer::OverBudget);
+    }
+    let mut chosen = Vec::new();
+    for (at, part) in optional {
+        let n = match &part {
+            Part::Attr(a) => a.encoded_len(),
+            Part::Fingerprint => 8,
+        };
+        if len + n > budget {
+            continue;
+        }
+        len += n;
+        match part {
+            Part::Attr(a) => chosen.push((at, a)),
+            Part::Fingerprint => base.fingerprint = true,
+        }
+    }
+    chosen.sort_by_key(|(at, _)| *at);
+    base.attributes.extend(chosen.into_iter().map(|(_, a)| a));
+    if let Some(target) = pad_to {
+        let room = target.min(budget).min(u16::MAX as usize).saturating_sub(len);
+        if room >= 4 {
+            base.attributes.push(Attribute::Padding(((room - 4) & !3) as u16));
+        }
+    }
+    Ok(base.encode())
 }
 
 /// A response with the request's transaction id (all 128 bits of a classic
@@ -326,12 +420,83 @@ mod tests {
     }
 
     #[test]
-    fn padding_is_echoed_without_amplification() {
+    fn padding_fills_the_answer_up_to_the_request() {
         let obs = full();
         let req = Message::binding_request(TID).with(Attribute::Padding(600)).encode();
         let r = obs.handle_datagram(sa("198.51.100.1:3478"), client(), &req).unwrap();
-        assert_eq!(decode(&r).padding(), Some(600));
-        assert!(r.payload.len() <= req.len() + 128);
+        let m = decode(&r);
+        assert!(m.padding().is_some());
+        assert!(m.other_address().is_some());
+        assert_eq!(r.payload.len(), req.len(), "as large as the request, no larger");
+        // Within a smaller budget the padding shrinks first.
+        let r = obs.answer_datagram(sa("198.51.100.1:3478"), client(), &req, 300).unwrap();
+        assert!(r.payload.len() <= 300 && r.payload.len() > 296);
+        assert!(decode(&r).other_address().is_some());
+    }
+
+    #[test]
+    fn padding_with_response_port_is_refused() {
+        let obs = full();
+        let req = Message::binding_request(TID).with(Attribute::Padding(600)).with(Attribute::ResponsePort(5555)).encode();
+        let r = obs.handle_datagram(sa("198.51.100.1:3478"), client(), &req).unwrap();
+        assert_eq!(r.to, client(), "the error goes to the source");
+        let m = decode(&r);
+        assert_eq!(m.error_code().map(|e| e.0), Some(400));
+        assert!(r.payload.len() < req.len());
+    }
+
+    #[test]
+    fn answers_fit_the_budget_most_useful_attributes_first() {
+        let obs = full();
+        let local = sa("198.51.100.1:3478");
+        let req = Message::binding_request(TID).encode();
+        let full_len = obs.handle_datagram(local, client(), &req).unwrap().payload.len();
+        let mut last = 0;
+        for budget in 0..=full_len + 8 {
+            match obs.answer_datagram(local, client(), &req, budget) {
+                Err(NoAnswer::OverBudget) => assert!(budget < 32, "XOR-MAPPED-ADDRESS alone is 32 bytes: {budget}"),
+                Err(e) => panic!("{e:?}"),
+                Ok(r) => {
+                    assert!(r.payload.len() <= budget, "{budget}");
+                    assert!(r.payload.len() >= last, "more budget never gives less");
+                    last = r.payload.len();
+                    let m = decode(&r);
+                    assert_eq!(m.mapped_address(), Some(client()));
+                    if budget >= 44 {
+                        assert_eq!(m.other_address(), Some(sa("198.51.100.2:3479")), "{budget}");
+                    }
+                    if budget >= 56 {
+                        assert!(m.attributes.contains(&Attribute::ResponseOrigin(local)), "{budget}");
+                    }
+                }
+            }
+        }
+        assert_eq!(last, full_len);
+        // A request made as large as the answer gets all of it within a
+        // budget of its own size.
+        let sized = Message::binding_request(TID).with_fingerprint().sized_for_answer().encode();
+        assert_eq!(sized.len(), crate::stun::ANSWER_ROOM);
+        let r = obs.answer_datagram(local, client(), &sized, sized.len()).unwrap();
+        assert_eq!(r.payload, obs.handle_datagram(local, client(), &sized).unwrap().payload);
+        // So does an IPv6 client of an IPv6 observer, SOFTWARE aside.
+        let obs6 = Observer::new(ObserverConfig {
+            primary: sa("[2001:db8::1]:3478"),
+            alternate: Some(sa("[2001:db8::2]:3479")),
+            software: Some("macula-observer".into()),
+        })
+        .unwrap();
+        let c6 = sa("[2001:db8:ffff::5]:50000");
+        let r = obs6.answer_datagram(sa("[2001:db8::1]:3478"), c6, &sized, sized.len()).unwrap();
+        let m = decode(&r);
+        assert!(m.fingerprint && m.other_address().is_some() && m.attributes.contains(&Attribute::MappedAddress(c6)));
+        // Classic answers too: MAPPED-ADDRESS, then CHANGED-ADDRESS.
+        let classic = classic(None).encode();
+        assert_eq!(obs.answer_datagram(local, client(), &classic, 31), Err(NoAnswer::OverBudget));
+        let m = decode_classic(&obs.answer_datagram(local, client(), &classic, 44).unwrap());
+        assert_eq!(m.attributes, vec![Attribute::MappedAddress(client()), Attribute::ChangedAddress(sa("198.51.100.2:3479"))]);
+        // Errors too.
+        let change = Message::binding_request(TID).with(Attribute::ChangeRequest { change_ip: true, change_port: false }).encode();
+        assert_eq!(single().answer_datagram(sa("198.51.100.9:3478"), client(), &change, 20), Err(NoAnswer::OverBudget));
     }
 
     #[test]

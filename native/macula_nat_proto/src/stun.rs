@@ -184,6 +184,21 @@ pub enum Attribute {
     RequestedTransport(u8),
 }
 
+impl Attribute {
+    /// Bytes this attribute takes in a message (header, value, padding).
+    pub fn encoded_len(&self) -> usize {
+        let mut v = Vec::new();
+        encode_attribute(&mut v, self, &[0; 12]);
+        v.len()
+    }
+}
+
+/// What a client's Binding request should weigh so that a responder that
+/// answers no more bytes than it received (ours: `reply_budget`) can give
+/// the full answer: ours is at most 124 bytes without SOFTWARE (IPv6: four
+/// addresses and FINGERPRINT), 96 with it over IPv4.
+pub const ANSWER_ROOM: usize = 128;
+
 /// Value of the PUNCH-TOKEN attribute carried by hole-punch Binding
 /// requests and their responses: which punch session the packet belongs to
 /// and which node sent it.
@@ -418,6 +433,24 @@ impl Message {
     /// Builder-style attribute append.
     pub fn with(mut self, a: Attribute) -> Message {
         self.attributes.push(a);
+        self
+    }
+
+    /// Builder-style: make the encoded request at least [`ANSWER_ROOM`]
+    /// bytes, so that responders that answer no more than they received
+    /// give the full answer. The filler is a SOFTWARE attribute naming us
+    /// and padded with spaces to a multiple of 4 (RFC 3489 parsers want
+    /// that), not PADDING: SOFTWARE is comprehension-optional in RFC 3489
+    /// and RFC 8489, so every server skips what it does not parse, whereas
+    /// PADDING is comprehension-required (an RFC 3489 server such as stund
+    /// drops the request) and makes coturn pad its answer to the MTU.
+    pub fn sized_for_answer(mut self) -> Message {
+        let len = self.encode().len();
+        if len + 4 + 12 <= ANSWER_ROOM {
+            let mut sw = String::from("macula_nat");
+            sw.extend(std::iter::repeat(' ').take((ANSWER_ROOM - len - 4) & !3).skip(sw.len()));
+            self.attributes.push(Attribute::Software(sw));
+        }
         self
     }
 

@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     .unwrap();
     let client: SocketAddr = "203.0.113.5:40000".parse().unwrap();
     for local in obs.local_addrs() {
-        let _ = obs.handle_datagram(local, client, data);
+        let _ = obs.answer_datagram(local, client, data, data.len());
     }
 
     let t0 = Instant::now();

@@ -313,7 +313,10 @@ impl World {
                     return;
                 }
                 let primary = self.observers[i].config().primary;
-                let answer = self.observers[i].handle_datagram(dst, src, &payload);
+                // No more bytes than the request (a responder whose allowance for
+                // this address is spent): the detector's requests are sized
+                // for full answers, so this must be enough.
+                let answer = self.observers[i].answer_datagram(dst, src, &payload, payload.len()).ok();
                 let answer = if self.classic.contains(&i) { answer.map(|r| classic_answer(&self.observers[i], dst, r)) } else { answer };
                 if let Some(reply) = answer {
                     let mut at = now + if reply.from == primary { Duration::ZERO } else { self.slow_alternate };
