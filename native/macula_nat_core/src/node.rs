@@ -49,6 +49,10 @@ pub struct NodeStats {
     pub stun_answered: u64,
     /// Malformed or unexpected STUN datagrams dropped.
     pub stun_dropped: u64,
+    /// Binding requests left unanswered: over the responder's rate limits
+    /// or byte ledger (`macula_nat_proto::reply_budget`), or the socket
+    /// would have blocked.
+    pub stun_refused: u64,
     /// Non-STUN datagrams dropped before reaching QUIC (endpoint not keeping
     /// up). Datagrams arriving while QUIC is not running are not counted.
     pub quic_dropped: u64,
@@ -310,6 +314,7 @@ impl Node {
             bytes_out: c.bytes_out.load(Ordering::Relaxed),
             stun_answered: c.stun_answered.load(Ordering::Relaxed),
             stun_dropped: c.stun_dropped.load(Ordering::Relaxed),
+            stun_refused: c.stun_refused.load(Ordering::Relaxed),
             relayed_bytes_out: self.relay.tunnelled_out.load(Ordering::Relaxed),
             quic_dropped: self.inbox.dropped(),
         }

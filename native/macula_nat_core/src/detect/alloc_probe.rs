@@ -111,7 +111,9 @@ pub async fn latest_mapping(local_ip: IpAddr, server: SocketAddr, rtt: Duration)
     sock.set_nonblocking(true).ok()?;
     let sock = UdpSocket::from_std(sock).ok()?;
     let txid = crate::txid::csprng();
-    let req = Message::binding_request(txid).encode();
+    // Sized for a full answer from responders that answer no more than
+    // they receive (ours).
+    let req = Message::binding_request(txid).sized_for_answer().encode();
     let wait = (rtt * 4).clamp(Duration::from_millis(150), Duration::from_secs(1));
     let start = Instant::now();
     let deadline = start + wait;

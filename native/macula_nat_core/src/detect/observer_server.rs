@@ -2,16 +2,23 @@
 //! answers Binding requests from whichever socket the sans-IO
 //! [`Observer`](macula_nat_proto::observer::Observer) chooses (that is how
 //! CHANGE-REQUEST is honoured). Malformed datagrams are dropped and counted
-//! by reason, never answered.
+//! by reason, never answered. The four sockets share one
+//! [`ReplyBudget`]: a spoofed source gets no more bytes from the four
+//! together than it sent, whichever socket the requests arrive on and
+//! whichever the answers leave from. Answers are sent without waiting
+//! (`try_send_to`): a full socket buffer drops the answer (counted as
+//! `send_failed`) rather than stalling the requests behind it.
 
 use crate::lock::lock;
 use crate::{runtime, Error};
-use macula_nat_proto::observer::{Observer, ObserverConfig};
+use macula_nat_proto::observer::{NoAnswer, Observer, ObserverConfig};
+use macula_nat_proto::reply_budget::{ReplyBudget, ReplyLimits};
 use macula_nat_proto::stun::Message;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
@@ -75,10 +82,12 @@ impl ObserverServer {
         let by_addr = Arc::new(by_addr);
         let stats = Arc::new(ObserverStats::default());
         let observer = Arc::new(observer);
+        let budget = Arc::new(Mutex::new(ReplyBudget::new(ReplyLimits::default(), Instant::now())));
         let tasks = by_addr
             .iter()
             .map(|(local, sock)| {
-                runtime::spawn(serve(*local, sock.clone(), by_addr.clone(), observer.clone(), stats.clone()))
+                let ctx = Serve { all: by_addr.clone(), observer: observer.clone(), budget: budget.clone(), stats: stats.clone() };
+                runtime::spawn(serve(*local, sock.clone(), ctx))
             })
             .collect();
         Ok(ObserverServer { primary, alternate, tasks: Mutex::new(tasks), stats })
@@ -114,13 +123,15 @@ fn bind(addr: SocketAddr) -> Result<std::net::UdpSocket, Error> {
     Ok(s)
 }
 
-async fn serve(
-    local: SocketAddr,
-    sock: Arc<UdpSocket>,
+/// What every socket's task shares.
+struct Serve {
     all: Arc<HashMap<SocketAddr, Arc<UdpSocket>>>,
     observer: Arc<Observer>,
+    budget: Arc<Mutex<ReplyBudget>>,
     stats: Arc<ObserverStats>,
-) {
+}
+
+async fn serve(local: SocketAddr, sock: Arc<UdpSocket>, ctx: Serve) {
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
@@ -128,22 +139,38 @@ async fn serve(
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
             Err(_) => return,
         };
-        let data = &buf[..n];
-        match observer.handle_datagram(local, from, data) {
-            Some(reply) => {
-                let out = all.get(&reply.from).unwrap_or(&sock);
-                if out.send_to(&reply.payload, reply.to).await.is_ok() {
-                    stats.answered.fetch_add(1, Ordering::Relaxed);
+        answer(&ctx, local, &sock, from, &buf[..n]);
+    }
+}
+
+fn answer(ctx: &Serve, local: SocketAddr, sock: &Arc<UdpSocket>, from: SocketAddr, data: &[u8]) {
+    let req = match Message::decode_any(data) {
+        Ok(m) => m,
+        Err(e) => return ctx.stats.drop_reason(e.reason()),
+    };
+    // One lock for the decision and the charge: the four tasks' answers to
+    // one address cannot overtake each other's accounting.
+    let mut budget = lock(&ctx.budget);
+    let room = match budget.admit(from.ip(), data.len(), Instant::now()) {
+        Ok(room) => room,
+        Err(refused) => return ctx.stats.drop_reason(refused.reason()),
+    };
+    match ctx.observer.answer(local, from, &req, data.len(), room) {
+        Ok(reply) => {
+            let out = ctx.all.get(&reply.from).unwrap_or(sock);
+            match out.try_send_to(&reply.payload, reply.to) {
+                Ok(sent) => {
+                    budget.spent(reply.to.ip(), sent);
+                    ctx.stats.answered.fetch_add(1, Ordering::Relaxed);
                 }
-            }
-            None => {
-                let reason = match Message::decode_any(data) {
-                    Err(e) => e.reason(),
-                    Ok(_) => "not_a_binding_request",
-                };
-                stats.drop_reason(reason);
+                Err(_) => ctx.stats.drop_reason("send_failed"),
             }
         }
+        Err(NoAnswer::OverBudget) => {
+            budget.refused_by_ledger();
+            ctx.stats.drop_reason("ledger");
+        }
+        Err(NoAnswer::Ignored) => ctx.stats.drop_reason("not_a_binding_request"),
     }
 }
 

@@ -37,7 +37,9 @@ pub async fn measure(node: &Node, targets: &[SocketAddr], timeout: Duration) -> 
                 sent.insert(txid, (i, Instant::now()));
                 // A failed send is a lost probe; the retries and the
                 // deadline deal with it.
-                let _ = node.send_to(&Message::binding_request(txid).encode(), *dst).await;
+                // Sized for a full answer from responders that answer no
+                // more than they receive (ours).
+                let _ = node.send_to(&Message::binding_request(txid).sized_for_answer().encode(), *dst).await;
             }
             next_send = sends.next();
         }

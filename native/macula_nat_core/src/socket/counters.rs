@@ -11,4 +11,7 @@ pub(crate) struct Counters {
     pub(crate) bytes_out: AtomicU64,
     pub(crate) stun_answered: AtomicU64,
     pub(crate) stun_dropped: AtomicU64,
+    /// Binding requests left unanswered by the responder's limits (rates,
+    /// byte ledger) or because the socket would have blocked.
+    pub(crate) stun_refused: AtomicU64,
 }

@@ -11,8 +11,9 @@ use super::punch_routes::PunchRoutes;
 use super::relay_plane::RelayPlane;
 use super::{share, Counters, Entry, Inbox, NodeSocket, RECV_BATCH};
 use crate::lock::lock;
-use macula_nat_proto::observer::Observer;
+use macula_nat_proto::observer::{NoAnswer, Observer};
 use macula_nat_proto::relay::frame;
+use macula_nat_proto::reply_budget::{ReplyBudget, ReplyLimits};
 use macula_nat_proto::stun::{self, Class, Message};
 use quinn::udp::RecvMeta;
 use std::io::IoSliceMut;
@@ -20,6 +21,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -74,6 +76,8 @@ pub(crate) async fn recv_loop(
     relay: Arc<RelayPlane>,
 ) {
     let slot = sock.slot_len();
+    // Only this loop answers STUN on the node socket: the ledger needs no lock.
+    let mut budget = ReplyBudget::new(ReplyLimits::default(), Instant::now());
     // Read into while QUIC is off or its queue is full.
     let mut spare = vec![0u8; slot * RECV_BATCH];
     let mut metas = [RecvMeta::default(); RECV_BATCH];
@@ -175,7 +179,8 @@ pub(crate) async fn recv_loop(
                 flush(&mut run);
                 // RFC 3489 clients (no magic cookie) are answered too.
                 if stun::is_stun(seg) || stun::is_classic_binding_request(seg) {
-                    on_stun(&sock.io, local, &observer, &counters, &sinks, &punch, meta.addr, seg).await;
+                    let responder = Responder { socket: &sock.io, local, observer: &observer, budget: &mut budget };
+                    on_stun(responder, &counters, &sinks, &punch, meta.addr, seg);
                 } else {
                     quic.push((RecvMeta { addr: quic_addr, len: seg.len(), stride: seg.len(), ..*meta }, start + s..start + s + seg.len()));
                 }
@@ -198,10 +203,16 @@ pub(crate) async fn recv_loop(
     }
 }
 
-async fn on_stun(
-    socket: &UdpSocket,
+/// What answers Binding requests on the node socket.
+struct Responder<'a> {
+    socket: &'a UdpSocket,
     local: SocketAddr,
-    observer: &Observer,
+    observer: &'a Observer,
+    budget: &'a mut ReplyBudget,
+}
+
+fn on_stun(
+    r: Responder<'_>,
     counters: &Counters,
     sinks: &Mutex<StunSinks>,
     punch: &PunchRoutes,
@@ -217,9 +228,31 @@ async fn on_stun(
     };
     match msg.class {
         Class::Request => {
-            if let Some(reply) = observer.handle_datagram(local, from, data) {
-                if socket.send_to(&reply.payload, reply.to).await.is_ok() {
-                    counters.stun_answered.fetch_add(1, Ordering::Relaxed);
+            // The source may be spoofed: the answer is bounded by what that
+            // address sent us (`reply_budget`), and sent without waiting, so
+            // a flood of requests never holds up QUIC behind it.
+            let Ok(room) = r.budget.admit(from.ip(), data.len(), Instant::now()) else {
+                counters.stun_refused.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
+            match r.observer.answer(r.local, from, &msg, data.len(), room) {
+                Ok(reply) => match r.socket.try_send_to(&reply.payload, reply.to) {
+                    Ok(n) => {
+                        r.budget.spent(reply.to.ip(), n);
+                        counters.stun_answered.fetch_add(1, Ordering::Relaxed);
+                        counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                        counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        counters.stun_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Err(NoAnswer::OverBudget) => {
+                    r.budget.refused_by_ledger();
+                    counters.stun_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(NoAnswer::Ignored) => {
+                    counters.stun_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
