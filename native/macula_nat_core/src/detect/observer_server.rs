@@ -158,7 +158,7 @@ fn answer(ctx: &Serve, local: SocketAddr, sock: &Arc<UdpSocket>, from: SocketAdd
     match ctx.observer.answer(local, from, &req, data.len(), room) {
         Ok(reply) => {
             let out = ctx.all.get(&reply.from).unwrap_or(sock);
-            match out.try_send_to(&reply.payload, reply.to) {
+            match crate::socket::recv_loop::send_now(out, &reply.payload, reply.to) {
                 Ok(sent) => {
                     budget.spent(reply.to.ip(), sent);
                     ctx.stats.answered.fetch_add(1, Ordering::Relaxed);

@@ -236,7 +236,7 @@ fn on_stun(
                 return;
             };
             match r.observer.answer(r.local, from, &msg, data.len(), room) {
-                Ok(reply) => match r.socket.try_send_to(&reply.payload, reply.to) {
+                Ok(reply) => match send_now(r.socket, &reply.payload, reply.to) {
                     Ok(n) => {
                         r.budget.spent(reply.to.ip(), n);
                         counters.stun_answered.fetch_add(1, Ordering::Relaxed);
@@ -260,5 +260,18 @@ fn on_stun(
             lock(sinks).sinks.retain(|(_, tx)| tx.send((from, data.to_vec())).is_ok());
         }
         Class::Indication => {}
+    }
+}
+
+/// Sends without waiting. An ICMP error for an earlier datagram (Linux
+/// reports it on the next operation of the socket: here, an answer to a
+/// spoofed source whose port is closed) fails that next send: the send is
+/// tried once more, so one address's error does not cost another its answer.
+pub(crate) fn send_now(socket: &UdpSocket, payload: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+    match socket.try_send_to(payload, to) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset) => {
+            socket.try_send_to(payload, to)
+        }
+        other => other,
     }
 }
