@@ -443,7 +443,7 @@ impl Message {
     /// that), not PADDING: SOFTWARE is comprehension-optional in RFC 3489
     /// and RFC 8489, so every server skips what it does not parse, whereas
     /// PADDING is comprehension-required (an RFC 3489 server such as stund
-    /// drops the request) and makes coturn pad its answer to the MTU.
+    /// drops the request).
     pub fn sized_for_answer(mut self) -> Message {
         let len = self.encode().len();
         if len + 4 + 12 <= ANSWER_ROOM {
