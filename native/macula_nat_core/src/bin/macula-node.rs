@@ -93,6 +93,7 @@ fn metrics_text(r: &Roles) -> String {
     e.counter_by("macula_node_socket_bytes_total", "Bytes on the node socket.", "direction", &[("in", ns.bytes_in), ("out", ns.bytes_out)]);
     e.counter("macula_node_socket_stun_answers_total", "STUN Binding requests answered on the node socket.", ns.stun_answered);
     e.counter_by("macula_node_socket_dropped_total", "Datagrams dropped on the node socket: malformed STUN, or QUIC not keeping up.", "kind", &[("stun", ns.stun_dropped), ("quic", ns.quic_dropped)]);
+    e.counter("macula_node_socket_stun_refused_total", "STUN Binding requests the node socket left unanswered: over the responder's rate limits or byte ledger, or the socket would block.", ns.stun_refused);
     if let Some(rv) = &r.rendezvous {
         let s = rv.stats();
         e.gauge("macula_node_rendezvous_peers", "Peers registered at the rendezvous now.", rv.peers().len() as f64);
