@@ -60,7 +60,7 @@ fn run_once(node: &std::sync::Arc<Node>, cfg: &DetectConfig) {
         Ok(d) => {
             let p = &d.profile;
             println!(
-                "mapping={} filtering={} allocation={} delta={} public={} local={} no_nat={} confidence={} ms={:.3}",
+                "mapping={} filtering={} allocation={} delta={} public={} local={} no_nat={} confidence={} ms={:.3} hairpin={}",
                 format!("{:?}", p.mapping).to_lowercase(),
                 format!("{:?}", p.filtering).to_lowercase(),
                 format!("{:?}", p.allocation).to_lowercase(),
@@ -69,7 +69,8 @@ fn run_once(node: &std::sync::Arc<Node>, cfg: &DetectConfig) {
                 d.local_addr,
                 p.no_nat,
                 format!("{:?}", p.confidence).to_lowercase(),
-                d.elapsed.as_secs_f64() * 1000.0
+                d.elapsed.as_secs_f64() * 1000.0,
+                p.hairpin.map_or("-".to_string(), |h| h.to_string())
             );
         }
         Err(DetectFailure::Detect(e)) => {

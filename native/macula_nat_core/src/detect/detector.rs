@@ -69,6 +69,8 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
     let primary = node.socket()?;
     cfg.opened.extend(lock(node.detect_memory()).opened(Instant::now()));
     let filter_socket = cfg.filter_socket;
+    // Beside the main detection, on a socket of its own (see `hairpin`).
+    let hairpin = Joinable(Some(tokio::spawn(super::hairpin::hairpins(first, bound.ip()))));
     let mut d = Detection::new(cfg, local, Instant::now(), crate::txid::CSPRNG);
 
     // Probe sockets and the filter socket, each forwarding what it
@@ -149,11 +151,37 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
     let mut profile = result.map_err(DetectFailure::Detect)?;
     memory.settle_filtering(&mut profile, d.filtering_measured());
     drop(memory);
+    if !profile.no_nat {
+        profile.hairpin = hairpin.join().await;
+    }
     let detected_at = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     Ok(Detected { profile, detected_at, local_addr: local, elapsed: started.elapsed() })
 }
 
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+/// A task aborted if the detection ends (or fails) before joining it.
+struct Joinable<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Joinable<T> {
+    async fn join(mut self) -> T
+    where
+        T: Default,
+    {
+        match self.0.take() {
+            Some(h) => h.await.unwrap_or_default(),
+            None => T::default(),
+        }
+    }
+}
+
+impl<T> Drop for Joinable<T> {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -6,5 +6,6 @@
 
 pub mod alloc_probe;
 pub mod detector;
+mod hairpin;
 pub mod observer_server;
 pub mod stun_rtt;
