@@ -901,24 +901,12 @@ write_md(File, #{kernel := KInfo, user := UInfo, users := Users, wild := {WInfo,
                          [H, wild_lang(H), wild_desc(H), node_prof(H, WInfo), node_detections(H, WInfo)])
            || H <- wild_nodes()],
           "\n", pairs_md(WRows),
-          "\nExpected results come from `outcome/4` in `test/lab/lab_connect.escript`, the "
-          "one place to update when relays or birthday probing land. Known gaps (reported, "
-          "not failing the run):\n\n"
-          "* Birthday probing is chosen but not implemented (`native/macula_nat_core/src/connector.rs`: "
-          "`Strategy::BirthdayProbing { .. } => Err(ConnectError::PunchFailed)`): `punch_failed` at once.\n"
-          "* Relay pairs answer `{error, symmetric_nat}` (neither side addressable) or "
-          "`{error, no_relay}` until relays exist.\n"
-          "* The preserved port is already taken. The table aims at an HD/PD mapping with port "
-          "preservation through the node's local port, which only the socket's first mapping "
-          "keeps; the node has one socket, and detection spent that mapping on the observer. "
-          "Until that binding expires the peer cannot reach the node where it filters by "
-          "address and port (preservation: `punch_failed`) or must dial the preserved port "
-          "(connection reversal towards such a listener: `timeout`). The same NAT pairs "
-          "marked `short` connect.\n"
-          "* B's `get_info(Conn, connection_method)` says `direct` for every accepted "
-          "connection: `native/macula_nat_nif` adopts accepted connections with `DIRECT` "
-          "(`conn_accept`, `signal_accept`); the connector's responder knows the method but "
-          "`dispatch::deliver` passes on the bare connection.\n",
+          "\nExpected results come from `outcome/4` in `test/lab/lab_connect.escript`. No "
+          "pair is a known gap any more: every one must give its expected outcome (an expectation "
+          "written `{gap, Error, Methods}` there would be reported without failing). Pairs marked "
+          "`short` run behind NATs that drop idle bindings quickly: the table aims at an HD/PD "
+          "mapping with port preservation through the node's local port, which only the "
+          "socket's first mapping keeps, and detection spent it on the observer until it expires.\n",
           io_lib:format("~n~b pairs: ~b ok, ~b known gap, ~b failed. Whole run (lab up, ~b VMs, "
                         "detection, joins, both phases; teardown excluded): ~.1f s.~n",
                         [length(Rows), length([R || #{ok := true} = R <- Rows]),
