@@ -60,3 +60,6 @@ pub mod connect;
 // Relay choice: score from latency and load, hysteresis, expiry.
 pub mod relay_select;
 pub mod quality;
+// Bounds against hostile peers: connection caps, the fd budget, decoded
+// term sizes (pure counters and checks).
+pub mod limits;
