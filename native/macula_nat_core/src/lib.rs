@@ -25,6 +25,7 @@ pub mod connect;
 pub mod detect;
 pub mod dht;
 pub mod error;
+pub mod fd_budget;
 pub mod identity;
 pub mod local_profile;
 pub(crate) mod lock;

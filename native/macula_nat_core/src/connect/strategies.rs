@@ -223,8 +223,15 @@ pub(super) async fn birthday(
         // preserved port, first in `targets`.
         let easy = targets(peer, observed).first().copied().unwrap_or(observed);
         let ip = inner.node.local_addr().map_err(|_| ConnectError::Closed)?.ip();
-        // The node socket is one of the schedule's sockets.
-        let set = SocketSet::open(ip, sched.sockets().saturating_sub(1), session);
+        // The node socket is one of the schedule's sockets. Fewer than a
+        // quarter of them would make a hit unlikely: then the fd budget
+        // refuses and the connect falls back (relay) at once.
+        let want = sched.sockets().saturating_sub(1);
+        let set = SocketSet::open_at_least(ip, want, want / 4, session);
+        if set.is_empty() && want > 0 {
+            tracing::debug!("signal: birthday hard side: fd budget exhausted");
+            return Err(ConnectError::PunchFailed);
+        }
         prime_hard(inner, &set, easy).await;
         sched.configure_hard(&mut cfg, std::iter::once(0).chain(set.indices()), easy);
         set

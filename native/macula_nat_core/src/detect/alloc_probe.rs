@@ -106,6 +106,7 @@ impl AllocTracker {
 /// three times within a wait of four round trips (at least 150 ms, at most
 /// 1 s).
 pub async fn latest_mapping(local_ip: IpAddr, server: SocketAddr, rtt: Duration) -> Option<SocketAddr> {
+    let _permit = crate::fd_budget::take_one().ok()?;
     let sock = crate::socket::local_ports::bind_fresh(local_ip).ok()?;
     let _lease = crate::socket::local_ports::Lease::of(sock.local_addr().ok()?.port());
     sock.set_nonblocking(true).ok()?;

@@ -94,6 +94,10 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
             Ok::<_, std::io::Error>((sock, reader))
         }
     };
+    // Probe and filter sockets come out of the process's fd budget; the
+    // permits are held until the detection ends.
+    let wanted = d.probe_sockets_needed() + usize::from(filter_socket);
+    let _permits = if wanted > 0 { Some(crate::fd_budget::take(wanted, wanted).ok_or_else(crate::fd_budget::exhausted)?) } else { None };
     for n in 0..d.probe_sockets_needed() {
         let (sock, reader) = open(SocketId::Probe(n)).await?;
         d.set_probe_local_addr(n, SocketAddr::new(local.ip(), sock.local_addr()?.port()));

@@ -97,14 +97,27 @@ impl SocketSet {
         SocketSet { socks: Vec::new(), kept: None, rx }
     }
 
-    /// Opens up to `n` sockets on `ip` (port 0) that take `session`'s punch
-    /// packets. Stops at the first socket that cannot be opened (e.g. out of
-    /// file descriptors): fewer sockets only lower the hit probability.
+    /// Opens `n` sockets on `ip` (port 0) that take `session`'s punch
+    /// packets, or none if the fd budget cannot spare all `n`.
     pub fn open(ip: IpAddr, n: usize, session: SessionId) -> SocketSet {
+        Self::open_at_least(ip, n, n, session)
+    }
+
+    /// Opens up to `n` sockets on `ip` (port 0) that take `session`'s punch
+    /// packets: as many as the process's fd budget spares, none if that is
+    /// fewer than `min` (see [`crate::fd_budget`]). Stops at the first
+    /// socket that cannot be opened: fewer sockets only lower the hit
+    /// probability.
+    pub fn open_at_least(ip: IpAddr, n: usize, min: usize, session: SessionId) -> SocketSet {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let Some(permits) = crate::fd_budget::take(n, min) else {
+            tracing::debug!("birthday: fd budget cannot spare {min} of {n} sockets");
+            return SocketSet { socks: Vec::new(), kept: None, rx };
+        };
         let _rt = runtime::handle().enter();
+        let n = permits.count();
         let mut socks = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, permit) in permits.into_singles().into_iter().enumerate() {
             let (io, lease) = match bind(ip) {
                 Ok((io, lease)) => (Arc::new(io), lease),
                 Err(e) => {
@@ -114,7 +127,7 @@ impl SocketSet {
             };
             let sink = Arc::new(QuicSink::default());
             let task = runtime::spawn(receive(i + 1, io.clone(), tx.clone(), session, sink.clone()));
-            socks.push(Some(Arc::new(Extra { io, sink, task, _lease: lease })));
+            socks.push(Some(Arc::new(Extra { io, sink, task, _lease: lease, _permit: permit })));
         }
         SocketSet { socks, kept: None, rx }
     }
@@ -260,6 +273,7 @@ struct Extra {
     sink: Arc<QuicSink>,
     task: JoinHandle<()>,
     _lease: Lease,
+    _permit: crate::fd_budget::FdPermit,
 }
 
 impl Drop for Extra {

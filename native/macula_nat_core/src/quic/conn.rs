@@ -20,14 +20,14 @@
 //! closed it right after accepting.
 
 use crate::lock::lock;
-use super::{tls, QuicConfig, QuicError};
+use super::{tls, Admitted, ControlLimits, QuicConfig, QuicError};
 use crate::NodeId;
 use bytes::Bytes;
 use quinn::rustls::pki_types::CertificateDer;
 use quinn::{ConnectionError, ReadError, VarInt, WriteError};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -49,6 +49,9 @@ pub mod codes {
     pub const PROTOCOL: u32 = 2;
     /// The acceptor's backlog was full.
     pub const BUSY: u32 = 3;
+    /// The peer sent a message over our limit (its frame, or the size a
+    /// compressed term declares).
+    pub const TOO_LARGE: u32 = 4;
 }
 
 /// Why a connection ended.
@@ -67,6 +70,10 @@ pub enum CloseReason {
     Reset,
     /// Transport, TLS or framing failure.
     Failed(String),
+    /// The peer sent a message of `len` bytes (or a compressed term that
+    /// declares `len` bytes once inflated) over our limit `max`; refused
+    /// before anything that size was allocated.
+    TooLarge { len: u64, max: u64 },
 }
 
 impl fmt::Display for CloseReason {
@@ -78,6 +85,7 @@ impl fmt::Display for CloseReason {
             CloseReason::TimedOut => f.write_str("idle timeout"),
             CloseReason::Reset => f.write_str("reset by peer"),
             CloseReason::Failed(m) => write!(f, "failed: {m}"),
+            CloseReason::TooLarge { len, max } => write!(f, "peer sent a {len}-byte message, limit {max}"),
         }
     }
 }
@@ -94,7 +102,8 @@ pub struct Connection {
 struct Inner {
     conn: quinn::Connection,
     peer: NodeId,
-    max_frame: usize,
+    /// Lowered once a connection turns out to be a control connection.
+    max_frame: AtomicUsize,
     tx: Mutex<Sender>,
     rx: Mutex<Receiver>,
     /// Set before we close, so `LocallyClosed` can say why.
@@ -110,6 +119,9 @@ struct Inner {
     /// Messages each way, for quality reports.
     messages: [std::sync::atomic::AtomicU64; 2],
     quality: super::quality::QualityCell,
+    /// An incoming connection's place under the connection caps, given
+    /// back when the connection goes.
+    _admitted: Option<Admitted>,
 }
 
 /// How a connection's packets travel.
@@ -199,12 +211,13 @@ impl Connection {
         version_pending: bool,
         cfg: &QuicConfig,
         endpoint_closing: Arc<AtomicBool>,
+        admitted: Option<Admitted>,
     ) -> Connection {
         Connection {
             inner: Arc::new(Inner {
                 conn,
                 peer,
-                max_frame: cfg.max_frame.min(u32::MAX as usize),
+                max_frame: AtomicUsize::new(cfg.max_frame.min(u32::MAX as usize)),
                 tx: Mutex::new(Sender { stream: send, finished: false, mid_frame: false }),
                 rx: Mutex::new(Receiver { stream: recv, version_pending, header: [0; 4], header_len: 0, body: None, body_len: 0 }),
                 local_reason: OnceLock::new(),
@@ -213,6 +226,7 @@ impl Connection {
                 method: tokio::sync::watch::Sender::new(Method::Direct),
                 messages: Default::default(),
                 quality: Default::default(),
+                _admitted: admitted,
             }),
         }
     }
@@ -257,7 +271,7 @@ impl Connection {
         }
         let (mut send, recv) = conn.open_bi().await.map_err(opening_error)?;
         send.write_all(&[STREAM_VERSION]).await.map_err(opening_error)?;
-        Ok(Connection::new(conn, peer, (send, recv), true, cfg, endpoint_closing))
+        Ok(Connection::new(conn, peer, (send, recv), true, cfg, endpoint_closing, None))
     }
 
     /// Acceptor side, after the QUIC handshake.
@@ -265,6 +279,7 @@ impl Connection {
         conn: quinn::Connection,
         cfg: &QuicConfig,
         endpoint_closing: Arc<AtomicBool>,
+        admitted: Admitted,
     ) -> Result<Connection, QuicError> {
         let peer = peer_node_id(&conn).ok_or_else(|| QuicError::Handshake("no peer certificate".into()))?;
         let (mut send, mut recv) = conn.accept_bi().await.map_err(opening_error)?;
@@ -275,7 +290,7 @@ impl Connection {
             return Err(QuicError::Handshake(format!("peer speaks stream version {}", v[0])));
         }
         send.write_all(&[STREAM_VERSION]).await.map_err(opening_error)?;
-        Ok(Connection::new(conn, peer, (send, recv), false, cfg, endpoint_closing))
+        Ok(Connection::new(conn, peer, (send, recv), false, cfg, endpoint_closing, Some(admitted)))
     }
 
     /// The peer's NodeId (its ed25519 public key), proven in the handshake.
@@ -318,7 +333,25 @@ impl Connection {
 
     /// The largest message `send` accepts and `recv` will take.
     pub fn max_frame(&self) -> usize {
-        self.inner.max_frame
+        self.inner.max_frame.load(Ordering::Relaxed)
+    }
+
+    /// Makes this a control connection: its smaller message limit from now
+    /// on, and its smaller connection receive window for all credit not yet
+    /// given (quinn cannot take back what the handshake granted, nor shrink
+    /// the stream's window; the message limit and the reader, which always
+    /// reads a control connection, bound what that credit can make us hold).
+    pub(crate) fn restrict(&self, control: &ControlLimits) {
+        self.inner.max_frame.fetch_min(control.max_frame.min(u32::MAX as usize), Ordering::Relaxed);
+        self.inner.conn.set_receive_window(VarInt::from_u32(control.connection_window));
+    }
+
+    /// Refuses a message the peer sent whose size, or the size it will
+    /// take once decoded (`len`), is over `max`: closes the connection (the
+    /// peer sees code `TOO_LARGE`) with [`CloseReason::TooLarge`].
+    pub fn refuse_too_large(&self, len: u64, max: u64) {
+        let _ = self.inner.local_reason.set(CloseReason::TooLarge { len, max });
+        self.inner.conn.close(VarInt::from_u32(codes::TOO_LARGE), format!("message of {len} bytes over the {max}-byte limit").as_bytes());
     }
 
     /// Sends one message, reliably and in order with the others. Returns
@@ -329,8 +362,9 @@ impl Connection {
     /// frame on the stream; the connection is then closed on the next send.
     pub async fn send(&self, msg: impl Into<Bytes>) -> Result<(), QuicError> {
         let msg = msg.into();
-        if msg.len() > self.inner.max_frame {
-            return Err(QuicError::FrameTooLarge { len: msg.len(), max: self.inner.max_frame });
+        let max = self.max_frame();
+        if msg.len() > max {
+            return Err(QuicError::FrameTooLarge { len: msg.len(), max });
         }
         let mut tx = self.inner.tx.lock().await;
         if tx.finished {
@@ -431,8 +465,10 @@ impl Connection {
                 rx.header_len += n;
             }
             let len = u32::from_be_bytes(rx.header) as usize;
-            if len > self.inner.max_frame {
-                self.fail(&format!("peer sent a {len}-byte message, limit {}", self.inner.max_frame));
+            let max = self.max_frame();
+            if len > max {
+                // Checked on the header, before the body is allocated.
+                self.refuse_too_large(len as u64, max as u64);
                 return None;
             }
             rx.body = Some(Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY)));

@@ -40,6 +40,8 @@ pub(crate) struct Dispatch {
     early: Mutex<HashMap<SessionId, (Instant, Connection)>>,
     general_tx: mpsc::Sender<Connection>,
     general_rx: tokio::sync::Mutex<mpsc::Receiver<Connection>>,
+    /// For the control connections it sorts out (rendezvous, relay).
+    control_limits: crate::quic::ControlLimits,
 }
 
 impl Dispatch {
@@ -53,6 +55,7 @@ impl Dispatch {
             early: Mutex::new(HashMap::new()),
             general_tx,
             general_rx: tokio::sync::Mutex::new(general_rx),
+            control_limits: quic.config().control,
         });
         let weak = std::sync::Arc::downgrade(&d);
         runtime::spawn(async move {
@@ -69,8 +72,14 @@ impl Dispatch {
             Err(_) => self.general(conn),
             Ok(None) => {}
             Ok(Some(m)) => match Msg::decode(&m) {
-                Ok(Msg::Hello(HelloKind::Control)) => Self::hand_over(&self.control, conn, "no rendezvous here"),
-                Ok(Msg::Hello(HelloKind::Relay)) => Self::hand_over(&self.relay, conn, "no relay here"),
+                Ok(Msg::Hello(HelloKind::Control)) => {
+                    conn.restrict(&self.control_limits);
+                    Self::hand_over(&self.control, conn, "no rendezvous here")
+                }
+                Ok(Msg::Hello(HelloKind::Relay)) => {
+                    conn.restrict(&self.control_limits);
+                    Self::hand_over(&self.relay, conn, "no relay here")
+                }
                 Ok(Msg::Hello(HelloKind::Session(s))) => self.session_arrived(s, conn),
                 _ => {
                     conn.unread(m);

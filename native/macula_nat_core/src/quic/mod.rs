@@ -27,6 +27,7 @@ pub mod socket;
 pub mod tls;
 
 pub use conn::{codes, CloseReason, Connection, Method};
+pub use macula_nat_proto::limits::conn_caps::ConnLimits;
 pub use socket::DatagramTunnel;
 pub use tls::{PeerIdMismatch, ALPN};
 
@@ -40,8 +41,9 @@ use quinn::{ConnectError, ConnectionError, IdleTimeout, TransportConfig, VarInt}
 use rustls::sign::CertifiedKey;
 use crate::socket::{Entry, Inbox, NodeSocket, SocketSlot};
 use socket::{QuicSocket, Routes};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use macula_nat_proto::limits::conn_caps::ConnCaps;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -111,12 +113,40 @@ fn internal(e: impl std::fmt::Display) -> QuicError {
 const MIN_INITIAL_RTT: Duration = Duration::from_millis(10);
 const MAX_INITIAL_RTT: Duration = Duration::from_millis(333);
 
+/// The largest message a connection takes by default: 8 MiB. Large enough
+/// for any message of the guide (terms of a few KiB) and for bulk transfer
+/// in chunks, twice the 4 MiB a connection may put in its owner's mailbox
+/// at once (`{active, true}`, see `conn_nif`), so a chunk that size still
+/// travels alone; small enough that a compressed term, which the VM
+/// inflates to its declared size, can never ask for more than 8 MiB, and
+/// that 1024 connections each holding a half-read message stay far from a
+/// host's memory. Raise it (`max_message_bytes`) for larger messages.
+pub const DEFAULT_MAX_FRAME: usize = 8 << 20;
+
+/// Limits of a control connection (rendezvous signalling, relay control):
+/// messages of at most a few hundred bytes, so a peer on one may hold
+/// little. 64 KiB leaves room for the largest signalling message (a
+/// profile with 16 candidates and 4 relays is under 1 KiB) many times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlLimits {
+    pub max_frame: usize,
+    pub stream_window: u32,
+    pub connection_window: u32,
+}
+
+impl Default for ControlLimits {
+    fn default() -> Self {
+        ControlLimits { max_frame: 64 << 10, stream_window: 128 << 10, connection_window: 256 << 10 }
+    }
+}
+
 /// Connection settings. The defaults keep NAT mappings alive (keep-alive
 /// well under the usual 30 s UDP mapping timeout) and allow bulk transfer
 /// without tuning.
 #[derive(Clone, Debug)]
 pub struct QuicConfig {
-    /// Largest message, both directions (at most `u32::MAX`).
+    /// Largest message, both directions (at most `u32::MAX`); see
+    /// [`DEFAULT_MAX_FRAME`].
     pub max_frame: usize,
     /// Keep-alive interval: keeps NAT mappings open on idle connections.
     pub keep_alive: Duration,
@@ -142,12 +172,17 @@ pub struct QuicConfig {
     /// Handshaken connections waiting for `accept`; beyond it new ones are
     /// closed with `codes::BUSY`.
     pub accept_backlog: usize,
+    /// Incoming connections at once, in total and per source IP; beyond
+    /// them a new one is refused before its handshake.
+    pub conn_limits: ConnLimits,
+    /// Limits of control connections (see [`ControlLimits`]).
+    pub control: ControlLimits,
 }
 
 impl Default for QuicConfig {
     fn default() -> Self {
         QuicConfig {
-            max_frame: 64 << 20,
+            max_frame: DEFAULT_MAX_FRAME,
             keep_alive: Duration::from_secs(5),
             app_keep_alive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(30),
@@ -156,17 +191,28 @@ impl Default for QuicConfig {
             connection_window: 32 << 20,
             send_window: 32 << 20,
             accept_backlog: 64,
+            conn_limits: ConnLimits::default(),
+            control: ControlLimits::default(),
         }
     }
 }
 
 impl QuicConfig {
     fn transport(&self) -> Result<TransportConfig, QuicError> {
+        self.transport_with(self.stream_window, self.connection_window)
+    }
+
+    /// A control connection's transport: its small windows.
+    fn control_transport(&self) -> Result<TransportConfig, QuicError> {
+        self.transport_with(self.control.stream_window, self.control.connection_window)
+    }
+
+    fn transport_with(&self, stream_window: u32, connection_window: u32) -> Result<TransportConfig, QuicError> {
         let mut t = TransportConfig::default();
         t.keep_alive_interval(Some(self.keep_alive))
             .max_idle_timeout(Some(IdleTimeout::try_from(self.idle_timeout).map_err(internal)?))
-            .stream_receive_window(VarInt::from_u32(self.stream_window))
-            .receive_window(VarInt::from_u32(self.connection_window))
+            .stream_receive_window(VarInt::from_u32(stream_window))
+            .receive_window(VarInt::from_u32(connection_window))
             .send_window(self.send_window)
             // One message stream per connection, opened by the dialler.
             .max_concurrent_bidi_streams(VarInt::from_u32(1))
@@ -195,6 +241,7 @@ struct Shared {
     /// `None` for a standalone endpoint (own socket, no node).
     inbox: Option<Arc<Inbox>>,
     closing: Arc<AtomicBool>,
+    caps: Arc<Caps>,
 }
 
 impl Drop for Shared {
@@ -255,7 +302,8 @@ impl QuicEndpoint {
         let endpoint = make(server)?;
         let closing = Arc::new(AtomicBool::new(false));
         let (tx, rx) = mpsc::channel(cfg.accept_backlog.max(1));
-        let acceptor = runtime::spawn(accept_loop(endpoint.clone(), tx, cfg.clone(), closing.clone()));
+        let caps = Arc::new(Caps { caps: std::sync::Mutex::new(ConnCaps::new(cfg.conn_limits)), refused: AtomicU64::new(0) });
+        let acceptor = runtime::spawn(accept_loop(endpoint.clone(), tx, cfg.clone(), closing.clone(), caps.clone()));
         Ok(QuicEndpoint {
             shared: Arc::new(Shared {
                 endpoint,
@@ -268,6 +316,7 @@ impl QuicEndpoint {
                 routes,
                 inbox,
                 closing,
+                caps,
             }),
         })
     }
@@ -289,10 +338,32 @@ impl QuicEndpoint {
         self.shared.endpoint.open_connections()
     }
 
+    /// Incoming connections counted against the caps now (handshaking or
+    /// established, not yet dropped).
+    pub fn incoming_connections(&self) -> usize {
+        lock(&self.shared.caps.caps).total()
+    }
+
+    /// Incoming connections refused so far for a cap (in total or per IP).
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.caps.refused.load(Ordering::Relaxed)
+    }
+
+    /// Dials a control connection (to a rendezvous or a relay): its small
+    /// windows and message limit ([`ControlLimits`]), so the node at the
+    /// other end can make us hold little.
+    pub async fn connect_control(&self, addr: SocketAddr, expected_peer: NodeId) -> Result<Connection, QuicError> {
+        let t = self.shared.cfg.control_transport()?;
+        let conn = self.dial(addr, expected_peer, Arc::new(t)).await?;
+        conn.restrict(&self.shared.cfg.control);
+        Ok(conn)
+    }
+
     /// Dials `addr` and succeeds only if the node there proves it holds the
     /// key `expected_peer`, and accepts us in return.
     pub async fn connect(&self, addr: SocketAddr, expected_peer: NodeId) -> Result<Connection, QuicError> {
-        self.dial(addr, expected_peer, None, false).await
+        let transport = self.transport_for(None, false)?;
+        self.dial(addr, expected_peer, transport).await
     }
 
     /// [`QuicEndpoint::connect`] with an estimate of the round trip to
@@ -304,10 +375,28 @@ impl QuicEndpoint {
     /// An application connection: keeps alive every
     /// [`QuicConfig::app_keep_alive`].
     pub async fn connect_rtt(&self, addr: SocketAddr, expected_peer: NodeId, rtt: Option<Duration>) -> Result<Connection, QuicError> {
-        self.dial(addr, expected_peer, rtt, true).await
+        let transport = self.transport_for(rtt, true)?;
+        self.dial(addr, expected_peer, transport).await
     }
 
-    async fn dial(&self, addr: SocketAddr, expected_peer: NodeId, rtt: Option<Duration>, app: bool) -> Result<Connection, QuicError> {
+    /// The transport of a dial: with the caller's round-trip estimate, and
+    /// the application keep-alive for an application connection.
+    fn transport_for(&self, rtt: Option<Duration>, app: bool) -> Result<Arc<TransportConfig>, QuicError> {
+        let s = &self.shared;
+        if rtt.is_none() && !app {
+            return Ok(s.transport.clone());
+        }
+        let mut t = s.cfg.transport()?;
+        if let Some(rtt) = rtt {
+            t.initial_rtt(rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT));
+        }
+        if app {
+            t.keep_alive_interval(Some(s.cfg.app_keep_alive));
+        }
+        Ok(Arc::new(t))
+    }
+
+    async fn dial(&self, addr: SocketAddr, expected_peer: NodeId, transport: Arc<TransportConfig>) -> Result<Connection, QuicError> {
         let s = &self.shared;
         if s.closing.load(Ordering::Acquire) {
             return Err(QuicError::Closed);
@@ -315,18 +404,7 @@ impl QuicEndpoint {
         let seen = tls::SeenPeer::default();
         let client_tls = tls::client_config(&s.cert, expected_peer, seen.clone()).map_err(internal)?;
         let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls).map_err(internal)?));
-        if rtt.is_none() && !app {
-            client.transport_config(s.transport.clone());
-        } else {
-            let mut t = s.cfg.transport()?;
-            if let Some(rtt) = rtt {
-                t.initial_rtt(rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT));
-            }
-            if app {
-                t.keep_alive_interval(Some(s.cfg.app_keep_alive));
-            }
-            client.transport_config(Arc::new(t));
-        }
+        client.transport_config(transport);
         let connecting = s.endpoint.connect_with(client, addr, tls::SERVER_NAME).map_err(|e| match e {
             ConnectError::EndpointStopping => QuicError::Closed,
             ConnectError::InvalidRemoteAddress(a) => QuicError::InvalidAddress(a),
@@ -409,16 +487,60 @@ fn handshake_error(e: ConnectionError, expected: NodeId, seen: &tls::SeenPeer) -
     }
 }
 
+/// The connection caps of an endpoint and what they refused.
+struct Caps {
+    caps: std::sync::Mutex<ConnCaps>,
+    refused: AtomicU64,
+}
+
+/// One incoming connection counted against the caps; counted out when
+/// dropped (with the connection, or when its handshake fails).
+pub(crate) struct Admitted {
+    caps: Arc<Caps>,
+    ip: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        lock(&self.caps.caps).release(self.ip);
+    }
+}
+
+/// An IPv4 peer seen on a dual-stack socket counts as its IPv4 address, so
+/// it cannot double its share by alternating the two forms.
+fn source_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Completes incoming handshakes concurrently, so one slow or silent peer
-/// does not hold up the others, and queues the results for `accept`.
-async fn accept_loop(endpoint: quinn::Endpoint, tx: mpsc::Sender<Connection>, cfg: QuicConfig, closing: Arc<AtomicBool>) {
+/// does not hold up the others, and queues the results for `accept`. A
+/// connection over the caps is refused at its first packet (quinn's
+/// `Incoming::refuse`: a small CONNECTION_CLOSE, no handshake, no state).
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<Connection>,
+    cfg: QuicConfig,
+    closing: Arc<AtomicBool>,
+    caps: Arc<Caps>,
+) {
     while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let ip = source_ip(remote);
+        if let Err(why) = lock(&caps.caps).admit(ip) {
+            caps.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("incoming QUIC connection from {remote} refused: {why:?} cap");
+            incoming.refuse();
+            continue;
+        }
+        let admitted = Admitted { caps: caps.clone(), ip };
         let (tx, cfg, closing) = (tx.clone(), cfg.clone(), closing.clone());
         runtime::spawn(async move {
-            let remote = incoming.remote_address();
             let handshake = async {
                 let conn = incoming.await.map_err(|e| QuicError::Handshake(e.to_string()))?;
-                Connection::accepted(conn, &cfg, closing).await
+                Connection::accepted(conn, &cfg, closing, admitted).await
             };
             match tokio::time::timeout(cfg.handshake_timeout, handshake).await {
                 Ok(Ok(conn)) => match tx.try_send(conn) {
