@@ -126,8 +126,10 @@ impl SocketSet {
                 }
             };
             let sink = Arc::new(QuicSink::default());
-            let task = runtime::spawn(receive(i + 1, io.clone(), tx.clone(), session, sink.clone()));
-            socks.push(Some(Arc::new(Extra { io, sink, task, _lease: lease, _permit: permit })));
+            // The permit goes with the receive task, the socket's last
+            // holder: it returns to the budget when the descriptor closes.
+            let task = runtime::spawn(receive(i + 1, io.clone(), tx.clone(), session, sink.clone(), permit));
+            socks.push(Some(Arc::new(Extra { io, sink, task, _lease: lease })));
         }
         SocketSet { socks, kept: None, rx }
     }
@@ -273,7 +275,6 @@ struct Extra {
     sink: Arc<QuicSink>,
     task: JoinHandle<()>,
     _lease: Lease,
-    _permit: crate::fd_budget::FdPermit,
 }
 
 impl Drop for Extra {
@@ -282,7 +283,14 @@ impl Drop for Extra {
     }
 }
 
-async fn receive(index: usize, io: Arc<UdpSocket>, tx: mpsc::Sender<Received>, session: SessionId, sink: Arc<QuicSink>) {
+async fn receive(
+    index: usize,
+    io: Arc<UdpSocket>,
+    tx: mpsc::Sender<Received>,
+    session: SessionId,
+    sink: Arc<QuicSink>,
+    _permit: crate::fd_budget::FdPermit,
+) {
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let (n, from) = match io.recv_from(&mut buf).await {
