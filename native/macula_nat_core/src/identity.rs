@@ -33,8 +33,10 @@ impl Identity {
     }
 
     /// Loads the 32-byte secret seed at `path`, creating it (mode 0600,
-    /// written to a temporary file and renamed, so a crash never leaves a
-    /// half-written key) when it does not exist.
+    /// written to an exclusive temporary file and renamed, so a crash never
+    /// leaves a half-written key) when it does not exist. Blocking file IO:
+    /// call it off the BEAM's schedulers (the binding's `node_open` runs on
+    /// a dirty IO scheduler).
     pub fn load_or_create(path: &Path) -> Result<Self, Error> {
         match fs::read(path) {
             Ok(bytes) => {
@@ -52,23 +54,26 @@ impl Identity {
         }
     }
 
+    /// Written to a temporary file beside `path` that nobody can have
+    /// prepared: a random name, created exclusively (`O_EXCL`, so an
+    /// existing file or symlink there fails instead of being followed),
+    /// mode 0600 from its creation, synced, then renamed over `path`.
     fn save(&self, path: &Path) -> Result<(), Error> {
         use std::os::unix::fs::OpenOptionsExt;
+        let bad = |e: std::io::Error| Error::BadKeyFile(e.to_string());
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|e| Error::BadKeyFile(e.to_string()))?;
+            fs::create_dir_all(dir).map_err(bad)?;
         }
-        let tmp = path.with_extension("tmp");
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::BadKeyFile(e.to_string()))?;
-        f.write_all(&self.key.to_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::BadKeyFile(e.to_string()))?;
-        fs::rename(&tmp, path).map_err(|e| Error::BadKeyFile(e.to_string()))
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{:016x}.tmp", rand::random::<u64>()));
+        let tmp = path.with_file_name(name);
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(bad)?;
+        let written = f.write_all(&self.key.to_bytes()).and_then(|_| f.sync_all()).and_then(|_| fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(bad(e));
+        }
+        Ok(())
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -116,8 +121,28 @@ mod tests {
         assert_eq!(a.node_id(), b.node_id());
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // No temporary file is left beside it.
+        let left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("node.key")]);
         fs::write(&path, b"short").unwrap();
         assert!(matches!(Identity::load_or_create(&path), Err(Error::BadKeyFile(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The old predictable name (`node.tmp`) as a symlink to a file of
+    /// someone else's: the key is not written through it.
+    #[test]
+    fn key_file_is_not_written_through_a_prepared_temporary_name() {
+        let dir = std::env::temp_dir().join(format!("mnat-id-sym-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("node.tmp")).unwrap();
+        let path = dir.join("node.key");
+        let a = Identity::load_or_create(&path).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert_eq!(Identity::load_or_create(&path).unwrap().node_id(), a.node_id());
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -93,6 +93,11 @@ pub struct Node {
     /// TTL of a primer that passes our NAT(s) and dies before a peer's (0:
     /// none is safe or it is not known yet); see [`crate::punch::primer`].
     primer_ttl: std::sync::atomic::AtomicU8,
+    /// Settings for the QUIC endpoint when it is created.
+    quic_config: Mutex<QuicConfig>,
+    /// Why the node failed (its receive loop ended on a socket error);
+    /// `None` while it works. See [`Node::failure`].
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Node {
@@ -119,33 +124,66 @@ impl Node {
             software: Some(format!("macula_nat {}", env!("CARGO_PKG_VERSION"))),
         })
         .map_err(|e| Error::Internal(format!("{e:?}")))?;
-        let task = runtime::spawn(recv_loop(
-            socket.clone(),
-            local_addr,
-            observer,
-            counters.clone(),
-            stun_sinks.clone(),
-            inbox.clone(),
-            punch.clone(),
-            relay.clone(),
-        ));
-        Ok(Arc::new(Node {
-            identity,
-            local_addr,
-            socket: Arc::new(RwLock::new(Some(socket))),
-            recv_task: RwLock::new(Some(task)),
-            closed: AtomicBool::new(false),
-            counters,
-            stun_sinks,
-            inbox,
-            quic: Mutex::new(None),
-            punch,
-            relay,
-            dispatch: Mutex::new(None),
-            detect_memory: Mutex::new(Default::default()),
-            profile: LocalProfile::default(),
-            primer_ttl: std::sync::atomic::AtomicU8::new(0),
+        Ok(Arc::new_cyclic(|me: &std::sync::Weak<Node>| {
+            let me = me.clone();
+            let received = recv_loop(
+                socket.clone(),
+                local_addr,
+                observer,
+                counters.clone(),
+                stun_sinks.clone(),
+                inbox.clone(),
+                punch.clone(),
+                relay.clone(),
+            );
+            // A socket that fails for good must not leave a node that looks open
+            // and hears nothing: it fails visibly and closes.
+            let task = runtime::spawn(async move {
+                if let Err(e) = received.await {
+                    tracing::warn!("node socket failed: {e}");
+                    if let Some(node) = me.upgrade() {
+                        node.fail(e.to_string());
+                    }
+                }
+            });
+            Node {
+                identity,
+                local_addr,
+                socket: Arc::new(RwLock::new(Some(socket))),
+                recv_task: RwLock::new(Some(task)),
+                closed: AtomicBool::new(false),
+                counters,
+                stun_sinks,
+                inbox,
+                quic: Mutex::new(None),
+                punch,
+                relay,
+                dispatch: Mutex::new(None),
+                detect_memory: Mutex::new(Default::default()),
+                profile: LocalProfile::default(),
+                primer_ttl: std::sync::atomic::AtomicU8::new(0),
+                quic_config: Mutex::new(QuicConfig::default()),
+                failure: tokio::sync::watch::Sender::new(None),
+            }
         }))
+    }
+
+    /// Records why the node failed and closes it.
+    fn fail(&self, why: String) {
+        self.failure.send_if_modified(|f| f.is_none().then(|| *f = Some(why)).is_some());
+        self.close();
+    }
+
+    /// Why the node failed (`Some` once its socket failed and it closed);
+    /// `changed()` on the receiver wakes when it does.
+    pub fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.subscribe()
+    }
+
+    /// The settings the QUIC endpoint is created with (on first use): e.g.
+    /// the largest message, `max_message_bytes`. No effect once created.
+    pub fn set_quic_config(&self, cfg: QuicConfig) {
+        *lock(&self.quic_config) = cfg;
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -201,7 +239,8 @@ impl Node {
     /// The node's QUIC endpoint on its socket, created on first use with
     /// default settings.
     pub fn quic(&self) -> Result<QuicEndpoint, QuicError> {
-        self.quic_with(QuicConfig::default())
+        let cfg = lock(&self.quic_config).clone();
+        self.quic_with(cfg)
     }
 
     /// Like [`Node::quic`]; `cfg` applies only if this call creates the

@@ -209,3 +209,50 @@ fn many_hard_side_sessions_stay_within_the_fd_budget() {
     });
     set_nofile_soft(old);
 }
+
+/// The node's socket starts failing every receive (its descriptor now
+/// names /dev/null: ENOTSOCK, as a revoked or broken socket would): the
+/// node must fail visibly and close, not look open and hear nothing.
+#[test]
+fn a_failing_receive_loop_closes_the_node_visibly() {
+    use std::os::fd::AsRawFd;
+    let _s = serial();
+    runtime::handle().block_on(async {
+        let r = hostile::node();
+        let _rdv = Rendezvous::serve(r.clone()).unwrap();
+        let h = hostile::Honest::join(&r).await;
+        let victim = hostile::node();
+        let mut failure = victim.failure();
+        let addr = victim.local_addr().unwrap();
+        let fd = victim.socket().unwrap().as_raw_fd();
+        let null = std::fs::File::open("/dev/null").unwrap();
+        // SAFETY: `keep` holds the socket's open file (so the poller still
+        // watches it and its port stays bound) while `fd` is made to name
+        // /dev/null; both are closed by this test or the node.
+        let keep = unsafe { libc::dup(fd) };
+        assert!(keep >= 0);
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), fd) } >= 0);
+        let t = Instant::now();
+        let poke = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        poke.send_to(b"wake up", addr).unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(5), failure.wait_for(Option::is_some))
+            .await
+            .expect("the node reports its failure")
+            .unwrap()
+            .clone()
+            .unwrap();
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        assert!(victim.is_closed(), "a failed node is closed");
+        assert!(victim.local_addr().is_err());
+        let honest = h.connect_ms(ConnectOpts::default()).await;
+        // SAFETY: our own duplicate.
+        unsafe { libc::close(keep) };
+        hostile::row(
+            "node socket fails (every receive errors)",
+            "the node closes and reports why",
+            &format!("closed {ms:.0} ms after the first failing receive: {why}"),
+            None,
+            honest,
+        );
+    });
+}

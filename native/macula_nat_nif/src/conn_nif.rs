@@ -262,6 +262,7 @@ fn close_reason<'a>(env: Env<'a>, r: &CloseReason) -> Term<'a> {
         CloseReason::TimedOut => atoms::timeout().encode(env),
         CloseReason::Reset => atoms::reset().encode(env),
         CloseReason::Failed(m) => (atoms::failed(), convert::binary(env, m.as_bytes())).encode(env),
+        CloseReason::TooLarge { len, max } => (atoms::too_large(), *len, *max).encode(env),
     }
 }
 
@@ -411,6 +412,22 @@ fn encode_payload<'a>(env: Env<'a>, bytes: &[u8]) -> Result<Term<'a>, Term<'a>> 
     }
 }
 
+/// A message the VM may decode: a compressed term declaring more than the
+/// connection's message limit once inflated (the VM would allocate all of
+/// it first) closes the connection instead, with `{too_large, Declared,
+/// Limit}`, and is dropped unread.
+fn admit(conn: &Connection, bytes: Vec<u8>) -> Option<Vec<u8>> {
+    use macula_nat_proto::limits::term_size::{check, TermCheck};
+    let max = conn.max_frame() as u64;
+    match check(&bytes, max) {
+        TermCheck::Fits => Some(bytes),
+        TermCheck::TooLarge { declared } => {
+            conn.refuse_too_large(declared, max);
+            None
+        }
+    }
+}
+
 /// Asks the `macula_connection_flow` process to look at `owner`'s mailbox;
 /// false when it is not running.
 fn ask_check(env: &mut OwnedEnv, res: &ResourceArc<ConnRes>, owner: LocalPid, token: u64) -> bool {
@@ -500,7 +517,10 @@ async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>)
                     // `recv` is cancel-safe (its state lives in the
                     // connection), so losing a race drops nothing.
                     m = res.conn.recv(), if reading => match m {
-                        Some(bytes) => held = Some(bytes),
+                        Some(bytes) => match admit(&res.conn, bytes) {
+                            Some(bytes) => held = Some(bytes),
+                            None => ended = true,
+                        },
                         None => ended = true,
                     },
                     changed = methods.changed(), if watching => match changed {

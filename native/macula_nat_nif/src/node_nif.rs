@@ -6,7 +6,7 @@
 
 use crate::{atoms, convert, guard, owner};
 use macula_nat_core::portmap::{PortMapConfig, PortMapper, Protocol};
-use macula_nat_core::{Identity, Node, NodeConfig};
+use macula_nat_core::{Identity, Node, NodeConfig, QuicConfig};
 use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -37,6 +37,11 @@ struct OpenOpts {
     key_file: Option<PathBuf>,
     /// Protocols to map the port with, in order (none: no mapping).
     port_mapping: Vec<Protocol>,
+    /// The largest message of a connection (`max_message_bytes`).
+    max_message: Option<usize>,
+    /// The process's fd budget (`fd_budget`); `None`: as it is (a quarter
+    /// of RLIMIT_NOFILE, at most 4096, unless set before).
+    fd_budget: Option<usize>,
 }
 
 /// `port_mapping`: `true` (PCP, NAT-PMP, UPnP IGD), `false`, or a list of
@@ -55,6 +60,8 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
     let mut port = 0u16;
     let mut key_file = None;
     let mut port_mapping = Vec::new();
+    let mut max_message = None;
+    let mut fd_budget = None;
     for (k, v) in map {
         let Ok(key) = k.atom_to_string() else { return None };
         match key.as_str() {
@@ -70,17 +77,27 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
                 key_file = Some(PathBuf::from(s));
             }
             "port_mapping" => port_mapping = decode_port_mapping(v)?,
+            "max_message_bytes" => max_message = Some(convert::decode_int::<u32>(v).filter(|&n| n > 0)? as usize),
+            // `auto`: leave the budget as it is.
+            "fd_budget" if v.is_atom() => {}
+            "fd_budget" => fd_budget = Some(convert::decode_int::<u32>(v)? as usize),
             _ => {}
         }
     }
-    Some(OpenOpts { bind: SocketAddr::new(ip, port), key_file, port_mapping })
+    Some(OpenOpts { bind: SocketAddr::new(ip, port), key_file, port_mapping, max_message, fd_budget })
 }
 
-/// `node_open(#{ip, port, key_file, port_mapping}) -> {ok, Node} | {error, Reason}`.
-/// The calling process becomes the owner. `port_mapping` defaults to
-/// `false` here (the application's default, `true`, comes from
-/// `macula_nat_config`); a node bound to a loopback address never maps.
-#[rustler::nif]
+/// `node_open(#{ip, port, key_file, port_mapping, max_message_bytes,
+/// fd_budget}) -> {ok, Node} | {error, Reason}`. The calling process
+/// becomes the owner. `port_mapping` defaults to `false` here (the
+/// application's default, `true`, comes from `macula_nat_config`); a node
+/// bound to a loopback address never maps. On a dirty IO scheduler: the
+/// key file is read, or written and synced, here.
+///
+/// If the node's socket fails for good later (its receive loop ends on an
+/// error), the node closes and the owner gets
+/// `{macula_nat_node, failed, Reason}` (`Reason` a binary).
+#[rustler::nif(schedule = "DirtyIo")]
 fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
         let Some(o) = decode_open_opts(opts) else {
@@ -93,15 +110,37 @@ fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
             },
             None => Identity::vm_default(),
         };
+        if let Some(n) = o.fd_budget {
+            macula_nat_core::fd_budget::set_limit(n);
+        }
         match Node::open(NodeConfig { bind: o.bind }, identity) {
             Ok(node) => {
+                if let Some(max) = o.max_message {
+                    node.set_quic_config(QuicConfig { max_frame: max, ..QuicConfig::default() });
+                }
                 let portmap = (!o.port_mapping.is_empty() && !o.bind.ip().is_loopback())
                     .then(|| PortMapper::start(&node, PortMapConfig { protocols: o.port_mapping, ..Default::default() }));
+                report_failure(env.pid(), node.failure());
                 owner::owned_by_caller(env, NodeRes { node, portmap })
             }
             Err(e) => convert::encode_error(env, &e),
         }
     })
+}
+
+/// Tells `owner` when the node fails (see `node_open`). The watcher holds
+/// only the receiving end: it ends when the node is dropped.
+fn report_failure(owner: LocalPid, mut failure: tokio::sync::watch::Receiver<Option<String>>) {
+    macula_nat_core::runtime::spawn(async move {
+        let why = match failure.wait_for(Option::is_some).await {
+            Ok(w) => w.clone().unwrap_or_default(),
+            Err(_) => return,
+        };
+        let mut env = rustler::OwnedEnv::new();
+        let _ = env.send_and_clear(&owner, move |env| {
+            (atoms::macula_nat_node(), atoms::failed(), convert::binary(env, why.as_bytes())).encode(env)
+        });
+    });
 }
 
 #[rustler::nif]

@@ -74,7 +74,7 @@ pub(crate) async fn recv_loop(
     inbox: Arc<Inbox>,
     punch: Arc<PunchRoutes>,
     relay: Arc<RelayPlane>,
-) {
+) -> std::io::Result<()> {
     let slot = sock.slot_len();
     // Only this loop answers STUN on the node socket: the ledger needs no lock.
     let mut budget = ReplyBudget::new(ReplyLimits::default(), Instant::now());
@@ -84,10 +84,7 @@ pub(crate) async fn recv_loop(
     // QUIC datagrams of the current batch, as ranges of its buffer.
     let mut quic: Vec<(RecvMeta, Range<usize>)> = Vec::with_capacity(RECV_BATCH);
     loop {
-        if let Err(e) = sock.io.readable().await {
-            tracing::debug!("recv loop ends: {e}");
-            return;
-        }
+        sock.io.readable().await?;
         let attached = inbox.is_attached();
         let mut pooled = if attached { inbox.pool.take().await } else { None };
         let buf: &mut [u8] = match pooled.as_mut() {
@@ -118,10 +115,9 @@ pub(crate) async fn recv_loop(
                 }
                 continue;
             }
-            Err(e) => {
-                tracing::debug!("recv loop ends: {e}");
-                return;
-            }
+            // Anything else (EBADF, ENOTSOCK, ENOMEM, ...) will not get
+            // better: the node must fail visibly, not go deaf.
+            Err(e) => return Err(e),
         };
         for (i, meta) in metas.iter().take(n).enumerate() {
             let start = i * slot;
