@@ -19,7 +19,12 @@
 %%     after the last message delivered (in passive mode: after the last
 %%     one taken with `recv'); `Reason' is `normal' (closed here),
 %%     `{peer_closed, Text}', `node_closed', `timeout' (peer silent past
-%%     the idle timeout), `reset' or `{failed, Text}'.</li>
+%%     the idle timeout), `reset', `{failed, Text}' or
+%%     `{too_large, Size, Limit}' (the peer sent a message over the
+%%     maximum message size, `max_message_bytes', 8 MiB by default, or a
+%%     compressed term that declares more than that once inflated; it is
+%%     refused before anything that size is allocated, and the peer sees
+%%     `{peer_closed, Text}').</li>
 %% </ul>
 %% The owner is monitored: when it dies, the connection closes.
 %%
@@ -122,7 +127,8 @@
 %% QUIC's 32 MiB send window, plus one term per waiting caller (and one
 %% per timed-out call until the peer reads).
 %% `{error, closed}' after the connection closed, `{error, too_large}' over
-%% the maximum message size.
+%% the maximum message size (`max_message_bytes', 8 MiB by default; the
+%% encoded term counts, compressed or not).
 -spec send(connection(), term()) -> ok | {error, term()}.
 send(Conn, Term) when is_reference(Conn) ->
     ok = macula_connection_flow:ensure_started(),

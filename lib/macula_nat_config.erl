@@ -24,6 +24,8 @@
     refresh_interval_ms := non_neg_integer(),
     observation_quorum := pos_integer(),
     relay_refresh_ms := pos_integer(),
+    max_message_bytes := pos_integer(),
+    fd_budget := auto | non_neg_integer(),
     relays := [#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]
 }.
 
@@ -46,6 +48,8 @@ defaults() ->
       refresh_interval_ms => 300000,
       observation_quorum => 3,
       relay_refresh_ms => 5000,
+      max_message_bytes => 8388608,
+      fd_budget => auto,
       relays => []}.
 
 %% @doc Explicit options win over the application environment, which wins
@@ -99,6 +103,8 @@ valid(refresh_interval_ms, V) -> is_integer(V) andalso V >= 0 andalso V =< 42949
 valid(observation_quorum, V) -> is_integer(V) andalso V >= 1 andalso V =< 64;
 valid(relay_refresh_ms, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
 valid(relays, V) -> is_list(V) andalso lists:all(fun valid_relay/1, V);
+valid(max_message_bytes, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
+valid(fd_budget, V) -> V =:= auto orelse (is_integer(V) andalso V >= 0 andalso V =< 4294967295);
 valid(_, _) -> true.
 
 %% `#{node_id => Id, endpoint => E}': a relay known from the start.

@@ -59,7 +59,9 @@ init(Opts) ->
     NifOpts = #{ip => maps:get(listen_ip, Opts),
                 port => maps:get(listen_port, Opts),
                 key_file => key_file(maps:get(key_file, Opts)),
-                port_mapping => maps:get(port_mapping, Opts, true)},
+                port_mapping => maps:get(port_mapping, Opts, true),
+                max_message_bytes => maps:get(max_message_bytes, Opts, 8388608),
+                fd_budget => maps:get(fd_budget, Opts, auto)},
     case open(NifOpts, ?BIND_RETRIES) of
         {ok, Res} ->
             {ok, NodeId} = macula_nat_nif:node_id(Res),
@@ -94,7 +96,13 @@ handle_call(_Request, _From, State) ->
 handle_cast(_Msg, State) ->
     {noreply, State}.
 
--spec handle_info(term(), map()) -> {noreply, map()}.
+%% The node's socket failed for good (its receive loop ended on an error)
+%% and the node closed: stop, so the supervisor restarts the node (and,
+%% `rest_for_one', everything built on it) on a fresh socket.
+-spec handle_info(term(), map()) -> {noreply, map()} | {stop, term(), map()}.
+handle_info({macula_nat_node, failed, Reason}, State) ->
+    ?LOG_ERROR("macula_nat node socket failed: ~ts", [Reason]),
+    {stop, {socket_failed, Reason}, State};
 handle_info(_Info, State) ->
     {noreply, State}.
 
