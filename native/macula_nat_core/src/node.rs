@@ -168,10 +168,11 @@ impl Node {
         }))
     }
 
-    /// Records why the node failed and closes it.
+    /// Closes the node, then says why: whoever hears of the failure finds
+    /// it closed.
     fn fail(&self, why: String) {
-        self.failure.send_if_modified(|f| f.is_none().then(|| *f = Some(why)).is_some());
         self.close();
+        self.failure.send_if_modified(|f| f.is_none().then(|| *f = Some(why)).is_some());
     }
 
     /// Why the node failed (`Some` once its socket failed and it closed);
