@@ -351,7 +351,10 @@ impl QuicEndpoint {
 
     /// Dials a control connection (to a rendezvous or a relay): its small
     /// windows and message limit ([`ControlLimits`]), so the node at the
-    /// other end can make us hold little.
+    /// other end can make us hold little. Not used by signalling and the
+    /// relay client yet: with it, `connect_loopback`'s
+    /// `signal_rejoins_a_restarted_rendezvous` failed 2 runs in 4 (a rejoined
+    /// control connection closed again), not yet understood.
     pub async fn connect_control(&self, addr: SocketAddr, expected_peer: NodeId) -> Result<Connection, QuicError> {
         let t = self.shared.cfg.control_transport()?;
         let conn = self.dial(addr, expected_peer, Arc::new(t)).await?;
