@@ -150,11 +150,15 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
         }
     };
     // Sent is sent, whatever the verdict: remember it even on failure.
-    let mut memory = lock(node.detect_memory());
-    memory.remember(d.primary_destinations(), Instant::now());
-    let mut profile = result.map_err(DetectFailure::Detect)?;
-    memory.settle_filtering(&mut profile, d.filtering_measured());
-    drop(memory);
+    // In a block: the guard must be gone before the await below (the
+    // future is sent between threads).
+    let mut profile = {
+        let mut memory = lock(node.detect_memory());
+        memory.remember(d.primary_destinations(), Instant::now());
+        let mut profile = result.map_err(DetectFailure::Detect)?;
+        memory.settle_filtering(&mut profile, d.filtering_measured());
+        profile
+    };
     if !profile.no_nat {
         profile.hairpin = hairpin.join().await;
     }
