@@ -542,7 +542,10 @@ async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>)
                     _ = async { quality_tick.as_mut().expect("guarded").tick().await }, if quality_tick.is_some() => {
                         if let Some(owner) = res.owner() {
                             let r = res.clone();
-                            let _ = env.send_and_clear(&owner, move |env| crate::quality_nif::report(env, &r));
+                            let _ = env.send_and_clear(&owner, move |env| {
+                                let map = r.info_map(env);
+                                crate::quality_nif::report(env, r.encode(env), map)
+                            });
                         }
                     }
                     changed = quality.changed(), if quality_every.is_some() => {
@@ -550,7 +553,7 @@ async fn reader(res: ResourceArc<ConnRes>, mut methods: watch::Receiver<Method>)
                             let d = *quality.borrow_and_update();
                             if let Some(owner) = res.owner() {
                                 let r = res.clone();
-                                let _ = env.send_and_clear(&owner, move |env| crate::quality_nif::event(env, &r, d));
+                                let _ = env.send_and_clear(&owner, move |env| crate::quality_nif::event(env, r.encode(env), d));
                             }
                         } else {
                             quality_every = None;
@@ -878,5 +881,19 @@ fn conn_credit<'a>(env: Env<'a>, res: ResourceArc<ConnRes>, token: u64, queue_le
         drop(f);
         res.wake.notify_one();
         atoms::ok().encode(env)
+    })
+}
+
+/// `conn_quality(Conn, IntervalMs | false) -> ok | {error, badarg}`: the
+/// owner gets `{quality, Map}` every `IntervalMs` (at least 100) and the
+/// degraded/recovered events, until `false`.
+#[rustler::nif]
+fn conn_quality<'a>(env: Env<'a>, res: ResourceArc<ConnRes>, interval: Term<'a>) -> Term<'a> {
+    guard::guard(env, || match crate::quality_nif::decode_interval(interval) {
+        Ok(every) => {
+            res.set_quality(every);
+            atoms::ok().encode(env)
+        }
+        Err(()) => (atoms::error(), atoms::badarg()).encode(env),
     })
 }

@@ -1,14 +1,14 @@
-//! Connection quality for Erlang: the figures of `macula_connection:stats/1`
-//! and `get_info/2`, and the `{quality, Interval}` subscription the
-//! connection's reader serves (`conn_nif`: it is the one sender of a
-//! connection's messages, so no report follows `closed`).
+//! Connection quality as terms: the figures of `macula_connection:stats/1`
+//! and `get_info/2`, and the messages of the `{quality, Interval}`
+//! subscription, which the connection's reader in `conn_nif` sends (it is
+//! the one sender of a connection's messages, so no report follows
+//! `closed`). `conn_nif` calls this file, never the other way.
 
-use crate::conn_nif::ConnRes;
-use crate::{atoms, convert, guard};
+use crate::{atoms, convert};
 use macula_nat_core::quic::Connection;
 use macula_nat_core::{Method, Node};
 use macula_nat_proto::quality::{Degraded, MIN_REPORT_INTERVAL};
-use rustler::{Encoder, Env, ResourceArc, Term};
+use rustler::{Encoder, Env, Term};
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -67,35 +67,27 @@ fn degraded_term(env: Env<'_>, d: Option<Degraded>) -> Term<'_> {
 }
 
 /// `{macula_connection, Conn, {quality, Map}}`.
-pub(crate) fn report<'a>(env: Env<'a>, res: &ResourceArc<ConnRes>) -> Term<'a> {
-    let map = res.info_map(env);
-    (atoms::macula_connection(), res.clone(), (q_atoms::quality(), map)).encode(env)
+pub(crate) fn report<'a>(env: Env<'a>, conn: Term<'a>, map: Term<'a>) -> Term<'a> {
+    (atoms::macula_connection(), conn, (q_atoms::quality(), map)).encode(env)
 }
 
 /// `{macula_connection, Conn, {path_degraded, silent | {lossy, Loss}}}` or
 /// `{macula_connection, Conn, path_recovered}`.
-pub(crate) fn event<'a>(env: Env<'a>, res: &ResourceArc<ConnRes>, d: Option<Degraded>) -> Term<'a> {
+pub(crate) fn event<'a>(env: Env<'a>, conn: Term<'a>, d: Option<Degraded>) -> Term<'a> {
     match d {
-        Some(d) => (atoms::macula_connection(), res.clone(), (q_atoms::path_degraded(), degraded_term(env, Some(d)))).encode(env),
-        None => (atoms::macula_connection(), res.clone(), q_atoms::path_recovered()).encode(env),
+        Some(d) => (atoms::macula_connection(), conn, (q_atoms::path_degraded(), degraded_term(env, Some(d)))).encode(env),
+        None => (atoms::macula_connection(), conn, q_atoms::path_recovered()).encode(env),
     }
 }
 
-/// `conn_quality(Conn, IntervalMs | false) -> ok | {error, badarg}`: the
-/// owner gets `{quality, Map}` every `IntervalMs` (at least 100) and the
-/// degraded/recovered events, until `false`.
-#[rustler::nif]
-fn conn_quality<'a>(env: Env<'a>, res: ResourceArc<ConnRes>, interval: Term<'a>) -> Term<'a> {
-    guard::guard(env, || {
-        let every = if matches!(interval.decode::<bool>(), Ok(false)) {
-            None
-        } else {
-            match interval.decode::<u64>() {
-                Ok(ms) if Duration::from_millis(ms) >= MIN_REPORT_INTERVAL && ms <= 86_400_000 => Some(Duration::from_millis(ms)),
-                _ => return (atoms::error(), atoms::badarg()).encode(env),
-            }
-        };
-        res.set_quality(every);
-        atoms::ok().encode(env)
-    })
+/// The interval of `{quality, IntervalMs | false}`: `Ok(None)` for
+/// `false`, `Err(())` for anything else than 100..=86,400,000 ms.
+pub(crate) fn decode_interval(t: Term<'_>) -> Result<Option<Duration>, ()> {
+    if matches!(t.decode::<bool>(), Ok(false)) {
+        return Ok(None);
+    }
+    match t.decode::<u64>() {
+        Ok(ms) if Duration::from_millis(ms) >= MIN_REPORT_INTERVAL && ms <= 86_400_000 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(()),
+    }
 }

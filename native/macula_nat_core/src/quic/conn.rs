@@ -440,8 +440,32 @@ impl Connection {
         }
     }
 
-    pub(super) fn quality_cell(&self) -> &super::quality::QualityCell {
-        &self.inner.quality
+    /// Starts sampling this connection's quality (idempotent); the sampler
+    /// ends with the connection.
+    pub fn monitor_quality(&self) {
+        if !self.inner.quality.start() {
+            return;
+        }
+        self.inner.quality.feed(self.quality_sample(super::quality::now_ms()));
+        let weak = self.downgrade();
+        super::quality::spawn_sampler(move || match weak.upgrade() {
+            Some(c) if c.close_reason().is_none() => {
+                c.inner.quality.feed(c.quality_sample(super::quality::now_ms()));
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// The quality figures now (see `macula_nat_proto::quality`).
+    pub fn quality(&self) -> macula_nat_proto::quality::Report {
+        self.inner.quality.report(self.quality_sample(super::quality::now_ms()))
+    }
+
+    /// Sees every change between a healthy and a degraded path (needs
+    /// [`Connection::monitor_quality`]).
+    pub fn watch_quality(&self) -> tokio::sync::watch::Receiver<Option<macula_nat_proto::quality::Degraded>> {
+        self.inner.quality.subscribe()
     }
 
     async fn recv_frame(&self) -> Option<Vec<u8>> {

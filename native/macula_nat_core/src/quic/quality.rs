@@ -1,13 +1,14 @@
 //! A connection's quality monitor: samples its counters every
 //! [`SAMPLE_EVERY`] into a [`Monitor`] (the rules are in
 //! `macula_nat_proto::quality`) while it runs, and publishes whether the
-//! path is degraded. Started on demand ([`Connection::monitor_quality`]):
+//! path is degraded. Started on demand (`Connection::monitor_quality`):
 //! application connections are monitored, control connections are not, so
-//! a rendezvous with many joined nodes pays no timer per node.
+//! a rendezvous with many joined nodes pays no timer per node. The
+//! connection (`conn.rs`) owns a [`QualityCell`] and feeds it; this file
+//! knows nothing of the connection.
 
-use super::conn::Connection;
 use crate::lock::lock;
-use macula_nat_proto::quality::{Degraded, Monitor, Report, SAMPLE_EVERY};
+use macula_nat_proto::quality::{Degraded, Monitor, Report, Sample, SAMPLE_EVERY};
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -15,7 +16,8 @@ use std::time::Instant;
 
 static EPOCH: Lazy<Instant> = Lazy::new(Instant::now);
 
-fn now_ms() -> u64 {
+/// The monitors' clock: milliseconds since the first use.
+pub(crate) fn now_ms() -> u64 {
     EPOCH.elapsed().as_millis() as u64
 }
 
@@ -31,56 +33,52 @@ impl Default for QualityCell {
     }
 }
 
-impl Connection {
-    /// Starts sampling this connection's quality (idempotent); the sampler
-    /// ends with the connection.
-    pub fn monitor_quality(&self) {
-        if self.quality_cell().running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.sample_quality();
-        let weak = self.downgrade();
-        crate::runtime::spawn(async move {
-            let mut tick = tokio::time::interval(SAMPLE_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(c) = weak.upgrade() else { return };
-                if c.close_reason().is_some() {
-                    return;
-                }
-                c.sample_quality();
-            }
-        });
+impl QualityCell {
+    /// Marks the monitor running; `true` the first time (the caller starts
+    /// the sampler then).
+    pub(crate) fn start(&self) -> bool {
+        !self.running.swap(true, Ordering::AcqRel)
     }
 
-    fn sample_quality(&self) {
-        let cell = self.quality_cell();
-        let sample = self.quality_sample(now_ms());
-        let event = lock(&cell.monitor).on_sample(sample);
-        if event.is_some() {
-            let now = lock(&cell.monitor).degraded();
-            cell.degraded.send_replace(now);
+    /// Feeds a sample; a change between healthy and degraded is published.
+    pub(crate) fn feed(&self, sample: Sample) {
+        let mut m = lock(&self.monitor);
+        if m.on_sample(sample).is_some() {
+            let now = m.degraded();
+            drop(m);
+            self.degraded.send_replace(now);
         }
     }
 
-    /// The quality figures now (a fresh sample on an unmonitored
-    /// connection: its RTTs and counters, no jitter or loss window).
-    pub fn quality(&self) -> Report {
-        let cell = self.quality_cell();
-        if !cell.running.load(Ordering::Acquire) {
+    /// The figures with `fresh` in: fed to a running monitor; a one-off
+    /// reading (RTTs and counters, no jitter or loss window) otherwise.
+    pub(crate) fn report(&self, fresh: Sample) -> Report {
+        if !self.running.load(Ordering::Acquire) {
             let mut m = Monitor::new();
-            m.on_sample(self.quality_sample(now_ms()));
+            m.on_sample(fresh);
             return m.report();
         }
-        self.sample_quality();
-        lock(&cell.monitor).report()
+        self.feed(fresh);
+        lock(&self.monitor).report()
     }
 
-    /// Sees every change between a healthy and a degraded path (needs
-    /// [`Connection::monitor_quality`]).
-    pub fn watch_quality(&self) -> tokio::sync::watch::Receiver<Option<Degraded>> {
-        self.quality_cell().degraded.subscribe()
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<Degraded>> {
+        self.degraded.subscribe()
     }
+}
+
+/// Calls `sample` every [`SAMPLE_EVERY`] until it answers `false` (its
+/// connection is gone or closed).
+pub(crate) fn spawn_sampler(mut sample: impl FnMut() -> bool + Send + 'static) {
+    crate::runtime::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if !sample() {
+                return;
+            }
+        }
+    });
 }
