@@ -105,12 +105,26 @@ pub fn upgradable(s: Strategy) -> bool {
     matches!(s, Strategy::SimplePunch | Strategy::PredictPreservation | Strategy::PredictContiguity)
 }
 
-/// Responder side of a session, run by the control loop on `Incoming`.
 /// The initiator's `max_punch_attempts` as `Connect` carries it (0: the
 /// responder's default).
 pub fn wire_attempts(n: u32) -> u8 {
     n.clamp(1, u8::MAX as u32) as u8
 }
+
+/// Punch transmissions per path a responder makes for a `Connect` that
+/// asks for `wire` (0: `default`): never more than [`MAX_PEER_ATTEMPTS`],
+/// whatever the initiator asked (255 would be 255 requests per verified
+/// path for one message).
+pub fn peer_attempts(wire: u8, default: u32) -> u32 {
+    match wire {
+        0 => default,
+        n => u32::from(n),
+    }
+    .clamp(1, MAX_PEER_ATTEMPTS)
+}
+
+/// See [`peer_attempts`]: the default is 10, a lossy path is covered by 30.
+pub const MAX_PEER_ATTEMPTS: u32 = 30;
 
 /// How long a plain dial (direct, connection reversal) may take before the
 /// connect falls back to a relay: the handshake needs one round trip, and a
@@ -185,14 +199,17 @@ pub fn profile_of(nat: NatType, port_delta: Option<i32>, no_nat: bool) -> PeerIn
 }
 
 /// The rule for a peer's candidates (what `keep_reachable_candidates`
-/// applies): an inside (private, shared, link-local) candidate is kept
-/// only when the peer shares our public address (`ours`, as the rendezvous
-/// saw us): only then can it be on a LAN we are on, and a peer's mere
-/// claims never aim our punches into other networks. Public candidates
-/// stay (a node bound to a public address). `is_inside` classifies an IP.
+/// applies): a candidate is kept when it is at the IP the rendezvous saw
+/// the peer at (another port of the peer's own address), or, for an inside
+/// (private, shared, link-local) one, when the peer shares our public
+/// address (`ours`, as the rendezvous saw us): only then can it be on a LAN
+/// we are on. Any other address is a mere claim (a hostile peer's would aim
+/// our punches at a third party) and is dropped. Even a kept candidate is
+/// punched with a budget until it answers (`punch::Verify`). `is_inside`
+/// classifies an IP.
 pub fn keep_reachable(candidates: &mut Vec<SocketAddr>, ours: Option<IpAddr>, peer_observed: SocketAddr, is_inside: impl Fn(IpAddr) -> bool) {
     let same_nat = ours == Some(peer_observed.ip());
-    candidates.retain(|c| same_nat || !is_inside(c.ip()));
+    candidates.retain(|c| c.ip() == peer_observed.ip() || (same_nat && is_inside(c.ip())));
 }
 
 #[cfg(test)]

@@ -63,3 +63,5 @@ pub mod quality;
 // Bounds against hostile peers: connection caps, the fd budget, decoded
 // term sizes (pure counters and checks).
 pub mod limits;
+// Per-peer bounds as pure state: caps per peer and in total, event rates, expiry.
+pub mod limit;

@@ -62,6 +62,21 @@
 //! easy side's endpoint. [`BirthdaySchedule`] configures both sides alike. Every request (probes included) respects
 //! `rate_pps`; answers do not count against it, since each one answers a
 //! request of the peer, which is rate-capped on its side.
+//!
+//! # Only where the peer really is
+//!
+//! A peer names most of our targets itself (predicted ports, candidates),
+//! and a hostile one names a third party's. With [`Verify`] set (the
+//! runtime always sets it), a path is *verified* when its address is one
+//! the rendezvous saw the peer at ([`Verify::known`]) or once it answered
+//! one of our requests (the answer echoes our transaction id and carries
+//! the peer's token: the peer receives there). Until then the path gets at
+//! most [`Verify::requests`] requests of its own plan, plus one triggered
+//! check per request received from it (each answered 1:1); a verified path
+//! gets its whole plan. That single request is what opens our own filter
+//! for a predicted port, which is all a punch needs from us before the
+//! peer's own packets arrive from there; birthday probes are one request
+//! per port anyway.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -152,6 +167,31 @@ pub struct PunchConfig {
     /// Where transaction ids come from: the runtime sets a CSPRNG (see
     /// [`crate::rng`]); the default, seeded from 0, is for tests.
     pub txids: crate::rng::Txids,
+    /// Which addresses may get the whole plan before they answer (see the
+    /// module docs); `None`: every target does (tests and simulations of
+    /// the machine alone).
+    pub verify: Option<Verify>,
+}
+
+/// What a punch may send towards an address before it has answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verify {
+    /// Where the peer is known to be (the rendezvous saw it there).
+    pub known: Vec<SocketAddr>,
+    /// Requests of its plan an unverified path gets.
+    pub requests: u32,
+}
+
+/// Requests an unverified path gets before it answers: one opens our own
+/// filter for the peer's packets; more would be sent at an address the
+/// peer merely claims (84 bytes each).
+pub const UNVERIFIED_REQUESTS: u32 = 1;
+
+impl Verify {
+    /// Only `known` is trusted; others get [`UNVERIFIED_REQUESTS`].
+    pub fn known(known: Vec<SocketAddr>) -> Verify {
+        Verify { known, requests: UNVERIFIED_REQUESTS }
+    }
 }
 
 impl PunchConfig {
@@ -183,6 +223,7 @@ impl PunchConfig {
             birthday: None,
             seed: 0,
             txids: crate::rng::Txids::seeded(0),
+            verify: None,
         }
     }
 
@@ -246,6 +287,9 @@ pub struct PunchStats {
     pub peer_reflexive: u64,
     /// Answers dropped because the queue was full.
     pub answers_dropped: u64,
+    /// Planned requests not sent because their path had not answered
+    /// (see [`Verify`]).
+    pub unverified_withheld: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -265,6 +309,8 @@ struct Path {
     answered: Option<(SocketAddr, Duration)>,
     seen_request: bool,
     nominated: bool,
+    /// Requests of the plan withheld until the path answers (see [`Verify`]).
+    withheld: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -302,6 +348,8 @@ pub struct Punch {
     gap: Duration,
     probing: Option<Probing>,
     peer_reflexive: usize,
+    /// Addresses that answered a request of ours (see [`Verify`]).
+    verified: std::collections::HashSet<SocketAddr>,
     winner: Option<usize>,
     nominations_left: u32,
     next_nomination: Option<Instant>,
@@ -337,6 +385,7 @@ impl Punch {
             gap,
             probing,
             peer_reflexive: 0,
+            verified: std::collections::HashSet::new(),
             winner: None,
             nominations_left: 0,
             next_nomination: None,
@@ -477,10 +526,16 @@ impl Punch {
         if let Some(&i) = self.by_addr.get(&(socket, remote)) {
             return i;
         }
+        let allowed = match &self.cfg.verify {
+            Some(v) if !v.known.contains(&remote) && !self.verified.contains(&remote) => attempts.min(v.requests),
+            _ => attempts,
+        };
+        self.stats.unverified_withheld += u64::from(attempts - allowed);
         self.paths.push(Path {
             socket,
             remote,
-            attempts_left: attempts,
+            attempts_left: allowed,
+            withheld: attempts - allowed,
             next_send: None,
             in_active: false,
             triggered: false,
@@ -660,6 +715,7 @@ impl Punch {
         let Some(reflexive) = msg.mapped_address() else { return };
         let retry = self.cfg.retry_interval;
         let role = self.cfg.role;
+        self.verify(from);
         if self.paths[i].answered.is_none() {
             self.paths[i].answered = Some((reflexive, now.saturating_duration_since(sent_at)));
             self.answered.push(i);
@@ -683,6 +739,25 @@ impl Punch {
             Role::Responder => {}
         }
         self.check_win(now);
+    }
+
+    /// `addr` answered a request of ours: its paths get back what was
+    /// withheld from their plan (scheduled at their next retry, or now).
+    fn verify(&mut self, addr: SocketAddr) {
+        if self.cfg.verify.is_none() || !self.verified.insert(addr) {
+            return;
+        }
+        let now = self.last_now;
+        let retry = self.cfg.retry_interval;
+        let owed: Vec<usize> = (0..self.paths.len()).filter(|&j| self.paths[j].remote == addr && self.paths[j].withheld > 0).collect();
+        for j in owed {
+            let p = &mut self.paths[j];
+            p.attempts_left += std::mem::take(&mut p.withheld);
+            if p.answered.is_none() && p.next_send.is_none() {
+                let at = p.last_sent.map_or(now, |t| t + retry).max(now);
+                self.schedule(j, at);
+            }
+        }
     }
 
     fn check_win(&mut self, now: Instant) {

@@ -105,3 +105,28 @@ fn a_second_session_only_for_predictions_that_fit_the_timeout() {
         assert!(!may_retry(s, Duration::ZERO, t), "{s}");
     }
 }
+
+#[test]
+fn a_peer_s_candidates_are_kept_only_where_it_is() {
+    let inside = |ip: IpAddr| matches!(ip, IpAddr::V4(v) if v.is_private() || v.is_loopback());
+    let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+    let peer_seen = a("203.0.113.5:40000");
+    let claimed = vec![a("203.0.113.5:41000"), a("198.51.100.7:53"), a("192.168.1.20:4000"), a("8.8.8.8:443")];
+    // Behind another NAT: only other ports of its own public IP.
+    let mut c = claimed.clone();
+    keep_reachable(&mut c, Some("192.0.2.1".parse().unwrap()), peer_seen, inside);
+    assert_eq!(c, vec![a("203.0.113.5:41000")]);
+    // Behind our NAT: its LAN addresses too, never a third party's.
+    let mut c = claimed.clone();
+    keep_reachable(&mut c, Some(peer_seen.ip()), peer_seen, inside);
+    assert_eq!(c, vec![a("203.0.113.5:41000"), a("192.168.1.20:4000")]);
+}
+
+#[test]
+fn a_peer_never_gets_more_punch_attempts_than_the_cap() {
+    assert_eq!(peer_attempts(0, 10), 10);
+    assert_eq!(peer_attempts(1, 10), 1);
+    assert_eq!(peer_attempts(12, 10), 12);
+    assert_eq!(peer_attempts(255, 10), MAX_PEER_ATTEMPTS);
+    assert_eq!(peer_attempts(0, 1000), MAX_PEER_ATTEMPTS);
+}

@@ -292,6 +292,9 @@ pub(super) fn plan(strategy: Strategy, peers: [PeerNat; 2], rtt: Duration, seed:
         let mut c = PunchConfig::new(roles[x], ids[x].0, ids[x].1, session(seed), targets[x].clone(), rtt);
         c.seed = seed.wrapping_mul(31).wrapping_add(x as u64);
         c.txids = crate::rng::Txids::seeded(c.seed);
+        // As the runtime does: only the peer's rendezvous-observed address
+        // is trusted before it answers.
+        c.verify = Some(Verify::known(vec![refl[1 - x]]));
         match &birthday {
             Some((h, fresh, sched)) if *h == x => sched.configure_hard(&mut c, fresh.iter().copied(), cands[1 - x][0]),
             Some((h, _, sched)) => sched.configure_easy(&mut c, sockets[x][0], hosts[*h].public_ip()),

@@ -552,3 +552,84 @@ fn relay_cells_do_not_connect_in_simulation() {
     }
     assert_eq!(relays, 36);
 }
+
+// --- only where the peer really is (Verify) ---------------------------------
+
+/// Everything the machine sends until `end`, as (offset, dst, class).
+fn run_alone(p: &mut Punch, t0: Instant, end: Duration) -> Vec<(Duration, SocketAddr, Class)> {
+    let mut out = Vec::new();
+    let mut now = t0;
+    while now - t0 < end {
+        while let Some(t) = p.poll_transmit(now) {
+            out.push((now - t0, t.dst, decode(&t).0.class));
+        }
+        let Some(next) = p.poll_timeout() else { break };
+        now = next.max(now + Duration::from_millis(1));
+        p.handle_timeout(now);
+    }
+    out
+}
+
+#[test]
+fn an_unverified_target_gets_one_request_a_known_one_its_plan() {
+    let t0 = Instant::now();
+    let (known, claimed) = (addr("198.18.0.1:4000"), addr("198.18.0.9:5000"));
+    let mut c = cfg(Role::Responder, vec![(0, known), (0, claimed)]);
+    c.max_attempts = 255;
+    c.timeout = Duration::from_secs(60);
+    c.verify = Some(Verify::known(vec![known]));
+    let mut p = Punch::new(c, t0);
+    let sent = run_alone(&mut p, t0, Duration::from_secs(70));
+    let to = |a| sent.iter().filter(|(_, d, _)| *d == a).count();
+    assert_eq!((to(known), to(claimed)), (255, UNVERIFIED_REQUESTS as usize));
+    assert_eq!(p.stats().unverified_withheld, 254);
+}
+
+#[test]
+fn an_unverified_target_that_answers_gets_the_rest_of_its_plan() {
+    let t0 = Instant::now();
+    let claimed = addr("198.18.0.9:5000");
+    let mut c = cfg(Role::Responder, vec![(0, claimed)]);
+    c.max_attempts = 5;
+    c.verify = Some(Verify::known(vec![]));
+    let mut p = Punch::new(c, t0);
+    let first = p.poll_transmit(t0).unwrap();
+    assert!(p.poll_transmit(t0 + Duration::from_secs(1)).is_none(), "nothing more before it answers");
+    // the peer answers from there: verified
+    let (m, _) = decode(&first);
+    let answer = answer_bytes(m.transaction_id, addr("198.18.0.2:7000"), PunchToken { session: session(1), sender: ID_A, flags: 0 });
+    let t1 = t0 + Duration::from_millis(60);
+    assert!(p.handle_datagram(t1, 0, claimed, &answer));
+    let later = run_alone(&mut p, t1, Duration::from_secs(2));
+    // the responder keeps asking (keep-alives) until nominated
+    assert!(later.iter().filter(|(_, d, c)| *d == claimed && *c == Class::Request).count() >= 2, "{later:?}");
+}
+
+#[test]
+fn requests_from_an_unverified_address_get_one_answer_and_one_check_each() {
+    let t0 = Instant::now();
+    let mut c = cfg(Role::Responder, vec![]);
+    c.verify = Some(Verify::known(vec![addr("198.18.0.1:4000")]));
+    c.timeout = Duration::from_secs(30);
+    let mut p = Punch::new(c, t0);
+    let spoofed = addr("198.18.0.66:53");
+    let (mut bytes_in, mut bytes_out) = (0usize, 0usize);
+    let mut now = t0;
+    for k in 0..20u8 {
+        let req = request([k; 12], session(1), ID_A, 0);
+        bytes_in += req.len();
+        p.handle_datagram(now, 0, spoofed, &req);
+        while let Some(t) = p.poll_transmit(now) {
+            assert_eq!(t.dst, spoofed);
+            bytes_out += t.payload.len();
+        }
+        now += Duration::from_millis(100);
+        p.handle_timeout(now);
+    }
+    while let Some(t) = p.poll_transmit(now + Duration::from_secs(10)) {
+        bytes_out += t.payload.len();
+    }
+    // an answer (request + XOR-MAPPED-ADDRESS) and one triggered check per
+    // request received: ICE's exchange, never the plan's retransmissions
+    assert!(bytes_out <= bytes_in * 23 / 10, "{bytes_out} out for {bytes_in} in");
+}
