@@ -24,10 +24,20 @@
 //! `Answer`. A peer refreshes its registration after each detection by
 //! sending `Hello(Control)` again on the same connection, and gets
 //! `Registered` with the address seen now.
+//!
+//! Every peer may be hostile ([`RendezvousLimits`], README "Limits against
+//! hostile peers"): the sessions waiting for an answer are bounded per
+//! initiator and in total (indexed by session, expired oldest first, never
+//! scanned), a peer's `Connect`s and other messages are rate-limited, and
+//! nothing a peer's task does waits for another peer: each peer has a
+//! bounded send queue drained by its own writer, whose sends time out (a
+//! peer that stops reading is disconnected, and a full queue drops what
+//! would not fit, counted).
 
 use crate::lock::lock;
 use crate::quic::QuicError;
-use macula_nat_proto::signal::{HelloKind, Msg, NodeId, SessionId};
+use macula_nat_proto::limit::{Caps, Expiry, Rate};
+use macula_nat_proto::signal::{reject, HelloKind, Msg, NodeId, SessionId};
 use crate::{runtime, Connection, Node};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,21 +47,106 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Pending sessions (Connect relayed, no Answer yet) expire after this.
-const PENDING_TTL: Duration = Duration::from_secs(30);
+/// What one peer can make a rendezvous hold or do; over a bound a `Connect`
+/// is answered `Reject(BUSY)` and other messages or sends are dropped
+/// (counted in [`RendezvousStats`]).
+#[derive(Clone, Debug)]
+pub struct RendezvousLimits {
+    /// Sessions relayed and not yet answered, per initiator.
+    pub pending_per_peer: usize,
+    /// ... and from all initiators together.
+    pub pending_total: usize,
+    /// A pending session is forgotten this long after its `Connect`.
+    pub pending_ttl: Duration,
+    /// `Connect`s per second a peer may send on average, and at once.
+    pub connects_per_sec: u32,
+    pub connect_burst: u32,
+    /// Other messages (`Answer`, `Reject`, `Hello`) per second, and at once.
+    pub messages_per_sec: u32,
+    pub message_burst: u32,
+    /// Messages queued towards one peer; beyond it new ones are dropped.
+    pub send_queue: usize,
+    /// A send to a peer that takes longer (it stopped reading) disconnects
+    /// that peer.
+    pub send_timeout: Duration,
+}
+
+impl Default for RendezvousLimits {
+    fn default() -> Self {
+        RendezvousLimits {
+            pending_per_peer: 64,
+            pending_total: 10_000,
+            pending_ttl: Duration::from_secs(30),
+            connects_per_sec: 50,
+            connect_burst: 100,
+            messages_per_sec: 200,
+            message_burst: 400,
+            send_queue: 256,
+            send_timeout: Duration::from_secs(5),
+        }
+    }
+}
 
 struct Peer {
     conn: Connection,
+    /// Its writer's queue (see [`writer`]).
+    out: mpsc::Sender<Vec<u8>>,
     observed: SocketAddr,
     gen: u64,
 }
 
-#[derive(Default)]
+struct Pending {
+    initiator: NodeId,
+    responder: NodeId,
+    at: Instant,
+}
+
 struct State {
+    limits: RendezvousLimits,
     peers: HashMap<NodeId, Peer>,
-    /// session -> (initiator, responder, when)
-    pending: HashMap<SessionId, (NodeId, NodeId, Instant)>,
+    pending: HashMap<SessionId, Pending>,
+    /// Pending sessions per initiator and in total.
+    held: Caps<NodeId>,
+    expiry: Expiry<SessionId>,
     stats: RendezvousStats,
+}
+
+impl State {
+    fn new(limits: RendezvousLimits) -> State {
+        State {
+            held: Caps::new(limits.pending_per_peer, limits.pending_total),
+            expiry: Expiry::new(limits.pending_ttl),
+            limits,
+            peers: HashMap::new(),
+            pending: HashMap::new(),
+            stats: RendezvousStats::default(),
+        }
+    }
+
+    /// Forgets the pending sessions whose time is up (oldest first: each
+    /// call costs the expired ones, never the whole map).
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, s)) = self.expiry.pop_expired(now) {
+            if self.pending.get(&s).is_some_and(|p| p.at == at) {
+                self.forget(&s);
+            }
+        }
+    }
+
+    fn forget(&mut self, s: &SessionId) -> Option<Pending> {
+        let p = self.pending.remove(s)?;
+        self.held.release(&p.initiator);
+        Some(p)
+    }
+
+    /// Queues `m` for `to` without waiting: a full queue (a peer that does
+    /// not keep up) drops it.
+    fn send(&mut self, to: &NodeId, m: &Msg) {
+        let Some(p) = self.peers.get(to) else { return };
+        if p.out.try_send(m.encode()).is_err() {
+            self.stats.dropped_sends += 1;
+        }
+    }
 }
 
 /// What a rendezvous has done since it started (for metrics).
@@ -67,6 +162,15 @@ pub struct RendezvousStats {
     pub answers: u64,
     /// `Reject`s passed on.
     pub rejects: u64,
+    /// `Connect`s refused over a bound (pending sessions, rate, a session id
+    /// already in use).
+    pub refused_connects: u64,
+    /// Other messages dropped over a peer's message rate.
+    pub dropped_messages: u64,
+    /// Messages not queued towards a peer whose queue was full.
+    pub dropped_sends: u64,
+    /// Peers disconnected because a send to them timed out.
+    pub stalled_peers: u64,
 }
 
 /// A running rendezvous service; stops when dropped (or `stop`).
@@ -77,14 +181,18 @@ pub struct Rendezvous {
 }
 
 impl Rendezvous {
-    /// Serves on `node`'s socket. Takes over the node's incoming QUIC
-    /// connections (see [`crate::quic::dispatch`]); a `Signal` on the same node
-    /// still works.
+    /// Serves on `node`'s socket with the default [`RendezvousLimits`].
+    /// Takes over the node's incoming QUIC connections (see
+    /// [`crate::quic::dispatch`]); a `Signal` on the same node still works.
     pub fn serve(node: Arc<Node>) -> Result<Rendezvous, QuicError> {
+        Self::serve_with(node, RendezvousLimits::default())
+    }
+
+    pub fn serve_with(node: Arc<Node>, limits: RendezvousLimits) -> Result<Rendezvous, QuicError> {
         let dispatch = node.dispatch()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Connection>();
         dispatch.set_control(Some(tx));
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State::new(limits)));
         let st = state.clone();
         let task = runtime::spawn(async move {
             let gens = Arc::new(AtomicU64::new(0));
@@ -110,6 +218,12 @@ impl Rendezvous {
         lock(&self.state).stats
     }
 
+    /// Sessions relayed and not yet answered (bounded by
+    /// [`RendezvousLimits::pending_total`]).
+    pub fn pending_sessions(&self) -> usize {
+        lock(&self.state).pending.len()
+    }
+
     /// Stops serving and closes the control connections.
     pub fn stop(&self) {
         if let Ok(d) = self.node.dispatch() {
@@ -131,28 +245,46 @@ impl Drop for Rendezvous {
     }
 }
 
-async fn send(conn: &Connection, m: &Msg) {
-    if let Err(e) = conn.send(m.encode()).await {
-        tracing::debug!("rendezvous: send to {:?} failed: {e}", conn.remote_address());
+/// Sends what is queued for one peer, each send bounded by `timeout`; a
+/// send that times out means the peer stopped reading: it is disconnected
+/// (its queue then ends too). Ends when the peer's registration is gone.
+async fn writer(state: Arc<Mutex<State>>, conn: Connection, mut rx: mpsc::Receiver<Vec<u8>>, timeout: Duration) {
+    while let Some(m) = rx.recv().await {
+        match tokio::time::timeout(timeout, conn.send(m)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("rendezvous: send to {:?} failed: {e}", conn.remote_address());
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("rendezvous: {:?} stopped reading; disconnecting it", conn.remote_address());
+                lock(&state).stats.stalled_peers += 1;
+                conn.close("stopped reading its control stream");
+                return;
+            }
+        }
     }
-}
-
-fn lookup(state: &Mutex<State>, id: &NodeId) -> Option<(Connection, SocketAddr)> {
-    lock(state).peers.get(id).map(|p| (p.conn.clone(), p.observed))
 }
 
 async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
     let me = conn.peer_id();
     let observed = conn.remote_address();
-    let old = {
+    let (limits, old) = {
         let mut s = lock(&state);
+        let limits = s.limits.clone();
+        let (out, rx) = mpsc::channel(limits.send_queue.max(1));
+        runtime::spawn(writer(state.clone(), conn.clone(), rx, limits.send_timeout));
         s.stats.registrations += 1;
-        s.peers.insert(me, Peer { conn: conn.clone(), observed, gen })
+        let old = s.peers.insert(me, Peer { conn: conn.clone(), out, observed, gen });
+        s.send(&me, &Msg::Registered { observed });
+        (limits, old)
     };
     if let Some(old) = old {
         old.conn.close("replaced by a newer control connection");
     }
-    send(&conn, &Msg::Registered { observed }).await;
+    let now = Instant::now();
+    let mut connects = Rate::new(limits.connects_per_sec, limits.connect_burst, now);
+    let mut messages = Rate::new(limits.messages_per_sec, limits.message_burst, now);
     while let Some(bytes) = conn.recv().await {
         let m = match Msg::decode(&bytes) {
             Ok(m) => m,
@@ -161,60 +293,84 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
                 continue;
             }
         };
+        let now = Instant::now();
         // The peer's address may have changed (QUIC follows a migrating
         // client): use the current one.
         let observed = conn.remote_address();
-        {
-            let mut s = lock(&state);
-            if let Some(p) = s.peers.get_mut(&me).filter(|p| p.gen == gen) {
-                p.observed = observed;
+        let mut s = lock(&state);
+        if !s.peers.get(&me).is_some_and(|p| p.gen == gen) {
+            // Replaced by a newer control connection.
+            break;
+        }
+        if let Some(p) = s.peers.get_mut(&me) {
+            p.observed = observed;
+        }
+        let allowed = match m {
+            Msg::Connect { .. } => connects.allow(now),
+            _ => messages.allow(now),
+        };
+        if !allowed {
+            match m {
+                Msg::Connect { to, session, .. } => {
+                    s.stats.refused_connects += 1;
+                    s.send(&me, &Msg::Reject { peer: to, session, reason: reject::BUSY });
+                }
+                _ => s.stats.dropped_messages += 1,
             }
+            continue;
         }
         match m {
-            Msg::Connect { to, session, flags, attempts, profile } => match lookup(&state, &to) {
-                None => {
-                    lock(&state).stats.unknown_targets += 1;
-                    send(&conn, &Msg::Unknown { session }).await
+            Msg::Connect { to, session, flags, attempts, profile } => {
+                if !s.peers.contains_key(&to) {
+                    s.stats.unknown_targets += 1;
+                    s.send(&me, &Msg::Unknown { session });
+                    continue;
                 }
-                Some((b, _)) => {
-                    {
-                        let mut s = lock(&state);
-                        s.stats.connects += 1;
-                        let now = Instant::now();
-                        s.pending.retain(|_, (_, _, t)| now.duration_since(*t) < PENDING_TTL);
-                        s.pending.insert(session, (me, to, now));
-                    }
-                    send(&b, &Msg::Incoming { from: me, session, flags, attempts, profile, observed }).await;
+                s.expire(now);
+                // A session id already in use is someone else's session:
+                // never overwritten.
+                let taken = s.pending.contains_key(&session);
+                if taken || s.held.take(&me).is_err() {
+                    s.stats.refused_connects += 1;
+                    let reason = if taken { reject::BAD_REQUEST } else { reject::BUSY };
+                    s.send(&me, &Msg::Reject { peer: to, session, reason });
+                    continue;
                 }
-            },
+                s.pending.insert(session, Pending { initiator: me, responder: to, at: now });
+                s.expiry.push(session, now);
+                s.stats.connects += 1;
+                s.send(&to, &Msg::Incoming { from: me, session, flags, attempts, profile, observed });
+            }
             Msg::Answer { to, session, profile } => {
-                let ok = lock(&state)
-                    .pending
-                    .remove(&session)
-                    .is_some_and(|(a, b, _)| a == to && b == me);
-                let Some((a, _)) = lookup(&state, &to).filter(|_| ok) else { continue };
-                lock(&state).stats.answers += 1;
-                send(&a, &Msg::Answered { from: me, session, profile, observed }).await;
+                let ours = s.pending.get(&session).is_some_and(|p| p.initiator == to && p.responder == me);
+                if !ours {
+                    continue;
+                }
+                s.forget(&session);
+                let Some(a) = s.peers.get(&to).map(|p| p.conn.clone()) else { continue };
+                s.stats.answers += 1;
+                s.send(&to, &Msg::Answered { from: me, session, profile, observed });
                 let (ra, rb) = (a.rtt(), conn.rtt());
                 let max = ra.max(rb);
                 let go = |own: Duration, peer: Duration| Msg::Go { session, wait: (max - own) / 2, own_rtt: own, peer_rtt: peer };
-                // Both at once: neither send waits for the other.
-                let (ga, gb) = (go(ra, rb), go(rb, ra));
-                tokio::join!(send(&a, &ga), send(&conn, &gb));
+                // Both queued at once: neither waits for the other.
+                s.send(&to, &go(ra, rb));
+                s.send(&me, &go(rb, ra));
             }
             // A registered peer refreshing its registration (after a new
             // detection): where we see it now. Nothing else of it is kept
             // here; profiles travel in each session's messages.
-            Msg::Hello(HelloKind::Control) => send(&conn, &Msg::Registered { observed }).await,
+            Msg::Hello(HelloKind::Control) => s.send(&me, &Msg::Registered { observed }),
             Msg::Reject { peer, session, reason } => {
-                {
-                    let mut s = lock(&state);
-                    s.pending.remove(&session);
-                    s.stats.rejects += 1;
+                // Only a party of a pending session ends it, and only its
+                // other party hears of it.
+                let party = s.pending.get(&session).is_some_and(|p| (p.initiator, p.responder) == (peer, me) || (p.initiator, p.responder) == (me, peer));
+                if !party {
+                    continue;
                 }
-                if let Some((a, _)) = lookup(&state, &peer) {
-                    send(&a, &Msg::Reject { peer: me, session, reason }).await;
-                }
+                s.forget(&session);
+                s.stats.rejects += 1;
+                s.send(&peer, &Msg::Reject { peer: me, session, reason });
             }
             other => tracing::debug!("rendezvous: unexpected {other:?}"),
         }

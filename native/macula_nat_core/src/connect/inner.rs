@@ -8,6 +8,7 @@ use crate::{Connection, Node};
 use crate::detect::alloc_probe::AllocTracker;
 use crate::quic::dispatch::Dispatch;
 use crate::relay::RelaySet;
+use macula_nat_proto::limit::Caps;
 use macula_nat_proto::signal::{Msg, NodeId, SessionId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,6 +33,9 @@ pub(super) struct Inner {
     /// Relayed connections where we were the responder, for the upgrade
     /// (their method changes when the initiator moves them).
     pub(super) relayed_in: Mutex<Vec<Connection>>,
+    /// Responder sessions running, per initiator and in total (see
+    /// `SignalConfig::max_responder_sessions`).
+    pub(super) responding: Mutex<Caps<NodeId>>,
 }
 
 pub(super) fn control(inner: &Inner) -> Result<Connection, ConnectError> {

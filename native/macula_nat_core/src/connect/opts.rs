@@ -73,6 +73,12 @@ pub struct SignalConfig {
     /// punching (see [`crate::punch::primer`]). Default `true`; off only to measure
     /// what they are worth.
     pub primers: bool,
+    /// Sessions this node answers at once, from all initiators together
+    /// and from one initiator: each is a task, a punch and maybe sockets,
+    /// and a `Connect` costs its sender one message. Over either, the
+    /// `Incoming` is refused with `Reject(BUSY)`.
+    pub max_responder_sessions: usize,
+    pub max_responder_sessions_per_peer: usize,
 }
 
 impl SignalConfig {
@@ -85,6 +91,8 @@ impl SignalConfig {
             responder_timeout: Duration::from_secs(15),
             responder_profile_wait: Duration::from_secs(5),
             primers: true,
+            max_responder_sessions: 128,
+            max_responder_sessions_per_peer: 16,
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::punch::birthday::{PathGuard, SocketSet};
 use crate::punch::driver::Punched;
 use crate::quic::Method;
 use macula_nat_proto::connect::{dial_bound, targets};
-use macula_nat_proto::punch::{PunchConfig, Role};
+use macula_nat_proto::punch::{PunchConfig, Role, Verify};
 use macula_nat_proto::signal::{NodeId, SessionId};
 use macula_nat_proto::strategy::Side;
 use std::net::SocketAddr;
@@ -138,6 +138,9 @@ pub(super) async fn run_punch_from(inner: &Arc<Inner>, side: Side, m: Meeting<'_
     cfg.max_attempts = max_attempts.max(1);
     cfg.seed = rand::random();
     cfg.txids = crate::txid::CSPRNG;
+    // The rendezvous saw the peer there; whatever else it named gets one
+    // request until it answers (`macula_nat_proto::punch::Verify`).
+    cfg.verify = Some(Verify::known(vec![observed]));
     punch_driver::run_with(inner.node.clone(), reg, cfg, fresh).await.map_err(|_| ConnectError::PunchFailed)
 }
 

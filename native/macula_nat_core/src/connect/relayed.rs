@@ -191,7 +191,10 @@ pub(super) async fn respond_upgrade(
     if !upgradable(strategy) {
         return;
     }
-    let Ok((wait, pair_rtt)) = guard.go().await else { return };
+    // A go that never comes (the initiator rejected after its Connect, or
+    // a rendezvous that lost the session) must not hold the session.
+    let bound = crate::lock::read(&inner.cfg).responder_timeout;
+    let Ok(Ok((wait, pair_rtt))) = tokio::time::timeout(bound, guard.go()).await else { return };
     let own_rtt = control(&inner).map(|c| c.rtt()).unwrap_or_default();
     let go = (wait + primer_lead(&inner, strategy, pair_rtt, own_rtt), pair_rtt);
     if let Err(e) = run_punch(&inner, Side::B, Meeting::new(guard.session, from, &peer, observed, go, attempts)).await {

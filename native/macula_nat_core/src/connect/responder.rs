@@ -9,27 +9,89 @@ use super::profile::{fresh_socket, our_profile, session_base, settled_info};
 use super::relayed::respond_upgrade;
 use super::session::{deliver_late, Meeting, SessionGuard};
 use super::strategies::act;
-use crate::relay;
+use crate::{relay, runtime, Connection};
 use crate::quic::Method;
 use macula_nat_proto::signal;
-use macula_nat_proto::connect::{aimed_at_preserved_port, decide, shares_public_ip, upgradable};
+use macula_nat_proto::connect::{aimed_at_preserved_port, decide, peer_attempts, shares_public_ip, upgradable};
 use macula_nat_proto::signal::{Msg, NodeId, Profile, SessionId};
 use macula_nat_proto::strategy::{Dialer, Side, Strategy};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The punch transmissions per path a responder uses: the initiator's.
+/// The punch transmissions per path a responder uses: the initiator's,
+/// within `peer_attempts`' cap.
 pub(super) fn responder_attempts(attempts: u8) -> u32 {
-    match attempts {
-        0 => ConnectOpts::default().max_punch_attempts,
-        n => n as u32,
+    peer_attempts(attempts, ConnectOpts::default().max_punch_attempts)
+}
+
+/// A responder session counted against the caps (see
+/// `SignalConfig::max_responder_sessions`), with its signalling channel
+/// registered; gives its place back on drop.
+pub(super) struct Responding {
+    inner: Arc<Inner>,
+    from: NodeId,
+    session: SessionId,
+    /// Taken by the session's guard, which unregisters it.
+    rx: Option<tokio::sync::mpsc::UnboundedReceiver<Msg>>,
+}
+
+impl Responding {
+    /// A place for a session `from` asked for, or `None` over a cap.
+    pub(super) fn admit(inner: &Arc<Inner>, from: NodeId, session: SessionId) -> Option<Responding> {
+        lock(&inner.responding).take(&from).ok()?;
+        let rx = Some(SessionGuard::open(inner, session));
+        Some(Responding { inner: inner.clone(), from, session, rx })
     }
 }
 
+impl Drop for Responding {
+    fn drop(&mut self) {
+        lock(&self.inner.responding).release(&self.from);
+        if self.rx.is_some() {
+            lock(&self.inner.sessions).remove(&self.session);
+        }
+    }
+}
+
+/// Tells an initiator we will not answer (over a cap), in the background:
+/// the control loop never waits for a send.
+pub(super) fn refuse(ctl: &Connection, to: NodeId, session: SessionId) {
+    let ctl = ctl.clone();
+    runtime::spawn(async move {
+        let reject = Msg::Reject { peer: to, session, reason: signal::reject::BUSY }.encode();
+        let _ = tokio::time::timeout(REFUSE_SEND_TIMEOUT, ctl.send(reject)).await;
+    });
+}
+
+/// Bound on sending a refusal (a rendezvous that stopped reading).
+const REFUSE_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Extra time a responder session may take beyond its profile wait and
+/// `responder_timeout` (measuring the allocation, priming, the answer's
+/// send) before it is dropped whatever it waits for.
+const RESPONDER_SLACK: Duration = Duration::from_secs(5);
+
+/// Answers an `Incoming` and acts on the go; the whole session is bounded
+/// (see [`RESPONDER_SLACK`]): nothing a peer sends or withholds keeps it,
+/// its signalling channel or its place alive longer.
+pub(super) async fn respond(mut admitted: Responding, session: SessionId, flags: u8, attempts: u8, peer: Profile, observed: SocketAddr) {
+    let inner = admitted.inner.clone();
+    let from = admitted.from;
+    let Some(rx) = admitted.rx.take() else { return };
+    let bound = {
+        let cfg = read(&inner.cfg);
+        cfg.responder_profile_wait + cfg.responder_timeout + RESPONDER_SLACK
+    };
+    if tokio::time::timeout(bound, respond_within(inner, from, session, rx, flags, attempts, peer, observed)).await.is_err() {
+        tracing::debug!("signal: session {:02x?} responder dropped after {bound:?}", &session[..4]);
+    }
+    drop(admitted);
+}
+
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn respond(inner: Arc<Inner>, from: NodeId, session: SessionId, flags: u8, attempts: u8, peer: Profile, observed: SocketAddr) {
-    let mut guard = SessionGuard::new(&inner, session);
+async fn respond_within(inner: Arc<Inner>, from: NodeId, session: SessionId, rx: tokio::sync::mpsc::UnboundedReceiver<Msg>, flags: u8, attempts: u8, peer: Profile, observed: SocketAddr) {
+    let mut guard = SessionGuard::adopt(&inner, session, rx);
     // Asked before our first detection finished: answer with its result
     // (bounded; the initiator's connect timeout runs meanwhile).
     let wait = read(&inner.cfg).responder_profile_wait;

@@ -50,6 +50,20 @@ impl<'a> SessionGuard<'a> {
         lock(&inner.sessions).insert(session, tx);
         SessionGuard { inner, session, rx }
     }
+
+    /// A guard for a channel [`open`](SessionGuard::open) registered
+    /// earlier (the control loop does, before the responder's task starts,
+    /// so that a `Reject` right behind the `Incoming` finds it).
+    pub(super) fn adopt(inner: &'a Inner, session: SessionId, rx: mpsc::UnboundedReceiver<Msg>) -> SessionGuard<'a> {
+        SessionGuard { inner, session, rx }
+    }
+
+    /// Registers a session's channel without a guard yet (see [`adopt`](SessionGuard::adopt)).
+    pub(super) fn open(inner: &Inner, session: SessionId) -> mpsc::UnboundedReceiver<Msg> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&inner.sessions).insert(session, tx);
+        rx
+    }
 }
 
 impl SessionGuard<'_> {
@@ -74,6 +88,9 @@ impl SessionGuard<'_> {
         loop {
             match self.rx.recv().await {
                 Some(Msg::Go { wait, own_rtt, peer_rtt, .. }) => return Ok((wait, own_rtt + peer_rtt)),
+                // The peer gave up (an upgrade's initiator after its
+                // Connect): no go will come.
+                Some(Msg::Reject { reason, .. }) => return Err(ConnectError::Rejected(reason)),
                 Some(_) => continue,
                 None => return Err(ConnectError::NoRendezvous),
             }

@@ -7,12 +7,13 @@ use super::error::ConnectError;
 use super::inner::{control, Inner};
 use super::opts::SignalConfig;
 use super::profile::{contiguity_basis, current_info, keep_reachable_candidates};
-use super::responder::respond;
+use super::responder::{refuse, respond, Responding};
 use crate::{runtime, Connection, Node};
 use crate::detect::alloc_probe::AllocTracker;
 use crate::local_profile::ProfileState;
 use crate::relay::RelaySet;
 use macula_nat_proto::connect::public_profile;
+use macula_nat_proto::limit::Caps;
 use macula_nat_proto::record::PeerInfo;
 use macula_nat_proto::signal::{HelloKind, Msg, NodeId};
 use std::collections::HashMap;
@@ -54,6 +55,7 @@ impl Signal {
         let relays = RelaySet::new(&node);
         let (control, _) = watch::channel(None);
         let alloc = AllocTracker::new(&node, rendezvous_addr);
+        let responding = Mutex::new(Caps::new(cfg.max_responder_sessions_per_peer, cfg.max_responder_sessions));
         let inner = Arc::new(Inner {
             node,
             rendezvous: rendezvous_addr,
@@ -66,6 +68,7 @@ impl Signal {
             relays,
             alloc,
             relayed_in: Mutex::new(Vec::new()),
+            responding,
         });
         // Watched from before the registration: a detection that finishes
         // while we register is followed too.
@@ -96,6 +99,18 @@ impl Signal {
     /// Our address as the rendezvous sees it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
         *lock(&self.inner.observed)
+    }
+
+    /// Sessions with a signalling channel open right now (initiator and
+    /// responder sides): what a stuck session would leak.
+    pub fn open_sessions(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+
+    /// Responder sessions running right now (bounded by
+    /// `SignalConfig::max_responder_sessions`).
+    pub fn responder_sessions(&self) -> usize {
+        lock(&self.inner.responding).held()
     }
 
     /// Whether the control connection is up right now.
@@ -195,7 +210,15 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
             match Msg::decode(&bytes) {
                 Ok(Msg::Incoming { from, session, flags, attempts, mut profile, observed }) => {
                     keep_reachable_candidates(&inner, &mut profile, observed);
-                    runtime::spawn(respond(inner, from, session, flags, attempts, profile, observed));
+                    match Responding::admit(&inner, from, session) {
+                        Some(admitted) => {
+                            runtime::spawn(respond(admitted, session, flags, attempts, profile, observed));
+                        }
+                        None => {
+                            tracing::debug!("signal: too many sessions to answer; refusing one of {:02x?}", &from[..4]);
+                            refuse(&conn, from, session);
+                        }
+                    }
                 }
                 Ok(Msg::Registered { observed }) => {
                     // The answer to a registration refresh (see

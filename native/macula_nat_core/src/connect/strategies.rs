@@ -12,7 +12,7 @@ use crate::punch::birthday::SocketSet;
 use crate::quic::Method;
 use macula_nat_proto::strategy;
 use macula_nat_proto::connect::{answer_ports, dial_bound, peer_nat, targets};
-use macula_nat_proto::punch::{BirthdaySchedule, PunchConfig, Role};
+use macula_nat_proto::punch::{BirthdaySchedule, PunchConfig, Role, Verify};
 use macula_nat_proto::strategy::{Dialer, Side, Strategy};
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,6 +218,10 @@ pub(super) async fn birthday(
     // A primed easy side probes the ports it primed: their seed.
     cfg.seed = primed.probe_seed.unwrap_or_else(rand::random);
     cfg.txids = crate::txid::CSPRNG;
+    // Probes are one request per port of the peer's observed IP anyway;
+    // the hard side's sockets aim at the easy side's endpoint, which only
+    // the rendezvous' observation vouches for.
+    cfg.verify = Some(Verify::known(vec![observed]));
     let extra = if side == hard {
         // The easy side's one endpoint: its reflexive address (EI mapping) or
         // preserved port, first in `targets`.
