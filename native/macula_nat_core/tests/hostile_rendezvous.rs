@@ -18,7 +18,7 @@ mod hostile;
 use macula_nat_core::connect::profile_of;
 use macula_nat_core::{runtime, Connection, ConnectOpts, Node, QuicConfig, Rendezvous};
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
-use macula_nat_proto::signal::{self, HelloKind, Msg, NodeId, Profile};
+use macula_nat_proto::signal::{self, HelloKind, Msg, NodeId, Profile, SessionId};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -101,7 +101,7 @@ fn connect_flood_punches_a_third_party_at_most_what_the_attacker_sent() {
             let (mut msg_bytes, mut connects) = (0u64, 0u64);
             while Instant::now() < until {
                 for _ in 0..2 {
-                    let m = Msg::Connect { to: target, session: rand::random(), flags: signal::FLAG_UPGRADE, attempts: 255, profile: profile.clone() }.encode();
+                    let m = Msg::Connect { to: target, session: SessionId::random(), flags: signal::FLAG_UPGRADE, attempts: 255, profile: profile.clone() }.encode();
                     msg_bytes += m.len() as u64;
                     connects += 1;
                     ctl.send(m).await.unwrap();
@@ -162,7 +162,7 @@ fn sessions_never_answered_and_a_peer_that_stops_reading_are_bounded() {
             while Instant::now() < until {
                 for (_, c) in &flooders {
                     for _ in 0..10 {
-                        let m = Msg::Connect { to: stalled_id, session: rand::random(), flags: 0, attempts: 0, profile: big.clone() };
+                        let m = Msg::Connect { to: stalled_id, session: SessionId::random(), flags: 0, attempts: 0, profile: big.clone() };
                         let _ = c.send(m.encode()).await;
                         n += 1;
                     }
@@ -222,7 +222,7 @@ fn upgrade_then_reject_leaks_no_session() {
         let rounds = 40;
         let attack = async {
             for _ in 0..rounds {
-                let session = rand::random();
+                let session = SessionId::random();
                 let connect = Msg::Connect { to: target, session, flags: signal::FLAG_UPGRADE, attempts: 0, profile: profile.clone() };
                 ctl.send(connect.encode()).await.unwrap();
                 ctl.send(Msg::Reject { peer: target, session, reason: signal::reject::BUSY }.encode()).await.unwrap();

@@ -84,7 +84,7 @@ pub(super) async fn respond(mut admitted: Responding, session: SessionId, flags:
         cfg.responder_profile_wait + cfg.responder_timeout + RESPONDER_SLACK
     };
     if tokio::time::timeout(bound, respond_within(inner, from, session, rx, flags, attempts, peer, observed)).await.is_err() {
-        tracing::debug!("signal: session {:02x?} responder dropped after {bound:?}", &session[..4]);
+        tracing::debug!("signal: session {:02x?} responder dropped after {bound:?}", &session.as_bytes()[..4]);
     }
     drop(admitted);
 }

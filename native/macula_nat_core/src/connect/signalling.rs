@@ -215,7 +215,7 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
                             runtime::spawn(respond(admitted, session, flags, attempts, profile, observed));
                         }
                         None => {
-                            tracing::debug!("signal: too many sessions to answer; refusing one of {:02x?}", &from[..4]);
+                            tracing::debug!("signal: too many sessions to answer; refusing one of {:02x?}", &from.as_bytes()[..4]);
                             refuse(&conn, from, session);
                         }
                     }
