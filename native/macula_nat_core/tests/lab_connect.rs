@@ -34,6 +34,18 @@ fn lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// A `stream`'s result line, skipping the event lines it prints while it
+/// runs (path quality, method changes, gaps).
+fn stream_result(said: &mpsc::Receiver<String>, within: Duration) -> Option<String> {
+    let until = std::time::Instant::now() + within;
+    loop {
+        let l = said.recv_timeout(until.checked_duration_since(std::time::Instant::now())?).ok()?;
+        if field(&l, "event").is_none() {
+            return Some(l);
+        }
+    }
+}
+
 /// Starts the rendezvous on the lab's public host `rdv`: the process, its
 /// address and its node id.
 fn rendezvous(lab: &Lab) -> (Child, String, String) {
@@ -714,7 +726,7 @@ fn upgrade_tries(lab: &Lab, rdv: &(String, String), from: &str, to: &str, tries:
         });
         let first = said.recv_timeout(Duration::from_secs(20));
         unblock(lab, from);
-        let last = first.is_ok().then(|| said.recv_timeout(Duration::from_secs(60)).ok()).flatten();
+        let last = first.is_ok().then(|| stream_result(&said, Duration::from_secs(60))).flatten();
         let _ = stream.kill();
         let status = stream.wait();
         let errs = errs.join().unwrap_or_default();
@@ -822,7 +834,7 @@ fn a_live_connection_survives_a_nat_rebinding() {
     }
     let mut failures = Vec::new();
     for ((dialler, listener, mut s, said), created_before) in streams.into_iter().zip(before) {
-        let out = said.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+        let out = stream_result(&said, Duration::from_secs(60)).unwrap_or_default();
         let _ = s.wait();
         // The stats file is rewritten every 100 ms.
         std::thread::sleep(Duration::from_millis(300));
