@@ -47,6 +47,12 @@ pub enum Refusal {
     SelfSession,
     /// The opener has no usable control connection state.
     BadRequest,
+    /// The opener's key holds its `max_sessions_per_key` sessions.
+    TooManySessions,
+    /// The opener's key has its `max_pending_per_key` sessions waiting.
+    TooManyPending,
+    /// The opener's key used its `max_opens_per_minute`.
+    RateLimited,
 }
 
 impl Refusal {
@@ -58,6 +64,9 @@ impl Refusal {
             Refusal::Declined => 4,
             Refusal::SelfSession => 5,
             Refusal::BadRequest => 6,
+            Refusal::TooManySessions => 7,
+            Refusal::TooManyPending => 8,
+            Refusal::RateLimited => 9,
         }
     }
 
@@ -69,6 +78,9 @@ impl Refusal {
             4 => Refusal::Declined,
             5 => Refusal::SelfSession,
             6 => Refusal::BadRequest,
+            7 => Refusal::TooManySessions,
+            8 => Refusal::TooManyPending,
+            9 => Refusal::RateLimited,
             _ => return None,
         })
     }
@@ -82,6 +94,9 @@ impl Refusal {
             Refusal::Declined => "declined",
             Refusal::SelfSession => "self_session",
             Refusal::BadRequest => "bad_request",
+            Refusal::TooManySessions => "too_many_sessions",
+            Refusal::TooManyPending => "too_many_pending",
+            Refusal::RateLimited => "rate_limited",
         }
     }
 }

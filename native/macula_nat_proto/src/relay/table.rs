@@ -4,24 +4,50 @@
 //! Pure: the runtime passes `Instant`s and ids in and acts on the answers
 //! (send a message, forward or delay a frame, fire a callback).
 //!
-//! Limits:
+//! Limits (every one a bound on what a peer can make the relay hold or
+//! send; libp2p's circuit relay v2 caps the same things):
 //! * `max_sessions` counts pending and active sessions: an `Open` beyond it
 //!   is refused with [`Refusal::MaxSessions`] before the target hears of it.
+//! * Per node key (what one authenticated peer can take of those slots, so
+//!   that a few keys cannot hold them all): `max_sessions_per_key` sessions
+//!   it opened (pending and active, [`Refusal::TooManySessions`]),
+//!   `max_pending_per_key` of them not yet accepted
+//!   ([`Refusal::TooManyPending`]), `max_opens_per_minute` opens (a token
+//!   bucket of that many, refilled over a minute, [`Refusal::RateLimited`]).
+//!   Counted for the opener only: a target cannot refuse to be opened to,
+//!   so counting it would let anyone exhaust a victim's share.
+//! * `max_reservations` reserved nodes in all; `max_reservations_per_key`
+//!   reserving control connections of one key, beyond which that key's
+//!   oldest reservation is dropped (the newest wins, as a reconnecting node
+//!   needs).
+//! * `pending_timeout`: a session not accepted within it is refused
+//!   ([`Refusal::Declined`]); an honest target accepts within one round trip.
 //! * `bandwidth_limit` (bytes per second per session, both directions
 //!   together) is a token bucket used as a *shaper*: a frame beyond the
 //!   tokens is delayed by the time the bucket needs to cover it, up to
 //!   `max_queue_delay`, and dropped beyond that. Policing alone (dropping
 //!   at once) would hold the limit too, but a congestion-controlled QUIC
 //!   flow then oscillates well under it; a short queue lets it settle at
-//!   the limit. The bucket's burst is 50 ms of the rate (at least 4 KiB),
-//!   so over any window of T seconds at most `burst + rate * T` bytes pass.
+//!   the limit. The bucket's burst is 50 ms of the rate (at least 4 KiB).
 //!   Frames of at most [`SMALL_FRAME`] payload bytes (QUIC acknowledgements
-//!   of the other direction) are charged but never delayed or dropped: the
-//!   charge lands on the bulk frames after them, so the byte limit still
-//!   holds, while a saturated direction does not starve the acknowledgements
-//!   of the other (which made the flow collapse under its own queue).
+//!   of the other direction) skip the queue: they leave at once while the
+//!   bucket's debt is within twice `max_queue_delay` (the second half is
+//!   theirs alone, so a saturated direction does not starve the
+//!   acknowledgements of the other, which made the flow collapse under its
+//!   own queue), and are dropped beyond it. Every frame is charged, so over
+//!   any window of T seconds at most `burst + rate * (T + 2 *
+//!   max_queue_delay)` bytes pass, whatever the frame sizes.
 //! * `session_timeout`: a session with no frame in either direction for
 //!   that long ends ([`EndReason::Inactive`]).
+//!
+//! Legs follow their control connection: the runtime reports the
+//! connection's current remote address ([`RelayTable::move_client`]) after
+//! QUIC migrated it (a NAT rebinding), and the leg's frames are expected
+//! from, and sent to, the new address.
+//!
+//! Per-key state lives while the key has a control connection, and after
+//! its last one left until its opens bucket is full again (at most a
+//! minute): [`RelayTable::sweep`] forgets it then.
 
 use super::msg::{EndReason, NodeId, Refusal};
 use std::collections::{HashMap, HashSet};
@@ -32,11 +58,9 @@ use std::time::{Duration, Instant};
 pub type ClientId = u64;
 pub use crate::id::RelaySessionId;
 
-/// Payload size up to which a frame is charged but never held back.
+/// Payload size up to which a frame skips the shaper's queue (it is still
+/// charged, and dropped when the debt is beyond its share).
 pub const SMALL_FRAME: usize = 128;
-
-/// A pending session not accepted within this is dropped.
-pub const PENDING_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Limits {
@@ -46,17 +70,38 @@ pub struct Limits {
     pub session_timeout: Duration,
     /// Longest a frame may wait in the shaper before it is dropped instead.
     pub max_queue_delay: Duration,
+    /// A session not accepted within this is refused.
+    pub pending_timeout: Duration,
+    /// Sessions one key opened that may exist at once (pending and active).
+    pub max_sessions_per_key: usize,
+    /// Sessions one key opened that may wait for their target at once.
+    pub max_pending_per_key: usize,
+    /// Opens one key may make per minute (a bucket of that many).
+    pub max_opens_per_minute: u32,
+    /// Reserved nodes in all.
+    pub max_reservations: usize,
+    /// Reserving control connections of one key.
+    pub max_reservations_per_key: usize,
 }
 
 impl Default for Limits {
     /// 100 sessions, no bandwidth limit, 30 min inactivity (the developer
-    /// guide's example value), 100 ms of queue.
+    /// guide's example value), 100 ms of queue; per key 8 sessions, 4 of
+    /// them pending, 60 opens a minute, 2 reservations; 4 s to accept
+    /// (under the opener's 5 s wait, so it hears a refusal, not a timeout);
+    /// 1,000 reservations.
     fn default() -> Self {
         Limits {
             max_sessions: 100,
             bandwidth_limit: None,
             session_timeout: Duration::from_secs(1800),
             max_queue_delay: Duration::from_millis(100),
+            pending_timeout: Duration::from_secs(4),
+            max_sessions_per_key: 8,
+            max_pending_per_key: 4,
+            max_opens_per_minute: 60,
+            max_reservations: 1000,
+            max_reservations_per_key: 2,
         }
     }
 }
@@ -125,6 +170,56 @@ struct Client {
     sessions: HashSet<RelaySessionId>,
 }
 
+/// What one node key holds, across its control connections.
+#[derive(Clone, Debug)]
+struct KeyState {
+    clients: usize,
+    /// Sessions it opened, pending and active.
+    sessions: usize,
+    /// Of those, not yet accepted.
+    pending: usize,
+    /// Its reserving connections, oldest first.
+    reserved: Vec<ClientId>,
+    opens: OpenRate,
+}
+
+/// Opens per minute: a bucket of `per_minute` tokens refilled over a minute.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenRate {
+    per_minute: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl OpenRate {
+    pub fn new(per_minute: u32, now: Instant) -> OpenRate {
+        let per_minute = f64::from(per_minute);
+        OpenRate { per_minute, tokens: per_minute, last: now }
+    }
+
+    /// Takes one open: `false` when the bucket is empty (nothing taken).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
+    /// Whether the bucket is full (the key's history no longer matters).
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.per_minute
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * self.per_minute / 60.0).min(self.per_minute);
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Session {
     a_client: ClientId,
@@ -175,10 +270,17 @@ impl TokenBucket {
         Some(wait)
     }
 
-    /// Charges `len` bytes without waiting (the debt delays later frames).
-    pub fn charge(&mut self, now: Instant, len: usize) {
+    /// Charges `len` bytes to send at once (the debt delays later frames),
+    /// unless the debt would then take longer than `max_debt` to pay off:
+    /// `false`, nothing charged.
+    pub fn charge(&mut self, now: Instant, len: usize, max_debt: Duration) -> bool {
         self.refill(now);
-        self.tokens -= len as f64;
+        let after = self.tokens - len as f64;
+        if after < 0.0 && -after / self.rate > max_debt.as_secs_f64() {
+            return false;
+        }
+        self.tokens = after;
+        true
     }
 
     fn refill(&mut self, now: Instant) {
@@ -197,6 +299,7 @@ pub struct RelayTable {
     /// Reserved node -> its (latest) reserving connection.
     reachable: HashMap<NodeId, ClientId>,
     sessions: HashMap<RelaySessionId, Session>,
+    keys: HashMap<NodeId, KeyState>,
     disabled: bool,
     dropped: HashMap<DropReason, u64>,
 }
@@ -208,6 +311,7 @@ impl RelayTable {
             clients: HashMap::new(),
             reachable: HashMap::new(),
             sessions: HashMap::new(),
+            keys: HashMap::new(),
             disabled: false,
             dropped: HashMap::new(),
         }
@@ -218,21 +322,100 @@ impl RelayTable {
     }
 
     /// An authenticated control connection of `node`, seen at `addr` (its
-    /// data frames must come from there).
-    pub fn connect(&mut self, client: ClientId, node: NodeId, addr: SocketAddr) {
-        self.clients.insert(client, Client { node, addr, reserved: false, sessions: HashSet::new() });
+    /// data frames must come from there). `now` starts the key's opens
+    /// bucket if it is new.
+    pub fn connect(&mut self, client: ClientId, node: NodeId, addr: SocketAddr, now: Instant) {
+        if self.clients.insert(client, Client { node, addr, reserved: false, sessions: HashSet::new() }).is_some() {
+            return;
+        }
+        let per_minute = self.limits.max_opens_per_minute;
+        let k = self.keys.entry(node).or_insert_with(|| KeyState {
+            clients: 0,
+            sessions: 0,
+            pending: 0,
+            reserved: Vec::new(),
+            opens: OpenRate::new(per_minute, now),
+        });
+        k.clients += 1;
     }
 
-    /// Makes the client's node reachable. `false` for an unknown client or
-    /// while disabled.
+    /// The client's control connection now comes from `addr` (QUIC
+    /// migrated it after a NAT rebinding): its sessions' frames are expected
+    /// from and sent to `addr`. `false` if unknown or unchanged.
+    pub fn move_client(&mut self, client: ClientId, addr: SocketAddr) -> bool {
+        let Some(c) = self.clients.get_mut(&client) else { return false };
+        if c.addr == addr {
+            return false;
+        }
+        c.addr = addr;
+        for id in &c.sessions {
+            if let Some(s) = self.sessions.get_mut(id) {
+                if s.a_client == client {
+                    s.a_addr = addr;
+                }
+                if s.b_client == client {
+                    s.b_addr = addr;
+                }
+            }
+        }
+        true
+    }
+
+    /// Where the client's frames are expected from.
+    pub fn client_addr(&self, client: ClientId) -> Option<SocketAddr> {
+        self.clients.get(&client).map(|c| c.addr)
+    }
+
+    /// Makes the client's node reachable. `false` for an unknown client,
+    /// while disabled, or when `max_reservations` other nodes hold one. Past
+    /// `max_reservations_per_key`, the key's oldest reservation goes.
     pub fn reserve(&mut self, client: ClientId) -> bool {
         if self.disabled {
             return false;
         }
-        let Some(c) = self.clients.get_mut(&client) else { return false };
-        c.reserved = true;
-        self.reachable.insert(c.node, client);
+        let Some(c) = self.clients.get(&client) else { return false };
+        let node = c.node;
+        if c.reserved {
+            self.reachable.insert(node, client);
+            return true;
+        }
+        if !self.reachable.contains_key(&node) && self.reachable.len() >= self.limits.max_reservations {
+            return false;
+        }
+        let per_key = self.limits.max_reservations_per_key.max(1);
+        let evicted: Vec<ClientId> = match self.keys.get_mut(&node) {
+            Some(k) => {
+                k.reserved.push(client);
+                let over = k.reserved.len().saturating_sub(per_key);
+                k.reserved.drain(..over).collect()
+            }
+            None => Vec::new(),
+        };
+        for old in evicted {
+            if let Some(o) = self.clients.get_mut(&old) {
+                o.reserved = false;
+            }
+        }
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.reserved = true;
+        }
+        self.reachable.insert(node, client);
         true
+    }
+
+    /// Reserving control connections of `node`.
+    pub fn key_reservations(&self, node: &NodeId) -> usize {
+        self.keys.get(node).map_or(0, |k| k.reserved.len())
+    }
+
+    /// Sessions `node` opened that exist now (pending and active).
+    pub fn key_sessions(&self, node: &NodeId) -> usize {
+        self.keys.get(node).map_or(0, |k| k.sessions)
+    }
+
+    /// Node keys the table keeps state for.
+    pub fn keys(&self) -> usize {
+        self.keys.len()
     }
 
     pub fn is_reserved(&self, node: &NodeId) -> bool {
@@ -244,6 +427,10 @@ impl RelayTable {
         let Some(c) = self.clients.remove(&client) else { return Vec::new() };
         if self.reachable.get(&c.node) == Some(&client) {
             self.reachable.remove(&c.node);
+        }
+        if let Some(k) = self.keys.get_mut(&c.node) {
+            k.clients = k.clients.saturating_sub(1);
+            k.reserved.retain(|r| *r != client);
         }
         c.sessions.iter().filter_map(|s| self.end(*s, EndReason::PeerGone)).collect()
     }
@@ -258,13 +445,28 @@ impl RelayTable {
             return Err(Refusal::SelfSession);
         }
         let Some(&b_client) = self.reachable.get(to) else { return Err(Refusal::NoReservation) };
-        if self.sessions.len() >= self.limits.max_sessions {
-            return Err(Refusal::MaxSessions);
-        }
         if self.sessions.contains_key(&session) {
             return Err(Refusal::BadRequest);
         }
         let Some(b) = self.clients.get(&b_client) else { return Err(Refusal::NoReservation) };
+        let Some(k) = self.keys.get_mut(&a.node) else { return Err(Refusal::BadRequest) };
+        // The key's own shares first: a key at its cap is told so even when
+        // the relay is full, and a refused open still costs a token (a key
+        // cannot probe for free).
+        if !k.opens.allow(now) {
+            return Err(Refusal::RateLimited);
+        }
+        if k.sessions >= self.limits.max_sessions_per_key {
+            return Err(Refusal::TooManySessions);
+        }
+        if k.pending >= self.limits.max_pending_per_key {
+            return Err(Refusal::TooManyPending);
+        }
+        if self.sessions.len() >= self.limits.max_sessions {
+            return Err(Refusal::MaxSessions);
+        }
+        k.sessions += 1;
+        k.pending += 1;
         let s = Session {
             a_client: client,
             b_client,
@@ -293,6 +495,9 @@ impl RelayTable {
         let s = self.sessions.get_mut(&session).filter(|s| s.b_client == client && !s.active)?;
         s.active = true;
         s.last = now;
+        if let Some(k) = self.keys.get_mut(&s.a) {
+            k.pending = k.pending.saturating_sub(1);
+        }
         Some(Started { session, a: s.a, b: s.b, a_client: s.a_client, tag: s.tag })
     }
 
@@ -332,10 +537,7 @@ impl RelayTable {
                     Some(to) => {
                         let wait = match s.bucket.as_mut() {
                             None => Some(Duration::ZERO),
-                            Some(b) if len <= SMALL_FRAME => {
-                                b.charge(now, len);
-                                Some(Duration::ZERO)
-                            }
+                            Some(b) if len <= SMALL_FRAME => b.charge(now, len, 2 * max_wait).then_some(Duration::ZERO),
                             Some(b) => b.take(now, len, max_wait),
                         };
                         match wait {
@@ -363,12 +565,14 @@ impl RelayTable {
     /// Ends inactive sessions and forgets pending ones never accepted.
     pub fn sweep(&mut self, now: Instant) -> Vec<Ended> {
         let timeout = self.limits.session_timeout;
+        let pending_timeout = self.limits.pending_timeout;
+        self.keys.retain(|_, k| k.clients > 0 || k.sessions > 0 || !k.opens.is_full(now));
         // Active: idle since the last frame; pending: since the open.
         let due: Vec<RelaySessionId> = self
             .sessions
             .iter()
             .filter(|(_, s)| {
-                let (since, limit) = if s.active { (s.last, timeout) } else { (s.since, PENDING_TIMEOUT) };
+                let (since, limit) = if s.active { (s.last, timeout) } else { (s.since, pending_timeout) };
                 now.saturating_duration_since(since) >= limit
             })
             .map(|(id, _)| *id)
@@ -384,12 +588,20 @@ impl RelayTable {
         for c in self.clients.values_mut() {
             c.reserved = false;
         }
+        for k in self.keys.values_mut() {
+            k.reserved.clear();
+        }
         let ids: Vec<RelaySessionId> = self.sessions.keys().copied().collect();
         ids.into_iter().filter_map(|id| self.end(id, EndReason::Disabled)).collect()
     }
 
+    /// Relays again, with `limits` (the keys' opens buckets take the new
+    /// rate at once).
     pub fn enable(&mut self, limits: Limits) {
         self.disabled = false;
+        for k in self.keys.values_mut() {
+            k.opens.per_minute = f64::from(limits.max_opens_per_minute);
+        }
         self.limits = limits;
     }
 
@@ -426,6 +638,12 @@ impl RelayTable {
 
     fn end(&mut self, session: RelaySessionId, reason: EndReason) -> Option<Ended> {
         let s = self.sessions.remove(&session)?;
+        if let Some(k) = self.keys.get_mut(&s.a) {
+            k.sessions = k.sessions.saturating_sub(1);
+            if !s.active {
+                k.pending = k.pending.saturating_sub(1);
+            }
+        }
         for c in [s.a_client, s.b_client] {
             if let Some(c) = self.clients.get_mut(&c) {
                 c.sessions.remove(&session);

@@ -67,6 +67,9 @@ fn codes_and_names_are_stable_and_distinct() {
         Refusal::Declined,
         Refusal::SelfSession,
         Refusal::BadRequest,
+        Refusal::TooManySessions,
+        Refusal::TooManyPending,
+        Refusal::RateLimited,
     ];
     for r in refusals {
         assert_eq!(Refusal::from_code(r.code()), Some(r));
@@ -104,9 +107,10 @@ const C: NodeId = NodeId::from_bytes([0xC; 32]);
 
 fn table(limits: Limits) -> RelayTable {
     let mut t = RelayTable::new(limits);
-    t.connect(1, A, addr("10.0.0.1:1000"));
-    t.connect(2, B, addr("10.0.0.2:2000"));
-    t.connect(3, C, addr("10.0.0.3:3000"));
+    let now = Instant::now();
+    t.connect(1, A, addr("10.0.0.1:1000"), now);
+    t.connect(2, B, addr("10.0.0.2:2000"), now);
+    t.connect(3, C, addr("10.0.0.3:3000"), now);
     t
 }
 
@@ -203,7 +207,7 @@ fn a_newer_reservation_wins_and_the_old_connection_leaving_keeps_it() {
     let now = Instant::now();
     let mut t = table(Limits::default());
     assert!(t.reserve(2));
-    t.connect(4, B, addr("10.0.0.2:2001")); // B reconnected from a new mapping
+    t.connect(4, B, addr("10.0.0.2:2001"), now); // B reconnected from a new mapping
     assert!(t.reserve(4));
     t.disconnect(2);
     assert!(t.is_reserved(&B));
@@ -232,8 +236,10 @@ fn pending_sessions_expire() {
     let mut t = table(Limits::default());
     assert!(t.reserve(2));
     t.open(1, &B, 3, 8, t0).unwrap();
-    assert!(t.sweep(t0 + PENDING_TIMEOUT - Duration::from_millis(1)).is_empty());
-    let e = t.sweep(t0 + PENDING_TIMEOUT);
+    let pending = Limits::default().pending_timeout;
+    assert!(pending <= Duration::from_secs(4), "shorter than the opener's 5 s wait");
+    assert!(t.sweep(t0 + pending - Duration::from_millis(1)).is_empty());
+    let e = t.sweep(t0 + pending);
     assert_eq!((e.len(), e[0].was_active, e[0].tag, e[0].a_client), (1, false, 8, 1));
 }
 
@@ -339,4 +345,157 @@ fn small_frames_pass_at_once_but_are_charged() {
     // 64 ms at 100 kB/s, beyond the 100 ms queue that was already full.
     assert_eq!(t.forward(a, s, 1200, t0 + Duration::from_millis(60)), Verdict::Drop(DropReason::OverLimit));
     assert!(matches!(t.forward(a, s, 1200, t0 + Duration::from_millis(80)), Verdict::Delay { .. }));
+}
+
+/// No shares and no rate: only the per-key cap under test binds.
+fn wide() -> Limits {
+    Limits { max_pending_per_key: 1000, max_sessions_per_key: 1000, max_opens_per_minute: 100_000, ..Limits::default() }
+}
+
+#[test]
+fn one_key_holds_at_most_its_share_of_sessions() {
+    let now = Instant::now();
+    let mut t = table(Limits { max_sessions: 10, max_sessions_per_key: 4, ..wide() });
+    assert!(t.reserve(2));
+    for s in 0..4 {
+        t.open(1, &B, s, 0, now).unwrap();
+        t.accept(2, s, now).unwrap();
+    }
+    assert_eq!(t.open(1, &B, 4, 0, now), Err(Refusal::TooManySessions));
+    assert_eq!(t.key_sessions(&A), 4);
+    // A second key gets its own share, and the relay still has room.
+    for s in 10..14 {
+        t.open(3, &B, s, 0, now).unwrap();
+    }
+    assert_eq!(t.open(3, &B, 14, 0, now), Err(Refusal::TooManySessions));
+    assert_eq!(t.sessions(), 8);
+    let d: [u8; 32] = [0xD; 32];
+    t.connect(4, d, addr("10.0.0.4:4000"), now);
+    assert!(t.open(4, &B, 20, 0, now).is_ok(), "two keys do not hold every slot");
+    // Ending one of A's sessions gives it a slot back; the target's count
+    // is not the opener's (B opened nothing).
+    t.close(2, 0).unwrap();
+    assert!(t.open(1, &B, 4, 0, now).is_ok());
+    assert_eq!(t.key_sessions(&B), 0);
+}
+
+#[test]
+fn one_key_has_at_most_its_pending_sessions_waiting() {
+    let now = Instant::now();
+    let mut t = table(Limits { max_pending_per_key: 2, ..wide() });
+    assert!(t.reserve(2));
+    t.open(1, &B, 1, 0, now).unwrap();
+    t.open(1, &B, 2, 0, now).unwrap();
+    assert_eq!(t.open(1, &B, 3, 0, now), Err(Refusal::TooManyPending));
+    // An accepted session no longer waits; a declined one is gone.
+    t.accept(2, 1, now).unwrap();
+    t.open(1, &B, 3, 0, now).unwrap();
+    assert_eq!(t.open(1, &B, 4, 0, now), Err(Refusal::TooManyPending));
+    t.decline(2, 2).unwrap();
+    t.open(1, &B, 4, 0, now).unwrap();
+    // Expired pending sessions give their place back too.
+    let e = t.sweep(now + Limits::default().pending_timeout);
+    assert_eq!(e.len(), 2);
+    t.open(1, &B, 5, 0, now + Limits::default().pending_timeout).unwrap();
+}
+
+#[test]
+fn opens_per_minute_per_key_refill_over_the_minute() {
+    let t0 = Instant::now();
+    let mut t = table(Limits { max_opens_per_minute: 3, ..wide() });
+    assert!(t.reserve(2));
+    for s in 0..3 {
+        t.open(1, &B, s, 0, t0).unwrap();
+        t.close(1, s).unwrap();
+    }
+    assert_eq!(t.open(1, &B, 9, 0, t0), Err(Refusal::RateLimited));
+    assert_eq!(t.open(1, &B, 9, 0, t0 + Duration::from_secs(19)), Err(Refusal::RateLimited), "a refused open costs nothing more, but earns nothing");
+    assert!(t.open(1, &B, 9, 0, t0 + Duration::from_secs(21)).is_ok(), "one token every 20 s");
+    // Another key is not affected.
+    assert!(t.reserve(3));
+    assert!(t.open(2, &C, 10, 0, t0).is_ok());
+}
+
+#[test]
+fn reservations_are_capped_per_key_and_in_all() {
+    let now = Instant::now();
+    let mut t = table(Limits { max_reservations: 2, max_reservations_per_key: 2, ..Limits::default() });
+    t.connect(4, B, addr("10.0.0.2:2001"), now);
+    t.connect(5, B, addr("10.0.0.2:2002"), now);
+    assert!(t.reserve(2) && t.reserve(4));
+    assert_eq!(t.key_reservations(&B), 2);
+    assert!(t.reserve(5), "the newest wins");
+    assert_eq!(t.key_reservations(&B), 2, "the oldest went");
+    assert!(t.reserve(5), "again: no change");
+    assert_eq!(t.key_reservations(&B), 2);
+    assert!(t.reserve(3));
+    assert_eq!(t.reservations(), 2);
+    assert!(!t.reserve(1), "a third node finds the relay full");
+    assert!(!t.is_reserved(&A));
+    t.disconnect(3);
+    assert!(t.reserve(1));
+    // B is reached through its newest reservation.
+    assert_eq!(t.open(1, &B, 1, 0, now).unwrap().b_client, 5);
+}
+
+#[test]
+fn a_leg_follows_its_control_connection_to_a_new_address() {
+    let now = Instant::now();
+    let mut t = table(Limits::default());
+    let s = active(&mut t, now);
+    let (a, old_b, new_b) = (addr("10.0.0.1:1000"), addr("10.0.0.2:2000"), addr("10.0.0.2:2999"));
+    assert_eq!(t.forward(new_b, s, 100, now), Verdict::Drop(DropReason::NotALeg), "before the move");
+    assert!(t.move_client(2, new_b));
+    assert!(!t.move_client(2, new_b), "unchanged");
+    assert!(!t.move_client(99, new_b));
+    assert_eq!(t.client_addr(2), Some(new_b));
+    assert_eq!(t.forward(new_b, s, 100, now), Verdict::Forward { to: a });
+    assert_eq!(t.forward(a, s, 100, now), Verdict::Forward { to: new_b });
+    assert_eq!(t.forward(old_b, s, 100, now), Verdict::Drop(DropReason::NotALeg), "the old mapping is no leg now");
+    assert_eq!(t.legs(s), Some((a, new_b)));
+    // Sessions opened later start at the new address too.
+    assert!(t.open(3, &B, 78, 0, now).is_ok());
+    assert_eq!(t.legs(78), Some((addr("10.0.0.3:3000"), new_b)));
+}
+
+/// A flood of small frames (10x the limit, both legs) for 10 s: what passes
+/// is within the limit plus the burst and twice the queue allowance.
+#[test]
+fn small_frames_cannot_pass_the_bandwidth_limit() {
+    let t0 = Instant::now();
+    let limit = 100_000u64;
+    let limits = Limits { bandwidth_limit: Some(limit), ..Limits::default() };
+    let slack = (limit as f64 * 0.05).max(4096.0) + limit as f64 * 2.0 * limits.max_queue_delay.as_secs_f64();
+    let mut t = table(limits);
+    let s = active(&mut t, t0);
+    let (a, b) = (addr("10.0.0.1:1000"), addr("10.0.0.2:2000"));
+    let len = SMALL_FRAME;
+    let frames = 10 * limit * 10 / len as u64;
+    let mut passed = 0u64;
+    for i in 0..frames {
+        let now = t0 + Duration::from_nanos(i * 10_000_000_000 / frames);
+        match t.forward(if i % 2 == 0 { a } else { b }, s, len, now) {
+            Verdict::Forward { .. } => passed += len as u64,
+            Verdict::Delay { .. } => panic!("small frames are never queued"),
+            Verdict::Drop(r) => assert_eq!(r, DropReason::OverLimit),
+        }
+    }
+    let allowed = limit as f64 * 10.0 + slack;
+    assert!(passed as f64 <= allowed, "{passed} > {allowed}");
+    assert!(passed as f64 >= limit as f64 * 10.0 * 0.95, "the limit is used: {passed}");
+}
+
+#[test]
+fn a_key_is_forgotten_once_gone_and_its_bucket_full() {
+    let t0 = Instant::now();
+    let mut t = table(Limits::default());
+    assert!(t.reserve(2));
+    t.open(1, &B, 1, 0, t0).unwrap();
+    assert_eq!(t.keys(), 3);
+    t.disconnect(1);
+    // 60 opens a minute: one open is paid back in a second.
+    t.sweep(t0 + Duration::from_millis(500));
+    assert_eq!(t.keys(), 3, "A's recent open is remembered (a reconnect does not reset it)");
+    t.sweep(t0 + Duration::from_secs(2));
+    assert_eq!(t.keys(), 2);
 }
