@@ -17,14 +17,27 @@
 %%     together, enforced by a token bucket; default `unlimited');</li>
 %% <li>`session_timeout' (ms without a packet in either direction after
 %%     which a session ends; default 1800000);</li>
+%% <li>bounds on what one peer (node key) can hold, so that a few keys
+%%     cannot take every slot: `max_sessions_per_key' (sessions it opened,
+%%     pending and active; default 8; over it the opener gets
+%%     `too_many_sessions'), `max_pending_per_key' (of those, not yet
+%%     accepted; default 4; `too_many_pending'), `max_opens_per_minute'
+%%     (default 60; `rate_limited'), `max_reservations_per_key' (reserving
+%%     connections; default 2: a newer one takes the oldest one's place);
+%%     `max_reservations' (reserved nodes in all; default 1000: a Reserve
+%%     beyond it is refused) and `pending_timeout' (ms a session may wait
+%%     for its target to accept; default 4000);</li>
 %% <li>`on_session_start', `on_session_end': funs of arity 1 called with
 %%     `#{peer_a, peer_b, session}' and `#{peer_a, peer_b, session,
 %%     bytes_transferred, reason}' (`peer_a' opened the session, `peer_b'
 %%     is the peer it reached, both NodeIds in lowercase hex so that `~s'
 %%     and string interpolation print them (every call takes that form
 %%     too); `reason': `closed', `inactive', `peer_gone'
-%%     or `relay_disabled'). Each call runs in a process of its own, never
-%%     in this server or on the data path; one that crashes is logged.</li>
+%%     or `relay_disabled'). The calls run one at a time in a process of
+%%     their own, never in this server or on the data path: one that
+%%     crashes is logged, one that runs longer than 5 s is killed (and
+%%     logged), and at most 1,000 wait; beyond that they are dropped and
+%%     counted (`callbacks_dropped' in `stats/0').</li>
 %% </ul>
 %% Enabling again applies the new options to the running relay (sessions
 %% go on; a new bandwidth limit applies to new sessions). The relay's load
@@ -56,6 +69,15 @@
 -define(MAX_SESSIONS, 1000000).
 -define(MAX_BANDWIDTH, 1000000000000).
 -define(MAX_TIMEOUT_MS, 30 * 86400000).
+-define(MAX_PENDING_TIMEOUT_MS, 60000).
+-define(MAX_PER_KEY, 1000000).
+%% Callbacks waiting for the callback runner, beyond which they are dropped.
+-define(MAX_CALLBACKS_QUEUED, 1000).
+%% Longest one callback may run before it is killed.
+-define(CALLBACK_TIMEOUT_MS, 5000).
+-define(LIMIT_KEYS, [max_sessions, bandwidth_limit, session_timeout, pending_timeout,
+                     max_sessions_per_key, max_pending_per_key, max_opens_per_minute,
+                     max_reservations, max_reservations_per_key]).
 
 -spec start_link(map()) -> {ok, pid()} | {error, term()}.
 start_link(Opts) ->
@@ -107,9 +129,13 @@ request_relay(_, _) ->
 
 %% @doc The running relay's counters and limits: `sessions',
 %% `reservations', `clients', `frames_forwarded', `bytes_forwarded',
-%% `dropped_over_limit', `dropped_not_a_leg', `dropped_unknown', `load'
-%% (sessions per `max_sessions', 0.0 .. 1.0), `max_sessions',
-%% `bandwidth_limit', `session_timeout'. `{error, disabled}' when off.
+%% `dropped_over_limit', `dropped_not_a_leg', `dropped_unknown',
+%% `control_dropped' (control messages a client did not read in time),
+%% `clients_stalled' (clients closed for it), `events_dropped',
+%% `callbacks_dropped', `callbacks_timed_out', `legs_moved' (legs that
+%% followed their peer to a new address), `load' (sessions per
+%% `max_sessions', 0.0 .. 1.0) and the limits in force. `{error, disabled}'
+%% when off.
 -spec stats() -> {ok, map()} | {error, term()}.
 stats() ->
     call(stats).
@@ -129,7 +155,7 @@ check(Opts) ->
     Merged = maps:merge(Defaults, Opts),
     case [K || {K, V} <- lists:sort(maps:to_list(Merged)), not valid(K, V)] of
         [] ->
-            {ok, maps:with([max_sessions, bandwidth_limit, session_timeout], Merged),
+            {ok, maps:with(?LIMIT_KEYS, Merged),
              {maps:get(on_session_start, Merged), maps:get(on_session_end, Merged)}};
         [Bad | _] ->
             {error, {bad_option, Bad}}
@@ -140,6 +166,10 @@ valid(bandwidth_limit, unlimited) -> true;
 valid(bandwidth_limit, infinity) -> true;
 valid(bandwidth_limit, V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_BANDWIDTH;
 valid(session_timeout, V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_TIMEOUT_MS;
+valid(pending_timeout, V) -> is_integer(V) andalso V >= 1 andalso V =< ?MAX_PENDING_TIMEOUT_MS;
+valid(K, V) when K =:= max_sessions_per_key; K =:= max_pending_per_key; K =:= max_opens_per_minute;
+                 K =:= max_reservations; K =:= max_reservations_per_key ->
+    is_integer(V) andalso V >= 1 andalso V =< ?MAX_PER_KEY;
 valid(on_session_start, F) -> F =:= undefined orelse is_function(F, 1);
 valid(on_session_end, F) -> F =:= undefined orelse is_function(F, 1);
 valid(_, _) -> false.
@@ -170,7 +200,8 @@ init(_Opts) ->
         undefined -> ok;
         _ -> self() ! restart_relay
     end,
-    {ok, #{relay => undefined, enabled => Enabled, callbacks => #{}, sessions => #{}}}.
+    {ok, #{relay => undefined, enabled => Enabled, callbacks => #{}, sessions => #{},
+           runner => undefined, queued => 0, callbacks_dropped => 0, callbacks_timed_out => 0}}.
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()}.
 handle_call({enable, Limits, Callbacks}, _From, #{relay := undefined} = State) ->
@@ -194,8 +225,13 @@ handle_call(disable, _From, State) ->
     {reply, ok, State1#{enabled := undefined}};
 handle_call(stats, _From, #{relay := undefined} = State) ->
     {reply, {error, disabled}, State};
-handle_call(stats, _From, #{relay := Relay} = State) ->
-    {reply, macula_nat_nif:relay_stats(Relay), State};
+handle_call(stats, _From, #{relay := Relay, callbacks_dropped := Dropped,
+                             callbacks_timed_out := TimedOut} = State) ->
+    Reply = case macula_nat_nif:relay_stats(Relay) of
+                {ok, Stats} -> {ok, Stats#{callbacks_dropped => Dropped, callbacks_timed_out => TimedOut}};
+                Other -> Other
+            end,
+    {reply, Reply, State};
 handle_call(_Request, _From, State) ->
     {reply, {error, unknown_call}, State}.
 
@@ -206,16 +242,16 @@ handle_cast(_Msg, State) -> {noreply, State}.
 handle_info({macula_relay_event, Relay, started, Info0}, #{sessions := Ss} = State) ->
     Info = printable(Info0),
     {Start, _} = callbacks(Relay, State),
-    run(on_session_start, Start, Info),
+    State1 = run(on_session_start, Start, Info, State),
     Now = erlang:monotonic_time(),
     macula_nat_telemetry:execute([macula_nat, relay, session, start],
                                  #{system_time => erlang:system_time(), monotonic_time => Now}, Info),
-    report_load(State),
-    {noreply, State#{sessions := Ss#{{Relay, maps:get(session, Info, undefined)} => Now}}};
+    report_load(State1),
+    {noreply, State1#{sessions := Ss#{{Relay, maps:get(session, Info, undefined)} => Now}}};
 handle_info({macula_relay_event, Relay, ended, Info0}, #{sessions := Ss} = State) ->
     Info = printable(Info0),
     {_, End} = callbacks(Relay, State),
-    run(on_session_end, End, Info),
+    State1 = run(on_session_end, End, Info, State),
     Key = {Relay, maps:get(session, Info, undefined)},
     Now = erlang:monotonic_time(),
     Duration = case maps:find(Key, Ss) of
@@ -226,8 +262,8 @@ handle_info({macula_relay_event, Relay, ended, Info0}, #{sessions := Ss} = State
                                  Duration#{bytes => maps:get(bytes_transferred, Info, 0),
                                            monotonic_time => Now},
                                  maps:remove(bytes_transferred, Info)),
-    report_load(State),
-    {noreply, State#{sessions := maps:remove(Key, Ss)}};
+    report_load(State1),
+    {noreply, State1#{sessions := maps:remove(Key, Ss)}};
 handle_info({macula_relay_event, Relay, stopped}, #{callbacks := Cbs} = State) ->
     {noreply, State#{callbacks := maps:remove(Relay, Cbs)}};
 handle_info(restart_relay, #{relay := undefined, enabled := {Limits, Callbacks}} = State) ->
@@ -240,6 +276,13 @@ handle_info(restart_relay, #{relay := undefined, enabled := {Limits, Callbacks}}
             erlang:send_after(?RETRY_MS, self(), restart_relay),
             {noreply, State}
     end;
+handle_info({callback_done, Runner, TimedOut}, #{runner := Runner, queued := Q,
+                                                 callbacks_timed_out := T} = State) ->
+    {noreply, State#{queued := max(0, Q - 1), callbacks_timed_out := T + TimedOut}};
+handle_info({'EXIT', Runner, _Reason}, #{runner := Runner} = State) ->
+    %% Its queue went with it: those callbacks count as dropped.
+    #{queued := Q, callbacks_dropped := D} = State,
+    {noreply, State#{runner := undefined, queued := 0, callbacks_dropped := D + Q}};
 handle_info(_Info, State) ->
     {noreply, State}.
 
@@ -296,14 +339,45 @@ printable(Info) ->
 callbacks(Relay, #{callbacks := Cbs}) ->
     maps:get(Relay, Cbs, {undefined, undefined}).
 
-run(_Which, undefined, _Info) ->
-    ok;
-run(Which, Fun, Info) ->
-    _ = spawn(fun() ->
-                      try Fun(Info)
-                      catch Class:Reason:Stack ->
-                              ?LOG_WARNING("relay ~p callback failed: ~p:~p~n~p",
-                                           [Which, Class, Reason, Stack])
-                      end
-              end),
-    ok.
+%% Hands a callback to the runner (started on the first one): one process
+%% runs them in order, each in a process of its own that it kills after
+%% ?CALLBACK_TIMEOUT_MS, so at most two processes and ?MAX_CALLBACKS_QUEUED
+%% waiting calls exist however fast events come.
+run(_Which, undefined, _Info, State) ->
+    State;
+run(_Which, _Fun, _Info, #{queued := Q, callbacks_dropped := D} = State) when Q >= ?MAX_CALLBACKS_QUEUED ->
+    State#{callbacks_dropped := D + 1};
+run(Which, Fun, Info, #{queued := Q} = State) ->
+    State1 = ensure_runner(State),
+    #{runner := Runner} = State1,
+    Runner ! {run, Which, Fun, Info},
+    State1#{queued := Q + 1}.
+
+ensure_runner(#{runner := undefined} = State) ->
+    Server = self(),
+    State#{runner := spawn_link(fun() -> runner_loop(Server) end)};
+ensure_runner(State) ->
+    State.
+
+runner_loop(Server) ->
+    receive
+        {run, Which, Fun, Info} ->
+            {Pid, Ref} = spawn_monitor(fun() -> call_logged(Which, Fun, Info) end),
+            TimedOut =
+                receive
+                    {'DOWN', Ref, process, Pid, _} -> 0
+                after ?CALLBACK_TIMEOUT_MS ->
+                        exit(Pid, kill),
+                        receive {'DOWN', Ref, process, Pid, _} -> ok end,
+                        ?LOG_WARNING("relay ~p callback killed after ~p ms", [Which, ?CALLBACK_TIMEOUT_MS]),
+                        1
+                end,
+            Server ! {callback_done, self(), TimedOut},
+            runner_loop(Server)
+    end.
+
+call_logged(Which, Fun, Info) ->
+    try Fun(Info)
+    catch Class:Reason:Stack ->
+            ?LOG_WARNING("relay ~p callback failed: ~p:~p~n~p", [Which, Class, Reason, Stack])
+    end.

@@ -24,13 +24,13 @@ fn symmetric() -> PeerInfo {
 struct Relay {
     node: Arc<Node>,
     server: Option<RelayServer>,
-    events: mpsc::UnboundedReceiver<RelayEvent>,
+    events: mpsc::Receiver<RelayEvent>,
 }
 
 impl Relay {
     fn start(limits: RelayLimits) -> Relay {
         let node = node();
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) = mpsc::channel(macula_nat_core::relay::EVENT_QUEUE);
         let server = RelayServer::start(&node, limits, tx).unwrap();
         Relay { node, server: Some(server), events }
     }
@@ -264,7 +264,7 @@ fn a_relayed_connection_upgrades_to_punched_without_losing_a_message() {
 fn a_new_relay_server_survives_the_old_one_stopping() {
     runtime::handle().block_on(async {
         let mut w = world(symmetric(), symmetric(), 1, RelayLimits::default()).await;
-        let (tx, mut events) = mpsc::unbounded_channel();
+        let (tx, mut events) = mpsc::channel(macula_nat_core::relay::EVENT_QUEUE);
         let second = RelayServer::start(&w.relays[0].node, RelayLimits::default(), tx).unwrap();
         w.relays[0].server.take().unwrap().stop();
         // B loses its reservation with the old server and takes one at the new.

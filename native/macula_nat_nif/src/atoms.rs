@@ -43,6 +43,10 @@ rustler::atoms! {
     no_reservation, declined, self_session, bad_request, bad_option, bandwidth_limit,
     session_timeout, max_queue_delay, unlimited, infinity, sessions, reservations, clients,
     frames_forwarded, bytes_forwarded, dropped_over_limit, dropped_not_a_leg, dropped_unknown,
+    // relay bounds
+    too_many_sessions, too_many_pending, rate_limited, control_dropped, clients_stalled,
+    events_dropped, legs_moved, pending_timeout, max_sessions_per_key, max_pending_per_key,
+    max_opens_per_minute, max_reservations, max_reservations_per_key,
     // relay registry
     macula_relay_registry, relays_changed, node_id, endpoint, latency_ms, load,
     // logger bridge

@@ -7,10 +7,12 @@
 //! bytes_transferred, reason}}`, and once the server is gone and every
 //! event was delivered, `{macula_relay_event, Relay, stopped}`. The
 //! application's callbacks run on the Erlang side, off the data path.
+//! Events wait in a channel of `EVENT_QUEUE` (the server drops and counts
+//! what does not fit: `events_dropped` in the stats).
 
 use crate::node_nif::NodeRes;
 use crate::{atoms, convert, guard, owner};
-use macula_nat_core::relay::{RelayEvent, RelayLimits, RelayServer};
+use macula_nat_core::relay::{RelayEvent, RelayLimits, RelayServer, EVENT_QUEUE};
 use macula_nat_proto::relay::msg::{EndReason, Refusal};
 use rustler::types::map::MapIterator;
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, OwnedEnv, ResourceArc, Term};
@@ -25,6 +27,8 @@ const MAX_BANDWIDTH: u64 = 1_000_000_000_000;
 /// 30 days.
 const MAX_SESSION_TIMEOUT_MS: u64 = 30 * 86_400_000;
 const MAX_QUEUE_DELAY_MS: u64 = 10_000;
+const MAX_PENDING_TIMEOUT_MS: u64 = 60_000;
+const MAX_OPENS_PER_MINUTE: u64 = 1_000_000;
 
 pub struct RelayRes {
     server: Mutex<Option<RelayServer>>,
@@ -55,6 +59,9 @@ pub fn refusal_atom(r: Refusal) -> Atom {
         Refusal::Declined => atoms::declined(),
         Refusal::SelfSession => atoms::self_session(),
         Refusal::BadRequest => atoms::bad_request(),
+        Refusal::TooManySessions => atoms::too_many_sessions(),
+        Refusal::TooManyPending => atoms::too_many_pending(),
+        Refusal::RateLimited => atoms::rate_limited(),
     }
 }
 
@@ -73,7 +80,9 @@ fn bounded(v: Term, max: u64) -> Option<u64> {
 }
 
 /// Limits from `#{max_sessions, bandwidth_limit, session_timeout,
-/// max_queue_delay}` (absent keys: defaults). `Err(Some(Key))` names the
+/// max_queue_delay, pending_timeout, max_sessions_per_key,
+/// max_pending_per_key, max_opens_per_minute, max_reservations,
+/// max_reservations_per_key}` (absent keys: defaults; times in ms). `Err(Some(Key))` names the
 /// first bad option (the caller's own term: no atom is made), `Err(None)`:
 /// not a map.
 fn decode_limits(t: Term) -> Result<RelayLimits, Option<Term>> {
@@ -99,6 +108,14 @@ fn decode_limits(t: Term) -> Result<RelayLimits, Option<Term>> {
             Ok("max_queue_delay") => bounded(v, MAX_QUEUE_DELAY_MS)
                 .map(|ms| l.max_queue_delay = Duration::from_millis(ms))
                 .is_some(),
+            Ok("pending_timeout") => bounded(v, MAX_PENDING_TIMEOUT_MS)
+                .map(|ms| l.pending_timeout = Duration::from_millis(ms))
+                .is_some(),
+            Ok("max_sessions_per_key") => bounded(v, MAX_SESSIONS).map(|n| l.max_sessions_per_key = n as usize).is_some(),
+            Ok("max_pending_per_key") => bounded(v, MAX_SESSIONS).map(|n| l.max_pending_per_key = n as usize).is_some(),
+            Ok("max_opens_per_minute") => bounded(v, MAX_OPENS_PER_MINUTE).map(|n| l.max_opens_per_minute = n as u32).is_some(),
+            Ok("max_reservations") => bounded(v, MAX_SESSIONS).map(|n| l.max_reservations = n as usize).is_some(),
+            Ok("max_reservations_per_key") => bounded(v, MAX_SESSIONS).map(|n| l.max_reservations_per_key = n as usize).is_some(),
             _ => false,
         };
         if !ok {
@@ -124,7 +141,7 @@ fn relay_enable<'a>(env: Env<'a>, node: ResourceArc<NodeRes>, limits: Term<'a>, 
             Ok(l) => l,
             Err(e) => return limits_error(env, e),
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let server = match RelayServer::start(&node.node, limits, tx) {
             Ok(s) => s,
             Err(e) => return (atoms::error(), (atoms::quic(), convert::binary(env, e.kind().as_bytes()))).encode(env),
@@ -141,7 +158,7 @@ fn relay_enable<'a>(env: Env<'a>, node: ResourceArc<NodeRes>, limits: Term<'a>, 
 
 /// Sends the server's events to the owner until the server is gone (its
 /// last `Ended` events included), then says `stopped`.
-async fn forward_events(res: ResourceArc<RelayRes>, mut rx: mpsc::UnboundedReceiver<RelayEvent>, owner: LocalPid) {
+async fn forward_events(res: ResourceArc<RelayRes>, mut rx: mpsc::Receiver<RelayEvent>, owner: LocalPid) {
     let mut env = OwnedEnv::new();
     while let Some(ev) = rx.recv().await {
         let r = res.clone();
@@ -221,8 +238,10 @@ fn relay_disable<'a>(env: Env<'a>, res: ResourceArc<RelayRes>) -> Term<'a> {
 }
 
 /// `relay_stats(Relay) -> {ok, Map} | {error, closed}`: sessions,
-/// reservations, clients, forwarding counters, `load` (sessions per
-/// `max_sessions`, 0.0 .. 1.0) and the limits in force.
+/// reservations, clients, forwarding counters, what was dropped or closed
+/// at a bound (`control_dropped`, `clients_stalled`, `events_dropped`),
+/// `legs_moved`, `load` (sessions per `max_sessions`, 0.0 .. 1.0) and the
+/// limits in force.
 #[rustler::nif]
 fn relay_stats<'a>(env: Env<'a>, res: ResourceArc<RelayRes>) -> Term<'a> {
     guard::guard(env, || {
@@ -245,10 +264,20 @@ fn relay_stats<'a>(env: Env<'a>, res: ResourceArc<RelayRes>) -> Term<'a> {
             atoms::dropped_over_limit(),
             atoms::dropped_not_a_leg(),
             atoms::dropped_unknown(),
+            atoms::control_dropped(),
+            atoms::clients_stalled(),
+            atoms::events_dropped(),
+            atoms::legs_moved(),
             atoms::load(),
             atoms::max_sessions(),
             atoms::bandwidth_limit(),
             atoms::session_timeout(),
+            atoms::pending_timeout(),
+            atoms::max_sessions_per_key(),
+            atoms::max_pending_per_key(),
+            atoms::max_opens_per_minute(),
+            atoms::max_reservations(),
+            atoms::max_reservations_per_key(),
         ]
         .map(|k| k.encode(env));
         let vals = [
@@ -260,10 +289,20 @@ fn relay_stats<'a>(env: Env<'a>, res: ResourceArc<RelayRes>) -> Term<'a> {
             st.dropped_over_limit.encode(env),
             st.dropped_not_a_leg.encode(env),
             st.dropped_unknown.encode(env),
+            st.control_dropped.encode(env),
+            st.clients_stalled.encode(env),
+            st.events_dropped.encode(env),
+            st.legs_moved.encode(env),
             load.encode(env),
             l.max_sessions.encode(env),
             l.bandwidth_limit.map_or_else(|| atoms::unlimited().encode(env), |b| b.encode(env)),
             (l.session_timeout.as_millis() as u64).encode(env),
+            (l.pending_timeout.as_millis() as u64).encode(env),
+            l.max_sessions_per_key.encode(env),
+            l.max_pending_per_key.encode(env),
+            l.max_opens_per_minute.encode(env),
+            l.max_reservations.encode(env),
+            l.max_reservations_per_key.encode(env),
         ];
         match Term::map_from_term_arrays(env, &keys, &vals) {
             Ok(m) => (atoms::ok(), m).encode(env),

@@ -393,8 +393,9 @@ fn main() {
                 eprintln!("macula-connect: {e}");
                 exit(1)
             });
-            // Session events are not reported: kept unread (two per session).
-            let (events, _unread) = tokio::sync::mpsc::unbounded_channel();
+            // Session events are not reported: kept unread (the channel is
+            // bounded, later ones are dropped and counted).
+            let (events, _unread) = tokio::sync::mpsc::channel(macula_nat_core::relay::EVENT_QUEUE);
             let _relay = serve_relay.then(|| {
                 RelayServer::start(&node, RelayLimits::default(), events).unwrap_or_else(|e| {
                     eprintln!("macula-connect: relay: {e}");

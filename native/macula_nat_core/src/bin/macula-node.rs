@@ -170,7 +170,7 @@ fn main() {
     let started = Instant::now();
     runtime::handle().block_on(async move {
         let rendezvous = cfg.node.rendezvous.then(|| Rendezvous::serve(node.clone()).unwrap_or_else(|e| die("rendezvous", e)));
-        let (tx, mut events) = mpsc::unbounded_channel();
+        let (tx, mut events) = mpsc::channel(macula_nat_core::relay::EVENT_QUEUE);
         let limits = cfg.relay.limits();
         let relay = cfg.node.relay.then(|| RelayServer::start(&node, limits.clone(), tx).unwrap_or_else(|e| die("relay", e)));
         let roles = Arc::new(Roles { node: node.clone(), observer, rendezvous, relay, sessions: Mutex::default(), started });

@@ -34,6 +34,22 @@ const PING_EVERY: Duration = Duration::from_millis(500);
 const SILENT_LIMIT: Duration = Duration::from_millis(2500);
 /// Bound on connecting + the first status, and on an `Open`.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one control message leaving: a relay that stops reading is
+/// dead (the link closes), it does not hold our tasks.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `m` on the link within [`SEND_TIMEOUT`]; closes the link if the
+/// relay does not take it in time.
+async fn send_within(conn: &Connection, m: RelayMsg) -> Result<(), RelayError> {
+    match tokio::time::timeout(SEND_TIMEOUT, conn.send(m.encode())).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(RelayError::Closed),
+        Err(_) => {
+            conn.close("relay not reading");
+            Err(RelayError::Timeout)
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
@@ -225,7 +241,7 @@ impl RelayLink {
     pub async fn reserve(&self) -> Result<(), RelayError> {
         let mut rx = self.inner.status.subscribe();
         rx.borrow_and_update();
-        self.inner.conn.send(RelayMsg::Reserve.encode()).await.map_err(|_| RelayError::Closed)?;
+        send_within(&self.inner.conn, RelayMsg::Reserve).await?;
         match tokio::time::timeout(LINK_TIMEOUT, rx.changed()).await {
             Ok(Ok(())) if self.is_reserved() => Ok(()),
             Ok(Ok(())) => Err(RelayError::Refused(Refusal::Disabled)),
@@ -241,9 +257,9 @@ impl RelayLink {
         let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(tag, tx);
-        let sent = self.inner.conn.send(RelayMsg::Open { to, tag }.encode()).await;
+        let sent = send_within(&self.inner.conn, RelayMsg::Open { to, tag }).await;
         let r = match sent {
-            Err(_) => Err(RelayError::Closed),
+            Err(e) => Err(e),
             Ok(()) => match tokio::time::timeout(LINK_TIMEOUT, rx).await {
                 Ok(Ok(Ok(session))) => Ok(session),
                 Ok(Ok(Err(refusal))) => Err(RelayError::Refused(refusal)),
@@ -267,7 +283,7 @@ impl RelayLink {
         }
         let conn = self.inner.conn.clone();
         runtime::spawn(async move {
-            let _ = conn.send(RelayMsg::Close { session }.encode()).await;
+            let _ = send_within(&conn, RelayMsg::Close { session }).await;
         });
     }
 }
@@ -348,7 +364,7 @@ async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
                 } else {
                     RelayMsg::Decline { session }
                 };
-                let _ = conn.send(reply.encode()).await;
+                let _ = send_within(&conn, reply).await;
             }
             RelayMsg::Ended { session, .. } => {
                 link.drop_accepted(session);
@@ -385,7 +401,7 @@ async fn ping_loop(weak: Weak<LinkInner>) {
         nonce = nonce.wrapping_add(1);
         let conn = link.conn.clone();
         drop(link);
-        let _ = conn.send(RelayMsg::Ping { nonce }.encode()).await;
+        let _ = send_within(&conn, RelayMsg::Ping { nonce }).await;
     }
 }
 

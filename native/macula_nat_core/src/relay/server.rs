@@ -9,8 +9,22 @@
 //! the bandwidth limit says "later". Decisions are the sans-IO
 //! `RelayTable`'s; this module only does the IO and the timers.
 //!
-//! Events (session start/end, with byte counts) go to an unbounded channel:
-//! the callbacks run wherever that channel is read, never on the data path.
+//! Events (session start/end, with byte counts) go to a bounded channel
+//! (the owner's): the callbacks run wherever that channel is read, never on
+//! the data path; an event that finds it full is dropped and counted.
+//!
+//! What a client can make the server hold: its control messages wait in a
+//! queue of [`CLIENT_QUEUE`] (beyond it they are dropped and counted, e.g.
+//! the Pongs of a client that pings and never reads), and a send that
+//! stalls longer than [`CLIENT_SEND_TIMEOUT`] (the client stopped reading
+//! its stream) closes that client's connection; each client has its own
+//! writer, so a stalled one never delays another. Its sessions and
+//! reservations are capped by the table (`Limits`, per key).
+//!
+//! Legs follow their control connection: when QUIC migrated it (the
+//! client's NAT rebound), its current remote address becomes the leg's
+//! address. Checked on every control message (clients ping twice a second)
+//! and on every sweep.
 
 use crate::lock::lock;
 use crate::node::Node;
@@ -43,6 +57,17 @@ type Shaped = (tokio::time::Instant, SocketAddr, Vec<u8>);
 /// Frames waiting in a session's shaper, beyond which new ones are dropped.
 const SHAPER_QUEUE: usize = 4096;
 
+/// Control messages waiting for one client, beyond which they are dropped.
+pub const CLIENT_QUEUE: usize = 64;
+
+/// Longest one control message may take to leave before the client that
+/// does not read is closed.
+pub const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Room in the owner's event channel (the NIF's and the tests'): enough
+/// for every session of a full relay to start and end at once.
+pub const EVENT_QUEUE: usize = 1024;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayStats {
     pub sessions: usize,
@@ -53,6 +78,14 @@ pub struct RelayStats {
     pub dropped_over_limit: u64,
     pub dropped_not_a_leg: u64,
     pub dropped_unknown: u64,
+    /// Control messages dropped because their client's queue was full.
+    pub control_dropped: u64,
+    /// Clients closed because a send to them stalled.
+    pub clients_stalled: u64,
+    /// Events dropped because the owner's channel was full.
+    pub events_dropped: u64,
+    /// Legs moved to their control connection's new address.
+    pub legs_moved: u64,
 }
 
 struct Shared {
@@ -60,12 +93,16 @@ struct Shared {
     table: Mutex<RelayTable>,
     /// Each client's connection and its writer queue (one writer task per
     /// client keeps its messages in order).
-    clients: Mutex<HashMap<ClientId, (Connection, mpsc::UnboundedSender<Vec<u8>>)>>,
+    clients: Mutex<HashMap<ClientId, (Connection, mpsc::Sender<Vec<u8>>)>>,
     shapers: Mutex<HashMap<SessionId, mpsc::Sender<Shaped>>>,
-    events: mpsc::UnboundedSender<RelayEvent>,
+    events: mpsc::Sender<RelayEvent>,
     next_client: AtomicU64,
     frames: AtomicU64,
     bytes: AtomicU64,
+    control_dropped: AtomicU64,
+    clients_stalled: AtomicU64,
+    events_dropped: AtomicU64,
+    legs_moved: AtomicU64,
     /// Sessions refused, by reason (rare: a lock is cheap enough).
     refused: Mutex<HashMap<&'static str, u64>>,
 }
@@ -81,8 +118,10 @@ pub struct RelayServer {
 }
 
 impl RelayServer {
-    /// Starts relaying on `node` with `limits`; events go to `events`.
-    pub fn start(node: &Arc<Node>, limits: Limits, events: mpsc::UnboundedSender<RelayEvent>) -> Result<RelayServer, QuicError> {
+    /// Starts relaying on `node` with `limits`; events go to `events` (a
+    /// bounded channel: [`EVENT_QUEUE`] is a good size; over it they are
+    /// dropped and counted).
+    pub fn start(node: &Arc<Node>, limits: Limits, events: mpsc::Sender<RelayEvent>) -> Result<RelayServer, QuicError> {
         let dispatch = node.dispatch()?;
         let shared = Arc::new(Shared {
             node: Arc::downgrade(node),
@@ -93,6 +132,10 @@ impl RelayServer {
             next_client: AtomicU64::new(1),
             frames: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            control_dropped: AtomicU64::new(0),
+            clients_stalled: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            legs_moved: AtomicU64::new(0),
             refused: Mutex::new(HashMap::new()),
         });
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -110,7 +153,7 @@ impl RelayServer {
         };
         let sweep = {
             let weak = Arc::downgrade(&shared);
-            let every = (limits.session_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+            let every = (limits.session_timeout.min(limits.pending_timeout) / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
             runtime::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
@@ -119,6 +162,10 @@ impl RelayServer {
                     let ended = lock(&s.table).sweep(Instant::now());
                     for e in ended {
                         s.announce_end(e);
+                    }
+                    let clients: Vec<(ClientId, Connection)> = lock(&s.clients).iter().map(|(id, c)| (*id, c.0.clone())).collect();
+                    for (id, conn) in clients {
+                        s.follow(id, &conn);
                     }
                 }
             })
@@ -174,6 +221,10 @@ impl RelayServer {
             dropped_over_limit: over,
             dropped_not_a_leg: leg,
             dropped_unknown: unknown,
+            control_dropped: self.shared.control_dropped.load(Ordering::Relaxed),
+            clients_stalled: self.shared.clients_stalled.load(Ordering::Relaxed),
+            events_dropped: self.shared.events_dropped.load(Ordering::Relaxed),
+            legs_moved: self.shared.legs_moved.load(Ordering::Relaxed),
         }
     }
 
@@ -208,9 +259,32 @@ impl Drop for RelayServer {
 }
 
 impl Shared {
+    /// Queues `m` for the client; a full queue drops it (counted).
     fn send(&self, client: ClientId, m: RelayMsg) {
         if let Some(tx) = lock(&self.clients).get(&client).map(|c| c.1.clone()) {
-            let _ = tx.send(m.encode());
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(m.encode()) {
+                self.control_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Hands an event to the owner; a full channel drops it (counted).
+    fn event(&self, ev: RelayEvent) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.events.try_send(ev) {
+            self.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves the client's legs to its connection's current remote address,
+    /// if QUIC migrated it. quinn switches a connection's remote address
+    /// only for an authenticated packet from the new address, and back if
+    /// the path then fails validation, so only the client itself can move
+    /// its legs (the next check follows a revert).
+    fn follow(&self, client: ClientId, conn: &Connection) {
+        let now_at = conn.remote_address();
+        if lock(&self.table).move_client(client, now_at) {
+            self.legs_moved.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("relay: client {client} moved to {now_at}");
         }
     }
 
@@ -229,7 +303,7 @@ impl Shared {
     fn announce_end(&self, e: Ended) {
         lock(&self.shapers).remove(&e.session);
         if e.was_active {
-            let _ = self.events.send(RelayEvent::Ended { session: e.session, a: e.a, b: e.b, bytes: e.bytes, reason: e.reason });
+            self.event(RelayEvent::Ended { session: e.session, a: e.a, b: e.b, bytes: e.bytes, reason: e.reason });
             for c in [e.a_client, e.b_client] {
                 self.send(c, RelayMsg::Ended { session: e.session, reason: e.reason });
             }
@@ -341,14 +415,25 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
     let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
     let observed = conn.remote_address();
     let node_id = conn.peer_id();
-    lock(&shared.table).connect(id, node_id, observed);
-    let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+    lock(&shared.table).connect(id, node_id, observed, Instant::now());
+    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
     let writer = {
         let conn = conn.clone();
+        let weak = Arc::downgrade(&shared);
         runtime::spawn(async move {
             while let Some(m) = wrx.recv().await {
-                if conn.send(m).await.is_err() {
-                    return;
+                match tokio::time::timeout(CLIENT_SEND_TIMEOUT, conn.send(m)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        // It stopped reading: closing it ends its sessions
+                        // and reservation (the client loop sees the close).
+                        if let Some(s) = weak.upgrade() {
+                            s.clients_stalled.fetch_add(1, Ordering::Relaxed);
+                        }
+                        conn.close("relay: control messages not read");
+                        return;
+                    }
                 }
             }
         })
@@ -364,10 +449,11 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
             }
         };
         let now = Instant::now();
+        shared.follow(id, &conn);
         match m {
             RelayMsg::Reserve => {
                 let ok = lock(&shared.table).reserve(id);
-                shared.status(id, observed, ok);
+                shared.status(id, conn.remote_address(), ok);
             }
             RelayMsg::Open { to, tag } => {
                 let session: SessionId = rand::random();
@@ -380,7 +466,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
             RelayMsg::Accept { session } => {
                 let started = lock(&shared.table).accept(id, session, now);
                 if let Some(s) = started {
-                    let _ = shared.events.send(RelayEvent::Started { session, a: s.a, b: s.b });
+                    shared.event(RelayEvent::Started { session, a: s.a, b: s.b });
                     shared.send(s.a_client, RelayMsg::Opened { tag: s.tag, session, peer: s.b });
                 }
             }
