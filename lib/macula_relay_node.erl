@@ -19,7 +19,7 @@
 %%     which a session ends; default 1800000);</li>
 %% <li>bounds on what one peer (node key) can hold, so that a few keys
 %%     cannot take every slot: `max_sessions_per_key' (sessions it opened,
-%%     pending and active; default 8; over it the opener gets
+%%     pending and active; default 16; over it the opener gets
 %%     `too_many_sessions'), `max_pending_per_key' (of those, not yet
 %%     accepted; default 4; `too_many_pending'), `max_opens_per_minute'
 %%     (default 60; `rate_limited'), `max_reservations_per_key' (reserving

@@ -277,3 +277,122 @@ fn a_new_relay_server_survives_the_old_one_stopping() {
         assert_eq!(on_b.recv().await.unwrap(), b"through the new server");
     });
 }
+
+/// A NAT on loopback, between nodes and a relay: each inside source gets
+/// its own outside socket (its mapping) towards `target`; `rebind` drops
+/// every mapping, so the next packets leave from new ports, as after a
+/// real NAT's rebinding.
+struct LoopbackNat {
+    inside: Arc<tokio::net::UdpSocket>,
+    maps: Arc<std::sync::Mutex<std::collections::HashMap<std::net::SocketAddr, (Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LoopbackNat {
+    async fn start(target: std::net::SocketAddr) -> LoopbackNat {
+        let inside = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let maps: Arc<std::sync::Mutex<std::collections::HashMap<_, (Arc<tokio::net::UdpSocket>, tokio::task::JoinHandle<()>)>>> = Default::default();
+        let task = {
+            let (inside, maps) = (inside.clone(), maps.clone());
+            runtime::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok((n, src)) = inside.recv_from(&mut buf).await {
+                    let out = {
+                        let mut m = maps.lock().unwrap();
+                        m.entry(src)
+                            .or_insert_with(|| {
+                                let std = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                                std.set_nonblocking(true).unwrap();
+                                let out = Arc::new(tokio::net::UdpSocket::from_std(std).unwrap());
+                                let back = {
+                                    let (out, inside) = (out.clone(), inside.clone());
+                                    runtime::spawn(async move {
+                                        let mut buf = vec![0u8; 65536];
+                                        while let Ok((n, _)) = out.recv_from(&mut buf).await {
+                                            let _ = inside.send_to(&buf[..n], src).await;
+                                        }
+                                    })
+                                };
+                                (out, back)
+                            })
+                            .0
+                            .clone()
+                    };
+                    let _ = out.send_to(&buf[..n], target).await;
+                }
+            })
+        };
+        LoopbackNat { inside, maps, task }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        self.inside.local_addr().unwrap()
+    }
+
+    /// The outside ports in use now.
+    fn ports(&self) -> Vec<u16> {
+        self.maps.lock().unwrap().values().map(|(s, _)| s.local_addr().unwrap().port()).collect()
+    }
+
+    fn rebind(&self) {
+        for (_, (_, back)) in self.maps.lock().unwrap().drain() {
+            back.abort();
+        }
+    }
+}
+
+impl Drop for LoopbackNat {
+    fn drop(&mut self) {
+        self.rebind();
+        self.task.abort();
+    }
+}
+
+/// Issue 18 item 11: both legs reach the relay through a NAT that rebinds
+/// mid-connection. QUIC migrates their control connections to the new
+/// ports, and the relay's legs follow them: messages keep flowing both
+/// ways. Before, the relay kept the legs' first addresses and dropped their
+/// frames as "not a leg" (the connection stalled until its idle timeout).
+#[test]
+fn relay_legs_follow_their_peers_through_a_nat_rebinding() {
+    runtime::handle().block_on(async {
+        let r = node();
+        let _rdv = Rendezvous::serve(r.clone()).unwrap();
+        let relay = Relay::start(RelayLimits::default());
+        let nat = LoopbackNat::start(relay.node.local_addr().unwrap()).await;
+        let rdv_addr = r.local_addr().unwrap();
+        let a = Signal::join_with(node(), rdv_addr, r.node_id(), SignalConfig::new(symmetric())).await.unwrap();
+        let b = Signal::join_with(node(), rdv_addr, r.node_id(), SignalConfig::new(symmetric())).await.unwrap();
+        // B knows the relay at the NAT's inside address, and advertises it so.
+        b.set_relays(vec![(relay.node.node_id(), nat.addr())]);
+        wait_until(|| !b.reserved_relays().is_empty(), "B reserved through the NAT").await;
+        let c = tokio::time::timeout(Duration::from_secs(15), connect_detailed(&a, b.node().node_id(), relay_opts())).await.unwrap().unwrap();
+        assert_eq!(c.method, Method::Relayed);
+        let on_a = c.conn;
+        let on_b = tokio::time::timeout(Duration::from_secs(5), b.accept()).await.unwrap().unwrap();
+        for i in 0..10u32 {
+            on_a.send(i.to_be_bytes().to_vec()).await.unwrap();
+            assert_eq!(on_b.recv().await.unwrap(), i.to_be_bytes().to_vec());
+        }
+        let before = nat.ports();
+        assert_eq!(before.len(), 2, "A and B each have a mapping: {before:?}");
+        nat.rebind();
+        // Both directions, each message within 10 s (QUIC resends what the
+        // old mappings swallowed once the legs moved).
+        let t = Instant::now();
+        for i in 10..20u32 {
+            on_a.send(i.to_be_bytes().to_vec()).await.unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(10), on_b.recv()).await.expect("A -> B after the rebinding").unwrap();
+            assert_eq!(m, i.to_be_bytes().to_vec());
+            on_b.send(i.to_be_bytes().to_vec()).await.unwrap();
+            let m = tokio::time::timeout(Duration::from_secs(10), on_a.recv()).await.expect("B -> A after the rebinding").unwrap();
+            assert_eq!(m, i.to_be_bytes().to_vec());
+        }
+        let after = nat.ports();
+        assert!(after.iter().all(|p| !before.contains(p)), "new mappings: {before:?} -> {after:?}");
+        let st = relay.server.as_ref().unwrap().stats();
+        eprintln!("moved through the rebinding in {:?}; relay {st:?}", t.elapsed());
+        assert!(st.legs_moved >= 2, "{st:?}");
+        assert_eq!(on_a.method(), Method::Relayed);
+    });
+}

@@ -15,10 +15,12 @@
 //!
 //! What a client can make the server hold: its control messages wait in a
 //! queue of [`CLIENT_QUEUE`] (beyond it they are dropped and counted, e.g.
-//! the Pongs of a client that pings and never reads), and a send that
-//! stalls longer than [`CLIENT_SEND_TIMEOUT`] (the client stopped reading
-//! its stream) closes that client's connection; each client has its own
-//! writer, so a stalled one never delays another. Its sessions and
+//! the Pongs of a client that pings and never reads; Pings beyond the
+//! table's ping rate are not answered and count as dropped too); a client
+//! that made the server drop [`CLIENT_DROP_LIMIT`] of them, or whose send stalls
+//! longer than [`CLIENT_SEND_TIMEOUT`] (it stopped reading its stream), is
+//! closed. Each client has its own writer, so a stalled one never delays
+//! another. Its sessions and
 //! reservations are capped by the table (`Limits`, per key).
 //!
 //! Legs follow their control connection: when QUIC migrated it (the
@@ -60,6 +62,10 @@ const SHAPER_QUEUE: usize = 4096;
 /// Control messages waiting for one client, beyond which they are dropped.
 pub const CLIENT_QUEUE: usize = 64;
 
+/// Control messages dropped for one client after which it is closed: an
+/// honest client gets a few a second and reads them all.
+pub const CLIENT_DROP_LIMIT: u64 = 1024;
+
 /// Longest one control message may take to leave before the client that
 /// does not read is closed.
 pub const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,7 +86,8 @@ pub struct RelayStats {
     pub dropped_unknown: u64,
     /// Control messages dropped because their client's queue was full.
     pub control_dropped: u64,
-    /// Clients closed because a send to them stalled.
+    /// Clients closed because they did not read their control messages (a
+    /// send stalled, or `CLIENT_DROP_LIMIT` dropped).
     pub clients_stalled: u64,
     /// Events dropped because the owner's channel was full.
     pub events_dropped: u64,
@@ -91,9 +98,9 @@ pub struct RelayStats {
 struct Shared {
     node: Weak<Node>,
     table: Mutex<RelayTable>,
-    /// Each client's connection and its writer queue (one writer task per
-    /// client keeps its messages in order).
-    clients: Mutex<HashMap<ClientId, (Connection, mpsc::Sender<Vec<u8>>)>>,
+    /// Each client's connection, its writer queue (one writer task per
+    /// client keeps its messages in order) and the messages dropped over it.
+    clients: Mutex<HashMap<ClientId, (Connection, mpsc::Sender<Vec<u8>>, u64)>>,
     shapers: Mutex<HashMap<SessionId, mpsc::Sender<Shaped>>>,
     events: mpsc::Sender<RelayEvent>,
     next_client: AtomicU64,
@@ -259,12 +266,29 @@ impl Drop for RelayServer {
 }
 
 impl Shared {
-    /// Queues `m` for the client; a full queue drops it (counted).
+    /// Queues `m` for the client; a full queue drops it (counted, see
+    /// [`Shared::dropped_for`]).
     fn send(&self, client: ClientId, m: RelayMsg) {
-        if let Some(tx) = lock(&self.clients).get(&client).map(|c| c.1.clone()) {
-            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(m.encode()) {
-                self.control_dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        let full = {
+            let clients = lock(&self.clients);
+            let Some(c) = clients.get(&client) else { return };
+            matches!(c.1.try_send(m.encode()), Err(mpsc::error::TrySendError::Full(_)))
+        };
+        if full {
+            self.dropped_for(client);
+        }
+    }
+
+    /// Counts a control message not sent to the client (its queue was full,
+    /// or a Pong over the ping rate); its `CLIENT_DROP_LIMIT`th closes it.
+    fn dropped_for(&self, client: ClientId) {
+        self.control_dropped.fetch_add(1, Ordering::Relaxed);
+        let mut clients = lock(&self.clients);
+        let Some(c) = clients.get_mut(&client) else { return };
+        c.2 += 1;
+        if c.2 == CLIENT_DROP_LIMIT {
+            self.clients_stalled.fetch_add(1, Ordering::Relaxed);
+            c.0.close("relay: control messages not read");
         }
     }
 
@@ -438,7 +462,7 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
             }
         })
     };
-    lock(&shared.clients).insert(id, (conn.clone(), wtx));
+    lock(&shared.clients).insert(id, (conn.clone(), wtx, 0));
     shared.status(id, observed, false);
     while let Some(bytes) = conn.recv().await {
         let m = match RelayMsg::decode(&bytes) {
@@ -482,7 +506,14 @@ async fn client_loop(shared: Arc<Shared>, conn: Connection) {
                     shared.announce_end(e);
                 }
             }
-            RelayMsg::Ping { nonce } => shared.send(id, RelayMsg::Pong { nonce }),
+            RelayMsg::Ping { nonce } => {
+                let ok = lock(&shared.table).ping(id, now);
+                if ok {
+                    shared.send(id, RelayMsg::Pong { nonce });
+                } else {
+                    shared.dropped_for(id);
+                }
+            }
             other => tracing::debug!("relay: unexpected message from a client: {other:?}"),
         }
     }

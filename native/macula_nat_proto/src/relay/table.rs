@@ -20,6 +20,8 @@
 //!   reserving control connections of one key, beyond which that key's
 //!   oldest reservation is dropped (the newest wins, as a reconnecting node
 //!   needs).
+//! * Pings: [`PINGS_PER_SECOND`] per control connection are answered, the
+//!   rest are not (the runtime counts them as dropped).
 //! * `pending_timeout`: a session not accepted within it is refused
 //!   ([`Refusal::Declined`]); an honest target accepts within one round trip.
 //! * `bandwidth_limit` (bytes per second per session, both directions
@@ -86,7 +88,7 @@ pub struct Limits {
 
 impl Default for Limits {
     /// 100 sessions, no bandwidth limit, 30 min inactivity (the developer
-    /// guide's example value), 100 ms of queue; per key 8 sessions, 4 of
+    /// guide's example value), 100 ms of queue; per key 16 sessions, 4 of
     /// them pending, 60 opens a minute, 2 reservations; 4 s to accept
     /// (under the opener's 5 s wait, so it hears a refusal, not a timeout);
     /// 1,000 reservations.
@@ -97,7 +99,7 @@ impl Default for Limits {
             session_timeout: Duration::from_secs(1800),
             max_queue_delay: Duration::from_millis(100),
             pending_timeout: Duration::from_secs(4),
-            max_sessions_per_key: 8,
+            max_sessions_per_key: 16,
             max_pending_per_key: 4,
             max_opens_per_minute: 60,
             max_reservations: 1000,
@@ -168,6 +170,7 @@ struct Client {
     addr: SocketAddr,
     reserved: bool,
     sessions: HashSet<RelaySessionId>,
+    pings: CountRate,
 }
 
 /// What one node key holds, across its control connections.
@@ -180,24 +183,33 @@ struct KeyState {
     pending: usize,
     /// Its reserving connections, oldest first.
     reserved: Vec<ClientId>,
-    opens: OpenRate,
+    opens: CountRate,
 }
 
-/// Opens per minute: a bucket of `per_minute` tokens refilled over a minute.
+/// Pings a client may send per second (and its burst): an honest client
+/// pings twice a second; the Pongs of the rest are not sent (a client
+/// cannot make the relay write faster than this on its behalf).
+pub const PINGS_PER_SECOND: u32 = 10;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A count per period: a bucket of `cap` tokens, refilled at `cap` per
+/// `period` (opens per minute, pings per second).
 #[derive(Clone, Debug, PartialEq)]
-pub struct OpenRate {
-    per_minute: f64,
+pub struct CountRate {
+    cap: f64,
+    per_sec: f64,
     tokens: f64,
     last: Instant,
 }
 
-impl OpenRate {
-    pub fn new(per_minute: u32, now: Instant) -> OpenRate {
-        let per_minute = f64::from(per_minute);
-        OpenRate { per_minute, tokens: per_minute, last: now }
+impl CountRate {
+    pub fn new(cap: u32, period: Duration, now: Instant) -> CountRate {
+        let cap = f64::from(cap);
+        CountRate { cap, per_sec: cap / period.as_secs_f64().max(1e-9), tokens: cap, last: now }
     }
 
-    /// Takes one open: `false` when the bucket is empty (nothing taken).
+    /// Takes one: `false` when the bucket is empty (nothing taken).
     pub fn allow(&mut self, now: Instant) -> bool {
         self.refill(now);
         if self.tokens < 1.0 {
@@ -207,16 +219,23 @@ impl OpenRate {
         true
     }
 
-    /// Whether the bucket is full (the key's history no longer matters).
+    /// Whether the bucket is full (the history no longer matters).
     pub fn is_full(&mut self, now: Instant) -> bool {
         self.refill(now);
-        self.tokens >= self.per_minute
+        self.tokens >= self.cap
+    }
+
+    /// A new rate of `cap` per `period` (tokens kept, up to the new cap).
+    pub fn set(&mut self, cap: u32, period: Duration) {
+        self.cap = f64::from(cap);
+        self.per_sec = self.cap / period.as_secs_f64().max(1e-9);
+        self.tokens = self.tokens.min(self.cap);
     }
 
     fn refill(&mut self, now: Instant) {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
-        self.tokens = (self.tokens + dt * self.per_minute / 60.0).min(self.per_minute);
+        self.tokens = (self.tokens + dt * self.per_sec).min(self.cap);
     }
 }
 
@@ -235,6 +254,9 @@ struct Session {
     last: Instant,
     bucket: Option<TokenBucket>,
 }
+
+/// Bytes-per-second bucket whose tokens may go negative down to the queue
+/// allowance: a negative balance is the queue, drained at `rate`.
 
 /// Bytes-per-second bucket whose tokens may go negative down to the queue
 /// allowance: a negative balance is the queue, drained at `rate`.
@@ -325,7 +347,8 @@ impl RelayTable {
     /// data frames must come from there). `now` starts the key's opens
     /// bucket if it is new.
     pub fn connect(&mut self, client: ClientId, node: NodeId, addr: SocketAddr, now: Instant) {
-        if self.clients.insert(client, Client { node, addr, reserved: false, sessions: HashSet::new() }).is_some() {
+        let pings = CountRate::new(PINGS_PER_SECOND, Duration::from_secs(1), now);
+        if self.clients.insert(client, Client { node, addr, reserved: false, sessions: HashSet::new(), pings }).is_some() {
             return;
         }
         let per_minute = self.limits.max_opens_per_minute;
@@ -334,7 +357,7 @@ impl RelayTable {
             sessions: 0,
             pending: 0,
             reserved: Vec::new(),
-            opens: OpenRate::new(per_minute, now),
+            opens: CountRate::new(per_minute, MINUTE, now),
         });
         k.clients += 1;
     }
@@ -359,6 +382,11 @@ impl RelayTable {
             }
         }
         true
+    }
+
+    /// Whether the client's Ping may be answered (`PINGS_PER_SECOND`).
+    pub fn ping(&mut self, client: ClientId, now: Instant) -> bool {
+        self.clients.get_mut(&client).is_some_and(|c| c.pings.allow(now))
     }
 
     /// Where the client's frames are expected from.
@@ -600,7 +628,7 @@ impl RelayTable {
     pub fn enable(&mut self, limits: Limits) {
         self.disabled = false;
         for k in self.keys.values_mut() {
-            k.opens.per_minute = f64::from(limits.max_opens_per_minute);
+            k.opens.set(limits.max_opens_per_minute, MINUTE);
         }
         self.limits = limits;
     }

@@ -499,3 +499,17 @@ fn a_key_is_forgotten_once_gone_and_its_bucket_full() {
     t.sweep(t0 + Duration::from_secs(2));
     assert_eq!(t.keys(), 2);
 }
+
+#[test]
+fn pings_are_answered_at_most_ten_a_second_per_client() {
+    let t0 = Instant::now();
+    let mut t = table(Limits::default());
+    let answered = (0..1000).filter(|_| t.ping(1, t0)).count();
+    assert_eq!(answered, PINGS_PER_SECOND as usize, "the burst");
+    assert!(t.ping(2, t0), "another client has its own");
+    assert!(!t.ping(1, t0 + Duration::from_millis(50)));
+    assert!(t.ping(1, t0 + Duration::from_millis(150)), "one every 100 ms");
+    // An honest client (twice a second) is always answered.
+    assert!((1..100).all(|i| t.ping(3, t0 + Duration::from_millis(500 * i))));
+    assert!(!t.ping(99, t0), "unknown client");
+}
