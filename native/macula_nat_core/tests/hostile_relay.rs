@@ -42,7 +42,7 @@ impl Scene {
         Scene { _rdv: rdv, relay, server, _events: events, honest }
     }
 
-    fn contact(&self) -> ([u8; 32], std::net::SocketAddr) {
+    fn contact(&self) -> (macula_nat_core::NodeId, std::net::SocketAddr) {
         (self.relay.node_id(), self.relay.local_addr().unwrap())
     }
 

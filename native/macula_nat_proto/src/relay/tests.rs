@@ -369,7 +369,7 @@ fn one_key_holds_at_most_its_share_of_sessions() {
     }
     assert_eq!(t.open(3, &B, 14, 0, now), Err(Refusal::TooManySessions));
     assert_eq!(t.sessions(), 8);
-    let d: [u8; 32] = [0xD; 32];
+    let d = NodeId::from_bytes([0xD; 32]);
     t.connect(4, d, addr("10.0.0.4:4000"), now);
     assert!(t.open(4, &B, 20, 0, now).is_ok(), "two keys do not hold every slot");
     // Ending one of A's sessions gives it a slot back; the target's count
