@@ -164,6 +164,10 @@ async fn honest_during(h: &hostile::Honest, attack: &std::thread::JoinHandle<u64
     while !attack.is_finished() || n < 2 {
         worst = worst.max(h.connect_ms(ConnectOpts::default()).await);
         n += 1;
+        // Paced like an application, not back to back: a responder takes
+        // at most 16 sessions per initiator at a time (a finished one is
+        // kept for late connections), and the rendezvous 50 Connects/s.
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     worst
 }

@@ -42,7 +42,13 @@ impl Honest {
         assert_eq!(tokio::time::timeout(Duration::from_secs(10), on_b.recv()).await.unwrap().unwrap(), b"ping");
         on_b.send(b"pong".to_vec()).await.unwrap();
         assert_eq!(tokio::time::timeout(Duration::from_secs(10), c.conn.recv()).await.unwrap().unwrap(), b"pong");
-        t.elapsed().as_secs_f64() * 1000.0
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        // Closed, not just dropped: the connection's watchers (failover,
+        // relay upkeep) hold it until it closes, and so would its slot in
+        // the per-address connection cap (32 from 127.0.0.1).
+        c.conn.close("done");
+        on_b.close("done");
+        ms
     }
 }
 
