@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 
-pub use crate::socket::recv_loop::{StunDatagram, StunSubscription};
+pub use crate::socket::recv_loop::StunSubscription;
 
 /// How long a closing node keeps its socket so its QUIC connections can
 /// tell their peers (CONNECTION_CLOSE) instead of leaving them to time out.

@@ -4,8 +4,8 @@
 //! [`alloc_probe`] measures where a contiguous NAT's port counter is for a
 //! session, and [`stun_rtt`] times a STUN round trip (relay choice).
 
-pub mod alloc_probe;
+pub(crate) mod alloc_probe;
 pub mod detector;
 mod hairpin;
 pub mod observer_server;
-pub mod stun_rtt;
+pub(crate) mod stun_rtt;

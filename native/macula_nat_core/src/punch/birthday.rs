@@ -391,17 +391,21 @@ impl DatagramTunnel for SocketTunnel {
 
 /// The extra socket that won the punch, not yet carrying QUIC.
 pub struct PathSocket {
+    // Only the tests ask which machine socket won.
+    #[cfg_attr(not(test), allow(dead_code))]
     index: usize,
     extra: Arc<Extra>,
 }
 
 impl PathSocket {
     /// Machine socket index.
+    #[cfg(test)]
     pub fn index(&self) -> usize {
         self.index
     }
 
-    /// Local address (for logs and tests).
+    /// Local address (for the tests).
+    #[cfg(test)]
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.extra.io.local_addr().ok()
     }

@@ -31,13 +31,6 @@ pub fn register(node: &Node, session: SessionId) -> Registration {
     node.punch_routes().register(session)
 }
 
-/// Runs the punch from now on (the caller has already waited for the go)
-/// on the node socket alone (socket 0). After the outcome, a background
-/// task keeps the machine answering for [`LINGER`].
-pub async fn run(node: Arc<Node>, reg: Registration, cfg: PunchConfig) -> Result<PunchSuccess, PunchError> {
-    run_with(node, reg, cfg, SocketSet::empty()).await.map(|p| p.success)
-}
-
 /// A punched path; `path` is set when it runs over one of the extra
 /// sockets, which then must carry QUIC for it (see [`crate::punch::birthday`]).
 pub struct Punched {

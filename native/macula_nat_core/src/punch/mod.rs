@@ -5,6 +5,6 @@
 //! [`primer`] learns the TTL and sends the TTL-limited primers that open our
 //! own NAT before a peer's packets arrive.
 
-pub mod birthday;
-pub mod driver;
+pub(crate) mod birthday;
+pub(crate) mod driver;
 pub mod primer;

@@ -20,11 +20,11 @@
 //! path would need quinn's client-side path migration, which it does not
 //! offer for a remote address change, so a new connection is made instead.
 
-pub mod conn;
+pub(crate) mod conn;
 pub(crate) mod dispatch;
 mod quality;
-pub mod socket;
-pub mod tls;
+pub(crate) mod socket;
+pub(crate) mod tls;
 
 pub use conn::{codes, CloseReason, Connection, Method};
 pub use macula_nat_proto::limits::conn_caps::ConnLimits;

@@ -4,8 +4,8 @@
 //! decisions (messages, frames, limits, accounting) are
 //! `macula_nat_proto::relay`'s.
 
-pub mod client;
-pub mod server;
+pub(crate) mod client;
+pub(crate) mod server;
 
 pub use client::{RelayError, RelayLink, RelayPath, RelaySet};
 pub use crate::socket::relay_plane::{is_virtual, virtual_addr};
