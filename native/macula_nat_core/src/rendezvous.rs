@@ -36,7 +36,7 @@
 
 use crate::lock::lock;
 use crate::quic::QuicError;
-use macula_nat_proto::limit::{Caps, Expiry, Rate};
+use macula_nat_proto::limits::caps::{Caps, Expiry, Rate};
 use macula_nat_proto::signal::{reject, HelloKind, Msg, NodeId, SessionId};
 use crate::{runtime, Connection, Node};
 use std::collections::HashMap;

@@ -116,13 +116,13 @@ fn a_client_that_pings_and_never_reads_is_bounded_and_closed() {
         let grew = rss_kib().saturating_sub(rss0);
         eprintln!("{pings} pings on {conns} connections, each closed within {slowest:?}; relay stats {st:?}; process RSS +{grew} KiB");
         assert_eq!(st.clients_stalled, u64::from(conns), "{st:?}");
-        assert!(st.control_dropped <= u64::from(conns) * (relay::server::CLIENT_DROP_LIMIT + relay::server::CLIENT_QUEUE as u64), "{st:?}");
+        assert!(st.control_dropped <= u64::from(conns) * (relay::CLIENT_DROP_LIMIT + relay::CLIENT_QUEUE as u64), "{st:?}");
         hostile::row(
             "relay: Pings without reading the Pongs (reconnecting for 6 s)",
             &format!(
                 "{} queued control messages per client; closed at {} dropped or a send stalled 5 s",
-                relay::server::CLIENT_QUEUE,
-                relay::server::CLIENT_DROP_LIMIT
+                relay::CLIENT_QUEUE,
+                relay::CLIENT_DROP_LIMIT
             ),
             &format!(
                 "{pings} Pings on {conns} connections, each closed within {:.2} s; {} Pongs dropped; test process (attacker included) RSS +{} MiB",

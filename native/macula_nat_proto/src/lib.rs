@@ -60,8 +60,9 @@ pub mod connect;
 // Relay choice: score from latency and load, hysteresis, expiry.
 pub mod relay_select;
 pub mod quality;
-// Bounds against hostile peers: connection caps, the fd budget, decoded
-// term sizes (pure counters and checks).
+// Bounds against hostile peers: caps per peer and in total, event rates,
+// expiry, connection caps, the fd budget, decoded term sizes (pure state).
 pub mod limits;
-// Per-peer bounds as pure state: caps per peer and in total, event rates, expiry.
-pub mod limit;
+// Message framing on a connection's stream: version byte, length-prefixed
+// messages, the size limit checked on the header.
+pub mod frame;

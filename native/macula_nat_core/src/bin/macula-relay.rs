@@ -67,7 +67,7 @@ fn main() {
     });
     let started = Instant::now();
     runtime::handle().block_on(async move {
-        let (tx, mut events) = mpsc::channel(macula_nat_core::relay::server::EVENT_QUEUE);
+        let (tx, mut events) = mpsc::channel(macula_nat_core::relay::EVENT_QUEUE);
         let server = RelayServer::start(&node, limits, tx).unwrap_or_else(|e| {
             eprintln!("macula-relay: {e}");
             exit(1)

@@ -8,7 +8,7 @@ use crate::{Connection, Node};
 use crate::detect::alloc_probe::AllocTracker;
 use crate::quic::dispatch::Dispatch;
 use crate::relay::RelaySet;
-use macula_nat_proto::limit::Caps;
+use macula_nat_proto::limits::caps::Caps;
 use macula_nat_proto::signal::{Msg, NodeId, SessionId};
 use std::collections::HashMap;
 use std::net::SocketAddr;

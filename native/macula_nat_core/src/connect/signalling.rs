@@ -13,7 +13,7 @@ use crate::detect::alloc_probe::AllocTracker;
 use crate::local_profile::ProfileState;
 use crate::relay::RelaySet;
 use macula_nat_proto::connect::public_profile;
-use macula_nat_proto::limit::Caps;
+use macula_nat_proto::limits::caps::Caps;
 use macula_nat_proto::record::PeerInfo;
 use macula_nat_proto::signal::{HelloKind, Msg, NodeId};
 use std::collections::HashMap;

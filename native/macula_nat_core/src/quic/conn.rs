@@ -33,11 +33,8 @@ use std::time::Duration;
 use tokio::sync::Mutex;
 
 /// First byte on the message stream in both directions; a peer speaking
-/// another framing version is refused.
-const STREAM_VERSION: u8 = 1;
-/// A message buffer starts at most this large and grows as bytes arrive,
-/// so a peer announcing a huge frame cannot make us allocate it up front.
-const INITIAL_BODY_CAPACITY: usize = 1 << 20;
+/// another framing version is refused (framing: `macula_nat_proto::frame`).
+use macula_nat_proto::frame::{FrameDecoder, FrameError, STREAM_VERSION};
 
 /// Application close codes (QUIC `CONNECTION_CLOSE` error codes).
 pub mod codes {
@@ -158,12 +155,8 @@ struct Sender {
 /// `recv` loses nothing: the next call continues the same frame.
 struct Receiver {
     stream: quinn::RecvStream,
-    /// The dialler has not read the acceptor's [`STREAM_VERSION`] yet.
-    version_pending: bool,
-    header: [u8; 4],
-    header_len: usize,
-    body: Option<Vec<u8>>,
-    body_len: usize,
+    /// Expects the acceptor's [`STREAM_VERSION`] first on a dialler's stream.
+    frames: FrameDecoder,
 }
 
 impl fmt::Debug for Connection {
@@ -219,7 +212,7 @@ impl Connection {
                 peer,
                 max_frame: AtomicUsize::new(cfg.max_frame.min(u32::MAX as usize)),
                 tx: Mutex::new(Sender { stream: send, finished: false, mid_frame: false }),
-                rx: Mutex::new(Receiver { stream: recv, version_pending, header: [0; 4], header_len: 0, body: None, body_len: 0 }),
+                rx: Mutex::new(Receiver { stream: recv, frames: FrameDecoder::new(cfg.max_frame.min(u32::MAX as usize), version_pending) }),
                 local_reason: OnceLock::new(),
                 endpoint_closing,
                 unread: std::sync::Mutex::new(None),
@@ -363,9 +356,9 @@ impl Connection {
     pub async fn send(&self, msg: impl Into<Bytes>) -> Result<(), QuicError> {
         let msg = msg.into();
         let max = self.max_frame();
-        if msg.len() > max {
+        let Some(header) = macula_nat_proto::frame::header(msg.len(), max) else {
             return Err(QuicError::FrameTooLarge { len: msg.len(), max });
-        }
+        };
         let mut tx = self.inner.tx.lock().await;
         if tx.finished {
             return Err(QuicError::Closed);
@@ -375,8 +368,7 @@ impl Connection {
             return Err(self.lost());
         }
         tx.mid_frame = true;
-        // `len <= max_frame <= u32::MAX`, so the cast is exact.
-        let header = Bytes::copy_from_slice(&(msg.len() as u32).to_be_bytes());
+        let header = Bytes::copy_from_slice(&header);
         let mut chunks = [header, msg];
         tx.stream.write_all_chunks(&mut chunks).await.map_err(|e| self.write_error(e))?;
         tx.mid_frame = false;
@@ -474,37 +466,14 @@ impl Connection {
         }
         let mut guard = self.inner.rx.lock().await;
         let rx = &mut *guard;
-        if rx.version_pending {
-            let mut v = [0u8; 1];
-            while self.read_or_fail(rx.stream.read(&mut v).await)? == 0 {}
-            rx.version_pending = false;
-            if v[0] != STREAM_VERSION {
-                self.fail(&format!("peer speaks stream version {}", v[0]));
-                return None;
-            }
-        }
-        if rx.body.is_none() {
-            while rx.header_len < 4 {
-                let n = self.read_or_fail(rx.stream.read(&mut rx.header[rx.header_len..]).await)?;
-                rx.header_len += n;
-            }
-            let len = u32::from_be_bytes(rx.header) as usize;
-            let max = self.max_frame();
-            if len > max {
-                // Checked on the header, before the body is allocated.
-                self.refuse_too_large(len as u64, max as u64);
-                return None;
-            }
-            rx.body = Some(Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY)));
-            rx.body_len = len;
-        }
+        // The limit can have been lowered (a control connection); the
+        // decoder applies it from the next header.
+        rx.frames.set_max(self.max_frame());
         loop {
-            let have = rx.body.as_ref().map_or(0, Vec::len);
-            if have >= rx.body_len {
-                break;
-            }
-            let chunk = match rx.stream.read_chunk(rx.body_len - have, true).await {
-                Ok(Some(c)) => c,
+            let want = rx.frames.want();
+            let chunk = match rx.stream.read_chunk(want, true).await {
+                Ok(Some(c)) => c.bytes,
+                Ok(None) if rx.frames.at_boundary() => return None,
                 Ok(None) => {
                     self.fail("peer ended the message stream mid-message");
                     return None;
@@ -514,23 +483,20 @@ impl Connection {
                     return None;
                 }
             };
-            if let Some(body) = rx.body.as_mut() {
-                body.extend_from_slice(&chunk.bytes);
-            }
-        }
-        rx.header_len = 0;
-        rx.body.take()
-    }
-
-    fn read_or_fail(&self, r: Result<Option<usize>, ReadError>) -> Option<usize> {
-        match r {
-            Ok(Some(n)) => Some(n),
-            // The peer finished its side: nothing more will come. Closing is
-            // the peer's job (its `close`), so just report the end.
-            Ok(None) => None,
-            Err(e) => {
-                self.read_error(e);
-                None
+            // `read_chunk` never returns more than `want`, and the decoder
+            // takes a read of `want` bytes whole.
+            match rx.frames.push(&chunk) {
+                Ok((_, Some(msg))) => return Some(msg),
+                Ok((_, None)) => {}
+                Err(FrameError::Version(v)) => {
+                    self.fail(&format!("peer speaks stream version {v}"));
+                    return None;
+                }
+                Err(FrameError::TooLarge { len, max }) => {
+                    // Checked on the header, before the body is allocated.
+                    self.refuse_too_large(len, max);
+                    return None;
+                }
             }
         }
     }

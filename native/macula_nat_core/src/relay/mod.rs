@@ -9,5 +9,5 @@ pub(crate) mod server;
 
 pub use client::{RelayError, RelayLink, RelayPath, RelaySet};
 pub use crate::socket::relay_plane::{is_virtual, virtual_addr};
-pub use server::{RelayEvent, RelayServer, RelayStats, EVENT_QUEUE};
+pub use server::{RelayEvent, RelayServer, RelayStats, CLIENT_DROP_LIMIT, CLIENT_QUEUE, EVENT_QUEUE};
 pub use macula_nat_proto::relay::table::Limits as RelayLimits;
