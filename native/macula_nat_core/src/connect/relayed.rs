@@ -11,7 +11,7 @@ use super::session::{dial, Meeting, SessionGuard};
 use crate::lock::lock;
 use crate::{relay, runtime, Connection};
 use crate::quic::Method;
-use crate::relay::{RelayLink, RelayPath};
+use crate::relay::{RelayLink, RelayPath, VirtualAddr};
 use macula_nat_proto::signal;
 use macula_nat_proto::connect::{decide, shares_public_ip, upgradable, wire_attempts};
 use macula_nat_proto::signal::{Msg, NodeId, Profile, SessionId};
@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Connects to `target` through one of its relays, dialling its node key
 /// over the relay session, and starts looking after the connection.
 pub(super) async fn via_relay(inner: &Arc<Inner>, target: NodeId, session: SessionId, peer: &Profile, opts: &ConnectOpts) -> Result<Connection, ConnectError> {
-    let virt = relay::virtual_addr();
+    let virt = VirtualAddr::fresh().addr();
     let (link, path) = open_relay_path(inner, target, &peer.relays, virt, None).await?;
     let conn = match dial(inner, virt, target, session, None).await {
         Ok(c) => c,

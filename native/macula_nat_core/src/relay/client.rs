@@ -2,7 +2,7 @@
 //! [`RelayLink`]) and the set of relays a node keeps ([`RelaySet`]).
 //!
 //! A session's QUIC packets reach QUIC through a *virtual* remote address
-//! (`plane::virtual_addr`): the link routes QUIC datagrams for it into
+//! ([`VirtualAddr`]): the link routes QUIC datagrams for it into
 //! frames to the relay ([`FrameTunnel`]) and the receive loop hands the
 //! session's frames back to QUIC as coming from it. Moving the connection
 //! (another relay, a punched path) re-points the route; QUIC's own loss
@@ -15,7 +15,7 @@
 use crate::lock::lock;
 use crate::node::Node;
 use crate::quic::{Connection, DatagramTunnel, QuicError};
-use crate::socket::relay_plane::virtual_addr;
+use crate::socket::relay_plane::VirtualAddr;
 use crate::runtime;
 use macula_nat_proto::signal::{HelloKind, Msg};
 use macula_nat_proto::relay::frame;
@@ -251,9 +251,10 @@ impl RelayLink {
     }
 
     /// Opens a session to `to` whose QUIC datagrams use `virt` (a fresh
-    /// [`virtual_addr`] for a new connection, or the connection's current
-    /// one to move it here). The route for `virt` now leads here.
-    pub async fn open(&self, to: NodeId, virt: SocketAddr) -> Result<RelayPath, RelayError> {
+    /// [`VirtualAddr`] for a new connection, or the connection's current
+    /// address, virtual or real, to move it here). The route for `virt` now leads here.
+    pub async fn open(&self, to: NodeId, virt: impl Into<SocketAddr>) -> Result<RelayPath, RelayError> {
+        let virt = virt.into();
         let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(tag, tx);
@@ -353,7 +354,7 @@ async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
             RelayMsg::Incoming { session, .. } => {
                 // The reservation is the consent: accept while we hold it.
                 let reply = if link.reserved.load(Ordering::Acquire) {
-                    let virt = virtual_addr();
+                    let virt = VirtualAddr::fresh().addr();
                     match link.install(session, virt) {
                         Ok(()) => {
                             lock(&link.accepted).insert(session, virt);

@@ -8,6 +8,6 @@ pub(crate) mod client;
 pub(crate) mod server;
 
 pub use client::{RelayError, RelayLink, RelayPath, RelaySet};
-pub use crate::socket::relay_plane::{is_virtual, virtual_addr};
+pub use crate::socket::relay_plane::{is_virtual, virtual_addr, VirtualAddr};
 pub use server::{RelayEvent, RelayServer, RelayStats, CLIENT_DROP_LIMIT, CLIENT_QUEUE, EVENT_QUEUE};
 pub use macula_nat_proto::relay::table::Limits as RelayLimits;

@@ -151,7 +151,12 @@ fn a_killed_relay_is_dropped_and_the_choice_moves_at_once() {
     let (dead, alive) = if relays[0].id() == chosen { (&relays[0], &relays[1]) } else { (&relays[1], &relays[0]) };
     let mut changes = reg.subscribe();
     changes.mark_unchanged();
+    let dead_addr = dead.addr();
     dead.node.close();
+    // Closing aborts the receive task, which a busy runtime may still be
+    // running for a moment (answering the next probe); its port comes free
+    // only once the task, which holds the socket, is gone.
+    assert!(wait_until(|| std::net::UdpSocket::bind(dead_addr).is_ok()), "the dead relay's socket is released");
     refresh(&reg);
     assert_eq!(reg.best(1)[0].node_id, dead.id(), "one unanswered round is not down yet");
     assert!(!changes.has_changed().unwrap());

@@ -3,7 +3,7 @@
 //!
 //! * A frame from a relay we hold a session with is that session's QUIC
 //!   packet: it enters QUIC as if it came from the session's *virtual*
-//!   address (see [`virtual_addr`]), which is the remote address QUIC
+//!   address ([`VirtualAddr`]), which is the remote address QUIC
 //!   knows for the connection.
 //! * Any other frame goes to this node's relay server, if it runs one.
 //! * Aliases: a relayed connection that got a punched path keeps its
@@ -44,6 +44,8 @@ pub(crate) trait FrameForwarder: Send + Sync + 'static {
 pub(crate) struct RelayPlane {
     any_session: AtomicBool,
     /// (relay address, session) -> (virtual address, relay's node key).
+    /// The address is a [`VirtualAddr`], or, for a direct connection failed
+    /// over to a relay, the real address its QUIC already uses.
     sessions: RwLock<HashMap<(SocketAddr, u64), (SocketAddr, NodeId)>>,
     server: RwLock<Option<Arc<dyn FrameForwarder>>>,
     any_alias: AtomicBool,
@@ -179,16 +181,44 @@ impl RelayPlane {
 
 static NEXT_VIRTUAL: AtomicU32 = AtomicU32::new(1);
 
-/// A fresh virtual address for a relayed connection: 240.0.0.0/8 (reserved,
-/// "future use", never routed), so no real peer can have it and a datagram
-/// sent there by mistake goes nowhere.
-pub fn virtual_addr() -> SocketAddr {
-    let n = NEXT_VIRTUAL.fetch_add(1, Ordering::Relaxed) & 0x00FF_FFFF;
-    let [_, b, c, d] = n.to_be_bytes();
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(240, b, c, d)), 9)
+/// The address QUIC knows a relayed connection's peer by: 240.0.0.0/8
+/// (reserved, "future use", never routed), so no real peer can have it and
+/// a datagram sent there by mistake goes nowhere. Typed, so a real address
+/// cannot be installed as a session's, nor a virtual one dialled as real.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VirtualAddr(SocketAddr);
+
+impl VirtualAddr {
+    /// A fresh one, for a new relayed connection.
+    pub fn fresh() -> VirtualAddr {
+        let n = NEXT_VIRTUAL.fetch_add(1, Ordering::Relaxed) & 0x00FF_FFFF;
+        let [_, b, c, d] = n.to_be_bytes();
+        VirtualAddr(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(240, b, c, d)), 9))
+    }
+
+    /// `a` as a virtual address, if it is one (a connection on a relayed path).
+    pub fn of(a: SocketAddr) -> Option<VirtualAddr> {
+        matches!(a.ip(), IpAddr::V4(ip) if ip.octets()[0] == 240).then_some(VirtualAddr(a))
+    }
+
+    /// The address as QUIC sees it.
+    pub fn addr(self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl From<VirtualAddr> for SocketAddr {
+    fn from(v: VirtualAddr) -> SocketAddr {
+        v.0
+    }
+}
+
+/// A fresh [`VirtualAddr`].
+pub fn virtual_addr() -> VirtualAddr {
+    VirtualAddr::fresh()
 }
 
 /// Whether `a` is one of our virtual addresses (a relayed path).
 pub fn is_virtual(a: &SocketAddr) -> bool {
-    matches!(a.ip(), IpAddr::V4(ip) if ip.octets()[0] == 240)
+    VirtualAddr::of(*a).is_some()
 }
