@@ -70,8 +70,14 @@ pub fn shares_public_ip(me: &Profile, peer_observed: SocketAddr) -> bool {
 /// So they punch, each towards the other's public endpoint and host
 /// candidates at once, whatever their NAT types (both sides see the same
 /// two addresses, so both decide alike); a miss falls back to the relay.
+///
+/// Families come next (see [`family::with_families`]): none in common
+/// relays, IPv6 on both sides punches.
 pub fn decide(a: &Profile, b: &Profile, flags: u8, shared_public_ip: bool) -> Strategy {
     if flags & signal::FLAG_RELAY_ONLY != 0 {
+        return Strategy::Relay;
+    }
+    if family::families(a).both(family::families(b)).none() {
         return Strategy::Relay;
     }
     if shared_public_ip {
@@ -82,7 +88,7 @@ pub fn decide(a: &Profile, b: &Profile, flags: u8, shared_public_ip: bool) -> St
     if no_direct && matches!(s, Strategy::Direct { .. } | Strategy::ConnectionReversal { .. }) {
         return Strategy::SimplePunch;
     }
-    s
+    family::with_families(s, a, b)
 }
 
 /// Whether a failed `strategy`, `elapsed` into a connect of `timeout`, gets
@@ -203,14 +209,18 @@ pub fn profile_of(nat: NatType, port_delta: Option<i32>, no_nat: bool) -> PeerIn
 /// the peer at (another port of the peer's own address), or, for an inside
 /// (private, shared, link-local) one, when the peer shares our public
 /// address (`ours`, as the rendezvous saw us): only then can it be on a LAN
-/// we are on. Any other address is a mere claim (a hostile peer's would aim
+/// we are on; a global IPv6 one is kept too ([`family::kept_claim`]: no
+/// NAT, and the rendezvous may have seen the peer over IPv4). Any other
+/// address is a mere claim (a hostile peer's would aim
 /// our punches at a third party) and is dropped. Even a kept candidate is
 /// punched with a budget until it answers (`punch::Verify`). `is_inside`
 /// classifies an IP.
 pub fn keep_reachable(candidates: &mut Vec<SocketAddr>, ours: Option<IpAddr>, peer_observed: SocketAddr, is_inside: impl Fn(IpAddr) -> bool) {
     let same_nat = ours == Some(peer_observed.ip());
-    candidates.retain(|c| c.ip() == peer_observed.ip() || (same_nat && is_inside(c.ip())));
+    candidates.retain(|c| c.ip() == peer_observed.ip() || (same_nat && is_inside(c.ip())) || family::kept_claim(c));
 }
+
+pub mod family;
 
 #[cfg(test)]
 mod tests;

@@ -171,6 +171,10 @@ pub struct PunchConfig {
     /// module docs); `None`: every target does (tests and simulations of
     /// the machine alone).
     pub verify: Option<Verify>,
+    /// Happy eyeballs: when the targets hold both families, IPv4 paths
+    /// start this long after IPv6 ones, so a working IPv6 path answers
+    /// first and wins (see `connect::family`). Zero: all start together.
+    pub ipv4_lag: Duration,
 }
 
 /// What a punch may send towards an address before it has answered.
@@ -224,6 +228,7 @@ impl PunchConfig {
             seed: 0,
             txids: crate::rng::Txids::seeded(0),
             verify: None,
+            ipv4_lag: Duration::ZERO,
         }
     }
 
@@ -395,8 +400,10 @@ impl Punch {
             cfg,
         };
         let attempts = p.cfg.max_attempts.max(1);
+        let dual = p.cfg.targets.iter().any(|(_, a)| a.is_ipv6()) && p.cfg.targets.iter().any(|(_, a)| a.is_ipv4());
         for (socket, remote) in p.cfg.targets.clone() {
-            p.add_path(socket, remote, Some(start), attempts);
+            let at = if dual && remote.is_ipv4() { start + p.cfg.ipv4_lag } else { start };
+            p.add_path(socket, remote, Some(at), attempts);
         }
         p
     }

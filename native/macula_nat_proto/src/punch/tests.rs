@@ -53,6 +53,29 @@ fn initiator_waits_half_the_rendezvous_rtt_responder_starts_at_once() {
     assert!(r.poll_transmit(t0).is_some());
 }
 
+/// Happy eyeballs: with both families among the targets, IPv4 paths start
+/// `ipv4_lag` after IPv6 ones; with one family there is nothing to wait for.
+#[test]
+fn ipv4_paths_start_behind_ipv6_ones() {
+    let t0 = Instant::now();
+    let lag = Duration::from_millis(100);
+    let (v4, v6) = (addr("198.18.0.1:4000"), addr("[2001:db8::1]:4000"));
+    let mut c = cfg(Role::Responder, vec![(0, v4), (0, v6)]);
+    c.ipv4_lag = lag;
+    let mut r = Punch::new(c.clone(), t0);
+    let mut sent = Vec::new();
+    for ms in 0..=100u64 {
+        let now = t0 + Duration::from_millis(ms);
+        while let Some(t) = r.poll_transmit(now) {
+            sent.push((ms, t.dst));
+        }
+    }
+    assert_eq!(sent.first(), Some(&(0, v6)));
+    assert_eq!(sent.iter().find(|(_, d)| *d == v4), Some(&(100, v4)), "{sent:?}");
+    c.targets = vec![(0, v4)];
+    assert_eq!(Punch::new(c, t0).poll_transmit(t0).map(|t| t.dst), Some(v4));
+}
+
 #[test]
 fn retries_on_schedule_then_times_out_once() {
     let t0 = Instant::now();
