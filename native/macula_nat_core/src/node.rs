@@ -1,6 +1,12 @@
 //! A node: one identity and the one UDP socket that carries STUN probes,
 //! punch packets and QUIC. Detection measures the mapping of this very socket,
 //! so it must never be swapped for another while the node lives.
+//!
+//! One socket per address family: a dual-stack node (`Node::open_dual`) has
+//! a second socket for IPv6, with its own receive loop feeding the same
+//! STUN subscribers, punch sessions, relay plane and QUIC endpoint; sends
+//! go out on the socket of the destination's family. A node bound to an
+//! IPv6 address alone is IPv6-only.
 
 use crate::lock::{lock, write};
 use crate::quic::dispatch::Dispatch;
@@ -60,9 +66,17 @@ pub struct NodeStats {
     pub relayed_bytes_out: u64,
 }
 
+/// A dual-stack node's IPv6 socket (see the module docs).
+struct Six {
+    local: SocketAddr,
+    slot: SocketSlot,
+    task: RwLock<Option<JoinHandle<()>>>,
+}
+
 pub struct Node {
     identity: Identity,
     local_addr: SocketAddr,
+    six: Option<Six>,
     // Behind a lock so `close` can release the port even while other
     // handles to the node still exist: a restarted owner must be able to
     // bind the same configured port again. The receive task holds the last
@@ -104,51 +118,67 @@ impl Node {
     /// Binds the socket and starts its receive loop. Binding is a quick
     /// syscall, so this may run on a BEAM scheduler.
     pub fn open(config: NodeConfig, identity: Identity) -> Result<Arc<Node>, Error> {
-        // Port 0: not one of ours that a NAT may still map (`local_ports`).
-        let std_sock = match config.bind.port() {
-            0 => crate::socket::local_ports::bind_fresh(config.bind.ip())?,
-            _ => std::net::UdpSocket::bind(config.bind)?,
-        };
-        std_sock.set_nonblocking(true)?;
-        let local_addr = std_sock.local_addr()?;
+        Self::open_dual(config, None, identity)
+    }
+
+    /// Like [`Node::open`], with a second socket on `bind6` (an IPv6
+    /// address; `config.bind` then IPv4) for a dual-stack node.
+    pub fn open_dual(config: NodeConfig, bind6: Option<SocketAddr>, identity: Identity) -> Result<Arc<Node>, Error> {
+        if bind6.is_some_and(|b| !b.is_ipv6() || config.bind.is_ipv6()) {
+            return Err(Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a dual-stack node binds IPv4 and IPv6")));
+        }
         let _guard = runtime::handle().enter();
-        let socket = Arc::new(NodeSocket::new(UdpSocket::from_std(std_sock)?)?);
-        let inbox = Inbox::new(BufPool::new(socket.slot_len() * RECV_BATCH));
+        let (socket, local_addr) = Self::bind_socket(config.bind)?;
+        let six = bind6.map(Self::bind_socket).transpose()?;
+        let slot = |s: &Arc<NodeSocket>| s.slot_len();
+        let inbox = Inbox::new(BufPool::new(slot(&socket).max(six.as_ref().map_or(0, |(s, _)| slot(s))) * RECV_BATCH));
         let counters = Arc::new(Counters::default());
         let stun_sinks = Arc::new(Mutex::new(StunSinks::default()));
         let punch = Arc::new(PunchRoutes::default());
         let relay = Arc::new(RelayPlane::default());
-        let observer = Observer::new(ObserverConfig {
-            primary: local_addr,
-            alternate: None,
-            software: Some(format!("macula_nat {}", env!("CARGO_PKG_VERSION"))),
-        })
-        .map_err(|e| Error::Internal(format!("{e:?}")))?;
+        let observer = |local| {
+            Observer::new(ObserverConfig {
+                primary: local,
+                alternate: None,
+                software: Some(format!("macula_nat {}", env!("CARGO_PKG_VERSION"))),
+            })
+            .map_err(|e| Error::Internal(format!("{e:?}")))
+        };
+        let observers = (observer(local_addr)?, six.as_ref().map(|(_, l)| observer(*l)).transpose()?);
         Ok(Arc::new_cyclic(|me: &std::sync::Weak<Node>| {
-            let me = me.clone();
-            let received = recv_loop(
-                socket.clone(),
-                local_addr,
-                observer,
-                counters.clone(),
-                stun_sinks.clone(),
-                inbox.clone(),
-                punch.clone(),
-                relay.clone(),
-            );
-            // A socket that fails for good must not leave a node that looks open
-            // and hears nothing: it fails visibly and closes.
-            let task = runtime::spawn(async move {
-                if let Err(e) = received.await {
-                    tracing::warn!("node socket failed: {e}");
-                    if let Some(node) = me.upgrade() {
-                        node.fail(e.to_string());
+            let start = |socket: &Arc<NodeSocket>, local, observer| {
+                let me = me.clone();
+                let received = recv_loop(
+                    socket.clone(),
+                    local,
+                    observer,
+                    counters.clone(),
+                    stun_sinks.clone(),
+                    inbox.clone(),
+                    punch.clone(),
+                    relay.clone(),
+                );
+                // A socket that fails for good must not leave a node that looks open
+                // and hears nothing: it fails visibly and closes.
+                runtime::spawn(async move {
+                    if let Err(e) = received.await {
+                        tracing::warn!("node socket failed: {e}");
+                        if let Some(node) = me.upgrade() {
+                            node.fail(e.to_string());
+                        }
                     }
-                }
+                })
+            };
+            let task = start(&socket, local_addr, observers.0);
+            let six = six.zip(observers.1).map(|((s6, local), obs)| Six {
+                local,
+                task: RwLock::new(Some(start(&s6, local, obs))),
+                slot: Arc::new(RwLock::new(Some(s6))),
             });
             Node {
                 identity,
                 local_addr,
+                six,
                 socket: Arc::new(RwLock::new(Some(socket))),
                 recv_task: RwLock::new(Some(task)),
                 closed: AtomicBool::new(false),
@@ -166,6 +196,18 @@ impl Node {
                 failure: tokio::sync::watch::Sender::new(None),
             }
         }))
+    }
+
+    /// One node socket, non-blocking, with its local address. Port 0: not
+    /// one of ours that a NAT may still map (`local_ports`).
+    fn bind_socket(bind: SocketAddr) -> Result<(Arc<NodeSocket>, SocketAddr), Error> {
+        let std_sock = match bind.port() {
+            0 => crate::socket::local_ports::bind_fresh(bind.ip())?,
+            _ => crate::socket::local_ports::bind(bind)?,
+        };
+        std_sock.set_nonblocking(true)?;
+        let local = std_sock.local_addr()?;
+        Ok((Arc::new(NodeSocket::new(UdpSocket::from_std(std_sock)?)?), local))
     }
 
     /// Closes the node, then says why: whoever hears of the failure finds
@@ -220,6 +262,36 @@ impl Node {
         Ok(self.local_addr)
     }
 
+    /// The node's IPv6 address: its second socket's on a dual-stack node,
+    /// its one socket's on an IPv6-only node; `None` without IPv6.
+    pub fn local_addr6(&self) -> Result<Option<SocketAddr>, Error> {
+        self.check_open()?;
+        Ok(self.six.as_ref().map(|s| s.local).or(Some(self.local_addr).filter(|a| a.is_ipv6())))
+    }
+
+    /// The address families the node has a socket for.
+    pub fn families(&self) -> macula_nat_proto::connect::family::Families {
+        use macula_nat_proto::connect::family::Families;
+        match (self.local_addr.is_ipv6(), self.six.is_some()) {
+            (false, false) => Families::V4,
+            (false, true) => Families::DUAL,
+            (true, _) => Families::V6,
+        }
+    }
+
+    /// The slot of the socket that sends to `dst`.
+    fn slot_for(&self, dst: &SocketAddr) -> &SocketSlot {
+        match &self.six {
+            Some(s) if dst.is_ipv6() => &s.slot,
+            _ => &self.socket,
+        }
+    }
+
+    /// The node's socket for sending to `dst` (the one of its family).
+    pub fn socket_for(&self, dst: &SocketAddr) -> Result<Arc<UdpSocket>, Error> {
+        socket::current(self.slot_for(dst)).map(|s| s.io.clone()).ok_or(Error::Closed)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -255,10 +327,15 @@ impl Node {
             return Err(QuicError::Closed);
         }
         let sock = socket::current(&self.socket).ok_or(QuicError::Closed)?;
+        let sock6 = match &self.six {
+            Some(s) => Some((socket::current(&s.slot).ok_or(QuicError::Closed)?, s.slot.clone())),
+            None => None,
+        };
         let q = QuicEndpoint::on_node(
             &self.identity,
             &sock,
             self.socket.clone(),
+            sock6.as_ref().map(|(s, slot)| (&**s, slot.clone())),
             self.inbox.clone(),
             self.counters.clone(),
             cfg,
@@ -300,7 +377,7 @@ impl Node {
     /// all; how many leading datagrams left. The relay data path's
     /// `try_send_to` for a whole QUIC batch.
     pub(crate) fn try_send_segments(&self, contents: &[u8], segment: usize, dst: SocketAddr) -> usize {
-        let Some(sock) = socket::current(&self.socket) else { return 0 };
+        let Some(sock) = socket::current(self.slot_for(&dst)) else { return 0 };
         let n = sock.try_send_segments(dst, contents, segment);
         if n > 0 {
             self.counters.datagrams_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -333,7 +410,7 @@ impl Node {
     }
 
     pub async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> Result<(), Error> {
-        let sock = self.socket()?;
+        let sock = self.socket_for(&dst)?;
         let n = sock.send_to(payload, dst).await?;
         self.counters.datagrams_out.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
@@ -367,18 +444,20 @@ impl Node {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        {
-            let mut t = write(&self.recv_task);
-            if let Some(t) = t.take() {
+        for task in std::iter::once(&self.recv_task).chain(self.six.as_ref().map(|s| &s.task)) {
+            if let Some(t) = write(task).take() {
                 t.abort();
             }
         }
         let quic = lock(&self.quic).take();
-        let slot = self.socket.clone();
-        let port = self.local_addr.port();
+        let slots: Vec<(SocketSlot, u16)> = std::iter::once((self.socket.clone(), self.local_addr.port()))
+            .chain(self.six.as_ref().map(|s| (s.slot.clone(), s.local.port())))
+            .collect();
         let release = move || {
-            write(&slot).take();
-            crate::socket::local_ports::released(port);
+            for (slot, port) in slots {
+                write(&slot).take();
+                crate::socket::local_ports::released(port);
+            }
         };
         match quic {
             None => release(),

@@ -277,3 +277,69 @@ fn a_routed_tunnel_carries_quic_instead_of_the_socket() {
         assert_eq!(a.stats().datagrams_out, out_before, "nothing went out on the raw socket");
     });
 }
+
+/// A dual-stack node (one socket per family, one QUIC endpoint) talks to
+/// IPv4 peers in plain IPv4 and to IPv6 peers over its IPv6 socket; an
+/// IPv6-only node talks to it over IPv6. STUN is answered on both sockets.
+#[test]
+fn dual_stack_node_speaks_both_families_on_one_endpoint() {
+    let Ok(probe) = std::net::UdpSocket::bind("[::1]:0") else {
+        eprintln!("SKIPPED: no IPv6 loopback");
+        return;
+    };
+    drop(probe);
+    let dual = |id| Node::open_dual(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Some("[::1]:0".parse().unwrap()), id).unwrap();
+    run(async move {
+        let (a, b) = (dual(Identity::generate()), dual(Identity::generate()));
+        let v4 = node();
+        let v6 = Node::open(NodeConfig { bind: "[::1]:0".parse().unwrap() }, Identity::generate()).unwrap();
+        let b6 = b.local_addr6().unwrap().expect("IPv6 socket");
+        assert!(b6.is_ipv6() && b.local_addr().unwrap().is_ipv4());
+        assert_eq!(v6.local_addr6().unwrap(), Some(v6.local_addr().unwrap()));
+        assert_eq!(v4.local_addr6().unwrap(), None);
+        let (qa, qb) = (a.quic().unwrap(), b.quic().unwrap());
+        for (to, want_v6) in [(b6, true), (b.local_addr().unwrap(), false)] {
+            let qb2 = qb.clone();
+            let accept = tokio::spawn(async move { qb2.accept().await });
+            let ca = qa.connect(to, b.node_id()).await.expect("dual to dual");
+            let cb = accept.await.unwrap().expect("accepted");
+            assert_eq!(ca.remote_address(), to, "plain addresses above QUIC");
+            assert_eq!(cb.remote_address().is_ipv6(), want_v6);
+            ca.send(b"ping".to_vec()).await.unwrap();
+            assert_eq!(cb.recv().await.unwrap(), b"ping");
+            cb.send(b"pong".to_vec()).await.unwrap();
+            assert_eq!(ca.recv().await.unwrap(), b"pong");
+        }
+        // An IPv4-only and an IPv6-only node each reach the dual one.
+        for single in [&v4, &v6] {
+            let to = if single.local_addr().unwrap().is_ipv6() { b6 } else { b.local_addr().unwrap() };
+            let (c, _) = pair_at(single, &b, to).await;
+            c.send(b"hi".to_vec()).await.unwrap();
+        }
+        // An IPv4-only node cannot dial IPv6 at all (no socket for it).
+        assert!(v4.quic().unwrap().connect(b6, b.node_id()).await.is_err());
+        // STUN on the IPv6 socket is answered from there.
+        let s = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send_to(&Message::binding_request([9; 12]).encode(), b6).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        assert_eq!(from, b6);
+        let m = Message::decode(&buf[..n]).unwrap();
+        assert_eq!((m.class, m.mapped_address()), (Class::SuccessResponse, Some(s.local_addr().unwrap())));
+        // Closing releases both ports.
+        let (p4, p6) = (b.local_addr().unwrap(), b6);
+        b.close();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        std::net::UdpSocket::bind(p4).expect("IPv4 port released");
+        std::net::UdpSocket::bind(p6).expect("IPv6 port released");
+    });
+}
+
+async fn pair_at(a: &Node, b: &Node, to: SocketAddr) -> (Connection, Connection) {
+    let qb = b.quic().unwrap();
+    let accept = tokio::spawn(async move { qb.accept().await });
+    let ca = a.quic().unwrap().connect(to, b.node_id()).await.expect("connect");
+    let cb = accept.await.unwrap().expect("accepted");
+    (ca, cb)
+}

@@ -298,7 +298,8 @@ impl Connection {
 
     /// The peer's current address; follows the peer if it migrates.
     pub fn remote_address(&self) -> SocketAddr {
-        self.inner.conn.remote_address()
+        // Plain IPv4 also on a dual-stack endpoint (see `quic::socket`).
+        crate::socket::unmapped(self.inner.conn.remote_address())
     }
 
     /// Smoothed round-trip time.

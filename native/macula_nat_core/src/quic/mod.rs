@@ -252,16 +252,18 @@ impl Drop for Shared {
 
 impl QuicEndpoint {
     /// Endpoint on the node's socket; called by `Node::quic_with`.
+    /// `six`: a dual-stack node's IPv6 socket and its slot.
     pub(crate) fn on_node(
         identity: &Identity,
         sock: &NodeSocket,
         slot: SocketSlot,
+        six: Option<(&NodeSocket, SocketSlot)>,
         inbox: Arc<Inbox>,
         counters: Arc<Counters>,
         cfg: QuicConfig,
     ) -> Result<QuicEndpoint, QuicError> {
         let routes = Arc::new(Routes::default());
-        let socket = QuicSocket::new(sock, slot, inbox.clone(), routes.clone(), counters)?;
+        let socket = QuicSocket::new(sock, slot, six, inbox.clone(), routes.clone(), counters)?;
         let ep = Self::build(identity, cfg, routes, Some(inbox.clone()), |server| {
             quinn::Endpoint::new_with_abstract_socket(
                 endpoint_config(),

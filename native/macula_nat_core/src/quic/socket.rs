@@ -6,9 +6,18 @@
 //! [`AsyncUdpSocket`] whose receive side is the queue the loop fills
 //! ([`Inbox`]) and whose send side writes straight to the socket, or through
 //! a [`DatagramTunnel`] for addresses routed elsewhere ([`Routes`]).
+//!
+//! A dual-stack node has a second socket, for IPv6 (one per family): one
+//! quinn endpoint serves both. quinn speaks IPv6 then (its local address is
+//! the IPv6 socket's) and writes IPv4 peers in mapped form
+//! (`::ffff:a.b.c.d`), as on a dual-stack socket; this file is the border:
+//! IPv4 sources enter mapped, destinations leave unmapped on the socket of
+//! their family, and everything above QUIC (routes, relay virtual
+//! addresses, `Connection::remote_address`) sees plain IPv4. An IPv6-only
+//! node is the same with no IPv4 socket.
 
 use crate::lock::{lock, read, write};
-use crate::socket::{current, Counters, Entry, Inbox, NodeSocket, SocketSlot, POOL_BUFFERS, RECV_BATCH};
+use crate::socket::{current, mapped, unmapped, Counters, Entry, Inbox, NodeSocket, SocketSlot, POOL_BUFFERS, RECV_BATCH};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use std::collections::{HashMap, VecDeque};
@@ -81,6 +90,11 @@ impl Routes {
 /// quinn's view of the node socket.
 pub(crate) struct QuicSocket {
     slot: SocketSlot,
+    /// A dual-stack node's IPv6 socket.
+    slot6: Option<SocketSlot>,
+    /// quinn sees IPv6 addresses (IPv4 ones mapped): the local address is
+    /// IPv6.
+    v6: bool,
     inbox: Arc<Inbox>,
     routes: Arc<Routes>,
     counters: Arc<Counters>,
@@ -94,18 +108,32 @@ pub(crate) struct QuicSocket {
 }
 
 impl QuicSocket {
+    /// `six`: a dual-stack node's IPv6 socket and its slot.
     pub(crate) fn new(
         sock: &NodeSocket,
         slot: SocketSlot,
+        six: Option<(&NodeSocket, SocketSlot)>,
         inbox: Arc<Inbox>,
         routes: Arc<Routes>,
         counters: Arc<Counters>,
     ) -> io::Result<QuicSocket> {
+        let local = match &six {
+            Some((s6, _)) => s6.io.local_addr()?,
+            None => sock.io.local_addr()?,
+        };
+        let (mut max_gso, mut gro, mut may_fragment) = (sock.state.max_gso_segments(), sock.state.gro_segments(), sock.state.may_fragment());
+        if let Some((s6, _)) = &six {
+            max_gso = max_gso.min(s6.state.max_gso_segments());
+            gro = gro.max(s6.state.gro_segments());
+            may_fragment |= s6.state.may_fragment();
+        }
         Ok(QuicSocket {
-            local: sock.io.local_addr()?,
-            max_gso: sock.state.max_gso_segments(),
-            gro: sock.state.gro_segments(),
-            may_fragment: sock.state.may_fragment(),
+            local,
+            v6: local.is_ipv6(),
+            max_gso,
+            gro,
+            may_fragment,
+            slot6: six.map(|(_, s)| s),
             slot,
             inbox,
             routes,
@@ -136,22 +164,30 @@ impl Drop for QuicSocket {
 
 impl AsyncUdpSocket for QuicSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(WritablePoller { slot: self.slot.clone(), fut: None })
+        Box::pin(WritablePoller { slot: self.slot.clone(), slot6: self.slot6.clone(), fut: None })
     }
 
     fn try_send(&self, t: &Transmit<'_>) -> io::Result<()> {
-        let via = match self.routes.get(&t.destination) {
-            None => None,
+        let dst = unmapped(t.destination);
+        let plain = Transmit { destination: dst, ..*t };
+        let dst = match self.routes.get(&dst) {
+            None => dst,
             Some(Route::Tunnel(tunnel)) => {
-                Self::send_tunnelled(tunnel.as_ref(), t);
+                Self::send_tunnelled(tunnel.as_ref(), &plain);
                 return Ok(());
             }
-            Some(Route::Via(real)) => Some(Transmit { destination: real, ..*t }),
+            Some(Route::Via(real)) => real,
         };
-        let t = via.as_ref().unwrap_or(t);
+        // The source IP quinn echoes belongs to the socket it came in on.
+        let src_ip = t.src_ip.map(|ip| unmapped(SocketAddr::new(ip, 0)).ip()).filter(|ip| ip.is_ipv4() == dst.is_ipv4());
+        let t = &Transmit { destination: dst, src_ip, ..*t };
+        let slot = match &self.slot6 {
+            Some(s6) if dst.is_ipv6() => s6,
+            _ => &self.slot,
+        };
         // Node closed: the datagram is lost as on a dead link; the endpoint
         // is being closed anyway.
-        let Some(sock) = current(&self.slot) else { return Ok(()) };
+        let Some(sock) = current(slot) else { return Ok(()) };
         sock.try_send(t)?;
         let segs = match t.segment_size {
             Some(s) if s > 0 => t.contents.len().div_ceil(s),
@@ -180,6 +216,10 @@ impl AsyncUdpSocket for QuicSocket {
                 };
                 dst.copy_from_slice(&e.data);
                 meta[n] = RecvMeta { len, ..e.meta };
+                if self.v6 {
+                    meta[n].addr = mapped(meta[n].addr);
+                    meta[n].dst_ip = meta[n].dst_ip.map(|ip| mapped(SocketAddr::new(ip, 0)).ip());
+                }
                 n += 1;
             }
             if n > 0 {
@@ -207,9 +247,11 @@ impl AsyncUdpSocket for QuicSocket {
 
 type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>>;
 
-/// Wakes quinn when the node socket is writable again after `WouldBlock`.
+/// Wakes quinn when the node socket is writable again after `WouldBlock`
+/// (either socket of a dual-stack node: quinn does not say which blocked).
 struct WritablePoller {
     slot: SocketSlot,
+    slot6: Option<SocketSlot>,
     fut: Option<WritableFuture>,
 }
 
@@ -227,7 +269,16 @@ impl UdpPoller for WritablePoller {
             None => {
                 // Closed node: report writable; the send is then dropped.
                 let Some(sock) = current(&this.slot) else { return Poll::Ready(Ok(())) };
-                this.fut.insert(Box::pin(async move { sock.io.writable().await }))
+                let sock6 = this.slot6.as_ref().and_then(current);
+                this.fut.insert(Box::pin(async move {
+                    match sock6 {
+                        None => sock.io.writable().await,
+                        Some(s6) => tokio::select! {
+                            r = sock.io.writable() => r,
+                            r = s6.io.writable() => r,
+                        },
+                    }
+                }))
             }
         };
         let res = fut.as_mut().poll(cx);

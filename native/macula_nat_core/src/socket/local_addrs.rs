@@ -10,7 +10,7 @@
 //! public address (see `connector::targets`), so a peer's claims never
 //! aim our punches into other networks.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// At most this many host candidates (a Docker host has a bridge per
 /// network; the first few are the ones a LAN peer can reach).
@@ -19,6 +19,31 @@ pub const MAX_HOST_CANDIDATES: usize = 4;
 /// IPv4 addresses of the interfaces that are up, loopback and link-local
 /// left out, in the kernel's order.
 pub fn interface_ipv4s() -> Vec<Ipv4Addr> {
+    interface_ips()
+        .into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified() => Some(v4),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Global IPv6 addresses of the interfaces that are up (see
+/// `macula_nat_proto::connect::family::is_global_v6`), in the kernel's
+/// order: behind a stateful firewall without NAT these are the node's
+/// public addresses.
+pub fn interface_ipv6s() -> Vec<Ipv6Addr> {
+    interface_ips()
+        .into_iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V6(v6) if macula_nat_proto::connect::family::is_global_v6(v6) => Some(v6),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Addresses of the interfaces that are up, both families, no duplicates.
+fn interface_ips() -> Vec<IpAddr> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below; each
@@ -35,12 +60,18 @@ pub fn interface_ipv4s() -> Vec<Ipv4Addr> {
             if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_UP as libc::c_uint == 0 {
                 continue;
             }
-            if (*ifa.ifa_addr).sa_family as libc::c_int != libc::AF_INET {
-                continue;
-            }
-            let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            if !ip.is_loopback() && !ip.is_link_local() && !ip.is_unspecified() && !out.contains(&ip) {
+            let ip = match (*ifa.ifa_addr).sa_family as libc::c_int {
+                libc::AF_INET => {
+                    let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+                }
+                libc::AF_INET6 => {
+                    let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                }
+                _ => continue,
+            };
+            if !out.contains(&ip) {
                 out.push(ip);
             }
         }
@@ -51,7 +82,9 @@ pub fn interface_ipv4s() -> Vec<Ipv4Addr> {
 
 /// Host candidates for a socket bound to `bound`, reached at `port` (the
 /// port the punch runs on): the bound address itself, or for the
-/// unspecified IPv4 address every interface address (bounded).
+/// unspecified address every interface address of its family (bounded;
+/// IPv6: the global ones, a node's public addresses when no NAT is in
+/// front of it).
 pub fn host_candidates(bound: SocketAddr, port: u16) -> Vec<SocketAddr> {
     match bound.ip() {
         IpAddr::V4(v4) if v4.is_unspecified() => interface_ipv4s()
@@ -59,7 +92,11 @@ pub fn host_candidates(bound: SocketAddr, port: u16) -> Vec<SocketAddr> {
             .take(MAX_HOST_CANDIDATES)
             .map(|ip| SocketAddr::new(IpAddr::V4(ip), port))
             .collect(),
-        IpAddr::V6(v6) if v6.is_unspecified() => Vec::new(),
+        IpAddr::V6(v6) if v6.is_unspecified() => interface_ipv6s()
+            .into_iter()
+            .take(MAX_HOST_CANDIDATES)
+            .map(|ip| SocketAddr::new(IpAddr::V6(ip), port))
+            .collect(),
         ip => vec![SocketAddr::new(ip, port)],
     }
 }
@@ -72,7 +109,9 @@ mod tests {
     fn a_bound_address_is_its_own_candidate() {
         let b: SocketAddr = "198.18.1.2:4433".parse().unwrap();
         assert_eq!(host_candidates(b, 5000), vec!["198.18.1.2:5000".parse::<SocketAddr>().unwrap()]);
-        assert!(host_candidates("[::]:1".parse().unwrap(), 1).is_empty());
+        for c in host_candidates("[::]:1".parse().unwrap(), 1) {
+            assert!(c.is_ipv6() && c.port() == 1, "{c}");
+        }
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub fn bind_fresh(ip: IpAddr) -> std::io::Result<UdpSocket> {
     // hand their ports out again meanwhile.
     let mut rejected = Vec::new();
     loop {
-        let s = UdpSocket::bind(SocketAddr::new(ip, 0))?;
+        let s = bind(SocketAddr::new(ip, 0))?;
         let port = s.local_addr()?.port();
         if !recently_closed(port) || rejected.len() + 1 >= TRIES {
             return Ok(s);
@@ -90,8 +90,65 @@ pub fn bind_fresh(ip: IpAddr) -> std::io::Result<UdpSocket> {
     }
 }
 
+/// A UDP socket bound to `addr`; an IPv6 one takes IPv6 only
+/// (`IPV6_V6ONLY`): a node has one socket per family, and an IPv6 socket
+/// on `::` would otherwise also take IPv4 datagrams for its port (Linux's
+/// default `bindv6only = 0`), in the mapped form no other part expects.
+pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    if addr.is_ipv4() {
+        return UdpSocket::bind(addr);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: a fresh socket we own (closed by `UdpSocket`'s drop from the
+    // moment it is wrapped); the option value is a c_int, as
+    // setsockopt(IPV6_V6ONLY) wants.
+    let s = unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let s = UdpSocket::from_raw_fd(fd);
+        let on: libc::c_int = 1;
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &on as *const _ as *const libc::c_void, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        s
+    };
+    let sa = socket_addr_v6(addr);
+    // SAFETY: `sa` is a valid sockaddr_in6 of the size given.
+    let r = unsafe { libc::bind(std::os::fd::AsRawFd::as_raw_fd(&s), &sa as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s)
+}
+
+fn socket_addr_v6(addr: SocketAddr) -> libc::sockaddr_in6 {
+    let SocketAddr::V6(a) = addr else { unreachable!("an IPv6 address") };
+    // SAFETY: all-zero is a valid sockaddr_in6.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sa.sin6_port = a.port().to_be();
+    sa.sin6_addr.s6_addr = a.ip().octets();
+    sa.sin6_flowinfo = a.flowinfo();
+    sa.sin6_scope_id = a.scope_id();
+    sa
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_ipv6_socket_takes_ipv6_only() {
+        let Ok(s) = super::bind("[::]:0".parse().unwrap()) else {
+            eprintln!("SKIPPED: no IPv6 on this host");
+            return;
+        };
+        let port = s.local_addr().unwrap().port();
+        // The same port is free for IPv4: the IPv6 socket does not hold it.
+        std::net::UdpSocket::bind(("0.0.0.0", port)).expect("IPv4 port free next to a v6-only socket");
+    }
+
     use super::*;
 
     #[test]

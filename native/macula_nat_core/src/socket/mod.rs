@@ -59,6 +59,26 @@ pub(crate) fn current(slot: &SocketSlot) -> Option<Arc<NodeSocket>> {
     read(slot).clone()
 }
 
+/// An IPv4 address in the IPv6 form a dual-stack QUIC endpoint uses
+/// (`::ffff:a.b.c.d`); IPv6 addresses unchanged.
+pub(crate) fn mapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V4(v4) => SocketAddr::new(std::net::IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port()),
+        v6 => v6,
+    }
+}
+
+/// The plain form of an address: IPv4 for a mapped one (see [`mapped`]).
+pub fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(std::net::IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
 impl NodeSocket {
     /// Also enables GRO, IP_PKTINFO and "don't fragment" on the socket (see
     /// `UdpSocketState::new`); the receive loop reads with `recv_batch`, which
