@@ -146,10 +146,11 @@ impl Node {
         };
         let observers = (observer(local_addr)?, six.as_ref().map(|(_, l)| observer(*l)).transpose()?);
         Ok(Arc::new_cyclic(|me: &std::sync::Weak<Node>| {
-            let start = |socket: &Arc<NodeSocket>, local, observer| {
+            let start = |socket: &Arc<NodeSocket>, other: Option<&Arc<NodeSocket>>, local, observer| {
                 let me = me.clone();
                 let received = recv_loop(
                     socket.clone(),
+                    other.cloned(),
                     local,
                     observer,
                     counters.clone(),
@@ -169,10 +170,10 @@ impl Node {
                     }
                 })
             };
-            let task = start(&socket, local_addr, observers.0);
+            let task = start(&socket, six.as_ref().map(|(s6, _)| s6), local_addr, observers.0);
             let six = six.zip(observers.1).map(|((s6, local), obs)| Six {
                 local,
-                task: RwLock::new(Some(start(&s6, local, obs))),
+                task: RwLock::new(Some(start(&s6, Some(&socket), local, obs))),
                 slot: Arc::new(RwLock::new(Some(s6))),
             });
             Node {

@@ -47,6 +47,11 @@
 //! connect), so peers that cannot punch can reach this node relayed; with
 //! `--allow-relay` this node's connects fall back to a relay too.
 //!
+//! `--bind6 IP:PORT` (rendezvous, listen, connect, stream): a second
+//! socket for IPv6, a dual-stack node (`Node::open_dual`); the rendezvous'
+//! "ready" line then has "addr6". `--bind [::]:0` alone is an IPv6-only
+//! node.
+//!
 //! SPEC is this node's NAT type as `none` (public host) or
 //! `MAPPING-FILTERING-ALLOCATION[:delta=N]` with each in ei|hd|pd / pp|pc|rd,
 //! e.g. `ei-pd-pp` or `pd-pd-pc:delta=2` (no detection is run).
@@ -64,7 +69,7 @@ use std::process::exit;
 use std::time::{Duration, Instant};
 
 fn usage() -> ! {
-    eprintln!("usage: macula-connect rendezvous|listen|agent|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay] [--relay IP:PORT --relay-id HEX] [--serve-relay] [--no-primer]");
+    eprintln!("usage: macula-connect rendezvous|listen|agent|connect TARGET_HEX [--rendezvous IP:PORT --rendezvous-id HEX] [--nat SPEC] [--bind IP:PORT] [--timeout-ms N] [--no-direct] [--allow-relay] [--relay IP:PORT --relay-id HEX] [--serve-relay] [--no-primer] [--bind6 IP:PORT]");
     exit(2)
 }
 
@@ -342,6 +347,7 @@ fn main() {
         target = Some(NodeId::from_hex(&args.next().unwrap_or_else(|| usage())).unwrap_or_else(|| usage()));
     }
     let mut bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let mut bind6: Option<SocketAddr> = None;
     let mut rdv: Option<SocketAddr> = None;
     let mut rdv_id = None;
     let mut nat = public_profile();
@@ -359,6 +365,7 @@ fn main() {
                 let v = args.next().unwrap_or_else(|| usage());
                 match a.as_str() {
                     "--bind" => bind = v.parse().unwrap_or_else(|_| usage()),
+                    "--bind6" => bind6 = Some(v.parse().unwrap_or_else(|_| usage())),
                     "--rendezvous" => rdv = Some(v.parse().unwrap_or_else(|_| usage())),
                     "--rendezvous-id" => rdv_id = Some(NodeId::from_hex(&v).unwrap_or_else(|| usage())),
                     "--nat" => nat = parse_nat(&v).unwrap_or_else(|| usage()),
@@ -382,7 +389,7 @@ fn main() {
         runtime::handle().block_on(agent(bind, rdv, rdv_id, nat, relay, opts));
         return;
     }
-    let node = Node::open(NodeConfig { bind }, Identity::generate()).unwrap_or_else(|e| {
+    let node = Node::open_dual(NodeConfig { bind }, bind6, Identity::generate()).unwrap_or_else(|e| {
         eprintln!("macula-connect: {e}");
         exit(1)
     });
@@ -402,7 +409,8 @@ fn main() {
                     exit(1)
                 })
             });
-            println!("{{\"event\":\"ready\",\"node_id\":\"{id}\",\"addr\":\"{}\"}}", node.local_addr().unwrap());
+            let addr6 = node.local_addr6().ok().flatten().map_or("null".to_string(), |a| format!("\"{a}\""));
+            println!("{{\"event\":\"ready\",\"node_id\":\"{id}\",\"addr\":\"{}\",\"addr6\":{addr6}}}", node.local_addr().unwrap());
             std::future::pending::<()>().await;
         }
         let (Some(rdv), Some(rdv_id)) = (rdv, rdv_id) else { usage() };

@@ -28,7 +28,9 @@ pub(super) async fn prime(inner: &Inner, side: Side, strategy: Strategy, fresh: 
             let node_socket = inner.node.socket().ok();
             // A peer's private candidates are reached on a shared LAN, not
             // through our NAT: no primer (it would only draw ICMP errors).
-            for a in targets(peer, observed).into_iter().filter(|a| !crate::punch::primer::is_inside(a.ip())) {
+            // IPv6 has no NAT whose port a primer must claim first, and the
+            // TTL was learnt over IPv4.
+            for a in targets(peer, observed).into_iter().filter(|a| a.is_ipv4() && !crate::punch::primer::is_inside(a.ip())) {
                 match (socket, fresh, &node_socket) {
                     (Some(i), Some(f), _) => f.prime(i, a, ttl),
                     (None, _, Some(s)) => crate::punch::primer::send(&**s, a, ttl),

@@ -78,7 +78,11 @@ pub(super) fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketS
     let local_port = fresh.and_then(|f| f.port(1)).or(local.map(|l| l.port())).unwrap_or(0);
     // Our own addresses at the port the punch runs on: a peer behind the
     // same NAT reaches us there (see `crate::socket::local_addrs`).
-    for c in local.map(|l| crate::socket::local_addrs::host_candidates(l, local_port)).unwrap_or_default() {
+    // A dual-stack node's IPv6 addresses, at its IPv6 socket's port: no
+    // NAT in front of them (see `macula_nat_proto::connect::family`).
+    let six = inner.node.local_addr6().ok().flatten().filter(|_| local.is_some_and(|l| l.is_ipv4()));
+    let hosts = local.map(|l| crate::socket::local_addrs::host_candidates(l, local_port)).unwrap_or_default();
+    for c in hosts.into_iter().chain(six.map(|s| crate::socket::local_addrs::host_candidates(s, s.port())).unwrap_or_default()) {
         if !candidates.contains(&c) {
             candidates.push(c);
         }

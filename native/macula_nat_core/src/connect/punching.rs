@@ -9,6 +9,7 @@ use crate::Connection;
 use crate::punch::birthday::{PathGuard, SocketSet};
 use crate::punch::driver::Punched;
 use crate::quic::Method;
+use macula_nat_proto::connect::family::{happy_eyeballs_delay, happy_order};
 use macula_nat_proto::connect::{dial_bound, targets};
 use macula_nat_proto::punch::{PunchConfig, Role, Verify};
 use macula_nat_proto::signal::{NodeId, SessionId};
@@ -32,9 +33,10 @@ use std::time::Duration;
 pub(super) async fn punch_and_dial(inner: &Arc<Inner>, m: Meeting<'_>, fresh: SocketSet) -> Result<(Connection, Option<PathGuard>), ConnectError> {
     let Meeting { session, peer_id, peer, observed, pair_rtt, .. } = m;
     let quic = inner.node.quic()?;
-    let first = targets(peer, observed)[0];
+    let first = punch_targets(inner, peer, observed)[0];
     let rtt = Some(pair_rtt);
-    let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
+    // The fresh socket is IPv4: an IPv6 first target leaves from the node's.
+    let mut early_path = fresh.share(1).filter(|_| first.is_ipv4()).map(|p| p.route(&quic, first));
     let punch = run_punch_from(inner, Side::A, m, fresh);
     let early = async {
         tokio::time::sleep(m.wait + EARLY_DIAL_LAG).await;
@@ -133,8 +135,11 @@ pub(super) async fn run_punch_from(inner: &Arc<Inner>, side: Side, m: Meeting<'_
     tokio::time::sleep(wait).await;
     let role = if side == Side::A { Role::Initiator } else { Role::Responder };
     let socket = fresh.indices().next().unwrap_or(0);
-    let tgts = targets(peer, observed).into_iter().map(|a| (socket, a)).collect();
+    // The fresh socket is IPv4; socket 0 (the node) sends on the socket of
+    // the target's family.
+    let tgts = punch_targets(inner, peer, observed).into_iter().map(|a| (if a.is_ipv4() { socket } else { 0 }, a)).collect();
     let mut cfg = PunchConfig::new(role, inner.node.node_id(), peer_id, session, tgts, pair_rtt);
+    cfg.ipv4_lag = happy_eyeballs_delay(pair_rtt);
     cfg.max_attempts = max_attempts.max(1);
     cfg.seed = rand::random();
     cfg.txids = crate::txid::CSPRNG;
@@ -142,6 +147,18 @@ pub(super) async fn run_punch_from(inner: &Arc<Inner>, side: Side, m: Meeting<'_
     // request until it answers (`macula_nat_proto::punch::Verify`).
     cfg.verify = Some(Verify::known(vec![observed]));
     punch_driver::run_with(inner.node.clone(), reg, cfg, fresh).await.map_err(|_| ConnectError::PunchFailed)
+}
+
+/// A punch's targets (see `macula_nat_proto::connect::family`): of the
+/// families this node has, IPv6 first; never empty (the observed address
+/// stands in).
+pub(super) fn punch_targets(inner: &Inner, peer: &macula_nat_proto::signal::Profile, observed: SocketAddr) -> Vec<SocketAddr> {
+    let t = happy_order(targets(peer, observed), inner.node.families());
+    if t.is_empty() {
+        vec![observed]
+    } else {
+        t
+    }
 }
 
 /// The punch's path socket, if it won on one, made the QUIC path to the

@@ -4,7 +4,7 @@ use super::error::ConnectError;
 use super::inner::Inner;
 use super::primers::{prime_hard, Primed};
 use super::profile::ANSWER_SOCKET;
-use super::punching::{dial_bounded, listen_bounded, plain_dial_outcome, punch_and_dial, route_punched, run_punch_from};
+use super::punching::{dial_bounded, listen_bounded, plain_dial_outcome, punch_and_dial, punch_targets, route_punched, run_punch_from};
 use super::session::{dial, Meeting};
 use crate::punch::driver as punch_driver;
 use crate::Connection;
@@ -158,10 +158,10 @@ async fn punch(inner: &Arc<Inner>, side: Side, m: Meeting<'_>, incoming: Incomin
             // machine saw a nomination (it dials early), or even if
             // it never sees one (bounded by the responder timeout).
             let quic = inner.node.quic()?;
-            let first = targets(peer, observed)[0];
-            // From a fresh socket: take the initiator's early dial
+            let first = punch_targets(inner, peer, observed)[0];
+            // From a fresh socket (IPv4): take the initiator's early dial
             // in from where we expect it, before our punch decides.
-            let mut early_path = fresh.share(1).map(|p| p.route(&quic, first));
+            let mut early_path = fresh.share(1).filter(|_| first.is_ipv4()).map(|p| p.route(&quic, first));
             let punch = run_punch_from(inner, side, m, fresh);
             tokio::pin!(punch, incoming);
             tokio::select! {

@@ -61,6 +61,10 @@ fn source_ip_towards(dst: SocketAddr, bound: IpAddr) -> IpAddr {
 pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, DetectFailure> {
     let started = Instant::now();
     let bound = node.local_addr()?;
+    // Detection runs on the node's first socket: observers of its family.
+    // A dual-stack node's IPv6 side has no NAT to detect (a stateful
+    // firewall at most); its global addresses are its candidates.
+    cfg.observers.retain(|o| o.is_ipv4() == bound.is_ipv4());
     let Some(first) = cfg.observers.first().copied() else {
         return Err(DetectFailure::Detect(DetectError::NoObservers));
     };

@@ -30,7 +30,7 @@
 
 use crate::lock::lock;
 use crate::node::Node;
-use crate::socket::NodeSocket;
+use crate::socket::FamilySockets;
 use crate::quic::{Connection, QuicError};
 use crate::socket::relay_plane::FrameForwarder;
 use crate::runtime;
@@ -341,7 +341,7 @@ impl Shared {
     /// frames of one GRO batch). The table decides each frame under one
     /// lock; consecutive frames going to the same leg leave together as one
     /// GSO batch, straight out of the receive buffer.
-    fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize) {
+    fn forward(&self, sock: &FamilySockets, from: SocketAddr, run: &[u8], stride: usize) {
         let now = Instant::now();
         VERDICTS.with(|v| {
             let mut verdicts = v.borrow_mut();
@@ -383,9 +383,10 @@ impl Shared {
     }
 
     /// Sends frames `frames` (indices into `run`) to `to` and counts them.
-    fn send_run(&self, sock: &NodeSocket, to: SocketAddr, run: &[u8], stride: usize, frames: std::ops::Range<usize>) {
+    fn send_run(&self, sock: &FamilySockets, to: SocketAddr, run: &[u8], stride: usize, frames: std::ops::Range<usize>) {
         let bytes = &run[frames.start * stride..run.len().min(frames.end * stride)];
-        let sent = sock.try_send_segments(to, bytes, stride);
+        // An IPv6 client's frames may go on to an IPv4 one, and back.
+        let sent = sock.for_dst(&to).try_send_segments(to, bytes, stride);
         if sent > 0 {
             let sent_bytes = bytes.len().min(sent * stride);
             self.frames.fetch_add(sent as u64, Ordering::Relaxed);
@@ -427,7 +428,7 @@ thread_local! {
 struct Forwarder(Weak<Shared>);
 
 impl FrameForwarder for Forwarder {
-    fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize) {
+    fn forward(&self, sock: &FamilySockets, from: SocketAddr, run: &[u8], stride: usize) {
         if let Some(s) = self.0.upgrade() {
             s.forward(sock, from, run, stride);
         }

@@ -51,6 +51,30 @@ pub(crate) struct NodeSocket {
     pub(crate) state: UdpSocketState,
 }
 
+/// The node's sockets as one receive loop holds them: the one it reads,
+/// and a dual-stack node's other one, so that what the loop sends on (a
+/// relay forwarding a frame between an IPv6 and an IPv4 client) leaves on
+/// the socket of the destination's family.
+pub(crate) struct FamilySockets {
+    pub(crate) own: Arc<NodeSocket>,
+    own_v6: bool,
+    other: Option<Arc<NodeSocket>>,
+}
+
+impl FamilySockets {
+    pub(crate) fn new(own: Arc<NodeSocket>, own_v6: bool, other: Option<Arc<NodeSocket>>) -> FamilySockets {
+        FamilySockets { own, own_v6, other }
+    }
+
+    /// The socket that sends to `dst`.
+    pub(crate) fn for_dst(&self, dst: &SocketAddr) -> &NodeSocket {
+        match &self.other {
+            Some(o) if dst.is_ipv6() != self.own_v6 => o,
+            _ => &self.own,
+        }
+    }
+}
+
 /// Where the node keeps its socket; emptied when the node closes so the port
 /// is released even while other handles exist.
 pub(crate) type SocketSlot = Arc<RwLock<Option<Arc<NodeSocket>>>>;

@@ -9,7 +9,7 @@
 
 use super::punch_routes::PunchRoutes;
 use super::relay_plane::RelayPlane;
-use super::{share, Counters, Entry, Inbox, NodeSocket, RECV_BATCH};
+use super::{share, Counters, Entry, FamilySockets, Inbox, NodeSocket, RECV_BATCH};
 use crate::lock::lock;
 use macula_nat_proto::observer::{NoAnswer, Observer};
 use macula_nat_proto::relay::frame;
@@ -67,6 +67,8 @@ impl StunSinks {
 /// else goes to the QUIC endpoint if there is one and is dropped otherwise.
 pub(crate) async fn recv_loop(
     sock: Arc<NodeSocket>,
+    // A dual-stack node's other socket (see `FamilySockets`).
+    other: Option<Arc<NodeSocket>>,
     local: SocketAddr,
     observer: Observer,
     counters: Arc<Counters>,
@@ -76,6 +78,7 @@ pub(crate) async fn recv_loop(
     relay: Arc<RelayPlane>,
 ) -> std::io::Result<()> {
     let slot = sock.slot_len();
+    let socks = FamilySockets::new(sock.clone(), local.is_ipv6(), other);
     // Only this loop answers STUN on the node socket: the ledger needs no lock.
     let mut budget = ReplyBudget::new(ReplyLimits::default(), Instant::now());
     // Read into while QUIC is off or its queue is full.
@@ -151,7 +154,7 @@ pub(crate) async fn recv_loop(
             let mut run: Option<Range<usize>> = None;
             let flush = |run: &mut Option<Range<usize>>| {
                 if let Some(r) = run.take() {
-                    relay.forward(&sock, meta.addr, &data[r], stride);
+                    relay.forward(&socks, meta.addr, &data[r], stride);
                 }
             };
             for (k, seg) in data.chunks(stride).enumerate() {

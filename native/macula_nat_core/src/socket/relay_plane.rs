@@ -30,14 +30,14 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use super::NodeSocket;
+use super::FamilySockets;
 use crate::lock::{read, write};
 
 /// The relay server side of a node: forwards frames it is not the end of.
 pub(crate) trait FrameForwarder: Send + Sync + 'static {
     /// `run`: one frame, or consecutive frames of `stride` bytes (the last
     /// may be shorter) from one GRO batch, all from `from`.
-    fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize);
+    fn forward(&self, socks: &FamilySockets, from: SocketAddr, run: &[u8], stride: usize);
 }
 
 #[derive(Default)]
@@ -72,10 +72,10 @@ impl RelayPlane {
     /// Hands frames that are not ours to this node's relay server, if it
     /// runs one (dropped otherwise). Frames from one GRO batch come as one
     /// run, so the server can send them on as one GSO batch.
-    pub(crate) fn forward(&self, sock: &NodeSocket, from: SocketAddr, run: &[u8], stride: usize) {
+    pub(crate) fn forward(&self, socks: &FamilySockets, from: SocketAddr, run: &[u8], stride: usize) {
         let server = read(&self.server).clone();
         if let Some(server) = server {
-            server.forward(sock, from, run, stride);
+            server.forward(socks, from, run, stride);
         }
     }
 

@@ -73,17 +73,18 @@ fn global(a: &SocketAddr) -> bool {
 }
 
 /// The families the node that signalled `p` has: those of its public
-/// address and candidates (IPv6 only for global addresses). A profile
+/// address and candidates (a node offers IPv6 candidates only from an IPv6
+/// socket: its global addresses, or the one it is bound to). A profile
 /// naming no address at all is IPv4: what every node signalled before
 /// IPv6.
 pub fn families(p: &Profile) -> Families {
     let addrs = p.info.public_addr.iter().chain(&p.candidates);
     let mut f = Families::default();
     for a in addrs {
-        if a.is_ipv4() {
-            f.v4 = true;
-        } else if global(a) {
-            f.v6 = true;
+        match a.ip() {
+            IpAddr::V4(_) => f.v4 = true,
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() && !v6.is_unspecified() => f.v6 = true,
+            IpAddr::V6(_) => {}
         }
     }
     if f.none() {
@@ -156,16 +157,19 @@ mod tests {
     }
 
     #[test]
-    fn families_come_from_public_address_and_global_candidates() {
+    fn families_come_from_public_address_and_candidates() {
         assert_eq!(families(&profile(None, &[])), Families::V4);
         assert_eq!(families(&profile(Some("198.51.100.1:1"), &["10.0.0.2:1"])), Families::V4);
         assert_eq!(families(&profile(Some("198.51.100.1:1"), &["[2001:db8::2]:7"])), Families::DUAL);
         assert_eq!(families(&profile(Some("[2001:db8::2]:7"), &["[2001:db8::2]:7"])), Families::V6);
+        // A node bound to IPv6 loopback has IPv6; a mapped address is IPv4.
+        assert_eq!(families(&profile(None, &["[::1]:7"])), Families::V6);
+        assert_eq!(families(&profile(None, &["[::ffff:192.0.2.1]:7"])), Families::V4);
         // Link-local, unique-local, loopback and mapped addresses are no
-        // IPv6 a peer elsewhere reaches.
+        // IPv6 a peer elsewhere reaches: not kept from a peer that did not
+        // show up there.
         for a in ["[fe80::1]:7", "[fd00::1]:7", "[::1]:7", "[::ffff:192.0.2.1]:7"] {
-            assert_eq!(families(&profile(None, &[a])), Families::V4, "{a}");
-            assert!(!kept_claim(&a.parse().unwrap()));
+            assert!(!kept_claim(&a.parse().unwrap()), "{a}");
         }
         assert!(kept_claim(&"[2001:db8::9]:7".parse().unwrap()));
         assert!(!kept_claim(&"203.0.113.9:7".parse().unwrap()));
