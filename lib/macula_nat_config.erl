@@ -11,6 +11,7 @@
     cache_ttl_seconds := pos_integer(),
     detection_timeout_ms := pos_integer(),
     listen_ip := inet:ip_address(),
+    listen_ip6 := undefined | inet:ip6_address(),
     listen_port := inet:port_number(),
     key_file := undefined | file:filename_all(),
     port_mapping := boolean() | [pcp | natpmp | upnp],
@@ -35,6 +36,7 @@ defaults() ->
       cache_ttl_seconds => 300,
       detection_timeout_ms => 2000,
       listen_ip => {0, 0, 0, 0},
+      listen_ip6 => undefined,
       listen_port => 0,
       key_file => undefined,
       port_mapping => true,
@@ -72,6 +74,10 @@ normalize_ids(Opts) ->
                 (_, V) -> V
              end, Opts).
 
+check([], #{listen_ip6 := V6, listen_ip := V4}) when V6 =/= undefined, tuple_size(V4) =/= 4 ->
+    %% A second socket for IPv6 beside an IPv4 one; an IPv6 `listen_ip'
+    %% alone is an IPv6-only node.
+    {error, {bad_option, listen_ip6, V6}};
 check([], Merged) ->
     {ok, Merged};
 check([{K, V} | Rest], Merged) ->
@@ -85,6 +91,7 @@ valid(cache_ttl_seconds, V) -> is_integer(V) andalso V > 0;
 valid(detection_timeout_ms, V) -> is_integer(V) andalso V > 0;
 valid(listen_port, V) -> is_integer(V) andalso V >= 0 andalso V =< 65535;
 valid(listen_ip, V) -> is_tuple(V) andalso (tuple_size(V) =:= 4 orelse tuple_size(V) =:= 8);
+valid(listen_ip6, V) -> V =:= undefined orelse (is_tuple(V) andalso tuple_size(V) =:= 8);
 valid(key_file, V) -> V =:= undefined orelse is_list(V) orelse is_binary(V);
 valid(port_mapping, V) ->
     is_boolean(V) orelse

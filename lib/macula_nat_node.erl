@@ -57,6 +57,7 @@ lookup(Key) ->
 -spec init(map()) -> {ok, map()} | {stop, term()}.
 init(Opts) ->
     NifOpts = #{ip => maps:get(listen_ip, Opts),
+                ip6 => maps:get(listen_ip6, Opts, undefined),
                 port => maps:get(listen_port, Opts),
                 key_file => key_file(maps:get(key_file, Opts)),
                 port_mapping => maps:get(port_mapping, Opts, true),

@@ -253,7 +253,34 @@ owner_death_closes_node_test() ->
 bad_options_test() ->
     ?assertEqual({error, {bad_option, cache_max_entries, 0}},
                  macula_nat_system:start_link(#{cache_max_entries => 0})),
-    ?assertEqual({error, badarg}, macula_nat_system:start_link(not_a_map)).
+    ?assertEqual({error, badarg}, macula_nat_system:start_link(not_a_map)),
+    ?assertEqual({error, {bad_option, listen_ip6, {127, 0, 0, 1}}},
+                 macula_nat_system:start_link(#{listen_ip6 => {127, 0, 0, 1}})),
+    %% IPv6 beside IPv6: an IPv6 `listen_ip' alone is the IPv6-only node.
+    ?assertEqual({error, {bad_option, listen_ip6, {0, 0, 0, 0, 0, 0, 0, 1}}},
+                 macula_nat_config:resolve(#{listen_ip => {0, 0, 0, 0, 0, 0, 0, 0},
+                                             listen_ip6 => {0, 0, 0, 0, 0, 0, 0, 1}})),
+    ?assertMatch({ok, #{listen_ip6 := {0, 0, 0, 0, 0, 0, 0, 1}}},
+                 macula_nat_config:resolve(#{listen_ip6 => {0, 0, 0, 0, 0, 0, 0, 1}})).
+
+%% A dual-stack node through the NIF: one socket per family on one port
+%% number (`listen_port'); the IPv6 one answers STUN too.
+dual_stack_node_test() ->
+    case gen_udp:open(0, [inet6, {ip, {0, 0, 0, 0, 0, 0, 0, 1}}]) of
+        {ok, S6} ->
+            gen_udp:close(S6),
+            Port = free_udp_port(),
+            {ok, R} = macula_nat_nif:node_open(#{ip => {127, 0, 0, 1}, ip6 => {0, 0, 0, 0, 0, 0, 0, 1}, port => Port}),
+            ?assertEqual({ok, {{127, 0, 0, 1}, Port}}, macula_nat_nif:node_local_addr(R)),
+            {ok, C} = gen_udp:open(0, [inet6, binary, {ip, {0, 0, 0, 0, 0, 0, 0, 1}}, {active, false}]),
+            Req = <<1:16, 0:16, 16#2112A442:32, 7:96>>,
+            ok = gen_udp:send(C, {0, 0, 0, 0, 0, 0, 0, 1}, Port, Req),
+            ?assertMatch({ok, {_, Port, <<16#0101:16, _/binary>>}}, gen_udp:recv(C, 0, 2000)),
+            gen_udp:close(C),
+            ?assertEqual({error, badarg}, macula_nat_nif:node_open(#{ip => {127, 0, 0, 1}, ip6 => {127, 0, 0, 1}}));
+        {error, _} ->
+            ok
+    end.
 
 endpoint_test() ->
     ?assertEqual({ok, {{203, 0, 113, 5}, 4433}}, macula_nat_endpoint:parse(<<"203.0.113.5:4433">>)),

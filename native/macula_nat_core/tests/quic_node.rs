@@ -313,8 +313,10 @@ fn dual_stack_node_speaks_both_families_on_one_endpoint() {
         // An IPv4-only and an IPv6-only node each reach the dual one.
         for single in [&v4, &v6] {
             let to = if single.local_addr().unwrap().is_ipv6() { b6 } else { b.local_addr().unwrap() };
-            let (c, _) = pair_at(single, &b, to).await;
+            let (c, d) = pair_at(single, &b, to).await;
             c.send(b"hi".to_vec()).await.unwrap();
+            assert_eq!(d.recv().await.unwrap(), b"hi");
+            assert_eq!(d.remote_address(), single.local_addr().unwrap());
         }
         // An IPv4-only node cannot dial IPv6 at all (no socket for it).
         assert!(v4.quic().unwrap().connect(b6, b.node_id()).await.is_err());

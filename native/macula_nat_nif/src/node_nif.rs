@@ -34,6 +34,8 @@ impl owner::Owned for NodeRes {
 
 struct OpenOpts {
     bind: SocketAddr,
+    /// A dual-stack node's IPv6 socket (`ip6`, at `port` too).
+    bind6: Option<SocketAddr>,
     key_file: Option<PathBuf>,
     /// Protocols to map the port with, in order (none: no mapping).
     port_mapping: Vec<Protocol>,
@@ -57,6 +59,7 @@ fn decode_port_mapping(v: Term) -> Option<Vec<Protocol>> {
 fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
     let map = rustler::types::map::MapIterator::new(opts)?;
     let mut ip = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut ip6 = None;
     let mut port = 0u16;
     let mut key_file = None;
     let mut port_mapping = Vec::new();
@@ -66,6 +69,9 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
         let Ok(key) = k.atom_to_string() else { return None };
         match key.as_str() {
             "ip" => ip = convert::decode_ip(v)?,
+            // `undefined`: no IPv6 socket.
+            "ip6" if v.is_atom() => {}
+            "ip6" => ip6 = Some(convert::decode_ip(v).filter(IpAddr::is_ipv6)?),
             "port" => port = convert::decode_int(v)?,
             "key_file" => {
                 if v.is_atom() {
@@ -84,11 +90,13 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
             _ => {}
         }
     }
-    Some(OpenOpts { bind: SocketAddr::new(ip, port), key_file, port_mapping, max_message, fd_budget })
+    Some(OpenOpts { bind: SocketAddr::new(ip, port), bind6: ip6.map(|i| SocketAddr::new(i, port)), key_file, port_mapping, max_message, fd_budget })
 }
 
-/// `node_open(#{ip, port, key_file, port_mapping, max_message_bytes,
-/// fd_budget}) -> {ok, Node} | {error, Reason}`. The calling process
+/// `node_open(#{ip, ip6, port, key_file, port_mapping, max_message_bytes,
+/// fd_budget}) -> {ok, Node} | {error, Reason}`. `ip6` (an IPv6 address or
+/// `undefined`): a second socket for IPv6 on the same port number, a
+/// dual-stack node (`ip` IPv4 then). The calling process
 /// becomes the owner. `port_mapping` defaults to `false` here (the
 /// application's default, `true`, comes from `macula_nat_config`); a node
 /// bound to a loopback address never maps. On a dirty IO scheduler: the
@@ -113,7 +121,7 @@ fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
         if let Some(n) = o.fd_budget {
             macula_nat_core::fd_budget::set_limit(n);
         }
-        match Node::open(NodeConfig { bind: o.bind }, identity) {
+        match Node::open_dual(NodeConfig { bind: o.bind }, o.bind6, identity) {
             Ok(node) => {
                 if let Some(max) = o.max_message {
                     node.set_quic_config(QuicConfig { max_frame: max, ..QuicConfig::default() });
