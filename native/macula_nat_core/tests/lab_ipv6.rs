@@ -8,6 +8,8 @@
 //! - two IPv6-only nodes punch through both firewalls (simultaneous open);
 //! - two dual-stack nodes connect over IPv6 although IPv4 punches too
 //!   (IPv6 first, IPv4 a happy-eyeballs delay later), remote IPv6;
+//! - a dual-stack node whose IPv6 is broken (its host lost its IPv6 route;
+//!   the address is still offered) still punches, over IPv4;
 //! - an IPv6-only node and an IPv4-only node share no family: they meet
 //!   through the relay, which each reaches over its own family, in both
 //!   directions.
@@ -55,7 +57,7 @@ fn ipv6_only_and_dual_stack_pairs_connect_directly_and_cross_families_relay() {
     let mut spec = LabSpec::new("v6c");
     spec.ipv6 = true;
     spec.public.push("rdv".into());
-    for (name, v6only) in [("o1", true), ("o2", true), ("d1", false), ("d2", false)] {
+    for (name, v6only) in [("o1", true), ("o2", true), ("d1", false), ("d2", false), ("d3", false)] {
         let mut s = SiteSpec::new(name, "kernel:port_restricted_cone").unwrap();
         if v6only {
             s.ipv6_only = true;
@@ -84,7 +86,7 @@ fn ipv6_only_and_dual_stack_pairs_connect_directly_and_cross_families_relay() {
     let args = |host: &str| -> Vec<String> {
         let (bind, rdv) = match host {
             "o1" | "o2" => (vec!["--bind", "[::]:0"], &rdv6),
-            "d1" | "d2" => (vec!["--bind", "0.0.0.0:0", "--bind6", "[::]:0"], &rdv4),
+            "d1" | "d2" | "d3" => (vec!["--bind", "0.0.0.0:0", "--bind6", "[::]:0"], &rdv4),
             _ => (vec!["--bind", "0.0.0.0:0"], &rdv4),
         };
         let mut v: Vec<String> = bind.into_iter().map(String::from).collect();
@@ -108,11 +110,17 @@ fn ipv6_only_and_dual_stack_pairs_connect_directly_and_cross_families_relay() {
         ids.insert(host, (field(&joined, "node_id").expect("node id"), said));
     }
 
+    // d3's IPv6 goes nowhere: its global address stays (and is offered),
+    // its packets to other networks are dropped on the host.
+    let broke = lab.exec("d3", &["ip", "-6", "route", "replace", "blackhole", "default"]).expect("ip route");
+    assert!(broke.status.success(), "{}", String::from_utf8_lossy(&broke.stderr));
     let addr6 = |host: &str| lab.host_addr6(host).unwrap();
-    // (from, to, strategy, method, where the remote must be)
-    let cases: [(&str, &str, &str, &str, Option<std::net::Ipv6Addr>); 4] = [
-        ("o1", "o2", "simple_punch", "punched", Some(addr6("o2"))),
-        ("d1", "d2", "simple_punch", "punched", Some(addr6("d2"))),
+    // (from, to, strategy, method, where the remote must be: IPv6 or
+    // IPv4 (d2's NAT), or anything (relayed))
+    let cases: [(&str, &str, &str, &str, Option<std::net::IpAddr>); 5] = [
+        ("o1", "o2", "simple_punch", "punched", Some(addr6("o2").into())),
+        ("d1", "d2", "simple_punch", "punched", Some(addr6("d2").into())),
+        ("d3", "d2", "simple_punch", "punched", Some(lab.site("d2").unwrap().public_ip.into())),
         ("o1", "f4", "relay", "relayed", None),
         ("f4", "o2", "relay", "relayed", None),
     ];
@@ -131,14 +139,15 @@ fn ipv6_only_and_dual_stack_pairs_connect_directly_and_cross_families_relay() {
             && field(&line, "strategy").as_deref() == Some(strategy)
             && field(&line, "method").as_deref() == Some(method)
             && match remote6 {
-                Some(ip) => remote.starts_with(&format!("[{ip}]:")),
+                Some(std::net::IpAddr::V6(ip)) => remote.starts_with(&format!("[{ip}]:")),
+                Some(ip) => remote.starts_with(&format!("{ip}:")),
                 None => true,
             };
         if !good {
             failures.push(format!("{from} -> {to}: want {strategy}/{method} at {remote6:?}, got `{line}`; stderr `{}`", String::from_utf8_lossy(&out.stderr).trim()));
         }
-        // The listener's side of a direct connection is IPv6 too.
-        if let Some(ip) = remote6 {
+        // The listener's side of a direct IPv6 connection is IPv6 too.
+        if let Some(std::net::IpAddr::V6(ip)) = remote6 {
             let from6 = lab.host_addr6(from).unwrap();
             if !field(&accepted, "remote").is_some_and(|r| r.starts_with(&format!("[{from6}]:"))) {
                 failures.push(format!("{from} -> {to}: listener saw `{accepted}`, want {from6} ({ip})"));
