@@ -287,3 +287,36 @@ fn a_bad_config_is_refused_with_its_reason() {
     assert!(err.contains("relay_limit"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `listen6`: a dual-stack public node (one socket per family); the ready
+/// line names both, and the IPv6 one answers STUN (as the rendezvous and
+/// relay do there: `tests/ipv6_loopback.rs`).
+#[test]
+fn a_dual_stack_public_node_listens_on_both_families() {
+    if UdpSocket::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED: no IPv6 loopback");
+        return;
+    }
+    let dir = tempdir().join("dual");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("macula-node.toml");
+    let text = format!("identity_key = \"{}\"\n[node]\nlisten = \"127.0.0.1:0\"\nlisten6 = \"[::1]:0\"\n", dir.join("node.key").display());
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_macula-node")).arg("--config").arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+    let node6: SocketAddr = v["node6"].as_str().unwrap_or_else(|| panic!("node6 in {line}")).parse().unwrap();
+    assert!(node6.is_ipv6() && v["node"].as_str().unwrap().starts_with("127.0.0.1:"), "{line}");
+    let s = UdpSocket::bind("[::1]:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(&Message::binding_request([3; 12]).encode(), node6).unwrap();
+    let mut buf = [0u8; 1500];
+    let got = s.recv_from(&mut buf);
+    let _ = child.kill();
+    let _ = child.wait();
+    let (n, from) = got.expect("STUN answer over IPv6");
+    assert_eq!(from, node6);
+    let m = Message::decode(&buf[..n]).unwrap();
+    assert_eq!((m.class, m.mapped_address()), (Class::SuccessResponse, Some(s.local_addr().unwrap())));
+}

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! macula-node --config PATH [--check]
-//!     {"event":"ready","node_id":HEX,"node":"IP:PORT","rendezvous":BOOL,"relay":BOOL,
+//!     {"event":"ready","node_id":HEX,"node":"IP:PORT","node6":"[IP6]:PORT"|null,"rendezvous":BOOL,"relay":BOOL,
 //!      "observer":{"primary":"IP:PORT","alternate":"IP:PORT"|null}|null,
 //!      "metrics":"IP:PORT"|null,"pid":N}
 //! ```
@@ -165,8 +165,9 @@ fn main() {
         let software = o.software.clone().or_else(|| Some(format!("macula-node {}", env!("CARGO_PKG_VERSION"))));
         ObserverServer::start(o.primary, o.alternate, software).unwrap_or_else(|e| die("observer", e))
     });
-    let node = Node::open(NodeConfig { bind: cfg.node.listen }, identity).unwrap_or_else(|e| die("node socket", e));
+    let node = Node::open_dual(NodeConfig { bind: cfg.node.listen }, cfg.node.listen6, identity).unwrap_or_else(|e| die("node socket", e));
     let node_addr = node.local_addr().unwrap_or_else(|e| die("node socket", e));
+    let node6 = cfg.node.listen6.and_then(|_| node.local_addr6().ok().flatten());
     let started = Instant::now();
     runtime::handle().block_on(async move {
         let rendezvous = cfg.node.rendezvous.then(|| Rendezvous::serve(node.clone()).unwrap_or_else(|e| die("rendezvous", e)));
@@ -193,7 +194,8 @@ fn main() {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(
                 out,
-                "{{\"event\":\"ready\",\"node_id\":\"{id}\",\"node\":\"{node_addr}\",\"rendezvous\":{},\"relay\":{},\"observer\":{observer_json},\"metrics\":{},\"pid\":{}}}",
+                "{{\"event\":\"ready\",\"node_id\":\"{id}\",\"node\":\"{node_addr}\",\"node6\":{},\"rendezvous\":{},\"relay\":{},\"observer\":{observer_json},\"metrics\":{},\"pid\":{}}}",
+                json_addr(node6),
                 roles.rendezvous.is_some(),
                 roles.relay.is_some(),
                 json_addr(metrics_addr),

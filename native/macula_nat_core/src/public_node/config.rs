@@ -10,6 +10,7 @@
 //!
 //! [node]                                   # the node socket (UDP, QUIC): rendezvous and relay
 //! listen = "0.0.0.0:4433"
+//! listen6 = "[::]:4433"                    # optional: a second socket for IPv6 (dual stack)
 //! rendezvous = true
 //! relay = true
 //!
@@ -79,6 +80,10 @@ pub struct ObserverSection {
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     pub listen: SocketAddr,
+    /// A dual-stack node's IPv6 socket (`listen` IPv4 then): IPv6-only and
+    /// IPv4-only nodes meet through its relay.
+    #[serde(default)]
+    pub listen6: Option<SocketAddr>,
     #[serde(default = "yes")]
     pub rendezvous: bool,
     #[serde(default = "yes")]
@@ -148,6 +153,9 @@ impl Config {
                 }
             }
         }
+        if self.node.listen6.is_some_and(|l| !l.is_ipv6() || self.node.listen.is_ipv6()) {
+            return Err("node.listen6 needs an IPv6 address beside an IPv4 node.listen (an IPv6 node.listen alone is an IPv6-only node)".into());
+        }
         if !self.node.rendezvous && !self.node.relay && self.observer.is_none() {
             return Err("nothing to run: no [observer] and node.rendezvous = node.relay = false".into());
         }
@@ -206,5 +214,8 @@ mod tests {
         let same_ip = "[observer]\nprimary = \"127.0.0.1:3478\"\nalternate = \"127.0.0.1:3479\"\n";
         assert!(Config::parse(&format!("{base}{same_ip}")).is_err());
         assert!(Config::parse("[node]\nlisten = \"0.0.0.0:1\"\n").is_err());
+        assert!(Config::parse(&format!("{base}listen6 = \"0.0.0.0:2\"\n")).is_err());
+        let dual = Config::parse(&format!("{base}listen6 = \"[::]:1\"\n")).unwrap();
+        assert_eq!(dual.node.listen6, Some("[::]:1".parse().unwrap()));
     }
 }
