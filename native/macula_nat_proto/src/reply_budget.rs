@@ -192,6 +192,9 @@ impl ReplyBudget {
     /// most bytes its answer may have (whatever port or local address it
     /// goes to or leaves from), or why it gets none.
     pub fn admit(&mut self, ip: IpAddr, len: usize, now: Instant) -> Result<usize, Refused> {
+        // An IPv6 sender's /64 is one ledger (`limits::host_key`): spoofed
+        // sources spread over a victim's /64 draw on one allowance.
+        let ip = crate::limits::host_key(ip);
         let l = &self.limits;
         if !self.global.take(1.0, l.global_rate, l.global_burst, now) {
             self.refused.global_rate += 1;
@@ -224,6 +227,7 @@ impl ReplyBudget {
 
     /// `n` bytes were sent to `ip` (after a successful [`ReplyBudget::admit`]).
     pub fn spent(&mut self, ip: IpAddr, n: usize) {
+        let ip = crate::limits::host_key(ip);
         if let Some(e) = self.entries.get_mut(&ip) {
             e.credit -= n as i64;
         }

@@ -1,9 +1,11 @@
 //! Caps on incoming connections, in total and per source IP.
 //!
 //! Why per IP and not per address: one host has 64k source ports, so a cap
-//! per (IP, port) would not hold a single attacker. Why not per /24 or /64:
-//! honest nodes behind one carrier-grade NAT share an IP already; a wider
-//! prefix would let one attacker lock out a whole provider's customers.
+//! per (IP, port) would not hold a single attacker. Why not per /24: honest
+//! nodes behind one carrier-grade NAT share an IP already; a wider prefix
+//! would let one attacker lock out a whole provider's customers. IPv6
+//! counts per /64 ([`super::host_key`]): one host has 2^64 addresses there,
+//! and a /64 is one site, as an IPv4 address behind a NAT is.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -51,6 +53,7 @@ impl ConnCaps {
     /// Counts a new connection from `ip`, or says which cap it hits. Every
     /// `Ok` must be matched by one [`ConnCaps::release`].
     pub fn admit(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let ip = super::host_key(ip);
         if self.total >= self.limits.total {
             return Err(Refusal::Total);
         }
@@ -66,6 +69,7 @@ impl ConnCaps {
     /// A connection from `ip` ended. The map never keeps an IP with no
     /// connection, so it is bounded by `limits.total`.
     pub fn release(&mut self, ip: IpAddr) {
+        let ip = super::host_key(ip);
         if let Some(n) = self.by_ip.get_mut(&ip) {
             *n -= 1;
             self.total -= 1;
@@ -80,7 +84,7 @@ impl ConnCaps {
     }
 
     pub fn from_ip(&self, ip: IpAddr) -> usize {
-        self.by_ip.get(&ip).copied().unwrap_or(0)
+        self.by_ip.get(&super::host_key(ip)).copied().unwrap_or(0)
     }
 
     pub fn limits(&self) -> ConnLimits {

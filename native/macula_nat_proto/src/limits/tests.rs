@@ -18,6 +18,23 @@ fn per_ip_cap_refuses_only_that_ip() {
     assert_eq!(c.from_ip(ip("10.0.0.1")), 2);
 }
 
+/// IPv6 counts per /64: a host's many addresses share its cap; another
+/// /64 has its own; a mapped IPv4 address is that IPv4 address.
+#[test]
+fn ipv6_sources_count_per_slash_64() {
+    let mut c = ConnCaps::new(ConnLimits { total: 10, per_ip: 2 });
+    assert_eq!(c.admit(ip("2001:db8:1:2::a")), Ok(()));
+    assert_eq!(c.admit(ip("2001:db8:1:2:ffff::1")), Ok(()));
+    assert_eq!(c.admit(ip("2001:db8:1:2::b")), Err(Refusal::PerIp));
+    assert_eq!(c.admit(ip("2001:db8:1:3::a")), Ok(()));
+    assert_eq!(c.from_ip(ip("2001:db8:1:2::99")), 2);
+    c.release(ip("2001:db8:1:2::a"));
+    assert_eq!(c.admit(ip("2001:db8:1:2::c")), Ok(()));
+    assert_eq!(c.admit(ip("::ffff:10.0.0.1")), Ok(()));
+    assert_eq!(c.from_ip(ip("10.0.0.1")), 1);
+    assert_eq!(super::host_key(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+}
+
 #[test]
 fn total_cap_refuses_everyone_until_one_leaves() {
     let mut c = ConnCaps::new(ConnLimits { total: 3, per_ip: 3 });

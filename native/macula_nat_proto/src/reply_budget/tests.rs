@@ -153,3 +153,21 @@ fn reasons_are_distinct() {
     r.dedup();
     assert_eq!(r.len(), 3);
 }
+
+/// Spoofed sources spread over a victim's IPv6 /64 draw on one ledger:
+/// what is sent to the /64 stays within what came from it plus one
+/// allowance.
+#[test]
+fn an_ipv6_slash_64_is_one_ledger() {
+    let t0 = Instant::now();
+    let mut b = ReplyBudget::new(unlimited_rates(), t0);
+    let (mut got, mut sent) = (0usize, 0usize);
+    for i in 0..10_000u64 {
+        let now = t0 + Duration::from_micros(i * 100);
+        let from = ip(&format!("2001:db8:7:7::{:x}", i + 1));
+        got += serve(&mut b, from, 20, 96, 32, now);
+        sent += 20;
+        assert!(got <= sent + 1024, "after {i}: {got} > {sent} + 1024");
+    }
+    assert_eq!(b.len(), 1);
+}
