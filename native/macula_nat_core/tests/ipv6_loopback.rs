@@ -1,7 +1,8 @@
 //! IPv6 and IPv4 nodes on loopback (127.0.0.1 and ::1): a dual-stack node
 //! runs the rendezvous and a relay; an IPv6-only node and an IPv4-only one
 //! share no family and meet through the relay, each reaching it over its
-//! own; two IPv6-only nodes connect directly. Messages both ways.
+//! own; a dual-stack node joined over IPv6 and an IPv4-only one; two
+//! IPv6-only nodes connect directly. Messages both ways.
 
 use macula_nat_core::connect::public_profile;
 use macula_nat_core::relay::{RelayLimits, RelayServer};
@@ -68,6 +69,19 @@ fn ipv6_only_and_ipv4_only_nodes_meet_through_a_dual_stack_relay() {
             eprintln!("{} -> {}: {} in {:?}", from.node().local_addr().unwrap(), to.node().local_addr().unwrap(), got.method.name(), t.elapsed());
             assert_eq!(got.method, Method::Relayed);
             assert!(t.elapsed() < Duration::from_secs(2), "no family in common: the relay at once");
+            both_ways(&got.conn, &theirs).await;
+        }
+        // A dual-stack node that joined over IPv6: an IPv4-only initiator
+        // has nothing to dial and relays at once; the dual node reaches the
+        // IPv4-only one directly.
+        let d = join(Node::open_dual(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Some("[::1]:0".parse().unwrap()), Identity::generate()).unwrap(), hub6).await;
+        for (from, to, want) in [(&b, &d, Method::Relayed), (&d, &b, Method::Direct)] {
+            let t = Instant::now();
+            let accept = async { tokio::time::timeout(Duration::from_secs(10), to.accept()).await.expect("accepted").unwrap() };
+            let (got, theirs) = tokio::join!(connect_detailed(from, to.node().node_id(), opts.clone()), accept);
+            let got = got.expect("connect");
+            assert_eq!(got.method, want, "after {:?}", t.elapsed());
+            assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
             both_ways(&got.conn, &theirs).await;
         }
         // Two IPv6-only nodes: directly, over IPv6.

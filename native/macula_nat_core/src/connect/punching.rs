@@ -79,6 +79,11 @@ pub(super) async fn punch_and_dial(inner: &Arc<Inner>, m: Meeting<'_>, fresh: So
 /// A dial bounded by [`dial_bound`]; a dial that times out is a failed
 /// punch, so that `allow_relay` can take over.
 pub(super) async fn dial_bounded(inner: &Inner, addr: SocketAddr, peer: NodeId, session: SessionId, pair_rtt: Duration) -> Result<Connection, ConnectError> {
+    // A dual-stack peer the rendezvous saw over IPv6, dialled by an
+    // IPv4-only node: no path of ours leads there; a relay may.
+    if !inner.node.families().has(&addr) {
+        return Err(ConnectError::PunchFailed);
+    }
     match tokio::time::timeout(dial_bound(pair_rtt), dial(inner, addr, peer, session, Some(pair_rtt))).await {
         Ok(Err(ConnectError::Timeout)) | Err(_) => Err(ConnectError::PunchFailed),
         Ok(r) => r,
