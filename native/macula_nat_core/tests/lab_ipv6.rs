@@ -157,3 +157,47 @@ fn ipv6_only_and_dual_stack_pairs_connect_directly_and_cross_families_relay() {
     drop(kids);
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// Detection per family: an IPv6-only node behind the stateful firewall,
+/// against an observer's IPv6 addresses, finds no NAT (its public address
+/// is its own, mapping endpoint independent) and the firewall's address-
+/// and port-dependent filtering; an IPv6 `none` host is open.
+#[test]
+fn an_ipv6_only_node_detects_its_firewall_over_ipv6() {
+    let detect = env!("CARGO_BIN_EXE_macula-detect");
+    if !common::ready(detect) {
+        return;
+    }
+    let mut spec = LabSpec::new("v6d");
+    spec.ipv6 = true;
+    spec.observers.push("obs".into());
+    let mut o = SiteSpec::new("o", "kernel:port_restricted_cone").unwrap();
+    o.ipv6_only = true;
+    let mut n = SiteSpec::new("n", "none").unwrap();
+    n.ipv6 = true;
+    spec.sites.extend([o, n]);
+    let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
+    let [a, b] = lab.info.observers6["obs"];
+    let observer = env!("CARGO_BIN_EXE_macula-observer");
+    let obs = lab.spawn("obs", &[observer, "--primary", &format!("[{a}]:3478"), "--alternate", &format!("[{b}]:3479")]).expect("observer");
+    let _kids = Children(vec![obs]);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut wrong = Vec::new();
+    for (site, want_filtering) in [("o", "pd"), ("n", "ei")] {
+        let out = lab
+            .exec_timeout(site, &[detect, "--bind", "[::]:0", "--observer", &format!("[{a}]:3478"), "--timeout-ms", "5000"], Duration::from_secs(20))
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        eprintln!("{site}: {line}");
+        let kv = |k: &str| line.split_whitespace().find_map(|p| p.strip_prefix(&format!("{k}="))).unwrap_or("?").to_string();
+        let own = lab.site(site).unwrap().host_addr6.unwrap();
+        let good = kv("mapping") == "ei"
+            && kv("filtering") == want_filtering
+            && kv("no_nat") == "true"
+            && kv("public").starts_with(&format!("[{own}]:"));
+        if !good {
+            wrong.push(format!("{site}: want ei/{want_filtering}/no_nat at {own}, got {line}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
