@@ -109,6 +109,9 @@ pub struct Node {
     primer_ttl: std::sync::atomic::AtomicU8,
     /// Settings for the QUIC endpoint when it is created.
     quic_config: Mutex<QuicConfig>,
+    /// A dual-stack node's IPv6 public address as its last IPv6 detection
+    /// saw it (see `detect::detector::detect`).
+    public6: Mutex<Option<SocketAddr>>,
     /// Why the node failed (its receive loop ended on a socket error);
     /// `None` while it works. See [`Node::failure`].
     failure: tokio::sync::watch::Sender<Option<String>>,
@@ -194,6 +197,7 @@ impl Node {
                 profile: LocalProfile::default(),
                 primer_ttl: std::sync::atomic::AtomicU8::new(0),
                 quic_config: Mutex::new(QuicConfig::default()),
+                public6: Mutex::new(None),
                 failure: tokio::sync::watch::Sender::new(None),
             }
         }))
@@ -268,6 +272,16 @@ impl Node {
     pub fn local_addr6(&self) -> Result<Option<SocketAddr>, Error> {
         self.check_open()?;
         Ok(self.six.as_ref().map(|s| s.local).or(Some(self.local_addr).filter(|a| a.is_ipv6())))
+    }
+
+    /// The IPv6 public address a dual-stack node's IPv6 detection found
+    /// (`None`: none ran, e.g. no IPv6 observers).
+    pub fn public6(&self) -> Option<SocketAddr> {
+        *lock(&self.public6)
+    }
+
+    pub(crate) fn set_public6(&self, a: Option<SocketAddr>) {
+        *lock(&self.public6) = a;
     }
 
     /// The address families the node has a socket for.

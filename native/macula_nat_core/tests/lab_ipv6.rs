@@ -161,7 +161,8 @@ fn ipv6_only_and_dual_stack_pairs_connect_directly_and_cross_families_relay() {
 /// Detection per family: an IPv6-only node behind the stateful firewall,
 /// against an observer's IPv6 addresses, finds no NAT (its public address
 /// is its own, mapping endpoint independent) and the firewall's address-
-/// and port-dependent filtering; an IPv6 `none` host is open.
+/// and port-dependent filtering; an IPv6 `none` host is open; a dual-stack
+/// node detects its IPv4 NAT and, beside it, its IPv6 public address.
 #[test]
 fn an_ipv6_only_node_detects_its_firewall_over_ipv6() {
     let detect = env!("CARGO_BIN_EXE_macula-detect");
@@ -175,12 +176,16 @@ fn an_ipv6_only_node_detects_its_firewall_over_ipv6() {
     o.ipv6_only = true;
     let mut n = SiteSpec::new("n", "none").unwrap();
     n.ipv6 = true;
-    spec.sites.extend([o, n]);
+    let mut d = SiteSpec::new("d", "kernel:port_restricted_cone").unwrap();
+    d.ipv6 = true;
+    spec.sites.extend([o, n, d]);
     let lab = Lab::up_with(spec, UpOptions::default()).expect("lab up");
     let [a, b] = lab.info.observers6["obs"];
+    let [a4, b4] = lab.info.observers["obs"];
     let observer = env!("CARGO_BIN_EXE_macula-observer");
     let obs = lab.spawn("obs", &[observer, "--primary", &format!("[{a}]:3478"), "--alternate", &format!("[{b}]:3479")]).expect("observer");
-    let _kids = Children(vec![obs]);
+    let obs4 = lab.spawn("obs", &[observer, "--primary", &format!("{a4}:3478"), "--alternate", &format!("{b4}:3479")]).expect("observer");
+    let _kids = Children(vec![obs, obs4]);
     std::thread::sleep(Duration::from_millis(300));
     let mut wrong = Vec::new();
     for (site, want_filtering) in [("o", "pd"), ("n", "ei")] {
@@ -198,6 +203,17 @@ fn an_ipv6_only_node_detects_its_firewall_over_ipv6() {
         if !good {
             wrong.push(format!("{site}: want ei/{want_filtering}/no_nat at {own}, got {line}"));
         }
+    }
+    // A dual-stack node behind NAT44 and the firewall: its IPv4 verdict
+    // (port-restricted cone), and its IPv6 side detected beside it.
+    let argv = [detect, "--bind", "0.0.0.0:0", "--bind6", "[::]:0", "--observer", &format!("{a4}:3478"), "--observer", &format!("[{a}]:3478"), "--timeout-ms", "5000"];
+    let out = lab.exec_timeout("d", &argv, Duration::from_secs(20)).unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    eprintln!("d: {line}");
+    let kv = |k: &str| line.split_whitespace().find_map(|p| p.strip_prefix(&format!("{k}="))).unwrap_or("?").to_string();
+    let si = lab.site("d").unwrap();
+    if !(kv("mapping") == "ei" && kv("filtering") == "pd" && kv("no_nat") == "false" && kv("public").starts_with(&format!("{}:", si.public_ip)) && kv("public6").starts_with(&format!("[{}]:", si.host_addr6.unwrap()))) {
+        wrong.push(format!("d: want ei/pd behind {} and public6 at {:?}, got {line}", si.public_ip, si.host_addr6));
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
 }

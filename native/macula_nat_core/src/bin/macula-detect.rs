@@ -2,7 +2,10 @@
 //! one line of `key=value` pairs. Used by the lab tests and benchmarks (run
 //! inside a lab host) and handy for operators.
 //!
-//! macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N] [--filter-socket on|off]
+//! macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--bind6 IP:PORT] [--repeat N] [--filter-socket on|off]
+//!
+//! `--bind6`: a dual-stack node (a second socket for IPv6); with IPv6
+//! observers its IPv6 side is detected too, printed as `public6=`.
 //!
 //! `--filter-socket off` runs the filtering tests on the node socket too
 //! (the schedule that plain Linux routers fool; for comparisons).
@@ -17,7 +20,7 @@ use std::process::exit;
 use std::time::Duration;
 
 fn usage() -> ! {
-    eprintln!("usage: macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--repeat N] [--filter-socket on|off]");
+    eprintln!("usage: macula-detect --observer IP:PORT [--observer IP:PORT] [--timeout-ms N] [--bind IP:PORT] [--bind6 IP:PORT] [--repeat N] [--filter-socket on|off]");
     exit(2)
 }
 
@@ -25,6 +28,7 @@ fn main() {
     let mut observers: Vec<SocketAddr> = Vec::new();
     let mut timeout_ms = 5000u64;
     let mut bind: SocketAddr = "0.0.0.0:0".parse().unwrap();
+    let mut bind6 = None;
     let mut repeat = 1u32;
     let mut filter_socket = true;
     let mut args = std::env::args().skip(1);
@@ -34,6 +38,7 @@ fn main() {
             "--observer" => observers.push(v.parse().unwrap_or_else(|_| usage())),
             "--timeout-ms" => timeout_ms = v.parse().unwrap_or_else(|_| usage()),
             "--bind" => bind = v.parse().unwrap_or_else(|_| usage()),
+            "--bind6" => bind6 = Some(v.parse().unwrap_or_else(|_| usage())),
             "--repeat" => repeat = v.parse().unwrap_or_else(|_| usage()),
             "--filter-socket" => {
                 filter_socket = match v.as_str() {
@@ -45,7 +50,7 @@ fn main() {
             _ => usage(),
         }
     }
-    let node = Node::open(NodeConfig { bind }, Identity::generate()).unwrap_or_else(|e| {
+    let node = Node::open_dual(NodeConfig { bind }, bind6, Identity::generate()).unwrap_or_else(|e| {
         eprintln!("macula-detect: {e}");
         exit(1)
     });
@@ -60,7 +65,7 @@ fn run_once(node: &std::sync::Arc<Node>, cfg: &DetectConfig) {
         Ok(d) => {
             let p = &d.profile;
             println!(
-                "mapping={} filtering={} allocation={} delta={} public={} local={} no_nat={} confidence={} ms={:.3} hairpin={}",
+                "mapping={} filtering={} allocation={} delta={} public={} local={} no_nat={} confidence={} ms={:.3} hairpin={} public6={}",
                 format!("{:?}", p.mapping).to_lowercase(),
                 format!("{:?}", p.filtering).to_lowercase(),
                 format!("{:?}", p.allocation).to_lowercase(),
@@ -70,7 +75,8 @@ fn run_once(node: &std::sync::Arc<Node>, cfg: &DetectConfig) {
                 p.no_nat,
                 format!("{:?}", p.confidence).to_lowercase(),
                 d.elapsed.as_secs_f64() * 1000.0,
-                p.hairpin.map_or("-".to_string(), |h| h.to_string())
+                p.hairpin.map_or("-".to_string(), |h| h.to_string()),
+                node.public6().map_or("-".to_string(), |a| a.to_string())
             );
         }
         Err(DetectFailure::Detect(e)) => {

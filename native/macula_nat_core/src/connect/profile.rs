@@ -82,7 +82,9 @@ pub(super) fn our_profile(inner: &Inner, info: &PeerInfo, fresh: Option<&SocketS
     // NAT in front of them (see `macula_nat_proto::connect::family`).
     let six = inner.node.local_addr6().ok().flatten().filter(|_| local.is_some_and(|l| l.is_ipv4()));
     let hosts = local.map(|l| crate::socket::local_addrs::host_candidates(l, local_port)).unwrap_or_default();
-    for c in hosts.into_iter().chain(six.map(|s| crate::socket::local_addrs::host_candidates(s, s.port())).unwrap_or_default()) {
+    // Its IPv6 public address when detection found another (NPTv6, NAT66).
+    let public6 = six.and_then(|_| inner.node.public6());
+    for c in hosts.into_iter().chain(public6).chain(six.map(|s| crate::socket::local_addrs::host_candidates(s, s.port())).unwrap_or_default()) {
         if !candidates.contains(&c) {
             candidates.push(c);
         }

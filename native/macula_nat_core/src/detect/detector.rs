@@ -58,23 +58,46 @@ fn source_ip_towards(dst: SocketAddr, bound: IpAddr) -> IpAddr {
         .unwrap_or(bound)
 }
 
-pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, DetectFailure> {
-    let started = Instant::now();
+/// Detects the node's NAT on its first socket, with the observers of that
+/// socket's family. A dual-stack node given IPv6 observers detects its
+/// IPv6 side beside it, on its IPv6 socket, and keeps the IPv6 public
+/// address found there ([`Node::public6`]: behind a stateful firewall its
+/// own; behind NPTv6 or NAT66 another, which it then signals); without
+/// IPv6 observers its global interface addresses stand for it.
+pub async fn detect(node: Arc<Node>, cfg: DetectConfig) -> Result<Detected, DetectFailure> {
     let bound = node.local_addr()?;
-    // Detection runs on the node's first socket: observers of its family.
-    // A dual-stack node's IPv6 side has no NAT to detect (a stateful
-    // firewall at most); its global addresses are its candidates.
+    let six = node.local_addr6()?.filter(|_| bound.is_ipv4() && cfg.observers.iter().any(SocketAddr::is_ipv6));
+    let six = six.map(|b6| tokio::spawn(detect_on(node.clone(), cfg.clone(), b6, false)));
+    let r = detect_on(node.clone(), cfg, bound, true).await;
+    if let Some(h) = six {
+        match h.await {
+            Ok(Ok(d)) => node.set_public6(Some(d.profile.public_addr)),
+            Ok(Err(e)) => tracing::debug!("detect: IPv6 side: {e:?}"),
+            Err(_) => {}
+        }
+    }
+    r
+}
+
+/// One detection on the node's socket bound at `bound`, with the
+/// observers of its family; `nat44`: the socket whose NAT earlier
+/// detections remember and whose hairpin is measured (not a dual-stack
+/// node's IPv6 one).
+async fn detect_on(node: Arc<Node>, mut cfg: DetectConfig, bound: SocketAddr, nat44: bool) -> Result<Detected, DetectFailure> {
+    let started = Instant::now();
     cfg.observers.retain(|o| o.is_ipv4() == bound.is_ipv4());
     let Some(first) = cfg.observers.first().copied() else {
         return Err(DetectFailure::Detect(DetectError::NoObservers));
     };
     let local = SocketAddr::new(source_ip_towards(first, bound.ip()), bound.port());
     let mut subscription = node.subscribe_stun();
-    let primary = node.socket()?;
-    cfg.opened.extend(lock(node.detect_memory()).opened(Instant::now()));
+    let primary = node.socket_for(&first)?;
+    if nat44 {
+        cfg.opened.extend(lock(node.detect_memory()).opened(Instant::now()));
+    }
     let filter_socket = cfg.filter_socket;
     // Beside the main detection, on a socket of its own (see `hairpin`).
-    let hairpin = Joinable(Some(tokio::spawn(super::hairpin::hairpins(first, bound.ip()))));
+    let hairpin = Joinable(nat44.then(|| tokio::spawn(super::hairpin::hairpins(first, bound.ip()))));
     let mut d = Detection::new(cfg, local, Instant::now(), crate::txid::CSPRNG);
 
     // Probe sockets and the filter socket, each forwarding what it
@@ -158,10 +181,14 @@ pub async fn detect(node: Arc<Node>, mut cfg: DetectConfig) -> Result<Detected, 
     // future is sent between threads).
     let mut profile = {
         let mut memory = lock(node.detect_memory());
-        memory.remember(d.primary_destinations(), Instant::now());
-        let mut profile = result.map_err(DetectFailure::Detect)?;
-        memory.settle_filtering(&mut profile, d.filtering_measured());
-        profile
+        let mut profile = result.map_err(DetectFailure::Detect);
+        if nat44 {
+            memory.remember(d.primary_destinations(), Instant::now());
+            if let Ok(p) = profile.as_mut() {
+                memory.settle_filtering(p, d.filtering_measured());
+            }
+        }
+        profile?
     };
     if !profile.no_nat {
         profile.hairpin = hairpin.join().await;
@@ -235,5 +262,26 @@ mod tests {
         };
         let r = crate::runtime::handle().block_on(detect(node, cfg));
         assert!(matches!(r, Err(DetectFailure::Detect(DetectError::Timeout))), "{r:?}");
+    }
+
+    /// A dual-stack node detects both sides: the IPv4 verdict is the
+    /// result, the IPv6 public address is kept on the node.
+    #[test]
+    fn a_dual_stack_node_detects_its_ipv6_side_too() {
+        let Ok(srv6) = ObserverServer::start("[::1]:0".parse().unwrap(), None, None) else {
+            eprintln!("SKIPPED: no IPv6 loopback");
+            return;
+        };
+        let srv = ObserverServer::start("127.0.0.1:0".parse().unwrap(), None, None).unwrap();
+        let node = Node::open_dual(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Some("[::1]:0".parse().unwrap()), Identity::generate()).unwrap();
+        let cfg = DetectConfig { observers: vec![srv6.primary(), srv.primary()], ..DetectConfig::default() };
+        let got = crate::runtime::handle().block_on(detect(node.clone(), cfg)).unwrap();
+        assert_eq!(got.profile.public_addr, node.local_addr().unwrap());
+        assert_eq!(node.public6(), node.local_addr6().unwrap());
+        // Without IPv6 observers nothing is detected there.
+        let v4 = Node::open_dual(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Some("[::1]:0".parse().unwrap()), Identity::generate()).unwrap();
+        let cfg = DetectConfig { observers: vec![srv.primary()], ..DetectConfig::default() };
+        crate::runtime::handle().block_on(detect(v4.clone(), cfg)).unwrap();
+        assert_eq!(v4.public6(), None);
     }
 }
