@@ -1,9 +1,10 @@
-%% Soak (issue 18): one VM as the public node (rendezvous and relay), two
-%% VMs with honest nodes joined at it, configured through sys.config files
-%% only; 100 connections between the honest VMs (half each way, opened with
-%% macula_nat_connector:connect/3) exchange sequenced terms for the whole
-%% run while the hostile peer (native/macula_nat_core/examples/hostile_peer.rs)
-%% runs every attack at once against all three. Probes connect every few
+%% Soak (issue 18): one VM as the public node (rendezvous and relay), four
+%% VMs with honest nodes joined at it, each on a loopback address of its own,
+%% configured through sys.config files only; 100 connections between the
+%% honest VMs (a ring, opened with macula_nat_connector:connect/3) exchange
+%% sequenced terms for the whole run while the hostile peer
+%% (native/macula_nat_core/examples/hostile_peer.rs, on an address of its
+%% own) runs every attack at once against all of them. Probes connect every few
 %% seconds during the attack (every fourth through the relay only).
 %% Prints the markdown report (bench/soak.md) on stdout. Run by bench/soak.sh:
 %%   erl -noshell -pa <dir of soak.beam> -run soak main Minutes HostileBin
@@ -14,7 +15,14 @@
 %% Run in the peer VMs.
 -export([keeper/0, acceptor/0, open_conns/3, prober/2, stop_senders/0, stats/0, vm_sample/0]).
 
--define(CONNS_EACH_WAY, 50).
+%% Honest VMs, each on a loopback address of its own (a node is a host;
+%% the per-IP connection caps count per host), in a ring: each opens
+%% ?CONNS_PER_VM connections to the next, 100 in all.
+-define(HONEST, [{honest_a, {127, 0, 0, 2}}, {honest_b, {127, 0, 0, 3}},
+                 {honest_c, {127, 0, 0, 4}}, {honest_d, {127, 0, 0, 5}}]).
+-define(CONNS_PER_VM, 25).
+%% The attacker is another host too.
+-define(ATTACKER_IP, "127.0.0.77").
 %% Each end of each connection sends one sequenced term this often.
 -define(SEND_INTERVAL_MS, 100).
 -define(PAD, binary:copy(<<"s">>, 200)).
@@ -42,41 +50,43 @@ main([MinStr, HostileBin]) ->
     {ok, {_, PubPort}} = call(Public, macula_nat_node, local_addr, []),
     PubEp = iolist_to_binary(["127.0.0.1:", integer_to_list(PubPort)]),
     Contact = #{node_id => binary:encode_hex(PubId), endpoint => PubEp},
-    HonestEnv = [{listen_ip, {127, 0, 0, 1}}, {rendezvous, [Contact]}, {relays, [Contact]}],
-    A = start_vm(Tmp, honest_a, HonestEnv, Paths),
-    B = start_vm(Tmp, honest_b, HonestEnv, Paths),
-    VMs = [{public, Public}, {honest_a, A}, {honest_b, B}],
-    [wait_joined(N, V) || {N, V} <- [{honest_a, A}, {honest_b, B}]],
+    Honest = [{N, start_vm(Tmp, N, [{listen_ip, Ip}, {rendezvous, [Contact]}, {relays, [Contact]}], Paths), Ip}
+              || {N, Ip} <- ?HONEST],
+    VMs = [{public, Public} | [{N, V} || {N, V, _} <- Honest]],
+    [wait_joined(N, V) || {N, V, _} <- Honest],
     [ok = call(V, soak, keeper, []) || {_, V} <- VMs],
-    {ok, AId} = call(A, macula, get_node_id, []),
-    {ok, BId} = call(B, macula, get_node_id, []),
-    {ok, {_, APort}} = call(A, macula_nat_node, local_addr, []),
-    {ok, {_, BPort}} = call(B, macula_nat_node, local_addr, []),
-    Peer = fun(Id, Port) -> binary_to_list(binary:encode_hex(Id)) ++ "@127.0.0.1:" ++ integer_to_list(Port) end,
-    HostileArgs = ["--public", Peer(PubId, PubPort), "--honest", Peer(AId, APort), "--honest", Peer(BId, BPort),
-                   "--secs", integer_to_list(Secs)]
+    Info = [begin
+                {ok, Id} = call(V, macula, get_node_id, []),
+                {ok, {_, Port}} = call(V, macula_nat_node, local_addr, []),
+                {N, V, Ip, Id, Port}
+            end || {N, V, Ip} <- Honest],
+    Peer = fun(Id, Ip, Port) ->
+                   binary_to_list(binary:encode_hex(Id)) ++ "@" ++ inet:ntoa(Ip) ++ ":" ++ integer_to_list(Port)
+           end,
+    HostileArgs = ["--public", Peer(PubId, {127, 0, 0, 1}, PubPort)]
+        ++ lists:append([["--honest", Peer(Id, Ip, Port)] || {_, _, Ip, Id, Port} <- Info])
+        ++ ["--bind-ip", ?ATTACKER_IP, "--secs", integer_to_list(Secs)]
         ++ string:lexemes(os:getenv("SOAK_HOSTILE_ARGS", ""), " "),
     T0 = erlang:monotonic_time(millisecond),
     Hostile = open_port({spawn_executable, HostileBin},
                         [{args, HostileArgs}, {line, 4096}, exit_status, use_stdio, binary]),
     timer:sleep(3000),
-    %% The honest traffic starts under attack.
-    ok = call(A, soak, open_conns, [BId, ?CONNS_EACH_WAY, a]),
-    ok = call(B, soak, open_conns, [AId, ?CONNS_EACH_WAY, b]),
-    ok = call(A, soak, prober, [BId, a]),
-    ok = call(B, soak, prober, [AId, b]),
+    %% The honest traffic starts under attack: each honest VM opens its
+    %% connections to the next one in the ring, and probes it.
+    Ring = lists:zip(Info, tl(Info) ++ [hd(Info)]),
+    [ok = call(V, soak, open_conns, [NextId, ?CONNS_PER_VM, N]) || {{N, V, _, _, _}, {_, _, _, NextId, _}} <- Ring],
+    [ok = call(V, soak, prober, [NextId, N]) || {{N, V, _, _, _}, {_, _, _, NextId, _}} <- Ring],
     Samples = sample_loop(VMs, T0, T0 + Secs * 1000, []),
     {HostileRows, HostileExit} = hostile_output(Hostile, []),
-    [catch call(V, soak, stop_senders, []) || {_, V} <- [{a, A}, {b, B}]],
+    [catch call(V, soak, stop_senders, []) || {_, V, _} <- Honest],
     %% In-flight terms land before the counts are compared.
     timer:sleep(10000),
     StatsP = stats_of(Public),
     log("hostile connections' first deliveries: public ~p~n", [maps:get(foreign, StatsP)]),
-    StatsA = stats_of(A),
-    StatsB = stats_of(B),
-    log("honest_a ~p~nhonest_b ~p~n", [maps:get(foreign, StatsA), maps:get(foreign, StatsB)]),
+    Stats = [{N, stats_of(V)} || {N, V, _} <- Honest],
+    [log("~s ~p~n", [N, maps:get(foreign, S)]) || {N, S} <- Stats],
     Alive = [{N, is_alive(V)} || {N, V} <- VMs],
-    report(Minutes, Samples, StatsA, StatsB, HostileRows, HostileExit, Alive, HostileArgs),
+    report(Minutes, Samples, Stats, HostileRows, HostileExit, Alive, HostileArgs),
     [catch peer:stop(V) || {_, V} <- VMs],
     os:cmd("rm -rf " ++ Tmp),
     halt(0).
@@ -149,26 +159,33 @@ hostile_output(Port, Rows) ->
 
 %% ------------------------------------------------------------ report
 
-report(Minutes, Samples, StatsA, StatsB, HostileRows, HostileExit, Alive, HostileArgs) ->
+report(Minutes, Samples, Stats, HostileRows, HostileExit, Alive, HostileArgs) ->
     p("# Soak: 100 honest connections under every attack at once~n~n"),
     p("`bench/soak.sh ~b` at commit ~s, ~s UTC, ~s cores (shared), loopback, OTP ~s.~n~n",
       [Minutes, string:trim(os:cmd("git rev-parse --short HEAD")),
        string:trim(os:cmd("date -u '+%Y-%m-%d %H:%M'")), string:trim(os:cmd("nproc")),
        erlang:system_info(otp_release)]),
-    p("Three VMs configured by sys.config only: **public** (`rendezvous_server`, `macula_relay_node:enable/0`), "
-      "**honest_a** and **honest_b** (`rendezvous` and `relays` = public). ~b connections each way between the "
-      "honest VMs (`macula_nat_connector:connect/3`), each end sending `{seq, N, <<200 bytes>>}` every ~b ms "
+    p("~b VMs configured by sys.config only: **public** on 127.0.0.1 (`rendezvous_server`, "
+      "`macula_relay_node:enable/0`) and ~b honest VMs (~s), each on a loopback address of its own "
+      "(`listen_ip`; `rendezvous` and `relays` = public), in a ring: each opens ~b connections to the next "
+      "(`macula_nat_connector:connect/3`), ~b in all, each end sending `{seq, N, <<200 bytes>>}` every ~b ms "
       "with `macula_connection:send/2` for the whole run and checking the sequence of what arrives. Probes connect "
-      "every ~b s from each honest VM during the attack (every fourth with `relay_only`). The hostile peer "
-      "(`hostile_peer ~s`) starts 3 s before the honest connections and runs every attack for the whole run.~n~n",
-      [?CONNS_EACH_WAY, ?SEND_INTERVAL_MS, ?PROBE_INTERVAL_MS div 1000, lists:join(" ", HostileArgs)]),
+      "every ~b s from each honest VM to the next during the attack (every fourth with `relay_only`). The hostile "
+      "peer, on an address of its own (an attacker is another host, so the per-IP caps meet it and not the honest "
+      "nodes) (`hostile_peer ~s`), starts 3 s before the honest connections and runs every attack for the whole "
+      "run against the public node and every honest one.~n~n",
+      [length(Stats) + 1, length(Stats),
+       lists:join(", ", [io_lib:format("~s ~s", [N, inet:ntoa(Ip)]) || {N, Ip} <- ?HONEST]),
+       ?CONNS_PER_VM, ?CONNS_PER_VM * length(Stats), ?SEND_INTERVAL_MS, ?PROBE_INTERVAL_MS div 1000,
+       lists:join(" ", HostileArgs)]),
     p("## Verdict~n~n"),
     Verdicts = verdicts(Samples),
-    {Lost, Dup, Sent, Recv, Closed, SendErr} = traffic(StatsA, StatsB),
-    Gaps = lists:sum([maps:get(gaps, E) || {_, E} <- maps:to_list(maps:merge(maps:get(ends, StatsA), maps:get(ends, StatsB)))]),
+    AllEnds = lists:foldl(fun({_, S}, Acc) -> maps:merge(Acc, maps:get(ends, S)) end, #{}, Stats),
+    {Lost, Dup, Sent, Recv, Closed, SendErr} = traffic(AllEnds),
+    Gaps = lists:sum([maps:get(gaps, E) || {_, E} <- maps:to_list(AllEnds)]),
     p("* VMs alive at the end: ~s~n", [[io_lib:format("~s ~s; ", [N, A]) || {N, A} <- Alive]]),
-    p("* honest nodes' detected profiles (no observers configured): honest_a `~w`, honest_b `~w`~n",
-      [maps:get(profile, StatsA), maps:get(profile, StatsB)]),
+    p("* honest nodes' detected profiles (no observers configured): ~s~n",
+      [lists:join(", ", [io_lib:format("~s `~w`", [N, maps:get(profile, S)]) || {N, S} <- Stats])]),
     p("* honest terms sent ~b, received ~b, **lost ~b, duplicated or reordered ~b**; honest connections "
       "that closed during the run: ~b; sends that failed: ~b; sequence gaps seen by receivers: ~b~n",
       [Sent, Recv, Lost, Dup, Closed, SendErr, Gaps]),
@@ -180,9 +197,10 @@ report(Minutes, Samples, StatsA, StatsB, HostileRows, HostileExit, Alive, Hostil
      || {M, N, Rss, Mem, Fds, Procs, Q, Got} <- per_minute(Samples)],
     p("~n## Honest connects~n~n"),
     p("| connects | n | failed | p50 ms | p95 ms | max ms | methods |~n|---|---|---|---|---|---|---|~n"),
-    Initial = [C || {initial, C} <- maps:get(connects, StatsA) ++ maps:get(connects, StatsB)],
-    Probes = [C || {probe, C} <- maps:get(connects, StatsA) ++ maps:get(connects, StatsB)],
-    RelayProbes = [C || {relay_probe, C} <- maps:get(connects, StatsA) ++ maps:get(connects, StatsB)],
+    Connects = lists:append([maps:get(connects, S) || {_, S} <- Stats]),
+    Initial = [C || {initial, C} <- Connects],
+    Probes = [C || {probe, C} <- Connects],
+    RelayProbes = [C || {relay_probe, C} <- Connects],
     [connect_row(Name, Cs) || {Name, Cs} <- [{"the 100 connections (under attack)", Initial},
                                             {"probes during the attack", Probes},
                                             {"probes with `relay_only` during the attack", RelayProbes}]],
@@ -220,8 +238,7 @@ pct(Sorted, P) ->
 
 %% Losses and reorders, matched across the two VMs: what one end sent on a
 %% connection against what the other end received on it.
-traffic(StatsA, StatsB) ->
-    Ends = maps:merge(maps:get(ends, StatsA), maps:get(ends, StatsB)),
+traffic(Ends) ->
     lists:foldl(
       fun({{Tag, Side}, #{sent := S, send_errors := SE, closed := C}}, {L, D, Sn, R, Cl, Er}) ->
               Other = case Side of initiator -> acceptor; acceptor -> initiator end,

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Soak (issue 18): three BEAM VMs on loopback (a public node serving as
-# rendezvous and relay, two honest nodes joined at it, sys.config only),
-# 100 connections between the honest ones exchanging sequenced terms for the
+# Soak (issue 18): five BEAM VMs on loopback (a public node serving as
+# rendezvous and relay, four honest nodes joined at it, each on a loopback
+# address of its own, sys.config only),
+# 100 connections between the honest ones (a ring) exchanging sequenced terms for the
 # whole run, and the hostile peer (examples/hostile_peer.rs) running every
-# attack at once against all three. Rewrites bench/soak.md: per-minute
+# attack at once against all of them from an address of its own. Rewrites bench/soak.md: per-minute
 # memory of each VM, losses and reorders (must be 0), honest connect times,
 # amplification and attack volumes, and the verdict on memory.
 # Usage: bench/soak.sh [minutes] [report]   (default 10, bench/soak.md)

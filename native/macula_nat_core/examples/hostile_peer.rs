@@ -6,7 +6,7 @@
 //! Usage:
 //! ```text
 //! hostile_peer --public HEX@IP:PORT [--honest HEX@IP:PORT]... [--secs N]
-//!              [--attacks all|name,name,...] [--scale F]
+//!              [--attacks all|name,name,...] [--scale F] [--bind-ip IP]
 //! ```
 //! `--public`: the node serving as rendezvous and relay; `--honest`: nodes
 //! joined at it (the targets of Connects, unsolicited connections and
@@ -56,6 +56,16 @@ const ATTACKS: &[&str] = &[
 
 /// Source address of spoofed datagrams, where the spoof third party listens.
 const SPOOF_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 66);
+
+/// The attacker's own address (`--bind-ip`, default 127.0.0.1): every socket
+/// and node of the attacks binds there. An attacker is another host, so the
+/// soak gives it an address of its own (per-IP caps then meet it, not the
+/// honest nodes).
+static BIND_IP: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+fn bind_any_port() -> SocketAddr {
+    SocketAddr::new(*BIND_IP.get_or_init(|| Ipv4Addr::LOCALHOST.into()), 0)
+}
 
 struct Args {
     public: (Id, SocketAddr),
@@ -238,7 +248,7 @@ impl Pace {
 /// Binding requests as fast as the rate allows from one socket; the answers
 /// are read and counted (they come back to the sender).
 async fn stun_flood(a: &Args, t: &Tally, deadline: Instant) -> std::io::Result<()> {
-    let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+    let s = Arc::new(UdpSocket::bind(bind_any_port()).await?);
     let r = s.clone();
     let answers = Arc::new(AtomicU64::new(0));
     let an = answers.clone();
@@ -267,7 +277,7 @@ async fn stun_flood(a: &Args, t: &Tally, deadline: Instant) -> std::io::Result<(
 /// Binding requests asking for the answer at another port (RFC 5780
 /// RESPONSE-PORT), that of the third party, plus CHANGE-REQUEST.
 async fn stun_response_port(a: &Args, t: &Tally, third: SocketAddr, deadline: Instant) -> std::io::Result<()> {
-    let s = UdpSocket::bind("127.0.0.1:0").await?;
+    let s = UdpSocket::bind(bind_any_port()).await?;
     let targets = stun_targets(a);
     let port = third.port().to_be_bytes();
     let rp: [u8; 4] = [port[0], port[1], 0, 0];
@@ -318,7 +328,7 @@ async fn stun_spoofed(a: &Args, t: &Tally, third: SocketAddr, deadline: Instant)
 /// comprehension-optional attributes (each header only): the decoder's
 /// work per datagram is what this measures.
 async fn stun_attrs(a: &Args, t: &Tally, deadline: Instant) -> std::io::Result<()> {
-    let s = UdpSocket::bind("127.0.0.1:0").await?;
+    let s = UdpSocket::bind(bind_any_port()).await?;
     let targets = stun_targets(a);
     let mut pace = Pace::new(30.0 * a.scale);
     let mut i = 0;
@@ -406,7 +416,7 @@ impl Drop for RawSocket {
 // ---------------------------------------------------------- signalling
 
 fn fresh_node(cfg: Option<QuicConfig>) -> std::io::Result<Arc<Node>> {
-    let n = Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).map_err(std::io::Error::other)?;
+    let n = Node::open(NodeConfig { bind: bind_any_port() }, Identity::generate()).map_err(std::io::Error::other)?;
     if let Some(cfg) = cfg {
         n.quic_with(cfg).map_err(std::io::Error::other)?;
     }
@@ -951,6 +961,10 @@ fn parse_args() -> Result<Args, String> {
             "--secs" => secs = v.parse().map_err(|e| format!("--secs: {e}"))?,
             "--attacks" => attacks = v.split(',').map(str::to_string).collect(),
             "--scale" => scale = v.parse().map_err(|e| format!("--scale: {e}"))?,
+            "--bind-ip" => {
+                let ip = v.parse().map_err(|e| format!("--bind-ip: {e}"))?;
+                BIND_IP.set(ip).map_err(|_| "--bind-ip given twice".to_string())?;
+            }
             _ => return Err(format!("unknown option {k}")),
         }
     }

@@ -188,7 +188,7 @@ pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectEr
     let join_timeout = read(&inner.cfg).join_timeout;
     let go = async {
         let quic = inner.node.quic()?;
-        let conn = quic.connect(inner.rendezvous, inner.rendezvous_id).await?;
+        let conn = quic.connect_control(inner.rendezvous, inner.rendezvous_id).await?;
         conn.send(Msg::Hello(HelloKind::Control).encode()).await?;
         loop {
             let Some(m) = conn.recv().await else { return Err(ConnectError::NoRendezvous) };

@@ -353,10 +353,8 @@ impl QuicEndpoint {
 
     /// Dials a control connection (to a rendezvous or a relay): its small
     /// windows and message limit ([`ControlLimits`]), so the node at the
-    /// other end can make us hold little. Not used by signalling and the
-    /// relay client yet: with it, `connect_loopback`'s
-    /// `signal_rejoins_a_restarted_rendezvous` failed 2 runs in 4 (a rejoined
-    /// control connection closed again), not yet understood.
+    /// other end can make us hold little (a hostile rendezvous or relay
+    /// included). Signalling and the relay client dial with it.
     pub async fn connect_control(&self, addr: SocketAddr, expected_peer: NodeId) -> Result<Connection, QuicError> {
         let t = self.shared.cfg.control_transport()?;
         let conn = self.dial(addr, expected_peer, Arc::new(t)).await?;

@@ -165,7 +165,7 @@ impl RelayLink {
     /// Connects to the relay at `relay_addr` whose node key is `relay_id`.
     pub async fn connect(node: &Arc<Node>, relay_addr: SocketAddr, relay_id: NodeId) -> Result<RelayLink, RelayError> {
         let go = async {
-            let conn = node.quic()?.connect(relay_addr, relay_id).await?;
+            let conn = node.quic()?.connect_control(relay_addr, relay_id).await?;
             conn.send(Msg::Hello(HelloKind::Relay).encode()).await?;
             Ok::<_, RelayError>(conn)
         };
