@@ -297,7 +297,9 @@ fn a_dual_stack_public_node_listens_on_both_families() {
         eprintln!("SKIPPED: no IPv6 loopback");
         return;
     }
-    let dir = tempdir().join("dual");
+    // Not under `tempdir()`: the other tests empty that one while this runs.
+    let dir = std::env::temp_dir().join(format!("macula-node-test-dual-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("macula-node.toml");
     let text = format!("identity_key = \"{}\"\n[node]\nlisten = \"127.0.0.1:0\"\nlisten6 = \"[::1]:0\"\n", dir.join("node.key").display());
@@ -315,6 +317,7 @@ fn a_dual_stack_public_node_listens_on_both_families() {
     let got = s.recv_from(&mut buf);
     let _ = child.kill();
     let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
     let (n, from) = got.expect("STUN answer over IPv6");
     assert_eq!(from, node6);
     let m = Message::decode(&buf[..n]).unwrap();
