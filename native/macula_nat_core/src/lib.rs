@@ -28,6 +28,7 @@ pub(crate) mod error;
 pub mod fd_budget;
 pub(crate) mod identity;
 pub(crate) mod local_profile;
+pub mod netchange;
 pub(crate) mod lock;
 pub(crate) mod node;
 pub mod peer_record;

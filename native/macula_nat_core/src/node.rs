@@ -104,6 +104,8 @@ pub struct Node {
     detect_memory: Mutex<macula_nat_proto::detect::DetectMemory>,
     /// This node's profile as detection publishes it, for signalling.
     profile: LocalProfile,
+    /// Our public address as the rendezvous sees it, and its changes.
+    reflexive: Arc<crate::netchange::Reflexive>,
     /// TTL of a primer that passes our NAT(s) and dies before a peer's (0:
     /// none is safe or it is not known yet); see [`crate::punch::primer`].
     primer_ttl: std::sync::atomic::AtomicU8,
@@ -195,6 +197,7 @@ impl Node {
                 dispatch: Mutex::new(None),
                 detect_memory: Mutex::new(Default::default()),
                 profile: LocalProfile::default(),
+                reflexive: Arc::default(),
                 primer_ttl: std::sync::atomic::AtomicU8::new(0),
                 quic_config: Mutex::new(QuicConfig::default()),
                 public6: Mutex::new(None),
@@ -246,6 +249,12 @@ impl Node {
     /// [`crate::local_profile`]); signalling reads it when it signals.
     pub fn local_profile(&self) -> &LocalProfile {
         &self.profile
+    }
+
+    /// Our public address as our rendezvous reports it, and its changes
+    /// (see [`crate::netchange`]).
+    pub fn reflexive(&self) -> &Arc<crate::netchange::Reflexive> {
+        &self.reflexive
     }
 
     /// The primer TTL learnt towards the rendezvous, if a primer is safe

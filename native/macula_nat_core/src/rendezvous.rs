@@ -92,6 +92,8 @@ struct Peer {
     /// Its writer's queue (see [`writer`]).
     out: mpsc::Sender<Vec<u8>>,
     observed: SocketAddr,
+    /// The address its last `Registered` named (see [`tell_moved`]).
+    told: SocketAddr,
     gen: u64,
 }
 
@@ -196,10 +198,12 @@ impl Rendezvous {
         let st = state.clone();
         let task = runtime::spawn(async move {
             let gens = Arc::new(AtomicU64::new(0));
+            let moved = runtime::spawn(tell_moved(Arc::downgrade(&st)));
             while let Some(conn) = rx.recv().await {
                 let gen = gens.fetch_add(1, Ordering::Relaxed);
                 runtime::spawn(serve_peer(st.clone(), conn, gen));
             }
+            moved.abort();
         });
         Ok(Rendezvous { node, state, task })
     }
@@ -245,6 +249,38 @@ impl Drop for Rendezvous {
     }
 }
 
+/// How often [`tell_moved`] looks at the peers' addresses.
+pub const MOVED_SCAN: Duration = Duration::from_secs(1);
+
+/// Tells a peer when its control connection moved (QUIC followed it to a
+/// new address: its router was renumbered or its NAT rebound the mapping):
+/// `Registered` with the new address, which the peer cannot see from
+/// inside its NAT and treats as a network change (`crate::netchange`).
+/// One timer per rendezvous, however many peers: each tick compares each
+/// peer's connection address with the one it was last told.
+async fn tell_moved(state: std::sync::Weak<Mutex<State>>) {
+    let mut tick = tokio::time::interval(MOVED_SCAN);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let mut s = lock(&state);
+        let mut moved = Vec::new();
+        for (id, p) in s.peers.iter_mut() {
+            let now = p.conn.remote_address();
+            if now != p.told {
+                p.told = now;
+                p.observed = now;
+                moved.push((*id, now));
+            }
+        }
+        for (id, observed) in moved {
+            tracing::debug!("rendezvous: {:02x?} moved to {observed}", &id.as_bytes()[..4]);
+            s.send(&id, &Msg::Registered { observed });
+        }
+    }
+}
+
 /// Sends what is queued for one peer, each send bounded by `timeout`; a
 /// send that times out means the peer stopped reading: it is disconnected
 /// (its queue then ends too). Ends when the peer's registration is gone.
@@ -275,7 +311,7 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
         let (out, rx) = mpsc::channel(limits.send_queue.max(1));
         runtime::spawn(writer(state.clone(), conn.clone(), rx, limits.send_timeout));
         s.stats.registrations += 1;
-        let old = s.peers.insert(me, Peer { conn: conn.clone(), out, observed, gen });
+        let old = s.peers.insert(me, Peer { conn: conn.clone(), out, observed, told: observed, gen });
         s.send(&me, &Msg::Registered { observed });
         (limits, old)
     };
@@ -360,7 +396,12 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
             // A registered peer refreshing its registration (after a new
             // detection): where we see it now. Nothing else of it is kept
             // here; profiles travel in each session's messages.
-            Msg::Hello(HelloKind::Control) => s.send(&me, &Msg::Registered { observed }),
+            Msg::Hello(HelloKind::Control) => {
+                if let Some(p) = s.peers.get_mut(&me) {
+                    p.told = observed;
+                }
+                s.send(&me, &Msg::Registered { observed })
+            }
             Msg::Reject { peer, session, reason } => {
                 // Only a party of a pending session ends it, and only its
                 // other party hears of it.

@@ -177,7 +177,9 @@ impl Lab {
     /// (masquerade drops its conntrack entries with the old address), the
     /// cones' DNAT rule and sets are redone. Userspace engines: the NAT
     /// address (not the router's own WAN address) changes through the
-    /// engine's control file. Updates `public_ip` / `reflexive_ip` (of
+    /// engine's control file. On a routed internet, packets from the old
+    /// address are dropped from then on (the ISP's ingress filter).
+    /// Updates `public_ip` / `reflexive_ip` (of
     /// nested sites too) and the state file. Returns the new address.
     pub fn renumber(&mut self, site: &str) -> Result<Ipv4Addr> {
         let (s, carrier) = self.site_or_carrier(site)?;
@@ -236,6 +238,17 @@ impl Lab {
             ip_batch(
                 Some(&self.info.internet),
                 &[format!("route del {old}/32 dev p{k}"), format!("route add {new}/32 dev p{k}")],
+            )?;
+            // The ISP no longer routes the old address either way (BCP 38
+            // ingress filtering): replies of flows a kernel router had
+            // DNATed (a cone's inbound mappings, which masquerade does not
+            // flush) would otherwise still leave with it as their source.
+            nft(
+                &self.info.internet,
+                &format!(
+                    "table ip mlgone {{\n  set gone {{ type ipv4_addr; }}\n  chain from_gone {{ type filter hook forward priority filter; policy accept; }}\n}}\n\
+                     flush chain ip mlgone from_gone\nadd rule ip mlgone from_gone ip saddr @gone counter drop\nadd element ip mlgone gone {{ {old} }}\n"
+                ),
             )?;
         }
         // Forget the old address's neighbour entries on the internet side.

@@ -60,6 +60,8 @@ pub mod connect;
 // Relay choice: score from latency and load, hysteresis, expiry.
 pub mod relay_select;
 pub mod quality;
+// When a moved reflexive address counts as a network change (debounce).
+pub mod netchange;
 // Bounds against hostile peers: caps per peer and in total, event rates,
 // expiry, connection caps, the fd budget, decoded term sizes (pure state).
 pub mod limits;

@@ -7,6 +7,8 @@
 //! macula-connect listen --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
 //!     {"event":"joined","node_id":HEX,"observed":"IP:PORT","primer_ttl":N|null}
 //!     {"event":"accepted","peer":HEX,"remote":"IP:PORT"}   per connection; echoes its messages
+//!     {"event":"netchange","old":"IP:PORT","new":"IP:PORT","t_ns":..}   our public address moved
+//!                                                          (the rendezvous says so; stream prints it too)
 //! macula-connect connect TARGET_HEX --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC]
 //!                [--timeout-ms N] [--no-direct] [--allow-relay] [--bind IP:PORT]
 //!     one line: {"ok":true,"method":..,"strategy":..,"connect_ms":..,"echo_ms":..,"node_id":..,"remote":..}
@@ -329,6 +331,20 @@ async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
     }
 }
 
+/// Prints each change of our public address the rendezvous reports
+/// (`macula_nat_core::netchange`): `{"event":"netchange","old":..,"new":..,"t_ns":..}`.
+fn print_netchanges(node: &std::sync::Arc<Node>) {
+    let mut rx = node.reflexive().subscribe();
+    runtime::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let c = *rx.borrow_and_update();
+            if let Some(c) = c {
+                println!("{{\"event\":\"netchange\",\"old\":\"{}\",\"new\":\"{}\",\"t_ns\":{}}}", c.old, c.new, monotonic_ns());
+            }
+        }
+    });
+}
+
 /// `--no-primer`: no TTL-limited primers (to measure what they are worth).
 static NO_PRIMER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -422,6 +438,7 @@ fn main() {
             }
         };
         reserve(&signal, relay).await;
+        print_netchanges(&node);
         let observed = signal.observed_addr().map(|a| a.to_string()).unwrap_or_default();
         match (mode.as_str(), target) {
             ("listen", _) => {

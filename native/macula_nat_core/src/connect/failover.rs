@@ -48,21 +48,34 @@ pub(super) fn look_after_direct(inner: &Arc<Inner>, conn: &Connection, peer: Nod
     if conn.is_dialler() {
         crate::runtime::spawn(watch(Arc::downgrade(inner), conn.clone(), peer, opts.clone()));
     } else {
-        crate::runtime::spawn(follow(conn.clone()));
+        crate::runtime::spawn(follow(conn.clone(), Arc::downgrade(&inner.node)));
     }
 }
 
 /// The server side: its QUIC follows the dialler onto the relay session
-/// (a virtual address) and back; the method says so.
-async fn follow(conn: Connection) {
+/// (a virtual address) and back; the method says so. A silent path may be
+/// our own router renumbered (the dialler still sends to the old address):
+/// we ask the rendezvous where it sees us (see `crate::netchange`), so that
+/// the dialler's re-punch finds us at the new address.
+async fn follow(conn: Connection, node: Weak<crate::Node>) {
     let direct = conn.method();
     let mut tick = tokio::time::interval(macula_nat_proto::quality::SAMPLE_EVERY);
+    let mut quality = conn.watch_quality();
     loop {
         tokio::select! {
             _ = conn.closed() => return,
             _ = tick.tick() => {
                 let m = if crate::relay::is_virtual(&conn.remote_address()) { Method::Relayed } else { direct };
                 conn.set_method(m);
+            }
+            changed = quality.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let silent = matches!(*quality.borrow_and_update(), Some(macula_nat_proto::quality::Degraded::Silent { .. }));
+                if let (true, Some(node)) = (silent, node.upgrade()) {
+                    node.reflexive().suspect();
+                }
             }
         }
     }
@@ -82,6 +95,8 @@ async fn watch(weak: Weak<Inner>, conn: Connection, peer: NodeId, opts: ConnectO
                     continue;
                 }
                 let Some(inner) = weak.upgrade() else { return };
+                // Our own router may have been renumbered (see `follow`).
+                inner.node.reflexive().suspect();
                 let direct = conn.method();
                 let r = conn.remote_address();
                 let Some((link, path)) = move_to_relay(&inner, peer, r).await else {

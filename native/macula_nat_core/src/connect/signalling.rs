@@ -194,6 +194,8 @@ pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectEr
             let Some(m) = conn.recv().await else { return Err(ConnectError::NoRendezvous) };
             if let Ok(Msg::Registered { observed }) = Msg::decode(&m) {
                 *lock(&inner.observed) = Some(observed);
+                // A rejoin from a new address is a network change too.
+                inner.node.reflexive().observe(observed);
                 inner.control.send_replace(Some(conn.clone()));
                 return Ok(conn);
             }
@@ -222,11 +224,15 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
                 }
                 Ok(Msg::Registered { observed }) => {
                     // The answer to a registration refresh (see
-                    // `follow_profile`): where the rendezvous sees us now.
+                    // `follow_profile`), or the rendezvous telling us our
+                    // control connection moved (a renumbered router, a
+                    // rebinding NAT): where it sees us now. A move is a
+                    // network change (`crate::netchange`).
                     let moved = lock(&inner.observed).replace(observed) != Some(observed);
                     if moved {
                         tracing::debug!("signal: the rendezvous now sees us at {observed}");
                     }
+                    inner.node.reflexive().observe(observed);
                     if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
                         inner.alloc.clone().refresh(basis, conn.rtt());
                     }
@@ -270,10 +276,38 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
 /// answers `Registered` with the address it sees now, which becomes our
 /// reflexive address (and, behind a contiguous allocator, the basis of the
 /// next measurement of its counter).
+///
+/// The same refresh answers a suspicion that our address moved
+/// ([`crate::netchange::Reflexive::suspect`]), at most once per
+/// [`SUSPICION_EVERY`] (whoever raises them, they cost the rendezvous one
+/// message per interval).
 pub(super) async fn follow_profile(weak: std::sync::Weak<Inner>, mut profiles: watch::Receiver<ProfileState>) {
-    while profiles.changed().await.is_ok() {
-        if !matches!(*profiles.borrow_and_update(), ProfileState::Known(_)) {
-            continue;
+    let mut suspicions = match weak.upgrade() {
+        Some(inner) => inner.node.reflexive().suspicions(),
+        None => return,
+    };
+    let mut asked = None::<tokio::time::Instant>;
+    loop {
+        tokio::select! {
+            r = profiles.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                if !matches!(*profiles.borrow_and_update(), ProfileState::Known(_)) {
+                    continue;
+                }
+            }
+            r = suspicions.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                suspicions.borrow_and_update();
+                if let Some(at) = asked {
+                    tokio::time::sleep_until(at + SUSPICION_EVERY).await;
+                }
+                asked = Some(tokio::time::Instant::now());
+                tracing::debug!("signal: our address may have moved; asking the rendezvous");
+            }
         }
         let Some(inner) = weak.upgrade() else { return };
         if let Ok(ctl) = control(&inner) {
@@ -283,3 +317,6 @@ pub(super) async fn follow_profile(weak: std::sync::Weak<Inner>, mut profiles: w
         }
     }
 }
+
+/// See [`follow_profile`].
+pub(super) const SUSPICION_EVERY: Duration = Duration::from_secs(1);

@@ -336,7 +336,14 @@ async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
         };
         match m {
             RelayMsg::Status { observed, reserved, load_permille } => {
-                *lock(&link.observed) = Some(observed);
+                let before = lock(&link.observed).replace(observed);
+                if before.is_some_and(|b| b != observed) {
+                    // The relay follows our link to a new address: ours
+                    // may have moved (only the rendezvous's word counts).
+                    if let Some(node) = link.node.upgrade() {
+                        node.reflexive().suspect();
+                    }
+                }
                 link.reserved.store(reserved, Ordering::Release);
                 link.load.store(load_permille, Ordering::Relaxed);
                 link.status.send_modify(|n| *n += 1);

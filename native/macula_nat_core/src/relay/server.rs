@@ -309,6 +309,9 @@ impl Shared {
         if lock(&self.table).move_client(client, now_at) {
             self.legs_moved.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("relay: client {client} moved to {now_at}");
+            // A client behind a renumbered router cannot see the move.
+            let reserved = lock(&self.table).client_reserved(client);
+            self.status(client, now_at, reserved);
         }
     }
 

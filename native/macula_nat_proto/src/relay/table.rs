@@ -450,6 +450,11 @@ impl RelayTable {
         self.reachable.contains_key(node)
     }
 
+    /// Whether this client holds its node's reservation.
+    pub fn client_reserved(&self, client: ClientId) -> bool {
+        self.clients.get(&client).is_some_and(|c| self.reachable.get(&c.node) == Some(&client))
+    }
+
     /// The control connection went away: its reservation and sessions end.
     pub fn disconnect(&mut self, client: ClientId) -> Vec<Ended> {
         let Some(c) = self.clients.remove(&client) else { return Vec::new() };
