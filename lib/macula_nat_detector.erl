@@ -190,6 +190,12 @@ init(Opts) ->
               followers => #{},
               inflight => undefined,
               ifaddrs => ifaddrs()},
+    %% The rendezvous sees our public address move (a renumbered router, a
+    %% rebinding NAT) before anything on this host can.
+    case macula_nat_node:resource() of
+        {ok, Node} -> ok = macula_nat_nif:node_watch_reflexive(Node, self());
+        {error, _} -> ok
+    end,
     case Configured of
         [] -> ok;
         _ ->
@@ -257,6 +263,10 @@ handle_info(netcheck, #{ifaddrs := Old} = State) ->
             ?LOG_INFO("network interfaces changed, re-detecting NAT profile"),
             background(network_change, State#{ifaddrs := New})
     end;
+handle_info({macula_nat_node, reflexive_changed, Old, New}, State) ->
+    ?LOG_INFO("the rendezvous sees us at a new public address ~s (was ~s)",
+              [macula_nat_endpoint:format(New), macula_nat_endpoint:format(Old)]),
+    public_address_moved(New, State);
 handle_info({macula_nat_reply, Ref, Result}, #{inflight := #{ref := Ref, waiters := Waiters} = In} = State) ->
     State1 = State#{inflight := undefined},
     macula_nat_telemetry:span_stop(maps:get(span, In), #{},
@@ -286,8 +296,13 @@ handle_info(_Info, State) ->
 %% Peers agree that our public address moved. Observers are the better
 %% witnesses, so with observers we re-detect; without them we take the
 %% peers' word, with low confidence.
-observed_change({Ip, Port} = New, #{observers := Observers} = State) ->
+observed_change(New, State) ->
     ?LOG_INFO("peers report a new public address ~s", [macula_nat_endpoint:format(New)]),
+    public_address_moved(New, State).
+
+%% Our public address moved (peers' quorum, or our rendezvous, which needs
+%% no quorum: it is configured, and it sees the control connection move).
+public_address_moved({Ip, Port} = New, #{observers := Observers} = State) ->
     case {Observers, get_local_profile()} of
         {[_ | _], _} ->
             background(network_change, State);

@@ -9,6 +9,7 @@
 -define(NIFS,
         [node_open/1, node_id/1, node_local_addr/1, node_stats/1,
          node_close/1, node_send_to/4, node_set_profile/2, node_expect_profile/2,
+         node_watch_reflexive/2,
          cancel/1, runtime_ping/1, runtime_tasks/0,
          debug_panic/1, debug_panic_async/1,
          log_attach/2, log_detach/1, log_levels/1, log_ack/0, log_burst/1,
@@ -76,6 +77,11 @@ node_set_profile(_Node, _Profile) -> erlang:nif_error(not_loaded).
 %% result), signalling waits for the node's first profile.
 -spec node_expect_profile(resource(), non_neg_integer()) -> ok | {error, badarg}.
 node_expect_profile(_Node, _WithinMs) -> erlang:nif_error(not_loaded).
+
+%% `Pid' gets `{macula_nat_node, reflexive_changed, Old, New}' (`{Ip, Port}'s)
+%% when the rendezvous reports our public address moved.
+-spec node_watch_reflexive(resource(), pid()) -> ok.
+node_watch_reflexive(_Node, _Pid) -> erlang:nif_error(not_loaded).
 
 -spec node_send_to(reference(), resource(), {inet:ip_address(), inet:port_number()}, binary()) ->
     {ok, pending()} | {error, term()}.

@@ -12,7 +12,8 @@ detector_test_() ->
       fun documented_errors/1,
       fun subscribers_see_changes/1,
       fun refresh_runs_in_background/1,
-      fun one_lying_peer_cannot_flip_the_profile/1]}.
+      fun one_lying_peer_cannot_flip_the_profile/1,
+      fun a_move_the_rendezvous_reports_changes_the_profile/1]}.
 
 setup() ->
     {ok, Obs} = macula_nat_observer:start(#{primary => {{127, 0, 0, 1}, 0},
@@ -198,4 +199,24 @@ liar_loop(S, Port) ->
             liar_loop(S, Port);
         {udp, _, _, _, _} ->
             liar_loop(S, Port)
+    end.
+
+%% What the node passes on when its rendezvous sees our public address move
+%% (`macula_nat_nif:node_watch_reflexive/2', watched from the detector's
+%% start): one report is enough (the rendezvous is configured, not a peer);
+%% without configured observers the address is adopted with low confidence
+%% (with them, the detector re-detects). The lab test
+%% native/macula_nat_core/tests/lab_netchange.rs renumbers a real router.
+a_move_the_rendezvous_reports_changes_the_profile(#{primary := P}) ->
+    fun() ->
+        {ok, #{public_port := Port}} = macula_nat_detector:detect(#{observers => [P]}),
+        ok = macula_nat_detector:subscribe(self()),
+        macula_nat_detector ! {macula_nat_node, reflexive_changed, {{127, 0, 0, 1}, Port},
+                               {{198, 51, 100, 9}, 6000}},
+        receive
+            {nat_profile_changed, #{public_port := Port}, #{public_ip := {198, 51, 100, 9}, public_port := 6000,
+                                                           confidence := low}} -> ok
+        after 1000 -> error(no_change_notification)
+        end,
+        ?assertEqual({ok, <<"198.51.100.9:6000">>}, macula:get_public_endpoint())
     end.

@@ -52,6 +52,7 @@ rustler::atoms! {
     // logger bridge
     macula_nat_log, warning, info, debug, already_set, macula_nat_node, macula_nat_detector,
     macula_nat_coordinator, macula_nat_connector, macula_relay_node, macula_nat_cache,
+    reflexive_changed,
     // node stats keys
     datagrams_in,
     bytes_in,

@@ -260,3 +260,31 @@ fn node_expect_profile<'a>(env: Env<'a>, res: ResourceArc<NodeRes>, within_ms: T
         None => (atoms::error(), atoms::badarg()).encode(env),
     })
 }
+
+/// `node_watch_reflexive(Node, Pid) -> ok`: `Pid` gets
+/// `{macula_nat_node, reflexive_changed, {OldIp, OldPort}, {Ip, Port}}`
+/// whenever the rendezvous reports our public address moved
+/// (`macula_nat_core::netchange`), until it dies or the node is gone. The
+/// watcher holds only the receiving end, and ends at the first send to a
+/// dead process.
+#[rustler::nif]
+fn node_watch_reflexive<'a>(env: Env<'a>, res: ResourceArc<NodeRes>, pid: LocalPid) -> Term<'a> {
+    guard::guard(env, || {
+        let mut rx = res.node.reflexive().subscribe();
+        rx.borrow_and_update();
+        macula_nat_core::runtime::spawn(async move {
+            let mut env = rustler::OwnedEnv::new();
+            while rx.changed().await.is_ok() {
+                let Some(c) = *rx.borrow_and_update() else { continue };
+                let sent = env.send_and_clear(&pid, move |env| {
+                    (atoms::macula_nat_node(), atoms::reflexive_changed(), convert::encode_addr(env, c.old), convert::encode_addr(env, c.new))
+                        .encode(env)
+                });
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        atoms::ok().encode(env)
+    })
+}

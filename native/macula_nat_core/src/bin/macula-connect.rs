@@ -14,7 +14,7 @@
 //!     one line: {"ok":true,"method":..,"strategy":..,"connect_ms":..,"echo_ms":..,"node_id":..,"remote":..}
 //!            or {"ok":false,"error":KIND,"message":..,"connect_ms":..,"node_id":..}
 //! macula-connect stream TARGET_HEX --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC]
-//!                [--count N] [--interval-ms MS]
+//!                [--count N] [--interval-ms MS] [--gap-ms MS]
 //!     connects, sends N (10000) sequenced messages one every MS (1) ms to
 //!     the listener, which echoes them, and checks each comes back once and
 //!     in order: {"event":"connected",...} then one line
@@ -23,7 +23,7 @@
 //!     (`macula_nat_proto::quality`): {"event":"path","degraded":"silent"|"lossy"|false,"t_ns":..}
 //!     and per change of its method (failover to a relay and back):
 //!     {"event":"method","method":"direct"|"punched"|"relayed","t_ns":..}
-//!     and after a gap of 500 ms or more between two echoes:
+//!     and after a gap of 500 ms (`--gap-ms`) or more between two echoes:
 //!     {"event":"gap","ms":..,"t_ns":..}
 //! macula-connect agent --rendezvous IP:PORT --rendezvous-id HEX [--nat SPEC] [--bind IP:PORT]
 //!                [--timeout-ms N] [--no-direct] [--allow-relay]
@@ -261,7 +261,7 @@ async fn agent(bind: SocketAddr, rdv: SocketAddr, rdv_id: NodeId, nat: PeerInfo,
 /// `stream`: sends `count` sequenced messages, one every `pace`, to the
 /// listener (which echoes them) and checks every echo arrives once and in
 /// order; prints the outcome. Exit code 0 when all came back in order.
-async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
+async fn run_stream(conn: Connection, count: u64, pace: Duration, gap_report: Duration) -> i32 {
     let t0 = Instant::now();
     conn.monitor_quality();
     let mut quality = conn.watch_quality();
@@ -308,7 +308,7 @@ async fn run_stream(conn: Connection, count: u64, pace: Duration) -> i32 {
         next = seq.map_or(next + 1, |s| s + 1);
         let gap = last.elapsed();
         max_gap = max_gap.max(gap);
-        if gap >= Duration::from_millis(500) {
+        if gap >= gap_report {
             println!("{{\"event\":\"gap\",\"ms\":{:.1},\"t_ns\":{}}}", gap.as_secs_f64() * 1000.0, monotonic_ns());
         }
         last = Instant::now();
@@ -369,8 +369,8 @@ fn main() {
     let mut nat = public_profile();
     let mut opts = ConnectOpts::default();
     let (mut relay_addr, mut relay_id, mut serve_relay) = (None, None, false);
-    // stream: (messages, pacing in ms)
-    let mut stream: (u64, u64) = (10_000, 1);
+    // stream: (messages, pacing in ms, gaps reported from, in ms)
+    let mut stream: (u64, u64, u64) = (10_000, 1, 500);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--no-direct" => opts.prefer_direct = false,
@@ -390,6 +390,7 @@ fn main() {
                     "--relay-id" => relay_id = Some(NodeId::from_hex(&v).unwrap_or_else(|| usage())),
                     "--count" => stream.0 = v.parse().unwrap_or_else(|_| usage()),
                     "--interval-ms" => stream.1 = v.parse().unwrap_or_else(|_| usage()),
+                    "--gap-ms" => stream.2 = v.parse().unwrap_or_else(|_| usage()),
                     _ => usage(),
                 }
             }
@@ -470,7 +471,7 @@ fn main() {
                     t.elapsed().as_secs_f64() * 1000.0,
                     c.conn.remote_address()
                 );
-                exit(run_stream(c.conn, stream.0, Duration::from_millis(stream.1)).await)
+                exit(run_stream(c.conn, stream.0, Duration::from_millis(stream.1), Duration::from_millis(stream.2)).await)
             }
             ("connect", Some(target)) => {
                 let t = Instant::now();
