@@ -213,11 +213,11 @@ impl Lab {
             s2.public_ip = new;
             self.control_engine(site, &s2, s.blackhole.as_deref())?;
         } else {
-            let mut l = vec![format!("addr del {old}/{prefix} dev wan"), format!("addr add {new}/{prefix} dev wan")];
-            if let Some(g) = gw {
-                l.push(format!("route replace default via {g} dev wan"));
-            }
-            ip_batch(Some(&rns), &l)?;
+            // The new address's rules first, then the address: a reply to
+            // the new address never meets the old rules (on a plain router
+            // it would reach the input hook, and the conntrack entry
+            // confirmed there makes the host's next packet to that peer
+            // leave from another port).
             let k = match s.nat.parse::<NatKind>()? {
                 NatKind::Kernel(k) => k,
                 other => bail!("site {site}: unexpected nat {other}"),
@@ -228,6 +228,11 @@ impl Lab {
                 script.push_str(&format!("add rule ip ml pre {}\n", kernel_pre_rule(k, new, s.host_addr)));
             }
             nft(&rns, &script)?;
+            let mut l = vec![format!("addr del {old}/{prefix} dev wan"), format!("addr add {new}/{prefix} dev wan")];
+            if let Some(g) = gw {
+                l.push(format!("route replace default via {g} dev wan"));
+            }
+            ip_batch(Some(&rns), &l)?;
         }
         // The routed internet reaches the new address through the same port.
         if self.info.spec.routed_internet && s.upstream.is_none() {
