@@ -1233,6 +1233,7 @@ fn classify(p: &Probe, msg: &Message, from: SocketAddr) -> State {
 }
 
 // Visible to the crate's tests: punch tests put two of its NATs face to face.
+pub mod lifetime;
 mod memory;
 pub use memory::DetectMemory;
 

@@ -6,7 +6,8 @@
 //! nodes behind the same NAT need when their LAN path is closed.
 //!
 //! It runs beside the main detection (started with it, joined at its end)
-//! and costs one socket and three datagrams per detection. A hairpinned
+//! and costs one socket (out of the fd budget) and three datagrams per
+//! detection. A hairpinned
 //! packet crosses only the NAT, so the wait for our own request is short:
 //! one round trip to the observer, at least [`BACK_WAIT_MIN`]; that is what
 //! a detection behind a NAT that does not hairpin takes longer (100 ms on
@@ -24,8 +25,10 @@ const BACK_WAIT_MIN: Duration = Duration::from_millis(100);
 
 /// `Some(true)` when our own request came back through our mapped address,
 /// `Some(false)` when it did not in time, `None` when the
-/// mapping could not be learnt (no answer from `observer`) or no socket.
+/// mapping could not be learnt (no answer from `observer`) or no socket
+/// (none bound, or none left in the fd budget).
 pub(crate) async fn hairpins(observer: SocketAddr, bind_ip: IpAddr) -> Option<bool> {
+    let _permit = crate::fd_budget::take_one().ok()?;
     let sock = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await.ok()?;
     let ask = crate::txid::csprng();
     let t = tokio::time::Instant::now();
