@@ -27,6 +27,8 @@
     relay_refresh_ms := pos_integer(),
     max_message_bytes := pos_integer(),
     fd_budget := auto | non_neg_integer(),
+    measure_mapping_lifetime := boolean(),
+    mapping_lifetime_cap_ms := pos_integer(),
     relays := [#{node_id := binary(), endpoint := macula_nat_endpoint:endpoint()}]
 }.
 
@@ -52,6 +54,8 @@ defaults() ->
       relay_refresh_ms => 5000,
       max_message_bytes => 8388608,
       fd_budget => auto,
+      measure_mapping_lifetime => true,
+      mapping_lifetime_cap_ms => 600000,
       relays => []}.
 
 %% @doc Explicit options win over the application environment, which wins
@@ -112,6 +116,8 @@ valid(relay_refresh_ms, V) -> is_integer(V) andalso V > 0 andalso V =< 429496729
 valid(relays, V) -> is_list(V) andalso lists:all(fun valid_relay/1, V);
 valid(max_message_bytes, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
 valid(fd_budget, V) -> V =:= auto orelse (is_integer(V) andalso V >= 0 andalso V =< 4294967295);
+valid(measure_mapping_lifetime, V) -> is_boolean(V);
+valid(mapping_lifetime_cap_ms, V) -> is_integer(V) andalso V >= 1000 andalso V =< 3600000;
 valid(_, _) -> true.
 
 %% `#{node_id => Id, endpoint => E}': a relay known from the start.

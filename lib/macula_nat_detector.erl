@@ -14,6 +14,19 @@
 %% waits for it instead of signalling a guess. Followers (`follow/1',
 %% internal) get `{macula_nat_detector, profile, Profile, Changed}' after
 %% every stored profile, the first included.
+%%
+%% The mapping lifetime (RFC 5780 section 4.6) is measured off the connect
+%% path: after the first stored profile with observers configured, and
+%% again when the public address changes, a background measurement
+%% (`macula_nat_nif:lifetime_start/4', sockets of its own, about 1.7
+%% lifetimes) starts against the first observer; `detect/0' never waits for
+%% it. Its result fills `mapping_lifetime' (ms) and `mapping_lifetime_bound'
+%% (`estimate', or `at_least' when the mapping outlived the cap, e.g. no NAT
+%% and no stateful firewall, or `at_most' when it died before the lowest
+%% age probed) in the stored profile, which later detections carry over. A
+%% lifetime arriving does not fire `nat_profile_changed' (not an identity
+%% key). Options: `measure_mapping_lifetime' (default true) and
+%% `mapping_lifetime_cap_ms' (default 600000).
 -module(macula_nat_detector).
 -behaviour(gen_server).
 
@@ -189,6 +202,8 @@ init(Opts) ->
               subscribers => #{},
               followers => #{},
               inflight => undefined,
+              lifetime => undefined,
+              lifetime_for => undefined,
               ifaddrs => ifaddrs()},
     %% The rendezvous sees our public address move (a renumbered router, a
     %% rebinding NAT) before anything on this host can.
@@ -277,7 +292,7 @@ handle_info({macula_nat_reply, Ref, Result}, #{inflight := #{ref := Ref, waiters
     State2 = case Result of
                  {ok, Profile} ->
                      ?LOG_DEBUG("detected ~p", [Profile]),
-                     store(Profile, State1);
+                     maybe_measure_lifetime(store(carry_lifetime(Profile), State1));
                  {error, Reason} ->
                      ?LOG_DEBUG("detection failed: ~p", [Reason]),
                      %% Nobody waits any longer for a first profile from
@@ -287,6 +302,17 @@ handle_info({macula_nat_reply, Ref, Result}, #{inflight := #{ref := Ref, waiters
              end,
     [gen_server:reply(From, Result) || {caller, From} <- Waiters],
     {noreply, State2};
+handle_info({macula_nat_reply, Ref, Result}, #{lifetime := #{ref := Ref}} = State) ->
+    State1 = State#{lifetime := undefined},
+    case {Result, get_local_profile()} of
+        {{ok, Ms, Kind}, {ok, Profile}} ->
+            ?LOG_INFO("NAT mapping lifetime ~s ~b ms", [Kind, Ms]),
+            {noreply, store(Profile#{mapping_lifetime => Ms, mapping_lifetime_bound => bound(Kind)}, State1)};
+        {Other, _} ->
+            ?LOG_DEBUG("mapping lifetime not measured: ~p", [Other]),
+            %% Tried for this address; the next change tries again.
+            {noreply, State1}
+    end;
 handle_info({'DOWN', _Mon, process, Pid, _Reason}, #{subscribers := Subs, followers := Fs} = State) ->
     ?LOG_DEBUG("subscriber ~p gone", [Pid]),
     {noreply, State#{subscribers := maps:remove(Pid, Subs), followers := maps:remove(Pid, Fs)}};
@@ -370,6 +396,45 @@ start_detection(Observers0, Timeout, Waiter, #{observers := Configured} = State)
                     {reply, Error, State}
             end
     end.
+
+%% A fresh detection knows nothing of the lifetime: the last measured one
+%% holds until a new measurement (started on an address change) replaces it.
+carry_lifetime(#{mapping_lifetime := Ms} = Profile) when is_integer(Ms) ->
+    Profile;
+carry_lifetime(Profile) ->
+    case get_local_profile() of
+        {ok, #{mapping_lifetime := Ms} = Old} when is_integer(Ms) ->
+            Profile#{mapping_lifetime => Ms,
+                     mapping_lifetime_bound => maps:get(mapping_lifetime_bound, Old, estimate)};
+        _ ->
+            Profile
+    end.
+
+bound(between) -> estimate;
+bound(at_least) -> at_least;
+bound(below) -> at_most.
+
+%% Once per public address, one at a time, in the background.
+maybe_measure_lifetime(#{lifetime := undefined, observers := [Observer | _], opts := Opts,
+                         lifetime_for := For} = State) ->
+    case {maps:get(measure_mapping_lifetime, Opts, true), get_local_profile(), macula_nat_node:resource()} of
+        {true, {ok, #{public_ip := Ip, public_port := Port}}, {ok, Node}} when For =/= {Ip, Port} ->
+            Ref = make_ref(),
+            Cap = maps:get(mapping_lifetime_cap_ms, Opts, 600000),
+            case macula_nat_nif:lifetime_start(Ref, Node, Observer, Cap) of
+                {ok, Pending} ->
+                    ?LOG_DEBUG("measuring the mapping lifetime against ~s",
+                               [macula_nat_endpoint:format(Observer)]),
+                    State#{lifetime := #{ref => Ref, pending => Pending}, lifetime_for := {Ip, Port}};
+                {error, R} ->
+                    ?LOG_WARNING("mapping lifetime not measured: ~p", [R]),
+                    State
+            end;
+        _ ->
+            State
+    end;
+maybe_measure_lifetime(State) ->
+    State.
 
 store(Profile, #{subscribers := Subs, followers := Fs} = State) ->
     Old = case ets:lookup(?TABLE, profile) of

@@ -14,7 +14,7 @@
          debug_panic/1, debug_panic_async/1,
          log_attach/2, log_detach/1, log_levels/1, log_ack/0, log_burst/1,
          observer_start/2, observer_stop/1, observer_info/1,
-         detect_start/4, observations_new/3, observations_add/3,
+         detect_start/4, lifetime_start/4, observations_new/3, observations_add/3,
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
          cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
          conn_open/5, conn_accept/3, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
@@ -132,6 +132,11 @@ observer_info(_Observer) -> erlang:nif_error(not_loaded).
 -spec detect_start(reference(), resource(), [{inet:ip_address(), inet:port_number()}], pos_integer()) ->
     {ok, pending()} | {error, term()}.
 detect_start(_Ref, _Node, _Observers, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+%% The reply: `{ok, Ms, between | at_least | below}' or `{error, not_measured}'.
+-spec lifetime_start(reference(), resource(), {inet:ip_address(), inet:port_number()}, pos_integer()) ->
+    {ok, pending()} | {error, term()}.
+lifetime_start(_Ref, _Node, _Observer, _CapMs) -> erlang:nif_error(not_loaded).
 
 -spec observations_new(pos_integer(), non_neg_integer(), pos_integer()) -> {ok, resource()} | {error, term()}.
 observations_new(_Quorum, _MaxAgeMs, _MaxPeers) -> erlang:nif_error(not_loaded).

@@ -12,6 +12,7 @@ detector_test_() ->
       fun documented_errors/1,
       fun subscribers_see_changes/1,
       fun refresh_runs_in_background/1,
+      fun lifetime_measured_in_background/1,
       fun one_lying_peer_cannot_flip_the_profile/1,
       fun a_move_the_rendezvous_reports_changes_the_profile/1]}.
 
@@ -27,6 +28,7 @@ cleanup(#{obs := Obs}) ->
     application:stop(macula_nat),
     application:unset_env(macula_nat, listen_ip),
     application:unset_env(macula_nat, observers),
+    application:unset_env(macula_nat, mapping_lifetime_cap_ms),
     macula_nat_observer:stop(Obs).
 
 detects_open_internet(#{primary := P}) ->
@@ -123,6 +125,39 @@ refresh_runs_in_background(#{obs := Obs, primary := P}) ->
         timer:sleep(300),
         #{answered := A2} = macula_nat_observer:info(Obs),
         ?assert(A2 > A1)
+    end.
+
+%% As users start it (observers in the application environment): the
+%% first profile comes without waiting for the lifetime, which fills it in
+%% the background. Loopback has no NAT: nothing expires, so the profile
+%% says the mappings outlived the cap (a lower bound), and no
+%% nat_profile_changed fires for it.
+lifetime_measured_in_background(#{primary := P}) ->
+    fun() ->
+        application:stop(macula_nat),
+        application:set_env(macula_nat, observers, [P]),
+        application:set_env(macula_nat, mapping_lifetime_cap_ms, 1000),
+        {ok, _} = application:ensure_all_started(macula_nat),
+        ok = macula_nat_detector:subscribe(self()),
+        {ok, First} = wait_profile(100),
+        ?assertEqual(undefined, maps:get(mapping_lifetime, First)),
+        {ok, Measured} = wait_lifetime(200),
+        ?assertMatch(#{mapping_lifetime := 1000, mapping_lifetime_bound := at_least, no_nat := true}, Measured),
+        receive {nat_profile_changed, _, _} = M -> error({unexpected, M}) after 0 -> ok end,
+        %% A later detection keeps it.
+        {ok, _} = macula_nat_detector:detect(#{force => true}),
+        ?assertMatch({ok, #{mapping_lifetime := 1000}}, macula_nat_detector:get_local_profile()),
+        ?assertEqual({error, {bad_option, mapping_lifetime_cap_ms, 10}},
+                     macula_nat_config:resolve(#{mapping_lifetime_cap_ms => 10})),
+        ?assertEqual({error, {bad_option, measure_mapping_lifetime, yes}},
+                     macula_nat_config:resolve(#{measure_mapping_lifetime => yes}))
+    end.
+
+wait_lifetime(0) -> error(no_lifetime);
+wait_lifetime(N) ->
+    case macula_nat_detector:get_local_profile() of
+        {ok, #{mapping_lifetime := Ms}} = Ok when is_integer(Ms) -> Ok;
+        _ -> timer:sleep(20), wait_lifetime(N - 1)
     end.
 
 one_lying_peer_cannot_flip_the_profile(#{primary := P}) ->

@@ -114,6 +114,8 @@ pub struct Node {
     /// A dual-stack node's IPv6 public address as its last IPv6 detection
     /// saw it (see `detect::detector::detect`).
     public6: Mutex<Option<SocketAddr>>,
+    /// The measured mapping lifetime, for endpoints created later.
+    mapping_lifetime: Mutex<Option<Duration>>,
     /// Why the node failed (its receive loop ended on a socket error);
     /// `None` while it works. See [`Node::failure`].
     failure: tokio::sync::watch::Sender<Option<String>>,
@@ -201,6 +203,7 @@ impl Node {
                 primer_ttl: std::sync::atomic::AtomicU8::new(0),
                 quic_config: Mutex::new(QuicConfig::default()),
                 public6: Mutex::new(None),
+                mapping_lifetime: Mutex::new(None),
                 failure: tokio::sync::watch::Sender::new(None),
             }
         }))
@@ -364,8 +367,20 @@ impl Node {
             self.counters.clone(),
             cfg,
         )?;
+        q.set_mapping_lifetime(*lock(&self.mapping_lifetime));
         *quic = Some(q.clone());
         Ok(q)
+    }
+
+    /// The NAT's measured mapping lifetime (from the profile): spaces the
+    /// keep-alives of control connections dialled from now on (see
+    /// [`QuicEndpoint::set_mapping_lifetime`]).
+    pub fn set_mapping_lifetime(&self, lifetime: Option<Duration>) {
+        *lock(&self.mapping_lifetime) = lifetime;
+        let quic = lock(&self.quic).clone();
+        if let Some(q) = quic {
+            q.set_mapping_lifetime(lifetime);
+        }
     }
 
     /// The hole-punch session registry of this node.
@@ -508,6 +523,22 @@ mod tests {
 
     fn loopback() -> NodeConfig {
         NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }
+    }
+
+    #[test]
+    fn control_keep_alive_follows_the_measured_lifetime() {
+        let s = Duration::from_secs;
+        let n = Node::open(loopback(), Identity::generate()).unwrap();
+        // Measured before the endpoint exists: it applies when created.
+        n.set_mapping_lifetime(Some(s(10)));
+        let q = n.quic().unwrap();
+        assert_eq!(q.control_keep_alive(), s(4));
+        // At most a third of the 30 s idle timeout, whatever the lifetime.
+        n.set_mapping_lifetime(Some(s(120)));
+        assert_eq!(q.control_keep_alive(), s(10));
+        n.set_mapping_lifetime(None);
+        assert_eq!(q.control_keep_alive(), QuicConfig::default().keep_alive);
+        n.close();
     }
 
     #[test]

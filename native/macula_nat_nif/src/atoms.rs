@@ -26,6 +26,7 @@ rustler::atoms! {
     mapping, filtering, allocation, public_ip, public_port, detected_at,
     confidence, port_delta, mapping_lifetime, hairpin, no_nat, local_ip,
     local_port, detection_ms, detection_timeout, no_observers,
+    between, at_least, below, not_measured,
     stun_answered, stun_dropped, relayed_bytes_out,
     // cache and DHT
     endpoints, rendezvous, profile, bad_profile, bad_node_id, stale, not_found,

@@ -4,6 +4,8 @@
 use crate::profile_term::{allocation, confidence, filtering, mapping};
 use crate::{atoms, convert, guard, node_nif::NodeRes, reply};
 use macula_nat_core::detect::detector::{self, DetectFailure, Detected};
+use macula_nat_core::detect::lifetime;
+use macula_nat_proto::detect::lifetime::{LifetimeConfig, LifetimeVerdict};
 use macula_nat_proto::detect::{DetectConfig, DetectError};
 use rustler::{Atom, Encoder, Env, ResourceArc, Term};
 use std::time::Duration;
@@ -69,6 +71,39 @@ fn detect_start<'a>(
                     reply::encode_with(|env| (atoms::error(), atoms::no_observers()).encode(env))
                 }
                 Err(DetectFailure::Runtime(e)) => reply::encode_with(move |env| convert::encode_error(env, &e)),
+            }
+        })
+    })
+}
+
+/// `lifetime_start(Ref, Node, {Ip, Port}, CapMs) -> {ok, Pending}`: measures
+/// the mapping lifetime towards the observer, on sockets of its own bound
+/// to the node's IP (RFC 5780 section 4.6, see
+/// `macula_nat_core::detect::lifetime`). The reply, when it is done (about
+/// 1.7 lifetimes; at most about 1.5 x the cap), is `{ok, Ms, Kind}` with
+/// `Kind` `between` (`Ms` the estimate), `at_least` (alive at the cap) or
+/// `below` (`Ms` half the lowest age probed), or `{error, not_measured}`.
+#[rustler::nif]
+fn lifetime_start<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, observer: Term<'a>, cap_ms: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        let (Some(observer), Some(cap_ms)) = (convert::decode_addr(observer), convert::decode_int::<u32>(cap_ms).filter(|c| *c >= 1000)) else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        let Ok(local) = node.node.local_addr() else {
+            return (atoms::error(), atoms::closed()).encode(env);
+        };
+        let cfg = LifetimeConfig { cap: Duration::from_millis(cap_ms as u64), ..LifetimeConfig::default() };
+        reply::spawn_reply(env, reference, async move {
+            match lifetime::measure(observer, local.ip(), cfg).await {
+                Some(r) => reply::encode_with(move |env| {
+                    let kind = match r.verdict {
+                        LifetimeVerdict::Between { .. } => atoms::between(),
+                        LifetimeVerdict::AtLeast(_) => atoms::at_least(),
+                        LifetimeVerdict::Below(_) => atoms::below(),
+                    };
+                    (atoms::ok(), r.verdict.estimate().as_millis() as u64, kind).encode(env)
+                }),
+                None => reply::encode_with(|env| (atoms::error(), atoms::not_measured()).encode(env)),
             }
         })
     })

@@ -239,6 +239,13 @@ fn node_set_profile<'a>(env: Env<'a>, res: ResourceArc<NodeRes>, profile: Term<'
         }
         match crate::profile_term::decode_peer_info(profile, 0) {
             Ok(info) => {
+                // The measured lifetime spaces control keep-alives.
+                let lifetime = profile
+                    .map_get(atoms::mapping_lifetime().encode(env))
+                    .ok()
+                    .and_then(convert::decode_int::<u32>)
+                    .map(|ms| std::time::Duration::from_millis(ms as u64));
+                res.node.set_mapping_lifetime(lifetime);
                 res.node.local_profile().publish(info);
                 atoms::ok().encode(env)
             }

@@ -41,6 +41,7 @@ use quinn::{ConnectError, ConnectionError, IdleTimeout, TransportConfig, VarInt}
 use rustls::sign::CertifiedKey;
 use crate::socket::{Entry, Inbox, NodeSocket, SocketSlot};
 use socket::{QuicSocket, Routes};
+use macula_nat_proto::detect::lifetime::keepalive_interval;
 use macula_nat_proto::limits::conn_caps::ConnCaps;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -149,6 +150,9 @@ pub struct QuicConfig {
     /// [`DEFAULT_MAX_FRAME`].
     pub max_frame: usize,
     /// Keep-alive interval: keeps NAT mappings open on idle connections.
+    /// Control connections dialled once the mapping lifetime is measured
+    /// use `keepalive_interval` of it instead (lifetime / 2.5, at most a
+    /// third of `idle_timeout`; see [`QuicEndpoint::set_mapping_lifetime`]).
     pub keep_alive: Duration,
     /// Keep-alive interval of application connections (the ones dialled
     /// by [`QuicEndpoint::connect_rtt`]: sessions and
@@ -242,6 +246,8 @@ struct Shared {
     inbox: Option<Arc<Inbox>>,
     closing: Arc<AtomicBool>,
     caps: Arc<Caps>,
+    /// Keep-alive of control connections dialled from now on, ms.
+    control_keep_alive: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -306,11 +312,13 @@ impl QuicEndpoint {
         let (tx, rx) = mpsc::channel(cfg.accept_backlog.max(1));
         let caps = Arc::new(Caps { caps: std::sync::Mutex::new(ConnCaps::new(cfg.conn_limits)), refused: AtomicU64::new(0) });
         let acceptor = runtime::spawn(accept_loop(endpoint.clone(), tx, cfg.clone(), closing.clone(), caps.clone()));
+        let control_keep_alive = AtomicU64::new(cfg.keep_alive.as_millis() as u64);
         Ok(QuicEndpoint {
             shared: Arc::new(Shared {
                 endpoint,
                 node_id: identity.node_id(),
                 cert,
+                control_keep_alive,
                 cfg,
                 transport,
                 incoming: tokio::sync::Mutex::new(rx),
@@ -386,10 +394,12 @@ impl QuicEndpoint {
     /// the application keep-alive for an application connection.
     fn transport_for(&self, rtt: Option<Duration>, app: bool) -> Result<Arc<TransportConfig>, QuicError> {
         let s = &self.shared;
-        if rtt.is_none() && !app {
+        let control = self.control_keep_alive();
+        if rtt.is_none() && !app && control == s.cfg.keep_alive {
             return Ok(s.transport.clone());
         }
         let mut t = s.cfg.transport()?;
+        t.keep_alive_interval(Some(control));
         if let Some(rtt) = rtt {
             t.initial_rtt(rtt.clamp(MIN_INITIAL_RTT, MAX_INITIAL_RTT));
         }
@@ -397,6 +407,24 @@ impl QuicEndpoint {
             t.keep_alive_interval(Some(s.cfg.app_keep_alive));
         }
         Ok(Arc::new(t))
+    }
+
+    /// Spaces the keep-alives of control connections (rendezvous, relay)
+    /// dialled from now on from the NAT's measured mapping `lifetime`
+    /// (`macula_nat_proto::detect::lifetime::keepalive_interval`): two or
+    /// more per lifetime, no further apart than a third of the idle
+    /// timeout; `None` goes back to [`QuicConfig::keep_alive`]. Application
+    /// connections keep [`QuicConfig::app_keep_alive`] (their PINGs are the
+    /// black-hole detector's probes).
+    pub fn set_mapping_lifetime(&self, lifetime: Option<Duration>) {
+        let cfg = &self.shared.cfg;
+        let k = keepalive_interval(lifetime, cfg.keep_alive, cfg.idle_timeout / 3);
+        self.shared.control_keep_alive.store(k.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The keep-alive interval of control connections dialled now.
+    pub fn control_keep_alive(&self) -> Duration {
+        Duration::from_millis(self.shared.control_keep_alive.load(Ordering::Relaxed))
     }
 
     async fn dial(&self, addr: SocketAddr, expected_peer: NodeId, transport: Arc<TransportConfig>) -> Result<Connection, QuicError> {
