@@ -307,11 +307,13 @@ handle_info({macula_nat_reply, Ref, Result}, #{lifetime := #{ref := Ref}} = Stat
     case {Result, get_local_profile()} of
         {{ok, Ms, Kind}, {ok, Profile}} ->
             ?LOG_INFO("NAT mapping lifetime ~s ~b ms", [Kind, Ms]),
-            {noreply, store(Profile#{mapping_lifetime => Ms, mapping_lifetime_bound => bound(Kind)}, State1)};
+            State2 = store(Profile#{mapping_lifetime => Ms, mapping_lifetime_bound => bound(Kind)}, State1),
+            %% The address may have moved while it ran: measure again.
+            {noreply, maybe_measure_lifetime(State2)};
         {Other, _} ->
             ?LOG_DEBUG("mapping lifetime not measured: ~p", [Other]),
             %% Tried for this address; the next change tries again.
-            {noreply, State1}
+            {noreply, maybe_measure_lifetime(State1)}
     end;
 handle_info({'DOWN', _Mon, process, Pid, _Reason}, #{subscribers := Subs, followers := Fs} = State) ->
     ?LOG_DEBUG("subscriber ~p gone", [Pid]),
