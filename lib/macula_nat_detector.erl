@@ -19,7 +19,8 @@
 %% path: after the first stored profile with observers configured, and
 %% again when the public address changes, a background measurement
 %% (`macula_nat_nif:lifetime_start/4', sockets of its own, about 1.7
-%% lifetimes) starts against the first observer; `detect/0' never waits for
+%% lifetimes) starts against the first observer of the node socket's
+%% family; `detect/0' never waits for
 %% it. Its result fills `mapping_lifetime' (ms) and `mapping_lifetime_bound'
 %% (`estimate', or `at_least' when the mapping outlived the cap, e.g. no NAT
 %% and no stateful firewall, or `at_most' when it died before the lowest
@@ -417,26 +418,33 @@ bound(at_least) -> at_least;
 bound(below) -> at_most.
 
 %% Once per public address, one at a time, in the background.
-maybe_measure_lifetime(#{lifetime := undefined, observers := [Observer | _], opts := Opts,
+maybe_measure_lifetime(#{lifetime := undefined, observers := Observers, opts := Opts,
                          lifetime_for := For} = State) ->
     case {maps:get(measure_mapping_lifetime, Opts, true), get_local_profile(), macula_nat_node:resource()} of
-        {true, {ok, #{public_ip := Ip, public_port := Port}}, {ok, Node}} when For =/= {Ip, Port} ->
-            Ref = make_ref(),
-            Cap = maps:get(mapping_lifetime_cap_ms, Opts, 600000),
-            case macula_nat_nif:lifetime_start(Ref, Node, Observer, Cap) of
-                {ok, Pending} ->
-                    ?LOG_DEBUG("measuring the mapping lifetime against ~s",
-                               [macula_nat_endpoint:format(Observer)]),
-                    State#{lifetime := #{ref => Ref, pending => Pending}, lifetime_for := {Ip, Port}};
-                {error, R} ->
-                    ?LOG_WARNING("mapping lifetime not measured: ~p", [R]),
-                    State
-            end;
+        {true, {ok, #{public_ip := Ip, public_port := Port} = P}, {ok, Node}} when For =/= {Ip, Port} ->
+            %% The first observer of the measured socket's family.
+            Family = tuple_size(maps:get(local_ip, P, Ip)),
+            start_lifetime([O || {OIp, _} = O <- Observers, tuple_size(OIp) =:= Family],
+                           Node, {Ip, Port}, Opts, State);
         _ ->
             State
     end;
 maybe_measure_lifetime(State) ->
     State.
+
+start_lifetime([], _Node, _For, _Opts, State) ->
+    State;
+start_lifetime([Observer | _], Node, For, Opts, State) ->
+    Ref = make_ref(),
+    Cap = maps:get(mapping_lifetime_cap_ms, Opts, 600000),
+    case macula_nat_nif:lifetime_start(Ref, Node, Observer, Cap) of
+        {ok, Pending} ->
+            ?LOG_DEBUG("measuring the mapping lifetime against ~s", [macula_nat_endpoint:format(Observer)]),
+            State#{lifetime := #{ref => Ref, pending => Pending}, lifetime_for := For};
+        {error, R} ->
+            ?LOG_WARNING("mapping lifetime not measured: ~p", [R]),
+            State
+    end.
 
 store(Profile, #{subscribers := Subs, followers := Fs} = State) ->
     Old = case ets:lookup(?TABLE, profile) of
