@@ -60,7 +60,7 @@ done
   echo "|---|---|---|---|---|"
   cat "$rows"
   echo
-  echo "Not covered: the length-prefixed message framing of connections (\`macula_nat_core/src/quic/conn.rs\`, \`Connection::recv\`: version byte, 4-byte length, \`max_frame\`) is read off a quinn stream inside an async method, not a pure decoder, so it cannot be fuzzed here; the messages it carries are (\`signal_msg\`, \`relay_msg\`), as are the relay data frames (\`relay_frame\`)."
+  echo "Message framing on connections is fuzzed through the decoder the runtime reads with (\`message_frame\`: \`macula_nat_proto::frame\`, used by \`Connection::recv\` in \`macula_nat_core/src/quic/conn.rs\`), fed in reads of every size."
 } > bench/fuzz.md
 cat bench/fuzz.md
 exit $failed
