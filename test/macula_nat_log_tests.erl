@@ -164,15 +164,20 @@ burst_is_bounded(_Ctx) ->
     %% One batch in flight (and maybe its refresh tick), not 20,000.
     ?assert(Q =< 3),
     ok = sys:resume(Fwd),
-    Warning = wait_warning(5000),
-    Logged = length(core_events()),
-    ?debugFmt("logged ~b of 20,000; ~s", [Logged, Warning]),
+    %% This burst's warning: an earlier test's burst, or the core's own
+    %% background events at debug, may have left a smaller one behind.
+    {Warning, N} = wait_drop_warning(5000, 20000 - 1024 - 256),
+    Events = core_events(),
+    Logged = length(Events),
+    Others = Logged - length([E || {_, _, T} = E <- Events, string:find(T, "burst event") =/= nomatch]),
+    ?debugFmt("logged ~b of 20,000 (~b other events); ~s", [Logged, Others, Warning]),
     %% At most the buffer and one batch came through; the rest was
-    %% counted and reported, in one warning.
-    ?assert(Logged =< 1024 + 128 + 128),
+    %% counted and reported, in one warning. Events the core logged
+    %% meanwhile (background tasks at debug) share the buffer.
+    ?assert(Logged - Others =< 1024 + 128 + 128),
     ?assert(Logged >= 1024),
-    {match, [N]} = re:run(Warning, "(\\d+) core log events dropped", [{capture, all_but_first, list}]),
-    ?assertEqual(20000, Logged + list_to_integer(N)),
+    ?assert(Logged + N >= 20000),
+    ?assert(Logged + N =< 20000 + Others + 64),
     timer:sleep(1200),
     ?assertEqual(none, forwarder_warning()),
     ok = logger:unset_module_level(macula_nat_connector),
@@ -183,6 +188,18 @@ forwarder_warning() ->
         {?MODULE, forwarder, #{level := warning, msg := {Fmt, Args}}} ->
             lists:flatten(io_lib:format(Fmt, Args))
     after 0 -> none
+    end.
+
+%% The first drop warning reporting at least Min dropped events (smaller
+%% ones are left over from earlier bursts); {Text, Dropped}.
+wait_drop_warning(Ms, Min) ->
+    Deadline = erlang:monotonic_time(millisecond) + Ms,
+    Left = max(0, Deadline - erlang:monotonic_time(millisecond)),
+    Text = wait_warning(Left),
+    {match, [N]} = re:run(Text, "(\\d+) core log events dropped", [{capture, all_but_first, list}]),
+    case list_to_integer(N) of
+        D when D >= Min -> {Text, D};
+        _ -> wait_drop_warning(max(0, Deadline - erlang:monotonic_time(millisecond)), Min)
     end.
 
 wait_warning(Ms) ->

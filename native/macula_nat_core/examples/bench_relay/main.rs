@@ -228,7 +228,7 @@ async fn dial(env: &Env, path: Path, a: &End, b: &End) -> Dialled {
     match path {
         Path::Direct => Dialled { conn: qa.connect(b.real_addr(env), b_id).await.expect("direct dial"), turn: None },
         Path::Relay => {
-            let virt = virtual_addr();
+            let virt = virtual_addr().addr();
             a.link.as_ref().unwrap().open(b_id, virt).await.expect("relay session");
             Dialled { conn: qa.connect(virt, b_id).await.expect("dial through the relay"), turn: None }
         }
@@ -237,7 +237,7 @@ async fn dial(env: &Env, path: Path, a: &End, b: &End) -> Dialled {
             let sock = udp_in(&env.lab, a.host);
             let tc = TurnClient::allocate(sock, server).await.expect("TURN allocation");
             tc.bind(turn::FIRST_CHANNEL, b.real_addr(env)).await.expect("TURN channel");
-            let virt = virtual_addr();
+            let virt = virtual_addr().addr();
             let pump = tc.carry(turn::FIRST_CHANNEL, &qa, virt);
             let conn = qa.connect(virt, b_id).await.expect("dial through coturn");
             Dialled { conn, turn: Some((tc, pump)) }
