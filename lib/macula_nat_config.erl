@@ -26,6 +26,8 @@
     observation_quorum := pos_integer(),
     relay_refresh_ms := pos_integer(),
     max_message_bytes := pos_integer(),
+    max_connections := pos_integer(),
+    max_connections_per_ip := pos_integer(),
     fd_budget := auto | non_neg_integer(),
     measure_mapping_lifetime := boolean(),
     mapping_lifetime_cap_ms := pos_integer(),
@@ -53,6 +55,8 @@ defaults() ->
       observation_quorum => 3,
       relay_refresh_ms => 5000,
       max_message_bytes => 8388608,
+      max_connections => 1024,
+      max_connections_per_ip => 32,
       fd_budget => auto,
       measure_mapping_lifetime => true,
       mapping_lifetime_cap_ms => 600000,
@@ -115,6 +119,8 @@ valid(observation_quorum, V) -> is_integer(V) andalso V >= 1 andalso V =< 64;
 valid(relay_refresh_ms, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
 valid(relays, V) -> is_list(V) andalso lists:all(fun valid_relay/1, V);
 valid(max_message_bytes, V) -> is_integer(V) andalso V > 0 andalso V =< 4294967295;
+valid(max_connections, V) -> is_integer(V) andalso V > 0 andalso V =< 1048576;
+valid(max_connections_per_ip, V) -> is_integer(V) andalso V > 0 andalso V =< 1048576;
 valid(fd_budget, V) -> V =:= auto orelse (is_integer(V) andalso V >= 0 andalso V =< 4294967295);
 valid(measure_mapping_lifetime, V) -> is_boolean(V);
 valid(mapping_lifetime_cap_ms, V) -> is_integer(V) andalso V >= 1000 andalso V =< 3600000;

@@ -62,6 +62,8 @@ init(Opts) ->
                 key_file => key_file(maps:get(key_file, Opts)),
                 port_mapping => maps:get(port_mapping, Opts, true),
                 max_message_bytes => maps:get(max_message_bytes, Opts, 8388608),
+                max_connections => maps:get(max_connections, Opts, 1024),
+                max_connections_per_ip => maps:get(max_connections_per_ip, Opts, 32),
                 fd_budget => maps:get(fd_budget, Opts, auto)},
     case open(NifOpts, ?BIND_RETRIES) of
         {ok, Res} ->

@@ -19,7 +19,7 @@
 
 
 %% Run inside the peer.
--export([bomb_victim/0, victim_result/0, bomb_victim_echo/0]).
+-export([bomb_victim/0, victim_result/0, bomb_victim_echo/0, accept_all/0]).
 
 -define(GiB4, 4294967295).
 
@@ -28,7 +28,8 @@ hostile_test_() ->
      fun(Ctx) ->
              [{timeout, 120, fun() -> compressed_bomb(Ctx) end},
               {timeout, 60, fun() -> failed_socket_restarts_the_node(Ctx) end},
-              {timeout, 60, fun() -> key_file_is_written_exclusively(Ctx) end}]
+              {timeout, 60, fun() -> key_file_is_written_exclusively(Ctx) end},
+              {timeout, 60, fun per_ip_cap_from_the_environment/0}]
      end}.
 
 setup() ->
@@ -45,6 +46,46 @@ cleanup(#{b := B}) ->
     peer:stop(B),
     application:stop(macula_nat),
     application:unset_env(macula_nat, listen_ip).
+
+%% `max_connections_per_ip' set the way a user sets it (the application
+%% environment of a fresh VM): a third connection from this host is refused
+%% before its handshake, and a place freed is taken again.
+per_ip_cap_from_the_environment() ->
+    {ok, V, _} = peer:start_link(#{connection => standard_io, args => ["-pa" | code:get_path()]}),
+    try
+        ok = peer:call(V, application, set_env, [macula_nat, listen_ip, {127, 0, 0, 1}]),
+        ok = peer:call(V, application, set_env, [macula_nat, max_connections_per_ip, 2]),
+        {ok, _} = peer:call(V, application, ensure_all_started, [macula_nat]),
+        _ = peer:call(V, erlang, spawn, [?MODULE, accept_all, []]),
+        {ok, VId} = peer:call(V, macula, get_node_id, []),
+        {ok, {_, VPort}} = peer:call(V, macula_nat_node, local_addr, []),
+        Ep = iolist_to_binary(["127.0.0.1:", integer_to_list(VPort)]),
+        {ok, C1} = macula_connection:open(Ep, VId),
+        {ok, C2} = macula_connection:open(Ep, VId),
+        T0 = erlang:monotonic_time(microsecond),
+        Third = macula_connection:open(Ep, VId),
+        Ms = (erlang:monotonic_time(microsecond) - T0) / 1000,
+        ?assertMatch({error, _}, Third),
+        ok = macula_connection:close(C1),
+        {ok, C3} = until(fun() -> case macula_connection:open(Ep, VId) of
+                                      {ok, C} -> {ok, C};
+                                      {error, _} -> false
+                                  end
+                         end, 10000),
+        row("connections from one host over `max_connections_per_ip` (2, set in the application environment)",
+            "`max_connections_per_ip` incoming connections per source IP",
+            io_lib:format("third refused in ~.1f ms (~p); accepted again once one closed", [Ms, Third]), Ms),
+        [macula_connection:close(C) || C <- [C2, C3]]
+    after
+        peer:stop(V)
+    end.
+
+%% Run inside a peer: takes every connection and holds it.
+accept_all() ->
+    case macula_connection:accept(60000) of
+        {ok, _Conn} -> accept_all();
+        {error, _} -> ok
+    end.
 
 %% F's first answer other than `false' within Ms, or `timeout'.
 until(F, Ms) ->

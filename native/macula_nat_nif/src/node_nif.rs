@@ -41,6 +41,10 @@ struct OpenOpts {
     port_mapping: Vec<Protocol>,
     /// The largest message of a connection (`max_message_bytes`).
     max_message: Option<usize>,
+    /// Incoming connections in total and per source IP
+    /// (`max_connections`, `max_connections_per_ip`).
+    max_conns: Option<usize>,
+    max_conns_per_ip: Option<usize>,
     /// The process's fd budget (`fd_budget`); `None`: as it is (a quarter
     /// of RLIMIT_NOFILE, at most 4096, unless set before).
     fd_budget: Option<usize>,
@@ -64,6 +68,8 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
     let mut key_file = None;
     let mut port_mapping = Vec::new();
     let mut max_message = None;
+    let mut max_conns = None;
+    let mut max_conns_per_ip = None;
     let mut fd_budget = None;
     for (k, v) in map {
         let Ok(key) = k.atom_to_string() else { return None };
@@ -84,17 +90,19 @@ fn decode_open_opts(opts: Term) -> Option<OpenOpts> {
             }
             "port_mapping" => port_mapping = decode_port_mapping(v)?,
             "max_message_bytes" => max_message = Some(convert::decode_int::<u32>(v).filter(|&n| n > 0)? as usize),
+            "max_connections" => max_conns = Some(convert::decode_int::<u32>(v).filter(|&n| n > 0)? as usize),
+            "max_connections_per_ip" => max_conns_per_ip = Some(convert::decode_int::<u32>(v).filter(|&n| n > 0)? as usize),
             // `auto`: leave the budget as it is.
             "fd_budget" if v.is_atom() => {}
             "fd_budget" => fd_budget = Some(convert::decode_int::<u32>(v)? as usize),
             _ => {}
         }
     }
-    Some(OpenOpts { bind: SocketAddr::new(ip, port), bind6: ip6.map(|i| SocketAddr::new(i, port)), key_file, port_mapping, max_message, fd_budget })
+    Some(OpenOpts { bind: SocketAddr::new(ip, port), bind6: ip6.map(|i| SocketAddr::new(i, port)), key_file, port_mapping, max_message, max_conns, max_conns_per_ip, fd_budget })
 }
 
 /// `node_open(#{ip, ip6, port, key_file, port_mapping, max_message_bytes,
-/// fd_budget}) -> {ok, Node} | {error, Reason}`. `ip6` (an IPv6 address or
+/// max_connections, max_connections_per_ip, fd_budget}) -> {ok, Node} | {error, Reason}`. `ip6` (an IPv6 address or
 /// `undefined`): a second socket for IPv6 on the same port number, a
 /// dual-stack node (`ip` IPv4 then). The calling process
 /// becomes the owner. `port_mapping` defaults to `false` here (the
@@ -123,9 +131,17 @@ fn node_open<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
         }
         match Node::open_dual(NodeConfig { bind: o.bind }, o.bind6, identity) {
             Ok(node) => {
+                let mut cfg = QuicConfig::default();
                 if let Some(max) = o.max_message {
-                    node.set_quic_config(QuicConfig { max_frame: max, ..QuicConfig::default() });
+                    cfg.max_frame = max;
                 }
+                if let Some(n) = o.max_conns {
+                    cfg.conn_limits.total = n;
+                }
+                if let Some(n) = o.max_conns_per_ip {
+                    cfg.conn_limits.per_ip = n;
+                }
+                node.set_quic_config(cfg);
                 let portmap = (!o.port_mapping.is_empty() && !o.bind.ip().is_loopback())
                     .then(|| PortMapper::start(&node, PortMapConfig { protocols: o.port_mapping, ..Default::default() }));
                 report_failure(env.pid(), node.failure());
