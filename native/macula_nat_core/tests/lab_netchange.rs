@@ -15,54 +15,9 @@
 //! new address through the rendezvous and the connection is direct again.
 
 mod common;
-use common::field;
+use common::{field, lines, drain_stderr, next_event};
 use macula_nat_lab::{Lab, LabSpec, SiteSpec, UpOptions};
-use std::io::{BufRead, BufReader};
-use std::process::Child;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Keeps a child's stderr flowing (a full pipe would block it), into
-/// `$MACULA_TEST_LOGS/<name>.log` when that names a directory (with
-/// `MACULA_TRACE=debug` for the story of a run).
-fn drain_stderr(child: &mut Child, name: &str) {
-    let Some(mut err) = child.stderr.take() else { return };
-    let dir = std::env::var("MACULA_TEST_LOGS").ok();
-    let name = name.to_string();
-    std::thread::spawn(move || {
-        let mut sink: Box<dyn std::io::Write> = match dir.and_then(|d| std::fs::File::create(format!("{d}/{name}.log")).ok()) {
-            Some(f) => Box::new(f),
-            None => Box::new(std::io::sink()),
-        };
-        let _ = std::io::copy(&mut err, &mut sink);
-    });
-}
-
-/// The next line with `"event":"<kind>"`, skipping others, within `t`.
-fn next_event(rx: &mpsc::Receiver<String>, kind: &str, t: Duration, skipped: &mut Vec<String>) -> Option<String> {
-    let until = Instant::now() + t;
-    loop {
-        let left = until.checked_duration_since(Instant::now())?;
-        let l = rx.recv_timeout(left).ok()?;
-        if field(&l, "event").as_deref() == Some(kind) {
-            return Some(l);
-        }
-        skipped.push(l);
-    }
-}
 
 /// Which side's router is renumbered.
 #[derive(Clone, Copy, PartialEq)]

@@ -32,11 +32,11 @@ use macula_nat_lab::{Lab, LabSpec, SiteSpec};
 use macula_nat_proto::connect::profile_of;
 use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::field;
+use common::{field, lines};
 
 const RDV_PORT: u16 = 4433;
 const CHILD_ENV: &str = "MACULA_PORTMAP_CHILD";
@@ -45,19 +45,6 @@ const EXT_IP: &str = "11.0.113.1";
 
 fn ready() -> bool {
     common::ready(env!("CARGO_BIN_EXE_macula-connect"))
-}
-
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// The first line with `"event":"<event>"` within `max`.

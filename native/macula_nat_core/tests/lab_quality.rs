@@ -7,38 +7,10 @@
 //! whole and in order either way.
 
 mod common;
-use common::field;
+use common::{field, lines, next_event};
 use macula_nat_lab::{Lab, LabSpec, SiteSpec, UpOptions};
-use std::io::{BufRead, BufReader};
 use std::process::Child;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn lines(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// The next line with `"event":"<kind>"`, skipping others, within `t`.
-fn next_event(rx: &mpsc::Receiver<String>, kind: &str, t: Duration, skipped: &mut Vec<String>) -> Option<String> {
-    let until = Instant::now() + t;
-    loop {
-        let left = until.checked_duration_since(Instant::now())?;
-        let l = rx.recv_timeout(left).ok()?;
-        if field(&l, "event").as_deref() == Some(kind) {
-            return Some(l);
-        }
-        skipped.push(l);
-    }
-}
 
 /// The lab of both tests: a public rendezvous (that also relays, with
 /// `relay`), two kernel full cones behind plain routers on a routed
