@@ -57,6 +57,9 @@ pub mod portmap;
 // What a connect does with the two profiles: targets, the session's
 // strategy, dial bounds, retries.
 pub mod connect;
+// Reaching a node by id: which rendezvous of its record to signal
+// through, in what order, when to give up; the guest connections' bounds.
+pub mod reach;
 // Relay choice: score from latency and load, hysteresis, expiry.
 pub mod relay_select;
 pub mod quality;

@@ -19,10 +19,19 @@
 //!           [public addr, if flags & HAS_PUBLIC] [port_delta i32, if flags & HAS_DELTA]
 //!           detected_at(u64) n(u8) addr*n m(u8) addr*m
 //! body v2 = body v1 ext(u8) [load_permille(u16) addr, if ext & RELAYS]
+//!           [n(u8) contact*n, if ext & RENDEZVOUS] [m(u8) contact*m, if ext & RESERVED]
 //!           ext & RELAYS (1): "I relay", at `addr`, this loaded (0..=1000);
-//!           other ext bits, ext = 0 and load > 1000 are refused
+//!           ext & RENDEZVOUS (2): rendezvous I am joined at, with their
+//!           node keys (what a peer needs to signal me through them);
+//!           ext & RESERVED (4): relays holding my reservation;
+//!           1 <= n, m <= MAX_CONTACTS; other ext bits, ext = 0, an empty
+//!           list under its bit and load > 1000 are refused
+//! contact = node_id(32) addr
 //! addr    = family(u8: 4 | 6) ip(4 | 16) port(u16)
 //! ```
+//!
+//! A framed record is at most [`MAX_RECORD`] bytes (BEP 44's value limit);
+//! [`RecordBody::fit`] trims what a node says about itself to fit.
 //!
 //! Versions: a record is written as v1 whenever it carries nothing v1
 //! cannot say (no relay advertisement), so every body has exactly one
@@ -44,6 +53,16 @@ pub const SIGNING_CONTEXT: &[u8] = b"macula-nat peer record v1\0";
 pub const SIGNING_CONTEXT_V2: &[u8] = b"macula-nat peer record v2\0";
 /// `ext` bit of a v2 body: the node serves as a relay.
 const RELAYS: u8 = 1;
+/// `ext` bit: the rendezvous the node is joined at, with their keys.
+const RENDEZVOUS: u8 = 2;
+/// `ext` bit: the relays holding the node's reservation.
+const RESERVED: u8 = 4;
+/// Rendezvous (and, separately, reserving relays) a record names with
+/// their keys: each is a place a reader may dial, so a record cannot make
+/// a reader try more than this many (see `crate::reach`).
+pub const MAX_CONTACTS: usize = 4;
+/// Largest framed record: BEP 44's value limit.
+pub const MAX_RECORD: usize = 1000;
 pub const SIGNATURE_LEN: usize = 64;
 /// Endpoints and rendezvous contacts kept per record; 16 + 16 IPv6 addresses
 /// still fit BEP 44's 1000-byte limit.
@@ -94,6 +113,31 @@ pub struct RecordBody {
     pub info: PeerInfo,
     /// Present when the node serves as a relay (makes the body v2).
     pub relay: Option<RelayAd>,
+    /// Where to signal the node and which relays reach it (v2 when any).
+    pub contacts: Contacts,
+}
+
+/// A rendezvous or relay named with its node key (dialling one needs both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Contact {
+    pub node_id: NodeId,
+    pub addr: SocketAddr,
+}
+
+/// The places a record says its node is reachable through.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contacts {
+    /// Rendezvous the node is joined at, preferred first (at most
+    /// [`MAX_CONTACTS`]).
+    pub rendezvous: Vec<Contact>,
+    /// Relays holding its reservation, best first (at most [`MAX_CONTACTS`]).
+    pub reserved: Vec<Contact>,
+}
+
+impl Contacts {
+    pub fn is_empty(&self) -> bool {
+        self.rendezvous.is_empty() && self.reserved.is_empty()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +150,8 @@ pub enum RecordError {
     TooManyAddrs,
     /// A relay load above 1000 per mille.
     BadLoad,
+    /// The framed record would exceed [`MAX_RECORD`] bytes.
+    TooLarge,
 }
 
 impl RecordBody {
@@ -115,7 +161,7 @@ impl RecordBody {
 
     /// The layout this body is written in: the oldest that can say it.
     pub fn version(&self) -> Version {
-        if self.relay.is_some() {
+        if self.relay.is_some() || !self.contacts.is_empty() {
             Version::V2
         } else {
             Version::V1
@@ -132,6 +178,10 @@ impl RecordBody {
         if self.relay.is_some_and(|r| r.load_permille > 1000) {
             return Err(RecordError::BadLoad);
         }
+        let c = &self.contacts;
+        if c.rendezvous.len() > MAX_CONTACTS || c.reserved.len() > MAX_CONTACTS {
+            return Err(RecordError::TooManyAddrs);
+        }
         let mut b = Vec::with_capacity(128);
         b.extend_from_slice(self.node_id.as_bytes());
         b.extend_from_slice(&self.seq.to_be_bytes());
@@ -144,16 +194,67 @@ impl RecordBody {
                 wire::put_addr(&mut b, *a);
             }
         }
+        if self.version() == Version::V2 {
+            let ext = [(self.relay.is_some(), RELAYS), (!c.rendezvous.is_empty(), RENDEZVOUS), (!c.reserved.is_empty(), RESERVED)]
+                .iter()
+                .filter(|(on, _)| *on)
+                .fold(0, |e, (_, bit)| e | bit);
+            b.push(ext);
+        }
         if let Some(relay) = self.relay {
-            b.push(RELAYS);
             b.extend_from_slice(&relay.load_permille.to_be_bytes());
             wire::put_addr(&mut b, relay.addr);
+        }
+        for list in [&c.rendezvous, &c.reserved] {
+            if !list.is_empty() {
+                b.push(list.len() as u8);
+                for k in list {
+                    b.extend_from_slice(k.node_id.as_bytes());
+                    wire::put_addr(&mut b, k.addr);
+                }
+            }
+        }
+        if framed_len(b.len()) > MAX_RECORD {
+            return Err(RecordError::TooLarge);
         }
         Ok(b)
     }
 
+    /// Trims what the body says until its record fits [`MAX_RECORD`]:
+    /// reserved relays beyond the first go first, then endpoints and bare
+    /// rendezvous beyond the first of each, then rendezvous contacts beyond
+    /// the first (the last of each list first, as lists are best first).
+    /// Lists over their caps are cut to them.
+    pub fn fit(&mut self) {
+        self.info.endpoints.truncate(MAX_ADDRS);
+        self.info.rendezvous.truncate(MAX_ADDRS);
+        self.contacts.rendezvous.truncate(MAX_CONTACTS);
+        self.contacts.reserved.truncate(MAX_CONTACTS);
+        while matches!(self.encode(), Err(RecordError::TooLarge)) {
+            let i = &mut self.info;
+            let c = &mut self.contacts;
+            if c.reserved.len() > 1 {
+                c.reserved.pop();
+            } else if i.endpoints.len() > 1 && i.endpoints.len() >= i.rendezvous.len() {
+                i.endpoints.pop();
+            } else if i.rendezvous.len() > 1 {
+                i.rendezvous.pop();
+            } else if c.rendezvous.len() > 1 {
+                c.rendezvous.pop();
+            } else {
+                // Cannot happen with the caps above (a body with one of each
+                // is far below the limit); stop rather than spin.
+                return;
+            }
+        }
+    }
+
     /// Decodes a body written in `version`'s layout.
     pub fn decode(version: Version, bytes: &[u8]) -> Result<RecordBody, RecordError> {
+        // What decodes must encode again (the same bytes, the same bound).
+        if framed_len(bytes.len()) > MAX_RECORD {
+            return Err(RecordError::TooLarge);
+        }
         let mut r = Reader::new(bytes);
         let node_id = r.node_id()?;
         let seq = r.u64()?;
@@ -162,23 +263,53 @@ impl RecordBody {
         let mut info = r.nat_head()?;
         info.endpoints = addrs(&mut r)?;
         info.rendezvous = addrs(&mut r)?;
-        let relay = match version {
-            Version::V1 => None,
-            Version::V2 => Some(relay_ad(&mut r)?),
+        let (relay, contacts) = match version {
+            Version::V1 => (None, Contacts::default()),
+            Version::V2 => extension(&mut r)?,
         };
         if !r.is_empty() {
             return Err(RecordError::TrailingBytes);
         }
-        Ok(RecordBody { node_id, seq, issued_at, ttl_s, info, relay })
+        Ok(RecordBody { node_id, seq, issued_at, ttl_s, info, relay, contacts })
     }
 }
 
+/// A framed record's length for a body of `body_len` bytes.
+pub fn framed_len(body_len: usize) -> usize {
+    6 + body_len + SIGNATURE_LEN
+}
+
 /// The v2 extension. A v2 body always says something v1 cannot (see the
-/// module doc), so `ext` must have the relay bit and nothing else.
-fn relay_ad(r: &mut Reader) -> Result<RelayAd, RecordError> {
-    if r.u8()? != RELAYS {
+/// module doc), so `ext` must be non-zero with known bits only, and each
+/// list under its bit non-empty.
+fn extension(r: &mut Reader) -> Result<(Option<RelayAd>, Contacts), RecordError> {
+    let ext = r.u8()?;
+    if ext == 0 || ext & !(RELAYS | RENDEZVOUS | RESERVED) != 0 {
         return Err(RecordError::BadEnum);
     }
+    let relay = if ext & RELAYS != 0 { Some(relay_ad(r)?) } else { None };
+    let mut contacts = Contacts::default();
+    if ext & RENDEZVOUS != 0 {
+        contacts.rendezvous = contact_list(r)?;
+    }
+    if ext & RESERVED != 0 {
+        contacts.reserved = contact_list(r)?;
+    }
+    Ok((relay, contacts))
+}
+
+fn contact_list(r: &mut Reader) -> Result<Vec<Contact>, RecordError> {
+    let n = r.u8()? as usize;
+    if n == 0 {
+        return Err(RecordError::BadEnum);
+    }
+    if n > MAX_CONTACTS {
+        return Err(RecordError::TooManyAddrs);
+    }
+    (0..n).map(|_| Ok(Contact { node_id: r.node_id()?, addr: r.addr()? })).collect()
+}
+
+fn relay_ad(r: &mut Reader) -> Result<RelayAd, RecordError> {
     let load_permille = r.u16()?;
     if load_permille > 1000 {
         return Err(RecordError::BadLoad);

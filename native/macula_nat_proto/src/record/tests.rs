@@ -24,6 +24,7 @@ fn sample() -> RecordBody {
             rendezvous: vec![addr("198.51.100.1:3478")],
         },
         relay: None,
+        contacts: Contacts::default(),
     }
 }
 
@@ -270,4 +271,98 @@ fn a_mapping_the_rendezvous_sees_at_another_port_is_not_endpoint_independent() {
     assert_eq!(info.as_seen_by_rendezvous(seen, Some(4500)).mapping, Mapping::Ei);
     pp.no_nat = true;
     assert_eq!(pp.as_seen_by_rendezvous(seen, Some(4500)).mapping, Mapping::Ei);
+}
+
+fn contact(b: u8, a: &str) -> Contact {
+    Contact { node_id: NodeId::from_bytes([b; 32]), addr: addr(a) }
+}
+
+fn contacts_sample() -> RecordBody {
+    RecordBody {
+        contacts: Contacts {
+            rendezvous: vec![contact(1, "198.51.100.1:3478"), contact(2, "[2001:db8::2]:3478")],
+            reserved: vec![contact(3, "203.0.113.9:4433")],
+        },
+        ..sample()
+    }
+}
+
+#[test]
+fn contacts_make_the_body_v2_and_roundtrip_with_or_without_a_relay_ad() {
+    let b = contacts_sample();
+    assert_eq!(b.version(), Version::V2);
+    assert_eq!(RecordBody::decode(Version::V2, &b.encode().unwrap()).unwrap(), b);
+    let both = RecordBody { relay: relay_sample().relay, ..contacts_sample() };
+    assert_eq!(RecordBody::decode(Version::V2, &both.encode().unwrap()).unwrap(), both);
+    // Only one of the lists: only its bit.
+    let mut only = contacts_sample();
+    only.contacts.rendezvous.clear();
+    let bytes = only.encode().unwrap();
+    let v1_len = sample().encode().unwrap().len();
+    assert_eq!(bytes[v1_len], 4);
+    assert_eq!(RecordBody::decode(Version::V2, &bytes).unwrap(), only);
+    // A relay-only record keeps exactly the bytes it had before contacts.
+    assert_eq!(relay_sample().encode().unwrap()[v1_len], 1);
+}
+
+#[test]
+fn contact_lists_are_capped_and_never_empty_under_their_bit() {
+    let mut b = contacts_sample();
+    b.contacts.rendezvous = vec![contact(1, "198.51.100.1:1"); MAX_CONTACTS + 1];
+    assert_eq!(b.encode(), Err(RecordError::TooManyAddrs));
+    let ok = contacts_sample();
+    let v1_len = sample().encode().unwrap().len();
+    let mut bytes = ok.encode().unwrap();
+    // The rendezvous count, right after ext.
+    bytes[v1_len + 1] = (MAX_CONTACTS + 1) as u8;
+    assert_eq!(RecordBody::decode(Version::V2, &bytes), Err(RecordError::TooManyAddrs));
+    bytes[v1_len + 1] = 0;
+    assert_eq!(RecordBody::decode(Version::V2, &bytes), Err(RecordError::BadEnum));
+    // Unknown ext bits are refused.
+    let mut bytes = ok.encode().unwrap();
+    bytes[v1_len] |= 8;
+    assert_eq!(RecordBody::decode(Version::V2, &bytes), Err(RecordError::BadEnum));
+}
+
+#[test]
+fn contact_corruptions_are_safe_and_canonical() {
+    let b = contacts_sample();
+    let body = b.encode().unwrap();
+    for i in 0..body.len() {
+        for v in [0u8, 1, 2, 3, 4, 5, 6, 7, 8, 0x80, 0xff] {
+            let mut c = body.clone();
+            c[i] = v;
+            if let Ok(d) = RecordBody::decode(Version::V2, &c) {
+                assert_eq!(d.encode().unwrap(), c, "byte {i} = {v}");
+            }
+        }
+    }
+    for n in 0..body.len() {
+        assert!(RecordBody::decode(Version::V2, &body[..n]).is_err(), "prefix {n}");
+    }
+}
+
+#[test]
+fn fit_trims_the_largest_body_to_bep44_keeping_one_of_each() {
+    let mut b = sample();
+    b.info.public_addr = Some(addr("[2001:db8::1]:1"));
+    b.info.endpoints = vec![addr("[2001:db8::1]:1"); MAX_ADDRS + 3];
+    b.info.rendezvous = vec![addr("[2001:db8::2]:2"); MAX_ADDRS];
+    b.relay = Some(RelayAd { addr: addr("[2001:db8::3]:3"), load_permille: 1000 });
+    b.contacts.rendezvous = vec![contact(1, "[2001:db8::4]:4"); MAX_CONTACTS + 2];
+    b.contacts.reserved = vec![contact(2, "[2001:db8::5]:5"); MAX_CONTACTS];
+    assert!(b.encode().is_err());
+    b.fit();
+    let body = b.encode().unwrap();
+    assert!(framed_len(body.len()) <= MAX_RECORD);
+    assert_eq!(b.contacts.rendezvous.len(), MAX_CONTACTS, "rendezvous contacts are what a reader needs most");
+    assert!(!b.contacts.reserved.is_empty() && !b.info.endpoints.is_empty());
+    // A body that fits is left alone.
+    let mut small = contacts_sample();
+    small.fit();
+    assert_eq!(small, contacts_sample());
+    // A decoded body is never over the bound (so it always encodes again).
+    let mut big = vec![0u8; MAX_RECORD];
+    big[0] = 1;
+    assert_eq!(RecordBody::decode(Version::V2, &big), Err(RecordError::TooLarge));
 }
