@@ -208,12 +208,19 @@ fn relay_extension_is_canonical() {
     assert_eq!(b.encode(), Err(RecordError::BadLoad));
     let good = relay_sample().encode().unwrap();
     let ext_at = sample().encode().unwrap().len();
-    // ext must be exactly the relay bit: 0 would be a v2 body saying nothing
-    // more than v1 (a second encoding), other bits are undefined.
-    for ext in [0u8, 2, 3, 0x80, 0xff] {
+    // ext 0 would be a v2 body saying nothing more than v1 (a second
+    // encoding), bits above the contact lists are undefined.
+    for ext in [0u8, 8, 0x80, 0xff] {
         let mut c = good.clone();
         c[ext_at] = ext;
         assert_eq!(RecordBody::decode(Version::V2, &c), Err(RecordError::BadEnum), "ext {ext}");
+    }
+    // The contact bits are defined, but a relay advertisement does not
+    // read as a contact list.
+    for ext in [2u8, 3] {
+        let mut c = good.clone();
+        c[ext_at] = ext;
+        assert!(RecordBody::decode(Version::V2, &c).is_err(), "ext {ext}");
     }
     let mut c = good.clone();
     c[ext_at + 1..ext_at + 3].copy_from_slice(&1001u16.to_be_bytes());
