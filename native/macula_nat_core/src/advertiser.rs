@@ -13,7 +13,7 @@ use crate::identity::Identity;
 use crate::peer_record;
 use crate::runtime;
 use macula_nat_proto::nat::{Allocation, Confidence, Filtering, Mapping};
-use macula_nat_proto::record::{PeerInfo, RelayAd};
+use macula_nat_proto::record::{Contacts, PeerInfo, RelayAd};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -37,7 +37,10 @@ pub struct Advertiser {
 struct State {
     info: Option<PeerInfo>,
     relay: Option<RelayAd>,
-    /// `relay` changed since the last publication.
+    /// The rendezvous we are joined at and the relays holding our
+    /// reservation (see [`Advertiser::set_contacts`]).
+    contacts: Contacts,
+    /// `relay` or `contacts` changed since the last publication.
     dirty: bool,
     /// The profile of the last publication, when `info` was not set yet
     /// (a relay-only record): withdrawing the relay republishes it.
@@ -92,6 +95,27 @@ impl Advertiser {
         self.wake.notify_one();
     }
 
+    /// Advertises where this node can be signalled (rendezvous joined,
+    /// with their keys) and relayed (live reservations). Publishes soon
+    /// (within `MIN_GAP` of the last publication) if that changes the
+    /// record, never waits; ignored until there is a profile to publish
+    /// with it.
+    pub fn set_contacts(&self, contacts: Contacts) {
+        {
+            let mut st = lock(&self.state);
+            if st.contacts == contacts {
+                return;
+            }
+            st.contacts = contacts;
+            st.dirty = true;
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn contacts(&self) -> Contacts {
+        lock(&self.state).contacts.clone()
+    }
+
     pub fn relay(&self) -> Option<RelayAd> {
         lock(&self.state).relay
     }
@@ -111,7 +135,7 @@ impl Advertiser {
             st.last_info = Some(info.clone());
             let seq = peer_record::next_seq(st.last_seq);
             let ttl_s = self.ttl.as_secs().min(u32::MAX as u64) as u32;
-            let record = peer_record::sign(&self.identity, seq, ttl_s, info, st.relay)
+            let record = peer_record::sign_with(&self.identity, seq, ttl_s, info, st.relay, st.contacts.clone())
                 .map_err(|e| DhtError::Backend(format!("record: {e:?}")))?;
             st.last_seq = seq;
             st.dirty = false;
@@ -297,6 +321,29 @@ mod relay_tests {
         assert_eq!(h.block_on(reader.fetch(id.node_id())).unwrap().relay, None);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(adv.stats().published, 4);
+        adv.close();
+    }
+
+    #[test]
+    fn contacts_are_published_on_change_only() {
+        use macula_nat_proto::record::Contact;
+        let id = Identity::generate();
+        let adv = Advertiser::new(id.clone(), Arc::new(MemoryDht), Duration::from_secs(3600));
+        let reader = ProfileCache::new(CacheConfig::default(), Arc::new(MemoryDht));
+        let h = runtime::handle();
+        let rv = Contact { node_id: Identity::generate().node_id(), addr: "198.51.100.1:3478".parse().unwrap() };
+        let contacts = Contacts { rendezvous: vec![rv], reserved: vec![] };
+        h.block_on(adv.publish(relay_only_info("198.51.100.4:9".parse().unwrap()))).unwrap();
+        adv.set_contacts(contacts.clone());
+        wait_published(&adv, 2);
+        assert_eq!(h.block_on(reader.fetch(id.node_id())).unwrap().contacts, contacts);
+        adv.set_contacts(contacts.clone());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(adv.stats().published, 2, "unchanged: nothing published");
+        let more = Contacts { reserved: vec![rv], ..contacts };
+        adv.set_contacts(more.clone());
+        wait_published(&adv, 3);
+        assert_eq!(h.block_on(reader.fetch(id.node_id())).unwrap().contacts, more);
         adv.close();
     }
 }

@@ -4,7 +4,7 @@
 //! (`macula_nat_proto::record`); this adds the ed25519 part and the clock.
 
 use crate::identity::{self, Identity, NodeId};
-use macula_nat_proto::record::{self, PeerInfo, RecordBody, RecordError, Rejection, RelayAd};
+use macula_nat_proto::record::{self, Contacts, PeerInfo, RecordBody, RecordError, Rejection, RelayAd};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Why a fetched record was refused.
@@ -37,7 +37,21 @@ pub fn sign(
     info: PeerInfo,
     relay: Option<RelayAd>,
 ) -> Result<Vec<u8>, RecordError> {
-    let body = RecordBody { node_id: identity.node_id(), seq, issued_at: unix_now(), ttl_s, info, relay };
+    sign_with(identity, seq, ttl_s, info, relay, Contacts::default())
+}
+
+/// Like [`sign`], also naming where the node can be signalled and relayed
+/// ([`Contacts`]); trimmed to fit BEP 44 ([`RecordBody::fit`]).
+pub fn sign_with(
+    identity: &Identity,
+    seq: u64,
+    ttl_s: u32,
+    info: PeerInfo,
+    relay: Option<RelayAd>,
+    contacts: Contacts,
+) -> Result<Vec<u8>, RecordError> {
+    let mut body = RecordBody { node_id: identity.node_id(), seq, issued_at: unix_now(), ttl_s, info, relay, contacts };
+    body.fit();
     let version = body.version();
     let bytes = body.encode()?;
     let sig = identity.sign(&record::signing_input(version, &bytes));
@@ -104,7 +118,7 @@ mod tests {
         let victim = Identity::generate();
         let attacker = Identity::generate();
         let body =
-            RecordBody { node_id: victim.node_id(), seq: 1, issued_at: unix_now(), ttl_s: 60, info: info(), relay: None };
+            RecordBody { node_id: victim.node_id(), seq: 1, issued_at: unix_now(), ttl_s: 60, info: info(), relay: None, contacts: Contacts::default() };
         let bytes = body.encode().unwrap();
         let rec = record::frame(record::Version::V1, &bytes, &attacker.sign(&record::signing_input(record::Version::V1, &bytes)));
         assert_eq!(open(&rec, &victim.node_id(), unix_now(), None), Err(Refusal::Forged));

@@ -13,7 +13,7 @@ use crate::identity::NodeId;
 use crate::peer_record::{self, Refusal};
 use crate::runtime;
 use macula_nat_proto::cache::{CachePolicy, Lookup, LruTtl, Stats};
-use macula_nat_proto::record::{PeerInfo, Rejection, RelayAd};
+use macula_nat_proto::record::{Contacts, PeerInfo, Rejection, RelayAd};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -60,6 +60,8 @@ pub struct Entry {
     pub seq: Option<u64>,
     /// The peer's relay advertisement, from its signed record.
     pub relay: Option<RelayAd>,
+    /// Where its signed record says it can be signalled and relayed.
+    pub contacts: Contacts,
 }
 
 /// A record that verified, as the cache took it in.
@@ -197,7 +199,7 @@ impl ProfileCache {
     }
 
     pub fn put(&self, id: NodeId, info: PeerInfo, ttl: Duration) {
-        self.insert(id, Arc::new(Entry { info, seq: None, relay: None }), ttl);
+        self.insert(id, Arc::new(Entry { info, seq: None, relay: None, contacts: Contacts::default() }), ttl);
     }
 
     /// Every record fetched from the DHT that verifies and is accepted from
@@ -347,7 +349,7 @@ impl ProfileCache {
         // Never cache a record past its own validity.
         let left = Duration::from_secs(body.expires_at().saturating_sub(now_s));
         let ttl = self.cfg.default_ttl.min(left);
-        let entry = Arc::new(Entry { info: body.info, seq: Some(body.seq), relay: body.relay });
+        let entry = Arc::new(Entry { info: body.info, seq: Some(body.seq), relay: body.relay, contacts: body.contacts });
         self.insert(id, entry.clone(), ttl);
         lock(&self.watchers).retain(|w| w.send((id, entry.clone())).is_ok());
         Ok(entry)

@@ -1,14 +1,13 @@
-//! The initiator (side A): [`connect`], its sessions (a second one for a
-//! failed prediction) and the relay fallback.
+//! The initiator (side A) of a connect through one rendezvous: its
+//! sessions (a second one for a failed prediction) and the relay fallback.
 
 use super::error::ConnectError;
 use super::inner::{control, Inner};
-use super::opts::{ConnectOpts, Connected};
+use super::opts::ConnectOpts;
 use super::primers::prime;
 use super::profile::{current_info, fresh_socket, our_profile, session_base, settled_info, ANSWER_SOCKET};
 use super::relayed::via_relay;
 use super::session::{refuse_late, Meeting, SessionGuard};
-use super::signalling::Signal;
 use super::strategies::act;
 use crate::Connection;
 use crate::quic::Method;
@@ -18,28 +17,6 @@ use macula_nat_proto::signal::{Msg, NodeId, Profile, SessionId};
 use macula_nat_proto::strategy::{Aim, Side, Strategy};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Connects to `target` through the signal's rendezvous.
-pub async fn connect(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Result<(Connection, Method), ConnectError> {
-    connect_detailed(signal, target, opts).await.map(|c| (c.conn, c.method))
-}
-
-/// Like [`connect`], also saying which strategy was used and how long it took.
-pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Result<Connected, ConnectError> {
-    let started = Instant::now();
-    let timeout = opts.timeout;
-    let r = tokio::time::timeout(timeout, initiate(&signal.inner, target, &opts)).await;
-    match r {
-        Ok(Ok((conn, method, strategy))) => {
-            tracing::debug!("signal: connected to {} ({}, {})", conn.remote_address(), method.name(), strategy.name());
-            conn.set_method(method);
-            super::failover::look_after_direct(&signal.inner, &conn, target, &opts);
-            Ok(Connected { conn, method, strategy, elapsed: started.elapsed() })
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(ConnectError::Timeout),
-    }
-}
 
 /// One connect, in one session; a prediction that failed by chance gets
 /// one more session (see [`may_retry`]) before the relay.

@@ -36,6 +36,8 @@ pub(super) struct Inner {
     /// Responder sessions running, per initiator and in total (see
     /// `SignalConfig::max_responder_sessions`).
     pub(super) responding: Mutex<Caps<NodeId>>,
+    /// A guest membership (see `super::reach`), not the node's own.
+    pub(super) guest: bool,
 }
 
 pub(super) fn control(inner: &Inner) -> Result<Connection, ConnectError> {

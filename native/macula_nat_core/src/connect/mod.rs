@@ -71,8 +71,9 @@
 //!
 //! # Files
 //!
-//! * `signalling`: the [`Signal`] (join, control loop, incoming messages),
-//!   with `inner` (what the signal shares with its sessions);
+//! * `signalling`: the [`Signal`] and [`connect`]; `membership`: a
+//!   membership at a rendezvous (join, control loop, incoming messages),
+//!   with `inner` (what it shares with its sessions);
 //! * `opts`, `error`: [`ConnectOpts`], [`SignalConfig`], [`ConnectError`];
 //! * `profile`: our profile for a session, a peer's candidates;
 //! * `session`: a session's channel, the `Meeting`, the
@@ -81,7 +82,9 @@
 //! * `responder`: answering an `Incoming`;
 //! * `strategies`: acting on the go, one function per strategy arm, with
 //!   `punching` (punch, bounded dials) and `primers` below them;
-//! * `relayed`: relayed connections, relay loss and upgrades.
+//! * `relayed`: relayed connections, relay loss and upgrades;
+//! * `reach`: targets registered at another rendezvous, found through
+//!   their signed record, signalled through a guest connection.
 //!
 //! The decisions (targets, strategy of a session, dial bounds, retries)
 //! are `macula_nat_proto::connect`'s.
@@ -90,10 +93,12 @@ mod error;
 mod failover;
 mod initiator;
 mod inner;
+mod membership;
 mod opts;
 mod primers;
 mod profile;
 mod punching;
+mod reach;
 mod relayed;
 mod responder;
 mod session;
@@ -102,7 +107,7 @@ mod strategies;
 
 pub use crate::quic::Method;
 pub use error::ConnectError;
-pub use initiator::{connect, connect_detailed};
+pub use signalling::{connect, connect_detailed};
 pub use macula_nat_proto::connect::{profile_of, public_profile};
 pub use opts::{ConnectOpts, Connected, SignalConfig};
 pub use signalling::Signal;

@@ -79,6 +79,12 @@ pub struct SignalConfig {
     /// `Incoming` is refused with `Reject(BUSY)`.
     pub max_responder_sessions: usize,
     pub max_responder_sessions_per_peer: usize,
+    /// Guest signalling connections (to rendezvous of targets registered
+    /// elsewhere, see `connect::reach`) kept at once; 0: none, a connect
+    /// reaches only nodes at our rendezvous.
+    pub max_guests: usize,
+    /// A guest connection with no session for this long is closed.
+    pub guest_idle: Duration,
 }
 
 impl SignalConfig {
@@ -93,6 +99,8 @@ impl SignalConfig {
             primers: true,
             max_responder_sessions: 128,
             max_responder_sessions_per_peer: 16,
+            max_guests: macula_nat_proto::reach::MAX_GUESTS,
+            guest_idle: macula_nat_proto::reach::GUEST_IDLE,
         }
     }
 }

@@ -1,34 +1,34 @@
-//! The signalling client: a node's membership at a rendezvous ([`Signal`]),
-//! its control connection (registered, watched, re-dialled) and the
-//! routing of incoming signalling messages to sessions and responders.
+//! The signalling client: a node's membership at a rendezvous ([`Signal`],
+//! the membership itself in `membership`), and [`connect`] through it, or
+//! through the target's own rendezvous (`reach`).
 
-use crate::lock::{lock, read, write};
+use crate::lock::{lock, write};
 use super::error::ConnectError;
-use super::inner::{control, Inner};
-use super::opts::SignalConfig;
-use super::profile::{contiguity_basis, current_info, keep_reachable_candidates};
-use super::responder::{refuse, respond, Responding};
-use crate::{runtime, Connection, Node};
-use crate::detect::alloc_probe::AllocTracker;
-use crate::local_profile::ProfileState;
+use super::inner::Inner;
+use super::membership::{build_inner, start};
+use super::opts::{ConnectOpts, Connected, SignalConfig};
+use super::reach::{initiate_anywhere, Reach};
+use crate::{Connection, Node};
+use crate::profile_cache::ProfileCache;
+use crate::quic::Method;
 use crate::relay::RelaySet;
 use macula_nat_proto::connect::public_profile;
-use macula_nat_proto::limits::caps::Caps;
 use macula_nat_proto::record::PeerInfo;
-use macula_nat_proto::signal::{HelloKind, Msg, NodeId};
-use std::collections::HashMap;
+use macula_nat_proto::signal::NodeId;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
-use tokio::sync::watch;
+use std::sync::Arc;
+use std::time::Instant;
 use tokio::task::JoinHandle;
 
 /// A node's membership at a rendezvous. Dropping it (or `close`) leaves.
 pub struct Signal {
     pub(super) inner: Arc<Inner>,
     pub(super) task: JoinHandle<()>,
-    /// Follows the node's published profile (see [`follow_profile`]).
+    /// Follows the node's published profile (see
+    /// `membership::follow_profile`).
     pub(super) follow: JoinHandle<()>,
+    /// Reaching targets registered at other rendezvous.
+    pub(super) reach: Arc<Reach>,
 }
 
 impl Drop for Signal {
@@ -51,45 +51,24 @@ impl Signal {
         rendezvous_id: NodeId,
         cfg: SignalConfig,
     ) -> Result<Signal, ConnectError> {
-        let dispatch = node.dispatch()?;
         let relays = RelaySet::new(&node);
-        let (control, _) = watch::channel(None);
-        let alloc = AllocTracker::new(&node, rendezvous_addr);
-        let responding = Mutex::new(Caps::new(cfg.max_responder_sessions_per_peer, cfg.max_responder_sessions));
-        let inner = Arc::new(Inner {
-            node,
-            rendezvous: rendezvous_addr,
-            rendezvous_id,
-            cfg: RwLock::new(cfg),
-            control,
-            observed: Mutex::new(None),
-            sessions: Mutex::new(HashMap::new()),
-            dispatch,
-            relays,
-            alloc,
-            relayed_in: Mutex::new(Vec::new()),
-            responding,
-        });
-        // Watched from before the registration: a detection that finishes
-        // while we register is followed too.
-        let profiles = inner.node.local_profile().subscribe();
-        // Learnt while we register: a session right after the join
-        // primes too (see `crate::punch::primer`); about one round trip.
-        let primers = read(&inner.cfg).primers;
-        let learn = async {
-            if primers {
-                learn_primer_ttl(&inner.node, rendezvous_addr).await;
-            }
-        };
-        let (conn, ()) = tokio::join!(register(&inner), learn);
-        let conn = conn?;
-        if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
-            // Measured now, ready for the first session.
-            inner.alloc.clone().refresh(basis, conn.rtt());
-        }
-        let task = runtime::spawn(control_loop(Arc::downgrade(&inner), conn));
-        let follow = runtime::spawn(follow_profile(Arc::downgrade(&inner), profiles));
-        Ok(Signal { inner, task, follow })
+        let inner = build_inner(node, rendezvous_addr, rendezvous_id, cfg, relays, false)?;
+        let mut tasks = start(&inner).await?.into_iter();
+        let (Some(task), Some(follow)) = (tasks.next(), tasks.next()) else { return Err(ConnectError::Closed) };
+        Ok(Signal { inner, task, follow, reach: Arc::default() })
+    }
+
+    /// Where records are looked up when our rendezvous does not know a
+    /// target (see `reach`): the node's profile cache, whose DHT holds the
+    /// signed records. Without one a connect only reaches nodes registered
+    /// at our rendezvous.
+    pub fn set_directory(&self, cache: Option<Arc<ProfileCache>>) {
+        self.reach.set_directory(cache);
+    }
+
+    /// Guest signalling connections (to other rendezvous) open right now.
+    pub fn guest_connections(&self) -> usize {
+        self.reach.guests()
     }
 
     pub fn node(&self) -> &Arc<Node> {
@@ -148,175 +127,33 @@ impl Signal {
         self.task.abort();
         self.follow.abort();
         self.inner.relays.close();
+        self.reach.close();
         if let Some(c) = self.inner.control.borrow().as_ref() {
             c.close("signal closed");
         }
     }
 }
 
-/// How long the join waits for the primer TTL (a route of a few hops
-/// answers within a round trip to the rendezvous).
-pub(super) const PRIMER_LEARN_BUDGET: Duration = Duration::from_millis(1000);
-
-/// Learns the primer TTL towards the rendezvous into the node (see
-/// [`crate::punch::primer`]); a node that cannot learn one sends none.
-pub(super) async fn learn_primer_ttl(node: &Arc<Node>, rendezvous: SocketAddr) {
-    let Ok(bound) = node.local_addr() else { return };
-    let learn = move || tokio::task::spawn_blocking(move || crate::punch::primer::ttl_towards(bound.ip(), rendezvous, PRIMER_LEARN_BUDGET));
-    let got = learn().await.ok().flatten();
-    node.set_primer_ttl(got);
-    if got.is_some() {
-        return;
-    }
-    // Routers whose ICMP budget was spent, or a route still settling: a few
-    // more tries in the background, spaced past the routers' rate limit.
-    let weak = Arc::downgrade(node);
-    runtime::spawn(async move {
-        for after in [2, 10, 30] {
-            tokio::time::sleep(Duration::from_secs(after)).await;
-            let got = learn().await.ok().flatten();
-            let Some(node) = weak.upgrade() else { return };
-            if got.is_some() {
-                node.set_primer_ttl(got);
-                return;
-            }
-        }
-    });
+/// Connects to `target`: through the signal's rendezvous, or, when it does
+/// not know the target, through one its signed record names (see
+/// [`Signal::set_directory`]).
+pub async fn connect(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Result<(Connection, Method), ConnectError> {
+    connect_detailed(signal, target, opts).await.map(|c| (c.conn, c.method))
 }
 
-pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectError> {
-    let join_timeout = read(&inner.cfg).join_timeout;
-    let go = async {
-        let quic = inner.node.quic()?;
-        let conn = quic.connect_control(inner.rendezvous, inner.rendezvous_id).await?;
-        conn.send(Msg::Hello(HelloKind::Control).encode()).await?;
-        loop {
-            let Some(m) = conn.recv().await else { return Err(ConnectError::NoRendezvous) };
-            if let Ok(Msg::Registered { observed }) = Msg::decode(&m) {
-                *lock(&inner.observed) = Some(observed);
-                // A rejoin from a new address is a network change too.
-                inner.node.reflexive().observe(observed);
-                inner.control.send_replace(Some(conn.clone()));
-                return Ok(conn);
-            }
+/// Like [`connect`], also saying which strategy was used and how long it took.
+pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Result<Connected, ConnectError> {
+    let started = Instant::now();
+    let timeout = opts.timeout;
+    let r = tokio::time::timeout(timeout, initiate_anywhere(&signal.inner, &signal.reach, target, &opts)).await;
+    match r {
+        Ok(Ok((conn, method, strategy, through))) => {
+            tracing::debug!("signal: connected to {} ({}, {})", conn.remote_address(), method.name(), strategy.name());
+            conn.set_method(method);
+            super::failover::look_after_direct(&through, &conn, target, &opts);
+            Ok(Connected { conn, method, strategy, elapsed: started.elapsed() })
         }
-    };
-    tokio::time::timeout(join_timeout, go).await.unwrap_or(Err(ConnectError::Timeout))
-}
-
-/// Receives on the control connection; re-registers when it is lost.
-pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connection) {
-    loop {
-        while let Some(bytes) = conn.recv().await {
-            let Some(inner) = weak.upgrade() else { return };
-            match Msg::decode(&bytes) {
-                Ok(Msg::Incoming { from, session, flags, attempts, mut profile, observed }) => {
-                    keep_reachable_candidates(&inner, &mut profile, observed);
-                    match Responding::admit(&inner, from, session) {
-                        Some(admitted) => {
-                            runtime::spawn(respond(admitted, session, flags, attempts, profile, observed));
-                        }
-                        None => {
-                            tracing::debug!("signal: too many sessions to answer; refusing one of {:02x?}", &from.as_bytes()[..4]);
-                            refuse(&conn, from, session);
-                        }
-                    }
-                }
-                Ok(Msg::Registered { observed }) => {
-                    // The answer to a registration refresh (see
-                    // `follow_profile`), or the rendezvous telling us our
-                    // control connection moved (a renumbered router, a
-                    // rebinding NAT): where it sees us now. A move is a
-                    // network change (`crate::netchange`).
-                    let moved = lock(&inner.observed).replace(observed) != Some(observed);
-                    if moved {
-                        tracing::debug!("signal: the rendezvous now sees us at {observed}");
-                    }
-                    inner.node.reflexive().observe(observed);
-                    if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
-                        inner.alloc.clone().refresh(basis, conn.rtt());
-                    }
-                }
-                Ok(m) => {
-                    let Some(s) = m.session() else { continue };
-                    let tx = lock(&inner.sessions).get(&s).cloned();
-                    if let Some(tx) = tx {
-                        let _ = tx.send(m);
-                    }
-                }
-                Err(e) => tracing::debug!("signal: bad message from rendezvous: {e}"),
-            }
-        }
-        let Some(inner) = weak.upgrade() else { return };
-        inner.control.send_replace(None);
-        let base = read(&inner.cfg).reconnect_backoff;
-        let mut backoff = base;
-        conn = loop {
-            if inner.node.is_closed() {
-                return;
-            }
-            match register(&inner).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::debug!("signal: reconnect to rendezvous failed: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(base * 8);
-                }
-            }
-        };
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(ConnectError::Timeout),
     }
 }
-
-/// Follows the node's published profile for as long as the signal lives:
-/// after every detection (first, periodic, forced, network change) the
-/// registration is refreshed. The rendezvous keeps no profile of ours, only
-/// the control connection and the address it sees it at (profile and
-/// candidates travel in each session's `Connect` / `Answer`, read when
-/// sent), so a refresh is a repeated `Hello(Control)`: the rendezvous
-/// answers `Registered` with the address it sees now, which becomes our
-/// reflexive address (and, behind a contiguous allocator, the basis of the
-/// next measurement of its counter).
-///
-/// The same refresh answers a suspicion that our address moved
-/// ([`crate::netchange::Reflexive::suspect`]), at most once per
-/// [`SUSPICION_EVERY`] (whoever raises them, they cost the rendezvous one
-/// message per interval).
-pub(super) async fn follow_profile(weak: std::sync::Weak<Inner>, mut profiles: watch::Receiver<ProfileState>) {
-    let mut suspicions = match weak.upgrade() {
-        Some(inner) => inner.node.reflexive().suspicions(),
-        None => return,
-    };
-    let mut asked = None::<tokio::time::Instant>;
-    loop {
-        tokio::select! {
-            r = profiles.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                if !matches!(*profiles.borrow_and_update(), ProfileState::Known(_)) {
-                    continue;
-                }
-            }
-            r = suspicions.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                suspicions.borrow_and_update();
-                if let Some(at) = asked {
-                    tokio::time::sleep_until(at + SUSPICION_EVERY).await;
-                }
-                asked = Some(tokio::time::Instant::now());
-                tracing::debug!("signal: our address may have moved; asking the rendezvous");
-            }
-        }
-        let Some(inner) = weak.upgrade() else { return };
-        if let Ok(ctl) = control(&inner) {
-            if let Err(e) = ctl.send(Msg::Hello(HelloKind::Control).encode()).await {
-                tracing::debug!("signal: registration refresh failed: {e}");
-            }
-        }
-    }
-}
-
-/// See [`follow_profile`].
-pub(super) const SUSPICION_EVERY: Duration = Duration::from_secs(1);

@@ -1,0 +1,235 @@
+//! Reaching a node by its id alone: when our rendezvous does not know the
+//! target, its signed record (profile cache, then DHT) names the
+//! rendezvous it is joined at; we dial one of them from our own socket
+//! (a *guest* signalling connection, opened on demand, shared by later
+//! connects, closed after `SignalConfig::guest_idle` without a session)
+//! and signal through it. The decisions (which rendezvous, in what order,
+//! when to give up, which guest to close) are
+//! `macula_nat_proto::reach`'s.
+//!
+//! Why a connection of our own rather than our rendezvous forwarding to
+//! theirs: no trust or protocol between rendezvous operators is needed,
+//! the target's rendezvous sees our real reflexive address (what it tells
+//! the target to punch towards, and the round trip it times the go with),
+//! and a rendezvous keeps serving only the nodes that dial it.
+
+use crate::lock::{lock, read, write};
+use super::error::ConnectError;
+use super::inner::Inner;
+use super::initiator::initiate;
+use super::membership::{build_inner, start};
+use crate::profile_cache::ProfileCache;
+use crate::quic::Method;
+use crate::{runtime, Connection};
+use macula_nat_proto::reach::{self, Outcome};
+use macula_nat_proto::record::Contact;
+use macula_nat_proto::signal::NodeId;
+use macula_nat_proto::strategy::Strategy;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+
+/// What a signal keeps for reaching nodes registered elsewhere: where to
+/// look records up, and its guest connections.
+#[derive(Default)]
+pub(super) struct Reach {
+    directory: RwLock<Option<Arc<ProfileCache>>>,
+    guests: Mutex<HashMap<NodeId, Arc<Guest>>>,
+}
+
+/// A guest signalling connection: a membership at another rendezvous
+/// (its own `Inner`, sharing our node, dispatcher and relays).
+pub(super) struct Guest {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+    last_used: Mutex<Instant>,
+    busy: AtomicUsize,
+}
+
+impl Guest {
+    fn close(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(c) = self.inner.control.borrow().as_ref() {
+            c.close("guest signalling idle");
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A session running through a guest: keeps it from being closed.
+struct Use(Arc<Guest>);
+
+impl Use {
+    fn new(g: Arc<Guest>) -> Use {
+        g.busy.fetch_add(1, Ordering::AcqRel);
+        *lock(&g.last_used) = Instant::now();
+        Use(g)
+    }
+}
+
+impl Drop for Use {
+    fn drop(&mut self) {
+        *lock(&self.0.last_used) = Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Reach {
+    pub(super) fn set_directory(&self, cache: Option<Arc<ProfileCache>>) {
+        *write(&self.directory) = cache;
+    }
+
+    /// Guest connections open right now.
+    pub(super) fn guests(&self) -> usize {
+        lock(&self.guests).len()
+    }
+
+    pub(super) fn close(&self) {
+        let all: Vec<_> = lock(&self.guests).drain().map(|(_, g)| g).collect();
+        for g in all {
+            g.close();
+        }
+    }
+}
+
+/// A connect: through our own rendezvous, then, when it does not know the
+/// target, through the rendezvous the target's record names. Answers the
+/// signal the connection was made through (ours or a guest's), which
+/// looks after it.
+pub(super) async fn initiate_anywhere(inner: &Arc<Inner>, reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts) -> Result<(Connection, Method, Strategy, Arc<Inner>), ConnectError> {
+    let first = initiate(inner, target, opts).await;
+    match first {
+        Err(ConnectError::UnknownPeer | ConnectError::NoRendezvous) => {}
+        Ok((c, m, s)) => return Ok((c, m, s, inner.clone())),
+        Err(e) => return Err(e),
+    }
+    let first_err = first.err().unwrap_or(ConnectError::UnknownPeer);
+    let Some(dir) = read(&reach.directory).clone() else { return Err(first_err) };
+    if read(&inner.cfg).max_guests == 0 {
+        return Err(first_err);
+    }
+    let entry = match dir.get_or_fetch(target).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!("reach: no record of {:02x?}: {e:?}", &target.as_bytes()[..4]);
+            return Err(first_err);
+        }
+    };
+    let open: Vec<NodeId> = lock(&reach.guests).keys().copied().collect();
+    let plan = reach::plan(&entry.contacts.rendezvous, Some(&inner.rendezvous_id), &inner.node.node_id(), &open);
+    let mut last = first_err;
+    for contact in plan {
+        let guest = match guest(inner, reach, contact).await {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::debug!("reach: rendezvous {} unreachable: {e}", contact.addr);
+                last = e;
+                continue;
+            }
+        };
+        let used = Use::new(guest);
+        let r = initiate(&used.0.inner, target, opts).await;
+        let outcome = match &r {
+            Ok(_) => Outcome::Reached,
+            Err(ConnectError::UnknownPeer) => Outcome::NotThere,
+            Err(ConnectError::NoRendezvous | ConnectError::Closed) => Outcome::Unreachable,
+            Err(_) => Outcome::Reached,
+        };
+        tracing::debug!("reach: through {} for {:02x?}: {outcome:?}", contact.addr, &target.as_bytes()[..4]);
+        match r {
+            Ok((c, m, s)) => return Ok((c, m, s, used.0.inner.clone())),
+            Err(e) if reach::try_next(outcome) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// The guest connection to `contact`: the open one, or a new one (making
+/// room by closing the longest idle guest with no session running).
+async fn guest(inner: &Arc<Inner>, reach: &Arc<Reach>, contact: Contact) -> Result<Arc<Guest>, ConnectError> {
+    let existing = lock(&reach.guests).get(&contact.node_id).cloned();
+    if let Some(g) = existing {
+        if g.inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none()) {
+            return Ok(g);
+        }
+    }
+    let (max, idle) = {
+        let cfg = read(&inner.cfg);
+        (cfg.max_guests, cfg.guest_idle)
+    };
+    make_room(reach, max)?;
+    let cfg = read(&inner.cfg).clone();
+    let g_inner = build_inner(inner.node.clone(), contact.addr, contact.node_id, cfg, inner.relays.clone(), true)?;
+    let tasks = start(&g_inner).await?;
+    let g = Arc::new(Guest { inner: g_inner, tasks, last_used: Mutex::new(Instant::now()), busy: AtomicUsize::new(0) });
+    // Two connects racing to the same rendezvous: the first one in wins,
+    // the other's connection is closed with its guest.
+    let kept = {
+        let mut guests = lock(&reach.guests);
+        match guests.get(&contact.node_id) {
+            Some(other) if other.inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none()) => other.clone(),
+            _ => {
+                guests.insert(contact.node_id, g.clone());
+                g.clone()
+            }
+        }
+    };
+    if Arc::ptr_eq(&kept, &g) {
+        tracing::debug!("reach: guest signalling at {} ({:02x?})", contact.addr, &contact.node_id.as_bytes()[..4]);
+        runtime::spawn(reap(Arc::downgrade(reach), contact.node_id, Arc::downgrade(&g), idle));
+    }
+    Ok(kept)
+}
+
+fn make_room(reach: &Reach, max: usize) -> Result<(), ConnectError> {
+    let victim = {
+        let guests = lock(&reach.guests);
+        let now = Instant::now();
+        let view: Vec<(NodeId, Duration, bool)> = guests
+            .iter()
+            .map(|(k, g)| (*k, now.saturating_duration_since(*lock(&g.last_used)), g.busy.load(Ordering::Acquire) > 0))
+            .collect();
+        reach::evict(&view, max).map_err(|_| ConnectError::Rejected(macula_nat_proto::signal::reject::BUSY))?
+    };
+    if let Some(k) = victim {
+        if let Some(g) = lock(&reach.guests).remove(&k) {
+            g.close();
+        }
+    }
+    Ok(())
+}
+
+/// Closes a guest once no session has run through it for `idle`.
+async fn reap(owner: Weak<Reach>, key: NodeId, guest: Weak<Guest>, idle: Duration) {
+    loop {
+        let wait = {
+            let Some(g) = guest.upgrade() else { return };
+            let since = lock(&g.last_used).elapsed();
+            if g.busy.load(Ordering::Acquire) == 0 && since >= idle {
+                drop(g);
+                let Some(owner) = owner.upgrade() else { return };
+                let mut guests = lock(&owner.guests);
+                if guests.get(&key).is_some_and(|g| Weak::ptr_eq(&Arc::downgrade(g), &guest)) {
+                    if let Some(g) = guests.remove(&key) {
+                        drop(guests);
+                        tracing::debug!("reach: guest signalling {:02x?} idle; closed", &key.as_bytes()[..4]);
+                        g.close();
+                    }
+                }
+                return;
+            }
+            idle.saturating_sub(since).max(Duration::from_millis(50))
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
