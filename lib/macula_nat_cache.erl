@@ -136,6 +136,10 @@ init(Opts) ->
             case macula_nat_nif:cache_new(Node, maps:merge(Base, Backend)) of
                 {ok, Res} ->
                     persistent_term:put(?KEY, {Res, Ttl, Timeout}),
+                    %% The record names the configured rendezvous with
+                    %% their node ids: what a node registered elsewhere
+                    %% needs to signal us through one of them.
+                    ok = macula_nat_nif:cache_set_contacts(Res, rendezvous_contacts(Opts), []),
                     self() ! subscribe,
                     ?LOG_DEBUG("cache up: ~p, dht ~p", [Base, maps:get(dht, Opts, memory)]),
                     {ok, #{res => Res, module => Module, opts => Opts, timeout => Timeout,
@@ -230,6 +234,11 @@ subscribe(#{detector := undefined} = State) ->
     end;
 subscribe(State) ->
     State.
+
+rendezvous_contacts(Opts) ->
+    [{Id, Addr} || #{endpoint := E, node_id := Id0} <- maps:get(rendezvous, Opts, []),
+                   <<_:32/binary>> = Id <- [macula_nat_id:normalize(Id0)],
+                   {ok, Addr} <- [macula_nat_endpoint:parse(E)]].
 
 rendezvous_endpoint(#{endpoint := E}) -> E;
 rendezvous_endpoint(E) -> E.

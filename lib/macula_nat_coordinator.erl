@@ -59,7 +59,9 @@ start_link(Opts) ->
 %% needed and the target advertises none that takes the session), the
 %% relay's refusal with `relay_only' (`max_sessions', `no_reservation',
 %% `relay_disabled', `declined'), `timeout', `unknown_peer' (not registered
-%% at our rendezvous), `no_rendezvous' (not joined), `{bad_option, Key}',
+%% at our rendezvous, and its signed record, from the cache or the DHT,
+%% names no rendezvous that knows it), `no_rendezvous' (not joined),
+%% `{bad_option, Key}',
 %% `bad_node_id', `badarg'.
 %%
 %% Right after the node started, the configured rendezvous may not be
@@ -451,6 +453,13 @@ do_join(Endpoint, NodeId0, Timeout) ->
                    fun(Ref) -> macula_nat_nif:signal_join(Ref, Node, Addr, NodeId, Profile) end,
                    Timeout) of
                 {ok, Sig} ->
+                    %% Targets our rendezvous does not know are looked up
+                    %% in the profile cache (their signed records) and
+                    %% signalled through a rendezvous they advertise.
+                    case macula_nat_cache:resource() of
+                        {ok, Cache} -> ok = macula_nat_nif:signal_set_directory(Sig, Cache);
+                        {error, _} -> ok
+                    end,
                     %% The old signal (if any) is dropped and closes when
                     %% collected; the new one takes over from here.
                     ets:insert(?TABLE, {signal, Sig}),

@@ -17,11 +17,12 @@
          detect_start/4, lifetime_start/4, observations_new/3, observations_add/3,
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
          cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
+         cache_set_contacts/3,
          conn_open/5, conn_accept/3, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
          conn_setopts/2, conn_quality/2, conn_recv/2, conn_recv_cancel/2, conn_credit/3,
          port_predict/4,
          rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
-         signal_connect/4, signal_accept/3,
+         signal_connect/4, signal_accept/3, signal_set_directory/2,
          %% relays
          relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
          signal_set_relays/2, signal_reserved_relays/1,
@@ -273,6 +274,14 @@ relay_disable(_Relay) -> erlang:nif_error(not_loaded).
 
 -spec relay_stats(resource()) -> {ok, map()} | {error, term()}.
 relay_stats(_Relay) -> erlang:nif_error(not_loaded).
+
+-spec signal_set_directory(resource(), resource()) -> ok.
+signal_set_directory(_Signal, _Cache) -> erlang:nif_error(not_loaded).
+
+-spec cache_set_contacts(resource(), [{binary(), binary() | {inet:ip_address(), inet:port_number()}}],
+                         [{binary(), binary() | {inet:ip_address(), inet:port_number()}}]) ->
+          ok | {error, badarg}.
+cache_set_contacts(_Cache, _Rendezvous, _Reserved) -> erlang:nif_error(not_loaded).
 
 -spec signal_set_relays(resource(), [{binary(), binary() | {inet:ip_address(), inet:port_number()}}]) ->
     ok | {error, badarg}.

@@ -284,6 +284,26 @@ fn cache_advertise<'a>(env: Env<'a>, reference: Term<'a>, res: ResourceArc<Cache
     })
 }
 
+/// `cache_set_contacts(Cache, Rendezvous, Reserved) -> ok | {error,
+/// badarg}`: where this node's record says it can be signalled (the
+/// rendezvous it joins, with their node ids) and relayed (relays holding
+/// its reservation); both `[{NodeId, Endpoint}]`, best first, at most
+/// `MAX_CONTACTS` each kept. Republished soon if it changes the record.
+#[rustler::nif]
+fn cache_set_contacts<'a>(env: Env<'a>, res: ResourceArc<CacheRes>, rendezvous: Term<'a>, reserved: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        let (Some(mut rendezvous), Some(mut reserved)) =
+            (crate::traversal_nif::decode_contacts(rendezvous), crate::traversal_nif::decode_contacts(reserved))
+        else {
+            return (atoms::error(), atoms::badarg()).encode(env);
+        };
+        rendezvous.truncate(macula_nat_proto::record::MAX_CONTACTS);
+        reserved.truncate(macula_nat_proto::record::MAX_CONTACTS);
+        res.adv.set_contacts(macula_nat_proto::record::Contacts { rendezvous, reserved });
+        atoms::ok().encode(env)
+    })
+}
+
 /// `cache_dht_reply(Cache, Id, Answer) -> ok`. Answer: `ok` (put done),
 /// `{ok, Record}`, `{error, not_found}` or `{error, _}`.
 #[rustler::nif]

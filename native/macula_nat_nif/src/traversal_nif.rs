@@ -3,6 +3,7 @@
 //! accepts run in the calling process, which owns the connection it gets.
 
 use crate::conn_nif::{adopt, adopted_in, decode_mode, method_atom};
+use crate::cache_nif::CacheRes;
 use crate::node_nif::NodeRes;
 use crate::profile_term::decode_peer_info;
 use crate::relay_nif::refusal_atom;
@@ -261,6 +262,27 @@ fn signal_set_relays<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, relays: Term
             None => (atoms::error(), atoms::badarg()).encode(env),
         }
     })
+}
+
+/// `signal_set_directory(Signal, Cache) -> ok`: a connect to a node that
+/// our rendezvous does not know looks its signed record up in `Cache` (the
+/// node's profile cache and DHT) and signals through the rendezvous it
+/// names.
+#[rustler::nif]
+fn signal_set_directory<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, cache: ResourceArc<CacheRes>) -> Term<'a> {
+    guard::guard(env, || {
+        sig.signal.set_directory(Some(cache.cache.clone()));
+        atoms::ok().encode(env)
+    })
+}
+
+/// `[{NodeId, Endpoint}]` (raw or hex ids, `<<"ip:port">>` or `{Ip, Port}`)
+/// as contacts; `None` if any is malformed.
+pub(crate) fn decode_contacts(t: Term) -> Option<Vec<macula_nat_proto::record::Contact>> {
+    let list = t.decode::<Vec<(Term, Term)>>().ok()?;
+    list.iter()
+        .map(|(id, ep)| Some(macula_nat_proto::record::Contact { node_id: convert::decode_node_id(*id)?, addr: decode_endpoint(*ep)? }))
+        .collect()
 }
 
 fn decode_endpoint(t: Term) -> Option<std::net::SocketAddr> {
