@@ -190,3 +190,41 @@ fn guests_are_capped() {
         assert_eq!(a.guest_connections(), 1);
     });
 }
+
+#[test]
+fn the_targets_relays_serve_the_fallback_across_rendezvous() {
+    use macula_nat_core::relay::{RelayLimits, RelayServer};
+    use macula_nat_proto::nat::{Allocation, Filtering, Mapping, NatType};
+    runtime::handle().block_on(async {
+        let (r1, r2) = (Rdv::start(), Rdv::start());
+        let relay = node();
+        let (tx, _events) = tokio::sync::mpsc::channel(macula_nat_core::relay::EVENT_QUEUE);
+        let _server = RelayServer::start(&relay, RelayLimits::default(), tx).unwrap();
+        // Both behind symmetric NATs: only a relay connects them.
+        let sym = macula_nat_core::connect::profile_of(NatType { mapping: Mapping::Pd, filtering: Filtering::Pd, allocation: Allocation::Rd }, None, false);
+        let mut ca = cfg();
+        ca.profile = sym.clone();
+        let mut cb = cfg();
+        cb.profile = sym;
+        let a = join(&r1, ca).await;
+        let b = join(&r2, cb).await;
+        b.set_relays(vec![(relay.node_id(), relay.local_addr().unwrap())]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while b.reserved_relays().is_empty() {
+            assert!(Instant::now() < deadline, "B reserved");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _adv = advertise(&b, vec![r2.contact()]).await;
+        a.set_directory(Some(directory()));
+        let opts = ConnectOpts { allow_relay: true, upgrade_interval: None, ..ConnectOpts::default() };
+        let c = tokio::time::timeout(Duration::from_secs(20), connect_detailed(&a, b.node().node_id(), opts)).await.unwrap().unwrap();
+        assert_eq!(c.method, Method::Relayed);
+        assert_eq!(a.node().relay_of(&c.conn.remote_address()), Some(relay.node_id()));
+        let on_b = tokio::time::timeout(Duration::from_secs(5), b.accept()).await.unwrap().unwrap();
+        c.conn.send(b"via relay".to_vec()).await.unwrap();
+        assert_eq!(on_b.recv().await.unwrap(), b"via relay");
+        on_b.send(b"back".to_vec()).await.unwrap();
+        assert_eq!(c.conn.recv().await.unwrap(), b"back");
+        eprintln!("cross-rendezvous relayed connect: {:?}", c.elapsed);
+    });
+}
