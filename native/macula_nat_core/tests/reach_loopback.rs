@@ -228,3 +228,24 @@ fn the_targets_relays_serve_the_fallback_across_rendezvous() {
         eprintln!("cross-rendezvous relayed connect: {:?}", c.elapsed);
     });
 }
+
+#[test]
+fn a_target_that_moved_is_found_through_its_newer_record() {
+    runtime::handle().block_on(async {
+        let (r1, r2, r3) = (Rdv::start(), Rdv::start(), Rdv::start());
+        let a = join(&r1, cfg()).await;
+        a.set_directory(Some(directory()));
+        let b_node = node();
+        let b = Signal::join_with(b_node.clone(), r2.addr(), r2.node.node_id(), cfg()).await.unwrap();
+        let adv = advertise(&b, vec![r2.contact()]).await;
+        exchange(&a, &b).await;
+        // B leaves R2 for R3 and says so; A's cache still holds the old
+        // record (well within its TTL).
+        b.close();
+        drop(b);
+        let b = Signal::join_with(b_node, r3.addr(), r3.node.node_id(), cfg()).await.unwrap();
+        adv.set_contacts(Contacts { rendezvous: vec![r3.contact()], reserved: vec![] });
+        adv.publish(PeerInfo { endpoints: vec![b.node().local_addr().unwrap()], ..public_profile() }).await.unwrap();
+        let (_c, _on_b, _, _) = exchange(&a, &b).await;
+    });
+}

@@ -105,7 +105,7 @@ impl Reach {
 /// target, through the rendezvous the target's record names. Answers the
 /// signal the connection was made through (ours or a guest's), which
 /// looks after it.
-pub(super) async fn initiate_anywhere(inner: &Arc<Inner>, reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts) -> Result<(Connection, Method, Strategy, Arc<Inner>), ConnectError> {
+pub(super) async fn initiate_anywhere(inner: &Arc<Inner>, reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts) -> Result<Reached, ConnectError> {
     let first = initiate(inner, target, opts).await;
     match first {
         Err(ConnectError::UnknownPeer | ConnectError::NoRendezvous) => {}
@@ -117,22 +117,48 @@ pub(super) async fn initiate_anywhere(inner: &Arc<Inner>, reach: &Arc<Reach>, ta
     if read(&inner.cfg).max_guests == 0 {
         return Err(first_err);
     }
-    let entry = match dir.get_or_fetch(target).await {
+    let mut entry = match dir.get_or_fetch(target).await {
         Ok(e) => e,
         Err(e) => {
             tracing::debug!("reach: no record of {:02x?}: {e:?}", &target.as_bytes()[..4]);
             return Err(first_err);
         }
     };
-    let open: Vec<NodeId> = lock(&reach.guests).keys().copied().collect();
-    let plan = reach::plan(&entry.contacts.rendezvous, Some(&inner.rendezvous_id), &inner.node.node_id(), &open);
     let mut last = first_err;
+    for round in 0..2 {
+        if round == 1 {
+            // The record may have come from the cache and be out of date
+            // (the target moved to another rendezvous within the cache's
+            // TTL): once, a newer one from the DHT gets its own round.
+            match dir.fetch(target).await {
+                Ok(e) if e.seq > entry.seq => entry = e,
+                _ => break,
+            }
+        }
+        match through_record(inner, reach, target, opts, &entry.contacts.rendezvous).await {
+            Ok(done) => return Ok(done),
+            Err(Some((e, Outcome::Reached))) => return Err(e),
+            Err(Some((e, _))) => last = e,
+            Err(None) => {}
+        }
+    }
+    Err(last)
+}
+
+type Reached = (Connection, Method, Strategy, Arc<Inner>);
+
+/// Tries the rendezvous of `advertised` the plan picks; the error of the
+/// last attempt and how it ended (`None`: nothing to try).
+async fn through_record(inner: &Arc<Inner>, reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts, advertised: &[Contact]) -> Result<Reached, Option<(ConnectError, Outcome)>> {
+    let open: Vec<NodeId> = lock(&reach.guests).keys().copied().collect();
+    let plan = reach::plan(advertised, Some(&inner.rendezvous_id), &inner.node.node_id(), &open);
+    let mut last = None;
     for contact in plan {
         let guest = match guest(inner, reach, contact).await {
             Ok(g) => g,
             Err(e) => {
                 tracing::debug!("reach: rendezvous {} unreachable: {e}", contact.addr);
-                last = e;
+                last = Some((e, Outcome::Unreachable));
                 continue;
             }
         };
@@ -147,8 +173,8 @@ pub(super) async fn initiate_anywhere(inner: &Arc<Inner>, reach: &Arc<Reach>, ta
         tracing::debug!("reach: through {} for {:02x?}: {outcome:?}", contact.addr, &target.as_bytes()[..4]);
         match r {
             Ok((c, m, s)) => return Ok((c, m, s, used.0.inner.clone())),
-            Err(e) if reach::try_next(outcome) => last = e,
-            Err(e) => return Err(e),
+            Err(e) if reach::try_next(outcome) => last = Some((e, outcome)),
+            Err(e) => return Err(Some((e, outcome))),
         }
     }
     Err(last)
