@@ -112,6 +112,20 @@ impl Advertiser {
         self.wake.notify_one();
     }
 
+    /// Replaces only the reserving relays of [`Advertiser::set_contacts`]
+    /// (what the node's relay set follows; the rendezvous are configured).
+    pub fn set_reserved(&self, reserved: Vec<macula_nat_proto::record::Contact>) {
+        {
+            let mut st = lock(&self.state);
+            if st.contacts.reserved == reserved {
+                return;
+            }
+            st.contacts.reserved = reserved;
+            st.dirty = true;
+        }
+        self.wake.notify_one();
+    }
+
     pub fn contacts(&self) -> Contacts {
         lock(&self.state).contacts.clone()
     }

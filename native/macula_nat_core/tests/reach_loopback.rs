@@ -214,7 +214,21 @@ fn the_targets_relays_serve_the_fallback_across_rendezvous() {
             assert!(Instant::now() < deadline, "B reserved");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let _adv = advertise(&b, vec![r2.contact()]).await;
+        let adv = advertise(&b, vec![r2.contact()]).await;
+        // B's record names its live reservation too.
+        b.advertise_reservations(adv.clone());
+        let relay_contact = Contact { node_id: relay.node_id(), addr: relay.local_addr().unwrap() };
+        let reader = directory();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = reader.fetch(b.node().node_id()).await.unwrap();
+            if e.contacts.reserved == vec![relay_contact] {
+                assert_eq!(e.contacts.rendezvous, vec![r2.contact()]);
+                break;
+            }
+            assert!(Instant::now() < deadline, "reservation advertised: {:?}", e.contacts);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         a.set_directory(Some(directory()));
         let opts = ConnectOpts { allow_relay: true, upgrade_interval: None, ..ConnectOpts::default() };
         let c = tokio::time::timeout(Duration::from_secs(20), connect_detailed(&a, b.node().node_id(), opts)).await.unwrap().unwrap();

@@ -267,11 +267,13 @@ fn signal_set_relays<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, relays: Term
 /// `signal_set_directory(Signal, Cache) -> ok`: a connect to a node that
 /// our rendezvous does not know looks its signed record up in `Cache` (the
 /// node's profile cache and DHT) and signals through the rendezvous it
-/// names.
+/// names; and our record (`Cache`'s advertiser) names the relays the
+/// signal holds live reservations at.
 #[rustler::nif]
 fn signal_set_directory<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, cache: ResourceArc<CacheRes>) -> Term<'a> {
     guard::guard(env, || {
         sig.signal.set_directory(Some(cache.cache.clone()));
+        sig.signal.advertise_reservations(cache.adv.clone());
         atoms::ok().encode(env)
     })
 }

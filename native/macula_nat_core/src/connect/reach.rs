@@ -37,6 +37,9 @@ use tokio::task::JoinHandle;
 pub(super) struct Reach {
     directory: RwLock<Option<Arc<ProfileCache>>>,
     guests: Mutex<HashMap<NodeId, Arc<Guest>>>,
+    /// Keeps the record's reserving relays in step with our live
+    /// reservations (see [`Reach::advertise_reservations`]).
+    advertising: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A guest signalling connection: a membership at another rendezvous
@@ -93,7 +96,34 @@ impl Reach {
         lock(&self.guests).len()
     }
 
+    /// Follows `relays`' live reservations into `adv`'s record (at most
+    /// `MAX_CONTACTS`, best first), on every change and every 5 s.
+    pub(super) fn advertise_reservations(&self, relays: &Arc<crate::relay::RelaySet>, adv: Arc<crate::advertiser::Advertiser>) {
+        let weak = Arc::downgrade(relays);
+        let mut changes = relays.watch();
+        let task = runtime::spawn(async move {
+            loop {
+                let Some(relays) = weak.upgrade() else { return };
+                let reserved: Vec<Contact> = relays
+                    .reserved()
+                    .into_iter()
+                    .take(macula_nat_proto::record::MAX_CONTACTS)
+                    .map(|(node_id, addr)| Contact { node_id, addr })
+                    .collect();
+                drop(relays);
+                adv.set_reserved(reserved);
+                let _ = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+            }
+        });
+        if let Some(old) = lock(&self.advertising).replace(task) {
+            old.abort();
+        }
+    }
+
     pub(super) fn close(&self) {
+        if let Some(t) = lock(&self.advertising).take() {
+            t.abort();
+        }
         let all: Vec<_> = lock(&self.guests).drain().map(|(_, g)| g).collect();
         for g in all {
             g.close();

@@ -66,6 +66,13 @@ impl Signal {
         self.reach.set_directory(cache);
     }
 
+    /// Keeps the relays we hold a live reservation at in `adv`'s record
+    /// (its `RESERVED` contacts): where a peer that found us by id may
+    /// relay to us. Follows them until the signal closes.
+    pub fn advertise_reservations(&self, adv: Arc<crate::advertiser::Advertiser>) {
+        self.reach.advertise_reservations(&self.inner.relays, adv);
+    }
+
     /// Guest signalling connections (to other rendezvous) open right now.
     pub fn guest_connections(&self) -> usize {
         self.reach.guests()
