@@ -100,7 +100,11 @@ fn connection_flood_from_one_address_is_capped_per_ip() {
         for d in dials {
             match d.await.unwrap() {
                 Ok(c) => held.push(c),
-                Err(_) => refused += 1,
+                // The dialler is told why: a cap, not a failed handshake.
+                Err(e) => {
+                    assert_eq!(e.kind(), "refused", "{e}");
+                    refused += 1
+                }
             }
         }
         let at_peak = rq.incoming_connections();

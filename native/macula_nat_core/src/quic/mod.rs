@@ -62,6 +62,10 @@ pub enum QuicError {
     PeerIdMismatch(PeerIdMismatch),
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The peer refused the connection before its handshake (one of its
+    /// connection caps, `ConnLimits`, was full): worth retrying later.
+    #[error("refused by the peer (connection cap)")]
+    Refused,
     #[error("timed out")]
     TimedOut,
     #[error("connection lost: {0}")]
@@ -83,6 +87,7 @@ impl QuicError {
             QuicError::Closed => "closed",
             QuicError::PeerIdMismatch(_) => "peer_id_mismatch",
             QuicError::Handshake(_) => "handshake_failed",
+            QuicError::Refused => "refused",
             QuicError::TimedOut => "timeout",
             QuicError::ConnectionLost(_) => "connection_lost",
             QuicError::FrameTooLarge { .. } => "frame_too_large",
@@ -514,6 +519,10 @@ fn handshake_error(e: ConnectionError, expected: NodeId, seen: &tls::SeenPeer) -
         (Some(found), _) if found != expected => QuicError::PeerIdMismatch(PeerIdMismatch { expected, found }),
         (_, ConnectionError::TimedOut) => QuicError::TimedOut,
         (_, ConnectionError::LocallyClosed) => QuicError::Closed,
+        // What `Incoming::refuse` sends (our `accept_loop` over a cap).
+        (_, ConnectionError::ConnectionClosed(c)) if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED => {
+            QuicError::Refused
+        }
         (_, other) => QuicError::Handshake(other.to_string()),
     }
 }
