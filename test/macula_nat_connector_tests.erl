@@ -5,7 +5,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--import(macula_nat_test_support, [wait/2]).
+
+-import(macula_nat_test_support, [wait/2, echo_on/1, roundtrip/2]).
 
 connector_test_() ->
     {setup, fun setup/0, fun cleanup/1,
@@ -30,24 +31,13 @@ cleanup(#{b := B}) ->
     application:stop(macula_nat),
     application:unset_env(macula_nat, listen_ip).
 
-echo_on(B) ->
-    peer:call(B, erlang, spawn, [fun() ->
-        {ok, C} = macula_connection:accept(30000),
-        receive {macula_connection, C, {message, T}} -> ok = macula_connection:send(C, {echo, T}) end,
-        receive {macula_connection, C, {closed, _}} -> ok after 30000 -> ok end
-    end]).
-
-roundtrip(C, T) ->
-    ok = macula_connection:send(C, T),
-    receive {macula_connection, C, {message, {echo, T}}} -> ok after 10000 -> timeout end.
-
 through_rendezvous(#{b := B, b_id := BId, me := Me}) ->
     echo_on(B),
     {ok, Method, C1} = macula_nat_coordinator:request_connection(BId, #{timeout => 10000}),
     ?assertEqual(direct, Method),
     ?assertEqual(Method, macula_connection:get_info(C1, connection_method)),
     ?assertEqual(BId, macula_connection:get_info(C1, peer)),
-    ?assertEqual(ok, roundtrip(C1, hello)),
+    ?assertEqual(ok, roundtrip(C1, <<"hello">>)),
     ok = macula_nat_connector:disconnect(C1),
 
     echo_on(B),
@@ -59,21 +49,21 @@ through_rendezvous(#{b := B, b_id := BId, me := Me}) ->
     echo_on(B),
     {ok, C3, M3} = macula_nat_connector:connect(Me, BId, #{}),
     ?assert(lists:member(M3, [direct, punched])),
-    ?assertEqual(ok, roundtrip(C3, three)),
+    ?assertEqual(ok, roundtrip(C3, 3)),
     macula_connection:close(C3),
 
     echo_on(B),
     {ok, Ref} = macula_nat_coordinator:coordinate_punch(Me, BId, #{predicted_ports => {1, 2}}),
     receive
         {macula_nat_punch, Ref, {ok, punched, C4}} ->
-            ?assertEqual(ok, roundtrip(C4, four)),
+            ?assertEqual(ok, roundtrip(C4, 4)),
             macula_connection:close(C4)
     after 15000 -> error(no_punch_result)
     end,
 
     echo_on(B),
     {ok, C5} = macula_hole_punch:punch([], #{peer => BId}),
-    ?assertEqual(ok, roundtrip(C5, five)),
+    ?assertEqual(ok, roundtrip(C5, 5)),
     macula_connection:close(C5),
     ?assertEqual([], macula_nat_coordinator:get_pending()).
 

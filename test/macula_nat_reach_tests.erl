@@ -7,8 +7,7 @@
 -module(macula_nat_reach_tests).
 
 -include_lib("eunit/include/eunit.hrl").
-
--import(macula_nat_test_support, [wait/2]).
+-import(macula_nat_test_support, [wait/2, echo_on/1, roundtrip/2]).
 
 -define(PUBLIC, #{mapping => ei, filtering => ei, allocation => pp, confidence => high,
                   public_ip => {127, 0, 0, 1}, public_port => 1, detected_at => 1700000000}).
@@ -52,17 +51,6 @@ cleanup(#{dir := Dir, r2 := R2, b := B}) ->
     application:unset_env(macula_nat, dht),
     file:del_dir_r(Dir).
 
-echo_on(B) ->
-    peer:call(B, erlang, spawn, [fun() ->
-        {ok, C} = macula_connection:accept(30000),
-        receive {macula_connection, C, {message, T}} -> ok = macula_connection:send(C, {echo, T}) end,
-        receive {macula_connection, C, {closed, _}} -> ok after 30000 -> ok end
-    end]).
-
-roundtrip(C, T) ->
-    ok = macula_connection:send(C, T),
-    receive {macula_connection, C, {message, {echo, T}}} -> ok after 10000 -> timeout end.
-
 by_id_across_rendezvous(#{b := B, b_id := BId, r2 := R2, r2_id := R2Id}) ->
     %% B is not at our rendezvous.
     ?assertNot(lists:keymember(BId, 1, macula_nat_coordinator:rendezvous_peers())),
@@ -73,14 +61,14 @@ by_id_across_rendezvous(#{b := B, b_id := BId, r2 := R2, r2_id := R2Id}) ->
     {ok, C} = macula_nat_connector:connect(BId, #{timeout => 15000}),
     Took = erlang:monotonic_time(millisecond) - T0,
     ?assertEqual(BId, macula_connection:get_info(C, peer)),
-    ?assertEqual(ok, roundtrip(C, {hello, B})),
+    ?assertEqual(ok, roundtrip(C, {<<"hello">>, B})),
     io:format(user, "~ncross-rendezvous connect (record cached) ~p ms~n", [Took]),
     macula_connection:close(C),
     %% request_connection/2 reaches it too, through the same guest signalling.
     echo_on(B),
     {ok, Method, C2} = macula_nat_coordinator:request_connection(BId, #{timeout => 15000}),
     ?assert(lists:member(Method, [direct, punched])),
-    ?assertEqual(ok, roundtrip(C2, two)),
+    ?assertEqual(ok, roundtrip(C2, 2)),
     macula_connection:close(C2),
     %% Our guest registration: R2 knows us now, R1 (ours) still does not know B.
     {ok, Me} = macula:get_node_id(),

@@ -8,7 +8,8 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--import(macula_nat_test_support, [wait/2]).
+
+-import(macula_nat_test_support, [wait/2, echo_on/1, roundtrip/2]).
 
 %% Run inside the peers too.
 -export([record_start/0, recorded/0, record/4, clear/0]).
@@ -129,7 +130,7 @@ connect_direct_and_punched(#{b := B, b_id := BId}) ->
     echo_on(B),
     {ok, direct, C1} = macula_nat_coordinator:request_connection(string:uppercase(BHex), #{}),
     ?assertEqual(BId, macula_connection:get_info(C1, peer)),
-    ok = roundtrip(C1, one),
+    ok = roundtrip(C1, 1),
     [{[macula_nat, connect, start], M0, Meta0}, {[macula_nat, connect, stop], M1, Meta1}] =
         events([macula_nat, connect]),
     ?assertMatch(#{system_time := _, monotonic_time := _}, M0),
@@ -143,7 +144,7 @@ connect_direct_and_punched(#{b := B, b_id := BId}) ->
     ok = clear(),
     echo_on(B),
     {ok, C2} = macula_nat_connector:connect(BHex, #{prefer_direct => false}),
-    ok = roundtrip(C2, two),
+    ok = roundtrip(C2, 2),
     ?assertMatch([{[macula_nat, connect, start], _, #{peer := BHex, allow_relay := true}},
                   {[macula_nat, connect, stop], #{duration := _}, #{method := punched}}],
                  events([macula_nat, connect])),
@@ -157,7 +158,7 @@ connect_direct_and_punched(#{b := B, b_id := BId}) ->
     echo_on(B),
     {ok, {_, BPort}} = peer:call(B, macula_nat_node, local_addr, []),
     {ok, C3} = macula_connection:open({{127, 0, 0, 1}, BPort}, BHex, #{}),
-    ok = roundtrip(C3, three),
+    ok = roundtrip(C3, 3),
     ?assertMatch([{[macula_nat, connect, start], _, #{peer := BHex, via := open}},
                   {[macula_nat, connect, stop], _, #{method := direct}}],
                  events([macula_nat, connect])),
@@ -214,17 +215,6 @@ relayed_method_change_and_sessions(#{a := A, b := B, a_id := AId, b_id := BId, m
                    #{peer_a := AHex, peer_b := BHex, reason := _}}] when Bytes > 0,
                  events([macula_nat, relay])),
     ok = macula_relay_node:disable().
-
-echo_on(B) ->
-    peer:call(B, erlang, spawn, [fun() ->
-        {ok, C} = macula_connection:accept(30000),
-        receive {macula_connection, C, {message, T}} -> ok = macula_connection:send(C, {echo, T}) end,
-        receive {macula_connection, C, {closed, _}} -> ok after 30000 -> ok end
-    end]).
-
-roundtrip(C, T) ->
-    ok = macula_connection:send(C, T),
-    receive {macula_connection, C, {message, {echo, T}}} -> ok after 10000 -> timeout end.
 
 %% The recorder: a table owned by a process of its own, filled by a
 %% handler (telemetry runs it in the emitting process).

@@ -1,7 +1,8 @@
 %% @doc Helpers shared by the EUnit modules (not a test module itself).
 -module(macula_nat_test_support).
 
--export([wait/2, repo_root/0, serve_loopback_rendezvous/0, start_dht_swarm/0, start_peer/1]).
+-export([wait/2, repo_root/0, serve_loopback_rendezvous/0, start_dht_swarm/0, start_peer/1,
+         echo_on/1, roundtrip/2]).
 
 %% @doc Polls `F' every 20 ms until it returns `true' (`ok') or `Ms' run
 %% out (`timeout', after one last look).
@@ -67,3 +68,21 @@ root(Dir) ->
         true -> Dir;
         false -> root(filename:dirname(Dir))
     end.
+
+%% @doc In peer VM `B': accepts one connection and echoes its first term
+%% back as `{echo, T}', then holds the connection until it closes (30 s).
+%% `T' must decode safely in the peer: an atom the peer has never seen
+%% arrives as `{unsafe_message, Bin}' and is not echoed.
+-spec echo_on(node() | pid()) -> pid().
+echo_on(B) ->
+    peer:call(B, erlang, spawn, [fun() ->
+        {ok, C} = macula_connection:accept(30000),
+        receive {macula_connection, C, {message, T}} -> ok = macula_connection:send(C, {echo, T}) end,
+        receive {macula_connection, C, {closed, _}} -> ok after 30000 -> ok end
+    end]).
+
+%% @doc Sends `T' on `C' and waits (10 s) for the peer's `{echo, T}'.
+-spec roundtrip(term(), term()) -> ok | timeout.
+roundtrip(C, T) ->
+    ok = macula_connection:send(C, T),
+    receive {macula_connection, C, {message, {echo, T}}} -> ok after 10000 -> timeout end.

@@ -82,7 +82,7 @@ fn route(target: &str) -> Option<Route> {
     let rest = rest.trim_start_matches("::");
     const TABLE: &[(&str, Route)] = &[
         // The signalling client: joining, the control connection, refreshes.
-        ("connect::signalling", Route::Coordinator),
+        ("connect::membership", Route::Coordinator),
         ("connect", Route::Connector),
         ("punch", Route::Connector),
         ("detect", Route::Detector),
