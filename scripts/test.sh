@@ -27,6 +27,9 @@ run exunit env MIX_ENV=test mix test
 run cargo  cargo test --release --workspace --no-fail-fast
 # BEAM nodes (Erlang and Elixir) inside the NAT lab connecting pairwise.
 run lab-beam bash test/lab/lab_connect.sh
+# Three operators (rendezvous + relay each), a private mainline swarm and an
+# Elixir host DHT: every pair of nodes by node id, one operator killed.
+run lab-operators bash test/lab/lab_operators.sh
 
 if ((${#failed[@]})); then
   echo "FAILED suites: ${failed[*]}"

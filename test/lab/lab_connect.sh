@@ -33,7 +33,7 @@ export MACULA_LAB_NAME="lconn$$"
 trap 'rm -rf "$tmp"; "$MACULA_LAB_BIN" reap >/dev/null' EXIT
 pid=
 trap '[ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null; wait "$pid"; }; exit 130' INT TERM
-erlc -o "$tmp" macula_lab.erl macula_lab_peer.erl macula_lab_agent.erl
+erlc -o "$tmp" macula_lab.erl macula_lab_peer.erl macula_lab_agent.erl macula_lab_pairs.erl
 sed "s|_build_lab|$tmp|" lab_connect.escript > "$tmp/lab_connect.escript"
 rc=0
 escript "$tmp/lab_connect.escript" "$root/bench/lab_connect_beam.md" &
