@@ -25,7 +25,7 @@
 -include_lib("kernel/include/logger.hrl").
 
 -export([start_link/1, get/1, get_from_dht/1, put/2, put/3, invalidate/1, stats/0,
-         advertise/1, resource/0]).
+         advertise/1, contacts/0, resource/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
 -type nat_profile() :: macula_nat_detector:nat_profile().
@@ -105,6 +105,18 @@ advertise(Profile) when is_map(Profile) ->
                end);
 advertise(_) ->
     {error, badarg}.
+
+%% @doc What this node's signed record names now (published within about
+%% a second of a change): the rendezvous it is joined at and live there
+%% (all configured ones while none is), and the relays holding a live
+%% reservation of it; each `#{node_id => NodeId, endpoint => <<"ip:port">>}'.
+-spec contacts() -> #{rendezvous := [map()], reserved := [map()]} | {error, not_running}.
+contacts() ->
+    with_cache(fun(Res, _, _) ->
+                       {Rv, Rs} = macula_nat_nif:cache_contacts(Res),
+                       F = fun(L) -> [#{node_id => Id, endpoint => Ep} || {Id, Ep} <- L] end,
+                       #{rendezvous => F(Rv), reserved => F(Rs)}
+               end).
 
 %% @doc The cache's Rust resource (the profile cache and this node's
 %% advertiser), for the other children of the system.

@@ -11,8 +11,10 @@
 %% over the winning path.
 %%
 %% Options: `rendezvous' entries of the form
-%% `#{endpoint => <<"ip:port">>, node_id => NodeId}' are joined (the first
-%% one); `rendezvous_server => true' makes this node a rendezvous;
+%% `#{endpoint => <<"ip:port">>, node_id => NodeId}' are joined, all of
+%% them (at most 4) in one signal from the node's one socket: the node
+%% stays reachable through any that lives, and its record names the live
+%% ones; `rendezvous_server => true' makes this node a rendezvous;
 %% `relays => [#{node_id => NodeId, endpoint => <<"ip:port">>}]' are the
 %% relays this node stays reachable through (best first; see
 %% `set_relays/1'), followed by the two best others `macula_relay_registry'
@@ -26,7 +28,7 @@
 
 -export([start_link/1, request_connection/2, request_connection/3,
          coordinate_punch/3, get_pending/0, join/2, serve_rendezvous/0, rendezvous_peers/0,
-         signal/0, set_relays/1, reserved_relays/0]).
+         signal/0, set_relays/1, reserved_relays/0, homes/0]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2]).
 
 -define(TABLE, macula_nat_coordinator).
@@ -292,6 +294,16 @@ reserved_relays() ->
         {error, _} -> []
     end.
 
+%% @doc The rendezvous this node joins (the `rendezvous' entries with a
+%% `node_id', at most 4, or the one `join/2' named) and whether each is connected now:
+%% `[#{node_id => NodeId, endpoint => <<"ip:port">>, live => boolean()}]'.
+-spec homes() -> [#{node_id := binary(), endpoint := binary(), live := boolean()}].
+homes() ->
+    case signal() of
+        {ok, Sig} -> [#{node_id => Id, endpoint => Ep, live => L} || {Id, Ep, L} <- macula_nat_nif:signal_homes(Sig)];
+        {error, _} -> []
+    end.
+
 %% The signalling channel, for connection requests and accepts.
 -spec signal() -> {ok, term()} | {error, no_rendezvous}.
 signal() ->
@@ -331,12 +343,12 @@ init(Opts) ->
         true -> self() ! serve_rendezvous;
         false -> ok
     end,
-    Waiter = case [R || #{endpoint := _, node_id := _} = R <- maps:get(rendezvous, Opts, [])] of
-                 [#{endpoint := E, node_id := Id} | _] ->
+    Waiter = case [{E, Id} || #{endpoint := E, node_id := Id} <- maps:get(rendezvous, Opts, [])] of
+                 [] -> undefined;
+                 Homes ->
                      %% Connection requests until the first join wait for it.
                      ets:insert(?TABLE, {joining, true}),
-                     join_after_detection(E, Id, Opts);
-                 [] -> undefined
+                     join_after_detection(Homes, Opts)
              end,
     {ok, #{opts => Opts, join => undefined, relays => Relays,
            registry => undefined, registry_relays => [], signal_waiters => [],
@@ -344,7 +356,7 @@ init(Opts) ->
 
 -spec handle_call(term(), gen_server:from(), map()) -> {reply, term(), map()} | {noreply, map()}.
 handle_call({join, Endpoint, NodeId}, _From, State) ->
-    case do_join(Endpoint, NodeId, 25000) of
+    case do_join([{Endpoint, NodeId}], 25000) of
         ok -> {reply, ok, apply_relays(joined(State))};
         {error, _} = E -> {reply, E, State}
     end;
@@ -371,23 +383,23 @@ handle_info(serve_rendezvous, State) ->
         {error, R} -> ?LOG_WARNING("rendezvous service not started: ~p", [R])
     end,
     {noreply, State};
-handle_info({join, E, Id}, State) ->
-    case do_join(E, Id, 10000) of
+handle_info({join, Homes}, State) ->
+    case do_join(Homes, 10000) of
         ok ->
             {noreply, apply_relays(joined(State))};
         {error, R} ->
-            ?LOG_INFO("joining rendezvous ~p failed (~p); retrying", [E, R]),
-            erlang:send_after(?JOIN_RETRY_MS, self(), {join, E, Id}),
+            ?LOG_INFO("joining rendezvous ~p failed (~p); retrying", [[E || {E, _} <- Homes], R]),
+            erlang:send_after(?JOIN_RETRY_MS, self(), {join, Homes}),
             {noreply, State}
     end;
 handle_info(registry_subscribe, State) ->
     {noreply, registry_subscribe(State)};
 handle_info({macula_relay_registry, relays_changed}, State) ->
     {noreply, apply_relays(registry_relays(State))};
-handle_info({'DOWN', Mon, process, _, Reason}, #{detection_waiter := {Mon, E, Id}} = State) ->
+handle_info({'DOWN', Mon, process, _, Reason}, #{detection_waiter := {Mon, Homes}} = State) ->
     %% The waiter sends the join itself when it ends normally; one that
     %% died (a detector gone mid-call) must not leave the node unjoined.
-    Reason =:= normal orelse (self() ! {join, E, Id}),
+    Reason =:= normal orelse (self() ! {join, Homes}),
     {noreply, State#{detection_waiter := undefined}};
 handle_info({'DOWN', Mon, process, _, _}, #{registry := Mon} = State) ->
     erlang:send_after(?REGISTRY_RETRY_MS, self(), registry_subscribe),
@@ -402,13 +414,13 @@ handle_info(_Info, State) ->
 %% rendezvous first made detection read such a NAT as random (seen in the
 %% lab). What the node signals does not depend on this order (it reads the
 %% current profile when it signals).
-%% Returns the monitored waiter `{Mon, E, Id}', or `undefined' when the
+%% Returns the monitored waiter `{Mon, Homes}', or `undefined' when the
 %% join is sent at once.
-join_after_detection(E, Id, Opts) ->
+join_after_detection(Homes, Opts) ->
     Self = self(),
     case maps:get(observers, Opts, []) of
         [] ->
-            Self ! {join, E, Id},
+            Self ! {join, Homes},
             undefined;
         _ ->
             Wait = maps:get(detection_timeout_ms, Opts, 2000) + 1000,
@@ -416,9 +428,9 @@ join_after_detection(E, Id, Opts) ->
                                              %% Joins the detection under way (or takes its
                                              %% result); the outcome does not matter here.
                                              _ = macula_nat_detector:detect(#{timeout => Wait}),
-                                             Self ! {join, E, Id}
+                                             Self ! {join, Homes}
                                      end),
-            {Mon, E, Id}
+            {Mon, Homes}
     end.
 
 serve() ->
@@ -436,10 +448,11 @@ serve() ->
             end
     end.
 
-do_join(Endpoint, NodeId0, Timeout) ->
-    NodeId = macula_nat_id:normalize(NodeId0),
-    case macula_nat_endpoint:parse(Endpoint) of
-        {ok, Addr} when is_binary(NodeId), byte_size(NodeId) =:= 32 ->
+%% Joins `Homes' ([{Endpoint, NodeId}], preferred first) in one signal,
+%% which replaces the current one.
+do_join(Homes, Timeout) ->
+    case parse_homes(Homes, []) of
+        {ok, Parsed} ->
             {ok, Node} = macula_nat_node:resource(),
             %% Only the fallback: what this node signals is read from the
             %% node when it signals, where every detection publishes its
@@ -450,29 +463,45 @@ do_join(Endpoint, NodeId0, Timeout) ->
                           _ -> undefined
                       end,
             case macula_nat_async:call(
-                   fun(Ref) -> macula_nat_nif:signal_join(Ref, Node, Addr, NodeId, Profile) end,
+                   fun(Ref) -> macula_nat_nif:signal_join_homes(Ref, Node, Parsed, Profile) end,
                    Timeout) of
                 {ok, Sig} ->
-                    %% Targets our rendezvous does not know are looked up
-                    %% in the profile cache (their signed records) and
-                    %% signalled through a rendezvous they advertise.
+                    %% Targets our rendezvous do not know are looked up in
+                    %% the profile cache (their signed records) and
+                    %% signalled through a rendezvous they advertise; our
+                    %% record names our live homes and reservations.
                     case macula_nat_cache:resource() of
                         {ok, Cache} -> ok = macula_nat_nif:signal_set_directory(Sig, Cache);
                         {error, _} -> ok
                     end,
-                    %% The old signal (if any) is dropped and closes when
-                    %% collected; the new one takes over from here.
+                    Old = signal(),
                     ets:insert(?TABLE, {signal, Sig}),
-                    ?LOG_INFO("joined rendezvous ~s at ~s",
-                              [macula_nat_id:format(NodeId), macula_nat_endpoint:format(Addr)]),
+                    %% Closed now, not when collected: until then it would
+                    %% go on writing its relays and rendezvous into our
+                    %% record over the new signal's.
+                    case Old of
+                        {ok, OldSig} -> macula_nat_nif:signal_close(OldSig);
+                        {error, _} -> ok
+                    end,
+                    [?LOG_INFO("joined rendezvous ~s at ~s",
+                               [macula_nat_id:format(Id), macula_nat_endpoint:format(Addr)])
+                     || {Addr, Id} <- Parsed],
                     ok;
                 {error, _} = E ->
                     E
             end;
-        {ok, _} ->
-            {error, bad_node_id};
         {error, _} = E ->
             E
+    end.
+
+parse_homes([], Acc) ->
+    {ok, lists:reverse(Acc)};
+parse_homes([{Endpoint, NodeId0} | Rest], Acc) ->
+    NodeId = macula_nat_id:normalize(NodeId0),
+    case macula_nat_endpoint:parse(Endpoint) of
+        {ok, Addr} when is_binary(NodeId), byte_size(NodeId) =:= 32 -> parse_homes(Rest, [{Addr, NodeId} | Acc]);
+        {ok, _} -> {error, bad_node_id};
+        {error, _} = E -> E
     end.
 
 %% Joined: requests that waited for the first join go on.

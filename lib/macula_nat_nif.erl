@@ -17,11 +17,12 @@
          detect_start/4, lifetime_start/4, observations_new/3, observations_add/3,
          cache_new/2, cache_get/2, cache_put/4, cache_invalidate/2, cache_stats/1,
          cache_fetch/3, cache_advertise/3, cache_dht_reply/3, cache_close/1,
-         cache_set_contacts/3,
+         cache_set_contacts/3, cache_contacts/1,
          conn_open/5, conn_accept/3, conn_send/3, conn_info/1, conn_close/1, conn_set_owner/2,
          conn_setopts/2, conn_quality/2, conn_recv/2, conn_recv_cancel/2, conn_credit/3,
          port_predict/4,
-         rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_set_profile/2,
+         rendezvous_serve/1, rendezvous_peers/1, signal_join/5, signal_join_homes/4,
+         signal_close/1, signal_homes/1, signal_set_profile/2,
          signal_connect/4, signal_accept/3, signal_set_directory/2,
          %% relays
          relay_enable/3, relay_set_limits/2, relay_disable/1, relay_stats/1,
@@ -221,6 +222,20 @@ rendezvous_peers(_Rv) -> erlang:nif_error(not_loaded).
                   map() | undefined) -> {ok, pending()} | {error, term()}.
 signal_join(_Ref, _Node, _Addr, _RvId, _Profile) -> erlang:nif_error(not_loaded).
 
+%% Joins every rendezvous of the list (preferred first, at most 4) in one
+%% signal: the node stays reachable through any that lives.
+-spec signal_join_homes(reference(), resource(), [{{inet:ip_address(), inet:port_number()}, binary()}],
+                        map() | undefined) -> {ok, pending()} | {error, term()}.
+signal_join_homes(_Ref, _Node, _Homes, _Profile) -> erlang:nif_error(not_loaded).
+
+%% Leaves the signal's rendezvous, relays and guests now.
+-spec signal_close(resource()) -> ok.
+signal_close(_Signal) -> erlang:nif_error(not_loaded).
+
+%% The rendezvous the signal joins and whether each is connected now.
+-spec signal_homes(resource()) -> [{binary(), binary(), boolean()}].
+signal_homes(_Signal) -> erlang:nif_error(not_loaded).
+
 %% Sets the signal's configured profile, which it advertises only while
 %% the node has no detected one (tests give profiles by hand with it).
 -spec signal_set_profile(resource(), map()) -> ok | {error, term()}.
@@ -282,6 +297,10 @@ signal_set_directory(_Signal, _Cache) -> erlang:nif_error(not_loaded).
                          [{binary(), binary() | {inet:ip_address(), inet:port_number()}}]) ->
           ok | {error, badarg}.
 cache_set_contacts(_Cache, _Rendezvous, _Reserved) -> erlang:nif_error(not_loaded).
+
+%% What this node's record names now: {Rendezvous, Reserved}.
+-spec cache_contacts(resource()) -> {[{binary(), binary()}], [{binary(), binary()}]}.
+cache_contacts(_Cache) -> erlang:nif_error(not_loaded).
 
 -spec signal_set_relays(resource(), [{binary(), binary() | {inet:ip_address(), inet:port_number()}}]) ->
     ok | {error, badarg}.

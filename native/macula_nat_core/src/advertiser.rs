@@ -126,6 +126,20 @@ impl Advertiser {
         self.wake.notify_one();
     }
 
+    /// Replaces only the rendezvous of [`Advertiser::set_contacts`] (what
+    /// the node's live homes follow; see `connect::homes`).
+    pub fn set_rendezvous(&self, rendezvous: Vec<macula_nat_proto::record::Contact>) {
+        {
+            let mut st = lock(&self.state);
+            if st.contacts.rendezvous == rendezvous {
+                return;
+            }
+            st.contacts.rendezvous = rendezvous;
+            st.dirty = true;
+        }
+        self.wake.notify_one();
+    }
+
     pub fn contacts(&self) -> Contacts {
         lock(&self.state).contacts.clone()
     }

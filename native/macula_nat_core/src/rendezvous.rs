@@ -402,6 +402,8 @@ async fn serve_peer(state: Arc<Mutex<State>>, conn: Connection, gen: u64) {
                 }
                 s.send(&me, &Msg::Registered { observed })
             }
+            // A home's liveness probe (see `macula_nat_proto::homes`).
+            Msg::Ping { nonce } => s.send(&me, &Msg::Pong { nonce }),
             Msg::Reject { peer, session, reason } => {
                 // Only a party of a pending session ends it, and only its
                 // other party hears of it.

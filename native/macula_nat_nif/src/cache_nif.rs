@@ -293,7 +293,7 @@ fn cache_advertise<'a>(env: Env<'a>, reference: Term<'a>, res: ResourceArc<Cache
 fn cache_set_contacts<'a>(env: Env<'a>, res: ResourceArc<CacheRes>, rendezvous: Term<'a>, reserved: Term<'a>) -> Term<'a> {
     guard::guard(env, || {
         let (Some(mut rendezvous), Some(mut reserved)) =
-            (crate::traversal_nif::decode_contacts(rendezvous), crate::traversal_nif::decode_contacts(reserved))
+            (convert::decode_contacts(rendezvous), convert::decode_contacts(reserved))
         else {
             return (atoms::error(), atoms::badarg()).encode(env);
         };
@@ -301,6 +301,23 @@ fn cache_set_contacts<'a>(env: Env<'a>, res: ResourceArc<CacheRes>, rendezvous: 
         reserved.truncate(macula_nat_proto::record::MAX_CONTACTS);
         res.adv.set_contacts(macula_nat_proto::record::Contacts { rendezvous, reserved });
         atoms::ok().encode(env)
+    })
+}
+
+/// `cache_contacts(Cache) -> {Rendezvous, Reserved}`, each `[{NodeId,
+/// <<"ip:port">>}]`: what this node's record names now (its live homes,
+/// its live reservations), published within a second of a change.
+#[rustler::nif]
+fn cache_contacts<'a>(env: Env<'a>, res: ResourceArc<CacheRes>) -> Term<'a> {
+    guard::guard(env, || {
+        let c = res.adv.contacts();
+        let list = |v: &[macula_nat_proto::record::Contact]| {
+            v.iter()
+                .map(|c| (convert::binary(env, c.node_id.as_bytes()), convert::binary(env, c.addr.to_string().as_bytes())).encode(env))
+                .collect::<Vec<Term>>()
+                .encode(env)
+        };
+        (list(&c.rendezvous), list(&c.reserved)).encode(env)
     })
 }
 

@@ -82,3 +82,19 @@ pub fn binary<'a>(env: Env<'a>, bytes: impl AsRef<[u8]>) -> Term<'a> {
     bin.as_mut_slice().copy_from_slice(bytes);
     Term::from(bin)
 }
+
+/// `[{NodeId, Endpoint}]` (raw or hex ids, `<<"ip:port">>` or `{Ip, Port}`)
+/// as contacts; `None` if any is malformed.
+pub fn decode_contacts(t: Term) -> Option<Vec<macula_nat_proto::record::Contact>> {
+    let list = t.decode::<Vec<(Term, Term)>>().ok()?;
+    list.iter()
+        .map(|(id, ep)| Some(macula_nat_proto::record::Contact { node_id: decode_node_id(*id)?, addr: decode_endpoint(*ep)? }))
+        .collect()
+}
+
+pub fn decode_endpoint(t: Term) -> Option<std::net::SocketAddr> {
+    if let Ok(b) = t.decode::<rustler::Binary>() {
+        return std::str::from_utf8(b.as_slice()).ok()?.parse().ok().filter(|a: &std::net::SocketAddr| a.port() != 0);
+    }
+    decode_addr(t).filter(|a| a.port() != 0)
+}

@@ -9,6 +9,7 @@ use crate::profile_term::decode_peer_info;
 use crate::relay_nif::refusal_atom;
 use crate::{atoms, convert, guard, owner, reply};
 use macula_nat_core::connect::{public_profile, SignalConfig};
+use macula_nat_proto::record::Contact;
 use macula_nat_core::{connect, ConnectError, ConnectOpts, Rendezvous, Signal};
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
@@ -90,34 +91,84 @@ fn signal_join<'a>(
     profile: Term<'a>,
 ) -> Term<'a> {
     guard::guard(env, || {
-        let (Some(addr), Some(rv_id)) = (convert::decode_addr(addr), convert::decode_node_id(rv_id)) else {
+        let (Some(addr), Some(node_id)) = (convert::decode_addr(addr), convert::decode_node_id(rv_id)) else {
             return (atoms::error(), atoms::badarg()).encode(env);
         };
-        let info = if profile.is_atom() {
-            public_profile()
-        } else {
-            match decode_peer_info(profile, 0) {
-                Ok(i) => i,
-                Err(key) => return (atoms::error(), (atoms::bad_profile(), key)).encode(env),
-            }
+        join(env, reference, node, vec![Contact { node_id, addr }], profile)
+    })
+}
+
+/// `signal_join_homes(Ref, Node, [{{Ip, Port}, RvId}], Profile | undefined)
+/// -> {ok, Pending}`: joins every rendezvous of the list (preferred first,
+/// at most `MAX_HOMES`) in one signal; replies as `signal_join`.
+#[rustler::nif]
+fn signal_join_homes<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, homes: Term<'a>, profile: Term<'a>) -> Term<'a> {
+    guard::guard(env, || {
+        let Ok(list) = homes.decode::<Vec<(Term, Term)>>() else {
+            return (atoms::error(), atoms::badarg()).encode(env);
         };
-        let owner_pid = env.pid();
-        let node = node.node.clone();
-        reply::spawn_reply(env, reference, async move {
-            match Signal::join_with(node, addr, rv_id, SignalConfig::new(info)).await {
-                Ok(sig) => {
-                    let res = ResourceArc::new(SignalRes { signal: Arc::new(sig) });
-                    match res.monitor(None, &owner_pid) {
-                        Some(_) => reply::ok_with(res),
-                        None => {
-                            owner::Owned::close(&*res);
-                            connect_error(ConnectError::Closed)
-                        }
+        let decoded: Option<Vec<Contact>> = list
+            .iter()
+            .map(|(a, id)| Some(Contact { node_id: convert::decode_node_id(*id)?, addr: convert::decode_addr(*a)? }))
+            .collect();
+        match decoded {
+            Some(h) if !h.is_empty() => join(env, reference, node, h, profile),
+            _ => (atoms::error(), atoms::badarg()).encode(env),
+        }
+    })
+}
+
+fn join<'a>(env: Env<'a>, reference: Term<'a>, node: ResourceArc<NodeRes>, homes: Vec<Contact>, profile: Term<'a>) -> Term<'a> {
+    let info = if profile.is_atom() {
+        public_profile()
+    } else {
+        match decode_peer_info(profile, 0) {
+            Ok(i) => i,
+            Err(key) => return (atoms::error(), (atoms::bad_profile(), key)).encode(env),
+        }
+    };
+    let owner_pid = env.pid();
+    let node = node.node.clone();
+    reply::spawn_reply(env, reference, async move {
+        match Signal::join_homes(node, &homes, SignalConfig::new(info)).await {
+            Ok(sig) => {
+                let res = ResourceArc::new(SignalRes { signal: Arc::new(sig) });
+                match res.monitor(None, &owner_pid) {
+                    Some(_) => reply::ok_with(res),
+                    None => {
+                        owner::Owned::close(&*res);
+                        connect_error(ConnectError::Closed)
                     }
                 }
-                Err(e) => connect_error(e),
             }
-        })
+            Err(e) => connect_error(e),
+        }
+    })
+}
+
+/// `signal_close(Signal) -> ok`: leaves its rendezvous, relays and guests
+/// now (a replaced signal would otherwise keep writing the node's record
+/// until collected).
+#[rustler::nif]
+fn signal_close<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>) -> Term<'a> {
+    guard::guard(env, || {
+        owner::Owned::close(&*sig);
+        atoms::ok().encode(env)
+    })
+}
+
+/// `signal_homes(Signal) -> [{NodeId, <<"ip:port">>, Live}]`: the
+/// rendezvous the signal joins, in the configured order, and whether each
+/// control connection is up.
+#[rustler::nif]
+fn signal_homes<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>) -> Term<'a> {
+    guard::guard(env, || {
+        sig.signal
+            .homes()
+            .iter()
+            .map(|(c, live)| (convert::binary(env, c.node_id.as_bytes()), convert::binary(env, c.addr.to_string().as_bytes()), *live).encode(env))
+            .collect::<Vec<Term>>()
+            .encode(env)
     })
 }
 
@@ -252,7 +303,7 @@ fn signal_set_relays<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, relays: Term
         };
         let decoded: Option<Vec<_>> = relays
             .iter()
-            .map(|(id, ep)| Some((convert::decode_node_id(*id)?, decode_endpoint(*ep)?)))
+            .map(|(id, ep)| Some((convert::decode_node_id(*id)?, convert::decode_endpoint(*ep)?)))
             .collect();
         match decoded {
             Some(r) => {
@@ -267,31 +318,16 @@ fn signal_set_relays<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, relays: Term
 /// `signal_set_directory(Signal, Cache) -> ok`: a connect to a node that
 /// our rendezvous does not know looks its signed record up in `Cache` (the
 /// node's profile cache and DHT) and signals through the rendezvous it
-/// names; and our record (`Cache`'s advertiser) names the relays the
-/// signal holds live reservations at.
+/// names; and our record (`Cache`'s advertiser) names the signal's live
+/// homes and the relays it holds live reservations at.
 #[rustler::nif]
 fn signal_set_directory<'a>(env: Env<'a>, sig: ResourceArc<SignalRes>, cache: ResourceArc<CacheRes>) -> Term<'a> {
     guard::guard(env, || {
         sig.signal.set_directory(Some(cache.cache.clone()));
         sig.signal.advertise_reservations(cache.adv.clone());
+        sig.signal.advertise_homes(cache.adv.clone());
         atoms::ok().encode(env)
     })
-}
-
-/// `[{NodeId, Endpoint}]` (raw or hex ids, `<<"ip:port">>` or `{Ip, Port}`)
-/// as contacts; `None` if any is malformed.
-pub(crate) fn decode_contacts(t: Term) -> Option<Vec<macula_nat_proto::record::Contact>> {
-    let list = t.decode::<Vec<(Term, Term)>>().ok()?;
-    list.iter()
-        .map(|(id, ep)| Some(macula_nat_proto::record::Contact { node_id: convert::decode_node_id(*id)?, addr: decode_endpoint(*ep)? }))
-        .collect()
-}
-
-fn decode_endpoint(t: Term) -> Option<std::net::SocketAddr> {
-    if let Ok(b) = t.decode::<rustler::Binary>() {
-        return std::str::from_utf8(b.as_slice()).ok()?.parse().ok().filter(|a: &std::net::SocketAddr| a.port() != 0);
-    }
-    convert::decode_addr(t).filter(|a| a.port() != 0)
 }
 
 /// `signal_reserved_relays(Signal) -> [{NodeId, <<"ip:port">>}]`: the

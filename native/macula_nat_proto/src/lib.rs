@@ -60,6 +60,9 @@ pub mod connect;
 // Reaching a node by id: which rendezvous of its record to signal
 // through, in what order, when to give up; the guest connections' bounds.
 pub mod reach;
+// A node's home rendezvous (joined, several at once): which are live,
+// what the record names, when a silent one is dead, rejoin backoff.
+pub mod homes;
 // Relay choice: score from latency and load, hysteresis, expiry.
 pub mod relay_select;
 pub mod quality;

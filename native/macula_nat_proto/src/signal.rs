@@ -68,6 +68,9 @@
 //!                                            responder -> rendezvous (peer =
 //!                                            initiator), relayed to the
 //!                                            initiator with peer = responder
+//! Ping       0x0A nonce(u32)                 peer -> its home rendezvous,
+//!                                            every second (liveness)
+//! Pong       0x0B nonce(u32)                 rendezvous -> peer, the answer
 //! ```
 //!
 //! Timing ("Go"): the rendezvous measures the RTT of each control
@@ -149,6 +152,8 @@ pub enum Msg {
     Go { session: SessionId, wait: Duration, own_rtt: Duration, peer_rtt: Duration },
     Unknown { session: SessionId },
     Reject { peer: NodeId, session: SessionId, reason: u8 },
+    Ping { nonce: u32 },
+    Pong { nonce: u32 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +180,7 @@ impl Msg {
     pub fn session(&self) -> Option<SessionId> {
         match self {
             Msg::Hello(HelloKind::Session(s)) => Some(*s),
-            Msg::Hello(_) | Msg::Registered { .. } => None,
+            Msg::Hello(_) | Msg::Registered { .. } | Msg::Ping { .. } | Msg::Pong { .. } => None,
             Msg::Connect { session, .. }
             | Msg::Incoming { session, .. }
             | Msg::Answer { session, .. }
@@ -252,6 +257,14 @@ impl Msg {
                 b.extend_from_slice(session.as_bytes());
                 b.push(*reason);
             }
+            Msg::Ping { nonce } => {
+                b.push(0x0A);
+                b.extend_from_slice(&nonce.to_be_bytes());
+            }
+            Msg::Pong { nonce } => {
+                b.push(0x0B);
+                b.extend_from_slice(&nonce.to_be_bytes());
+            }
         }
         b
     }
@@ -291,6 +304,8 @@ impl Msg {
             },
             0x08 => Msg::Unknown { session: r.session_id()? },
             0x09 => Msg::Reject { peer: r.node_id()?, session: r.session_id()?, reason: r.u8()? },
+            0x0A => Msg::Ping { nonce: r.u32()? },
+            0x0B => Msg::Pong { nonce: r.u32()? },
             other => return Err(DecodeError::UnknownType(other)),
         };
         Ok(m)
@@ -418,6 +433,8 @@ mod tests {
             },
             Msg::Unknown { session: s },
             Msg::Reject { peer: id, session: s, reason: reject::BUSY },
+            Msg::Ping { nonce: 0xDEAD_BEEF },
+            Msg::Pong { nonce: 7 },
         ];
         for m in ms {
             let enc = m.encode();

@@ -36,8 +36,21 @@ pub(super) struct Inner {
     /// Responder sessions running, per initiator and in total (see
     /// `SignalConfig::max_responder_sessions`).
     pub(super) responding: Mutex<Caps<NodeId>>,
-    /// A guest membership (see `super::reach`), not the node's own.
-    pub(super) guest: bool,
+    pub(super) role: Role,
+}
+
+/// What a membership is to its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// The home whose view of our address is our reflexive address, and
+    /// that learns the primer TTL.
+    Primary,
+    /// Another home (see `super::homes`): joined, pinged and rejoined like
+    /// the primary, but its view of our address is not taken as ours
+    /// (behind an address-dependent NAT each rendezvous sees another port).
+    Standby,
+    /// A guest membership (see `super::reach`), dialled on demand.
+    Guest,
 }
 
 pub(super) fn control(inner: &Inner) -> Result<Connection, ConnectError> {

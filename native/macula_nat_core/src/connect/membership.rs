@@ -6,7 +6,7 @@
 
 use crate::lock::{lock, read};
 use super::error::ConnectError;
-use super::inner::{control, Inner};
+use super::inner::{control, Inner, Role};
 use super::opts::SignalConfig;
 use super::profile::{contiguity_basis, current_info, keep_reachable_candidates};
 use super::responder::{refuse, respond, Responding};
@@ -19,7 +19,8 @@ use macula_nat_proto::signal::{HelloKind, Msg, NodeId};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use macula_nat_proto::homes;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -53,18 +54,18 @@ pub(super) async fn learn_primer_ttl(node: &Arc<Node>, rendezvous: SocketAddr) {
     });
 }
 
-/// The state of a membership at `rendezvous_addr`. A guest (see `reach`)
-/// shares the node's relays, learns no primer TTL and does not take the
-/// address its rendezvous sees as the node's reflexive one (behind an
-/// address-dependent NAT each rendezvous sees another port; only our own
-/// rendezvous' view counts).
+/// The state of a membership at `rendezvous_addr`. All of a node's
+/// memberships share its relays; only the primary learns the primer TTL
+/// and takes the address its rendezvous sees as the node's reflexive one
+/// (behind an address-dependent NAT each rendezvous sees another port).
+/// See [`Role`].
 pub(super) fn build_inner(
     node: Arc<Node>,
     rendezvous_addr: SocketAddr,
     rendezvous_id: NodeId,
     cfg: SignalConfig,
     relays: Arc<RelaySet>,
-    guest: bool,
+    role: Role,
 ) -> Result<Arc<Inner>, ConnectError> {
     let dispatch = node.dispatch()?;
     let (control, _) = watch::channel(None);
@@ -83,7 +84,7 @@ pub(super) fn build_inner(
         alloc,
         relayed_in: Mutex::new(Vec::new()),
         responding,
-        guest,
+        role,
     }))
 }
 
@@ -94,7 +95,7 @@ pub(super) async fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>, Con
     let profiles = inner.node.local_profile().subscribe();
     // Learnt while we register: a session right after the join
     // primes too (see `crate::punch::primer`); about one round trip.
-    let primers = read(&inner.cfg).primers && !inner.guest;
+    let primers = read(&inner.cfg).primers && inner.role == Role::Primary;
     let learn = async {
         if primers {
             learn_primer_ttl(&inner.node, inner.rendezvous).await;
@@ -106,9 +107,20 @@ pub(super) async fn start(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>, Con
         // Measured now, ready for the first session.
         inner.alloc.clone().refresh(basis, conn.rtt());
     }
+    Ok(spawn_loops(inner, Some(conn), profiles))
+}
+
+/// Starts a membership whose first registration failed: its control loop
+/// rejoins with backoff, as after a loss.
+pub(super) fn start_rejoining(inner: &Arc<Inner>) -> Vec<JoinHandle<()>> {
+    let profiles = inner.node.local_profile().subscribe();
+    spawn_loops(inner, None, profiles)
+}
+
+fn spawn_loops(inner: &Arc<Inner>, conn: Option<Connection>, profiles: watch::Receiver<ProfileState>) -> Vec<JoinHandle<()>> {
     let task = runtime::spawn(control_loop(Arc::downgrade(inner), conn));
     let follow = runtime::spawn(follow_profile(Arc::downgrade(inner), profiles));
-    Ok(vec![task, follow])
+    vec![task, follow]
 }
 
 pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectError> {
@@ -122,7 +134,7 @@ pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectEr
             if let Ok(Msg::Registered { observed }) = Msg::decode(&m) {
                 *lock(&inner.observed) = Some(observed);
                 // A rejoin from a new address is a network change too.
-                if !inner.guest {
+                if inner.role == Role::Primary {
                     inner.node.reflexive().observe(observed);
                 }
                 inner.control.send_replace(Some(conn.clone()));
@@ -133,49 +145,20 @@ pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectEr
     tokio::time::timeout(join_timeout, go).await.unwrap_or(Err(ConnectError::Timeout))
 }
 
-/// Receives on the control connection; re-registers when it is lost.
-pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connection) {
+/// Receives on the control connection; re-registers when it is lost. It
+/// pings the rendezvous and drops a connection that went silent (see
+/// `macula_nat_proto::homes`): a crashed rendezvous sends no close, and
+/// QUIC would wait for its idle timeout. Guests ping too: a connect
+/// waiting on a crashed target's rendezvous moves on to the next.
+pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Option<Connection>) {
     loop {
-        while let Some(bytes) = conn.recv().await {
-            let Some(inner) = weak.upgrade() else { return };
-            match Msg::decode(&bytes) {
-                Ok(Msg::Incoming { from, session, flags, attempts, mut profile, observed }) => {
-                    keep_reachable_candidates(&inner, &mut profile, observed);
-                    match Responding::admit(&inner, from, session) {
-                        Some(admitted) => {
-                            runtime::spawn(respond(admitted, session, flags, attempts, profile, observed));
-                        }
-                        None => {
-                            tracing::debug!("signal: too many sessions to answer; refusing one of {:02x?}", &from.as_bytes()[..4]);
-                            refuse(&conn, from, session);
-                        }
-                    }
-                }
-                Ok(Msg::Registered { observed }) => {
-                    // The answer to a registration refresh (see
-                    // `follow_profile`), or the rendezvous telling us our
-                    // control connection moved (a renumbered router, a
-                    // rebinding NAT): where it sees us now. A move is a
-                    // network change (`crate::netchange`).
-                    let moved = lock(&inner.observed).replace(observed) != Some(observed);
-                    if moved {
-                        tracing::debug!("signal: the rendezvous now sees us at {observed}");
-                    }
-                    if !inner.guest {
-                        inner.node.reflexive().observe(observed);
-                    }
-                    if let Some(basis) = contiguity_basis(&inner, &current_info(&inner)) {
-                        inner.alloc.clone().refresh(basis, conn.rtt());
-                    }
-                }
-                Ok(m) => {
-                    let Some(s) = m.session() else { continue };
-                    let tx = lock(&inner.sessions).get(&s).cloned();
-                    if let Some(tx) = tx {
-                        let _ = tx.send(m);
-                    }
-                }
-                Err(e) => tracing::debug!("signal: bad message from rendezvous: {e}"),
+        if let Some(c) = conn.take() {
+            let pinging = match weak.upgrade() {
+                Some(inner) => read(&inner.cfg).ping_every,
+                None => return,
+            };
+            if !receive(&weak, &c, pinging).await {
+                return;
             }
         }
         let Some(inner) = weak.upgrade() else { return };
@@ -187,14 +170,99 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Connect
                 return;
             }
             match register(&inner).await {
-                Ok(c) => break c,
+                Ok(c) => break Some(c),
                 Err(e) => {
-                    tracing::debug!("signal: reconnect to rendezvous failed: {e}");
+                    tracing::debug!("signal: reconnect to rendezvous {} failed: {e}", inner.rendezvous);
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(base * 8);
+                    backoff = homes::next_backoff(backoff, base);
                 }
             }
         };
+    }
+}
+
+/// Handles the control connection's messages until it closes or (when
+/// `pinging`) goes silent; `false`: the membership is gone.
+async fn receive(weak: &std::sync::Weak<Inner>, conn: &Connection, pinging: Option<Duration>) -> bool {
+    let silent_after = match weak.upgrade() {
+        Some(inner) => read(&inner.cfg).silent_after,
+        None => return false,
+    };
+    let mut ticker = tokio::time::interval(pinging.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
+    let mut answers = false;
+    let mut nonce = 0u32;
+    loop {
+        tokio::select! {
+            m = conn.recv() => {
+                let Some(bytes) = m else { return true };
+                heard = Instant::now();
+                let Some(inner) = weak.upgrade() else { return false };
+                match Msg::decode(&bytes) {
+                    Ok(Msg::Pong { .. }) => answers = true,
+                    Ok(m) => handle(&inner, conn, m),
+                    Err(e) => tracing::debug!("signal: bad message from rendezvous: {e}"),
+                }
+            }
+            _ = ticker.tick(), if pinging.is_some() => {
+                if homes::silent(heard.elapsed(), answers, silent_after) {
+                    tracing::debug!("signal: rendezvous {} silent for {:?}; rejoining", conn.remote_address(), heard.elapsed());
+                    conn.close("rendezvous silent");
+                    return true;
+                }
+                nonce = nonce.wrapping_add(1);
+                // Never waits on a stalled stream: the silence says it.
+                let c = conn.clone();
+                runtime::spawn(async move {
+                    let _ = tokio::time::timeout(SILENT_AFTER_SEND, c.send(Msg::Ping { nonce }.encode())).await;
+                });
+            }
+        }
+    }
+}
+
+/// Bound on sending one ping.
+const SILENT_AFTER_SEND: Duration = Duration::from_secs(1);
+
+/// One message from the rendezvous on the control connection.
+fn handle(inner: &Arc<Inner>, conn: &Connection, m: Msg) {
+    match m {
+        Msg::Incoming { from, session, flags, attempts, mut profile, observed } => {
+            keep_reachable_candidates(inner, &mut profile, observed);
+            match Responding::admit(inner, from, session) {
+                Some(admitted) => {
+                    runtime::spawn(respond(admitted, session, flags, attempts, profile, observed));
+                }
+                None => {
+                    tracing::debug!("signal: too many sessions to answer; refusing one of {:02x?}", &from.as_bytes()[..4]);
+                    refuse(conn, from, session);
+                }
+            }
+        }
+        Msg::Registered { observed } => {
+            // The answer to a registration refresh (see `follow_profile`),
+            // or the rendezvous telling us our control connection moved (a
+            // renumbered router, a rebinding NAT): where it sees us now. A
+            // move is a network change (`crate::netchange`).
+            let moved = lock(&inner.observed).replace(observed) != Some(observed);
+            if moved {
+                tracing::debug!("signal: the rendezvous now sees us at {observed}");
+            }
+            if inner.role == Role::Primary {
+                inner.node.reflexive().observe(observed);
+            }
+            if let Some(basis) = contiguity_basis(inner, &current_info(inner)) {
+                inner.alloc.clone().refresh(basis, conn.rtt());
+            }
+        }
+        m => {
+            let Some(s) = m.session() else { return };
+            let tx = lock(&inner.sessions).get(&s).cloned();
+            if let Some(tx) = tx {
+                let _ = tx.send(m);
+            }
+        }
     }
 }
 

@@ -84,13 +84,16 @@
 //!   `punching` (punch, bounded dials) and `primers` below them;
 //! * `relayed`: relayed connections, relay loss and upgrades;
 //! * `reach`: targets registered at another rendezvous, found through
-//!   their signed record, signalled through a guest connection.
+//!   their signed record, signalled through a guest connection;
+//! * `homes`: the rendezvous a node joins (several at once: a primary and
+//!   standbys), which of them are live, what the record names.
 //!
 //! The decisions (targets, strategy of a session, dial bounds, retries)
 //! are `macula_nat_proto::connect`'s.
 
 mod error;
 mod failover;
+mod homes;
 mod initiator;
 mod inner;
 mod membership;

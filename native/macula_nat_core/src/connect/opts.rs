@@ -85,6 +85,12 @@ pub struct SignalConfig {
     pub max_guests: usize,
     /// A guest connection with no session for this long is closed.
     pub guest_idle: Duration,
+    /// How often a home rendezvous is pinged (`None`: never; a crashed
+    /// one is then noticed at QUIC's idle timeout).
+    pub ping_every: Option<Duration>,
+    /// A home that answered pings and has been silent this long is
+    /// rejoined (and left out of our record meanwhile).
+    pub silent_after: Duration,
 }
 
 impl SignalConfig {
@@ -101,6 +107,8 @@ impl SignalConfig {
             max_responder_sessions_per_peer: 16,
             max_guests: macula_nat_proto::reach::MAX_GUESTS,
             guest_idle: macula_nat_proto::reach::GUEST_IDLE,
+            ping_every: Some(macula_nat_proto::homes::PING_EVERY),
+            silent_after: macula_nat_proto::homes::SILENT_AFTER,
         }
     }
 }

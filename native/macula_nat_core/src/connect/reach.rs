@@ -15,7 +15,7 @@
 
 use crate::lock::{lock, read, write};
 use super::error::ConnectError;
-use super::inner::Inner;
+use super::inner::{Inner, Role};
 use super::initiator::initiate;
 use super::membership::{build_inner, start};
 use crate::profile_cache::ProfileCache;
@@ -131,11 +131,13 @@ impl Reach {
     }
 }
 
-/// A connect: through our own rendezvous, then, when it does not know the
-/// target, through the rendezvous the target's record names. Answers the
-/// signal the connection was made through (ours or a guest's), which
-/// looks after it.
-pub(super) async fn initiate_anywhere(inner: &Arc<Inner>, reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts) -> Result<Reached, ConnectError> {
+/// A connect: through our first home (`homes`: live ones first), then,
+/// when it does not know the target, through the rendezvous the target's
+/// record names (through our own membership when one of them is another
+/// of our homes). Answers the membership the connection was made through
+/// (a home or a guest), which looks after it.
+pub(super) async fn initiate_anywhere(homes: &[Arc<Inner>], reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts) -> Result<Reached, ConnectError> {
+    let Some(inner) = homes.first() else { return Err(ConnectError::NoRendezvous) };
     let first = initiate(inner, target, opts).await;
     match first {
         Err(ConnectError::UnknownPeer | ConnectError::NoRendezvous) => {}
@@ -165,7 +167,7 @@ pub(super) async fn initiate_anywhere(inner: &Arc<Inner>, reach: &Arc<Reach>, ta
                 _ => break,
             }
         }
-        match through_record(inner, reach, target, opts, &entry.contacts.rendezvous).await {
+        match through_record(homes, reach, target, opts, &entry.contacts.rendezvous).await {
             Ok(done) => return Ok(done),
             Err(Some((e, Outcome::Reached))) => return Err(e),
             Err(Some((e, _))) => last = e,
@@ -179,11 +181,28 @@ type Reached = (Connection, Method, Strategy, Arc<Inner>);
 
 /// Tries the rendezvous of `advertised` the plan picks; the error of the
 /// last attempt and how it ended (`None`: nothing to try).
-async fn through_record(inner: &Arc<Inner>, reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts, advertised: &[Contact]) -> Result<Reached, Option<(ConnectError, Outcome)>> {
+async fn through_record(homes: &[Arc<Inner>], reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts, advertised: &[Contact]) -> Result<Reached, Option<(ConnectError, Outcome)>> {
+    let inner = &homes[0];
     let open: Vec<NodeId> = lock(&reach.guests).keys().copied().collect();
     let plan = reach::plan(advertised, Some(&inner.rendezvous_id), &inner.node.node_id(), &open);
     let mut last = None;
     for contact in plan {
+        // One of our other homes: never a guest (a second control
+        // connection from us would replace our registration there).
+        if let Some(home) = homes.iter().find(|h| h.rendezvous_id == contact.node_id) {
+            if !super::homes::is_live(home) {
+                last = Some((ConnectError::NoRendezvous, Outcome::Unreachable));
+                continue;
+            }
+            let r = initiate(home, target, opts).await;
+            match r {
+                Ok((c, m, s)) => return Ok((c, m, s, home.clone())),
+                Err(ConnectError::UnknownPeer) => last = Some((ConnectError::UnknownPeer, Outcome::NotThere)),
+                Err(e @ (ConnectError::NoRendezvous | ConnectError::Closed)) => last = Some((e, Outcome::Unreachable)),
+                Err(e) => return Err(Some((e, Outcome::Reached))),
+            }
+            continue;
+        }
         let guest = match guest(inner, reach, contact).await {
             Ok(g) => g,
             Err(e) => {
@@ -225,7 +244,7 @@ async fn guest(inner: &Arc<Inner>, reach: &Arc<Reach>, contact: Contact) -> Resu
     };
     make_room(reach, max)?;
     let cfg = read(&inner.cfg).clone();
-    let g_inner = build_inner(inner.node.clone(), contact.addr, contact.node_id, cfg, inner.relays.clone(), true)?;
+    let g_inner = build_inner(inner.node.clone(), contact.addr, contact.node_id, cfg, inner.relays.clone(), Role::Guest)?;
     let tasks = start(&g_inner).await?;
     let g = Arc::new(Guest { inner: g_inner, tasks, last_used: Mutex::new(Instant::now()), busy: AtomicUsize::new(0) });
     // Two connects racing to the same rendezvous: the first one in wins,

@@ -67,10 +67,18 @@ impl<'a> SessionGuard<'a> {
 }
 
 impl SessionGuard<'_> {
-    /// The responder's answer: its profile and observed address.
+    /// The responder's answer: its profile and observed address. Ends
+    /// with `NoRendezvous` when our control connection to the rendezvous is
+    /// lost meanwhile (a crashed rendezvous found silent): no answer can
+    /// come, and the connect may go on through another one.
     pub(super) async fn answer(&mut self) -> Result<(Profile, SocketAddr), ConnectError> {
+        let mut control = self.inner.control.subscribe();
         loop {
-            match self.rx.recv().await {
+            let got = tokio::select! {
+                m = self.rx.recv() => m,
+                _ = control.wait_for(|c| c.as_ref().is_none_or(|c| c.close_reason().is_some())) => None,
+            };
+            match got {
                 Some(Msg::Answered { mut profile, observed, .. }) => {
                     keep_reachable_candidates(self.inner, &mut profile, observed);
                     return Ok((profile, observed));

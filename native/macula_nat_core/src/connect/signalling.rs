@@ -1,34 +1,34 @@
-//! The signalling client: a node's membership at a rendezvous ([`Signal`],
-//! the membership itself in `membership`), and [`connect`] through it, or
-//! through the target's own rendezvous (`reach`).
+//! The signalling client: a node's membership at its rendezvous
+//! ([`Signal`]: one or several homes, `homes`; each a membership,
+//! `membership`), and [`connect`] through a live one, or through the
+//! target's own rendezvous (`reach`).
 
 use crate::lock::{lock, write};
 use super::error::ConnectError;
 use super::inner::Inner;
-use super::membership::{build_inner, start};
+use super::homes::Home;
 use super::opts::{ConnectOpts, Connected, SignalConfig};
 use super::reach::{initiate_anywhere, Reach};
 use crate::{Connection, Node};
 use crate::profile_cache::ProfileCache;
 use crate::quic::Method;
-use crate::relay::RelaySet;
 use macula_nat_proto::connect::public_profile;
-use macula_nat_proto::record::PeerInfo;
+use macula_nat_proto::record::{Contact, PeerInfo};
 use macula_nat_proto::signal::NodeId;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::task::JoinHandle;
 
-/// A node's membership at a rendezvous. Dropping it (or `close`) leaves.
+/// A node's membership at its rendezvous: one or several homes (see
+/// `homes`), one set of relays. Dropping it (or `close`) leaves.
 pub struct Signal {
-    pub(super) inner: Arc<Inner>,
-    pub(super) task: JoinHandle<()>,
-    /// Follows the node's published profile (see
-    /// `membership::follow_profile`).
-    pub(super) follow: JoinHandle<()>,
+    pub(super) homes: Vec<Home>,
+    pub(super) primary: usize,
     /// Reaching targets registered at other rendezvous.
     pub(super) reach: Arc<Reach>,
+    /// Keeps our record naming the live homes (see `homes::advertise`).
+    advertising: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Signal {
@@ -51,14 +51,24 @@ impl Signal {
         rendezvous_id: NodeId,
         cfg: SignalConfig,
     ) -> Result<Signal, ConnectError> {
-        let relays = RelaySet::new(&node);
-        let inner = build_inner(node, rendezvous_addr, rendezvous_id, cfg, relays, false)?;
-        let mut tasks = start(&inner).await?.into_iter();
-        let (Some(task), Some(follow)) = (tasks.next(), tasks.next()) else { return Err(ConnectError::Closed) };
-        Ok(Signal { inner, task, follow, reach: Arc::default() })
+        Self::join_homes(node, &[Contact { node_id: rendezvous_id, addr: rendezvous_addr }], cfg).await
     }
 
-    /// Where records are looked up when our rendezvous does not know a
+    /// Joins every rendezvous of `rendezvous` (preferred first; duplicates
+    /// dropped, at most `macula_nat_proto::homes::MAX_HOMES`) from the
+    /// node's one socket: the node is reachable through any of them while
+    /// one lives. Fails only when none can be joined; one that cannot yet
+    /// is retried in the background.
+    pub async fn join_homes(node: Arc<Node>, rendezvous: &[Contact], cfg: SignalConfig) -> Result<Signal, ConnectError> {
+        let (homes, primary) = super::homes::join(node, rendezvous, cfg).await?;
+        Ok(Signal { homes, primary, reach: Arc::default(), advertising: Mutex::new(None) })
+    }
+
+    pub(super) fn inner(&self) -> &Arc<Inner> {
+        &self.homes[self.primary].inner
+    }
+
+    /// Where records are looked up when our rendezvous do not know a
     /// target (see `reach`): the node's profile cache, whose DHT holds the
     /// signed records. Without one a connect only reaches nodes registered
     /// at our rendezvous.
@@ -70,7 +80,23 @@ impl Signal {
     /// (its `RESERVED` contacts): where a peer that found us by id may
     /// relay to us. Follows them until the signal closes.
     pub fn advertise_reservations(&self, adv: Arc<crate::advertiser::Advertiser>) {
-        self.reach.advertise_reservations(&self.inner.relays, adv);
+        self.reach.advertise_reservations(&self.inner().relays, adv);
+    }
+
+    /// Keeps `adv`'s record naming the homes that are live (all of them
+    /// when none is): a dead one leaves it within a second of being
+    /// noticed, and comes back once rejoined. Until the signal closes.
+    pub fn advertise_homes(&self, adv: Arc<crate::advertiser::Advertiser>) {
+        let task = super::homes::advertise(&self.homes, adv);
+        if let Some(old) = lock(&self.advertising).replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Our homes (the rendezvous we join), in the configured order, and
+    /// whether each control connection is up right now.
+    pub fn homes(&self) -> Vec<(Contact, bool)> {
+        self.homes.iter().map(|h| (h.contact(), h.is_live())).collect()
     }
 
     /// Guest signalling connections (to other rendezvous) open right now.
@@ -79,29 +105,29 @@ impl Signal {
     }
 
     pub fn node(&self) -> &Arc<Node> {
-        &self.inner.node
+        &self.inner().node
     }
 
-    /// Our address as the rendezvous sees it.
+    /// Our address as the primary rendezvous sees it.
     pub fn observed_addr(&self) -> Option<SocketAddr> {
-        *lock(&self.inner.observed)
+        *lock(&self.inner().observed)
     }
 
     /// Sessions with a signalling channel open right now (initiator and
-    /// responder sides): what a stuck session would leak.
+    /// responder sides, all homes): what a stuck session would leak.
     pub fn open_sessions(&self) -> usize {
-        lock(&self.inner.sessions).len()
+        self.homes.iter().map(|h| lock(&h.inner.sessions).len()).sum()
     }
 
     /// Responder sessions running right now (bounded by
-    /// `SignalConfig::max_responder_sessions`).
+    /// `SignalConfig::max_responder_sessions` per home).
     pub fn responder_sessions(&self) -> usize {
-        lock(&self.inner.responding).held()
+        self.homes.iter().map(|h| lock(&h.inner.responding).held()).sum()
     }
 
-    /// Whether the control connection is up right now.
+    /// Whether a control connection (to any home) is up right now.
     pub fn is_connected(&self) -> bool {
-        self.inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none())
+        self.homes.iter().any(Home::is_live)
     }
 
     /// Replaces the configured profile: the one advertised while the node
@@ -109,35 +135,40 @@ impl Signal {
     /// [`Node::local_profile`] needs no call here; tests use it to give a
     /// profile by hand to a node that detects none).
     pub fn set_profile(&self, profile: PeerInfo) {
-        write(&self.inner.cfg).profile = profile;
+        for h in &self.homes {
+            write(&h.inner.cfg).profile = profile.clone();
+        }
     }
 
     /// The next incoming connection: sessions where this node was the
-    /// responder, and unsolicited connections. `None` once the node closed.
+    /// responder (through any home), and unsolicited connections. `None`
+    /// once the node closed.
     pub async fn accept(&self) -> Option<Connection> {
-        self.inner.dispatch.accept().await
+        self.inner().dispatch.accept().await
     }
 
     /// The relays to hold reservations at, best first (e.g. from the relay
     /// registry). The live ones are advertised to peers.
     pub fn set_relays(&self, relays: Vec<(NodeId, SocketAddr)>) {
-        self.inner.relays.set_wanted(relays);
+        self.inner().relays.set_wanted(relays);
     }
 
     /// Relays we hold a live reservation at.
     pub fn reserved_relays(&self) -> Vec<(NodeId, SocketAddr)> {
-        self.inner.relays.reserved()
+        self.inner().relays.reserved()
     }
 
-    /// Leaves the rendezvous (closes the control connection).
+    /// Leaves the rendezvous (closes the control connections), the relays
+    /// and the guests, and stops writing our record.
     pub fn close(&self) {
-        self.task.abort();
-        self.follow.abort();
-        self.inner.relays.close();
-        self.reach.close();
-        if let Some(c) = self.inner.control.borrow().as_ref() {
-            c.close("signal closed");
+        if let Some(t) = lock(&self.advertising).take() {
+            t.abort();
         }
+        for h in &self.homes {
+            h.close();
+        }
+        self.inner().relays.close();
+        self.reach.close();
     }
 }
 
@@ -152,7 +183,9 @@ pub async fn connect(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Resu
 pub async fn connect_detailed(signal: &Signal, target: NodeId, opts: ConnectOpts) -> Result<Connected, ConnectError> {
     let started = Instant::now();
     let timeout = opts.timeout;
-    let r = tokio::time::timeout(timeout, initiate_anywhere(&signal.inner, &signal.reach, target, &opts)).await;
+    let live: Vec<bool> = signal.homes.iter().map(Home::is_live).collect();
+    let homes: Vec<Arc<Inner>> = macula_nat_proto::homes::order(&live).into_iter().map(|i| signal.homes[i].inner.clone()).collect();
+    let r = tokio::time::timeout(timeout, initiate_anywhere(&homes, &signal.reach, target, &opts)).await;
     match r {
         Ok(Ok((conn, method, strategy, through))) => {
             tracing::debug!("signal: connected to {} ({}, {})", conn.remote_address(), method.name(), strategy.name());
