@@ -3,8 +3,9 @@
 //! membership of its own (`super::membership`, the one a guest uses too):
 //! its control connection, pinged and rejoined with backoff; incoming
 //! sessions through any of them land in the node's one dispatcher. They
-//! share the node's relays (one set of reservations per node). One, the
-//! primary, is the first that registers; the others are standbys.
+//! share the node's relays (one set of reservations per node). The first
+//! configured is the primary (its view of our address is our reflexive
+//! address); the others are standbys.
 //!
 //! Why memberships inside one [`Signal`](super::Signal) rather than one
 //! signal per rendezvous in the Erlang coordinator: a connect picks a live
@@ -56,59 +57,44 @@ pub(super) fn is_live(inner: &Inner) -> bool {
     inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none())
 }
 
-/// Joins `configured` (see [`homes::select`]): the first that registers,
-/// in order, is the primary; the others are joined at the same time, and
-/// one whose first registration fails keeps trying in the background
-/// (with the rejoin's backoff). Fails only when none registers. Answers
-/// the homes in the configured order and the primary's index.
-pub(super) async fn join(node: Arc<Node>, configured: &[Contact], cfg: SignalConfig) -> Result<(Vec<Home>, usize), ConnectError> {
+/// Joins `configured` (see [`homes::select`]), all at once: the first is
+/// the primary, the others standbys. One whose first registration fails
+/// keeps trying in the background (with the rejoin's backoff); the join
+/// fails only when none registers, and takes one `join_timeout` at most
+/// however many are down. Answers the homes in the configured order.
+pub(super) async fn join(node: Arc<Node>, configured: &[Contact], cfg: SignalConfig) -> Result<Vec<Home>, ConnectError> {
     let wanted = homes::select(configured);
     let relays = RelaySet::new(&node);
-    let mut primary = None;
-    let mut last = ConnectError::NoRendezvous;
-    for (i, c) in wanted.iter().enumerate() {
-        let inner = build_inner(node.clone(), c.addr, c.node_id, cfg.clone(), relays.clone(), Role::Primary)?;
-        match start(&inner).await {
-            Ok(tasks) => {
-                primary = Some((i, Home { inner, tasks }));
-                break;
-            }
-            Err(e) => {
-                tracing::debug!("signal: joining rendezvous {} failed: {e}", c.addr);
-                last = e;
-            }
-        }
-    }
-    let Some((p, first)) = primary else {
-        relays.close();
-        return Err(last);
-    };
     let mut joining = Vec::with_capacity(wanted.len());
     for (i, c) in wanted.iter().enumerate() {
-        if i == p {
-            continue;
-        }
-        let inner = build_inner(node.clone(), c.addr, c.node_id, cfg.clone(), relays.clone(), Role::Standby)?;
-        joining.push((i, runtime::spawn(async move {
-            let tasks = match start(&inner).await {
-                Ok(t) => t,
+        let role = if i == 0 { Role::Primary } else { Role::Standby };
+        let inner = build_inner(node.clone(), c.addr, c.node_id, cfg.clone(), relays.clone(), role)?;
+        joining.push(runtime::spawn(async move {
+            match start(&inner).await {
+                Ok(tasks) => (Home { inner, tasks }, None),
                 Err(e) => {
-                    tracing::debug!("signal: standby rendezvous {} not joined yet ({e}); retrying", inner.rendezvous);
-                    start_rejoining(&inner)
+                    tracing::debug!("signal: rendezvous {} not joined yet ({e}); retrying", inner.rendezvous);
+                    let tasks = start_rejoining(&inner);
+                    (Home { inner, tasks }, Some(e))
                 }
-            };
-            Home { inner, tasks }
-        })));
+            }
+        }));
     }
-    let mut all: Vec<(usize, Home)> = vec![(p, first)];
-    for (i, j) in joining {
-        match j.await {
-            Ok(h) => all.push((i, h)),
-            Err(_) => return Err(ConnectError::Closed),
+    let mut homes_ = Vec::with_capacity(joining.len());
+    let mut failed = Vec::new();
+    for j in joining {
+        let (home, err) = j.await.map_err(|_| ConnectError::Closed)?;
+        homes_.push(home);
+        failed.extend(err);
+    }
+    if failed.len() == homes_.len() {
+        for h in &homes_ {
+            h.close();
         }
+        relays.close();
+        return Err(failed.pop().unwrap_or(ConnectError::NoRendezvous));
     }
-    all.sort_by_key(|(i, _)| *i);
-    Ok((all.into_iter().map(|(_, h)| h).collect(), p))
+    Ok(homes_)
 }
 
 /// How often the record's rendezvous are brought in line with the homes'

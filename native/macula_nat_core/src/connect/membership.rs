@@ -215,7 +215,7 @@ async fn receive(weak: &std::sync::Weak<Inner>, conn: &Connection, pinging: Opti
                 // Never waits on a stalled stream: the silence says it.
                 let c = conn.clone();
                 runtime::spawn(async move {
-                    let _ = tokio::time::timeout(SILENT_AFTER_SEND, c.send(Msg::Ping { nonce }.encode())).await;
+                    let _ = tokio::time::timeout(PING_SEND_BOUND, c.send(Msg::Ping { nonce }.encode())).await;
                 });
             }
         }
@@ -223,7 +223,7 @@ async fn receive(weak: &std::sync::Weak<Inner>, conn: &Connection, pinging: Opti
 }
 
 /// Bound on sending one ping.
-const SILENT_AFTER_SEND: Duration = Duration::from_secs(1);
+const PING_SEND_BOUND: Duration = Duration::from_secs(1);
 
 /// One message from the rendezvous on the control connection.
 fn handle(inner: &Arc<Inner>, conn: &Connection, m: Msg) {

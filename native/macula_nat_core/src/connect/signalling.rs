@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 /// A node's membership at its rendezvous: one or several homes (see
 /// `homes`), one set of relays. Dropping it (or `close`) leaves.
 pub struct Signal {
+    /// In the configured order; the first is the primary.
     pub(super) homes: Vec<Home>,
-    pub(super) primary: usize,
     /// Reaching targets registered at other rendezvous.
     pub(super) reach: Arc<Reach>,
     /// Keeps our record naming the live homes (see `homes::advertise`).
@@ -60,12 +60,12 @@ impl Signal {
     /// one lives. Fails only when none can be joined; one that cannot yet
     /// is retried in the background.
     pub async fn join_homes(node: Arc<Node>, rendezvous: &[Contact], cfg: SignalConfig) -> Result<Signal, ConnectError> {
-        let (homes, primary) = super::homes::join(node, rendezvous, cfg).await?;
-        Ok(Signal { homes, primary, reach: Arc::default(), advertising: Mutex::new(None) })
+        let homes = super::homes::join(node, rendezvous, cfg).await?;
+        Ok(Signal { homes, reach: Arc::default(), advertising: Mutex::new(None) })
     }
 
     pub(super) fn inner(&self) -> &Arc<Inner> {
-        &self.homes[self.primary].inner
+        &self.homes[0].inner
     }
 
     /// Where records are looked up when our rendezvous do not know a
