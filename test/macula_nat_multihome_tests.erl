@@ -10,7 +10,7 @@
 
 -include_lib("eunit/include/eunit.hrl").
 
--import(macula_nat_test_support, [wait/2]).
+-import(macula_nat_test_support, [wait/2, echo_on/1, roundtrip/2]).
 
 -define(PUBLIC, #{mapping => ei, filtering => ei, allocation => pp, confidence => high,
                   public_ip => {127, 0, 0, 1}, public_port => 1, detected_at => 1700000000}).
@@ -56,17 +56,6 @@ cleanup(#{dir := Dir, r1 := R1, r2 := R2, b := B}) ->
     application:unset_env(macula_nat, dht),
     file:del_dir_r(Dir).
 
-echo_on(B) ->
-    peer:call(B, erlang, spawn, [fun() ->
-        {ok, C} = macula_connection:accept(30000),
-        receive {macula_connection, C, {message, T}} -> ok = macula_connection:send(C, {echo, T}) end,
-        receive {macula_connection, C, {closed, _}} -> ok after 30000 -> ok end
-    end]).
-
-roundtrip(C, T) ->
-    ok = macula_connection:send(C, T),
-    receive {macula_connection, C, {message, {echo, T}}} -> ok after 10000 -> timeout end.
-
 registered(R, Id) ->
     lists:keymember(Id, 1, peer:call(R, macula_nat_coordinator, rendezvous_peers, [])).
 
@@ -89,7 +78,7 @@ reachable_when_one_rendezvous_dies(#{b := B, b_id := BId, r1 := R1, r2 := R2, r1
     ok = wait(fun() -> record_rendezvous(B) =:= [R1Id, R2Id] end, 10000),
     echo_on(B),
     {ok, C} = macula_nat_connector:connect(BId, #{timeout => 15000}),
-    ?assertEqual(ok, roundtrip(C, before)),
+    ?assertEqual(ok, roundtrip(C, <<"before">>)),
     macula_connection:close(C),
 
     %% R1's VM dies without a word.
@@ -100,7 +89,7 @@ reachable_when_one_rendezvous_dies(#{b := B, b_id := BId, r1 := R1, r2 := R2, r1
     echo_on(B),
     {ok, C2} = macula_nat_connector:connect(BId, #{timeout => 20000}),
     Reachable = erlang:monotonic_time(millisecond) - Killed,
-    ?assertEqual(ok, roundtrip(C2, after_kill)),
+    ?assertEqual(ok, roundtrip(C2, <<"after the kill">>)),
     macula_connection:close(C2),
     ok = wait(fun() -> record_rendezvous(B) =:= [R2Id] end, 15000),
     Dropped = erlang:monotonic_time(millisecond) - Killed,
@@ -112,7 +101,7 @@ reachable_when_one_rendezvous_dies(#{b := B, b_id := BId, r1 := R1, r2 := R2, r1
     %% once the cache refreshed it; through the cached one meanwhile.
     echo_on(B),
     {ok, _Method, C3} = macula_nat_coordinator:request_connection(BId, #{timeout => 15000}),
-    ?assertEqual(ok, roundtrip(C3, third)),
+    ?assertEqual(ok, roundtrip(C3, 3)),
     macula_connection:close(C3),
     replacing_the_signal_closes_the_old_one(R2, R2Id).
 

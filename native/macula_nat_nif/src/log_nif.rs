@@ -83,6 +83,7 @@ fn route(target: &str) -> Option<Route> {
     const TABLE: &[(&str, Route)] = &[
         // The signalling client: joining, the control connection, refreshes.
         ("connect::membership", Route::Coordinator),
+        ("connect::homes", Route::Coordinator),
         ("connect", Route::Connector),
         ("punch", Route::Connector),
         ("detect", Route::Detector),
