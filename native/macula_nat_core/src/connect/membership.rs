@@ -205,12 +205,16 @@ async fn receive(weak: &std::sync::Weak<Inner>, conn: &Connection, pinging: Opti
                     Err(e) => tracing::debug!("signal: bad message from rendezvous: {e}"),
                 }
             }
-            _ = ticker.tick(), if pinging.is_some() => {
+            // Judged the moment the silence is long enough, not at the
+            // next tick (a second later).
+            _ = tokio::time::sleep_until((heard + silent_after).into()), if pinging.is_some() && answers => {
                 if homes::silent(heard.elapsed(), answers, silent_after) {
                     tracing::debug!("signal: rendezvous {} silent for {:?}; rejoining", conn.remote_address(), heard.elapsed());
                     conn.close("rendezvous silent");
                     return true;
                 }
+            }
+            _ = ticker.tick(), if pinging.is_some() => {
                 nonce = nonce.wrapping_add(1);
                 // Never waits on a stalled stream: the silence says it.
                 let c = conn.clone();

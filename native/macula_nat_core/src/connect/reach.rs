@@ -189,44 +189,40 @@ async fn through_record(homes: &[Arc<Inner>], reach: &Arc<Reach>, target: NodeId
     for contact in plan {
         // One of our other homes: never a guest (a second control
         // connection from us would replace our registration there).
-        if let Some(home) = homes.iter().find(|h| h.rendezvous_id == contact.node_id) {
-            if !super::homes::is_live(home) {
-                last = Some((ConnectError::NoRendezvous, Outcome::Unreachable));
-                continue;
-            }
-            let r = initiate(home, target, opts).await;
-            match r {
-                Ok((c, m, s)) => return Ok((c, m, s, home.clone())),
-                Err(ConnectError::UnknownPeer) => last = Some((ConnectError::UnknownPeer, Outcome::NotThere)),
-                Err(e @ (ConnectError::NoRendezvous | ConnectError::Closed)) => last = Some((e, Outcome::Unreachable)),
-                Err(e) => return Err(Some((e, Outcome::Reached))),
-            }
-            continue;
-        }
-        let guest = match guest(inner, reach, contact).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::debug!("reach: rendezvous {} unreachable: {e}", contact.addr);
-                last = Some((e, Outcome::Unreachable));
-                continue;
-            }
+        let r = match homes.iter().find(|h| h.rendezvous_id == contact.node_id) {
+            Some(home) if super::homes::is_live(home) => attempt(home, target, opts).await,
+            Some(_) => Err((ConnectError::NoRendezvous, Outcome::Unreachable)),
+            None => match guest(inner, reach, contact).await {
+                Ok(g) => {
+                    let used = Use::new(g);
+                    attempt(&used.0.inner, target, opts).await
+                }
+                Err(e) => Err((e, Outcome::Unreachable)),
+            },
         };
-        let used = Use::new(guest);
-        let r = initiate(&used.0.inner, target, opts).await;
-        let outcome = match &r {
-            Ok(_) => Outcome::Reached,
-            Err(ConnectError::UnknownPeer) => Outcome::NotThere,
-            Err(ConnectError::NoRendezvous | ConnectError::Closed) => Outcome::Unreachable,
-            Err(_) => Outcome::Reached,
-        };
-        tracing::debug!("reach: through {} for {:02x?}: {outcome:?}", contact.addr, &target.as_bytes()[..4]);
         match r {
-            Ok((c, m, s)) => return Ok((c, m, s, used.0.inner.clone())),
-            Err(e) if reach::try_next(outcome) => last = Some((e, outcome)),
-            Err(e) => return Err(Some((e, outcome))),
+            Ok(done) => return Ok(done),
+            Err((e, outcome)) => {
+                tracing::debug!("reach: through {} for {:02x?}: {outcome:?} ({e})", contact.addr, &target.as_bytes()[..4]);
+                if !reach::try_next(outcome) {
+                    return Err(Some((e, outcome)));
+                }
+                last = Some((e, outcome));
+            }
         }
     }
     Err(last)
+}
+
+/// One signalling attempt through `through` (a home or a guest) and how it
+/// ended, for the choice of the next rendezvous.
+async fn attempt(through: &Arc<Inner>, target: NodeId, opts: &super::ConnectOpts) -> Result<Reached, (ConnectError, Outcome)> {
+    match initiate(through, target, opts).await {
+        Ok((c, m, s)) => Ok((c, m, s, through.clone())),
+        Err(e @ ConnectError::UnknownPeer) => Err((e, Outcome::NotThere)),
+        Err(e @ (ConnectError::NoRendezvous | ConnectError::Closed)) => Err((e, Outcome::Unreachable)),
+        Err(e) => Err((e, Outcome::Reached)),
+    }
 }
 
 /// The guest connection to `contact`: the open one, or a new one (making
