@@ -188,8 +188,7 @@ round(#{name := Name, dht := Dht, extra_env := Extra, before := Before, kill := 
                           {H, await_ready(Slots, maps:get(H, Nodes), want(H), Reserved)}
                   end, hosts())),
     Id = fun(H) -> maps:get(id, maps:get(H, Info)) end,
-    %% Joined at its own operator's rendezvous (at the second one too
-    %% once nodes join every rendezvous listed), and its record in the DHT
+    %% Joined at its own operator's rendezvous, and its record in the DHT
     %% (fetched by an operator's VM, so no node's cache holds it).
     Registered = fun(O) -> [I || {I, _} <- macula_lab_peer:call(maps:get(O, Ops), macula_nat_coordinator,
                                                                  rendezvous_peers, [])]
@@ -216,7 +215,7 @@ round(#{name := Name, dht := Dht, extra_env := Extra, before := Before, kill := 
                [H, L, K, prof(maps:get(profile, maps:get(H, Info))), lists:join("+", maps:get(H, Joined)),
                 Own, Second, lists:join(", ", lists:reverse(maps:get(detections, maps:get(H, Info))))])
      || {H, K, L, Own, Second} <- lab_nodes()],
-    Ctx = #{nodes => Nodes, info => Info, table => Table, round => Name, alive => operators()},
+    Ctx = #{nodes => Nodes, info => Info, table => Table},
     Pairs = case Before of
                 ordered -> [{A, B} || A <- hosts(), B <- hosts(), A =/= B];
                 unordered -> unordered()
@@ -225,9 +224,10 @@ round(#{name := Name, dht := Dht, extra_env := Extra, before := Before, kill := 
     Rows1 = [pair(Ctx#{phase => Name, via => via(Joined, A, B)}, A, B) || {A, B} <- Pairs],
     io:format("~b pairs in ~b ms~n", [length(Rows1), now_ms() - T2]),
     %% An operator's VM dies (rendezvous and relay with it).
-    #{os_pid := OsPid} = macula_lab_peer:info(maps:get(Kill, Ops)),
+    KillPeer = maps:get(Kill, Ops),
+    #{os_pid := OsPid} = macula_lab_peer:info(KillPeer),
     _ = os:cmd("kill -9 " ++ OsPid),
-    receive {macula_lab_peer_down, _, _} -> ok after 5000 -> ok end,
+    receive {macula_lab_peer_down, KillPeer, _} -> ok after 5000 -> error({not_killed, Kill}) end,
     T3 = now_ms(),
     KillPhase = flat(io_lib:format("~s, ~s killed", [Name, Kill])),
     %% Nodes joined at two stay reachable: every pair must connect, at
