@@ -150,7 +150,7 @@ fn main() {
     }
     let cfg = Config::load(&path.unwrap_or_else(|| usage())).unwrap_or_else(|e| die("config", e));
     if check {
-        println!("{cfg:#?}\nrelay limits: {:?}", cfg.relay.limits());
+        println!("{cfg:#?}\nrelay limits: {:?}\nconnection limits: {:?}", cfg.relay.limits(), cfg.node.quic_config().conn_limits);
         return;
     }
     LEVEL.store(cfg.log_level as u8, Ordering::Relaxed);
@@ -166,6 +166,8 @@ fn main() {
         ObserverServer::start(o.primary, o.alternate, software).unwrap_or_else(|e| die("observer", e))
     });
     let node = Node::open_dual(NodeConfig { bind: cfg.node.listen }, cfg.node.listen6, identity).unwrap_or_else(|e| die("node socket", e));
+    // Before the rendezvous or relay creates the QUIC endpoint.
+    node.set_quic_config(cfg.node.quic_config());
     let node_addr = node.local_addr().unwrap_or_else(|e| die("node socket", e));
     let node6 = cfg.node.listen6.and_then(|_| node.local_addr6().ok().flatten());
     let started = Instant::now();

@@ -13,6 +13,8 @@
 //! listen6 = "[::]:4433"                    # optional: a second socket for IPv6 (dual stack)
 //! rendezvous = true
 //! relay = true
+//! max_connections = 1024                   # incoming QUIC connections at once (default 1024):
+//! max_connections_per_ip = 32              # raise for more joined nodes (bench/capacity.md)
 //!
 //! [relay]                                  # limits (defaults: RelayLimits::default())
 //! max_sessions = 100
@@ -88,6 +90,29 @@ pub struct NodeSection {
     pub rendezvous: bool,
     #[serde(default = "yes")]
     pub relay: bool,
+    /// Incoming QUIC connections at once (`ConnLimits::total`, default
+    /// 1024): each joined node and each relay client holds one, so a
+    /// rendezvous or relay for more nodes needs it raised.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// ... of those from one source IP (`ConnLimits::per_ip`, default 32).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+}
+
+impl NodeSection {
+    /// The QUIC settings the node runs with: defaults, connection limits
+    /// as configured.
+    pub fn quic_config(&self) -> macula_nat_core::quic::QuicConfig {
+        let mut q = macula_nat_core::quic::QuicConfig::default();
+        if let Some(n) = self.max_connections {
+            q.conn_limits.total = n;
+        }
+        if let Some(n) = self.max_connections_per_ip {
+            q.conn_limits.per_ip = n;
+        }
+        q
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -159,6 +184,9 @@ impl Config {
         if !self.node.rendezvous && !self.node.relay && self.observer.is_none() {
             return Err("nothing to run: no [observer] and node.rendezvous = node.relay = false".into());
         }
+        if self.node.max_connections == Some(0) || self.node.max_connections_per_ip == Some(0) {
+            return Err("node.max_connections and node.max_connections_per_ip must be at least 1".into());
+        }
         if self.relay.max_sessions == Some(0) {
             return Err("relay.max_sessions must be at least 1 (set node.relay = false to run no relay)".into());
         }
@@ -175,6 +203,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_limits() {
+        let base = "identity_key = \"/tmp/k\"\n[node]\nlisten = \"0.0.0.0:4433\"\n";
+        let d = Config::parse(base).unwrap().node.quic_config().conn_limits;
+        assert_eq!((d.total, d.per_ip), (1024, 32));
+        let c = Config::parse(&format!("{base}max_connections = 20000\nmax_connections_per_ip = 64\n")).unwrap();
+        let l = c.node.quic_config().conn_limits;
+        assert_eq!((l.total, l.per_ip), (20000, 64));
+        assert!(Config::parse(&format!("{base}max_connections = 0\n")).is_err());
+    }
 
     #[test]
     fn full_and_minimal() {
