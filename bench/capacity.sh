@@ -3,15 +3,16 @@
 # examples/bench_capacity joins 1,000 and then 10,000 node identities (one
 # process, one UDP socket and ed25519 key each) to a rendezvous running as
 # its own macula-node process; at 10,000 also Connect throughput, a relay
-# holding 10,000 reservations, and cross- vs same-rendezvous time to first
-# message (private mainline swarm). Rewrites bench/capacity.md. About 6 min.
+# taken to 10,000 reservations in steps, and cross- vs same-rendezvous time
+# to first message (private mainline swarm). Rewrites bench/capacity.md.
+# About 6 to 8 minutes.
 # Usage: bench/capacity.sh [idle_secs] [cross_connects]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 IDLE="${1:-30}"
 CROSS="${2:-50}"
-RATES="50,100,200,400,800,1600"
+RATES="50,100,200,400,800,1200"
 cargo build --release --quiet -p macula_nat_core --bins --example bench_capacity
 TARGET="${CARGO_TARGET_DIR:-target}"
 BIN="$TARGET/release"
@@ -27,8 +28,11 @@ OUT2="$(mktemp)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -f "$LOG" "$OUT1" "$OUT2"' EXIT
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 START=$(date +%s)
-"$BIN/examples/bench_capacity" --bin "$BIN" --nodes 1000 --idle-secs "$IDLE" >"$OUT1" 2>>"$LOG"
-"$BIN/examples/bench_capacity" --bin "$BIN" --nodes 10000 --idle-secs "$IDLE" --rates "$RATES" --step-secs 4 --relay --cross "$CROSS" >"$OUT2" 2>>"$LOG"
+run() {
+  "$BIN/examples/bench_capacity" --bin "$BIN" "$@" 2>>"$LOG" || { cat "$LOG" >&2; exit 1; }
+}
+run --nodes 1000 --idle-secs "$IDLE" >"$OUT1"
+run --nodes 10000 --idle-secs "$IDLE" --rates "$RATES" --step-secs 4 --relay --cross "$CROSS" >"$OUT2"
 TOOK=$(( $(date +%s) - START ))
 {
   echo "# Capacity: one rendezvous and one relay"
@@ -60,8 +64,69 @@ TOOK=$(( $(date +%s) - START ))
   echo "(\`fd_budget\`: extra sockets for birthday punching and detection) is not touched by joins,"
   echo "Connects or reservations."
   echo
+  echo "What the tables count. Idle: the nodes' control connections only; each node's QUIC keep-alive"
+  echo "(\`QuicConfig::keep_alive\`, 5 s) draws an acknowledgement, so about 0.2 datagrams/s each way per"
+  echo "node. Connect latency: \`connect_detailed\` from call to connection, i.e. \`Connect\` -> \`Incoming\` ->"
+  echo "\`Answer\` -> \`Answered\` + \`Go\` through the rendezvous, then the pair's own QUIC handshake (a direct"
+  echo "dial: public profiles on loopback). The load process runs both ends of every session (two handshakes'"
+  echo "crypto per session), so compare its CPU with the rendezvous': whichever saturates first sets the"
+  echo "rate where latency doubles. Relay: each reservation is a control connection whose client pings every"
+  echo "500 ms (\`relay::client\` \`PING_EVERY\`; 2.5 s without a Pong and the link is dead), so about 4"
+  echo "datagrams/s in and 2 out per reservation at idle (ping, pong, acknowledgements). Time to first"
+  echo "message: from \`connect_detailed\` to the target's accepted connection receiving the initiator's"
+  echo "first message; every cross-rendezvous connect is the first of a fresh initiator (empty profile"
+  echo "cache, no guest connection yet) to a target of its own (no lookup helps the next), so each pays R1's"
+  echo "\`Unknown\`, a full mainline lookup of the target's signed record, a QUIC handshake and registration"
+  echo "at R2 as a guest, then the session; the same-rendezvous connects alternate with them, from fresh"
+  echo "initiators too."
+  echo
   cat "$OUT1"
   cat "$OUT2"
+  # Written for the committed run; the mechanisms hold on any run, the
+  # figures quoted are that run's (the tables above are this one's).
+  cat <<'READING'
+## Reading
+
+* **Rendezvous memory and idle cost are linear and small.** About 34-35 KiB of RSS per joined node
+  at 1,000 and at 10,000 (one QUIC connection with its TLS keys, the peer's entry, its reader and
+  writer tasks and send queue); nothing else grows with the node count. At idle each node costs
+  about 0.24 datagrams/s each way (its 5 s keep-alive and the acknowledgement), and 10,000 nodes cost
+  about 11-12 % of one core. Part of that is per second, not per packet: `tell_moved` compares every
+  peer's connection address with the one it was told once a second (`MOVED_SCAN`), 10,000 lock-and-
+  compare steps per tick; no code path scans the peers per packet or per message.
+* **Connect throughput is not limited by the rendezvous here.** p50 stays at about 2 ms up to 400
+  sessions/s and is hundreds of ms at 800 offered; the rendezvous uses about 20-25 % of one core at
+  the top while the load process, which runs both ends of every session (two QUIC handshakes per
+  session besides signalling), saturates its share of the shared 2 cores. The rendezvous' own cost is
+  about (21 % - 12 % idle) / 400 sessions/s = 0.2-0.3 ms of CPU per session (five messages relayed:
+  `Incoming`, `Answer` -> `Answered`, two `Go`s), so a rendezvous core would relay thousands of
+  sessions/s; 50 Connects/s per peer (`RendezvousLimits`) never binds when many peers connect.
+* **Joins.** 10,000 nodes, 256 joining at once, join in about 30 s on this machine; under heavier
+  load a few joins of the burst are refused once (the rendezvous' accept backlog, 64 handshaken
+  connections not yet taken, closes the overflow with `BUSY`; measured 122 of 10,000 at load average
+  ~9) and succeed on the retry, as a node's reconnect backoff does.
+* **The relay's idle cost is ten times the rendezvous', and 10,000 reservations do not hold on this
+  machine.** Every reserving node's link pings every 500 ms (`relay::client::PING_EVERY`, 2.5 s of
+  silence = relay dead, so that a relayed connection fails over fast): about 4 datagrams/s in and 2
+  out per reservation, 12-14 % of one core per 1,000 idle reservations (versus about 1.2 % per
+  1,000 rendezvous nodes). Memory is about 42 KiB per reservation. Up to 2,500 reservations the relay
+  holds them all and a relayed connect opens in 2-3 ms; at the 5,000 step (in other runs at 10,000)
+  the machine saturates, pongs are late by more than 2.5 s, clients declare the relay dead and
+  re-dial at once (`RelaySet::maintain` re-dials a lost wanted relay every 500 ms, no backoff), the
+  handshakes add load, and the count of reservations held falls instead of rising (RSS per
+  reservation then counts connections being torn down and re-made). Two changes would let one relay
+  hold 10,000: ping idle links (no session) at the QUIC keep-alive's pace and keep 500 ms for links
+  carrying sessions; and re-dial a lost relay with a jittered, doubling backoff like the rendezvous'
+  control loop. Until then an operator should plan on roughly 1,000 reservations per 10-15 % of a
+  core, keep `max_reservations` (default 1,000) where the relay's CPU has headroom, and raise
+  `[node] max_connections` with it.
+* **Cross-rendezvous costs one DHT lookup.** On loopback with a private mainline swarm, a first
+  cross-rendezvous connect (fresh initiator, cold cache, guest join at R2) reaches its first message
+  in about 115 ms p50 (p95 about 125 ms) against about 2-4 ms for a same-rendezvous connect in the
+  same run: the difference is the mainline lookup, which completes in steps of mainline's 50 ms
+  receive loop on loopback (`bench/dht_fetch.md`); on the public DHT add its real round trips.
+READING
+  echo
   echo "Progress log:"
   echo
   echo '```'

@@ -21,6 +21,7 @@
 //! bandwidth_limit = 1250000                # bytes/s per session; omit: unlimited
 //! session_timeout_secs = 1800
 //! max_queue_delay_ms = 100
+//! max_reservations = 1000                  # nodes holding a reservation at once
 //!
 //! [metrics]                                # Prometheus text format over HTTP; omit: none
 //! listen = "127.0.0.1:9464"
@@ -122,6 +123,10 @@ pub struct RelaySection {
     pub bandwidth_limit: Option<u64>,
     pub session_timeout_secs: Option<u64>,
     pub max_queue_delay_ms: Option<u64>,
+    /// Reserved nodes at once (`RelayLimits::max_reservations`, default
+    /// 1,000); a relay for more nodes needs `node.max_connections` raised
+    /// too (each reserved node holds a control connection).
+    pub max_reservations: Option<usize>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -153,6 +158,9 @@ impl RelaySection {
         }
         if let Some(ms) = self.max_queue_delay_ms {
             l.max_queue_delay = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_reservations {
+            l.max_reservations = n;
         }
         l
     }
@@ -190,6 +198,9 @@ impl Config {
         if self.relay.max_sessions == Some(0) {
             return Err("relay.max_sessions must be at least 1 (set node.relay = false to run no relay)".into());
         }
+        if self.relay.max_reservations == Some(0) {
+            return Err("relay.max_reservations must be at least 1".into());
+        }
         if self.relay.bandwidth_limit == Some(0) {
             return Err("relay.bandwidth_limit must be at least 1 byte/s (omit it: unlimited)".into());
         }
@@ -213,6 +224,9 @@ mod tests {
         let l = c.node.quic_config().conn_limits;
         assert_eq!((l.total, l.per_ip), (20000, 64));
         assert!(Config::parse(&format!("{base}max_connections = 0\n")).is_err());
+        let r = Config::parse(&format!("{base}[relay]\nmax_reservations = 20000\n")).unwrap();
+        assert_eq!(r.relay.limits().max_reservations, 20000);
+        assert_eq!(Config::parse(base).unwrap().relay.limits().max_reservations, RelayLimits::default().max_reservations);
     }
 
     #[test]
