@@ -33,6 +33,8 @@ run() {
 }
 run --nodes 1000 --idle-secs "$IDLE" >"$OUT1"
 run --nodes 10000 --idle-secs "$IDLE" --rates "$RATES" --step-secs 4 --relay --cross "$CROSS" >"$OUT2"
+# What the homes' 1 s Ping costs the rendezvous: the same 10,000 without it.
+run --nodes 10000 --idle-secs "$IDLE" --no-home-ping >>"$OUT1"
 TOOK=$(( $(date +%s) - START ))
 {
   echo "# Capacity: one rendezvous and one relay"
@@ -42,7 +44,8 @@ TOOK=$(( $(date +%s) - START ))
   echo "release build; RLIMIT_NOFILE $(ulimit -n)); ${TOOK} s in all. Load average (1/5/15 min) before: $LOAD_BEFORE;"
   echo "after: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  echo "Two runs of \`examples/bench_capacity\`: \`--nodes 1000 --idle-secs $IDLE\`, then"
+  echo "Three runs of \`examples/bench_capacity\`: \`--nodes 1000 --idle-secs $IDLE\`, then"
+  echo "\`--nodes 10000 --idle-secs $IDLE --no-home-ping\` (its table follows the 1,000 one), then"
   echo "\`--nodes 10000 --idle-secs $IDLE --rates $RATES --step-secs 4 --relay --cross $CROSS\`."
   echo "The load process holds every node identity: each its own ed25519 key and its own UDP socket"
   echo "(a \`Node\`), joined with \`Signal::join_with\`, the code nodes join with (QUIC handshake with node"
@@ -64,9 +67,10 @@ TOOK=$(( $(date +%s) - START ))
   echo "(\`fd_budget\`: extra sockets for birthday punching and detection) is not touched by joins,"
   echo "Connects or reservations."
   echo
-  echo "What the tables count. Idle: the nodes' control connections only; each node's QUIC keep-alive"
-  echo "(\`QuicConfig::keep_alive\`, 5 s) draws an acknowledgement, so about 0.2 datagrams/s each way per"
-  echo "node. Connect latency: \`connect_detailed\` from call to connection, i.e. \`Connect\` -> \`Incoming\` ->"
+  echo "What the tables count. Idle: the nodes' control connections only: each node pings its home"
+  echo "rendezvous every second (\`Ping\`, answered \`Pong\`; \`macula_nat_proto::homes::PING_EVERY\`, so that a dead"
+  echo "home is noticed within 3 s) and its QUIC keep-alive (\`QuicConfig::keep_alive\`, 5 s) covers silences;"
+  echo "without the pings about 0.2 datagrams/s each way per node. Connect latency: \`connect_detailed\` from call to connection, i.e. \`Connect\` -> \`Incoming\` ->"
   echo "\`Answer\` -> \`Answered\` + \`Go\` through the rendezvous, then the pair's own QUIC handshake (a direct"
   echo "dial: public profiles on loopback). The load process runs both ends of every session (two handshakes'"
   echo "crypto per session), so compare its CPU with the rendezvous': whichever saturates first sets the"

@@ -3,6 +3,7 @@
 //!
 //! bench_capacity --bin DIR [--nodes N] [--idle-secs S] [--rates R,R,...]
 //!                [--step-secs S] [--relay] [--cross K] [--swarm M]
+//!                [--no-home-ping]
 //!
 //! One process (this one) holds N node identities, each its own ed25519
 //! key and its own UDP socket (a `Node`), joined with `Signal::join_with`:
@@ -57,19 +58,26 @@ struct Args {
     relay: bool,
     cross: usize,
     swarm: usize,
+    /// Nodes do not ping their rendezvous (`SignalConfig::ping_every`
+    /// None): what the pings cost, against a run with them.
+    no_ping: bool,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench_capacity --bin DIR [--nodes N] [--idle-secs S] [--rates R,R] [--step-secs S] [--relay] [--cross K] [--swarm M]");
+    eprintln!("usage: bench_capacity --bin DIR [--nodes N] [--idle-secs S] [--rates R,R] [--step-secs S] [--relay] [--cross K] [--swarm M] [--no-home-ping]");
     std::process::exit(2)
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { bin: PathBuf::new(), nodes: 1000, idle: 30, rates: vec![], step: 4, relay: false, cross: 0, swarm: 20 };
+    let mut a = Args { bin: PathBuf::new(), nodes: 1000, idle: 30, rates: vec![], step: 4, relay: false, cross: 0, swarm: 20, no_ping: false };
     let mut it = std::env::args().skip(1);
     while let Some(f) = it.next() {
         if f == "--relay" {
             a.relay = true;
+            continue;
+        }
+        if f == "--no-home-ping" {
+            a.no_ping = true;
             continue;
         }
         let v = it.next().unwrap_or_else(|| usage());
@@ -263,8 +271,14 @@ fn bind_of(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 1 + (k / 62_500) as u8, ((k / 250) % 250) as u8, (k % 250 + 1) as u8)), 0)
 }
 
+/// Set once from `--no-home-ping`.
+static NO_PING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn signal_cfg() -> SignalConfig {
     let mut c = SignalConfig::new(public_profile());
+    if NO_PING.load(std::sync::atomic::Ordering::Relaxed) {
+        c.ping_every = None;
+    }
     // The primer TTL probe is the node's own business (ICMP towards its
     // rendezvous, none of the rendezvous' work); 10,000 of them at once on
     // one host only measure the kernel's ICMP rate limit.
@@ -371,7 +385,8 @@ async fn phase_join(a: &Args, rv: &Server, firsts: &Firsts) -> Vec<Arc<Signal>> 
     let rss2 = rss_kib(rv.pid);
     let n = signals.len().max(1) as f64;
     let me1 = rss_kib(std::process::id());
-    println!("### One rendezvous, {} joined nodes\n", a.nodes);
+    let ping = if a.no_ping { "nodes not pinging it (`ping_every` None)" } else { "nodes pinging it every second (the default `ping_every`)" };
+    println!("### One rendezvous, {} joined nodes, {ping}\n", a.nodes);
     println!("| joined (rendezvous' peer count) | joins refused once and retried / failed | join time, all | join latency p50 / p95 | rendezvous RSS before / joined / after idle | RSS per joined node | idle CPU ({} s) | idle datagrams/s in / out | per node per s in / out | load process RSS per node |", a.idle);
     println!("|---|---|---|---|---|---|---|---|---|---|");
     println!(
@@ -696,6 +711,7 @@ async fn phase_cross(a: &Args, r1: &Server, signals: &[Arc<Signal>], firsts: &Fi
 
 fn main() {
     let a = parse_args();
+    NO_PING.store(a.no_ping, std::sync::atomic::Ordering::Relaxed);
     say!("RLIMIT_NOFILE {}", macula_nat_core::fd_budget::nofile_soft_limit());
     let r1 = spawn_server(&a.bin, "r1", true, false, a.nodes + 2048);
     runtime::handle().block_on(async {
