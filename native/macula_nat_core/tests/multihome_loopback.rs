@@ -282,3 +282,43 @@ fn a_home_down_at_the_join_is_joined_when_it_comes_up() {
         assert!(none.is_err());
     });
 }
+
+/// Seen in the operators lab: a connect waited 5 s on a guest connection
+/// to a dead rendezvous (found silent, then rejoined rather than closed,
+/// so still taken for open and tried first) before signalling through one
+/// of the node's own homes. A guest that goes silent is closed, and our
+/// own live homes come before guests.
+#[test]
+fn a_lost_guest_is_closed_and_our_own_homes_come_first() {
+    runtime::handle().block_on(async {
+        let mut r1 = Public::start("r1-guest", "rendezvous");
+        let (r2, r3) = (Rdv::start(), Rdv::start());
+        // A: homes R3 and R2. B: homes R1 and R2 (record: R1 first). C: R1 only.
+        let a = Signal::join_homes(node(), &[r3.contact(), r2.contact()], cfg()).await.unwrap();
+        let b = Signal::join_homes(node(), &[r1.contact, r2.contact()], cfg()).await.unwrap();
+        let c = Signal::join_homes(node(), &[r1.contact], cfg()).await.unwrap();
+        let _adv_b = advertise(&b, vec![r1.contact, r2.contact()]).await;
+        let _adv_c = advertise(&c, vec![r1.contact]).await;
+        a.set_directory(Some(directory()));
+        // A holds a guest connection to R1 (to reach C).
+        exchange(&a, &c, ConnectOpts::default()).await;
+        assert_eq!(a.guest_connections(), 1);
+        // To B: through R2, A's own home, though the record names R1 first
+        // and A holds a guest there.
+        exchange(&a, &b, ConnectOpts::default()).await;
+        r1.kill();
+        let killed = Instant::now();
+        // Right after the kill (R1 not found silent yet): still through R2 at once.
+        exchange(&a, &b, ConnectOpts::default()).await;
+        let took = killed.elapsed();
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        // The guest to the dead R1 is closed once silent, not rejoined.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a.guest_connections() > 0 {
+            assert!(Instant::now() < deadline, "the lost guest closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!("R1 killed -> A reached B through its own home in {} ms; A's guest at R1 closed after {} ms", took.as_millis(), killed.elapsed().as_millis());
+        exchange(&a, &b, ConnectOpts::default()).await;
+    });
+}

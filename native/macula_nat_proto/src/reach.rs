@@ -46,11 +46,13 @@ pub fn try_next(outcome: Outcome) -> bool {
 /// (`own`, already tried) said it does not know the target.
 ///
 /// Ours and our own node (a rendezvous serving itself) are skipped, as are
-/// duplicates; contacts we already hold a guest connection to (`open`) come
-/// first, as they cost no handshake; otherwise the record's order (the
-/// target's preference, its joined rendezvous first). At most `MAX_TRIES`
-/// and never beyond the record's first [`MAX_CONTACTS`].
-pub fn plan(advertised: &[Contact], own: Option<&NodeId>, me: &NodeId, open: &[NodeId]) -> Vec<Contact> {
+/// duplicates. Our other live homes (`homes`) come first: they are ours,
+/// pinged, and cost no handshake; then contacts we hold a live guest
+/// connection to (`open`), also without a handshake; then the rest, each
+/// group in the record's order (the target's preference, its joined
+/// rendezvous first). At most `MAX_TRIES` and never beyond the record's
+/// first [`MAX_CONTACTS`].
+pub fn plan(advertised: &[Contact], own: Option<&NodeId>, me: &NodeId, homes: &[NodeId], open: &[NodeId]) -> Vec<Contact> {
     let mut seen: Vec<NodeId> = Vec::with_capacity(MAX_CONTACTS);
     let mut usable: Vec<Contact> = Vec::with_capacity(MAX_CONTACTS);
     for c in advertised.iter().take(MAX_CONTACTS) {
@@ -60,8 +62,8 @@ pub fn plan(advertised: &[Contact], own: Option<&NodeId>, me: &NodeId, open: &[N
         seen.push(c.node_id);
         usable.push(*c);
     }
-    // Stable: open ones first, each group in the record's order.
-    usable.sort_by_key(|c| !open.contains(&c.node_id));
+    // Stable: each group in the record's order.
+    usable.sort_by_key(|c| if homes.contains(&c.node_id) { 0 } else if open.contains(&c.node_id) { 1 } else { 2 });
     usable.truncate(MAX_TRIES);
     usable
 }
@@ -101,18 +103,26 @@ mod tests {
     #[test]
     fn plan_skips_ours_ourselves_and_duplicates_and_caps_the_tries() {
         let me = id(9);
-        assert_eq!(plan(&[c(1), c(2), c(3)], Some(&id(1)), &me, &[]), vec![c(2), c(3)]);
-        assert_eq!(plan(&[c(9), c(2), c(2), c(4)], None, &me, &[]), vec![c(2), c(4)]);
-        assert_eq!(plan(&[c(1), c(2), c(3), c(4)], None, &me, &[]).len(), MAX_TRIES);
-        assert!(plan(&[], Some(&id(1)), &me, &[]).is_empty());
-        assert!(plan(&[c(1)], Some(&id(1)), &me, &[]).is_empty());
+        assert_eq!(plan(&[c(1), c(2), c(3)], Some(&id(1)), &me, &[], &[]), vec![c(2), c(3)]);
+        assert_eq!(plan(&[c(9), c(2), c(2), c(4)], None, &me, &[], &[]), vec![c(2), c(4)]);
+        assert_eq!(plan(&[c(1), c(2), c(3), c(4)], None, &me, &[], &[]).len(), MAX_TRIES);
+        assert!(plan(&[], Some(&id(1)), &me, &[], &[]).is_empty());
+        assert!(plan(&[c(1)], Some(&id(1)), &me, &[], &[]).is_empty());
     }
 
     #[test]
     fn plan_prefers_open_guests_then_the_records_order() {
         let me = id(9);
-        assert_eq!(plan(&[c(1), c(2), c(3)], None, &me, &[id(3)]), vec![c(3), c(1)]);
-        assert_eq!(plan(&[c(1), c(2), c(3)], None, &me, &[id(7)]), vec![c(1), c(2)]);
+        assert_eq!(plan(&[c(1), c(2), c(3)], None, &me, &[], &[id(3)]), vec![c(3), c(1)]);
+        assert_eq!(plan(&[c(1), c(2), c(3)], None, &me, &[], &[id(7)]), vec![c(1), c(2)]);
+    }
+
+    #[test]
+    fn plan_tries_our_own_homes_before_guests() {
+        let me = id(9);
+        // 3 is a live guest, 2 another of our homes: home, guest, then the rest.
+        assert_eq!(plan(&[c(1), c(3), c(2)], None, &me, &[id(2)], &[id(3)]), vec![c(2), c(3)]);
+        assert_eq!(plan(&[c(1), c(3), c(2), c(4)], Some(&id(1)), &me, &[id(4), id(2)], &[id(3)]), vec![c(2), c(4)]);
     }
 
     #[test]
@@ -123,7 +133,7 @@ mod tests {
         let many: Vec<Contact> = (1..=10).map(c).collect();
         let own = id(1);
         let open: Vec<NodeId> = (5..=10).map(id).collect();
-        assert_eq!(plan(&many, Some(&own), &me, &open), vec![c(2), c(3)]);
+        assert_eq!(plan(&many, Some(&own), &me, &open, &open), vec![c(2), c(3)]);
     }
 
     #[test]

@@ -149,7 +149,8 @@ pub(super) async fn register(inner: &Arc<Inner>) -> Result<Connection, ConnectEr
 /// pings the rendezvous and drops a connection that went silent (see
 /// `macula_nat_proto::homes`): a crashed rendezvous sends no close, and
 /// QUIC would wait for its idle timeout. Guests ping too: a connect
-/// waiting on a crashed target's rendezvous moves on to the next.
+/// waiting on a crashed target's rendezvous moves on to the next; a guest
+/// is not rejoined.
 pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Option<Connection>) {
     loop {
         if let Some(c) = conn.take() {
@@ -163,6 +164,10 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Option<
         }
         let Some(inner) = weak.upgrade() else { return };
         inner.control.send_replace(None);
+        if inner.role == Role::Guest {
+            // Not rejoined: its table closes it (see `reach::reap`).
+            return;
+        }
         let base = read(&inner.cfg).reconnect_backoff;
         let mut backoff = base;
         conn = loop {

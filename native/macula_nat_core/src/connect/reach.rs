@@ -183,8 +183,9 @@ type Reached = (Connection, Method, Strategy, Arc<Inner>);
 /// last attempt and how it ended (`None`: nothing to try).
 async fn through_record(homes: &[Arc<Inner>], reach: &Arc<Reach>, target: NodeId, opts: &super::ConnectOpts, advertised: &[Contact]) -> Result<Reached, Option<(ConnectError, Outcome)>> {
     let inner = &homes[0];
-    let open: Vec<NodeId> = lock(&reach.guests).keys().copied().collect();
-    let plan = reach::plan(advertised, Some(&inner.rendezvous_id), &inner.node.node_id(), &open);
+    let ours: Vec<NodeId> = homes.iter().skip(1).filter(|h| super::homes::is_live(h)).map(|h| h.rendezvous_id).collect();
+    let open: Vec<NodeId> = lock(&reach.guests).iter().filter(|(_, g)| super::homes::is_live(&g.inner)).map(|(k, _)| *k).collect();
+    let plan = reach::plan(advertised, Some(&inner.rendezvous_id), &inner.node.node_id(), &ours, &open);
     let mut last = None;
     for contact in plan {
         // One of our other homes: never a guest (a second control
@@ -230,7 +231,7 @@ async fn attempt(through: &Arc<Inner>, target: NodeId, opts: &super::ConnectOpts
 async fn guest(inner: &Arc<Inner>, reach: &Arc<Reach>, contact: Contact) -> Result<Arc<Guest>, ConnectError> {
     let existing = lock(&reach.guests).get(&contact.node_id).cloned();
     if let Some(g) = existing {
-        if g.inner.control.borrow().as_ref().is_some_and(|c| c.close_reason().is_none()) {
+        if super::homes::is_live(&g.inner) {
             return Ok(g);
         }
     }
@@ -282,18 +283,28 @@ fn make_room(reach: &Reach, max: usize) -> Result<(), ConnectError> {
 
 /// Closes a guest once no session has run through it for `idle`.
 async fn reap(owner: Weak<Reach>, key: NodeId, guest: Weak<Guest>, idle: Duration) {
+    let mut control = match guest.upgrade() {
+        Some(g) => g.inner.control.subscribe(),
+        None => return,
+    };
     loop {
         let wait = {
             let Some(g) = guest.upgrade() else { return };
             let since = lock(&g.last_used).elapsed();
-            if g.busy.load(Ordering::Acquire) == 0 && since >= idle {
+            // A guest whose rendezvous went silent or closed is not
+            // rejoined (see `membership::control_loop`): it leaves the
+            // table at once, so that a connect neither prefers it as open
+            // nor waits on it; the next one that needs that rendezvous
+            // dials it afresh.
+            let dead = !super::homes::is_live(&g.inner);
+            if dead || (g.busy.load(Ordering::Acquire) == 0 && since >= idle) {
                 drop(g);
                 let Some(owner) = owner.upgrade() else { return };
                 let mut guests = lock(&owner.guests);
                 if guests.get(&key).is_some_and(|g| Weak::ptr_eq(&Arc::downgrade(g), &guest)) {
                     if let Some(g) = guests.remove(&key) {
                         drop(guests);
-                        tracing::debug!("reach: guest signalling {:02x?} idle; closed", &key.as_bytes()[..4]);
+                        tracing::debug!("reach: guest signalling {:02x?} {}; closed", &key.as_bytes()[..4], if dead { "lost" } else { "idle" });
                         g.close();
                     }
                 }
@@ -301,6 +312,13 @@ async fn reap(owner: Weak<Reach>, key: NodeId, guest: Weak<Guest>, idle: Duratio
             }
             idle.saturating_sub(since).max(Duration::from_millis(50))
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            r = control.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+        }
     }
 }
