@@ -341,8 +341,16 @@ async fn join_all(first: usize, n: usize, rv: &Server, firsts: &Firsts, parallel
         }));
     }
     let (mut ok, mut lat, mut failed, mut retried) = (Vec::with_capacity(n), Vec::with_capacity(n), 0, 0);
-    for t in tasks {
-        match t.await.unwrap() {
+    // A rendezvous that cannot keep up makes its nodes rejoin over and
+    // over: what has not joined by then counts as failed.
+    let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+    for mut t in tasks {
+        let Ok(r) = tokio::time::timeout_at(deadline, &mut t).await else {
+            t.abort();
+            failed += 1;
+            continue;
+        };
+        match r.unwrap() {
             Ok((s, d, tries)) => {
                 retried += (tries > 1) as usize;
                 let s = Arc::new(s);
@@ -365,6 +373,8 @@ async fn join_all(first: usize, n: usize, rv: &Server, firsts: &Firsts, parallel
 /// Nodes joining at once: a rendezvous restart or a fleet starting, as a
 /// burst.
 const JOINING: usize = 256;
+/// How long all of them may take to join.
+const JOIN_DEADLINE: Duration = Duration::from_secs(120);
 
 // ---- phases ----
 
@@ -377,20 +387,22 @@ async fn phase_join(a: &Args, rv: &Server, firsts: &Firsts) -> Vec<Arc<Signal>> 
     let (signals, lat, failed, retried) = join_all(0, a.nodes, rv, firsts, JOINING).await;
     let join_secs = t.elapsed().as_secs_f64();
     let peers = gauge(rv, "macula_node_rendezvous_peers");
+    let regs = gauge(rv, "macula_node_rendezvous_registrations_total");
     say!("joined {} in {join_secs:.1} s ({failed} failed), rendezvous counts {peers}; settling 5 s", signals.len());
     tokio::time::sleep(Duration::from_secs(5)).await;
     let rss1 = rss_kib(rv.pid);
     say!("idle window {} s", a.idle);
     let (cpu, pin, pout) = idle_window(rv, a.idle).await;
     let rss2 = rss_kib(rv.pid);
+    let (peers2, regs2) = (gauge(rv, "macula_node_rendezvous_peers"), gauge(rv, "macula_node_rendezvous_registrations_total"));
     let n = signals.len().max(1) as f64;
     let me1 = rss_kib(std::process::id());
     let ping = if a.no_ping { "nodes not pinging it (`ping_every` None)" } else { "nodes pinging it every second (the default `ping_every`)" };
     println!("### One rendezvous, {} joined nodes, {ping}\n", a.nodes);
-    println!("| joined (rendezvous' peer count) | joins refused once and retried / failed | join time, all | join latency p50 / p95 | rendezvous RSS before / joined / after idle | RSS per joined node | idle CPU ({} s) | idle datagrams/s in / out | per node per s in / out | load process RSS per node |", a.idle);
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("| joined (rendezvous' peers after the join / after idle) | registrations at the rendezvous after the join / after idle | joins refused once and retried / failed or not joined in {} s | join time, all | join latency p50 / p95 | rendezvous RSS before / joined / after idle | RSS per joined node | idle CPU ({} s) | idle datagrams/s in / out | per node per s in / out | load process RSS per node |", JOIN_DEADLINE.as_secs(), a.idle);
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} ({peers}) | {retried} / {failed} | {join_secs:.1} s ({:.0} joins/s) | {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} MiB | {:.1} KiB | {cpu:.1} % of one core | {pin:.0} / {pout:.0} | {:.3} / {:.3} | {:.0} KiB |",
+        "| {} ({peers} / {peers2}) | {regs} / {regs2} | {retried} / {failed} | {join_secs:.1} s ({:.0} joins/s) | {:.1} / {:.1} ms | {:.1} / {:.1} / {:.1} MiB | {:.1} KiB | {cpu:.1} % of one core | {pin:.0} / {pout:.0} | {:.3} / {:.3} | {:.0} KiB |",
         signals.len(),
         n / join_secs,
         pct(&lat, 50.0),
