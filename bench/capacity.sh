@@ -95,59 +95,59 @@ TOOK=$(( $(date +%s) - START ))
   cat <<'READING'
 ## Reading
 
-* **The homes' 1 s `Ping` (917b9ca) is what limits a rendezvous now.** Each node pings each home
+* **The homes' 1 s `Ping` (917b9ca) is most of a rendezvous' idle cost.** Each node pings each home
   rendezvous every second (`macula_nat_proto::homes::PING_EVERY`) and rejoins it after 3 s without a
-  message (`SILENT_AFTER`). At 1,000 nodes that is 2 datagrams/s in and 1 out per node (Ping, Pong,
-  acknowledgements) and about 8-11 % of one core at idle, against 0.24 each way and about 1.5 %
-  without the pings: some 0.1 ms of rendezvous CPU per ping. At 5,000 and 10,000 the rendezvous
-  (sharing this 2-core machine with the load process and other work) answers late, nodes judge it
-  silent, close the control connection and rejoin at once, the handshakes add load, and the node
-  count falls while registrations climb: in the committed run 5,000 nodes left 3,500 registered
-  after 27,293 registrations, 10,000 joined but 30 s later 6,340 were registered (27,294
-  registrations; earlier run: 60,010 registrations for about 7,000 peers after 4 minutes). Memory
-  per node rises to 49-71 KiB with the churn (connections being torn down and made again). Without
-  the pings the same machine holds 10,000 steadily (the `--no-home-ping` table). What would let one
-  rendezvous hold 10,000 with liveness: answer `Ping` without taking the rendezvous' global state
-  lock (every message of every peer takes it today; the writer queue could be kept by the peer's
-  task); ping at the control keep-alive's pace (5 s, silence after 15 s) or let QUIC's keep-alive
-  and a shorter control idle timeout say it; and rejoin after a silence with a jittered backoff,
-  not at once, so that a slow rendezvous is not buried by handshakes.
-* **Rendezvous memory and idle cost without the pings are linear and small.** About 34-35 KiB of RSS
-  per joined node at 1,000 and at 10,000 (one QUIC connection with its TLS keys, the peer's entry,
-  its reader and writer tasks and send queue); nothing else grows with the node count. At idle each
-  node costs about 0.24 datagrams/s each way (its 5 s keep-alive and the acknowledgement), and 10,000
-  nodes about 9-12 % of one core. Part of that is per second, not per packet: `tell_moved` compares
-  every peer's connection address with the one it was told once a second (`MOVED_SCAN`), 10,000
+  message (`SILENT_AFTER`): 2 datagrams/s in and 1 out per node (Ping, Pong, acknowledgements)
+  against about 0.3 each way without the pings. In this run 10,000 pinging nodes cost the
+  rendezvous about 44 % of one core at idle against 13 % without the pings (about 0.03 ms of CPU
+  per ping), and 41 KiB of RSS per node against 34. They held (a handful of re-registrations). They
+  do not hold when the machine is overloaded: an earlier run of the same commit at load average ~6
+  (other engineers' builds and lab VMs on the 2 cores) saw 5,000 nodes end with 3,500 registered
+  after 27,293 registrations and 10,000 with 6,340 registered 30 s after joining (27,294
+  registrations), with the rendezvous process itself at only 34-41 % of a core: Pongs (or the
+  load process's pings) ran late by 3 s, nodes judged their rendezvous silent, closed and rejoined
+  at once, and the handshakes fed the overload. A rendezvous on a busy host is in the same
+  position. What would make it robust: rejoin after a silence with a jittered backoff, not at once;
+  ping at a slower pace (or let QUIC's keep-alive and a shorter control idle timeout say it); and
+  answer `Ping` without taking the rendezvous' global state lock (every message of every peer
+  takes it today).
+* **Rendezvous memory and idle cost without the pings are linear and small.** About 34 KiB of RSS
+  per joined node at 10,000 (one QUIC connection with its TLS keys, the peer's entry, its reader and
+  writer tasks and send queue); nothing else grows with the node count. At idle each node costs
+  about 0.24-0.3 datagrams/s each way (its 5 s keep-alive and the acknowledgement), 10,000 nodes
+  about 9-13 % of one core. Part of that is per second, not per packet: `tell_moved` compares every
+  peer's connection address with the one it was told once a second (`MOVED_SCAN`), 10,000
   lock-and-compare steps per tick; no code path scans the peers per packet or per message.
-* **Connect throughput is not limited by the rendezvous here.** p50 stays at about 2 ms up to 400
-  sessions/s and is hundreds of ms at 800 offered; the rendezvous uses about 20-25 % of one core at
-  the top while the load process, which runs both ends of every session (two QUIC handshakes per
-  session besides signalling), saturates its share of the shared 2 cores. The rendezvous' own cost is
-  about (21 % - 12 % idle) / 400 sessions/s = 0.2-0.3 ms of CPU per session (five messages relayed:
-  `Incoming`, `Answer` -> `Answered`, two `Go`s), so a rendezvous core would relay thousands of
-  sessions/s; 50 Connects/s per peer (`RendezvousLimits`) never binds when many peers connect.
+* **Connect throughput is not limited by the rendezvous here.** p50 stays at 1-2 ms up to 400
+  sessions/s; at 800 offered the load process, which runs both ends of every session (two QUIC
+  handshakes per session besides signalling), saturates its share of the 2 cores and latency
+  grows, while the rendezvous uses about 20-25 % of one core. Its CPU rises from about 10-13 % at
+  idle to 14-21 % at 400 sessions/s (runs so far): at most about 0.2 ms of CPU per session (five
+  messages relayed: `Incoming`, `Answer` -> `Answered`, two `Go`s), so a rendezvous core would
+  relay thousands of sessions/s; 50 Connects/s per peer (`RendezvousLimits`) never binds when many
+  peers connect.
 * **Joins.** 256 nodes joining at once: under load some joins of the burst are refused once (the
   rendezvous' accept backlog, 64 handshaken connections not yet taken, closes the overflow with
   `BUSY`) and succeed on the retry 250 ms later, as a node's reconnect backoff does.
-* **The relay's idle cost is ten times the rendezvous' keep-alive, and 10,000 reservations do not
-  hold on this machine.** Every reserving node's link pings every 500 ms
-  (`relay::client::PING_EVERY`, 2.5 s of silence = relay dead, so that a relayed connection fails
-  over fast): about 4 datagrams/s in and 2 out per reservation, 12-14 % of one core per 1,000 idle
-  reservations. Memory is about 42 KiB per reservation. Up to 2,500 reservations the relay holds them
-  all and a relayed connect opens in 2-3 ms; at the 5,000 or the 10,000 step (it varies from run to
-  run) the machine saturates, pongs are late by more than 2.5 s, clients declare the relay dead and
-  re-dial at once (`RelaySet::maintain` re-dials a lost wanted relay every 500 ms, no backoff), the
-  handshakes add load, and the count of reservations held falls instead of rising (RSS per
-  reservation then counts connections being torn down and re-made). The same two changes as for
-  the rendezvous would let one relay hold 10,000: ping idle links (no session) at the keep-alive's
-  pace, keeping 500 ms for links that carry sessions, and re-dial with a jittered, doubling backoff.
-  Until then an operator should plan on roughly 1,000 reservations per 10-15 % of a core, keep
-  `max_reservations` (default 1,000) where the relay's CPU has headroom, and raise
-  `[node] max_connections` with it.
+* **The relay's idle cost is high and 10,000 reservations did not hold on this machine.** Every
+  reserving node's link pings every 500 ms (`relay::client::PING_EVERY`, 2.5 s of silence = relay
+  dead, so that a relayed connection fails over fast): about 4 datagrams/s in and 2 out per
+  reservation, 12-14 % of one core per 1,000 idle reservations. Memory is about 42 KiB per
+  reservation. Up to 2,500 reservations the relay holds them all and a relayed connect opens in
+  2-3 ms; at the 5,000 or the 10,000 step (it varies from run to run) pongs come late by more than
+  2.5 s (the relay's, or the load process's, which runs every client: not separated here), clients
+  declare the relay dead and re-dial at once (`RelaySet::maintain` re-dials a lost
+  wanted relay every 500 ms, no backoff), the handshakes add load, and the count of reservations
+  held falls instead of rising (RSS per reservation then counts connections being torn down and
+  re-made). The same changes as for the rendezvous would let one relay hold 10,000: ping idle links
+  (no session) at the keep-alive's pace, keeping 500 ms for links that carry sessions, and re-dial
+  with a jittered, doubling backoff. Until then an operator should plan on roughly 1,000
+  reservations per 10-15 % of a core, keep `max_reservations` (default 1,000) where the relay's CPU
+  has headroom, and raise `[node] max_connections` with it.
 * **Cross-rendezvous costs one DHT lookup.** On loopback with a private mainline swarm, a first
   cross-rendezvous connect (fresh initiator, cold cache, guest join at R2) reaches its first message
-  in about 110-115 ms p50 (p95 about 120-125 ms) against about 2-3 ms p50 (p95 4-12 ms) for a
-  same-rendezvous connect in the same run: the difference is the mainline lookup, which completes in steps of mainline's
+  in about 110-115 ms p50 (p95 about 120-125 ms) against 2-3 ms p50 for a same-rendezvous connect in
+  the same run: the difference is the mainline lookup, which completes in steps of mainline's
   50 ms receive loop on loopback (`bench/dht_fetch.md`); on the public DHT add its real round trips.
 READING
   echo
