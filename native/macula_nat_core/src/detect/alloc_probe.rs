@@ -18,10 +18,42 @@ use crate::{runtime, Node};
 use macula_nat_proto::port_predictor::{latest_allocation, AllocBase};
 use macula_nat_proto::stun::{Class, Message};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
+
+/// Mappings our sockets made outside sessions so far (the mapping-lifetime
+/// measurement learns and relearns mappings in the background, each a new
+/// allocation on a contiguous NAT): a base measured before one is not used.
+/// Process-wide: conservative when one process runs several nodes.
+static OTHER_MAPPINGS: AtomicU64 = AtomicU64::new(0);
+/// Sessions between taking a base and having made their mappings (each
+/// holds a [`Spent`]). Background mappings wait for them: one made inside
+/// that window moves the counter under a peer's prediction (seen in the
+/// BEAM lab: a port-contiguous pair relayed after 4 s while the lifetime
+/// measurement ran).
+static HOLDING: AtomicUsize = AtomicUsize::new(0);
+/// Longest a background mapping waits for sessions holding a base.
+const HOLD_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Called before a socket outside any session sends a datagram that may
+/// make a new mapping on our NAT: waits (at most [`HOLD_WAIT_MAX`]) while
+/// sessions are predicting from the counter, then counts the mapping.
+pub(crate) async fn mapping_outside_sessions() {
+    let until = Instant::now() + HOLD_WAIT_MAX;
+    while HOLDING.load(Ordering::Acquire) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    count_mapping_outside_sessions();
+}
+
+/// Counts a mapping made outside sessions without waiting (see
+/// [`mapping_outside_sessions`]).
+pub(crate) fn count_mapping_outside_sessions() {
+    OTHER_MAPPINGS.fetch_add(1, Ordering::AcqRel);
+}
 
 /// How long a measurement stays usable while no session of ours allocates
 /// (other hosts behind the NAT move the counter too). An idle node's first
@@ -48,7 +80,24 @@ pub struct Basis {
 
 /// A session's hold on the base: when dropped (the session's mappings are
 /// made), the base is measured again in the background.
-pub struct Spent(Arc<AllocTracker>, Basis, Duration);
+pub struct Spent(Arc<AllocTracker>, Basis, Duration, Hold);
+
+/// One session counted in [`HOLDING`] (a guard, so a session dropped
+/// mid-measurement is counted out too).
+struct Hold;
+
+impl Hold {
+    fn new() -> Hold {
+        HOLDING.fetch_add(1, Ordering::AcqRel);
+        Hold
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        HOLDING.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Drop for Spent {
     fn drop(&mut self) {
@@ -78,13 +127,18 @@ impl AllocTracker {
     /// observed port (what peers aim past without a measurement). `rtt`:
     /// to the server, as far as known. Hold the [`Spent`] for the session.
     pub async fn take(self: &Arc<Self>, basis: Basis, rtt: Duration) -> (u16, Spent) {
-        let fresh = lock(&self.base).fresh(std::time::Instant::now());
+        let hold = Hold::new();
+        let fresh = {
+            let mut b = lock(&self.base);
+            b.others_allocated(OTHER_MAPPINGS.load(Ordering::Acquire));
+            b.fresh(std::time::Instant::now())
+        };
         let port = match fresh {
             Some(p) => p,
             None => self.measure(basis, rtt).await,
         };
         lock(&self.base).used();
-        (port, Spent(self.clone(), basis, rtt))
+        (port, Spent(self.clone(), basis, rtt, hold))
     }
 
     /// The latest of two new mappings and the observed one. Answers for
@@ -180,5 +234,23 @@ mod tests {
         let mut buf = [0u8; 100];
         let asked = std::iter::from_fn(|| silent.recv_from(&mut buf).ok()).count();
         assert_eq!(asked, 3);
+    }
+
+    #[test]
+    fn background_mappings_wait_while_a_session_predicts() {
+        let server = Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).unwrap();
+        let at = server.local_addr().unwrap();
+        let tracker = AllocTracker::new(&server, at);
+        let basis = Basis { observed: at, delta: 1 };
+        runtime::handle().block_on(async {
+            let (_, spent) = tracker.take(basis, Duration::from_millis(1)).await;
+            let before = OTHER_MAPPINGS.load(Ordering::Acquire);
+            let waiting = tokio::spawn(mapping_outside_sessions());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!waiting.is_finished(), "a background mapping went ahead while a session held the base");
+            drop(spent);
+            tokio::time::timeout(Duration::from_secs(2), waiting).await.expect("released with the session").unwrap();
+            assert!(OTHER_MAPPINGS.load(Ordering::Acquire) > before);
+        });
     }
 }

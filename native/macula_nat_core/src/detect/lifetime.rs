@@ -184,6 +184,9 @@ async fn probe(sh: &Shared, x: &UdpSocket, age: Duration, wait: Duration) -> Opt
     let ask = crate::txid::csprng();
     let req = Message::binding_request(ask).with(Attribute::ResponsePort(mapped.port())).with_fingerprint().encode();
     let until = Instant::now() + wait;
+    // Y's mapping may have expired since its last request: counted, but not
+    // held back (that would age X's mapping past `age`).
+    crate::detect::alloc_probe::count_mapping_outside_sessions();
     sh.sent.send(&sh.y, &req, sh.observer).await;
     let resend = async {
         tokio::time::sleep(RESEND).await;
@@ -203,6 +206,9 @@ async fn learn(sock: &UdpSocket, observer: SocketAddr, sent: &Sent) -> Option<(S
     let req = Message::binding_request(ask).sized_for_answer().encode();
     let t = Instant::now();
     for w in LEARN_WAITS {
+        // A new mapping (or the old one again) on a NAT that may allocate
+        // contiguously: not while a session predicts from its counter.
+        crate::detect::alloc_probe::mapping_outside_sessions().await;
         sent.send(sock, &req, observer).await;
         let got = recv_until(sock, Instant::now() + w, |m| {
             (m.class == Class::SuccessResponse && m.transaction_id == ask).then(|| m.mapped_address()).flatten()

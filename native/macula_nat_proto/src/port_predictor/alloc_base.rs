@@ -16,7 +16,10 @@
 //! * not when a session started while the measurement was in flight
 //!   (its mappings may fall before or after it);
 //! * not when older than `max_age` (other hosts behind the NAT allocate
-//!   too; the window covers a few of theirs, not minutes of them).
+//!   too; the window covers a few of theirs, not minutes of them);
+//! * not after mappings of ours made outside sessions
+//!   ([`AllocBase::others_allocated`]: the mapping-lifetime measurement's
+//!   sockets learn and relearn mappings in the background).
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,8 @@ pub struct AllocBase {
     /// earlier epoch is not taken.
     epoch: u64,
     max_age: Duration,
+    /// The runtime's count of mappings made outside sessions, as last seen.
+    others: u64,
 }
 
 /// A measurement in flight, from [`AllocBase::probe_started`].
@@ -36,7 +41,7 @@ pub struct ProbeToken(u64);
 
 impl AllocBase {
     pub fn new(max_age: Duration) -> AllocBase {
-        AllocBase { latest: None, epoch: 0, max_age }
+        AllocBase { latest: None, epoch: 0, max_age, others: 0 }
     }
 
     /// The port to count from, if a measurement is usable at `now`.
@@ -49,6 +54,17 @@ impl AllocBase {
     pub fn used(&mut self) {
         self.epoch += 1;
         self.latest = None;
+    }
+
+    /// `count`: how many mappings our sockets have made outside sessions so
+    /// far (a running count kept by the runtime). When it moved since the
+    /// last look, the counter moved as after a session: what was measured,
+    /// or is being measured, is not used.
+    pub fn others_allocated(&mut self, count: u64) {
+        if count != self.others {
+            self.others = count;
+            self.used();
+        }
     }
 
     pub fn probe_started(&self) -> ProbeToken {
@@ -117,6 +133,29 @@ mod tests {
         let tok = b.probe_started();
         b.probed(tok, 20910, t0);
         b.used();
+        assert_eq!(b.fresh(t0), None);
+    }
+
+    #[test]
+    fn mappings_made_outside_sessions_spend_the_measurement() {
+        let t0 = Instant::now();
+        let mut b = AllocBase::new(AGE);
+        let tok = b.probe_started();
+        b.probed(tok, 20910, t0);
+        // Nothing new outside sessions: still usable.
+        b.others_allocated(0);
+        assert_eq!(b.fresh(t0), Some(20910));
+        // The lifetime measurement learnt a mapping since.
+        b.others_allocated(1);
+        assert_eq!(b.fresh(t0), None);
+        let tok = b.probe_started();
+        assert!(b.probed(tok, 20912, t0));
+        b.others_allocated(1);
+        assert_eq!(b.fresh(t0), Some(20912));
+        // One made while a probe was in flight voids that probe.
+        let tok = b.probe_started();
+        b.others_allocated(2);
+        assert!(!b.probed(tok, 20914, t0));
         assert_eq!(b.fresh(t0), None);
     }
 
