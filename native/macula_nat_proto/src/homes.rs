@@ -69,9 +69,28 @@ pub fn silent(since_heard: Duration, answers_pings: bool, after: Duration) -> bo
     answers_pings && since_heard >= after
 }
 
-/// The next wait between rejoin attempts: doubling from `base`, at most 8x.
+/// The next wait between rejoin attempts: doubling from `base`, at most
+/// 32x (8 s from 250 ms).
 pub fn next_backoff(current: Duration, base: Duration) -> Duration {
-    (current * 2).min(base * 8)
+    (current * 2).min(base * 32)
+}
+
+/// The wait before a rejoin attempt whose backoff is `backoff`: drawn
+/// uniformly from its upper half (`unit` in [0, 1), from a random source).
+/// All the nodes of a rendezvous that crashed or fell behind find it
+/// silent within the same second; rejoining all at once, or in lockstep
+/// after it, made an overloaded rendezvous' handshakes its main load
+/// (`bench/capacity.md`: 10,000 nodes at a busy rendezvous kept
+/// rejoining). The first attempt after a loss waits too, `base` drawn
+/// from its upper half again doubled (see `first_rejoin_wait`).
+pub fn jittered(backoff: Duration, unit: f64) -> Duration {
+    backoff.mul_f64(0.5 + unit.clamp(0.0, 1.0) / 2.0)
+}
+
+/// The wait before the first rejoin after a home was lost: up to a second
+/// with the default 250 ms base, spread as [`jittered`].
+pub fn first_rejoin_wait(base: Duration, unit: f64) -> Duration {
+    jittered(base * 4, unit)
 }
 
 #[cfg(test)]
@@ -123,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn rejoin_backoff_doubles_to_eight_times() {
+    fn rejoin_backoff_doubles_to_thirty_two_times() {
         let b = Duration::from_millis(250);
         let mut w = b;
         let mut seen = vec![];
@@ -131,6 +150,18 @@ mod tests {
             w = next_backoff(w, b);
             seen.push(w.as_millis());
         }
-        assert_eq!(seen, vec![500, 1000, 2000, 2000, 2000, 2000]);
+        assert_eq!(seen, vec![500, 1000, 2000, 4000, 8000, 8000]);
+    }
+
+    #[test]
+    fn rejoin_waits_are_spread_over_the_upper_half() {
+        let b = Duration::from_secs(2);
+        assert_eq!(jittered(b, 0.0), Duration::from_secs(1));
+        assert_eq!(jittered(b, 0.5), Duration::from_millis(1500));
+        assert!(jittered(b, 0.999_999) <= b);
+        assert_eq!(jittered(b, 7.0), b, "out-of-range randomness is clamped");
+        let base = Duration::from_millis(250);
+        assert_eq!(first_rejoin_wait(base, 0.0), Duration::from_millis(500));
+        assert_eq!(first_rejoin_wait(base, 1.0), Duration::from_secs(1));
     }
 }

@@ -170,6 +170,9 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Option<
         }
         let base = read(&inner.cfg).reconnect_backoff;
         let mut backoff = base;
+        // Not at once: every node of a rendezvous that fell silent finds it
+        // so within the same second (see `homes::jittered`).
+        tokio::time::sleep(homes::first_rejoin_wait(base, rand::random())).await;
         conn = loop {
             if inner.node.is_closed() {
                 return;
@@ -178,7 +181,7 @@ pub(super) async fn control_loop(weak: std::sync::Weak<Inner>, mut conn: Option<
                 Ok(c) => break Some(c),
                 Err(e) => {
                     tracing::debug!("signal: reconnect to rendezvous {} failed: {e}", inner.rendezvous);
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(homes::jittered(backoff, rand::random())).await;
                     backoff = homes::next_backoff(backoff, base);
                 }
             }

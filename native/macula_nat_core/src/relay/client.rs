@@ -29,9 +29,21 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// Ping period on a link, and how long without an answer means dead.
+/// Ping period on a link carrying sessions, and how long without an
+/// answer means dead (a relayed connection fails over after that).
 const PING_EVERY: Duration = Duration::from_millis(500);
 const SILENT_LIMIT: Duration = Duration::from_millis(2500);
+/// The same on a link that only holds a reservation: a relay serves
+/// thousands of these, and at 500 ms their pings were most of its work
+/// (`bench/capacity.md`: 10,000 reservations did not hold); a dead relay is
+/// still left within about 8 s.
+const IDLE_PING_EVERY: Duration = Duration::from_millis(1500);
+const IDLE_SILENT_LIMIT: Duration = Duration::from_millis(7500);
+/// Waits between attempts to reach a wanted relay: doubling from the
+/// first to the last, each drawn at random from its upper half, so that
+/// the nodes of a relay that died do not all dial it again at once.
+const REDIAL_FIRST: Duration = Duration::from_millis(500);
+const REDIAL_MAX: Duration = Duration::from_secs(30);
 /// Bound on connecting + the first status, and on an `Open`.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on one control message leaving: a relay that stops reading is
@@ -394,18 +406,33 @@ async fn recv_loop(weak: Weak<LinkInner>, conn: Connection) {
 
 async fn ping_loop(weak: Weak<LinkInner>) {
     let mut nonce = 0u32;
+    let mut last_ping = Instant::now();
+    // Since when the link has been pinged at the busy pace: silence is
+    // judged against the pace the relay was actually asked at.
+    let mut busy_since: Option<Instant> = None;
     loop {
         tokio::time::sleep(PING_EVERY).await;
         let Some(link) = weak.upgrade() else { return };
         if link.conn.close_reason().is_some() {
             return;
         }
+        let busy = !lock(&link.accepted).is_empty() || !lock(&link.opened).is_empty();
+        busy_since = if busy { busy_since.or(Some(Instant::now())) } else { None };
+        let (every, limit) = match busy_since {
+            Some(t) if t.elapsed() >= SILENT_LIMIT => (PING_EVERY, SILENT_LIMIT),
+            Some(_) => (PING_EVERY, IDLE_SILENT_LIMIT),
+            None => (IDLE_PING_EVERY, IDLE_SILENT_LIMIT),
+        };
         let silent = lock(&link.last_pong).elapsed();
-        if silent > SILENT_LIMIT {
+        if silent > limit {
             tracing::debug!("relay {} silent for {silent:?}: link closed", link.relay_addr);
             link.conn.close("relay silent");
             return;
         }
+        if last_ping.elapsed() + Duration::from_millis(50) < every {
+            continue;
+        }
+        last_ping = Instant::now();
         nonce = nonce.wrapping_add(1);
         let conn = link.conn.clone();
         drop(link);
@@ -434,6 +461,9 @@ pub struct RelaySet {
     links: Mutex<HashMap<NodeId, RelayLink>>,
     wanted: Mutex<Vec<(NodeId, SocketAddr)>>,
     connecting: Mutex<std::collections::HashSet<NodeId>>,
+    /// Wanted relays that could not be reached: not before when, and the
+    /// last backoff.
+    redial: Mutex<HashMap<NodeId, (Instant, Duration)>>,
     changed: watch::Sender<u64>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -445,6 +475,7 @@ impl RelaySet {
             links: Mutex::new(HashMap::new()),
             wanted: Mutex::new(Vec::new()),
             connecting: Mutex::new(Default::default()),
+            redial: Mutex::new(HashMap::new()),
             changed: watch::Sender::new(0),
             task: Mutex::new(None),
         });
@@ -511,6 +542,9 @@ impl RelaySet {
             if ok {
                 continue;
             }
+            if lock(&self.redial).get(&id).is_some_and(|(not_before, _)| Instant::now() < *not_before) {
+                continue;
+            }
             if !lock(&self.connecting).insert(id) {
                 continue;
             }
@@ -524,8 +558,13 @@ impl RelaySet {
                 }
                 .await;
                 if let Err(e) = r {
-                    tracing::debug!("relay {addr}: reservation failed: {e}");
+                    let mut redial = lock(&set.redial);
+                    let backoff = redial.get(&id).map_or(REDIAL_FIRST, |(_, b)| (*b * 2).min(REDIAL_MAX));
+                    let wait = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+                    redial.insert(id, (Instant::now() + wait, backoff));
+                    tracing::debug!("relay {addr}: reservation failed: {e}; next try in {wait:?}");
                 } else {
+                    lock(&set.redial).remove(&id);
                     set.changed.send_modify(|n| *n += 1);
                 }
                 lock(&set.connecting).remove(&id);
