@@ -79,8 +79,9 @@ TOOK=$(( $(date +%s) - START ))
   echo "dial: public profiles on loopback). The load process runs both ends of every session (two handshakes'"
   echo "crypto per session), so compare its CPU with the rendezvous': whichever saturates first sets the"
   echo "rate where latency doubles. Relay: each reservation is a control connection whose client pings every"
-  echo "500 ms (\`relay::client\` \`PING_EVERY\`; 2.5 s without a Pong and the link is dead), so about 4"
-  echo "datagrams/s in and 2 out per reservation at idle (ping, pong, acknowledgements). Time to first"
+  echo "1.5 s while no session runs on it (\`relay::client\` \`IDLE_PING_EVERY\`, 7.5 s without a Pong = dead;"
+  echo "500 ms and 2.5 s once sessions run on it), so about 1.3 datagrams/s in and 0.7 out per idle"
+  echo "reservation (ping, pong, acknowledgements). Time to first"
   echo "message: from \`connect_detailed\` to the target's accepted connection receiving the initiator's"
   echo "first message; every cross-rendezvous connect is the first of a fresh initiator (empty profile"
   echo "cache, no guest connection yet) to a target of its own (no lookup helps the next), so each pays R1's"
@@ -98,19 +99,18 @@ TOOK=$(( $(date +%s) - START ))
 * **The homes' 1 s `Ping` (917b9ca) is most of a rendezvous' idle cost.** Each node pings each home
   rendezvous every second (`macula_nat_proto::homes::PING_EVERY`) and rejoins it after 3 s without a
   message (`SILENT_AFTER`): 2 datagrams/s in and 1 out per node (Ping, Pong, acknowledgements)
-  against about 0.3 each way without the pings. In this run 10,000 pinging nodes cost the
-  rendezvous about 44 % of one core at idle against 13 % without the pings (about 0.03 ms of CPU
-  per ping), and 41 KiB of RSS per node against 34. They held (a handful of re-registrations). They
-  do not hold when the machine is overloaded: an earlier run of the same commit at load average ~6
-  (other engineers' builds and lab VMs on the 2 cores) saw 5,000 nodes end with 3,500 registered
-  after 27,293 registrations and 10,000 with 6,340 registered 30 s after joining (27,294
-  registrations), with the rendezvous process itself at only 34-41 % of a core: Pongs (or the
-  load process's pings) ran late by 3 s, nodes judged their rendezvous silent, closed and rejoined
-  at once, and the handshakes fed the overload. A rendezvous on a busy host is in the same
-  position. What would make it robust: rejoin after a silence with a jittered backoff, not at once;
-  ping at a slower pace (or let QUIC's keep-alive and a shorter control idle timeout say it); and
-  answer `Ping` without taking the rendezvous' global state lock (every message of every peer
-  takes it today).
+  against about 0.3 each way without the pings. At 10,000 nodes that is about 43 % of one core at
+  idle against 15 % without the pings (about 0.03 ms of CPU per ping), and 41 KiB of RSS per node
+  against 34; they held here (10,000 registrations, no rejoin). A first version of this benchmark
+  (run at load average ~6, other engineers' builds and lab VMs on the 2 cores) saw them collapse:
+  5,000 nodes ended with 3,500 registered after 27,293 registrations, 10,000 with 6,340 after
+  27,294. Pongs (or the load process's pings) ran late by 3 s, every node judged its rendezvous
+  silent within the same second and rejoined at once, and the handshakes fed the overload. Since
+  then (this run) a node waits 0.5-1 s drawn at random before its first rejoin and backs off
+  with jitter (each wait drawn from the upper half of a backoff doubling from 250 ms to 8 s;
+  `homes::first_rejoin_wait`, `jittered`), so the rejoins of a silent rendezvous' nodes are
+  spread out rather than a storm. Not done: a slower ping, and answering `Ping` without the
+  rendezvous' global state lock (every message of every peer takes it).
 * **Rendezvous memory and idle cost without the pings are linear and small.** About 34 KiB of RSS
   per joined node at 10,000 (one QUIC connection with its TLS keys, the peer's entry, its reader and
   writer tasks and send queue); nothing else grows with the node count. At idle each node costs
@@ -129,21 +129,19 @@ TOOK=$(( $(date +%s) - START ))
 * **Joins.** 256 nodes joining at once: under load some joins of the burst are refused once (the
   rendezvous' accept backlog, 64 handshaken connections not yet taken, closes the overflow with
   `BUSY`) and succeed on the retry 250 ms later, as a node's reconnect backoff does.
-* **The relay's idle cost is high and 10,000 reservations did not hold on this machine.** Every
-  reserving node's link pings every 500 ms (`relay::client::PING_EVERY`, 2.5 s of silence = relay
-  dead, so that a relayed connection fails over fast): about 4 datagrams/s in and 2 out per
-  reservation, 12-14 % of one core per 1,000 idle reservations. Memory is about 42 KiB per
-  reservation. Up to 2,500 reservations the relay holds them all and a relayed connect opens in
-  2-3 ms; at the 5,000 or the 10,000 step (it varies from run to run) pongs come late by more than
-  2.5 s (the relay's, or the load process's, which runs every client: not separated here), clients
-  declare the relay dead and re-dial at once (`RelaySet::maintain` re-dials a lost
-  wanted relay every 500 ms, no backoff), the handshakes add load, and the count of reservations
-  held falls instead of rising (RSS per reservation then counts connections being torn down and
-  re-made). The same changes as for the rendezvous would let one relay hold 10,000: ping idle links
-  (no session) at the keep-alive's pace, keeping 500 ms for links that carry sessions, and re-dial
-  with a jittered, doubling backoff. Until then an operator should plan on roughly 1,000
-  reservations per 10-15 % of a core, keep `max_reservations` (default 1,000) where the relay's CPU
-  has headroom, and raise `[node] max_connections` with it.
+* **One relay holds 10,000 reservations** (this run: all 10,000 held, 30 % of one core at idle,
+  about 41 KiB each, a relayed connect 5 ms p50 at that load). A first version of this benchmark
+  saw it collapse at the 5,000 or 10,000 step: every link pinged every 500 ms (4 datagrams/s in
+  and 2 out per reservation, 12-14 % of one core per 1,000), pongs came late by more than 2.5 s
+  under load, clients declared the relay dead and re-dialled every 500 ms with no backoff, and
+  the handshakes fed the overload. Now a link with no session on it pings every 1.5 s and is
+  dead after 7.5 s of silence (a dead relay leaves the node's reservations and record within
+  about 8 s; links carrying sessions keep 500 ms and 2.5 s, so relayed connections fail over as
+  fast as before), and a wanted relay that could not be reached is dialled again after a
+  jittered, doubling backoff (0.5 s to 30 s, each wait from the upper half;
+  `relay::client::REDIAL_FIRST`, `REDIAL_MAX`). About 1.3 datagrams/s in and 0.7 out per idle
+  reservation, 3-4 % of one core per 1,000. An operator raises `max_reservations` (default
+  1,000) and `[node] max_connections` together.
 * **Cross-rendezvous costs one DHT lookup.** On loopback with a private mainline swarm, a first
   cross-rendezvous connect (fresh initiator, cold cache, guest join at R2) reaches its first message
   in about 110-115 ms p50 (p95 about 120-125 ms) against 2-3 ms p50 for a same-rendezvous connect in
