@@ -258,6 +258,42 @@ fn a_dead_relay_leaves_the_reservations_and_the_other_serves() {
     });
 }
 
+/// Seen in the operators lab: right after a relay was killed, a relayed
+/// connect waited 5 s on it (the target still named it first, and our own
+/// link to it, idle, had not been judged dead yet) before the next relay.
+/// While another relay remains, each gets a quick try.
+#[test]
+fn a_relayed_connect_passes_over_a_relay_that_just_died() {
+    runtime::handle().block_on(async {
+        let mut relay1 = Public::start("relay1-quick", "relay");
+        let relay2 = Public::start("relay2-quick", "relay");
+        let r = Rdv::start();
+        let a = Signal::join_homes(node(), &[r.contact()], cfg()).await.unwrap();
+        let b = Signal::join_homes(node(), &[r.contact()], cfg()).await.unwrap();
+        let both = vec![(relay1.contact.node_id, relay1.contact.addr), (relay2.contact.node_id, relay2.contact.addr)];
+        b.set_relays(both.clone());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while b.reserved_relays() != both {
+            assert!(Instant::now() < deadline, "B reserved at both: {:?}", b.reserved_relays());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let opts = ConnectOpts { relay_only: true, upgrade_interval: None, ..ConnectOpts::default() };
+        // A first connects through relay1 (B's first): A now holds a link there.
+        let (c, _) = exchange(&a, &b, opts.clone()).await;
+        assert_eq!(a.node().relay_of(&c.remote_address()), Some(relay1.contact.node_id));
+        c.close("done");
+        relay1.kill();
+        // At once: B still names relay1 first, A's idle link to it looks alive.
+        let t = Instant::now();
+        let (c, m) = exchange(&a, &b, opts).await;
+        let took = t.elapsed();
+        eprintln!("relay1 killed -> relayed connect through relay2 in {} ms", took.as_millis());
+        assert_eq!(m, Method::Relayed);
+        assert_eq!(a.node().relay_of(&c.remote_address()), Some(relay2.contact.node_id));
+        assert!(took < Duration::from_millis(4000), "waited {took:?} on the dead relay");
+    });
+}
+
 #[test]
 fn a_home_down_at_the_join_is_joined_when_it_comes_up() {
     runtime::handle().block_on(async {

@@ -50,21 +50,88 @@ pub(super) async fn open_relay_path(
     except: Option<NodeId>,
 ) -> Result<(RelayLink, RelayPath), ConnectError> {
     let mut refused = None;
-    for (id, addr) in relays.iter().filter(|(id, _)| Some(*id) != except) {
-        match inner.relays.link_to(*id, *addr).await {
-            Ok(link) => match link.open(target, virt).await {
-                Ok(path) => return Ok((link, path)),
-                Err(e) => {
-                    tracing::debug!("relay {addr}: open failed: {e}");
-                    if let relay::RelayError::Refused(r) = e {
-                        refused = Some(r);
-                    }
-                }
-            },
-            Err(e) => tracing::debug!("relay {addr}: unreachable: {e}"),
+    let candidates: Vec<(NodeId, SocketAddr)> = relays.iter().filter(|(id, _)| Some(*id) != except).copied().collect();
+    // A relay that died a moment ago may still be in the target's list (its
+    // idle link is judged dead only after 7.5 s) or hold a link of ours
+    // that looks alive: while others remain, each gets `QUICK_TRY`; those
+    // that ran out of it get their full time afterwards, so a slow but
+    // live relay is still used when nothing else answered. Seen in the
+    // operators lab: a relayed connect waited 5 s on a just-killed relay.
+    let mut slow = Vec::new();
+    for (i, (id, addr)) in candidates.iter().enumerate() {
+        let quick = (i + 1 < candidates.len()).then_some(QUICK_TRY);
+        match try_relay(inner, target, virt, *id, *addr, quick).await {
+            Ok(found) => return Ok(found),
+            Err(Tried::Refused(r)) => refused = Some(r),
+            Err(Tried::TooSlow) => slow.push((*id, *addr)),
+            Err(Tried::Failed) => {}
+        }
+    }
+    for (id, addr) in slow {
+        match try_relay(inner, target, virt, id, addr, None).await {
+            Ok(found) => return Ok(found),
+            Err(Tried::Refused(r)) => refused = Some(r),
+            Err(_) => {}
         }
     }
     Err(refused.map_or(ConnectError::NoRelay, ConnectError::RelayRefused))
+}
+
+/// How long a relay gets while others remain to be tried: a link and an
+/// `Open` take a few round trips to a live one.
+const QUICK_TRY: Duration = Duration::from_millis(1500);
+
+enum Tried {
+    Refused(macula_nat_proto::relay::msg::Refusal),
+    /// It did not answer within the quick try.
+    TooSlow,
+    Failed,
+}
+
+/// A session to `target` at one relay; `quick`: the time it gets (its
+/// link's and its `Open`'s full timeouts when `None`).
+async fn try_relay(
+    inner: &Inner,
+    target: NodeId,
+    virt: SocketAddr,
+    id: NodeId,
+    addr: SocketAddr,
+    quick: Option<Duration>,
+) -> Result<(RelayLink, RelayPath), Tried> {
+    let started = tokio::time::Instant::now();
+    let link = match quick {
+        // Dropping a link being made is clean: the set keeps only made ones.
+        Some(q) => match tokio::time::timeout(q, inner.relays.link_to(id, addr)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::debug!("relay {addr}: no link within {q:?}; trying the next");
+                return Err(Tried::TooSlow);
+            }
+        },
+        None => inner.relays.link_to(id, addr).await,
+    };
+    let link = link.map_err(|e| {
+        tracing::debug!("relay {addr}: unreachable: {e}");
+        Tried::Failed
+    })?;
+    let opened = match quick {
+        Some(q) => link.open_within(target, virt, q.saturating_sub(started.elapsed()).max(Duration::from_millis(100))).await,
+        None => link.open(target, virt).await,
+    };
+    match opened {
+        Ok(path) => Ok((link, path)),
+        Err(relay::RelayError::Timeout) if quick.is_some() => {
+            tracing::debug!("relay {addr}: no answer to open within the quick try; trying the next");
+            Err(Tried::TooSlow)
+        }
+        Err(e) => {
+            tracing::debug!("relay {addr}: open failed: {e}");
+            match e {
+                relay::RelayError::Refused(r) => Err(Tried::Refused(r)),
+                _ => Err(Tried::Failed),
+            }
+        }
+    }
 }
 
 /// Initiator side of a relayed connection, until it closes: moves it to

@@ -266,6 +266,12 @@ impl RelayLink {
     /// [`VirtualAddr`] for a new connection, or the connection's current
     /// address, virtual or real, to move it here). The route for `virt` now leads here.
     pub async fn open(&self, to: NodeId, virt: impl Into<SocketAddr>) -> Result<RelayPath, RelayError> {
+        self.open_within(to, virt, LINK_TIMEOUT).await
+    }
+
+    /// [`Self::open`], waiting at most `wait` for the relay's answer (a
+    /// caller with other relays to try gives a dead one less time).
+    pub async fn open_within(&self, to: NodeId, virt: impl Into<SocketAddr>, wait: Duration) -> Result<RelayPath, RelayError> {
         let virt = virt.into();
         let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -273,7 +279,7 @@ impl RelayLink {
         let sent = send_within(&self.inner.conn, RelayMsg::Open { to, tag }).await;
         let r = match sent {
             Err(e) => Err(e),
-            Ok(()) => match tokio::time::timeout(LINK_TIMEOUT, rx).await {
+            Ok(()) => match tokio::time::timeout(wait.min(LINK_TIMEOUT), rx).await {
                 Ok(Ok(Ok(session))) => Ok(session),
                 Ok(Ok(Err(refusal))) => Err(RelayError::Refused(refusal)),
                 Ok(Err(_)) => Err(RelayError::Closed),
