@@ -10,11 +10,14 @@
 //! it leaves the node's reservations and record, the other carries a
 //! relayed connect.
 
+mod common;
+
+use common::loopback::{node, Rdv};
 use macula_nat_core::advertiser::Advertiser;
 use macula_nat_core::connect::public_profile;
 use macula_nat_core::dht::memory::MemoryDht;
 use macula_nat_core::profile_cache::{CacheConfig, ProfileCache};
-use macula_nat_core::{connect_detailed, runtime, Connection, ConnectOpts, Identity, Method, Node, NodeConfig, NodeId, Rendezvous, Signal, SignalConfig};
+use macula_nat_core::{connect_detailed, runtime, Connection, ConnectOpts, Method, NodeId, Signal, SignalConfig};
 use macula_nat_proto::record::{Contact, Contacts, PeerInfo};
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -22,28 +25,6 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn node() -> Arc<Node> {
-    Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).unwrap()
-}
-
-/// A rendezvous in this process (it does not die here).
-struct Rdv {
-    node: Arc<Node>,
-    _rv: Rendezvous,
-}
-
-impl Rdv {
-    fn start() -> Rdv {
-        let node = node();
-        let _rv = Rendezvous::serve(node.clone()).unwrap();
-        Rdv { node, _rv }
-    }
-
-    fn contact(&self) -> Contact {
-        Contact { node_id: self.node.node_id(), addr: self.node.local_addr().unwrap() }
-    }
-}
 
 /// A `macula-node` process: a rendezvous, or a relay, that can crash.
 struct Public {
@@ -174,6 +155,18 @@ async fn exchange(from: &Signal, to: &Signal, opts: ConnectOpts) -> (Connection,
     (c.conn, c.method)
 }
 
+/// Has `s` reserve at `relays`, in that order, and waits until it holds
+/// all of them.
+async fn reserve_at(s: &Signal, relays: &[&Public]) {
+    let want: Vec<(NodeId, SocketAddr)> = relays.iter().map(|r| (r.contact.node_id, r.contact.addr)).collect();
+    s.set_relays(want.clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.reserved_relays() != want {
+        assert!(Instant::now() < deadline, "reserved at {:?}", s.reserved_relays());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn live(s: &Signal) -> Vec<NodeId> {
     s.homes().into_iter().filter(|(_, l)| *l).map(|(c, _)| c.node_id).collect()
 }
@@ -227,13 +220,7 @@ fn a_dead_relay_leaves_the_reservations_and_the_other_serves() {
         let r = Rdv::start();
         let a = Signal::join_homes(node(), &[r.contact()], cfg()).await.unwrap();
         let b = Signal::join_homes(node(), &[r.contact()], cfg()).await.unwrap();
-        let both = vec![(relay1.contact.node_id, relay1.contact.addr), (relay2.contact.node_id, relay2.contact.addr)];
-        b.set_relays(both.clone());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while b.reserved_relays() != both {
-            assert!(Instant::now() < deadline, "B reserved at both: {:?}", b.reserved_relays());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        reserve_at(&b, &[&relay1, &relay2]).await;
         let _adv = advertise(&b, vec![r.contact()]).await;
         let b_id = b.node().node_id();
         record_until(b_id, "both reservations advertised", Duration::from_secs(10), |c| c.reserved == vec![relay1.contact, relay2.contact]).await;
@@ -270,13 +257,7 @@ fn a_relayed_connect_passes_over_a_relay_that_just_died() {
         let r = Rdv::start();
         let a = Signal::join_homes(node(), &[r.contact()], cfg()).await.unwrap();
         let b = Signal::join_homes(node(), &[r.contact()], cfg()).await.unwrap();
-        let both = vec![(relay1.contact.node_id, relay1.contact.addr), (relay2.contact.node_id, relay2.contact.addr)];
-        b.set_relays(both.clone());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while b.reserved_relays() != both {
-            assert!(Instant::now() < deadline, "B reserved at both: {:?}", b.reserved_relays());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        reserve_at(&b, &[&relay1, &relay2]).await;
         let opts = ConnectOpts { relay_only: true, upgrade_interval: None, ..ConnectOpts::default() };
         // A first connects through relay1 (B's first): A now holds a link there.
         let (c, _) = exchange(&a, &b, opts.clone()).await;

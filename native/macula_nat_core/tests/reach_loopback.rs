@@ -4,40 +4,17 @@
 //! R2 from its own socket (a guest signalling connection) and the pair
 //! traverses as usual.
 
+mod common;
+
+use common::loopback::{node, Rdv};
 use macula_nat_core::advertiser::Advertiser;
 use macula_nat_core::connect::public_profile;
 use macula_nat_core::dht::memory::MemoryDht;
 use macula_nat_core::profile_cache::{CacheConfig, ProfileCache};
-use macula_nat_core::{connect_detailed, runtime, ConnectError, ConnectOpts, Identity, Method, Node, NodeConfig, Rendezvous, Signal, SignalConfig};
+use macula_nat_core::{connect_detailed, runtime, ConnectError, ConnectOpts, Identity, Method, Signal, SignalConfig};
 use macula_nat_proto::record::{Contact, Contacts, PeerInfo};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn node() -> Arc<Node> {
-    Node::open(NodeConfig { bind: "127.0.0.1:0".parse().unwrap() }, Identity::generate()).unwrap()
-}
-
-struct Rdv {
-    node: Arc<Node>,
-    _rv: Rendezvous,
-}
-
-impl Rdv {
-    fn start() -> Rdv {
-        let node = node();
-        let _rv = Rendezvous::serve(node.clone()).unwrap();
-        Rdv { node, _rv }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.node.local_addr().unwrap()
-    }
-
-    fn contact(&self) -> Contact {
-        Contact { node_id: self.node.node_id(), addr: self.addr() }
-    }
-}
 
 fn cfg() -> SignalConfig {
     let mut c = SignalConfig::new(public_profile());

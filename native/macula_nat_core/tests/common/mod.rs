@@ -2,6 +2,8 @@
 //! file): lab preconditions and reading the JSON lines our binaries print.
 #![allow(dead_code)]
 
+pub mod loopback;
+
 use std::path::Path;
 
 /// Whether the lab can run here (root, ip, nft, /dev/net/tun); points the
